@@ -1,0 +1,200 @@
+//! Typed access to aggregates over the [`EventStore`] port: load (snapshot + events),
+//! decide (run a command against the loaded state), and commit one or several streams
+//! in one append. Optimistic-concurrency conflicts are retried a bounded number of times.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde_json::Value;
+
+use crate::event_store::{EventStore, EventStoreError, NewEvent, Snapshot, StoredEvent, StreamAppend};
+
+/// How often a command is retried after losing an optimistic-concurrency race.
+pub const CONFLICT_RETRIES_MAX: u32 = 16;
+const CONFLICT_BACKOFF_BASE: Duration = Duration::from_micros(200);
+
+/// An aggregate as of its stream's `sequence`.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub id: String,
+    pub aggregate: A,
+    pub sequence: i64,
+}
+
+/// The outcome of a command run against a loaded aggregate: the new events (already
+/// applied to `state`) and the append that records them.
+#[derive(Debug)]
+pub struct Decided<A: Aggregate> {
+    pub state: Loaded<A>,
+    pub events: Vec<A::Event>,
+    pub append: StreamAppend,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    #[error(transparent)]
+    Rejected(E),
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    #[error("gave up after {attempts} concurrency conflicts")]
+    Contention { attempts: u32 },
+}
+
+#[derive(Clone)]
+pub struct AggregateStore {
+    store: Arc<dyn EventStore>,
+    /// A snapshot is written each time a stream crosses a multiple of this many events.
+    snapshot_every: i64,
+}
+
+impl AggregateStore {
+    pub fn new(store: Arc<dyn EventStore>, snapshot_every: i64) -> Self {
+        Self { store, snapshot_every: snapshot_every.max(1) }
+    }
+
+    pub fn event_store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, EventStoreError> {
+        let snapshot = self.store.load_snapshot(A::TYPE, id).await?;
+        // A snapshot is a cache: if it no longer deserializes (the state's shape
+        // changed), replay the stream from the start instead.
+        let (mut aggregate, mut sequence) = snapshot
+            .and_then(|s| serde_json::from_value::<A>(s.state).ok().map(|a| (a, s.sequence)))
+            .unwrap_or_else(|| (A::default(), 0));
+        for stored in self.store.load_stream(A::TYPE, id, sequence).await? {
+            aggregate.apply(decode_event::<A>(&stored)?);
+            sequence = stored.sequence;
+        }
+        Ok(Loaded { id: id.to_string(), aggregate, sequence })
+    }
+
+    /// Runs `command` against `loaded`. Nothing is written.
+    pub async fn decide<A: Aggregate>(
+        &self,
+        loaded: Loaded<A>,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Value,
+    ) -> Result<Decided<A>, CommandError<A::Error>> {
+        let Loaded { id, mut aggregate, sequence } = loaded;
+        let sink = EventSink::<A>::default();
+        aggregate.handle(command, services, &sink).await.map_err(CommandError::Rejected)?;
+        let events = sink.collect().await;
+        let append = self.to_append(&id, sequence, &events, &aggregate, metadata)?;
+        let state = Loaded { id, aggregate, sequence: sequence + events.len() as i64 };
+        Ok(Decided { state, events, append })
+    }
+
+    /// Load, decide and append one stream, retrying on concurrency conflicts.
+    pub async fn execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Value,
+    ) -> Result<Decided<A>, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            let loaded = self.load::<A>(id).await?;
+            let decided = self.decide(loaded, command.clone(), services, metadata).await?;
+            match self.commit(vec![decided.append.clone()]).await {
+                Ok(_) => return Ok(decided),
+                Err(EventStoreError::Conflict { .. }) => {
+                    attempt += 1;
+                    if attempt >= CONFLICT_RETRIES_MAX {
+                        return Err(CommandError::Contention { attempts: attempt });
+                    }
+                    conflict_backoff(attempt).await;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// Appends every non-empty append in one transaction.
+    pub async fn commit(&self, appends: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let appends: Vec<StreamAppend> = appends.into_iter().filter(|a| !a.events.is_empty()).collect();
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.append(appends).await
+    }
+
+    fn to_append<A: Aggregate>(
+        &self,
+        id: &str,
+        sequence: i64,
+        events: &[A::Event],
+        after: &A,
+        metadata: &Value,
+    ) -> Result<StreamAppend, EventStoreError> {
+        let serialize = |what: &str, error: serde_json::Error| {
+            EventStoreError::InvalidAppend(format!("cannot serialize {what} of {} {id}: {error}", A::TYPE))
+        };
+        let new_events = events
+            .iter()
+            .map(|event| {
+                Ok(NewEvent {
+                    event_type: event.event_type(),
+                    event_version: event.event_version(),
+                    payload: serde_json::to_value(event).map_err(|e| serialize("event", e))?,
+                    metadata: metadata.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, EventStoreError>>()?;
+        let last = sequence + events.len() as i64;
+        let crosses = last / self.snapshot_every > sequence / self.snapshot_every;
+        let snapshot = if crosses && !events.is_empty() {
+            let state = serde_json::to_value(after).map_err(|e| serialize("snapshot", e))?;
+            Some(Snapshot { sequence: last, state })
+        } else {
+            None
+        };
+        Ok(StreamAppend {
+            aggregate_type: A::TYPE.to_string(),
+            aggregate_id: id.to_string(),
+            expected_sequence: sequence,
+            events: new_events,
+            snapshot,
+        })
+    }
+}
+
+/// Decodes a stored event into `A`'s event type, naming the stream and sequence if the
+/// payload is corrupt, of an unknown type, or does not match its recorded type.
+pub fn decode_event<A: Aggregate>(stored: &StoredEvent) -> Result<A::Event, EventStoreError> {
+    let corrupt = |reason: String| EventStoreError::Corrupt {
+        aggregate_type: stored.aggregate_type.clone(),
+        aggregate_id: stored.aggregate_id.clone(),
+        sequence: stored.sequence,
+        reason,
+    };
+    let event: A::Event = serde_json::from_value(stored.payload.clone())
+        .map_err(|e| corrupt(format!("payload of {} does not decode: {e}", stored.event_type)))?;
+    if event.event_type() != stored.event_type {
+        return Err(corrupt(format!(
+            "recorded as {} but the payload is {}",
+            stored.event_type,
+            event.event_type()
+        )));
+    }
+    Ok(event)
+}
+
+/// Exponential backoff with jitter from the clock's low bits, so racing writers spread out.
+async fn conflict_backoff(attempt: u32) {
+    let base = CONFLICT_BACKOFF_BASE * 2u32.saturating_pow(attempt.min(6));
+    let jitter_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 % base.as_nanos().max(1) as u64)
+        .unwrap_or(0);
+    tokio::time::sleep(base + Duration::from_nanos(jitter_ns)).await;
+}

@@ -1,0 +1,126 @@
+//! The event store port: what the use cases need from an append-only log.
+//!
+//! Streams are identified by `(aggregate_type, aggregate_id)` and numbered by a
+//! per-stream `sequence` starting at 1. Every stored event also has a global
+//! [`LogPosition`] that orders the whole log in commit order, which is what the
+//! async projections follow.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a reader of the global log stands. Ordered by `(commit_order, position)`.
+///
+/// On PostgreSQL `commit_order` is the appending transaction's id (`xid8`): a reader
+/// only sees events of transactions older than every transaction still running, so an
+/// event that commits late can never fall behind a stored checkpoint. On SQLite writes
+/// are serialized, so `commit_order` is the position itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+pub struct LogPosition {
+    pub commit_order: i64,
+    pub position: i64,
+}
+
+impl LogPosition {
+    /// Before the first event.
+    pub const START: LogPosition = LogPosition { commit_order: 0, position: 0 };
+}
+
+/// An event about to be appended to one stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+}
+
+/// Events to append to one stream, on the condition that the stream is exactly at
+/// `expected_sequence` (0 for a new stream). The new events get the sequences
+/// `expected_sequence + 1 ..`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamAppend {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub expected_sequence: i64,
+    pub events: Vec<NewEvent>,
+    /// Replace the stream's snapshot with this one. Its `sequence` must be one of the
+    /// sequences this append writes.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub log_position: LogPosition,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The latest snapshot of a stream: its state after event `sequence`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub sequence: i64,
+    pub state: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventStoreError {
+    /// Another writer appended to the stream first (optimistic concurrency).
+    #[error("concurrency conflict on {aggregate_type} {aggregate_id}: expected sequence {expected_sequence}")]
+    Conflict {
+        aggregate_type: String,
+        aggregate_id: String,
+        expected_sequence: i64,
+    },
+    /// A stored event could not be turned back into a domain event.
+    #[error("corrupt event {aggregate_type} {aggregate_id} #{sequence}: {reason}")]
+    Corrupt {
+        aggregate_type: String,
+        aggregate_id: String,
+        sequence: i64,
+        reason: String,
+    },
+    /// An inline projection refused the events; the whole append was rolled back.
+    #[error("inline projection {projection} failed: {reason}")]
+    Projection { projection: String, reason: String },
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The append-only log. Implementations: `infrastructure::event_store` (PostgreSQL, SQLite).
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends to one or more streams in a single transaction: all or nothing. Runs the
+    /// store's inline projections inside that transaction. Returns the stored events in
+    /// append order.
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError>;
+
+    /// The events of one stream with `sequence > after_sequence`, in order.
+    async fn load_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+    ) -> Result<Vec<StoredEvent>, EventStoreError>;
+
+    async fn load_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> Result<Option<Snapshot>, EventStoreError>;
+
+    /// Up to `limit` events of the whole log after `after`, in commit order. Never
+    /// returns an event that could be followed by a not-yet-visible event ordered
+    /// before it, so a reader that checkpoints the last position it saw misses nothing.
+    async fn read_log(&self, after: LogPosition, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError>;
+}

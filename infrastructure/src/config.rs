@@ -1,0 +1,143 @@
+//! Configuration: built-in defaults, then an optional TOML file, then `KILN_*`
+//! environment variables (nested keys joined by `__`, e.g. `KILN_DATABASE__URL`,
+//! `KILN_HTTP__PORT`), into typed structs.
+
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The file read when no other is named; missing is fine.
+pub const DEFAULT_CONFIG_FILE: &str = "kiln.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub event_store: EventStoreSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite:…` (embedded default) or `postgres://…`. May hold a password: never logged.
+    pub url: String,
+    pub connections_max: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive, e.g. `info,sqlx=warn`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventStoreSettings {
+    /// Snapshot a stream each time it crosses a multiple of this many events.
+    pub snapshot_every: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: DatabaseSettings::default(),
+            http: HttpSettings::default(),
+            log: LogSettings::default(),
+            event_store: EventStoreSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: "sqlite:kiln.db".into(), connections_max: 16 }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 8080 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, filter: "info,sqlx=warn".into() }
+    }
+}
+
+impl Default for EventStoreSettings {
+    fn default() -> Self {
+        Self { snapshot_every: 100 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Settings {
+    /// Defaults < `file` (or `kiln.toml` if present) < `KILN_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::figment(file).extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let file = file.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
+        Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("KILN_").split("__"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[http]\nport = 9000\n[database]\nurl = \"sqlite:x.db\"\n")?;
+            jail.set_env("KILN_HTTP__PORT", "9100");
+            jail.set_env("KILN_LOG__FORMAT", "json");
+            let settings = Settings::load(Some(Path::new("k.toml"))).expect("valid settings");
+            assert_eq!(settings.http.port, 9100);
+            assert_eq!(settings.database.url, "sqlite:x.db");
+            assert_eq!(settings.log.format, LogFormat::Json);
+            assert_eq!(settings.event_store, EventStoreSettings::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[http]\nprot = 9000\n")?;
+            assert!(Settings::load(Some(Path::new("k.toml"))).is_err());
+            jail.create_file("k.toml", "")?;
+            jail.set_env("KILN_HTTP__PORT", "eighty");
+            assert!(Settings::load(Some(Path::new("k.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

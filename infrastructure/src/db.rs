@@ -1,0 +1,150 @@
+//! Database connections: PostgreSQL (production) or SQLite (embedded default), chosen by
+//! the URL scheme, and the embedded migrations for each.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+pub static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a writer waits for SQLite's write lock held by another process.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL (expected postgres://… or sqlite:…)")]
+    UnsupportedUrl,
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("migrations not applied: {0:?}")]
+    MigrationsPending(Vec<i64>),
+}
+
+/// A connection pool to one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum Database {
+    Postgres(PgPool),
+    /// SQLite allows one writer at a time. Writes go through a one-connection pool so
+    /// writers in this process queue in order instead of failing with SQLITE_BUSY;
+    /// other processes are waited for by the busy timeout.
+    Sqlite { read: SqlitePool, write: SqlitePool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Database {
+    /// Connects without running migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await
+                .map_err(DbError::Connect)?;
+            Ok(Database::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(DbError::Connect)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone())
+                .await
+                .map_err(DbError::Connect)?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.read_only(true))
+                .await
+                .map_err(DbError::Connect)?;
+            Ok(Database::Sqlite { read, write })
+        } else {
+            Err(DbError::UnsupportedUrl)
+        }
+    }
+
+    /// Connects and applies every pending migration.
+    pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        let db = Self::connect(url, max_connections).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Database::Postgres(_) => Backend::Postgres,
+            Database::Sqlite { .. } => Backend::Sqlite,
+        }
+    }
+
+    pub fn migrator(&self) -> &'static Migrator {
+        match self {
+            Database::Postgres(_) => &POSTGRES_MIGRATIONS,
+            Database::Sqlite { .. } => &SQLITE_MIGRATIONS,
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Database::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+            Database::Sqlite { write, .. } => SQLITE_MIGRATIONS.run(write).await,
+        }
+        .map_err(DbError::Migrate)
+    }
+
+    /// Ready means: reachable, and every embedded migration applied successfully.
+    pub async fn readiness(&self) -> Result<(), DbError> {
+        let applied: Vec<i64> = match self {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(pool)
+                    .await?
+            }
+            Database::Sqlite { read, .. } => {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                    .fetch_all(read)
+                    .await?
+            }
+        };
+        let missing: Vec<i64> = self
+            .migrator()
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+            .map(|m| m.version)
+            .collect();
+        if !missing.is_empty() {
+            return Err(DbError::MigrationsPending(missing));
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Database::Postgres(pool) => pool.close().await,
+            Database::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The sqlx event store: one implementation of the `application::EventStore` port over
+//! PostgreSQL and SQLite, plus cqrs-es's `PersistedEventRepository` on top of it.
+//!
+//! Appends to several streams happen in one transaction, together with the inline
+//! projections registered on the store: either every event and every read-model change
+//! is committed, or none is.
+
+mod cqrs_repository;
+mod inline;
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use application::event_store::{
+    EventStore, EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend,
+};
+use async_trait::async_trait;
+
+use crate::db::Database;
+
+pub use cqrs_repository::CqrsRepository;
+pub use inline::{InlineProjection, ProjectionError, Tx};
+
+/// Upper bound on one `read_log` page, whatever the caller asks for.
+pub const READ_LOG_LIMIT_MAX: i64 = 10_000;
+
+#[derive(Clone)]
+pub struct SqlEventStore {
+    db: Database,
+    inline: Arc<[Arc<dyn InlineProjection>]>,
+}
+
+impl SqlEventStore {
+    pub fn new(db: Database) -> Self {
+        Self { db, inline: Arc::new([]) }
+    }
+
+    /// Runs `projections` inside every append transaction, in this order.
+    pub fn with_inline_projections(db: Database, projections: Vec<Arc<dyn InlineProjection>>) -> Self {
+        Self { db, inline: projections.into() }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+}
+
+fn validate(appends: &[StreamAppend]) -> Result<(), EventStoreError> {
+    for (index, append) in appends.iter().enumerate() {
+        if append.expected_sequence < 0 {
+            return Err(EventStoreError::InvalidAppend(format!(
+                "negative expected sequence for {} {}",
+                append.aggregate_type, append.aggregate_id
+            )));
+        }
+        let last_sequence = append.expected_sequence + append.events.len() as i64;
+        if let Some(snapshot) = &append.snapshot {
+            if snapshot.sequence <= append.expected_sequence || snapshot.sequence > last_sequence {
+                return Err(EventStoreError::InvalidAppend(format!(
+                    "snapshot of {} {} at sequence {} is outside the appended range",
+                    append.aggregate_type, append.aggregate_id, snapshot.sequence
+                )));
+            }
+        }
+        let repeated = appends[..index]
+            .iter()
+            .any(|a| a.aggregate_type == append.aggregate_type && a.aggregate_id == append.aggregate_id);
+        if repeated {
+            return Err(EventStoreError::InvalidAppend(format!(
+                "stream {} {} appears twice in one append",
+                append.aggregate_type, append.aggregate_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn conflict(append: &StreamAppend) -> EventStoreError {
+    EventStoreError::Conflict {
+        aggregate_type: append.aggregate_type.clone(),
+        aggregate_id: append.aggregate_id.clone(),
+        expected_sequence: append.expected_sequence,
+    }
+}
+
+fn unavailable(error: sqlx::Error) -> EventStoreError {
+    EventStoreError::Unavailable(error.to_string())
+}
+
+/// True when `error` is the unique key of a stream's sequence being taken.
+fn is_sequence_taken(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[async_trait]
+impl EventStore for SqlEventStore {
+    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError> {
+        validate(&appends)?;
+        if appends.iter().all(|a| a.events.is_empty()) {
+            return Ok(Vec::new());
+        }
+        match &self.db {
+            Database::Postgres(pool) => postgres::append(pool, &self.inline, &appends).await,
+            Database::Sqlite { write, .. } => sqlite::append(write, &self.inline, &appends).await,
+        }
+    }
+
+    async fn load_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after_sequence: i64,
+    ) -> Result<Vec<StoredEvent>, EventStoreError> {
+        match &self.db {
+            Database::Postgres(pool) => postgres::load_stream(pool, aggregate_type, aggregate_id, after_sequence).await,
+            Database::Sqlite { read, .. } => sqlite::load_stream(read, aggregate_type, aggregate_id, after_sequence).await,
+        }
+    }
+
+    async fn load_snapshot(&self, aggregate_type: &str, aggregate_id: &str) -> Result<Option<Snapshot>, EventStoreError> {
+        match &self.db {
+            Database::Postgres(pool) => postgres::load_snapshot(pool, aggregate_type, aggregate_id).await,
+            Database::Sqlite { read, .. } => sqlite::load_snapshot(read, aggregate_type, aggregate_id).await,
+        }
+    }
+
+    async fn read_log(&self, after: LogPosition, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let limit = limit.clamp(1, READ_LOG_LIMIT_MAX);
+        match &self.db {
+            Database::Postgres(pool) => postgres::read_log(pool, after, limit).await,
+            Database::Sqlite { read, .. } => sqlite::read_log(read, after, limit).await,
+        }
+    }
+}

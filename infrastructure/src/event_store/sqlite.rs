@@ -1,0 +1,199 @@
+//! The SQLite side of the event store. Writes are serialized (one writer connection,
+//! `BEGIN IMMEDIATE`), so the position order is the commit order.
+
+use std::sync::Arc;
+
+use application::event_store::{EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::inline::{InlineProjection, Tx};
+use super::{conflict, is_sequence_taken, unavailable};
+
+/// Payloads are read as text and parsed here, so a corrupt one is reported with the
+/// stream and sequence it belongs to.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: String,
+    metadata: String,
+    recorded_at: DateTime<Utc>,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = EventStoreError;
+
+    fn try_from(row: EventRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str, error: serde_json::Error| EventStoreError::Corrupt {
+            aggregate_type: row.aggregate_type.clone(),
+            aggregate_id: row.aggregate_id.clone(),
+            sequence: row.sequence,
+            reason: format!("{what} is not JSON: {error}"),
+        };
+        let payload = serde_json::from_str(&row.payload).map_err(|e| corrupt("payload", e))?;
+        let metadata = serde_json::from_str(&row.metadata).map_err(|e| corrupt("metadata", e))?;
+        Ok(StoredEvent {
+            log_position: LogPosition { commit_order: row.position, position: row.position },
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            sequence: row.sequence,
+            event_type: row.event_type,
+            event_version: row.event_version,
+            payload,
+            metadata,
+            recorded_at: row.recorded_at,
+        })
+    }
+}
+
+const SELECT_EVENTS: &str = "SELECT position, aggregate_type, aggregate_id, sequence, event_type, \
+     event_version, payload, metadata, recorded_at FROM events";
+
+fn rows_to_events(rows: Vec<EventRow>) -> Result<Vec<StoredEvent>, EventStoreError> {
+    rows.into_iter().map(StoredEvent::try_from).collect()
+}
+
+pub(super) async fn append(
+    write: &SqlitePool,
+    inline: &[Arc<dyn InlineProjection>],
+    appends: &[StreamAppend],
+) -> Result<Vec<StoredEvent>, EventStoreError> {
+    // IMMEDIATE takes the write lock up front: a deferred transaction that read first
+    // could fail to upgrade (SQLITE_BUSY_SNAPSHOT) when another process wrote meanwhile.
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+    let mut stored = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
+    for append in appends.iter().filter(|a| !a.events.is_empty()) {
+        for (offset, event) in append.events.iter().enumerate() {
+            let sequence = append.expected_sequence + 1 + offset as i64;
+            let (position, recorded_at) = insert_event(&mut tx, append, sequence, event).await.map_err(|error| {
+                if is_sequence_taken(&error) {
+                    conflict(append)
+                } else {
+                    unavailable(error)
+                }
+            })?;
+            stored.push(StoredEvent {
+                log_position: LogPosition { commit_order: position, position },
+                aggregate_type: append.aggregate_type.clone(),
+                aggregate_id: append.aggregate_id.clone(),
+                sequence,
+                event_type: event.event_type.clone(),
+                event_version: event.event_version.clone(),
+                payload: event.payload.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at,
+            });
+        }
+        if let Some(snapshot) = &append.snapshot {
+            upsert_snapshot(&mut tx, append, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
+        }
+    }
+    for projection in inline {
+        let mut handle = Tx::Sqlite(&mut tx);
+        projection.apply(&mut handle, &stored).await.map_err(|error| EventStoreError::Projection {
+            projection: projection.name().to_string(),
+            reason: error.to_string(),
+        })?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(stored)
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    append: &StreamAppend,
+    sequence: i64,
+    event: &application::event_store::NewEvent,
+) -> Result<(i64, DateTime<Utc>), sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING position, recorded_at",
+    )
+    .bind(&append.aggregate_type)
+    .bind(&append.aggregate_id)
+    .bind(sequence)
+    .bind(&event.event_type)
+    .bind(&event.event_version)
+    .bind(event.payload.to_string())
+    .bind(event.metadata.to_string())
+    .fetch_one(conn)
+    .await
+}
+
+async fn upsert_snapshot(
+    conn: &mut SqliteConnection,
+    append: &StreamAppend,
+    last_sequence: i64,
+    state: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, current_snapshot, payload) \
+         VALUES ($1, $2, $3, 1, $4) \
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+         SET last_sequence = excluded.last_sequence, \
+             current_snapshot = snapshots.current_snapshot + 1, \
+             payload = excluded.payload \
+         WHERE snapshots.last_sequence < excluded.last_sequence",
+    )
+    .bind(&append.aggregate_type)
+    .bind(&append.aggregate_id)
+    .bind(last_sequence)
+    .bind(state.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn load_stream(
+    read: &SqlitePool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after_sequence: i64,
+) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence"
+    ))
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(after_sequence)
+    .fetch_all(read)
+    .await
+    .map_err(unavailable)?;
+    rows_to_events(rows)
+}
+
+pub(super) async fn load_snapshot(
+    read: &SqlitePool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Option<Snapshot>, EventStoreError> {
+    let row: Option<(i64, String)> = sqlx::query_as(
+        "SELECT last_sequence, payload FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_optional(read)
+    .await
+    .map_err(unavailable)?;
+    // A snapshot is only a cache: one that does not parse is ignored and the stream is
+    // replayed from its events.
+    Ok(row.and_then(|(sequence, text)| {
+        serde_json::from_str(&text).ok().map(|state| Snapshot { sequence, state })
+    }))
+}
+
+pub(super) async fn read_log(read: &SqlitePool, after: LogPosition, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!("{SELECT_EVENTS} WHERE position > $1 ORDER BY position LIMIT $2"))
+        .bind(after.position)
+        .bind(limit)
+        .fetch_all(read)
+        .await
+        .map_err(unavailable)?;
+    rows_to_events(rows)
+}

@@ -1,0 +1,7 @@
+//! Kiln's adapters: the sqlx event store on PostgreSQL and SQLite, configuration and
+//! telemetry. Everything that touches a database, a file or the network lives here.
+
+pub mod config;
+pub mod db;
+pub mod event_store;
+pub mod telemetry;

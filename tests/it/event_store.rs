@@ -1,0 +1,477 @@
+//! The event store's behavioural suite. Every scenario is written once and runs against
+//! both PostgreSQL and SQLite (see `both_backends!` at the bottom).
+
+use std::sync::Arc;
+
+use application::aggregate_store::{AggregateStore, CommandError};
+use application::event_store::{EventStore, EventStoreError, LogPosition, NewEvent, StoredEvent, StreamAppend};
+use async_trait::async_trait;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, CqrsFramework, DomainEvent};
+use infrastructure::db::{Backend, Database};
+use infrastructure::event_store::{CqrsRepository, InlineProjection, ProjectionError, SqlEventStore, Tx};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{Barrier, Notify};
+
+use crate::support::db::TestDb;
+
+// ---- a tiny aggregate to drive the store ------------------------------------------
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counter {
+    value: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum CounterEvent {
+    Added { amount: i64 },
+}
+
+impl DomainEvent for CounterEvent {
+    fn event_type(&self) -> String {
+        "Added".into()
+    }
+    fn event_version(&self) -> String {
+        "1".into()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum CounterCommand {
+    Add(Vec<i64>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("amounts must be positive")]
+struct CounterError;
+
+impl Aggregate for Counter {
+    const TYPE: &'static str = "Counter";
+    type Command = CounterCommand;
+    type Event = CounterEvent;
+    type Error = CounterError;
+    type Services = ();
+
+    async fn handle(&mut self, command: CounterCommand, _: &(), sink: &EventSink<Self>) -> Result<(), CounterError> {
+        let CounterCommand::Add(amounts) = command;
+        if amounts.iter().any(|a| *a <= 0) {
+            return Err(CounterError);
+        }
+        for amount in amounts {
+            sink.write(CounterEvent::Added { amount }, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: CounterEvent) {
+        let CounterEvent::Added { amount } = event;
+        self.value += amount;
+    }
+}
+
+fn added(amount: i64) -> NewEvent {
+    NewEvent {
+        event_type: "Added".into(),
+        event_version: "1".into(),
+        payload: json!({"type": "Added", "amount": amount}),
+        metadata: json!({}),
+    }
+}
+
+fn append(id: &str, expected_sequence: i64, amounts: &[i64]) -> StreamAppend {
+    StreamAppend {
+        aggregate_type: Counter::TYPE.into(),
+        aggregate_id: id.into(),
+        expected_sequence,
+        events: amounts.iter().map(|a| added(*a)).collect(),
+        snapshot: None,
+    }
+}
+
+fn amounts(events: &[StoredEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.payload["amount"].as_i64().expect("amount")).collect()
+}
+
+async fn exec(db: &Database, sql: &str) {
+    match db {
+        Database::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+        Database::Sqlite { write, .. } => sqlx::query(sql).execute(write).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Reads the whole log once it holds at least `count` events. On PostgreSQL the reader
+/// only sees transactions older than every running one, cluster-wide, so parallel tests
+/// can hold it back for a moment: wait for the condition, bounded.
+async fn read_all(store: &SqlEventStore, count: usize) -> Vec<StoredEvent> {
+    let mut reader = Reader::default();
+    reader.poll_until(store, count).await;
+    reader.seen
+}
+
+// ---- inline projections used by the scenarios --------------------------------------
+
+/// Counts events per stream in `tally`; refuses streams named "poison".
+struct Tally;
+
+#[async_trait]
+impl InlineProjection for Tally {
+    fn name(&self) -> &'static str {
+        "tally"
+    }
+
+    async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            if event.aggregate_id == "poison" {
+                return Err("poison stream refused".into());
+            }
+            infrastructure::tx_execute!(
+                &mut *tx,
+                "INSERT INTO tally (aggregate_id, events) VALUES ($1, 1) \
+                 ON CONFLICT (aggregate_id) DO UPDATE SET events = tally.events + 1",
+                event.aggregate_id.clone()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+async fn tally_of(db: &Database, id: &str) -> i64 {
+    let sql = "SELECT CAST(COALESCE(SUM(events), 0) AS BIGINT) FROM tally WHERE aggregate_id = $1";
+    match db {
+        Database::Postgres(pool) => sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(pool).await,
+        Database::Sqlite { read, .. } => sqlx::query_scalar::<_, i64>(sql).bind(id).fetch_one(read).await,
+    }
+    .expect("tally")
+}
+
+/// Holds the append transaction of stream "slow" open, after its events are inserted,
+/// until released.
+#[derive(Default)]
+struct Gate {
+    inside: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl InlineProjection for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    async fn apply(&self, _tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        if events.iter().any(|e| e.aggregate_id == "slow") {
+            self.inside.notify_one();
+            self.release.notified().await;
+        }
+        Ok(())
+    }
+}
+
+// ---- scenarios ------------------------------------------------------------------------
+
+async fn append_and_load_round_trip(t: TestDb) {
+    let store = SqlEventStore::new(t.db.clone());
+    let stored = store.append(vec![append("a", 0, &[1, 2, 3]), append("b", 0, &[10])]).await.expect("append");
+    assert_eq!(stored.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 2, 3, 1]);
+
+    let a = store.load_stream("Counter", "a", 0).await.expect("load a");
+    assert_eq!(amounts(&a), vec![1, 2, 3]);
+    assert_eq!(a.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(a, stored[..3].to_vec(), "load returns exactly what append reported");
+    assert_eq!(amounts(&store.load_stream("Counter", "a", 2).await.expect("tail")), vec![3]);
+    assert!(store.load_stream("Counter", "missing", 0).await.expect("empty").is_empty());
+
+    let log = read_all(&store, 4).await;
+    assert_eq!(amounts(&log), vec![1, 2, 3, 10]);
+    assert!(log.windows(2).all(|w| w[0].log_position < w[1].log_position));
+
+    let counter = AggregateStore::new(Arc::new(store), 100).load::<Counter>("a").await.expect("typed load");
+    assert_eq!((counter.aggregate.value, counter.sequence), (6, 3));
+}
+
+async fn conflicting_writers_exactly_one_wins(t: TestDb) {
+    const WRITERS: usize = 8;
+    let store = SqlEventStore::new(t.db.clone());
+    store.append(vec![append("hot", 0, &[1])]).await.expect("seed");
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.append(vec![append("hot", 1, &[100 + writer as i64])]).await
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => wins += 1,
+            Err(EventStoreError::Conflict { aggregate_id, expected_sequence, .. }) => {
+                assert_eq!((aggregate_id.as_str(), expected_sequence), ("hot", 1));
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one writer may append at sequence 2");
+    assert_eq!(store.load_stream("Counter", "hot", 0).await.expect("load").len(), 2);
+}
+
+async fn concurrent_commands_retry_and_lose_nothing(t: TestDb) {
+    const WRITERS: i64 = 8;
+    const COMMANDS: i64 = 10;
+    let aggregates = AggregateStore::new(Arc::new(SqlEventStore::new(t.db.clone())), 1_000);
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let aggregates = aggregates.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..COMMANDS {
+                let amount = writer * 1_000 + n + 1;
+                aggregates
+                    .execute::<Counter>("shared", CounterCommand::Add(vec![amount]), &(), &json!({}))
+                    .await
+                    .expect("command eventually commits");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let expected: i64 = (0..WRITERS).flat_map(|w| (0..COMMANDS).map(move |n| w * 1_000 + n + 1)).sum();
+    let loaded = aggregates.load::<Counter>("shared").await.expect("load");
+    assert_eq!((loaded.aggregate.value, loaded.sequence), (expected, WRITERS * COMMANDS));
+    let events = aggregates.event_store().load_stream("Counter", "shared", 0).await.expect("events");
+    assert!(events.iter().enumerate().all(|(i, e)| e.sequence == i as i64 + 1), "sequences are contiguous");
+}
+
+async fn multi_stream_append_is_all_or_nothing(t: TestDb) {
+    let store = SqlEventStore::new(t.db.clone());
+    store.append(vec![append("existing", 0, &[1])]).await.expect("seed");
+
+    // The second stream's expected sequence is stale: the first must not be recorded.
+    let result = store.append(vec![append("fresh", 0, &[5]), append("existing", 0, &[7])]).await;
+    match result {
+        Err(EventStoreError::Conflict { aggregate_id, .. }) => assert_eq!(aggregate_id, "existing"),
+        other => panic!("expected a conflict on the second stream, got {other:?}"),
+    }
+    assert!(store.load_stream("Counter", "fresh", 0).await.expect("load").is_empty());
+    assert_eq!(store.load_stream("Counter", "existing", 0).await.expect("load").len(), 1);
+
+    // The same pair with the right expectations commits both.
+    store.append(vec![append("fresh", 0, &[5]), append("existing", 1, &[7])]).await.expect("append both");
+    assert_eq!(amounts(&read_all(&store, 3).await), vec![1, 5, 7]);
+}
+
+async fn inline_projection_commits_and_rolls_back_with_the_append(t: TestDb) {
+    exec(&t.db, "CREATE TABLE tally (aggregate_id TEXT PRIMARY KEY, events BIGINT NOT NULL)").await;
+    let store = SqlEventStore::with_inline_projections(t.db.clone(), vec![Arc::new(Tally)]);
+
+    store.append(vec![append("x", 0, &[1, 2])]).await.expect("append");
+    assert_eq!(tally_of(&t.db, "x").await, 2, "read-your-writes right after append");
+
+    // A failed append (conflict in its second stream) leaves the projection untouched.
+    let failed = store.append(vec![append("y", 0, &[1]), append("x", 1, &[3])]).await;
+    assert!(matches!(failed, Err(EventStoreError::Conflict { .. })), "{failed:?}");
+    assert_eq!((tally_of(&t.db, "x").await, tally_of(&t.db, "y").await), (2, 0));
+
+    // A projection that fails takes the events down with it.
+    let refused = store.append(vec![append("z", 0, &[1]), append("poison", 0, &[1])]).await;
+    match refused {
+        Err(EventStoreError::Projection { projection, .. }) => assert_eq!(projection, "tally"),
+        other => panic!("expected a projection error, got {other:?}"),
+    }
+    assert!(store.load_stream("Counter", "z", 0).await.expect("load").is_empty());
+    assert_eq!(tally_of(&t.db, "z").await, 0);
+}
+
+/// A log follower: a checkpoint and everything it has read so far.
+#[derive(Default)]
+struct Reader {
+    checkpoint: LogPosition,
+    seen: Vec<StoredEvent>,
+}
+
+impl Reader {
+    async fn poll(&mut self, store: &SqlEventStore) {
+        let events = store.read_log(self.checkpoint, 100).await.expect("poll");
+        if let Some(last) = events.last() {
+            self.checkpoint = last.log_position;
+        }
+        self.seen.extend(events);
+    }
+
+    async fn poll_until(&mut self, store: &SqlEventStore, count: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            self.poll(store).await;
+            if self.seen.len() >= count || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn log_reader_never_skips_a_late_commit(t: TestDb) {
+    let gate = Arc::new(Gate::default());
+    let store = SqlEventStore::with_inline_projections(t.db.clone(), vec![gate.clone()]);
+    store.append(vec![append("before", 0, &[1])]).await.expect("seed");
+
+    let mut reader = Reader::default();
+    reader.poll_until(&store, 1).await;
+
+    // A: inserts its event first, then holds its transaction open.
+    let slow = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(vec![append("slow", 0, &[2])]).await })
+    };
+    gate.inside.notified().await;
+    // B: appends after A inserted, so its position is higher; it commits first
+    // (PostgreSQL) or waits for A's write lock (SQLite).
+    let fast = {
+        let store = store.clone();
+        tokio::spawn(async move { store.append(vec![append("fast", 0, &[3])]).await })
+    };
+    let fast = if t.db.backend() == Backend::Postgres {
+        fast.await.expect("task").expect("fast commits while slow is open");
+        assert_eq!(store.load_stream("Counter", "fast", 0).await.expect("load").len(), 1, "B is committed");
+        None
+    } else {
+        Some(fast)
+    };
+
+    // Polling now must not return B: a checkpoint past B would skip A forever.
+    reader.poll(&store).await;
+    assert_eq!(amounts(&reader.seen), vec![1], "nothing after an uncommitted event is visible");
+
+    gate.release.notify_one();
+    slow.await.expect("task").expect("slow commits");
+    if let Some(fast) = fast {
+        fast.await.expect("task").expect("fast commits");
+    }
+    reader.poll_until(&store, 3).await;
+    reader.poll(&store).await;
+    let ids: Vec<&str> = reader.seen.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(ids, vec!["before", "slow", "fast"], "each event exactly once, in commit order");
+}
+
+async fn snapshots_are_written_and_used(t: TestDb) {
+    let store = SqlEventStore::new(t.db.clone());
+    let aggregates = AggregateStore::new(Arc::new(store.clone()), 3);
+    for amount in 1..=7 {
+        aggregates.execute::<Counter>("s", CounterCommand::Add(vec![amount]), &(), &json!({})).await.expect("add");
+    }
+    let snapshot = store.load_snapshot("Counter", "s").await.expect("snapshot").expect("one was written");
+    assert_eq!(snapshot.sequence, 6);
+    assert_eq!(snapshot.state, json!({"value": 21}));
+    let loaded = aggregates.load::<Counter>("s").await.expect("load");
+    assert_eq!((loaded.aggregate.value, loaded.sequence), (28, 7));
+
+    // Proof the snapshot is read: a snapshot claiming another state changes the load.
+    exec(&t.db, "UPDATE snapshots SET payload = '{\"value\": 1000}' WHERE aggregate_id = 's'").await;
+    assert_eq!(aggregates.load::<Counter>("s").await.expect("load").aggregate.value, 1007);
+    // A snapshot that no longer deserializes is ignored: the stream is replayed.
+    exec(&t.db, "UPDATE snapshots SET payload = '{\"bogus\": true}' WHERE aggregate_id = 's'").await;
+    assert_eq!(aggregates.load::<Counter>("s").await.expect("load").aggregate.value, 28);
+}
+
+async fn cqrs_es_framework_runs_on_the_store(t: TestDb) {
+    let store = SqlEventStore::new(t.db.clone());
+    let cqrs = CqrsFramework::new(
+        PersistedEventStore::<_, Counter>::new_snapshot_store(CqrsRepository::new(store.clone()), 5),
+        vec![],
+        (),
+    );
+    // Commands of several events each, so cqrs-es's snapshot points fall inside commits.
+    for n in 1..=6 {
+        cqrs.execute("c", CounterCommand::Add(vec![n, n, n])).await.expect("execute");
+    }
+    assert!(cqrs.execute("c", CounterCommand::Add(vec![-1])).await.is_err());
+    let expected = 3 * (1..=6).sum::<i64>();
+    let aggregates = AggregateStore::new(Arc::new(store.clone()), 4);
+    let loaded = aggregates.load::<Counter>("c").await.expect("load");
+    assert_eq!((loaded.aggregate.value, loaded.sequence), (expected, 18));
+
+    // Our own snapshots (written by AggregateStore) are what cqrs-es then loads from.
+    aggregates.execute::<Counter>("c", CounterCommand::Add(vec![1, 1]), &(), &json!({})).await.expect("add");
+    assert_eq!(store.load_snapshot("Counter", "c").await.expect("snapshot").map(|s| s.sequence), Some(20));
+    cqrs.execute("c", CounterCommand::Add(vec![2])).await.expect("execute");
+    let loaded = aggregates.load::<Counter>("c").await.expect("load");
+    assert_eq!((loaded.aggregate.value, loaded.sequence), (expected + 4, 21));
+}
+
+async fn corrupt_or_unknown_events_name_their_stream_and_sequence(t: TestDb) {
+    let store = SqlEventStore::new(t.db.clone());
+    let aggregates = AggregateStore::new(Arc::new(store.clone()), 1_000);
+    store.append(vec![append("bad", 0, &[1])]).await.expect("seed");
+    let unknown = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                   VALUES ('Counter', 'bad', 2, 'Exploded', '1', '{\"type\": \"Exploded\"}', '{}')";
+    exec(&t.db, unknown).await;
+    match aggregates.load::<Counter>("bad").await {
+        Err(EventStoreError::Corrupt { aggregate_type, aggregate_id, sequence, .. }) => {
+            assert_eq!((aggregate_type.as_str(), aggregate_id.as_str(), sequence), ("Counter", "bad", 2));
+        }
+        other => panic!("expected a corrupt-event error, got {other:?}"),
+    }
+
+    // A payload whose recorded type does not match its content is corrupt too.
+    let mismatched = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+                      VALUES ('Counter', 'odd', 1, 'Removed', '1', '{\"type\": \"Added\", \"amount\": 1}', '{}')";
+    exec(&t.db, mismatched).await;
+    let error = aggregates.load::<Counter>("odd").await.expect_err("mismatch");
+    assert!(matches!(error, EventStoreError::Corrupt { sequence: 1, .. }), "{error}");
+
+    // Commands against a corrupt stream fail with the same error instead of writing.
+    let result = aggregates.execute::<Counter>("bad", CounterCommand::Add(vec![1]), &(), &json!({})).await;
+    assert!(matches!(result, Err(CommandError::Store(EventStoreError::Corrupt { sequence: 2, .. }))));
+}
+
+async fn the_log_is_append_only(t: TestDb) {
+    let store = SqlEventStore::new(t.db.clone());
+    store.append(vec![append("fixed", 0, &[1])]).await.expect("seed");
+    for sql in ["UPDATE events SET payload = '{}'", "DELETE FROM events"] {
+        let refused = match &t.db {
+            Database::Postgres(pool) => sqlx::query(sql).execute(pool).await.is_err(),
+            Database::Sqlite { write, .. } => sqlx::query(sql).execute(write).await.is_err(),
+        };
+        assert!(refused, "{sql} must be refused");
+    }
+    assert_eq!(amounts(&store.load_stream("Counter", "fixed", 0).await.expect("load")), vec![1]);
+}
+
+macro_rules! both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(crate::support::db::TestDb::postgres().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(crate::support::db::TestDb::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    append_and_load_round_trip,
+    conflicting_writers_exactly_one_wins,
+    concurrent_commands_retry_and_lose_nothing,
+    multi_stream_append_is_all_or_nothing,
+    inline_projection_commits_and_rolls_back_with_the_append,
+    log_reader_never_skips_a_late_commit,
+    snapshots_are_written_and_used,
+    cqrs_es_framework_runs_on_the_store,
+    corrupt_or_unknown_events_name_their_stream_and_sequence,
+    the_log_is_append_only,
+);

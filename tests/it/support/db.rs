@@ -1,0 +1,122 @@
+//! Fresh databases for tests.
+//!
+//! PostgreSQL: each test gets its own database, created from a template that has every
+//! migration applied (built once per migration set, under an advisory lock so parallel
+//! test processes agree), and dropped when the test ends. The server is the one named by
+//! `KILN_TEST_POSTGRES_URL`, else the local one at 127.0.0.1:5432.
+//! SQLite: a file in a fresh temporary directory.
+
+use std::hash::{Hash, Hasher};
+
+use infrastructure::db::{Database, POSTGRES_MIGRATIONS};
+use sqlx::{Connection, Executor, PgConnection};
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_url() -> String {
+    std::env::var("KILN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
+}
+
+/// `admin_url` with its database name replaced.
+fn url_for(database: &str) -> String {
+    let admin = admin_url();
+    let (base, query) = match admin.split_once('?') {
+        Some((base, query)) => (base.to_string(), format!("?{query}")),
+        None => (admin.clone(), String::new()),
+    };
+    let server = base.rsplit_once('/').map(|(server, _)| server).unwrap_or(&base);
+    format!("{server}/{database}{query}")
+}
+
+/// The template's name changes whenever a migration changes.
+fn template_name() -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for migration in POSTGRES_MIGRATIONS.iter() {
+        migration.version.hash(&mut hasher);
+        migration.checksum.hash(&mut hasher);
+    }
+    format!("kiln_template_{:016x}", hasher.finish())
+}
+
+async fn ensure_template(admin: &mut PgConnection) -> String {
+    let template = template_name();
+    // Any constant works as the lock key as long as every test process uses the same.
+    admin.execute("SELECT pg_advisory_lock(74203)").await.expect("advisory lock");
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&template)
+        .fetch_one(&mut *admin)
+        .await
+        .expect("query pg_database");
+    if !exists {
+        // Build under a scratch name and rename when complete, so a crash mid-build
+        // never leaves a half-migrated template behind under the real name.
+        let building = format!("{template}_building");
+        admin.execute(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)").as_str()).await.expect("drop scratch");
+        admin.execute(format!("CREATE DATABASE {building}").as_str()).await.expect("create template");
+        let db = Database::connect(&url_for(&building), 2).await.expect("connect to template");
+        db.migrate().await.expect("migrate template");
+        db.close().await;
+        admin
+            .execute(format!("ALTER DATABASE {building} RENAME TO {template}").as_str())
+            .await
+            .expect("rename template");
+    }
+    admin.execute("SELECT pg_advisory_unlock(74203)").await.expect("advisory unlock");
+    template
+}
+
+/// A database that is dropped when this value is.
+pub struct TestDb {
+    pub db: Database,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Postgres { name: String },
+    Sqlite { _dir: tempfile::TempDir },
+}
+
+impl TestDb {
+    pub async fn postgres() -> TestDb {
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed for this test: {e}", admin_url()));
+        let template = ensure_template(&mut admin).await;
+        let name = format!("kiln_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(format!("CREATE DATABASE {name} TEMPLATE {template}").as_str())
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = url_for(&name);
+        let db = Database::connect(&url, 16).await.expect("connect to test database");
+        TestDb { db, url, cleanup: Cleanup::Postgres { name } }
+    }
+
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("kiln.db").display());
+        let db = Database::connect_and_migrate(&url, 8).await.expect("open sqlite");
+        TestDb { db, url, cleanup: Cleanup::Sqlite { _dir: dir } }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Cleanup::Postgres { name } = &self.cleanup else { return };
+        let name = name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on; a short-lived
+        // runtime on its own thread does the async cleanup. FORCE ends the test's own
+        // pooled connections.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+                    let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
+                }
+            });
+        })
+        .join();
+    }
+}

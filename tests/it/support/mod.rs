@@ -1,0 +1,3 @@
+//! Test support shared by every integration test (one test binary, linked once).
+
+pub mod db;
