@@ -1,1 +1,6 @@
+//! The `kiln` binary's library half: CLI, application start-up and HTTP wiring. Kept as
+//! a library so the integration tests start the real application in-process.
 
+pub mod app;
+pub mod cli;
+pub mod http;

@@ -93,8 +93,8 @@ impl Default for EventStoreSettings {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+#[error("invalid configuration")]
+pub struct ConfigError(#[source] Box<figment::Error>);
 
 impl Settings {
     /// Defaults < `file` (or `kiln.toml` if present) < `KILN_*` environment variables.

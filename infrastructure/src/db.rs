@@ -5,7 +5,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -19,11 +20,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum DbError {
     #[error("unsupported database URL (expected postgres://… or sqlite:…)")]
     UnsupportedUrl,
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot connect to the database")]
     Connect(#[source] sqlx::Error),
-    #[error("cannot apply migrations: {0}")]
+    #[error("cannot apply migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
-    #[error("database query failed: {0}")]
+    #[error("database query failed")]
     Query(#[from] sqlx::Error),
     #[error("migrations not applied: {0:?}")]
     MigrationsPending(Vec<i64>),
@@ -50,6 +51,9 @@ impl Database {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
+            // One direct connection first: a server that is down or refuses us is reported
+            // at once with its real cause, not as a pool timeout.
+            PgConnection::connect_with(&options).await.map_err(DbError::Connect)?.close().await.ok();
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)

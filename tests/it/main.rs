@@ -3,3 +3,4 @@
 mod support;
 
 mod event_store;
+mod serve;

@@ -1,3 +1,4 @@
 //! Test support shared by every integration test (one test binary, linked once).
 
+pub mod app;
 pub mod db;

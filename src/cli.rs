@@ -1,0 +1,98 @@
+//! The command line: `kiln serve`, `kiln migrate`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use infrastructure::config::Settings;
+use infrastructure::db::Database;
+
+use crate::app::Application;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "Event-sourced credit ledger and job engine for AI image generation")]
+pub struct Cli {
+    /// Configuration file (TOML). Defaults to ./kiln.toml when it exists.
+    #[arg(long, global = true, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Database URL (`sqlite:kiln.db`, `postgres://…`); overrides the configuration.
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then serve the HTTP API until SIGTERM or ctrl-c.
+    Serve {
+        /// Port to listen on; overrides the configuration (0 picks a free port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Address to bind; overrides the configuration.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(url) = &cli.database_url {
+        settings.database.url = url.clone();
+    }
+    if let Command::Serve { port, host } = &cli.command {
+        if let Some(port) = port {
+            settings.http.port = *port;
+        }
+        if let Some(host) = host {
+            settings.http.host = host.clone();
+        }
+    }
+    Ok(settings)
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = settings(&cli)?;
+    infrastructure::telemetry::init(&settings.log);
+    match cli.command {
+        Command::Serve { .. } => {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let db = Database::connect(&settings.database.url, 2).await?;
+            db.migrate().await?;
+            tracing::info!(backend = ?db.backend(), "migrations applied");
+            db.close().await;
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
