@@ -16,6 +16,7 @@ use application::event_store::{
     EventStore, EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend,
 };
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::db::Database;
 
@@ -29,20 +30,28 @@ pub const READ_LOG_LIMIT_MAX: i64 = 10_000;
 pub struct SqlEventStore {
     db: Database,
     inline: Arc<[Arc<dyn InlineProjection>]>,
+    /// Counts commits made through this handle (and its clones), so in-process log
+    /// followers wake at once instead of waiting for their next poll.
+    commits: Arc<watch::Sender<u64>>,
 }
 
 impl SqlEventStore {
     pub fn new(db: Database) -> Self {
-        Self { db, inline: Arc::new([]) }
+        Self::with_inline_projections(db, Vec::new())
     }
 
     /// Runs `projections` inside every append transaction, in this order.
     pub fn with_inline_projections(db: Database, projections: Vec<Arc<dyn InlineProjection>>) -> Self {
-        Self { db, inline: projections.into() }
+        Self { db, inline: projections.into(), commits: Arc::new(watch::channel(0).0) }
     }
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// Changes after every commit made through this store in this process.
+    pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 }
 
@@ -100,10 +109,12 @@ impl EventStore for SqlEventStore {
         if appends.iter().all(|a| a.events.is_empty()) {
             return Ok(Vec::new());
         }
-        match &self.db {
+        let stored = match &self.db {
             Database::Postgres(pool) => postgres::append(pool, &self.inline, &appends).await,
             Database::Sqlite { write, .. } => sqlite::append(write, &self.inline, &appends).await,
-        }
+        }?;
+        self.commits.send_modify(|count| *count = count.wrapping_add(1));
+        Ok(stored)
     }
 
     async fn load_stream(

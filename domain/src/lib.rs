@@ -1,0 +1,36 @@
+//! Kiln's domain: aggregates, commands, events, pricing and plan rules.
+//!
+//! Pure by design: no I/O, no clocks, no random ids. Time arrives as command fields
+//! (`now`) and ids as arguments, so every decision is a deterministic function of the
+//! state and the command, and the whole crate is tested without a runtime or a database.
+//!
+//! Map:
+//! - [`ids`]: uuid newtypes and idempotency keys.
+//! - [`amount`]: [`Credits`] and [`SignedCredits`], checked integer amounts.
+//! - [`plan`]: [`Plan`] and its concurrency limit.
+//! - [`operation`]: [`Operation`], what a job does and what it is priced as.
+//! - [`pricing`]: [`PricingConfig`] and the three cost formulas (rounding up).
+//! - [`credits`]: the [`TeamCredits`] aggregate, its commands, events and errors.
+
+pub mod amount;
+pub mod credits;
+pub mod ids;
+pub mod operation;
+pub mod plan;
+pub mod pricing;
+
+pub use amount::{AmountError, Credits, SignedCredits};
+pub use credits::{
+    Allocation, BlockOrigin, CreditBlock, GrantSource, Reservation, ReservationState, TeamCredits,
+    TeamCreditsCommand, TeamCreditsError, TeamCreditsEvent, TeamProfile,
+};
+pub use ids::{
+    AdjustmentId, ApiKeyId, GrantId, IdParseError, IdempotencyKey, IdempotencyKeyError, JobId,
+    ModelId, TeamId,
+};
+pub use operation::{Operation, UnknownOperation};
+pub use plan::{Plan, UnknownPlan};
+pub use pricing::{
+    ImageGenerationPricing, ModelCreationPricing, ModelRefinementPricing, PriceRequest,
+    PricingConfig, PricingError, Quote, MILLI,
+};

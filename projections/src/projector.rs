@@ -1,0 +1,141 @@
+//! The projector: runs async projections over the global log from their stored
+//! checkpoints. Each batch of events and the checkpoint that follows it are written in
+//! one transaction, so every event is applied exactly once per projection, whatever
+//! crashes in between.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use application::event_store::{EventStore, EventStoreError, LogPosition, StoredEvent};
+use infrastructure::db::Database;
+use infrastructure::event_store::{InlineProjection, SqlEventStore, Tx};
+use tokio::sync::watch;
+
+/// Events read and applied per transaction.
+pub const BATCH_SIZE_DEFAULT: i64 = 1_000;
+/// How often the log is polled for events written by other processes.
+pub const POLL_INTERVAL_DEFAULT: Duration = Duration::from_millis(250);
+
+/// An async projection has the same shape as an inline one: events in, SQL in a
+/// transaction. What differs is when it runs.
+pub type AsyncProjection = dyn InlineProjection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    #[error("projection {projection} failed at {position:?}: {reason}")]
+    Projection { projection: String, position: LogPosition, reason: String },
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Clone)]
+pub struct Projector {
+    store: SqlEventStore,
+    projections: Vec<Arc<AsyncProjection>>,
+    batch_size: i64,
+}
+
+impl Projector {
+    pub fn new(store: SqlEventStore, projections: Vec<Arc<AsyncProjection>>) -> Self {
+        Self { store, projections, batch_size: BATCH_SIZE_DEFAULT }
+    }
+
+    pub fn projections(&self) -> &[Arc<AsyncProjection>] {
+        &self.projections
+    }
+
+    /// Applies every event available now to every projection; returns how many events
+    /// were applied in all.
+    pub async fn catch_up(&self) -> Result<u64, ProjectorError> {
+        let mut applied = 0;
+        for projection in &self.projections {
+            loop {
+                let done = self.step(projection.as_ref()).await?;
+                applied += done;
+                if done == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(applied)
+    }
+
+    /// One batch for one projection: read after its checkpoint, apply, move the checkpoint.
+    async fn step(&self, projection: &AsyncProjection) -> Result<u64, ProjectorError> {
+        let db = self.store.database();
+        let checkpoint = load_checkpoint(db, projection.name()).await?;
+        let events = self.store.read_log(checkpoint, self.batch_size).await?;
+        let Some(last) = events.last().map(|e| e.log_position) else {
+            return Ok(0);
+        };
+        apply_batch(db, projection, &events, last).await?;
+        Ok(events.len() as u64)
+    }
+
+    /// Runs until `stop` flips to true: catches up, then waits for a local commit or the
+    /// poll interval. Errors are logged and retried after the interval.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut commits = self.store.subscribe_commits();
+        loop {
+            if let Err(error) = self.catch_up().await {
+                tracing::error!(%error, "projector step failed; retrying");
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep(POLL_INTERVAL_DEFAULT) => {}
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+}
+
+pub async fn load_checkpoint(db: &Database, name: &str) -> Result<LogPosition, sqlx::Error> {
+    let sql = "SELECT commit_order, position FROM projection_checkpoints WHERE name = $1";
+    let row: Option<(i64, i64)> = match db {
+        Database::Postgres(pool) => sqlx::query_as(sql).bind(name).fetch_optional(pool).await?,
+        Database::Sqlite { read, .. } => sqlx::query_as(sql).bind(name).fetch_optional(read).await?,
+    };
+    Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }).unwrap_or(LogPosition::START))
+}
+
+const SAVE_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET commit_order = excluded.commit_order, position = excluded.position, \
+     updated_at = CURRENT_TIMESTAMP";
+
+async fn apply_batch(
+    db: &Database,
+    projection: &AsyncProjection,
+    events: &[StoredEvent],
+    last: LogPosition,
+) -> Result<(), ProjectorError> {
+    let failed = |error: Box<dyn std::error::Error + Send + Sync>| ProjectorError::Projection {
+        projection: projection.name().to_string(),
+        position: last,
+        reason: error.to_string(),
+    };
+    match db {
+        Database::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            projection.apply(&mut Tx::Postgres(&mut tx), events).await.map_err(failed)?;
+            save_checkpoint(&mut Tx::Postgres(&mut tx), projection.name(), last).await?;
+            tx.commit().await?;
+        }
+        Database::Sqlite { write, .. } => {
+            let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+            projection.apply(&mut Tx::Sqlite(&mut tx), events).await.map_err(failed)?;
+            save_checkpoint(&mut Tx::Sqlite(&mut tx), projection.name(), last).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn save_checkpoint(tx: &mut Tx<'_>, name: &str, at: LogPosition) -> Result<(), sqlx::Error> {
+    infrastructure::tx_execute!(tx, SAVE_CHECKPOINT, name, at.commit_order, at.position)?;
+    Ok(())
+}
