@@ -75,18 +75,31 @@ impl AggregateStore {
     /// Runs `command` against `loaded`. Nothing is written.
     pub async fn decide<A: Aggregate>(
         &self,
-        loaded: Loaded<A>,
+        mut loaded: Loaded<A>,
         command: A::Command,
         services: &A::Services,
         metadata: &Value,
     ) -> Result<Decided<A>, CommandError<A::Error>> {
-        let Loaded { id, mut aggregate, sequence } = loaded;
+        let (events, append) = self.decide_in_place(&mut loaded, command, services, metadata).await?;
+        Ok(Decided { state: loaded, events, append })
+    }
+
+    /// Runs `command` against `loaded`, applying the new events to it (and advancing its
+    /// sequence) without cloning the state. Nothing is written. If this fails, or the
+    /// returned append is not committed, `loaded` must be discarded.
+    pub async fn decide_in_place<A: Aggregate>(
+        &self,
+        loaded: &mut Loaded<A>,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Value,
+    ) -> Result<(Vec<A::Event>, StreamAppend), CommandError<A::Error>> {
         let sink = EventSink::<A>::default();
-        aggregate.handle(command, services, &sink).await.map_err(CommandError::Rejected)?;
+        loaded.aggregate.handle(command, services, &sink).await.map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
-        let append = self.to_append(&id, sequence, &events, &aggregate, metadata)?;
-        let state = Loaded { id, aggregate, sequence: sequence + events.len() as i64 };
-        Ok(Decided { state, events, append })
+        let append = self.to_append(&loaded.id, loaded.sequence, &events, &loaded.aggregate, metadata)?;
+        loaded.sequence += events.len() as i64;
+        Ok((events, append))
     }
 
     /// Load, decide and append one stream, retrying on concurrency conflicts.

@@ -1,4 +1,7 @@
 //! Kiln's use cases and the ports (traits) they need from the outside world.
 
 pub mod aggregate_store;
+pub mod api_keys;
+pub mod clock;
+pub mod credits;
 pub mod event_store;

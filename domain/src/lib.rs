@@ -11,10 +11,12 @@
 //! - [`operation`]: [`Operation`], what a job does and what it is priced as.
 //! - [`pricing`]: [`PricingConfig`] and the three cost formulas (rounding up).
 //! - [`credits`]: the [`TeamCredits`] aggregate, its commands, events and errors.
+//! - [`keys`]: the [`keys::ApiKey`] aggregate and key [`keys::Role`]s.
 
 pub mod amount;
 pub mod credits;
 pub mod ids;
+pub mod keys;
 pub mod operation;
 pub mod plan;
 pub mod pricing;

@@ -6,18 +6,28 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 /// The file read when no other is named; missing is fine.
 pub const DEFAULT_CONFIG_FILE: &str = "kiln.toml";
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
     pub event_store: EventStoreSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// The operator's bearer key for `/api/admin/*`. Unset: the admin API is closed.
+    #[serde(skip_serializing)]
+    pub operator_key: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +74,7 @@ impl Default for Settings {
             http: HttpSettings::default(),
             log: LogSettings::default(),
             event_store: EventStoreSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -125,6 +136,12 @@ mod tests {
             assert_eq!(settings.database.url, "sqlite:x.db");
             assert_eq!(settings.log.format, LogFormat::Json);
             assert_eq!(settings.event_store, EventStoreSettings::default());
+            assert!(settings.auth.operator_key.is_none());
+            jail.set_env("KILN_AUTH__OPERATOR_KEY", "op-secret");
+            let settings = Settings::load(Some(Path::new("k.toml"))).expect("valid settings");
+            let key = settings.auth.operator_key.expect("set from the environment");
+            assert_eq!(secrecy::ExposeSecret::expose_secret(&key), "op-secret");
+            assert!(!format!("{:?}", Settings::load(Some(Path::new("k.toml")))).contains("op-secret"), "never printed");
             Ok(())
         });
     }

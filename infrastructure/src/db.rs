@@ -152,3 +152,49 @@ impl Database {
         }
     }
 }
+
+/// Fetches all rows as `$row` with the same SQL text from the read side of either
+/// database (PostgreSQL pool, or SQLite's read pool).
+#[macro_export]
+macro_rules! db_fetch_all {
+    ($db:expr, $row:ty, $sql:expr $(, $arg:expr)* $(,)?) => {{
+        match $db {
+            $crate::db::Database::Postgres(pool) => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.fetch_all(pool).await
+            }
+            $crate::db::Database::Sqlite { read, .. } => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.fetch_all(read).await
+            }
+        }
+    }};
+}
+
+/// Fetches at most one row as `$row` from the read side of either database.
+#[macro_export]
+macro_rules! db_fetch_optional {
+    ($db:expr, $row:ty, $sql:expr $(, $arg:expr)* $(,)?) => {{
+        match $db {
+            $crate::db::Database::Postgres(pool) => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.fetch_optional(pool).await
+            }
+            $crate::db::Database::Sqlite { read, .. } => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.fetch_optional(read).await
+            }
+        }
+    }};
+}
+
+/// Executes one statement on the write side of either database.
+#[macro_export]
+macro_rules! db_execute {
+    ($db:expr, $sql:expr $(, $arg:expr)* $(,)?) => {{
+        match $db {
+            $crate::db::Database::Postgres(pool) => {
+                ::sqlx::query($sql)$(.bind($arg))*.execute(pool).await.map(|r| r.rows_affected())
+            }
+            $crate::db::Database::Sqlite { write, .. } => {
+                ::sqlx::query($sql)$(.bind($arg))*.execute(write).await.map(|r| r.rows_affected())
+            }
+        }
+    }};
+}

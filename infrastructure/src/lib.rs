@@ -4,4 +4,5 @@
 pub mod config;
 pub mod db;
 pub mod event_store;
+pub mod pricing;
 pub mod telemetry;

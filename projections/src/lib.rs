@@ -1,3 +1,29 @@
 //! Kiln's read models and the projector that keeps the async ones current.
+//!
+//! - inline (in the append transaction): [`balances`], [`api_keys`];
+//! - async (projector, from checkpoints): [`history`].
 
+pub mod api_keys;
+pub mod balances;
+pub mod history;
 pub mod projector;
+
+use std::sync::Arc;
+
+use application::aggregate_store::decode_event;
+use application::event_store::StoredEvent;
+use infrastructure::event_store::{InlineProjection, ProjectionError};
+
+/// The projections every append runs in its transaction.
+pub fn inline_projections() -> Vec<Arc<dyn InlineProjection>> {
+    vec![Arc::new(balances::TeamBalances), Arc::new(api_keys::ApiKeys)]
+}
+
+/// The projections the projector runs behind the log.
+pub fn async_projections() -> Vec<Arc<dyn InlineProjection>> {
+    vec![Arc::new(history::CreditHistory)]
+}
+
+fn decode<A: cqrs_es::Aggregate>(stored: &StoredEvent) -> Result<A::Event, ProjectionError> {
+    decode_event::<A>(stored).map_err(|e| Box::new(e) as ProjectionError)
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use application::event_store::{EventStore, EventStoreError, LogPosition, StoredEvent};
+use application::event_store::{EventStore, EventStoreError, LogPosition};
 use infrastructure::db::Database;
 use infrastructure::event_store::{InlineProjection, SqlEventStore, Tx};
 use tokio::sync::watch;
@@ -62,15 +62,41 @@ impl Projector {
         Ok(applied)
     }
 
-    /// One batch for one projection: read after its checkpoint, apply, move the checkpoint.
+    /// One batch for one projection: lock its checkpoint, read the log after it, apply,
+    /// move the checkpoint, commit. The lock makes concurrent projectors (two `kiln`
+    /// processes, or a catch-up beside the background loop) take turns instead of
+    /// applying the same events twice.
     async fn step(&self, projection: &AsyncProjection) -> Result<u64, ProjectorError> {
-        let db = self.store.database();
-        let checkpoint = load_checkpoint(db, projection.name()).await?;
+        match self.store.database() {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let applied = self.step_in(&mut Tx::Postgres(&mut tx), projection).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
+            Database::Sqlite { write, .. } => {
+                // IMMEDIATE takes SQLite's write lock: the checkpoint is ours until commit.
+                let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
+                let applied = self.step_in(&mut Tx::Sqlite(&mut tx), projection).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
+        }
+    }
+
+    async fn step_in(&self, tx: &mut Tx<'_>, projection: &AsyncProjection) -> Result<u64, ProjectorError> {
+        let name = projection.name();
+        let checkpoint = lock_checkpoint(tx, name).await?;
         let events = self.store.read_log(checkpoint, self.batch_size).await?;
         let Some(last) = events.last().map(|e| e.log_position) else {
             return Ok(0);
         };
-        apply_batch(db, projection, &events, last).await?;
+        projection.apply(tx, &events).await.map_err(|error| ProjectorError::Projection {
+            projection: name.to_string(),
+            position: last,
+            reason: error.to_string(),
+        })?;
+        infrastructure::tx_execute!(&mut *tx, SAVE_CHECKPOINT, name, last.commit_order, last.position)?;
         Ok(events.len() as u64)
     }
 
@@ -103,39 +129,21 @@ pub async fn load_checkpoint(db: &Database, name: &str) -> Result<LogPosition, s
     Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }).unwrap_or(LogPosition::START))
 }
 
-const SAVE_CHECKPOINT: &str = "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, $2, $3) \
-     ON CONFLICT (name) DO UPDATE SET commit_order = excluded.commit_order, position = excluded.position, \
-     updated_at = CURRENT_TIMESTAMP";
+const SAVE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET commit_order = $2, position = $3, \
+     updated_at = CURRENT_TIMESTAMP WHERE name = $1";
 
-async fn apply_batch(
-    db: &Database,
-    projection: &AsyncProjection,
-    events: &[StoredEvent],
-    last: LogPosition,
-) -> Result<(), ProjectorError> {
-    let failed = |error: Box<dyn std::error::Error + Send + Sync>| ProjectorError::Projection {
-        projection: projection.name().to_string(),
-        position: last,
-        reason: error.to_string(),
+/// Reads a projection's checkpoint inside `tx`, locking it (PostgreSQL row lock; on
+/// SQLite the transaction already holds the write lock).
+async fn lock_checkpoint(tx: &mut Tx<'_>, name: &str) -> Result<LogPosition, sqlx::Error> {
+    infrastructure::tx_execute!(
+        &mut *tx,
+        "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING",
+        name
+    )?;
+    let sql = match tx {
+        Tx::Postgres(_) => "SELECT commit_order, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+        Tx::Sqlite(_) => "SELECT commit_order, position FROM projection_checkpoints WHERE name = $1",
     };
-    match db {
-        Database::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            projection.apply(&mut Tx::Postgres(&mut tx), events).await.map_err(failed)?;
-            save_checkpoint(&mut Tx::Postgres(&mut tx), projection.name(), last).await?;
-            tx.commit().await?;
-        }
-        Database::Sqlite { write, .. } => {
-            let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
-            projection.apply(&mut Tx::Sqlite(&mut tx), events).await.map_err(failed)?;
-            save_checkpoint(&mut Tx::Sqlite(&mut tx), projection.name(), last).await?;
-            tx.commit().await?;
-        }
-    }
-    Ok(())
-}
-
-async fn save_checkpoint(tx: &mut Tx<'_>, name: &str, at: LogPosition) -> Result<(), sqlx::Error> {
-    infrastructure::tx_execute!(tx, SAVE_CHECKPOINT, name, at.commit_order, at.position)?;
-    Ok(())
+    let row = infrastructure::tx_fetch_optional!(&mut *tx, (i64, i64), sql, name)?;
+    Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }).unwrap_or(LogPosition::START))
 }

@@ -1,12 +1,17 @@
-//! HTTP wiring: the router, its middleware, and the health endpoints.
+//! HTTP wiring: the router, its middleware, and the endpoint modules.
 
+pub mod admin;
+pub mod auth;
+pub mod credits;
+pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod problem;
 
-use axum::http::HeaderName;
+use axum::http::{HeaderName, Request};
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::app::AppState;
@@ -16,12 +21,25 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
+        .merge(credits::routes())
+        .merge(admin::routes())
+        .merge(openapi::routes())
         .fallback(problem::not_found)
         .with_state(state)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .make_span_with(|request: &Request<_>| {
+                    // The query string is left out: it may carry filters, never secrets,
+                    // but the path is what operators search by.
+                    let request_id = request
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(),
+                        request_id, team_id = tracing::field::Empty)
+                })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

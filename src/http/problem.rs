@@ -3,6 +3,9 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use application::aggregate_store::CommandError;
+use domain::keys::ApiKeyError;
+use domain::TeamCreditsError;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -43,6 +46,19 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found")
     }
 
+    /// A request that parsed but is not acceptable (422).
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", "Invalid request").detail(detail)
+    }
+
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail)
+    }
+
+    pub fn forbidden(detail: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
+    }
+
     pub fn not_ready(detail: &str) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready").detail(detail)
     }
@@ -51,6 +67,58 @@ impl Problem {
     pub fn internal(error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+    }
+}
+
+impl From<TeamCreditsError> for Problem {
+    fn from(error: TeamCreditsError) -> Self {
+        match error {
+            TeamCreditsError::TeamNotFound => Problem::not_found().detail("no such team"),
+            TeamCreditsError::TeamAlreadyOpened => {
+                Problem::new(StatusCode::CONFLICT, "team-exists", "Team already exists").detail(error.to_string())
+            }
+            TeamCreditsError::InsufficientCredits { available, requested } => {
+                Problem::new(StatusCode::PAYMENT_REQUIRED, "insufficient-credits", "Insufficient credits")
+                    .detail(format!("{requested} credits requested, {available} available"))
+                    .with("available", available)
+                    .with("requested", requested)
+            }
+            TeamCreditsError::ReservationNotFound(_) => Problem::not_found().detail(error.to_string()),
+            TeamCreditsError::IdempotencyConflict { .. } => {
+                Problem::new(StatusCode::CONFLICT, "idempotency-conflict", "Idempotency key reused")
+                    .detail(error.to_string())
+            }
+            TeamCreditsError::InvalidText { .. } | TeamCreditsError::ExpiryNotInFuture => Problem::invalid(error.to_string()),
+            TeamCreditsError::Amount(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount").detail(error.to_string())
+            }
+        }
+    }
+}
+
+impl<E> From<CommandError<E>> for Problem
+where
+    E: std::error::Error,
+    Problem: From<E>,
+{
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(rejection) => Problem::from(rejection),
+            CommandError::Contention { .. } => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "contention", "Too much contention").detail("retry the request")
+            }
+            CommandError::Store(store) => Problem::internal(&store),
+        }
+    }
+}
+
+impl From<ApiKeyError> for Problem {
+    fn from(error: ApiKeyError) -> Self {
+        match error {
+            ApiKeyError::NotFound => Problem::not_found().detail("no such API key"),
+            ApiKeyError::AlreadyIssued => Problem::new(StatusCode::CONFLICT, "key-exists", "API key exists"),
+            ApiKeyError::InvalidName | ApiKeyError::InvalidHash => Problem::invalid(error.to_string()),
+        }
     }
 }
 

@@ -3,4 +3,5 @@
 mod support;
 
 mod event_store;
+mod credits;
 mod serve;

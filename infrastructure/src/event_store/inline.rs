@@ -39,3 +39,82 @@ macro_rules! tx_execute {
         }
     }};
 }
+
+/// Fetches at most one row as `$row` (a tuple or `FromRow` type decodable on both
+/// databases) with the same SQL text on whichever database `tx` is on.
+#[macro_export]
+macro_rules! tx_fetch_optional {
+    ($tx:expr, $row:ty, $sql:expr $(, $arg:expr)* $(,)?) => {{
+        match $tx {
+            $crate::event_store::Tx::Postgres(conn) => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.fetch_optional(&mut **conn).await
+            }
+            $crate::event_store::Tx::Sqlite(conn) => {
+                ::sqlx::query_as::<_, $row>($sql)$(.bind($arg))*.fetch_optional(&mut **conn).await
+            }
+        }
+    }};
+}
+
+/// `{head} VALUES ($1, $2), ($3, $4), … {tail}` for `rows` rows of `columns` values.
+/// Used for multi-row inserts and for `UPDATE … FROM (VALUES …) AS v` (both databases
+/// name the columns of a VALUES list `column1`, `column2`, …).
+pub fn values_sql(head: &str, columns: usize, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * columns * 5);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+/// Rows per multi-row statement: keeps the parameter count far below both databases'
+/// limits (SQLite: 32,766; PostgreSQL: 65,535).
+pub const ROWS_PER_STATEMENT_MAX: usize = 500;
+
+/// Runs `{head} VALUES (…), (…) {tail}` over `rows`, in chunks, with the same SQL on
+/// both databases, binding each row with `|query, row| query.bind(…).bind(…)`.
+#[macro_export]
+macro_rules! tx_execute_values {
+    ($tx:expr, $head:expr, $tail:expr, $columns:expr, $rows:expr, |$query:ident, $row:ident| $bind:expr) => {{
+        let mut inserted: Result<u64, ::sqlx::Error> = Ok(0);
+        for chunk in $rows.chunks($crate::event_store::ROWS_PER_STATEMENT_MAX) {
+            let sql = $crate::event_store::values_sql($head, $columns, chunk.len(), $tail);
+            let done = match &mut *$tx {
+                $crate::event_store::Tx::Postgres(conn) => {
+                    let mut $query = ::sqlx::query(&sql);
+                    for $row in chunk {
+                        $query = $bind;
+                    }
+                    $query.execute(&mut **conn).await.map(|r| r.rows_affected())
+                }
+                $crate::event_store::Tx::Sqlite(conn) => {
+                    let mut $query = ::sqlx::query(&sql);
+                    for $row in chunk {
+                        $query = $bind;
+                    }
+                    $query.execute(&mut **conn).await.map(|r| r.rows_affected())
+                }
+            };
+            match done {
+                Ok(count) => inserted = inserted.map(|total| total + count),
+                Err(error) => {
+                    inserted = Err(error);
+                    break;
+                }
+            }
+        }
+        inserted
+    }};
+}

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::db::Database;
 
 pub use cqrs_repository::CqrsRepository;
-pub use inline::{InlineProjection, ProjectionError, Tx};
+pub use inline::{values_sql, InlineProjection, ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
 
 /// Upper bound on one `read_log` page, whatever the caller asks for.
 pub const READ_LOG_LIMIT_MAX: i64 = 10_000;

@@ -1,0 +1,362 @@
+//! Credit use cases over the TeamCredits aggregate: open teams, change plans, grant,
+//! reserve, deduct, refund, adjust, expire.
+//!
+//! **One writer per team per process, with group commit.** Each team that receives
+//! commands gets a small task owning its latest state. Commands queue to it; it decides
+//! every queued command in order against the in-memory state and commits all their events
+//! in one append (one transaction), then answers each caller. A hot team therefore costs
+//! one transaction per *batch*, not per command, and never races itself.
+//!
+//! Across processes the append's optimistic check decides: a conflict means another
+//! process wrote the team, so the task reloads the state and decides the batch again
+//! (bounded, with jittered backoff). Decisions that wrote nothing (rejections, repeats)
+//! are only answered once the state they were made on is known to be current.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use domain::{Plan, Reservation, TeamCredits, TeamCreditsCommand, TeamCreditsError, TeamCreditsEvent, TeamId};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::aggregate_store::{decode_event, AggregateStore, CommandError, Loaded, CONFLICT_RETRIES_MAX};
+use crate::clock::Clock;
+use crate::event_store::{EventStoreError, StreamAppend};
+
+pub type CreditsError = CommandError<TeamCreditsError>;
+
+/// Teams with a live writer task; beyond it, the least recently used are let go.
+pub const WRITERS_MAX: usize = 10_000;
+/// Commands decided and committed together, at most.
+pub const BATCH_COMMANDS_MAX: usize = 256;
+/// Commands waiting for one team, at most; callers beyond it wait for room.
+pub const QUEUE_DEPTH_MAX: usize = 4_096;
+const CONFLICT_BACKOFF_BASE: Duration = Duration::from_micros(250);
+
+/// Builds a team command (and the other streams to append atomically with it) from the
+/// team's current state. May run more than once: after a conflict it runs on fresh state.
+pub type Build = Box<dyn FnMut(&TeamCredits) -> Result<(TeamCreditsCommand, Vec<StreamAppend>), CreditsError> + Send>;
+
+/// What a committed (or idempotently repeated) command left behind. A summary, not the
+/// whole state: the state of a busy team is large and copying it per command is waste.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The events this call recorded; empty for a repeat.
+    pub events: Vec<TeamCreditsEvent>,
+    pub available: i64,
+    pub reserved: i64,
+    pub plan: Plan,
+    /// For reserve, deduct and refund: the reservation as it now stands (for a repeat,
+    /// the first outcome).
+    pub reservation: Option<Reservation>,
+}
+
+impl Outcome {
+    fn of(state: &TeamCredits, command: &TeamCreditsCommand, events: Vec<TeamCreditsEvent>) -> Self {
+        let reservation_id = match command {
+            TeamCreditsCommand::ReserveCredits { reservation_id, .. }
+            | TeamCreditsCommand::DeductCredits { reservation_id, .. }
+            | TeamCreditsCommand::RefundCredits { reservation_id, .. } => Some(*reservation_id),
+            _ => None,
+        };
+        Outcome {
+            events,
+            available: state.available(),
+            reserved: state.reserved(),
+            plan: state.plan(),
+            reservation: reservation_id.and_then(|id| state.reservation(id).cloned()),
+        }
+    }
+}
+
+struct Request {
+    build: Build,
+    metadata: Value,
+    reply: oneshot::Sender<Result<Outcome, CreditsError>>,
+}
+
+struct Writer {
+    queue: mpsc::Sender<Request>,
+    last_used: Instant,
+}
+
+#[derive(Clone)]
+pub struct CreditsService {
+    aggregates: AggregateStore,
+    clock: Arc<dyn Clock>,
+    writers: Arc<Mutex<HashMap<TeamId, Writer>>>,
+}
+
+impl CreditsService {
+    pub fn new(aggregates: AggregateStore, clock: Arc<dyn Clock>) -> Self {
+        Self { aggregates, clock, writers: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The team's current state, loaded from the store.
+    pub async fn state(&self, team: TeamId) -> Result<TeamCredits, CreditsError> {
+        Ok(self.aggregates.load::<TeamCredits>(&team.to_string()).await?.aggregate)
+    }
+
+    /// Runs `command` for `team` and commits its events.
+    pub async fn execute(&self, team: TeamId, command: TeamCreditsCommand, metadata: &Value) -> Result<Outcome, CreditsError> {
+        self.execute_with(team, metadata, Box::new(move |_| Ok((command.clone(), Vec::new())))).await
+    }
+
+    /// Runs the command `build` makes from the team's current state and commits its
+    /// events together with the extra appends `build` returns (other streams recorded
+    /// atomically with the credit change, e.g. a job being accepted).
+    pub async fn execute_with(&self, team: TeamId, metadata: &Value, build: Build) -> Result<Outcome, CreditsError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request { build, metadata: metadata.clone(), reply };
+        let queue = self.writer(team);
+        if let Err(mpsc::error::SendError(request)) = queue.send(request).await {
+            // The writer was let go between lookup and send: start a new one.
+            self.forget(team);
+            self.writer(team).send(request).await.map_err(|_| writer_gone())?;
+        }
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    fn writer(&self, team: TeamId) -> mpsc::Sender<Request> {
+        let mut writers = self.writers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(writer) = writers.get_mut(&team) {
+            if !writer.queue.is_closed() {
+                writer.last_used = Instant::now();
+                return writer.queue.clone();
+            }
+        }
+        if writers.len() >= WRITERS_MAX {
+            evict_least_recent(&mut writers);
+        }
+        let (queue, requests) = mpsc::channel(QUEUE_DEPTH_MAX);
+        tokio::spawn(run_writer(self.aggregates.clone(), team, requests));
+        writers.insert(team, Writer { queue: queue.clone(), last_used: Instant::now() });
+        queue
+    }
+
+    fn forget(&self, team: TeamId) {
+        self.writers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&team);
+    }
+}
+
+fn writer_gone() -> CreditsError {
+    CommandError::Store(EventStoreError::Unavailable("team writer stopped".into()))
+}
+
+/// Drops the oldest tenth of the writers: their tasks finish what is queued and stop
+/// (the channel closes once the last sender is gone).
+fn evict_least_recent(writers: &mut HashMap<TeamId, Writer>) {
+    let mut by_age: Vec<(Instant, TeamId)> = writers.iter().map(|(team, w)| (w.last_used, *team)).collect();
+    by_age.sort_unstable();
+    for (_, team) in by_age.into_iter().take((WRITERS_MAX / 10).max(1)) {
+        writers.remove(&team);
+    }
+}
+
+/// The writer task of one team: takes whatever is queued (up to a batch), decides it,
+/// commits it, answers.
+async fn run_writer(aggregates: AggregateStore, team: TeamId, mut requests: mpsc::Receiver<Request>) {
+    let mut state: Option<Loaded<TeamCredits>> = None;
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        process_batch(&aggregates, team, &mut state, batch).await;
+    }
+}
+
+/// One command of a batch as decided in one attempt.
+struct Decision {
+    result: Result<Outcome, CreditsError>,
+    extra: Vec<StreamAppend>,
+}
+
+async fn process_batch(aggregates: &AggregateStore, team: TeamId, state: &mut Option<Loaded<TeamCredits>>, mut batch: Vec<Request>) {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut loaded = match state.take() {
+            Some(loaded) => loaded,
+            None => match aggregates.load::<TeamCredits>(&team.to_string()).await {
+                Ok(loaded) => loaded,
+                Err(error) => return answer_all(batch, |_| Err(error_copy(&error))),
+            },
+        };
+        let start_sequence = loaded.sequence;
+        let (decisions, append) = decide_batch(aggregates, &mut loaded, &mut batch).await;
+        let Some(append) = append else {
+            // Nothing to write: the answers are rejections and repeats, which are only
+            // right if no other process has moved the team meanwhile.
+            match catch_up(aggregates, team, loaded).await {
+                Ok((fresh, false)) => {
+                    *state = Some(fresh);
+                    return answer(batch, decisions);
+                }
+                Ok((fresh, true)) => {
+                    *state = Some(fresh);
+                    continue;
+                }
+                Err(error) => return answer_all(batch, |_| Err(error_copy(&error))),
+            }
+        };
+        let mut appends = vec![append];
+        appends.extend(decisions.iter().flat_map(|d| d.extra.iter().cloned()));
+        match aggregates.commit(appends).await {
+            Ok(_) => {
+                *state = Some(loaded);
+                return answer(batch, decisions);
+            }
+            Err(EventStoreError::Conflict { aggregate_type, aggregate_id, .. })
+                if aggregate_type != <TeamCredits as cqrs_es::Aggregate>::TYPE =>
+            {
+                // Another stream of one command is taken (e.g. a job id reused): that
+                // command fails, the rest of the batch is decided again.
+                let (failed, rest) = split_by_extra(batch, decisions, &aggregate_type, &aggregate_id);
+                for request in failed {
+                    let _ = request.reply.send(Err(CommandError::Store(EventStoreError::Conflict {
+                        aggregate_type: aggregate_type.clone(),
+                        aggregate_id: aggregate_id.clone(),
+                        expected_sequence: 0,
+                    })));
+                }
+                batch = rest;
+                if batch.is_empty() {
+                    return;
+                }
+            }
+            Err(EventStoreError::Conflict { .. }) => {
+                if attempt >= CONFLICT_RETRIES_MAX {
+                    return answer_all(batch, |_| Err(CommandError::Contention { attempts: attempt }));
+                }
+                tracing::debug!(%team, attempt, start_sequence, "team written by another process; deciding again");
+                backoff(attempt).await;
+            }
+            Err(error) => return answer_all(batch, |_| Err(error_copy(&error))),
+        }
+    }
+}
+
+/// Decides every request in order on `loaded`, applying each one's events before the
+/// next. Returns each request's decision and the single append of all their events.
+async fn decide_batch(
+    aggregates: &AggregateStore,
+    loaded: &mut Loaded<TeamCredits>,
+    batch: &mut [Request],
+) -> (Vec<Decision>, Option<StreamAppend>) {
+    let mut decisions = Vec::with_capacity(batch.len());
+    let mut combined: Option<StreamAppend> = None;
+    for request in batch.iter_mut() {
+        let (command, extra) = match (request.build)(&loaded.aggregate) {
+            Ok(built) => built,
+            Err(error) => {
+                decisions.push(Decision { result: Err(error), extra: Vec::new() });
+                continue;
+            }
+        };
+        // TeamCredits decides before it applies anything, so a rejected command leaves
+        // `loaded` untouched.
+        match aggregates.decide_in_place(loaded, command.clone(), &(), &request.metadata).await {
+            Ok((events, append)) => {
+                let extra = if events.is_empty() { Vec::new() } else { extra };
+                combined = Some(match combined {
+                    None => append,
+                    Some(mut all) => {
+                        all.events.extend(append.events);
+                        all.snapshot = append.snapshot.or(all.snapshot);
+                        all
+                    }
+                });
+                decisions.push(Decision { result: Ok(Outcome::of(&loaded.aggregate, &command, events)), extra });
+            }
+            Err(error) => decisions.push(Decision { result: Err(error), extra: Vec::new() }),
+        }
+    }
+    let combined = combined.filter(|append| !append.events.is_empty());
+    (decisions, combined)
+}
+
+/// Applies events other processes appended after `loaded`; says whether there were any.
+async fn catch_up(
+    aggregates: &AggregateStore,
+    team: TeamId,
+    mut loaded: Loaded<TeamCredits>,
+) -> Result<(Loaded<TeamCredits>, bool), EventStoreError> {
+    let newer = aggregates.event_store().load_stream(<TeamCredits as cqrs_es::Aggregate>::TYPE, &team.to_string(), loaded.sequence).await?;
+    let moved = !newer.is_empty();
+    for stored in newer {
+        cqrs_es::Aggregate::apply(&mut loaded.aggregate, decode_event::<TeamCredits>(&stored)?);
+        loaded.sequence = stored.sequence;
+    }
+    Ok((loaded, moved))
+}
+
+fn answer(batch: Vec<Request>, decisions: Vec<Decision>) {
+    for (request, decision) in batch.into_iter().zip(decisions) {
+        let _ = request.reply.send(decision.result);
+    }
+}
+
+fn answer_all(batch: Vec<Request>, result: impl Fn(&Request) -> Result<Outcome, CreditsError>) {
+    for request in batch {
+        let outcome = result(&request);
+        let _ = request.reply.send(outcome);
+    }
+}
+
+fn split_by_extra(batch: Vec<Request>, decisions: Vec<Decision>, aggregate_type: &str, aggregate_id: &str) -> (Vec<Request>, Vec<Request>) {
+    let mut failed = Vec::new();
+    let mut rest = Vec::new();
+    for (request, decision) in batch.into_iter().zip(decisions) {
+        let hit = decision.extra.iter().any(|a| a.aggregate_type == aggregate_type && a.aggregate_id == aggregate_id);
+        if hit {
+            failed.push(request);
+        } else {
+            rest.push(request);
+        }
+    }
+    (failed, rest)
+}
+
+/// `EventStoreError` is not `Clone` (it may wrap sources); every caller of a failed
+/// batch gets the same description.
+fn error_copy(error: &EventStoreError) -> CreditsError {
+    CommandError::Store(match error {
+        EventStoreError::Conflict { aggregate_type, aggregate_id, expected_sequence } => EventStoreError::Conflict {
+            aggregate_type: aggregate_type.clone(),
+            aggregate_id: aggregate_id.clone(),
+            expected_sequence: *expected_sequence,
+        },
+        EventStoreError::Corrupt { aggregate_type, aggregate_id, sequence, reason } => EventStoreError::Corrupt {
+            aggregate_type: aggregate_type.clone(),
+            aggregate_id: aggregate_id.clone(),
+            sequence: *sequence,
+            reason: reason.clone(),
+        },
+        EventStoreError::Projection { projection, reason } => {
+            EventStoreError::Projection { projection: projection.clone(), reason: reason.clone() }
+        }
+        EventStoreError::InvalidAppend(reason) => EventStoreError::InvalidAppend(reason.clone()),
+        EventStoreError::Unavailable(reason) => EventStoreError::Unavailable(reason.clone()),
+    })
+}
+
+/// Exponential backoff with jitter, so two processes fighting over a team spread out.
+async fn backoff(attempt: u32) {
+    let base = CONFLICT_BACKOFF_BASE * 2u32.saturating_pow(attempt.min(6));
+    let jitter = rand::random::<u64>() % (base.as_micros() as u64).max(1);
+    tokio::time::sleep(base + Duration::from_micros(jitter)).await;
+}

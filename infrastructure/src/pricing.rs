@@ -1,0 +1,46 @@
+//! The versioned pricing configuration (`credit_pricing_config`). Version 1 is seeded
+//! from `PricingConfig::default_v1()` the first time Kiln starts on a database; later
+//! versions are appended, never edited, because reservations name the version they used.
+
+use domain::PricingConfig;
+
+use crate::db::Database;
+use crate::{db_execute, db_fetch_optional};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PricingStoreError {
+    #[error("pricing configuration unavailable")]
+    Database(#[from] sqlx::Error),
+    #[error("stored pricing configuration version {version} is invalid: {reason}")]
+    Invalid { version: i64, reason: String },
+    #[error("no pricing configuration stored")]
+    Missing,
+}
+
+/// Stores `default_v1` as version 1 unless a configuration exists.
+pub async fn seed_default(db: &Database) -> Result<(), PricingStoreError> {
+    let config = PricingConfig::default_v1();
+    let text = serde_json::to_string(&config).map_err(|e| PricingStoreError::Invalid { version: config.version, reason: e.to_string() })?;
+    db_execute!(
+        db,
+        "INSERT INTO credit_pricing_config (version, config) SELECT $1, $2 \
+         WHERE NOT EXISTS (SELECT 1 FROM credit_pricing_config)",
+        config.version,
+        text
+    )?;
+    Ok(())
+}
+
+/// The newest configuration.
+pub async fn current(db: &Database) -> Result<PricingConfig, PricingStoreError> {
+    let row = db_fetch_optional!(
+        db,
+        (i64, String),
+        "SELECT version, config FROM credit_pricing_config ORDER BY version DESC LIMIT 1"
+    )?;
+    let (version, text) = row.ok_or(PricingStoreError::Missing)?;
+    let config: PricingConfig =
+        serde_json::from_str(&text).map_err(|e| PricingStoreError::Invalid { version, reason: e.to_string() })?;
+    config.validate().map_err(|e| PricingStoreError::Invalid { version, reason: e.to_string() })?;
+    Ok(config)
+}

@@ -1,0 +1,126 @@
+//! Async read model of the credit history (`credit_ledger`): one entry per money event
+//! of a team (granted, reserved, deducted, refunded, adjusted, expired) with the
+//! available and reserved balance it left. Fed by the projector in commit order, which
+//! within one team is stream order.
+
+use std::collections::HashMap;
+
+use application::event_store::StoredEvent;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::{TeamCredits, TeamCreditsEvent};
+use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
+use infrastructure::{tx_execute, tx_fetch_optional};
+
+use crate::decode;
+
+pub struct CreditHistory;
+
+pub const NAME: &str = "credit_history";
+pub const TABLES: &[&str] = &["credit_ledger"];
+
+/// A ledger entry's effect, derived from one event.
+struct Entry {
+    entry_type: &'static str,
+    amount: i64,
+    available_delta: i64,
+    reserved_delta: i64,
+    reference: Option<String>,
+    operation: Option<&'static str>,
+    detail: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+fn entry_of(event: TeamCreditsEvent) -> Option<Entry> {
+    let entry = |entry_type, amount: i64, available_delta, reserved_delta, reference: String, occurred_at| Entry {
+        entry_type,
+        amount,
+        available_delta,
+        reserved_delta,
+        reference: Some(reference),
+        operation: None,
+        detail: None,
+        occurred_at,
+    };
+    Some(match event {
+        TeamCreditsEvent::TeamOpened { .. }
+        | TeamCreditsEvent::PlanChanged { .. }
+        | TeamCreditsEvent::SubscriptionExpired { .. } => return None,
+        TeamCreditsEvent::CreditsGranted { grant_id, amount, source, occurred_at, .. } => {
+            let mut e = entry("granted", amount.get(), amount.get(), 0, grant_id.to_string(), occurred_at);
+            e.detail = serde_json::to_value(source).ok().and_then(|v| v.as_str().map(str::to_owned));
+            e
+        }
+        TeamCreditsEvent::CreditsReserved { reservation_id, amount, operation, occurred_at, .. } => {
+            let a = amount.get();
+            let mut e = entry("reserved", a, -a, a, reservation_id.to_string(), occurred_at);
+            e.operation = Some(operation.as_str());
+            e
+        }
+        TeamCreditsEvent::CreditsDeducted { reservation_id, amount, occurred_at } => {
+            entry("deducted", amount.get(), 0, -amount.get(), reservation_id.to_string(), occurred_at)
+        }
+        TeamCreditsEvent::CreditsRefunded { reservation_id, amount, occurred_at } => {
+            let a = amount.get();
+            entry("refunded", a, a, -a, reservation_id.to_string(), occurred_at)
+        }
+        TeamCreditsEvent::CreditsAdjusted { adjustment_id, amount, reason, occurred_at, .. } => {
+            let mut e = entry("adjusted", amount.get(), amount.get(), 0, adjustment_id.to_string(), occurred_at);
+            e.detail = Some(reason);
+            e
+        }
+        TeamCreditsEvent::CreditsExpired { grant_id, amount, occurred_at } => {
+            entry("expired", amount.get(), -amount.get(), 0, grant_id.to_string(), occurred_at)
+        }
+    })
+}
+
+/// A team's last entry: (entry_no, available_after, reserved_after).
+type Running = (i64, i64, i64);
+
+#[async_trait]
+impl InlineProjection for CreditHistory {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        // Running balances of the teams seen in this batch: one read per team per batch.
+        let mut running: HashMap<&str, Running> = HashMap::new();
+        for stored in events.iter().filter(|e| e.aggregate_type == <TeamCredits as cqrs_es::Aggregate>::TYPE) {
+            let Some(entry) = entry_of(decode::<TeamCredits>(stored)?) else { continue };
+            let team = stored.aggregate_id.as_str();
+            let last = match running.get(team) {
+                Some(last) => *last,
+                None => tx_fetch_optional!(
+                    &mut *tx,
+                    Running,
+                    "SELECT entry_no, available_after, reserved_after FROM credit_ledger \
+                     WHERE team_id = $1 ORDER BY entry_no DESC LIMIT 1",
+                    team
+                )?
+                .unwrap_or((0, 0, 0)),
+            };
+            let next = (last.0 + 1, last.1 + entry.available_delta, last.2 + entry.reserved_delta);
+            tx_execute!(
+                &mut *tx,
+                "INSERT INTO credit_ledger (team_id, entry_no, sequence, entry_type, amount, available_after, \
+                 reserved_after, reference, operation, detail, occurred_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                team,
+                next.0,
+                stored.sequence,
+                entry.entry_type,
+                entry.amount,
+                next.1,
+                next.2,
+                entry.reference,
+                entry.operation,
+                entry.detail,
+                entry.occurred_at
+            )?;
+            running.insert(team, next);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! `/api/admin/*`: the operator's endpoints (operator key from configuration): teams,
+//! plans, API keys, grants and adjustments. Also `/api/keys` for a team's admin keys.
+
+use application::api_keys;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::keys::Role;
+use domain::{AdjustmentId, ApiKeyId, Credits, GrantId, GrantSource, Plan, SignedCredits, TeamCreditsCommand, TeamId};
+use infrastructure::db_fetch_all;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::{Operator, TeamKey};
+use super::credits::{load_balance, BalanceView};
+use super::extract::{ApiJson, IdempotencyKey};
+use super::problem::Problem;
+use crate::app::AppState;
+
+/// Namespace of the ids Kiln derives from idempotency keys (UUIDv5), so a repeated
+/// request names the same team, grant or adjustment.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b69_6c6e_2d69_6465_6d70_6f74_656e_6379);
+
+fn derived_id(scope: &str, key: &domain::IdempotencyKey) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, format!("{scope}:{}", key.as_str()).as_bytes())
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/teams", post(create_team))
+        .route("/api/admin/teams/{team_id}", get(get_team))
+        .route("/api/admin/teams/{team_id}/plan", put(change_plan))
+        .route("/api/admin/teams/{team_id}/api-keys", post(issue_key).get(list_keys))
+        .route("/api/admin/teams/{team_id}/api-keys/{key_id}", delete(revoke_key))
+        .route("/api/admin/teams/{team_id}/grants", post(grant))
+        .route("/api/admin/teams/{team_id}/adjustments", post(adjust))
+        .route("/api/keys", post(issue_own_key).get(list_own_keys))
+        .route("/api/keys/{key_id}", delete(revoke_own_key))
+}
+
+fn parse_team(text: &str) -> Result<TeamId, Problem> {
+    text.parse().map_err(|_| Problem::not_found().detail("no such team"))
+}
+
+fn parse_plan(text: &str) -> Result<Plan, Problem> {
+    text.parse().map_err(|_| Problem::invalid("plan must be free, basic, pro or enterprise"))
+}
+
+fn actor_metadata(actor: &str) -> serde_json::Value {
+    json!({ "actor": actor })
+}
+
+async fn team_view(state: &AppState, team: TeamId) -> Result<BalanceView, Problem> {
+    load_balance(state, team).await?.ok_or_else(|| Problem::not_found().detail("no such team"))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTeam {
+    pub name: String,
+    /// free | basic | pro | enterprise (default free)
+    pub plan: Option<String>,
+}
+
+/// Opens a team. With an `Idempotency-Key`, repeating the request returns the same team.
+#[utoipa::path(post, path = "/api/admin/teams", tag = "admin", request_body = CreateTeam,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry return the same team")),
+    responses((status = 201, body = BalanceView), (status = 422, description = "invalid name or plan")),
+    security(("operator_key" = [])))]
+async fn create_team(
+    State(state): State<AppState>,
+    _: Operator,
+    key: IdempotencyKey,
+    ApiJson(body): ApiJson<CreateTeam>,
+) -> Result<(StatusCode, Json<BalanceView>), Problem> {
+    let plan = parse_plan(body.plan.as_deref().unwrap_or("free"))?;
+    let team_id = TeamId::new(key.0.as_ref().map(|k| derived_id("team", k)).unwrap_or_else(Uuid::now_v7));
+    let command = TeamCreditsCommand::OpenTeam { team_id, name: body.name, plan, now: state.credits.now() };
+    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    Ok((StatusCode::CREATED, Json(team_view(&state, team_id).await?)))
+}
+
+#[utoipa::path(get, path = "/api/admin/teams/{team_id}", tag = "admin",
+    responses((status = 200, body = BalanceView), (status = 404)), security(("operator_key" = [])))]
+async fn get_team(State(state): State<AppState>, _: Operator, Path(team): Path<String>) -> Result<Json<BalanceView>, Problem> {
+    Ok(Json(team_view(&state, parse_team(&team)?).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlan {
+    pub plan: String,
+}
+
+/// Changes a team's plan, effective now.
+#[utoipa::path(put, path = "/api/admin/teams/{team_id}/plan", tag = "admin", request_body = ChangePlan,
+    responses((status = 200, body = BalanceView), (status = 404)), security(("operator_key" = [])))]
+async fn change_plan(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(team): Path<String>,
+    key: IdempotencyKey,
+    ApiJson(body): ApiJson<ChangePlan>,
+) -> Result<Json<BalanceView>, Problem> {
+    let team_id = parse_team(&team)?;
+    let to = parse_plan(&body.plan)?;
+    let now = state.credits.now();
+    let key = match key.0 {
+        Some(key) => key,
+        None => domain::IdempotencyKey::parse(format!("plan:{}", Uuid::now_v7())).map_err(|e| Problem::internal(&e))?,
+    };
+    let command = TeamCreditsCommand::ChangePlan { to, effective_at: now, key, now };
+    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    Ok(Json(team_view(&state, team_id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueKey {
+    /// member | auditor | admin
+    pub role: String,
+    /// A label for humans.
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IssuedKeyView {
+    pub key_id: String,
+    pub team_id: String,
+    pub role: String,
+    /// The key itself. Shown this once; Kiln keeps only its hash.
+    pub api_key: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct KeyView {
+    pub key_id: String,
+    pub role: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+async fn issue_for(state: &AppState, team_id: TeamId, body: IssueKey, actor: &str) -> Result<IssuedKeyView, Problem> {
+    let role = Role::parse(&body.role).ok_or_else(|| Problem::invalid("role must be member, auditor or admin"))?;
+    if !state.credits.state(team_id).await?.is_open() {
+        return Err(Problem::not_found().detail("no such team"));
+    }
+    let issued = api_keys::issue(&state.aggregates, state.credits.clock().as_ref(), team_id, role, body.name, &actor_metadata(actor)).await?;
+    Ok(IssuedKeyView {
+        key_id: issued.key_id.to_string(),
+        team_id: issued.team_id.to_string(),
+        role: issued.role.as_str().to_string(),
+        api_key: issued.secret,
+    })
+}
+
+async fn keys_of(state: &AppState, team_id: TeamId) -> Result<Vec<KeyView>, Problem> {
+    db_fetch_all!(
+        &state.db,
+        KeyView,
+        "SELECT key_id, role, name, created_at, revoked_at FROM api_keys WHERE team_id = $1 ORDER BY created_at, key_id",
+        team_id.to_string()
+    )
+    .map_err(|e| Problem::internal(&e))
+}
+
+async fn revoke_for(state: &AppState, team_id: TeamId, key_id: &str, actor: &str) -> Result<StatusCode, Problem> {
+    let key_id: ApiKeyId = key_id.parse().map_err(|_| Problem::not_found().detail("no such API key"))?;
+    api_keys::revoke(&state.aggregates, state.credits.clock().as_ref(), team_id, key_id, &actor_metadata(actor)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues an API key for a team. The key is in the response, once.
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin", request_body = IssueKey,
+    responses((status = 201, body = IssuedKeyView), (status = 404)), security(("operator_key" = [])))]
+async fn issue_key(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(team): Path<String>,
+    ApiJson(body): ApiJson<IssueKey>,
+) -> Result<(StatusCode, Json<IssuedKeyView>), Problem> {
+    Ok((StatusCode::CREATED, Json(issue_for(&state, parse_team(&team)?, body, "operator").await?)))
+}
+
+#[utoipa::path(get, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin",
+    responses((status = 200, body = Vec<KeyView>)), security(("operator_key" = [])))]
+async fn list_keys(State(state): State<AppState>, _: Operator, Path(team): Path<String>) -> Result<Json<Vec<KeyView>>, Problem> {
+    Ok(Json(keys_of(&state, parse_team(&team)?).await?))
+}
+
+/// Revokes a key; it stops working at once.
+#[utoipa::path(delete, path = "/api/admin/teams/{team_id}/api-keys/{key_id}", tag = "admin",
+    responses((status = 204), (status = 404)), security(("operator_key" = [])))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    _: Operator,
+    Path((team, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, Problem> {
+    revoke_for(&state, parse_team(&team)?, &key_id, "operator").await
+}
+
+/// Issues a key for the caller's own team (admin keys only).
+#[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = IssueKey,
+    responses((status = 201, body = IssuedKeyView), (status = 403)), security(("api_key" = [])))]
+async fn issue_own_key(
+    State(state): State<AppState>,
+    key: TeamKey,
+    ApiJson(body): ApiJson<IssueKey>,
+) -> Result<(StatusCode, Json<IssuedKeyView>), Problem> {
+    let key = key.admin()?;
+    let actor = format!("key:{}", key.key_id);
+    Ok((StatusCode::CREATED, Json(issue_for(&state, key.team_id, body, &actor).await?)))
+}
+
+#[utoipa::path(get, path = "/api/keys", tag = "keys", responses((status = 200, body = Vec<KeyView>)), security(("api_key" = [])))]
+async fn list_own_keys(State(state): State<AppState>, key: TeamKey) -> Result<Json<Vec<KeyView>>, Problem> {
+    Ok(Json(keys_of(&state, key.admin()?.team_id).await?))
+}
+
+#[utoipa::path(delete, path = "/api/keys/{key_id}", tag = "keys", responses((status = 204), (status = 404)), security(("api_key" = [])))]
+async fn revoke_own_key(State(state): State<AppState>, key: TeamKey, Path(key_id): Path<String>) -> Result<StatusCode, Problem> {
+    let key = key.admin()?;
+    revoke_for(&state, key.team_id, &key_id, &format!("key:{}", key.key_id)).await
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// Whole credits, > 0.
+    pub amount: i64,
+    /// When the unspent part expires (RFC 3339); never if absent.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// admin (default) | plan
+    pub source: Option<String>,
+}
+
+/// Grants credits. Requires an `Idempotency-Key`: a retry grants nothing more.
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/grants", tag = "admin", request_body = GrantRequest,
+    params(("Idempotency-Key" = String, Header, description = "required")),
+    responses((status = 200, body = BalanceView), (status = 422), (status = 409, description = "key reused for another grant")),
+    security(("operator_key" = [])))]
+async fn grant(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(team): Path<String>,
+    key: IdempotencyKey,
+    ApiJson(body): ApiJson<GrantRequest>,
+) -> Result<Json<BalanceView>, Problem> {
+    let team_id = parse_team(&team)?;
+    let key = key.required()?;
+    let amount = Credits::parse(body.amount).map_err(|e| Problem::from(domain::TeamCreditsError::Amount(e)))?;
+    let source = match body.source.as_deref().unwrap_or("admin") {
+        "admin" => GrantSource::Admin,
+        "plan" => GrantSource::Plan,
+        _ => return Err(Problem::invalid("source must be admin or plan (Stripe grants come from Stripe)")),
+    };
+    let grant_id = GrantId::new(derived_id(&format!("grant:{team_id}"), &key));
+    let command = TeamCreditsCommand::GrantCredits {
+        grant_id,
+        amount,
+        source,
+        expires_at: body.expires_at,
+        key,
+        now: state.credits.now(),
+    };
+    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    Ok(Json(team_view(&state, team_id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustRequest {
+    /// Signed whole credits, not 0. Negative takes credits away (never below 0 available).
+    pub amount: i64,
+    pub reason: String,
+}
+
+/// Adjusts a balance by a signed amount, with a reason. Requires an `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/adjustments", tag = "admin", request_body = AdjustRequest,
+    params(("Idempotency-Key" = String, Header, description = "required")),
+    responses((status = 200, body = BalanceView), (status = 402), (status = 422)),
+    security(("operator_key" = [])))]
+async fn adjust(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(team): Path<String>,
+    key: IdempotencyKey,
+    ApiJson(body): ApiJson<AdjustRequest>,
+) -> Result<Json<BalanceView>, Problem> {
+    let team_id = parse_team(&team)?;
+    let key = key.required()?;
+    let amount = SignedCredits::parse(body.amount).map_err(|e| Problem::from(domain::TeamCreditsError::Amount(e)))?;
+    let adjustment_id = AdjustmentId::new(derived_id(&format!("adjustment:{team_id}"), &key));
+    let command = TeamCreditsCommand::AdjustCredits {
+        adjustment_id,
+        amount,
+        reason: body.reason,
+        actor: "operator".into(),
+        now: state.credits.now(),
+    };
+    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    Ok(Json(team_view(&state, team_id).await?))
+}

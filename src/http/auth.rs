@@ -1,0 +1,106 @@
+//! Authentication as extractors, so a handler cannot forget it.
+//!
+//! - [`TeamKey`]: `Authorization: Bearer kiln_…`, a team's API key, looked up by its
+//!   SHA-256 among unrevoked keys. Everything a handler does with it is scoped to
+//!   `team_id`.
+//! - [`Operator`]: the operator key from configuration, for `/api/admin/*`.
+
+use application::api_keys::hash_key;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use domain::keys::Role;
+use domain::{ApiKeyId, TeamId};
+use infrastructure::db_fetch_optional;
+use sha2::{Digest, Sha256};
+
+use super::problem::Problem;
+use crate::app::AppState;
+
+#[derive(Debug, Clone, Copy)]
+pub struct TeamKey {
+    pub team_id: TeamId,
+    pub key_id: ApiKeyId,
+    pub role: Role,
+}
+
+impl TeamKey {
+    /// Refuses read-only keys (auditors) on requests that change state.
+    pub fn writer(self) -> Result<Self, Problem> {
+        if self.role.can_write() {
+            Ok(self)
+        } else {
+            Err(Problem::forbidden("this key is read-only"))
+        }
+    }
+
+    pub fn admin(self) -> Result<Self, Problem> {
+        if self.role == Role::Admin {
+            Ok(self)
+        } else {
+            Err(Problem::forbidden("this needs an admin key of the team"))
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, Problem> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| Problem::unauthorized("send Authorization: Bearer <api key>"))?;
+    let text = header.to_str().map_err(|_| Problem::unauthorized("malformed Authorization header"))?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .ok_or_else(|| Problem::unauthorized("expected a Bearer token"))?
+        .trim();
+    if token.is_empty() {
+        return Err(Problem::unauthorized("empty Bearer token"));
+    }
+    Ok(token)
+}
+
+impl FromRequestParts<AppState> for TeamKey {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let key_hash = hash_key(bearer(parts)?);
+        let row = db_fetch_optional!(
+            &state.db,
+            (String, String, String),
+            "SELECT team_id, key_id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+            key_hash
+        )
+        .map_err(|e| Problem::internal(&e))?;
+        let (team_id, key_id, role) = row.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
+        let parsed = (team_id.parse::<TeamId>(), key_id.parse::<ApiKeyId>(), Role::parse(&role));
+        let (Ok(team_id), Ok(key_id), Some(role)) = parsed else {
+            return Err(Problem::internal(&"api_keys row does not parse"));
+        };
+        let key = TeamKey { team_id, key_id, role };
+        tracing::Span::current().record("team_id", tracing::field::display(team_id));
+        Ok(key)
+    }
+}
+
+/// The operator, authenticated by the configured operator key.
+#[derive(Debug, Clone, Copy)]
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let Some(expected) = &state.operator_key_sha256 else {
+            return Err(Problem::new(StatusCode::FORBIDDEN, "admin-disabled", "Admin API disabled")
+                .detail("no operator key is configured (auth.operator_key)"));
+        };
+        // Comparing digests, not keys: the comparison's timing says nothing about the key.
+        let presented: [u8; 32] = Sha256::digest(bearer(parts)?.as_bytes()).into();
+        if &presented == expected {
+            Ok(Operator)
+        } else {
+            Err(Problem::unauthorized("not the operator key"))
+        }
+    }
+}
