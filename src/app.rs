@@ -51,6 +51,7 @@ impl AppState {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    expiry_interval: std::time::Duration,
 }
 
 impl Application {
@@ -66,7 +67,8 @@ impl Application {
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
         let state = AppState::new(db, &settings, clock);
-        Ok(Self { listener, state })
+        let expiry_interval = std::time::Duration::from_secs(settings.credits.expiry_sweep_interval_secs.max(1));
+        Ok(Self { listener, state, expiry_interval })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -84,12 +86,14 @@ impl Application {
         let addr = self.local_addr();
         let db = self.state.db.clone();
         let (stop, stopped) = watch::channel(false);
-        let projector = tokio::spawn(self.state.projector.clone().run(stopped));
+        let projector = tokio::spawn(self.state.projector.clone().run(stopped.clone()));
+        let sweeper = tokio::spawn(crate::sweeper::run(self.state.clone(), self.expiry_interval, stopped));
         tracing::info!(%addr, backend = ?db.backend(), "kiln listening");
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await.context("http server");
         let _ = stop.send(true);
         let _ = projector.await;
+        let _ = sweeper.await;
         db.close().await;
         tracing::info!("kiln stopped");
         served

@@ -123,4 +123,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// returns an event that could be followed by a not-yet-visible event ordered
     /// before it, so a reader that checkpoints the last position it saw misses nothing.
     async fn read_log(&self, after: LogPosition, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError>;
+
+    /// The position of the last committed event in commit order (`None` if the log is
+    /// empty). A reader that has reached it has seen everything committed before the call.
+    async fn head(&self) -> Result<Option<LogPosition>, EventStoreError>;
 }

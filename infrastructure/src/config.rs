@@ -20,6 +20,20 @@ pub struct Settings {
     pub log: LogSettings,
     pub event_store: EventStoreSettings,
     pub auth: AuthSettings,
+    pub credits: CreditSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditSettings {
+    /// How often `kiln serve` expires credits of grants past their `expires_at`.
+    pub expiry_sweep_interval_secs: u64,
+}
+
+impl Default for CreditSettings {
+    fn default() -> Self {
+        Self { expiry_sweep_interval_secs: 60 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -75,6 +89,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             event_store: EventStoreSettings::default(),
             auth: AuthSettings::default(),
+            credits: CreditSettings::default(),
         }
     }
 }

@@ -28,6 +28,8 @@ pub enum ProjectorError {
     Projection { projection: String, position: LogPosition, reason: String },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("projections did not reach {head:?} in time")]
+    Behind { head: LogPosition },
 }
 
 #[derive(Clone)]
@@ -60,6 +62,31 @@ impl Projector {
             }
         }
         Ok(applied)
+    }
+
+    /// Catches up until every projection has passed the log's head as of this call
+    /// (events committed before it), waiting for transactions that hold the reader back,
+    /// for at most `timeout`. Returns the events applied.
+    pub async fn catch_up_to_head(&self, timeout: Duration) -> Result<u64, ProjectorError> {
+        let Some(head) = self.store.head().await? else {
+            return Ok(0);
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut applied = 0;
+        loop {
+            applied += self.catch_up().await?;
+            let mut behind = false;
+            for projection in &self.projections {
+                behind |= load_checkpoint(self.store.database(), projection.name()).await? < head;
+            }
+            if !behind {
+                return Ok(applied);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProjectorError::Behind { head });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// One batch for one projection: lock its checkpoint, read the log after it, apply,

@@ -257,7 +257,7 @@ async fn history_lists_every_entry_with_running_balance_filters_and_pages() {
     let mid = app.clock.now();
     credits.execute(t, TeamCreditsCommand::DeductCredits { reservation_id: job_a, now: mid }, &meta).await.expect("deduct");
     credits.execute(t, TeamCreditsCommand::RefundCredits { reservation_id: job_b, now: mid }, &meta).await.expect("refund");
-    app.state.projector.catch_up().await.expect("projector");
+    app.state.projector.catch_up_to_head(std::time::Duration::from_secs(30)).await.expect("projector");
 
     let page = body(app.as_key(&member, Method::GET, "/api/credits/history").send().await.expect("request")).await;
     let rows: Vec<(String, i64, i64, i64)> = page["items"]
@@ -400,4 +400,91 @@ async fn openapi_and_docs_are_served_from_the_binary() {
     let docs = app.get("/docs/").await;
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.expect("html").contains("swagger"), "Swagger UI page");
+}
+
+/// A seeded random workload (grants with and without expiry, reserves, deducts, refunds,
+/// adjustments, time passing and the expiry sweeper) on three teams; afterwards the read
+/// models must agree with the aggregates exactly, and the history's last entry with the
+/// balance.
+async fn random_workload_read_models_agree(app: TestApp) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b696c6e);
+    let mut teams = Vec::new();
+    for n in 0..3 {
+        teams.push(team_id(&app.create_team(&format!("T{n}"), "pro").await));
+    }
+    let mut pending: Vec<(TeamId, JobId)> = Vec::new();
+    let credits = &app.state.credits;
+    let meta = json!({});
+    for step in 0..300u32 {
+        let team = teams[rng.gen_range(0..teams.len())];
+        let now = app.clock.now();
+        let command = match rng.gen_range(0..10) {
+            0 | 1 => TeamCreditsCommand::GrantCredits {
+                grant_id: domain::GrantId::new(uuid::Uuid::now_v7()),
+                amount: Credits::parse(rng.gen_range(1..100)).expect("positive"),
+                source: domain::GrantSource::Admin,
+                expires_at: rng.gen_bool(0.5).then(|| now + Duration::hours(rng.gen_range(1..72))),
+                key: domain::IdempotencyKey::parse(format!("g{step}")).expect("key"),
+                now,
+            },
+            2..=4 => {
+                let job = JobId::new(uuid::Uuid::now_v7());
+                pending.push((team, job));
+                reserve(job, rng.gen_range(1..60), now)
+            }
+            5 | 6 if !pending.is_empty() => {
+                let (team, job) = pending.swap_remove(rng.gen_range(0..pending.len()));
+                let end = if rng.gen_bool(0.7) {
+                    TeamCreditsCommand::DeductCredits { reservation_id: job, now }
+                } else {
+                    TeamCreditsCommand::RefundCredits { reservation_id: job, now }
+                };
+                let _ = credits.execute(team, end, &meta).await;
+                continue;
+            }
+            7 => TeamCreditsCommand::AdjustCredits {
+                adjustment_id: domain::AdjustmentId::new(uuid::Uuid::now_v7()),
+                amount: domain::SignedCredits::parse(rng.gen_range(-40..40i64).max(1) * if rng.gen_bool(0.5) { 1 } else { -1 }).expect("non-zero"),
+                reason: "random".into(),
+                actor: "test".into(),
+                now,
+            },
+            _ => {
+                app.clock.advance(Duration::hours(rng.gen_range(0..30)));
+                kiln::sweeper::expire_credits_once(&app.state).await.expect("sweep");
+                continue;
+            }
+        };
+        match credits.execute(team, command, &meta).await {
+            Ok(_) | Err(CreditsError::Rejected(TeamCreditsError::InsufficientCredits { .. })) => {}
+            Err(other) => panic!("step {step}: {other}"),
+        }
+    }
+    app.state.projector.catch_up_to_head(std::time::Duration::from_secs(30)).await.expect("projector");
+    let mut expired_total = 0;
+    for team in &teams {
+        assert_read_model_matches(&app, *team).await;
+        let state = credits.state(*team).await.expect("state");
+        expired_total += state.expired_total();
+        let last: Option<(i64, i64)> = infrastructure::db_fetch_optional!(
+            &app.state.db,
+            (i64, i64),
+            "SELECT available_after, reserved_after FROM credit_ledger WHERE team_id = $1 ORDER BY entry_no DESC LIMIT 1",
+            team.to_string()
+        )
+        .expect("history");
+        assert_eq!(last, Some((state.available(), state.reserved())), "history ends at the balance");
+    }
+    assert!(expired_total > 0, "the workload exercised expiry");
+}
+
+#[tokio::test]
+async fn postgres_random_workload_read_models_agree() {
+    random_workload_read_models_agree(TestApp::spawn(TestDb::postgres().await).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_random_workload_read_models_agree() {
+    random_workload_read_models_agree(TestApp::spawn(TestDb::sqlite().await).await).await;
 }

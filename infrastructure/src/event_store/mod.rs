@@ -143,4 +143,19 @@ impl EventStore for SqlEventStore {
             Database::Sqlite { read, .. } => sqlite::read_log(read, after, limit).await,
         }
     }
+
+    async fn head(&self) -> Result<Option<LogPosition>, EventStoreError> {
+        let row: Option<(i64, i64)> = match &self.db {
+            Database::Postgres(pool) => sqlx::query_as(
+                "SELECT transaction_id::text::bigint, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await,
+            Database::Sqlite { read, .. } => {
+                sqlx::query_as("SELECT position, position FROM events ORDER BY position DESC LIMIT 1").fetch_optional(read).await
+            }
+        }
+        .map_err(unavailable)?;
+        Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }))
+    }
 }
