@@ -9,7 +9,13 @@ use anyhow::Context;
 use application::aggregate_store::AggregateStore;
 use application::clock::{Clock, SystemClock};
 use application::credits::CreditsService;
-use infrastructure::config::Settings;
+use application::jobs::index::JobIndex;
+use application::jobs::worker::{Worker, WorkerConfig};
+use application::jobs::JobsService;
+use application::provider::Provider;
+use infrastructure::job_index::SqlJobIndex;
+use infrastructure::provider::{LocalProvider, LocalProviderConfig};
+use infrastructure::config::{JobSettings, Settings};
 use infrastructure::db::Database;
 use infrastructure::event_store::SqlEventStore;
 use projections::projector::Projector;
@@ -30,21 +36,72 @@ pub struct AppState {
     pub projector: Projector,
     /// SHA-256 of the operator key; `None` closes the admin API.
     pub operator_key_sha256: Option<[u8; 32]>,
+    /// Images, model artifacts and catalog previews (`storage.backend`).
+    pub objects: Arc<dyn application::storage::ObjectStore>,
+    /// The HMAC key of the local store's signed URLs (checked by `GET /files/…`).
+    pub url_signing_key: Arc<Vec<u8>>,
+    /// Lifetime of the signed URLs handed out.
+    pub url_ttl_secs: u64,
+    pub jobs: JobsService,
+    pub job_index: Arc<dyn JobIndex>,
+    pub provider: Arc<dyn Provider>,
+    /// Queued jobs a team may have waiting.
+    pub queue_depth_max: i64,
+    /// Stripe checkout client, webhook verifier and price catalog.
+    pub stripe: Arc<infrastructure::stripe::Stripe>,
 }
 
 impl AppState {
+    /// A job worker over this state's services, named `worker_id`.
+    pub fn worker(&self, settings: &JobSettings, worker_id: String) -> Worker {
+        let ms = std::time::Duration::from_millis;
+        let secs = std::time::Duration::from_secs;
+        let mut config = WorkerConfig::new(worker_id);
+        config.concurrency = settings.worker_concurrency.max(1);
+        config.poll_interval = ms(settings.poll_interval_ms.max(1));
+        config.heartbeat_interval = ms(settings.heartbeat_interval_ms.max(1));
+        config.worker_lost_after = secs(settings.worker_lost_after_secs.max(1));
+        config.stale_after = secs(settings.stale_after_secs.max(1));
+        config.attempts_max = settings.attempts_max.max(1);
+        config.retry_backoff_base = ms(settings.retry_backoff_base_ms);
+        config.retry_backoff_max = ms(settings.retry_backoff_max_ms);
+        Worker::new(self.jobs.clone(), self.job_index.clone(), self.provider.clone(), self.objects.clone(), config)
+    }
+
     /// Wires the store, its inline projections and the services over `db`.
-    pub fn new(db: Database, settings: &Settings, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(db: Database, settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let store = SqlEventStore::with_inline_projections(db.clone(), projections::inline_projections());
         let aggregates = AggregateStore::new(Arc::new(store.clone()), settings.event_store.snapshot_every);
-        let credits = CreditsService::new(aggregates.clone(), clock);
+        let credits = CreditsService::new(aggregates.clone(), clock.clone());
+        let jobs = JobsService::new(aggregates.clone(), credits.clone(), clock);
+        let job_index: Arc<dyn JobIndex> = Arc::new(SqlJobIndex::new(db.clone()));
         let projector = Projector::new(store.clone(), projections::async_projections());
         let operator_key_sha256 = settings
             .auth
             .operator_key
             .as_ref()
             .map(|key| Sha256::digest(key.expose_secret().as_bytes()).into());
-        Self { db, store, aggregates, credits, projector, operator_key_sha256 }
+        let (objects, url_signing_key) = infrastructure::storage::open(settings).context("cannot open the object store")?;
+        let url_ttl_secs = settings.storage.url_ttl_secs;
+        let provider: Arc<dyn Provider> =
+            Arc::new(LocalProvider::new(LocalProviderConfig::from(&settings.provider)).with_artifacts(objects.clone()));
+        let queue_depth_max = settings.jobs.queue_depth_max;
+        Ok(Self {
+            db,
+            store,
+            aggregates,
+            credits,
+            projector,
+            operator_key_sha256,
+            objects,
+            url_signing_key,
+            url_ttl_secs,
+            jobs,
+            job_index,
+            provider,
+            queue_depth_max,
+            stripe: Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe)),
+        })
     }
 }
 
@@ -52,6 +109,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     expiry_interval: std::time::Duration,
+    jobs: JobSettings,
 }
 
 impl Application {
@@ -61,14 +119,16 @@ impl Application {
         Self::build_with_clock(settings, Arc::new(SystemClock)).await
     }
 
-    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub async fn build_with_clock(mut settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
         infrastructure::pricing::seed_default(&db).await?;
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;
-        let state = AppState::new(db, &settings, clock);
+        // Port 0 picks a free port; signed URLs must name the one picked.
+        settings.http.port = listener.local_addr().context("bound listener has an address")?.port();
+        let state = AppState::new(db, &settings, clock)?;
         let expiry_interval = std::time::Duration::from_secs(settings.credits.expiry_sweep_interval_secs.max(1));
-        Ok(Self { listener, state, expiry_interval })
+        Ok(Self { listener, state, expiry_interval, jobs: settings.jobs.clone() })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -87,15 +147,28 @@ impl Application {
         let db = self.state.db.clone();
         let (stop, stopped) = watch::channel(false);
         let projector = tokio::spawn(self.state.projector.clone().run(stopped.clone()));
-        let sweeper = tokio::spawn(crate::sweeper::run(self.state.clone(), self.expiry_interval, stopped));
+        let sweeper = tokio::spawn(crate::sweeper::run(self.state.clone(), self.expiry_interval, stopped.clone()));
+        let worker = self
+            .jobs
+            .worker_in_serve
+            .then(|| tokio::spawn(self.state.worker(&self.jobs, worker_id("serve")).run(stopped)));
         tracing::info!(%addr, backend = ?db.backend(), "kiln listening");
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await.context("http server");
         let _ = stop.send(true);
         let _ = projector.await;
         let _ = sweeper.await;
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
         db.close().await;
         tracing::info!("kiln stopped");
         served
     }
+}
+
+/// A worker id unique across processes and restarts: `{role}-{pid}-{random}`.
+pub fn worker_id(role: &str) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{role}-{}-{}", std::process::id(), &random[..8])
 }

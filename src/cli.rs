@@ -36,6 +36,10 @@ pub enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Run a job worker (no HTTP) until SIGTERM or ctrl-c. Several may run at once.
+    Worker,
+    /// Seed the reference-model catalog and its preview images (idempotent), then exit.
+    Seed,
 }
 
 pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -62,11 +66,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
+        Command::Worker => run_worker(settings).await,
         Command::Migrate => {
             let db = Database::connect(&settings.database.url, 2).await?;
             db.migrate().await?;
             tracing::info!(backend = ?db.backend(), "migrations applied");
             db.close().await;
+            Ok(())
+        }
+        Command::Seed => {
+            let db = Database::connect_and_migrate(&settings.database.url, 2).await?;
+            let (objects, _) = infrastructure::storage::open(&settings)?;
+            let report = infrastructure::catalog::seed(&db, objects.as_ref(), chrono::Utc::now()).await;
+            db.close().await;
+            let report = report?;
+            println!(
+                "reference models: {} ({} inserted, {} updated), previews rendered: {}",
+                report.models, report.inserted, report.updated, report.previews_rendered
+            );
             Ok(())
         }
     }
@@ -95,4 +112,20 @@ pub async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutdown requested");
+}
+
+/// `kiln worker`: the job engine without the HTTP API.
+async fn run_worker(settings: Settings) -> anyhow::Result<()> {
+    let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
+    let state = crate::app::AppState::new(db.clone(), &settings, std::sync::Arc::new(application::clock::SystemClock))?;
+    let worker_id = crate::app::worker_id("worker");
+    tracing::info!(%worker_id, backend = ?db.backend(), "kiln worker started");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(state.worker(&settings.jobs, worker_id).run(stopped));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = worker.await;
+    db.close().await;
+    tracing::info!("kiln worker stopped");
+    Ok(())
 }

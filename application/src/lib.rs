@@ -5,3 +5,6 @@ pub mod api_keys;
 pub mod clock;
 pub mod credits;
 pub mod event_store;
+pub mod jobs;
+pub mod provider;
+pub mod storage;

@@ -11,12 +11,16 @@
 //! - [`operation`]: [`Operation`], what a job does and what it is priced as.
 //! - [`pricing`]: [`PricingConfig`] and the three cost formulas (rounding up).
 //! - [`credits`]: the [`TeamCredits`] aggregate, its commands, events and errors.
+//! - [`jobs`]: the [`jobs::GenerationJob`] aggregate, job input and outputs.
+//! - [`models`]: the [`models::CustomModel`] aggregate.
 //! - [`keys`]: the [`keys::ApiKey`] aggregate and key [`keys::Role`]s.
 
 pub mod amount;
 pub mod credits;
 pub mod ids;
+pub mod jobs;
 pub mod keys;
+pub mod models;
 pub mod operation;
 pub mod plan;
 pub mod pricing;

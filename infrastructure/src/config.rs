@@ -21,6 +21,47 @@ pub struct Settings {
     pub event_store: EventStoreSettings,
     pub auth: AuthSettings,
     pub credits: CreditSettings,
+    pub stripe: crate::stripe::StripeSettings,
+    pub jobs: JobSettings,
+    pub storage: StorageSettings,
+    pub provider: ProviderSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Queued jobs a team may have waiting; beyond it submissions answer 429.
+    pub queue_depth_max: i64,
+    /// Whether `kiln serve` also runs a worker (so one process is a complete system).
+    pub worker_in_serve: bool,
+    /// Jobs one worker process runs at once.
+    pub worker_concurrency: usize,
+    pub poll_interval_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent this long is presumed dead; its jobs are checked and retried.
+    pub worker_lost_after_secs: u64,
+    /// An active job with no news this long is checked with the provider (no timeout).
+    pub stale_after_secs: u64,
+    pub attempts_max: u32,
+    pub retry_backoff_base_ms: u64,
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            queue_depth_max: 100,
+            worker_in_serve: true,
+            worker_concurrency: 16,
+            poll_interval_ms: 100,
+            heartbeat_interval_ms: 2_000,
+            worker_lost_after_secs: 10,
+            stale_after_secs: 300,
+            attempts_max: 5,
+            retry_backoff_base_ms: 2_000,
+            retry_backoff_max_ms: 300_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +131,10 @@ impl Default for Settings {
             event_store: EventStoreSettings::default(),
             auth: AuthSettings::default(),
             credits: CreditSettings::default(),
+            stripe: crate::stripe::StripeSettings::default(),
+            jobs: JobSettings::default(),
+            storage: StorageSettings::default(),
+            provider: ProviderSettings::default(),
         }
     }
 }
@@ -115,6 +160,51 @@ impl Default for LogSettings {
 impl Default for EventStoreSettings {
     fn default() -> Self {
         Self { snapshot_every: 100 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// `local` (files under `local_root`, served by Kiln through signed URLs).
+    pub backend: String,
+    /// Root directory of the local store.
+    pub local_root: String,
+    /// Base of signed URLs, e.g. `https://kiln.example.com`. Unset: `http://{http.host}:{http.port}`.
+    pub public_base_url: Option<String>,
+    /// How long a signed URL stays valid.
+    pub url_ttl_secs: u64,
+    /// HMAC key of signed URLs (at least 32 bytes). Unset: a random key generated once and
+    /// kept in `{local_root}/.url-signing-key`, shared by every process using that root.
+    #[serde(skip_serializing)]
+    pub url_signing_key: Option<SecretString>,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            local_root: "data".into(),
+            public_base_url: None,
+            url_ttl_secs: 3600,
+            url_signing_key: None,
+        }
+    }
+}
+
+/// The offline local provider's knobs (for tests and benchmarks).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSettings {
+    /// Sleep before each answer; 0 = none.
+    pub local_latency_ms: u64,
+    /// Share of attempts that fail (0.0–1.0), decided from job id and attempt.
+    pub local_failure_rate: f64,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self { local_latency_ms: 0, local_failure_rate: 0.0 }
     }
 }
 

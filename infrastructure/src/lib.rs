@@ -1,8 +1,13 @@
 //! Kiln's adapters: the sqlx event store on PostgreSQL and SQLite, configuration and
 //! telemetry. Everything that touches a database, a file or the network lives here.
 
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod event_store;
+pub mod job_index;
 pub mod pricing;
+pub mod provider;
+pub mod storage;
+pub mod stripe;
 pub mod telemetry;

@@ -1,11 +1,12 @@
 //! Kiln's read models and the projector that keeps the async ones current.
 //!
-//! - inline (in the append transaction): [`balances`], [`api_keys`];
+//! - inline (in the append transaction): [`balances`], [`api_keys`], [`jobs`];
 //! - async (projector, from checkpoints): [`history`].
 
 pub mod api_keys;
 pub mod balances;
 pub mod history;
+pub mod jobs;
 pub mod projector;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use infrastructure::event_store::{InlineProjection, ProjectionError};
 
 /// The projections every append runs in its transaction.
 pub fn inline_projections() -> Vec<Arc<dyn InlineProjection>> {
-    vec![Arc::new(balances::TeamBalances), Arc::new(api_keys::ApiKeys)]
+    vec![Arc::new(balances::TeamBalances), Arc::new(api_keys::ApiKeys), Arc::new(jobs::Jobs)]
 }
 
 /// The projections the projector runs behind the log.

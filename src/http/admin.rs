@@ -38,6 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/teams/{team_id}/api-keys/{key_id}", delete(revoke_key))
         .route("/api/admin/teams/{team_id}/grants", post(grant))
         .route("/api/admin/teams/{team_id}/adjustments", post(adjust))
+        .route("/api/admin/teams/{team_id}/subscription-expiry", post(expire_subscription))
         .route("/api/keys", post(issue_own_key).get(list_own_keys))
         .route("/api/keys/{key_id}", delete(revoke_own_key))
 }
@@ -305,4 +306,33 @@ async fn adjust(
     };
     state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
     Ok(Json(team_view(&state, team_id).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SubscriptionExpired {
+    pub team: BalanceView,
+    /// Queued jobs cancelled and refunded by this request.
+    pub cancelled_jobs: usize,
+}
+
+/// Ends a team's subscription now: the plan becomes free, running jobs finish and are
+/// charged, queued jobs are cancelled and refunded, new submissions are refused.
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/subscription-expiry", tag = "admin",
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry a no-op")),
+    responses((status = 200, body = SubscriptionExpired), (status = 404)), security(("operator_key" = [])))]
+async fn expire_subscription(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(team): Path<String>,
+    key: IdempotencyKey,
+) -> Result<Json<SubscriptionExpired>, Problem> {
+    let team_id = parse_team(&team)?;
+    team_view(&state, team_id).await?;
+    let key = match key.0 {
+        Some(key) => key,
+        None => domain::IdempotencyKey::parse(format!("expiry:{}", Uuid::now_v7())).map_err(|e| Problem::internal(&e))?,
+    };
+    let now = state.jobs.now();
+    let cancelled_jobs = state.jobs.expire_subscription(team_id, now, key, state.job_index.as_ref(), "operator").await?;
+    Ok(Json(SubscriptionExpired { team: team_view(&state, team_id).await?, cancelled_jobs }))
 }

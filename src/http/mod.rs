@@ -2,11 +2,17 @@
 
 pub mod admin;
 pub mod auth;
+pub mod catalog;
 pub mod credits;
 pub mod extract;
+pub mod files;
+pub mod generate;
 pub mod health;
+pub mod jobs;
+pub mod models;
 pub mod openapi;
 pub mod problem;
+pub mod stripe;
 
 use axum::http::{HeaderName, Request};
 use axum::Router;
@@ -23,6 +29,12 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(credits::routes())
         .merge(admin::routes())
+        .merge(models::routes())
+        .merge(generate::routes())
+        .merge(jobs::routes())
+        .merge(files::routes())
+        .merge(catalog::routes())
+        .merge(stripe::routes())
         .merge(openapi::routes())
         .fallback(problem::not_found)
         .with_state(state)

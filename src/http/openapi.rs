@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, credits};
+use super::{admin, catalog, credits, generate, jobs, models, stripe};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -15,15 +15,26 @@ use crate::app::AppState;
         Errors are application/problem+json (RFC 9457) with a stable `type`."),
     paths(
         credits::balance, credits::history, credits::pricing,
+        stripe::checkout, stripe::webhook,
         admin::create_team, admin::get_team, admin::change_plan, admin::issue_key, admin::list_keys,
         admin::revoke_key, admin::grant, admin::adjust, admin::issue_own_key, admin::list_own_keys,
-        admin::revoke_own_key,
+        admin::revoke_own_key, admin::expire_subscription,
+        models::list, models::create, models::get_one, models::update, models::archive, models::refine,
+        models::versions, models::images,
+        generate::submit, generate::estimate, generate::status, generate::images,
+        jobs::list, jobs::get_one, jobs::cancel, jobs::events, jobs::concurrency,
+        catalog::list, catalog::get_one,
     ),
     modifiers(&Security),
     tags(
         (name = "credits", description = "Balance, history and prices of the caller's team"),
         (name = "keys", description = "A team's own API keys (admin keys)"),
         (name = "admin", description = "Operator endpoints (operator key)"),
+        (name = "webhooks", description = "Signed callbacks from Stripe (and providers)"),
+        (name = "models", description = "Custom models: create and refine (jobs), read, edit, archive"),
+        (name = "generation", description = "Image generation jobs, results and estimates"),
+        (name = "jobs", description = "All jobs of the team: list, inspect, cancel, follow"),
+        (name = "catalog", description = "Reference models a custom model is created from"),
     )
 )]
 pub struct ApiDoc;

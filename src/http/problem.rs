@@ -89,6 +89,11 @@ impl From<TeamCreditsError> for Problem {
                     .detail(error.to_string())
             }
             TeamCreditsError::InvalidText { .. } | TeamCreditsError::ExpiryNotInFuture => Problem::invalid(error.to_string()),
+            TeamCreditsError::PlanDoesNotAllowJobs { plan } => {
+                Problem::new(StatusCode::FORBIDDEN, "plan-does-not-allow-jobs", "Plan does not allow jobs")
+                    .detail(format!("the {plan} plan runs no jobs; upgrade the plan"))
+                    .with("plan", plan.to_string())
+            }
             TeamCreditsError::Amount(_) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-amount", "Invalid amount").detail(error.to_string())
             }

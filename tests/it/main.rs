@@ -2,6 +2,9 @@
 
 mod support;
 
+mod catalog;
 mod event_store;
+mod jobs;
 mod credits;
 mod serve;
+mod stripe;

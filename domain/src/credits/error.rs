@@ -43,6 +43,13 @@ pub enum TeamCreditsError {
     /// A grant whose `expires_at` is not after `now` would be born expired.
     #[error("grant would expire before it is granted")]
     ExpiryNotInFuture,
+    /// The team's plan runs no jobs (Free, or a subscription that expired). Raised by the
+    /// job engine when it accepts a job, on the state it reserves against.
+    #[error("the {plan} plan does not run jobs")]
+    PlanDoesNotAllowJobs {
+        /// The team's plan.
+        plan: crate::Plan,
+    },
     /// An amount is invalid or a balance would overflow.
     #[error(transparent)]
     Amount(#[from] AmountError),

@@ -27,25 +27,40 @@ pub struct TestApp {
     /// Keeps the test database alive as long as the app.
     #[allow(dead_code)]
     pub db: TestDb,
+    /// The settings the app was built with (storage root, worker knobs, …).
+    pub settings: Settings,
+    /// Holds the local object store's root until the app is dropped.
+    _storage: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
     pub async fn spawn(db: TestDb) -> TestApp {
+        Self::spawn_with(db, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with `customize` adjusting the settings last. Test
+    /// defaults: a fresh storage directory, fast worker polling.
+    pub async fn spawn_with(db: TestDb, customize: impl FnOnce(&mut Settings)) -> TestApp {
+        let storage = tempfile::tempdir().expect("storage dir");
         let mut settings = Settings::default();
         settings.database.url = db.url.clone();
         settings.http.port = 0;
         settings.auth.operator_key = Some(OPERATOR_KEY.to_string().into());
+        settings.storage.local_root = storage.path().display().to_string();
+        settings.jobs.poll_interval_ms = 10;
+        settings.jobs.heartbeat_interval_ms = 200;
+        customize(&mut settings);
         let clock = Arc::new(ManualClock::new(epoch()));
-        let app = Application::build_with_clock(settings, clock.clone()).await.expect("application builds");
+        let app = Application::build_with_clock(settings.clone(), clock.clone()).await.expect("application builds");
         let address = app.local_addr();
         let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
         }));
-        TestApp { address, clock, client: reqwest::Client::new(), state, db, stop: Some(stop), server: Some(server) }
+        TestApp { address, clock, client: reqwest::Client::new(), state, db, settings, _storage: storage, stop: Some(stop), server: Some(server) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -112,4 +127,9 @@ impl TestApp {
             None => Ok(()),
         }
     }
+}
+
+/// Seeds the reference catalog (and its preview images) into the app's database and store.
+pub async fn seed_catalog(app: &TestApp) {
+    infrastructure::catalog::seed(&app.state.db, app.state.objects.as_ref(), epoch()).await.expect("seed catalog");
 }

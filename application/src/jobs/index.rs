@@ -1,0 +1,51 @@
+//! The job index port: queries over the job read model that the dispatcher and the
+//! subscription policy need. Implemented in `infrastructure::job_index` (same SQL on
+//! PostgreSQL and SQLite).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::{JobId, TeamId};
+
+use crate::event_store::EventStoreError;
+
+/// A job a worker holds (or held) that may need attention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveJob {
+    pub job_id: JobId,
+    pub team_id: TeamId,
+    pub worker: Option<String>,
+    pub provider_request_id: Option<String>,
+}
+
+#[async_trait]
+pub trait JobIndex: Send + Sync + 'static {
+    /// Up to `limit` queued jobs that may start now, fair across teams: every team's
+    /// oldest job before any team's second, teams served least recently first, and only
+    /// as many per team as its plan has free slots.
+    async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError>;
+
+    /// The team's jobs that are still queued.
+    async fn queued_of_team(&self, team: TeamId) -> Result<Vec<JobId>, EventStoreError>;
+
+    /// How many of the team's jobs are queued.
+    async fn queued_count(&self, team: TeamId) -> Result<i64, EventStoreError>;
+
+    /// Queued jobs of teams whose plan runs no jobs (limit 0), at most `limit`.
+    async fn queued_without_plan(&self, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError>;
+
+    /// Active (dispatched or running) jobs whose worker has not beaten its heart since
+    /// `heartbeat_before`, at most `limit`.
+    async fn orphaned(&self, heartbeat_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError>;
+
+    /// Active jobs with a provider request and no news since `updated_before`.
+    async fn without_news(&self, updated_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError>;
+
+    /// Records that `worker` is alive at `now`.
+    async fn heartbeat(&self, worker: &str, now: DateTime<Utc>) -> Result<(), EventStoreError>;
+
+    /// A reference model's characteristics (JSON), for model creation requests.
+    async fn reference_characteristics(&self, reference_model_id: &str) -> Result<Option<serde_json::Value>, EventStoreError>;
+
+    /// The job that a provider request belongs to.
+    async fn job_of_request(&self, provider_request_id: &str) -> Result<Option<JobId>, EventStoreError>;
+}

@@ -1,0 +1,366 @@
+//! The job engine's use cases. Every change that moves credits is one append across the
+//! streams it touches: accepting a job records `JobQueued` (+ the model's request) and
+//! `CreditsReserved`; completion records `JobCompleted` (+ the model's new version) and
+//! `CreditsDeducted`; failure and cancel record the ending and `CreditsRefunded`. The
+//! reservation ends exactly once, so a duplicate or racing ending changes nothing.
+
+pub mod index;
+pub mod worker;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use domain::jobs::{GenerationJob, JobCommand, JobError, JobInput, JobOutput, JobStatus};
+use domain::models::{CustomModel, ModelCommand, ModelError};
+use domain::{Credits, JobId, ReservationState, TeamCredits, TeamCreditsCommand, TeamCreditsError, TeamId};
+use serde_json::{json, Value};
+
+use crate::aggregate_store::{AggregateStore, CommandError};
+use crate::clock::Clock;
+use crate::credits::{CreditsError, CreditsService};
+use crate::event_store::{EventStoreError, StreamAppend};
+
+/// How often an ending is re-decided after losing a race on the job's own stream.
+const ENDING_ATTEMPTS_MAX: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error(transparent)]
+    Credits(CreditsError),
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    #[error("not found")]
+    NotFound,
+    #[error("the team already has {queued} queued jobs (at most {max})")]
+    QueueFull { queued: i64, max: i64 },
+    #[error("changed concurrently; retry the request")]
+    Conflict,
+}
+
+impl From<CreditsError> for JobsError {
+    fn from(error: CreditsError) -> Self {
+        JobsError::Credits(error)
+    }
+}
+
+impl<E: std::error::Error> From<CommandError<E>> for JobsError
+where
+    JobsError: From<E>,
+{
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(rejection) => JobsError::from(rejection),
+            CommandError::Store(store) => JobsError::Store(store),
+            CommandError::Contention { .. } => JobsError::Conflict,
+        }
+    }
+}
+
+/// A job the engine accepted, or found already accepted under the same id.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub job: GenerationJob,
+    /// False when the same job id was submitted before (an idempotent repeat).
+    pub created: bool,
+}
+
+/// How a job ended when asked to end it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// This call recorded the ending.
+    Recorded,
+    /// The job had already ended this way (a duplicate).
+    AlreadyDone,
+}
+
+#[derive(Clone)]
+pub struct JobsService {
+    aggregates: AggregateStore,
+    credits: CreditsService,
+    clock: Arc<dyn Clock>,
+}
+
+fn metadata(actor: &str) -> Value {
+    json!({ "actor": actor })
+}
+
+fn model_appends(decided: Option<StreamAppend>) -> Vec<StreamAppend> {
+    decided.into_iter().filter(|a| !a.events.is_empty()).collect()
+}
+
+impl JobsService {
+    pub fn new(aggregates: AggregateStore, credits: CreditsService, clock: Arc<dyn Clock>) -> Self {
+        Self { aggregates, credits, clock }
+    }
+
+    pub fn credits(&self) -> &CreditsService {
+        &self.credits
+    }
+
+    pub fn aggregates(&self) -> &AggregateStore {
+        &self.aggregates
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub async fn job(&self, job_id: JobId) -> Result<GenerationJob, JobsError> {
+        let job = self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?.aggregate;
+        if job.status.is_none() {
+            return Err(JobsError::NotFound);
+        }
+        Ok(job)
+    }
+
+    pub async fn model(&self, model_id: domain::ModelId) -> Result<crate::aggregate_store::Loaded<CustomModel>, JobsError> {
+        Ok(self.aggregates.load::<CustomModel>(&model_id.to_string()).await?)
+    }
+
+    /// The append that records `command` on a model, decided on its current state.
+    pub async fn decide_model(&self, model_id: domain::ModelId, command: ModelCommand, actor: &str) -> Result<StreamAppend, JobsError> {
+        let loaded = self.model(model_id).await?;
+        let decided = self.aggregates.decide(loaded, command, &(), &metadata(actor)).await?;
+        Ok(decided.append)
+    }
+
+    /// Accepts a job: records it (with `model_change`, the model's side of it) and reserves
+    /// `cost` in one append. A repeat of the same job id returns the job as it is.
+    pub async fn submit(
+        &self,
+        team: TeamId,
+        job_id: JobId,
+        input: JobInput,
+        cost: Credits,
+        price_version: i64,
+        model_change: Option<StreamAppend>,
+        actor: &str,
+    ) -> Result<Accepted, JobsError> {
+        let loaded = self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?;
+        if loaded.aggregate.status.is_some() {
+            return self.existing(team, loaded.aggregate);
+        }
+        let now = self.clock.now();
+        let operation = input.operation();
+        let queue = JobCommand::Queue { job_id, team_id: team, input, cost, price_version, now };
+        let job = self.aggregates.decide(loaded, queue, &(), &metadata(actor)).await?;
+        let mut extras = vec![job.append];
+        extras.extend(model_appends(model_change));
+        let build = move |credits: &TeamCredits| {
+            let plan = credits.plan();
+            if credits.is_open() && plan.concurrency_limit() == 0 {
+                return Err(CommandError::Rejected(TeamCreditsError::PlanDoesNotAllowJobs { plan }));
+            }
+            let reserve = TeamCreditsCommand::ReserveCredits { reservation_id: job_id, amount: cost, operation, price_version, now };
+            Ok((reserve, extras.clone()))
+        };
+        match self.credits.execute_with(team, &metadata(actor), Box::new(build)).await {
+            Ok(outcome) if !outcome.events.is_empty() => Ok(Accepted { job: job.state.aggregate, created: true }),
+            // The reservation (or the job stream) existed: a repeat that raced the first.
+            Ok(_) | Err(CommandError::Store(EventStoreError::Conflict { .. })) if self.job(job_id).await.is_ok() => {
+                self.existing(team, self.job(job_id).await?)
+            }
+            Ok(_) => Err(JobsError::Conflict),
+            Err(CommandError::Store(EventStoreError::Conflict { .. })) => Err(JobsError::Conflict),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn existing(&self, team: TeamId, job: GenerationJob) -> Result<Accepted, JobsError> {
+        if job.team_id != Some(team) {
+            // Another team's job id: never reveal it.
+            return Err(JobsError::NotFound);
+        }
+        Ok(Accepted { job, created: false })
+    }
+
+    /// A worker's claim on a queued job. `Ok(None)` when someone else claimed it, the
+    /// team has no free slot, or the job is no longer queued.
+    pub async fn dispatch(&self, job_id: JobId, provider: &str, worker: &str) -> Result<Option<GenerationJob>, JobsError> {
+        let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), now: self.clock.now() };
+        match self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata(worker)).await {
+            Ok(decided) => Ok(Some(decided.state.aggregate)),
+            Err(CommandError::Rejected(JobError::NotQueued(_)))
+            | Err(CommandError::Store(EventStoreError::Conflict { .. }))
+            | Err(CommandError::Contention { .. }) => Ok(None),
+            // The dispatch projection refuses a claim beyond the team's limit.
+            Err(CommandError::Store(EventStoreError::Projection { reason, .. })) if reason.contains(LIMIT_REACHED) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Records news from the provider (its request id, queue position, logs, start).
+    pub async fn progress(
+        &self,
+        job_id: JobId,
+        provider_request_id: Option<String>,
+        queue_position: Option<u32>,
+        logs: Vec<String>,
+        running: bool,
+    ) -> Result<(), JobsError> {
+        let command = JobCommand::Progress { provider_request_id, queue_position, logs, running, now: self.clock.now() };
+        self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("provider")).await?;
+        Ok(())
+    }
+
+    /// Puts an active job back in the queue, to start again at `retry_at`.
+    pub async fn retry_later(&self, job_id: JobId, reason: &str, retry_at: DateTime<Utc>) -> Result<(), JobsError> {
+        let command = JobCommand::ScheduleRetry { reason: reason.to_string(), retry_at, now: self.clock.now() };
+        self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("worker")).await?;
+        Ok(())
+    }
+
+    /// Completes a job with its stored outputs and deducts its reservation, atomically.
+    /// Fails with `AlreadyFinished` if the job was cancelled or failed meanwhile (the
+    /// outputs are then not the team's to keep).
+    pub async fn complete(&self, job_id: JobId, outputs: Vec<JobOutput>) -> Result<Ending, JobsError> {
+        self.end(job_id, EndKind::Complete(outputs), "worker").await
+    }
+
+    /// Fails a job and refunds its reservation, atomically.
+    pub async fn fail(&self, job_id: JobId, reason: &str) -> Result<Ending, JobsError> {
+        self.end(job_id, EndKind::Fail(reason.to_string()), "worker").await
+    }
+
+    /// Cancels a job of `team` in any non-final state and refunds it, atomically.
+    /// Returns the job as it was before (its provider request may need cancelling).
+    pub async fn cancel(&self, team: TeamId, job_id: JobId, reason: &str, actor: &str) -> Result<(GenerationJob, Ending), JobsError> {
+        let before = self.job(job_id).await?;
+        if before.team_id != Some(team) {
+            return Err(JobsError::NotFound);
+        }
+        let ending = self.end(job_id, EndKind::Cancel(reason.to_string()), actor).await?;
+        Ok((before, ending))
+    }
+
+    async fn end(&self, job_id: JobId, kind: EndKind, actor: &str) -> Result<Ending, JobsError> {
+        for _ in 0..ENDING_ATTEMPTS_MAX {
+            let loaded = self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?;
+            let job = &loaded.aggregate;
+            let (Some(team), Some(input)) = (job.team_id, job.input.clone()) else {
+                return Err(JobsError::NotFound);
+            };
+            if matches!(kind, EndKind::CancelQueued(_)) && job.status != Some(JobStatus::Queued) {
+                return Ok(Ending::AlreadyDone);
+            }
+            let command = kind.job_command(self.clock.now());
+            let decided = self.aggregates.decide(loaded, command, &(), &metadata(actor)).await?;
+            if decided.events.is_empty() {
+                return Ok(Ending::AlreadyDone);
+            }
+            let model_change = match kind.model_command(job_id, &input, team, self.clock.now()) {
+                Some(command) => Some(self.decide_model(input.model_id(), command, actor).await?),
+                None => None,
+            };
+            let mut extras = vec![decided.append];
+            extras.extend(model_appends(model_change));
+            let credit_command = kind.credit_command(job_id, self.clock.now());
+            let build = move |_: &TeamCredits| Ok((credit_command.clone(), extras.clone()));
+            match self.credits.execute_with(team, &metadata(actor), Box::new(build)).await {
+                Ok(outcome) => {
+                    let state = outcome.reservation.map(|r| r.state);
+                    return match (kind.reservation_end(), state) {
+                        (wanted, Some(actual)) if wanted == actual && !outcome.events.is_empty() => Ok(Ending::Recorded),
+                        // The reservation ended the other way first: the job ended with it.
+                        (_, Some(ReservationState::Deducted)) => Err(JobError::AlreadyFinished("completed").into()),
+                        (_, Some(ReservationState::Refunded)) => Err(JobError::AlreadyFinished("ended").into()),
+                        _ => Err(JobsError::Conflict),
+                    };
+                }
+                // The job or model stream moved (progress, a racing ending): decide again.
+                Err(CommandError::Store(EventStoreError::Conflict { .. })) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(JobsError::Conflict)
+    }
+
+    /// Subscription expiry: the team's plan becomes Free; running jobs finish and are
+    /// charged as usual, queued jobs are cancelled and refunded, new submissions are
+    /// refused (the plan runs no jobs).
+    pub async fn expire_subscription(
+        &self,
+        team: TeamId,
+        effective_at: DateTime<Utc>,
+        key: domain::IdempotencyKey,
+        queued: &dyn index::JobIndex,
+        actor: &str,
+    ) -> Result<usize, JobsError> {
+        let command = TeamCreditsCommand::ExpireSubscription { effective_at, key, now: self.clock.now() };
+        self.credits.execute(team, command, &metadata(actor)).await?;
+        self.cancel_queued(team, queued, "subscription expired", actor).await
+    }
+
+    /// Cancels and refunds every queued job of `team`; returns how many.
+    pub async fn cancel_queued(&self, team: TeamId, queued: &dyn index::JobIndex, reason: &str, actor: &str) -> Result<usize, JobsError> {
+        let mut cancelled = 0;
+        for job_id in queued.queued_of_team(team).await? {
+            // Only jobs still queued: one that a worker claimed meanwhile runs to its end.
+            if self.job(job_id).await?.status != Some(JobStatus::Queued) {
+                continue;
+            }
+            match self.end(job_id, EndKind::CancelQueued(reason.to_string()), actor).await {
+                Ok(Ending::Recorded) => cancelled += 1,
+                Ok(Ending::AlreadyDone) | Err(JobsError::Job(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(cancelled)
+    }
+}
+
+/// Marker in the dispatch projection's refusal, matched by `dispatch`.
+pub const LIMIT_REACHED: &str = "team at its concurrency limit";
+
+#[derive(Debug, Clone)]
+enum EndKind {
+    Complete(Vec<JobOutput>),
+    Fail(String),
+    Cancel(String),
+    /// Cancel only if still queued (subscription expiry never stops a running job).
+    CancelQueued(String),
+}
+
+impl EndKind {
+    fn job_command(&self, now: DateTime<Utc>) -> JobCommand {
+        match self {
+            EndKind::Complete(outputs) => JobCommand::Complete { outputs: outputs.clone(), now },
+            EndKind::Fail(reason) => JobCommand::Fail { reason: reason.clone(), now },
+            EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => JobCommand::Cancel { reason: reason.clone(), now },
+        }
+    }
+
+    fn credit_command(&self, job_id: JobId, now: DateTime<Utc>) -> TeamCreditsCommand {
+        match self {
+            EndKind::Complete(_) => TeamCreditsCommand::DeductCredits { reservation_id: job_id, now },
+            _ => TeamCreditsCommand::RefundCredits { reservation_id: job_id, now },
+        }
+    }
+
+    fn reservation_end(&self) -> ReservationState {
+        match self {
+            EndKind::Complete(_) => ReservationState::Deducted,
+            _ => ReservationState::Refunded,
+        }
+    }
+
+    /// The model's side of the ending, for model jobs.
+    fn model_command(&self, job_id: JobId, input: &JobInput, _team: TeamId, now: DateTime<Utc>) -> Option<ModelCommand> {
+        if matches!(input, JobInput::ImageGeneration { .. }) {
+            return None;
+        }
+        Some(match self {
+            EndKind::Complete(outputs) => {
+                let artifact_key = outputs.iter().find(|o| o.key.ends_with("model.json")).or(outputs.first())?.key.clone();
+                ModelCommand::RecordVersion { job_id, artifact_key, now }
+            }
+            EndKind::Fail(reason) | EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => {
+                ModelCommand::RecordJobFailure { job_id, reason: reason.clone(), now }
+            }
+        })
+    }
+}

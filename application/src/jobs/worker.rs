@@ -1,0 +1,300 @@
+//! The worker: claims queued jobs from the database (fairly, within plan limits), runs
+//! them on the provider, stores their outputs, and ends them. Several worker processes
+//! may run at once: a claim is an append to the job's stream, so a job is claimed once,
+//! and the dispatch read model refuses a claim beyond the team's limit.
+//!
+//! It also keeps the queue healthy: a heartbeat per worker; jobs of a worker that stopped
+//! beating are checked with the provider and retried; jobs with no news for a while are
+//! checked with the provider; queued jobs of teams whose plan runs no jobs are cancelled
+//! and refunded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::jobs::{GenerationJob, JobInput, JobOutput};
+use domain::JobId;
+use sha2::{Digest, Sha256};
+use tokio::sync::{watch, Semaphore};
+
+use super::index::{ActiveJob, JobIndex};
+use super::{JobsError, JobsService};
+use crate::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission};
+use crate::storage::{image_key, model_asset_key, ObjectStore};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub worker_id: String,
+    /// Jobs this process runs at once.
+    pub concurrency: usize,
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is presumed dead; its jobs are checked and retried.
+    pub worker_lost_after: Duration,
+    /// An active job with a provider request and no news this long is checked with the
+    /// provider (there is no timeout: the check only looks).
+    pub stale_after: Duration,
+    pub attempts_max: u32,
+    pub retry_backoff_base: Duration,
+    pub retry_backoff_max: Duration,
+    /// Store writes tried per output before the attempt counts as a transient failure.
+    pub storage_attempts_max: u32,
+}
+
+impl WorkerConfig {
+    pub fn new(worker_id: String) -> Self {
+        Self {
+            worker_id,
+            concurrency: 16,
+            poll_interval: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_secs(2),
+            worker_lost_after: Duration::from_secs(10),
+            stale_after: Duration::from_secs(300),
+            attempts_max: 5,
+            retry_backoff_base: Duration::from_secs(2),
+            retry_backoff_max: Duration::from_secs(300),
+            storage_attempts_max: 3,
+        }
+    }
+
+    /// `base × 2^(attempt−1)`, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.retry_backoff_base.saturating_mul(factor).min(self.retry_backoff_max)
+    }
+}
+
+/// Maintenance rows handled per pass.
+const MAINTENANCE_BATCH_MAX: i64 = 100;
+
+#[derive(Clone)]
+pub struct Worker {
+    jobs: JobsService,
+    index: Arc<dyn JobIndex>,
+    provider: Arc<dyn Provider>,
+    objects: Arc<dyn ObjectStore>,
+    config: Arc<WorkerConfig>,
+    permits: Arc<Semaphore>,
+}
+
+impl Worker {
+    pub fn new(
+        jobs: JobsService,
+        index: Arc<dyn JobIndex>,
+        provider: Arc<dyn Provider>,
+        objects: Arc<dyn ObjectStore>,
+        config: WorkerConfig,
+    ) -> Self {
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        Self { jobs, index, provider, objects, config: Arc::new(config), permits }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.jobs.now()
+    }
+
+    /// Runs until `stop` flips to true, then waits for the jobs it started.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut last_heartbeat: Option<std::time::Instant> = None;
+        loop {
+            if last_heartbeat.is_none_or(|at| at.elapsed() >= self.config.heartbeat_interval) {
+                if let Err(error) = self.index.heartbeat(&self.config.worker_id, self.now()).await {
+                    tracing::warn!(%error, "heartbeat failed");
+                }
+                if let Err(error) = self.maintain().await {
+                    tracing::warn!(%error, "queue maintenance failed");
+                }
+                last_heartbeat = Some(std::time::Instant::now());
+            }
+            let started = match self.dispatch_once().await {
+                Ok(started) => started,
+                Err(error) => {
+                    tracing::warn!(%error, "dispatch failed");
+                    0
+                }
+            };
+            if started == 0 {
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+        // Wait for running jobs: every permit back means every job ended or was handed on.
+        let _ = self.permits.acquire_many(self.config.concurrency.max(1) as u32).await;
+    }
+
+    /// Claims as many dispatchable jobs as there are free permits and starts them.
+    /// Returns how many started.
+    pub async fn dispatch_once(&self) -> Result<usize, JobsError> {
+        let free = self.permits.available_permits();
+        if free == 0 {
+            return Ok(0);
+        }
+        let candidates = self.index.dispatchable(self.now(), free as i64).await?;
+        let mut started = 0;
+        for (job_id, _team) in candidates {
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else { break };
+            let Some(job) = self.jobs.dispatch(job_id, self.provider.name(), &self.config.worker_id).await? else {
+                continue;
+            };
+            started += 1;
+            let worker = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(error) = worker.execute(job_id, job).await {
+                    tracing::error!(%job_id, %error, "job execution failed");
+                }
+            });
+        }
+        Ok(started)
+    }
+
+    /// Runs one claimed attempt of a job to an ending (or a scheduled retry).
+    async fn execute(&self, job_id: JobId, job: GenerationJob) -> Result<(), JobsError> {
+        let request = self.request_for(job_id, &job).await?;
+        let attempt = job.attempt;
+        match self.provider.submit(request).await {
+            Ok(Submission::Finished(outcome)) => self.finish(job_id, &job, outcome).await,
+            Ok(Submission::Accepted { request_id }) => {
+                self.jobs.progress(job_id, Some(request_id), None, Vec::new(), false).await
+            }
+            Err(ProviderError::Transient(message)) => self.retry_or_fail(job_id, attempt, &message).await,
+            Err(ProviderError::Permanent(message)) => self.jobs.fail(job_id, &message).await.map(drop),
+        }
+    }
+
+    async fn request_for(&self, job_id: JobId, job: &GenerationJob) -> Result<ProviderRequest, JobsError> {
+        let (Some(team_id), Some(input)) = (job.team_id, job.input.clone()) else {
+            return Err(JobsError::NotFound);
+        };
+        let model = self.jobs.model(input.model_id()).await?.aggregate;
+        let model_artifact_key = match &input {
+            JobInput::ModelCreation { .. } => None,
+            JobInput::ModelRefinement { from_version, .. } | JobInput::ImageGeneration { model_version: from_version, .. } => model
+                .versions
+                .iter()
+                .find(|v| v.version == *from_version)
+                .map(|v| v.artifact_key.clone()),
+        };
+        let reference = match &input {
+            JobInput::ModelCreation { reference_model_id, .. } => self.index.reference_characteristics(reference_model_id).await?,
+            _ => None,
+        };
+        Ok(ProviderRequest { job_id, team_id, attempt: job.attempt, input, model_artifact_key, reference })
+    }
+
+    /// Stores a finished outcome's files and ends the job with them.
+    pub async fn finish(&self, job_id: JobId, job: &GenerationJob, outcome: ProviderOutcome) -> Result<(), JobsError> {
+        match outcome {
+            ProviderOutcome::Failed { message } => self.jobs.fail(job_id, &message).await.map(drop),
+            ProviderOutcome::Completed(files) => {
+                let outputs = match self.store_outputs(job_id, job, files).await {
+                    Ok(outputs) => outputs,
+                    Err(message) => return self.retry_or_fail(job_id, job.attempt, &message).await,
+                };
+                match self.jobs.complete(job_id, outputs.clone()).await {
+                    Ok(_) => Ok(()),
+                    Err(JobsError::Job(domain::jobs::JobError::AlreadyFinished(how))) => {
+                        // Cancelled (or failed) while it ran: the outputs are not kept.
+                        tracing::info!(%job_id, how, "job ended before its result arrived; discarding outputs");
+                        let keys: Vec<String> = outputs.into_iter().map(|o| o.key).collect();
+                        let _ = self.objects.delete_many(&keys).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        }
+    }
+
+    /// Writes every file (retrying each a few times) before the job may complete: a job
+    /// never completes pointing at an object that was not written.
+    async fn store_outputs(&self, job_id: JobId, job: &GenerationJob, files: Vec<ProducedFile>) -> Result<Vec<JobOutput>, String> {
+        let (Some(team), Some(input)) = (job.team_id, job.input.as_ref()) else {
+            return Err("job has no team".into());
+        };
+        let (team, job_text) = (team.to_string(), job_id.to_string());
+        let mut outputs = Vec::with_capacity(files.len());
+        for (index, file) in files.into_iter().enumerate() {
+            let key = match input {
+                JobInput::ImageGeneration { .. } => image_key(&team, &job_text, index as u32),
+                JobInput::ModelCreation { model_id, .. } => model_asset_key(&team, &model_id.to_string(), 1, &file.name),
+                JobInput::ModelRefinement { model_id, from_version, .. } => {
+                    model_asset_key(&team, &model_id.to_string(), from_version + 1, &file.name)
+                }
+            };
+            let sha256 = hex::encode(Sha256::digest(&file.bytes));
+            let bytes = file.bytes.len() as u64;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match self.objects.put(&key, file.bytes.clone(), &file.content_type).await {
+                    Ok(()) => break,
+                    Err(error) if attempt < self.config.storage_attempts_max => {
+                        tracing::warn!(%job_id, %key, %error, attempt, "storing output failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    }
+                    Err(error) => return Err(format!("storing {key} failed: {error}")),
+                }
+            }
+            outputs.push(JobOutput { key, content_type: file.content_type, bytes, sha256 });
+        }
+        Ok(outputs)
+    }
+
+    async fn retry_or_fail(&self, job_id: JobId, attempt: u32, message: &str) -> Result<(), JobsError> {
+        if attempt >= self.config.attempts_max {
+            let reason = format!("gave up after {attempt} attempts: {message}");
+            return self.jobs.fail(job_id, &reason).await.map(drop);
+        }
+        let delay = chrono::Duration::from_std(self.config.backoff(attempt)).unwrap_or(chrono::Duration::seconds(1));
+        tracing::info!(%job_id, attempt, %message, "transient failure; retrying later");
+        self.jobs.retry_later(job_id, message, self.now() + delay).await
+    }
+
+    /// One pass of queue upkeep.
+    pub async fn maintain(&self) -> Result<(), JobsError> {
+        let now = self.now();
+        let lost = now - chrono::Duration::from_std(self.config.worker_lost_after).unwrap_or(chrono::Duration::seconds(10));
+        for job in self.index.orphaned(lost, MAINTENANCE_BATCH_MAX).await? {
+            self.check_with_provider(&job, "worker stopped").await?;
+        }
+        let quiet = now - chrono::Duration::from_std(self.config.stale_after).unwrap_or(chrono::Duration::seconds(300));
+        for job in self.index.without_news(quiet, MAINTENANCE_BATCH_MAX).await? {
+            self.check_with_provider(&job, "no news").await?;
+        }
+        for (job_id, team) in self.index.queued_without_plan(MAINTENANCE_BATCH_MAX).await? {
+            let _ = self.jobs.cancel(team, job_id, "the team's plan runs no jobs", "dispatcher").await;
+        }
+        Ok(())
+    }
+
+    /// Asks the provider where a job stands and acts on the answer.
+    async fn check_with_provider(&self, active: &ActiveJob, why: &str) -> Result<(), JobsError> {
+        let job = self.jobs.job(active.job_id).await?;
+        if !job.status.is_some_and(|s| s.is_active()) {
+            return Ok(());
+        }
+        let status = match &active.provider_request_id {
+            Some(request_id) => self.provider.status(request_id).await,
+            None => Ok(ProviderStatus::Unknown),
+        };
+        match status {
+            Ok(ProviderStatus::Finished(outcome)) => self.finish(active.job_id, &job, outcome).await,
+            Ok(ProviderStatus::Running { logs }) => self.jobs.progress(active.job_id, None, None, logs, true).await,
+            Ok(ProviderStatus::Queued { position }) => self.jobs.progress(active.job_id, None, position, Vec::new(), false).await,
+            Ok(ProviderStatus::Unknown) => {
+                tracing::warn!(job_id = %active.job_id, why, "provider does not know the job; retrying it");
+                self.retry_or_fail(active.job_id, job.attempt, &format!("{why}; provider lost the request")).await
+            }
+            Err(error) => {
+                tracing::warn!(job_id = %active.job_id, %error, "provider status check failed");
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `kiln-bench`: measures Kiln against simpler designs on the same PostgreSQL, in one run.
+//!
+//! Subcommands:
+//! - `credits`: reserve+deduct throughput and latency through the real `CreditsService`,
+//!   against the row-lock "seed" baseline (see [`credits`]).
+//!
+//! Every run works in a scratch database it creates and drops, and stops by itself.
+
+mod baseline;
+mod credits;
+mod kiln;
+mod load;
+mod report;
+mod scratch;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln-bench", about = "Kiln benchmarks against a baseline on the same PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reserve+deduct: baseline and Kiln, spread over many teams and on one hot team.
+    Credits(CreditsArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct CreditsArgs {
+    /// Concurrent client tasks, each running one operation at a time.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Teams opened for the spread scenarios (the hot scenarios use the first one).
+    #[arg(long, default_value_t = 10_000)]
+    pub teams: usize,
+    /// Measured time per scenario.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Unmeasured load before each scenario's measurement (caches, writer tasks, plans).
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// Connections in the one pool both designs share.
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+    /// Admin URL: the scratch database is created and dropped through it. Loopback only.
+    #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
+    /// Kiln's snapshot interval (`event_store.snapshot_every`); 100 is the binary's default.
+    #[arg(long, default_value_t = 100)]
+    pub snapshot_every: i64,
+    /// Run only these scenarios (repeatable), e.g. `--only kiln-hot` while profiling.
+    #[arg(long, value_parser = ["baseline-spread", "kiln-spread", "baseline-hot", "kiln-hot"])]
+    pub only: Vec<String>,
+    /// Print the results as JSON on stdout (the table then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl CreditsArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        // Unbounded inputs are a bug: keep every knob inside a range this harness was built for.
+        anyhow::ensure!((1..=1_024).contains(&self.clients), "--clients must be 1..=1024");
+        anyhow::ensure!((1..=1_000_000).contains(&self.teams), "--teams must be 1..=1000000");
+        anyhow::ensure!((1..=3_600).contains(&self.duration_secs), "--duration-secs must be 1..=3600");
+        anyhow::ensure!(self.warmup_secs <= 600, "--warmup-secs must be at most 600");
+        anyhow::ensure!((1..=512).contains(&self.connections), "--connections must be 1..=512");
+        anyhow::ensure!(self.snapshot_every >= 1, "--snapshot-every must be at least 1");
+        Ok(())
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs(self.duration_secs)
+    }
+
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs(self.warmup_secs)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Credits(args) => {
+            args.validate()?;
+            credits::run(args).await
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The GenerationJob aggregate (id = job id): queued → dispatched → running →
+//! completed | failed | cancelled, with retries back to queued. There is no timeout:
+//! a job ends only by a result, a failure or a cancel.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use super::input::{JobInput, JobOutput};
+use crate::amount::Credits;
+use crate::ids::{JobId, TeamId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Dispatched,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Dispatched => "dispatched",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub const fn is_final(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+
+    /// Holding one of the team's concurrency slots.
+    pub const fn is_active(self) -> bool {
+        matches!(self, JobStatus::Dispatched | JobStatus::Running)
+    }
+
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        [Self::Queued, Self::Dispatched, Self::Running, Self::Completed, Self::Failed, Self::Cancelled]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobCommand {
+    Queue { job_id: JobId, team_id: TeamId, input: JobInput, cost: Credits, price_version: i64, now: DateTime<Utc> },
+    /// A worker claimed the job for its next attempt.
+    Dispatch { provider: String, worker: String, now: DateTime<Utc> },
+    Progress {
+        provider_request_id: Option<String>,
+        queue_position: Option<u32>,
+        logs: Vec<String>,
+        running: bool,
+        now: DateTime<Utc>,
+    },
+    Complete { outputs: Vec<JobOutput>, now: DateTime<Utc> },
+    Fail { reason: String, now: DateTime<Utc> },
+    Cancel { reason: String, now: DateTime<Utc> },
+    ScheduleRetry { reason: String, retry_at: DateTime<Utc>, now: DateTime<Utc> },
+    ExpireImages { now: DateTime<Utc> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum JobEvent {
+    JobQueued {
+        job_id: JobId,
+        team_id: TeamId,
+        input: JobInput,
+        cost: Credits,
+        price_version: i64,
+        occurred_at: DateTime<Utc>,
+    },
+    JobDispatched { provider: String, worker: String, attempt: u32, occurred_at: DateTime<Utc> },
+    JobProgressed {
+        provider_request_id: Option<String>,
+        queue_position: Option<u32>,
+        logs: Vec<String>,
+        running: bool,
+        occurred_at: DateTime<Utc>,
+    },
+    JobCompleted { outputs: Vec<JobOutput>, occurred_at: DateTime<Utc> },
+    JobFailed { reason: String, occurred_at: DateTime<Utc> },
+    JobCancelled { reason: String, occurred_at: DateTime<Utc> },
+    JobRetryScheduled { attempt: u32, reason: String, retry_at: DateTime<Utc>, occurred_at: DateTime<Utc> },
+    ImagesExpired { keys: Vec<String>, occurred_at: DateTime<Utc> },
+}
+
+impl JobEvent {
+    pub const fn name(&self) -> &'static str {
+        match self {
+            JobEvent::JobQueued { .. } => "JobQueued",
+            JobEvent::JobDispatched { .. } => "JobDispatched",
+            JobEvent::JobProgressed { .. } => "JobProgressed",
+            JobEvent::JobCompleted { .. } => "JobCompleted",
+            JobEvent::JobFailed { .. } => "JobFailed",
+            JobEvent::JobCancelled { .. } => "JobCancelled",
+            JobEvent::JobRetryScheduled { .. } => "JobRetryScheduled",
+            JobEvent::ImagesExpired { .. } => "ImagesExpired",
+        }
+    }
+}
+
+impl DomainEvent for JobEvent {
+    fn event_type(&self) -> String {
+        self.name().to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    #[error("job not found")]
+    NotFound,
+    #[error("job already exists")]
+    AlreadyExists,
+    #[error("job is {0}, not queued")]
+    NotQueued(&'static str),
+    #[error("job is {0}, not in progress")]
+    NotInProgress(&'static str),
+    #[error("job already {0}")]
+    AlreadyFinished(&'static str),
+}
+
+/// What a job knows about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationJob {
+    pub job_id: Option<JobId>,
+    pub team_id: Option<TeamId>,
+    pub input: Option<JobInput>,
+    pub cost: i64,
+    pub price_version: i64,
+    pub status: Option<JobStatus>,
+    /// Attempts started so far (the current one, while dispatched or running).
+    pub attempt: u32,
+    pub provider: Option<String>,
+    pub provider_request_id: Option<String>,
+    pub outputs: Vec<JobOutput>,
+    pub error: Option<String>,
+    pub images_expired: bool,
+    pub queued_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl GenerationJob {
+    pub fn status(&self) -> Option<JobStatus> {
+        self.status
+    }
+
+    fn existing(&self) -> Result<JobStatus, JobError> {
+        self.status.ok_or(JobError::NotFound)
+    }
+
+    /// Pure decision: the events `command` leads to. Repeating an ending that already
+    /// happened (complete twice, cancel twice) records nothing.
+    pub fn decide(&self, command: JobCommand) -> Result<Vec<JobEvent>, JobError> {
+        use JobCommand as C;
+        use JobEvent as E;
+        Ok(match command {
+            C::Queue { job_id, team_id, input, cost, price_version, now } => {
+                if self.status.is_some() {
+                    return Err(JobError::AlreadyExists);
+                }
+                vec![E::JobQueued { job_id, team_id, input, cost, price_version, occurred_at: now }]
+            }
+            C::Dispatch { provider, worker, now } => match self.existing()? {
+                JobStatus::Queued => vec![E::JobDispatched { provider, worker, attempt: self.attempt + 1, occurred_at: now }],
+                other => return Err(JobError::NotQueued(other.as_str())),
+            },
+            C::Progress { provider_request_id, queue_position, logs, running, now } => {
+                let status = self.existing()?;
+                if !status.is_active() {
+                    return Err(JobError::NotInProgress(status.as_str()));
+                }
+                vec![E::JobProgressed { provider_request_id, queue_position, logs, running, occurred_at: now }]
+            }
+            C::Complete { outputs, now } => match self.existing()? {
+                JobStatus::Completed => Vec::new(),
+                s if s.is_active() => vec![E::JobCompleted { outputs, occurred_at: now }],
+                s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
+                s => return Err(JobError::NotInProgress(s.as_str())),
+            },
+            C::Fail { reason, now } => match self.existing()? {
+                JobStatus::Failed => Vec::new(),
+                s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
+                _ => vec![E::JobFailed { reason, occurred_at: now }],
+            },
+            C::Cancel { reason, now } => match self.existing()? {
+                JobStatus::Cancelled => Vec::new(),
+                s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
+                _ => vec![E::JobCancelled { reason, occurred_at: now }],
+            },
+            C::ScheduleRetry { reason, retry_at, now } => match self.existing()? {
+                s if s.is_active() => vec![E::JobRetryScheduled { attempt: self.attempt, reason, retry_at, occurred_at: now }],
+                s => return Err(JobError::NotInProgress(s.as_str())),
+            },
+            C::ExpireImages { now } => {
+                self.existing()?;
+                let keys: Vec<String> = self.outputs.iter().map(|o| o.key.clone()).filter(|k| k.starts_with("generated-images/")).collect();
+                if self.images_expired || keys.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![E::ImagesExpired { keys, occurred_at: now }]
+                }
+            }
+        })
+    }
+}
+
+impl Aggregate for GenerationJob {
+    const TYPE: &'static str = "GenerationJob";
+    type Command = JobCommand;
+    type Event = JobEvent;
+    type Error = JobError;
+    type Services = ();
+
+    async fn handle(&mut self, command: JobCommand, _: &(), sink: &EventSink<Self>) -> Result<(), JobError> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: JobEvent) {
+        use JobEvent as E;
+        match event {
+            E::JobQueued { job_id, team_id, input, cost, price_version, occurred_at } => {
+                self.job_id = Some(job_id);
+                self.team_id = Some(team_id);
+                self.input = Some(input);
+                self.cost = cost.get();
+                self.price_version = price_version;
+                self.status = Some(JobStatus::Queued);
+                self.queued_at = Some(occurred_at);
+                self.updated_at = Some(occurred_at);
+            }
+            E::JobDispatched { provider, attempt, occurred_at, .. } => {
+                self.status = Some(JobStatus::Dispatched);
+                self.provider = Some(provider);
+                self.provider_request_id = None;
+                self.attempt = attempt;
+                self.updated_at = Some(occurred_at);
+            }
+            E::JobProgressed { provider_request_id, running, occurred_at, .. } => {
+                if provider_request_id.is_some() {
+                    self.provider_request_id = provider_request_id;
+                }
+                if running {
+                    self.status = Some(JobStatus::Running);
+                }
+                self.updated_at = Some(occurred_at);
+            }
+            E::JobCompleted { outputs, occurred_at } => {
+                self.status = Some(JobStatus::Completed);
+                self.outputs = outputs;
+                self.updated_at = Some(occurred_at);
+            }
+            E::JobFailed { reason, occurred_at } => {
+                self.status = Some(JobStatus::Failed);
+                self.error = Some(reason);
+                self.updated_at = Some(occurred_at);
+            }
+            E::JobCancelled { reason, occurred_at } => {
+                self.status = Some(JobStatus::Cancelled);
+                self.error = Some(reason);
+                self.updated_at = Some(occurred_at);
+            }
+            E::JobRetryScheduled { reason, occurred_at, .. } => {
+                self.status = Some(JobStatus::Queued);
+                self.error = Some(reason);
+                self.updated_at = Some(occurred_at);
+            }
+            E::ImagesExpired { occurred_at, .. } => {
+                self.images_expired = true;
+                self.updated_at = Some(occurred_at);
+            }
+        }
+    }
+}

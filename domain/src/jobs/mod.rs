@@ -1,0 +1,7 @@
+//! Generation jobs: the [`GenerationJob`] aggregate, its input and outputs.
+
+pub mod input;
+pub mod job;
+
+pub use input::{JobInput, JobOutput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
+pub use job::{GenerationJob, JobCommand, JobError, JobEvent, JobStatus};

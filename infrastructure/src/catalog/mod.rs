@@ -1,0 +1,308 @@
+//! The reference-model catalog (`reference_models`): the models a custom model is
+//! created from. Seeded by `kiln seed` ([`seed`], idempotent), read by the catalog
+//! endpoints ([`list`], [`get`]) and by the job engine (characteristics, complexity).
+//!
+//! `popularity` and `active` are operational state: seeding sets them on insert and
+//! leaves them alone afterwards; everything else is refreshed from the seed data.
+
+mod data;
+
+use std::str::FromStr;
+
+use application::storage::{ObjectStore, StorageError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use data::{seed_models, SeedModel};
+
+use crate::db::Database;
+use crate::provider::render::{render_png, seed_of, RenderError};
+use crate::{db_execute, db_fetch_all, db_fetch_optional};
+
+/// Largest page of [`list`].
+pub const PAGE_LIMIT_MAX: u32 = 100;
+/// Side of a rendered preview, in pixels.
+pub const PREVIEW_SIDE_PIXELS: u32 = 384;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Fashion,
+    Fitness,
+    Beauty,
+    Lifestyle,
+    Business,
+}
+
+impl Category {
+    pub const ALL: [Category; 5] = [Category::Fashion, Category::Fitness, Category::Beauty, Category::Lifestyle, Category::Business];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Fashion => "fashion",
+            Category::Fitness => "fitness",
+            Category::Beauty => "beauty",
+            Category::Lifestyle => "lifestyle",
+            Category::Business => "business",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown category {0:?} (expected fashion, fitness, beauty, lifestyle or business)")]
+pub struct UnknownCategory(pub String);
+
+impl FromStr for Category {
+    type Err = UnknownCategory;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Category::ALL.into_iter().find(|c| c.as_str() == text).ok_or_else(|| UnknownCategory(text.to_string()))
+    }
+}
+
+/// The orders [`list`] offers. Each has its own cursor format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CatalogSort {
+    /// Most popular first; ties by id.
+    #[default]
+    Popularity,
+}
+
+impl FromStr for CatalogSort {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "popularity" => Ok(CatalogSort::Popularity),
+            other => Err(format!("unknown sort {other:?} (expected popularity)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceModel {
+    /// A slug, e.g. `fashion-editorial-01`.
+    pub id: String,
+    pub name: String,
+    pub category: Category,
+    /// JSON object: `age_range`, `ethnicity`, `gender_presentation`, `style`, `setting`, …
+    pub characteristics: serde_json::Value,
+    /// Thousandths: 1000 = 1.0.
+    pub complexity_factor_milli: i64,
+    pub popularity: i64,
+    pub active: bool,
+    /// Object-store keys of the preview images.
+    pub preview_keys: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogPage {
+    pub items: Vec<ReferenceModel>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SeedReport {
+    /// Models in the seed data.
+    pub models: usize,
+    pub inserted: usize,
+    /// Existing rows refreshed from the seed data.
+    pub updated: usize,
+    /// Previews rendered because they were missing from the store.
+    pub previews_rendered: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog query failed")]
+    Database(#[from] sqlx::Error),
+    #[error("catalog storage failed")]
+    Storage(#[from] StorageError),
+    #[error("rendering a preview failed")]
+    Render(#[from] RenderError),
+    #[error("cursor is not one this API issued")]
+    InvalidCursor,
+    #[error("stored reference model {id} is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+/// The object-store key of a model's preview image.
+pub fn preview_key(id: &str) -> String {
+    format!("reference-models/{id}/preview.png")
+}
+
+/// Inserts the seed catalog, refreshes rows that exist, and renders previews missing
+/// from `objects`. Safe to run any number of times, by several processes at once.
+pub async fn seed(db: &Database, objects: &dyn ObjectStore, now: DateTime<Utc>) -> Result<SeedReport, CatalogError> {
+    let models = seed_models();
+    let mut report = SeedReport { models: models.len(), ..SeedReport::default() };
+    for model in models {
+        // The preview first: a row never points at an image that is not there.
+        let key = preview_key(&model.id);
+        if objects.get(&key).await?.is_none() {
+            let seed = seed_of(&[b"reference-model", model.id.as_bytes()]);
+            let png = tokio::task::spawn_blocking(move || render_png(&seed, PREVIEW_SIDE_PIXELS, PREVIEW_SIDE_PIXELS))
+                .await
+                .map_err(|e| StorageError::Unavailable(format!("render task failed: {e}")))??;
+            objects.put(&key, png, "image/png").await?;
+            report.previews_rendered += 1;
+        }
+        let characteristics = model.characteristics.to_string();
+        let preview_keys = serde_json::json!([key]).to_string();
+        let inserted = db_execute!(
+            db,
+            "INSERT INTO reference_models (id, name, category, characteristics, complexity_factor_milli, popularity, \
+             active, preview_keys, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+            &model.id,
+            &model.name,
+            model.category.as_str(),
+            &characteristics,
+            model.complexity_factor_milli,
+            model.popularity,
+            true,
+            &preview_keys,
+            now
+        )?;
+        if inserted == 1 {
+            report.inserted += 1;
+            continue;
+        }
+        db_execute!(
+            db,
+            "UPDATE reference_models SET name = $2, category = $3, characteristics = $4, complexity_factor_milli = $5, \
+             preview_keys = $6 WHERE id = $1",
+            &model.id,
+            &model.name,
+            model.category.as_str(),
+            &characteristics,
+            model.complexity_factor_milli,
+            &preview_keys
+        )?;
+        report.updated += 1;
+    }
+    Ok(report)
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    name: String,
+    category: String,
+    characteristics: String,
+    complexity_factor_milli: i64,
+    popularity: i64,
+    active: bool,
+    preview_keys: String,
+    created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, name, category, characteristics, complexity_factor_milli, popularity, active, preview_keys, created_at";
+
+impl TryFrom<Row> for ReferenceModel {
+    type Error = CatalogError;
+
+    fn try_from(row: Row) -> Result<Self, CatalogError> {
+        let corrupt = |reason: String| CatalogError::Corrupt { id: row.id.clone(), reason };
+        let category = row.category.parse().map_err(|e: UnknownCategory| corrupt(e.to_string()))?;
+        let characteristics = serde_json::from_str(&row.characteristics).map_err(|e| corrupt(e.to_string()))?;
+        let preview_keys = serde_json::from_str(&row.preview_keys).map_err(|e| corrupt(e.to_string()))?;
+        Ok(ReferenceModel {
+            id: row.id,
+            name: row.name,
+            category,
+            characteristics,
+            complexity_factor_milli: row.complexity_factor_milli,
+            popularity: row.popularity,
+            active: row.active,
+            preview_keys,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// `{popularity}:{id}` of the last item of a page.
+fn popularity_cursor(model: &ReferenceModel) -> String {
+    format!("{}:{}", model.popularity, model.id)
+}
+
+fn parse_popularity_cursor(cursor: &str) -> Result<(i64, String), CatalogError> {
+    let (popularity, id) = cursor.split_once(':').ok_or(CatalogError::InvalidCursor)?;
+    let popularity = popularity.parse().map_err(|_| CatalogError::InvalidCursor)?;
+    if id.is_empty() {
+        return Err(CatalogError::InvalidCursor);
+    }
+    Ok((popularity, id.to_string()))
+}
+
+/// A page of active models, optionally of one category, in `sort` order. `limit` is
+/// clamped to 1..=[`PAGE_LIMIT_MAX`]; `cursor` is a previous page's `next_cursor`.
+pub async fn list(
+    db: &Database,
+    category: Option<Category>,
+    sort: CatalogSort,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<CatalogPage, CatalogError> {
+    let limit = limit.clamp(1, PAGE_LIMIT_MAX);
+    let CatalogSort::Popularity = sort;
+    let after = cursor.map(parse_popularity_cursor).transpose()?;
+    let (after_popularity, after_id) = after.map_or((None, None), |(p, id)| (Some(p), Some(id)));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM reference_models WHERE active = $1 AND ($2 IS NULL OR category = $2) \
+         AND ($3 IS NULL OR popularity < $3 OR (popularity = $3 AND id > $4)) \
+         ORDER BY popularity DESC, id LIMIT $5"
+    );
+    let rows = db_fetch_all!(
+        db,
+        Row,
+        &sql,
+        true,
+        category.map(Category::as_str),
+        after_popularity,
+        after_id,
+        i64::from(limit) + 1
+    )?;
+    let mut items = rows.into_iter().map(ReferenceModel::try_from).collect::<Result<Vec<_>, _>>()?;
+    // One row beyond the page says whether another page follows.
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(popularity_cursor)
+    } else {
+        None
+    };
+    Ok(CatalogPage { items, next_cursor })
+}
+
+/// One model, active or not; `None` if there is no such id.
+pub async fn get(db: &Database, id: &str) -> Result<Option<ReferenceModel>, CatalogError> {
+    let sql = format!("SELECT {COLUMNS} FROM reference_models WHERE id = $1");
+    let row = db_fetch_optional!(db, Row, &sql, id)?;
+    row.map(ReferenceModel::try_from).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_and_sorts_parse() {
+        for category in Category::ALL {
+            assert_eq!(category.as_str().parse::<Category>(), Ok(category));
+        }
+        assert!("Fashion".parse::<Category>().is_err());
+        assert!("sports".parse::<Category>().is_err());
+        assert_eq!("popularity".parse::<CatalogSort>(), Ok(CatalogSort::Popularity));
+        assert!("name".parse::<CatalogSort>().is_err());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let (popularity, id) = parse_popularity_cursor("1234:fashion-editorial-01").expect("valid");
+        assert_eq!((popularity, id.as_str()), (1234, "fashion-editorial-01"));
+        for bad in ["", "1234", "x:id", "12:", ":id"] {
+            assert!(parse_popularity_cursor(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! `application::jobs::index::JobIndex` over the job read model (`jobs`, `team_dispatch`,
+//! `workers`), with SQL that runs unchanged on PostgreSQL and SQLite.
+
+use application::event_store::EventStoreError;
+use application::jobs::index::{ActiveJob, JobIndex};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::{JobId, TeamId};
+
+use crate::db::Database;
+use crate::{db_execute, db_fetch_all, db_fetch_optional};
+
+pub struct SqlJobIndex {
+    db: Database,
+}
+
+impl SqlJobIndex {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+fn unavailable(error: sqlx::Error) -> EventStoreError {
+    EventStoreError::Unavailable(error.to_string())
+}
+
+fn parse_pairs(rows: Vec<(String, String)>) -> Vec<(JobId, TeamId)> {
+    rows.into_iter().filter_map(|(job, team)| Some((job.parse().ok()?, team.parse().ok()?))).collect()
+}
+
+type ActiveRow = (String, String, Option<String>, Option<String>);
+
+fn parse_active(rows: Vec<ActiveRow>) -> Vec<ActiveJob> {
+    rows.into_iter()
+        .filter_map(|(job, team, worker, provider_request_id)| {
+            Some(ActiveJob { job_id: job.parse().ok()?, team_id: team.parse().ok()?, worker, provider_request_id })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl JobIndex for SqlJobIndex {
+    async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError> {
+        // Rank each team's queued jobs by age; a team offers as many as it has free slots.
+        // Ordering by rank first serves every team's oldest job before anyone's second;
+        // among equals, the team served least recently goes first.
+        let rows = db_fetch_all!(
+            &self.db,
+            (String, String),
+            "SELECT job_id, team_id FROM ( \
+                SELECT j.job_id, j.team_id, j.queued_at, d.last_dispatched_at, \
+                       d.running_limit - d.running AS free, \
+                       ROW_NUMBER() OVER (PARTITION BY j.team_id ORDER BY j.queued_at, j.job_id) AS rank \
+                FROM jobs j JOIN team_dispatch d ON d.team_id = j.team_id \
+                WHERE j.status = 'queued' AND j.not_before <= $1 AND d.running < d.running_limit \
+             ) c WHERE c.rank <= c.free \
+             ORDER BY c.rank, (c.last_dispatched_at IS NOT NULL), c.last_dispatched_at, c.queued_at \
+             LIMIT $2",
+            now,
+            limit
+        )
+        .map_err(unavailable)?;
+        Ok(parse_pairs(rows))
+    }
+
+    async fn queued_of_team(&self, team: TeamId) -> Result<Vec<JobId>, EventStoreError> {
+        let rows = db_fetch_all!(
+            &self.db,
+            (String,),
+            "SELECT job_id FROM jobs WHERE team_id = $1 AND status = 'queued' ORDER BY queued_at",
+            team.to_string()
+        )
+        .map_err(unavailable)?;
+        Ok(rows.into_iter().filter_map(|(job,)| job.parse().ok()).collect())
+    }
+
+    async fn queued_count(&self, team: TeamId) -> Result<i64, EventStoreError> {
+        let row = db_fetch_optional!(&self.db, (i64,), "SELECT CAST(queued AS BIGINT) FROM team_dispatch WHERE team_id = $1", team.to_string())
+            .map_err(unavailable)?;
+        Ok(row.map(|r| r.0).unwrap_or(0))
+    }
+
+    async fn queued_without_plan(&self, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError> {
+        let rows = db_fetch_all!(
+            &self.db,
+            (String, String),
+            "SELECT j.job_id, j.team_id FROM jobs j JOIN team_dispatch d ON d.team_id = j.team_id \
+             WHERE j.status = 'queued' AND d.running_limit = 0 ORDER BY j.queued_at LIMIT $1",
+            limit
+        )
+        .map_err(unavailable)?;
+        Ok(parse_pairs(rows))
+    }
+
+    async fn orphaned(&self, heartbeat_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError> {
+        let rows = db_fetch_all!(
+            &self.db,
+            ActiveRow,
+            "SELECT j.job_id, j.team_id, j.worker, j.provider_request_id FROM jobs j \
+             LEFT JOIN workers w ON w.worker_id = j.worker \
+             WHERE j.status IN ('dispatched', 'running') AND (w.worker_id IS NULL OR w.heartbeat_at < $1) \
+             ORDER BY j.updated_at LIMIT $2",
+            heartbeat_before,
+            limit
+        )
+        .map_err(unavailable)?;
+        Ok(parse_active(rows))
+    }
+
+    async fn without_news(&self, updated_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError> {
+        let rows = db_fetch_all!(
+            &self.db,
+            ActiveRow,
+            "SELECT job_id, team_id, worker, provider_request_id FROM jobs \
+             WHERE status IN ('dispatched', 'running') AND provider_request_id IS NOT NULL AND updated_at < $1 \
+             ORDER BY updated_at LIMIT $2",
+            updated_before,
+            limit
+        )
+        .map_err(unavailable)?;
+        Ok(parse_active(rows))
+    }
+
+    async fn heartbeat(&self, worker: &str, now: DateTime<Utc>) -> Result<(), EventStoreError> {
+        db_execute!(
+            &self.db,
+            "INSERT INTO workers (worker_id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            worker,
+            now
+        )
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn reference_characteristics(&self, reference_model_id: &str) -> Result<Option<serde_json::Value>, EventStoreError> {
+        let row = db_fetch_optional!(
+            &self.db,
+            (String,),
+            "SELECT characteristics FROM reference_models WHERE id = $1",
+            reference_model_id
+        )
+        .map_err(unavailable)?;
+        Ok(row.and_then(|(text,)| serde_json::from_str(&text).ok()))
+    }
+
+    async fn job_of_request(&self, provider_request_id: &str) -> Result<Option<JobId>, EventStoreError> {
+        let row = db_fetch_optional!(&self.db, (String,), "SELECT job_id FROM jobs WHERE provider_request_id = $1", provider_request_id)
+            .map_err(unavailable)?;
+        Ok(row.and_then(|(job,)| job.parse().ok()))
+    }
+}

@@ -1,0 +1,236 @@
+//! The local provider's renderer: a pure function from a 32-byte seed and a size to PNG
+//! bytes. A diagonal two-colour gradient, a soft light, a few translucent shapes and a
+//! portrait silhouette, all placed and coloured by the seed. Same seed and size, same
+//! bytes (the PNG encoder is deterministic too), on every machine: no floating-point
+//! functions whose results vary by platform feed a pixel except `sin`/`cos` of the
+//! gradient angle, which are rounded to thousandths first.
+
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{ExtendedColorType, ImageEncoder};
+use sha2::{Digest, Sha256};
+
+/// Largest rendered side, in pixels: bounds the CPU and memory one render takes.
+pub const SIDE_PIXELS_MAX: u32 = 2048;
+/// Smallest rendered side, in pixels.
+pub const SIDE_PIXELS_MIN: u32 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("image sides must be {SIDE_PIXELS_MIN} to {SIDE_PIXELS_MAX} pixels")]
+    Size,
+    #[error("PNG encoding failed")]
+    Encode,
+}
+
+/// SHA-256 over length-prefixed fields, so `("ab", "c")` and `("a", "bc")` differ.
+pub fn seed_of(fields: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for field in fields {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field);
+    }
+    hasher.finalize().into()
+}
+
+/// Parses `"{width}x{height}"`, e.g. `"512x512"`, within the renderer's bounds.
+pub fn parse_resolution(text: &str) -> Option<(u32, u32)> {
+    let (w, h) = text.trim().split_once(['x', 'X'])?;
+    let (w, h) = (w.parse::<u32>().ok()?, h.parse::<u32>().ok()?);
+    let fits = |side: u32| (SIDE_PIXELS_MIN..=SIDE_PIXELS_MAX).contains(&side);
+    (fits(w) && fits(h)).then_some((w, h))
+}
+
+/// SplitMix64: tiny, fast and fixed forever, unlike a library RNG whose stream may
+/// change between versions (which would change every image).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    fn range(&mut self, low: f32, high: f32) -> f32 {
+        low + (high - low) * self.unit()
+    }
+}
+
+type Rgb = [f32; 3];
+
+/// HSV (hue in turns) to RGB in `[0, 255]`.
+fn hsv(hue: f32, saturation: f32, value: f32) -> Rgb {
+    let h = (hue.rem_euclid(1.0)) * 6.0;
+    let sector = h.floor();
+    let f = h - sector;
+    let (p, q, t) = (value * (1.0 - saturation), value * (1.0 - saturation * f), value * (1.0 - saturation * (1.0 - f)));
+    let (r, g, b) = match sector as u32 {
+        0 => (value, t, p),
+        1 => (q, value, p),
+        2 => (p, value, t),
+        3 => (p, q, value),
+        4 => (t, p, value),
+        _ => (value, p, q),
+    };
+    [r * 255.0, g * 255.0, b * 255.0]
+}
+
+fn blend(under: &mut [u8], over: Rgb, alpha: f32) {
+    for (channel, value) in under.iter_mut().zip(over) {
+        *channel = (f32::from(*channel) * (1.0 - alpha) + value * alpha).round().clamp(0.0, 255.0) as u8;
+    }
+}
+
+enum Shape {
+    Circle { cx: f32, cy: f32, r: f32 },
+    Ring { cx: f32, cy: f32, r: f32, width: f32 },
+    Rect { x0: f32, y0: f32, x1: f32, y1: f32 },
+}
+
+impl Shape {
+    fn covers(&self, x: f32, y: f32) -> bool {
+        match *self {
+            Shape::Circle { cx, cy, r } => (x - cx).powi(2) + (y - cy).powi(2) <= r * r,
+            Shape::Ring { cx, cy, r, width } => {
+                let d2 = (x - cx).powi(2) + (y - cy).powi(2);
+                d2 <= r * r && d2 >= (r - width).max(0.0).powi(2)
+            }
+            Shape::Rect { x0, y0, x1, y1 } => x >= x0 && x <= x1 && y >= y0 && y <= y1,
+        }
+    }
+
+    /// Pixel bounds `(x0, y0, x1, y1)`, exclusive ends, clipped to the image.
+    fn bounds(&self, width: u32, height: u32) -> (u32, u32, u32, u32) {
+        let (x0, y0, x1, y1) = match *self {
+            Shape::Circle { cx, cy, r } | Shape::Ring { cx, cy, r, .. } => (cx - r, cy - r, cx + r, cy + r),
+            Shape::Rect { x0, y0, x1, y1 } => (x0, y0, x1, y1),
+        };
+        let clip = |v: f32, max: u32| (v.max(0.0) as u32).min(max);
+        (clip(x0, width), clip(y0, height), clip(x1 + 1.0, width), clip(y1 + 1.0, height))
+    }
+}
+
+/// Renders the image of `seed` at `width` × `height` as PNG bytes.
+pub fn render_png(seed: &[u8; 32], width: u32, height: u32) -> Result<Vec<u8>, RenderError> {
+    let fits = |side: u32| (SIDE_PIXELS_MIN..=SIDE_PIXELS_MAX).contains(&side);
+    if !fits(width) || !fits(height) {
+        return Err(RenderError::Size);
+    }
+    let pixels = render_rgb(seed, width, height);
+    let mut png = Vec::with_capacity(pixels.len() / 4);
+    PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(&pixels, width, height, ExtendedColorType::Rgb8)
+        .map_err(|_| RenderError::Encode)?;
+    Ok(png)
+}
+
+fn render_rgb(seed: &[u8; 32], width: u32, height: u32) -> Vec<u8> {
+    let mut words = seed.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
+    let mut rng = SplitMix64(words.by_ref().fold(0, |acc, w| acc.rotate_left(17) ^ w));
+    let (w, h) = (width as f32, height as f32);
+    let mut pixels = vec![0u8; (width * height * 3) as usize];
+
+    // Background: a gradient between two hues along a seeded direction, lit by a soft
+    // radial light.
+    let hue = rng.unit();
+    let from = hsv(hue, rng.range(0.35, 0.7), rng.range(0.55, 0.95));
+    let to = hsv(hue + rng.range(0.08, 0.42), rng.range(0.35, 0.8), rng.range(0.3, 0.8));
+    let angle = rng.range(0.0, std::f32::consts::TAU);
+    let (dx, dy) = (((angle.cos() * 1000.0).round() / 1000.0), ((angle.sin() * 1000.0).round() / 1000.0));
+    let (light_x, light_y, light_r) = (rng.range(0.2, 0.8) * w, rng.range(0.1, 0.6) * h, rng.range(0.3, 0.7) * w.max(h));
+    for y in 0..height {
+        let v = y as f32 / h - 0.5;
+        for x in 0..width {
+            let u = x as f32 / w - 0.5;
+            let t = (u * dx + v * dy + 0.5).clamp(0.0, 1.0);
+            let d2 = ((x as f32 - light_x).powi(2) + (y as f32 - light_y).powi(2)) / (light_r * light_r);
+            let light = (1.0 - d2).max(0.0) * 0.35;
+            let offset = ((y * width + x) * 3) as usize;
+            for c in 0..3 {
+                let base = from[c] * (1.0 - t) + to[c] * t;
+                pixels[offset + c] = (base + (255.0 - base) * light).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+
+    // A few translucent shapes in colours near the palette.
+    let shape_count = 3 + (rng.next() % 5) as usize;
+    for _ in 0..shape_count {
+        let (cx, cy, r) = (rng.unit() * w, rng.unit() * h, rng.range(0.05, 0.3) * w.min(h));
+        let shape = match rng.next() % 3 {
+            0 => Shape::Circle { cx, cy, r },
+            1 => Shape::Ring { cx, cy, r, width: r * rng.range(0.1, 0.35) },
+            _ => Shape::Rect { x0: cx - r, y0: cy - r * rng.range(0.3, 1.0), x1: cx + r * rng.range(0.3, 1.5), y1: cy + r },
+        };
+        let colour = hsv(hue + rng.range(0.3, 0.7), rng.range(0.3, 0.9), rng.range(0.5, 1.0));
+        fill(&mut pixels, width, height, &shape, colour, rng.range(0.25, 0.7));
+    }
+
+    // A portrait silhouette: shoulders and a head, darker than the background.
+    let centre = rng.range(0.35, 0.65) * w;
+    let head_r = rng.range(0.09, 0.14) * w.min(h);
+    let shadow = hsv(hue + 0.5, rng.range(0.2, 0.5), rng.range(0.12, 0.3));
+    let shoulders = Shape::Circle { cx: centre, cy: h + head_r * 1.2, r: head_r * 3.2 };
+    let head = Shape::Circle { cx: centre, cy: h - head_r * 3.4, r: head_r };
+    fill(&mut pixels, width, height, &shoulders, shadow, 0.85);
+    fill(&mut pixels, width, height, &head, shadow, 0.85);
+    pixels
+}
+
+fn fill(pixels: &mut [u8], width: u32, height: u32, shape: &Shape, colour: Rgb, alpha: f32) {
+    let (x0, y0, x1, y1) = shape.bounds(width, height);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if shape.covers(x as f32 + 0.5, y as f32 + 0.5) {
+                let offset = ((y * width + x) * 3) as usize;
+                blend(&mut pixels[offset..offset + 3], colour, alpha);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolutions_parse_within_bounds() {
+        #[track_caller]
+        fn check(text: &str, expected: Option<(u32, u32)>) {
+            assert_eq!(parse_resolution(text), expected, "{text:?}");
+        }
+        check("512x512", Some((512, 512)));
+        check("768x768", Some((768, 768)));
+        check("1024X768", Some((1024, 768)));
+        check("16x2048", Some((16, 2048)));
+        check("15x512", None);
+        check("4096x4096", None);
+        check("512", None);
+        check("axb", None);
+        check("-1x5", None);
+    }
+
+    #[test]
+    fn seeds_separate_their_fields() {
+        assert_ne!(seed_of(&[b"ab", b"c"]), seed_of(&[b"a", b"bc"]));
+        assert_eq!(seed_of(&[b"x"]), seed_of(&[b"x"]));
+    }
+
+    #[test]
+    fn renders_are_deterministic_valid_pngs_of_the_asked_size() {
+        let seed = seed_of(&[b"one"]);
+        let png = render_png(&seed, 64, 48).expect("renders");
+        assert_eq!(png, render_png(&seed, 64, 48).expect("renders"), "same seed, same bytes");
+        assert_ne!(png, render_png(&seed_of(&[b"two"]), 64, 48).expect("renders"), "another seed, another image");
+        let decoded = image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect("valid PNG");
+        assert_eq!((decoded.width(), decoded.height()), (64, 48));
+        assert_eq!(render_png(&seed, 8, 8), Err(RenderError::Size));
+    }
+}

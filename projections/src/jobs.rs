@@ -1,0 +1,285 @@
+//! Inline read models of the job engine: `jobs` (which is also the dispatch queue),
+//! `team_dispatch` (running / queued per team and the plan's limit), `custom_models`,
+//! `model_versions` and `images`.
+//!
+//! `team_dispatch` is where plan limits hold across worker processes: a `JobDispatched`
+//! takes a slot with `running = running + 1 … WHERE running < running_limit`; when no row
+//! matches, this projection fails and the claim's append rolls back. The row lock makes
+//! concurrent claims for one team take turns.
+
+use application::event_store::StoredEvent;
+use application::jobs::LIMIT_REACHED;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::jobs::{GenerationJob, JobEvent, JobStatus};
+use domain::models::{CustomModel, ModelEvent};
+use domain::{TeamCredits, TeamCreditsEvent};
+use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
+use infrastructure::{tx_execute, tx_fetch_optional};
+
+use crate::decode;
+
+pub struct Jobs;
+
+pub const NAME: &str = "jobs";
+pub const TABLES: &[&str] = &["images", "model_versions", "custom_models", "team_dispatch", "jobs"];
+
+#[async_trait]
+impl InlineProjection for Jobs {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        for stored in events {
+            let id = stored.aggregate_id.as_str();
+            match stored.aggregate_type.as_str() {
+                GenerationJob::TYPE => job_event(tx, id, decode::<GenerationJob>(stored)?).await?,
+                CustomModel::TYPE => model_event(tx, id, decode::<CustomModel>(stored)?).await?,
+                TeamCredits::TYPE => plan_event(tx, id, decode::<TeamCredits>(stored)?).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn set_limit(tx: &mut Tx<'_>, team: &str, limit: u32) -> Result<(), sqlx::Error> {
+    tx_execute!(
+        tx,
+        "INSERT INTO team_dispatch (team_id, running_limit) VALUES ($1, $2) \
+         ON CONFLICT (team_id) DO UPDATE SET running_limit = excluded.running_limit",
+        team,
+        i64::from(limit)
+    )?;
+    Ok(())
+}
+
+async fn plan_event(tx: &mut Tx<'_>, team: &str, event: TeamCreditsEvent) -> Result<(), ProjectionError> {
+    match event {
+        TeamCreditsEvent::TeamOpened { plan, .. } | TeamCreditsEvent::PlanChanged { to: plan, .. } => {
+            set_limit(tx, team, plan.concurrency_limit()).await?;
+        }
+        TeamCreditsEvent::SubscriptionExpired { .. } => set_limit(tx, team, domain::Plan::Free.concurrency_limit()).await?,
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), ProjectionError> {
+    match event {
+        JobEvent::JobQueued { team_id, input, cost, price_version, occurred_at, .. } => {
+            let team = team_id.to_string();
+            tx_execute!(
+                &mut *tx,
+                "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at) \
+                 VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $8, $8)",
+                job,
+                &team,
+                input.operation().as_str(),
+                input.model_id().to_string(),
+                cost.get(),
+                price_version,
+                serde_json::to_string(&input)?,
+                occurred_at
+            )?;
+            tx_execute!(
+                &mut *tx,
+                "INSERT INTO team_dispatch (team_id, queued) VALUES ($1, 1) \
+                 ON CONFLICT (team_id) DO UPDATE SET queued = team_dispatch.queued + 1",
+                &team
+            )?;
+        }
+        JobEvent::JobDispatched { provider, worker, attempt, occurred_at } => {
+            let team = team_of(tx, job).await?.0;
+            let taken = tx_execute!(
+                &mut *tx,
+                "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, last_dispatched_at = $2 \
+                 WHERE team_id = $1 AND running < running_limit",
+                &team,
+                occurred_at
+            )?;
+            if taken == 0 {
+                return Err(format!("{LIMIT_REACHED} (team {team})").into());
+            }
+            tx_execute!(
+                &mut *tx,
+                "UPDATE jobs SET status = 'dispatched', attempt = $2, provider = $3, worker = $4, provider_request_id = NULL, \
+                 dispatched_at = $5, updated_at = $5 WHERE job_id = $1",
+                job,
+                i64::from(attempt),
+                provider,
+                worker,
+                occurred_at
+            )?;
+        }
+        JobEvent::JobProgressed { provider_request_id, running, occurred_at, .. } => {
+            tx_execute!(
+                &mut *tx,
+                "UPDATE jobs SET provider_request_id = COALESCE($2, provider_request_id), \
+                 status = CASE WHEN $3 THEN 'running' ELSE status END, updated_at = $4 WHERE job_id = $1",
+                job,
+                provider_request_id,
+                running,
+                occurred_at
+            )?;
+        }
+        JobEvent::JobCompleted { outputs, occurred_at } => {
+            let (team, previous, model, kind) = team_of(tx, job).await?;
+            release(tx, &team, &previous).await?;
+            let outputs_json = serde_json::to_string(&outputs)?;
+            finish(tx, job, "completed", Some(outputs_json), None, occurred_at).await?;
+            if kind == domain::Operation::ImageGeneration.as_str() {
+                for (position, output) in outputs.iter().enumerate() {
+                    tx_execute!(
+                        &mut *tx,
+                        "INSERT INTO images (key, team_id, job_id, model_id, position, bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        &output.key,
+                        &team,
+                        job,
+                        &model,
+                        position as i64,
+                        output.bytes as i64,
+                        occurred_at
+                    )?;
+                }
+            }
+        }
+        JobEvent::JobFailed { reason, occurred_at } => end(tx, job, "failed", reason, occurred_at).await?,
+        JobEvent::JobCancelled { reason, occurred_at } => end(tx, job, "cancelled", reason, occurred_at).await?,
+        JobEvent::JobRetryScheduled { reason, retry_at, occurred_at, .. } => {
+            let (team, previous, _, _) = team_of(tx, job).await?;
+            release(tx, &team, &previous).await?;
+            tx_execute!(&mut *tx, "UPDATE team_dispatch SET queued = queued + 1 WHERE team_id = $1", &team)?;
+            tx_execute!(
+                &mut *tx,
+                "UPDATE jobs SET status = 'queued', not_before = $2, error = $3, worker = NULL, updated_at = $4 WHERE job_id = $1",
+                job,
+                retry_at,
+                reason,
+                occurred_at
+            )?;
+        }
+        JobEvent::ImagesExpired { occurred_at, .. } => {
+            tx_execute!(&mut *tx, "UPDATE jobs SET images_expired = $2, updated_at = $3 WHERE job_id = $1", job, true, occurred_at)?;
+            tx_execute!(&mut *tx, "UPDATE images SET expired_at = $2 WHERE job_id = $1 AND expired_at IS NULL", job, occurred_at)?;
+        }
+    }
+    Ok(())
+}
+
+/// The job's team, status before this event, model and kind.
+async fn team_of(tx: &mut Tx<'_>, job: &str) -> Result<(String, String, String, String), ProjectionError> {
+    let row = tx_fetch_optional!(
+        &mut *tx,
+        (String, String, String, String),
+        "SELECT team_id, status, model_id, kind FROM jobs WHERE job_id = $1",
+        job
+    )?;
+    row.ok_or_else(|| format!("job {job} missing from the jobs read model").into())
+}
+
+/// Frees what the job held: its slot if it was active, its queue place if queued.
+async fn release(tx: &mut Tx<'_>, team: &str, previous: &str) -> Result<(), sqlx::Error> {
+    let sql = match JobStatus::parse(previous) {
+        Some(status) if status.is_active() => "UPDATE team_dispatch SET running = running - 1 WHERE team_id = $1",
+        Some(JobStatus::Queued) => "UPDATE team_dispatch SET queued = queued - 1 WHERE team_id = $1",
+        _ => return Ok(()),
+    };
+    tx_execute!(tx, sql, team)?;
+    Ok(())
+}
+
+async fn end(tx: &mut Tx<'_>, job: &str, status: &str, reason: String, at: DateTime<Utc>) -> Result<(), ProjectionError> {
+    let (team, previous, _, _) = team_of(tx, job).await?;
+    release(tx, &team, &previous).await?;
+    finish(tx, job, status, None, Some(reason), at).await?;
+    Ok(())
+}
+
+async fn finish(
+    tx: &mut Tx<'_>,
+    job: &str,
+    status: &str,
+    outputs: Option<String>,
+    error: Option<String>,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    tx_execute!(
+        tx,
+        "UPDATE jobs SET status = $2, outputs = COALESCE($3, outputs), error = COALESCE($4, error), finished_at = $5, updated_at = $5 \
+         WHERE job_id = $1",
+        job,
+        status,
+        outputs,
+        error,
+        at
+    )?;
+    Ok(())
+}
+
+async fn model_event(tx: &mut Tx<'_>, model: &str, event: ModelEvent) -> Result<(), ProjectionError> {
+    match event {
+        ModelEvent::ModelCreationRequested { team_id, name, description, reference_model_id, complexity_milli, job_id, occurred_at, .. } => {
+            tx_execute!(
+                tx,
+                "INSERT INTO custom_models (model_id, team_id, name, description, reference_model_id, complexity_milli, status, \
+                 pending_job_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'training', $7, $8, $8)",
+                model,
+                team_id.to_string(),
+                name,
+                description,
+                reference_model_id,
+                complexity_milli,
+                job_id.to_string(),
+                occurred_at
+            )?;
+        }
+        ModelEvent::ModelTrained { job_id, version, artifact_key, occurred_at }
+        | ModelEvent::ModelRefined { job_id, version, artifact_key, occurred_at } => {
+            // The refinement prompt waits in `pending_prompt` since the request.
+            tx_execute!(
+                &mut *tx,
+                "INSERT INTO model_versions (model_id, version, artifact_key, job_id, created_at, prompt) \
+                 SELECT $1, $2, $3, $4, $5, pending_prompt FROM custom_models WHERE model_id = $1",
+                model,
+                i64::from(version),
+                artifact_key,
+                job_id.to_string(),
+                occurred_at
+            )?;
+            tx_execute!(
+                &mut *tx,
+                "UPDATE custom_models SET status = 'ready', current_version = $2, pending_job_id = NULL, pending_prompt = NULL, \
+                 updated_at = $3 WHERE model_id = $1",
+                model,
+                i64::from(version),
+                occurred_at
+            )?;
+        }
+        ModelEvent::ModelCreationFailed { occurred_at, .. } => {
+            tx_execute!(tx, "UPDATE custom_models SET status = 'failed', pending_job_id = NULL, updated_at = $2 WHERE model_id = $1", model, occurred_at)?;
+        }
+        ModelEvent::ModelRefinementRequested { job_id, prompt, occurred_at, .. } => {
+            tx_execute!(
+                tx,
+                "UPDATE custom_models SET pending_job_id = $2, pending_prompt = $3, updated_at = $4 WHERE model_id = $1",
+                model,
+                job_id.to_string(),
+                prompt,
+                occurred_at
+            )?;
+        }
+        ModelEvent::ModelRefinementFailed { occurred_at, .. } => {
+            tx_execute!(tx, "UPDATE custom_models SET pending_job_id = NULL, pending_prompt = NULL, updated_at = $2 WHERE model_id = $1", model, occurred_at)?;
+        }
+        ModelEvent::ModelDetailsUpdated { name, description, occurred_at } => {
+            tx_execute!(tx, "UPDATE custom_models SET name = $2, description = $3, updated_at = $4 WHERE model_id = $1", model, name, description, occurred_at)?;
+        }
+        ModelEvent::ModelArchived { occurred_at } => {
+            tx_execute!(tx, "UPDATE custom_models SET archived = $2, updated_at = $3 WHERE model_id = $1", model, true, occurred_at)?;
+        }
+    }
+    Ok(())
+}

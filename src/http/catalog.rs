@@ -1,0 +1,129 @@
+//! `/api/reference-models`: the catalog of reference models a custom model is created
+//! from, with signed URLs of their preview images. Any team key may read it.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use infrastructure::catalog::{self, CatalogError, CatalogSort, Category, ReferenceModel};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::TeamKey;
+use super::extract::ApiQuery;
+use super::problem::Problem;
+use crate::app::AppState;
+
+pub const PAGE_LIMIT_DEFAULT: u32 = 20;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/reference-models", get(list))
+        .route("/api/reference-models/{id}", get(get_one))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CatalogQuery {
+    /// fashion | fitness | beauty | lifestyle | business
+    pub category: Option<String>,
+    /// `popularity` (the default): most popular first.
+    pub sort: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReferenceModelView {
+    /// A slug, e.g. `fashion-editorial-01`.
+    pub id: String,
+    pub name: String,
+    /// fashion | fitness | beauty | lifestyle | business
+    pub category: String,
+    /// Age range, ethnicity, gender presentation, style, setting, lighting, framing, mood.
+    #[schema(value_type = Object)]
+    pub characteristics: serde_json::Value,
+    /// Thousandths (1000 = 1.0); model creation costs grow with it.
+    pub complexity_factor_milli: i64,
+    pub popularity: i64,
+    /// Signed preview image URLs, valid for `url_ttl_secs`.
+    pub preview_urls: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReferenceModelPage {
+    pub items: Vec<ReferenceModelView>,
+    pub next_cursor: Option<String>,
+}
+
+fn catalog_problem(error: CatalogError) -> Problem {
+    match error {
+        CatalogError::InvalidCursor => Problem::invalid("cursor is not one this API issued"),
+        other => Problem::internal(&other),
+    }
+}
+
+fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, Problem> {
+    let (ttl, now) = (Duration::from_secs(state.url_ttl_secs), state.credits.now());
+    let preview_urls = model
+        .preview_keys
+        .iter()
+        .map(|key| state.objects.signed_url(key, ttl, now))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(ReferenceModelView {
+        id: model.id,
+        name: model.name,
+        category: model.category.as_str().to_string(),
+        characteristics: model.characteristics,
+        complexity_factor_milli: model.complexity_factor_milli,
+        popularity: model.popularity,
+        preview_urls,
+        created_at: model.created_at,
+    })
+}
+
+/// Active reference models, most popular first, optionally of one category.
+#[utoipa::path(get, path = "/api/reference-models", tag = "catalog", params(CatalogQuery),
+    responses((status = 200, body = ReferenceModelPage), (status = 401, description = "missing or invalid API key"),
+        (status = 422, description = "bad category, sort, limit or cursor")),
+    security(("api_key" = [])))]
+async fn list(
+    State(state): State<AppState>,
+    _key: TeamKey,
+    ApiQuery(query): ApiQuery<CatalogQuery>,
+) -> Result<Json<ReferenceModelPage>, Problem> {
+    let category = match query.category.as_deref() {
+        Some(text) => Some(text.parse::<Category>().map_err(|e| Problem::invalid(e.to_string()))?),
+        None => None,
+    };
+    let sort = match query.sort.as_deref() {
+        Some(text) => text.parse::<CatalogSort>().map_err(Problem::invalid)?,
+        None => CatalogSort::default(),
+    };
+    let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+    if !(1..=catalog::PAGE_LIMIT_MAX).contains(&limit) {
+        return Err(Problem::invalid(format!("limit must be 1 to {}", catalog::PAGE_LIMIT_MAX)));
+    }
+    let page = catalog::list(&state.db, category, sort, limit, query.cursor.as_deref()).await.map_err(catalog_problem)?;
+    let items = page.items.into_iter().map(|model| view(&state, model)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(ReferenceModelPage { items, next_cursor: page.next_cursor }))
+}
+
+/// One active reference model.
+#[utoipa::path(get, path = "/api/reference-models/{id}", tag = "catalog",
+    params(("id" = String, Path, description = "reference model id, e.g. fashion-editorial-01")),
+    responses((status = 200, body = ReferenceModelView), (status = 404, description = "unknown or inactive")),
+    security(("api_key" = [])))]
+async fn get_one(State(state): State<AppState>, _key: TeamKey, Path(id): Path<String>) -> Result<Json<ReferenceModelView>, Problem> {
+    let model = catalog::get(&state.db, &id)
+        .await
+        .map_err(catalog_problem)?
+        .filter(|model| model.active)
+        .ok_or_else(|| Problem::not_found().detail("no such reference model"))?;
+    Ok(Json(view(&state, model)?))
+}

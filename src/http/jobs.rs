@@ -1,0 +1,335 @@
+//! `/api/jobs/*`: the team's jobs — list, one with its events, cancel, live events (SSE),
+//! and concurrency usage. Also the job view and the job-engine error mapping shared by
+//! the model and generation endpoints.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use application::event_store::EventStore;
+use application::jobs::JobsError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::jobs::{GenerationJob, JobError};
+use domain::models::ModelError;
+use domain::{JobId, TeamId};
+use infrastructure::{db_fetch_all, db_fetch_optional};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::TeamKey;
+use super::extract::ApiQuery;
+use super::problem::Problem;
+use crate::app::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs", get(list))
+        .route("/api/jobs/concurrency", get(concurrency))
+        .route("/api/jobs/{job_id}", get(get_one).delete(cancel))
+        .route("/api/jobs/{job_id}/events", get(events))
+}
+
+impl From<JobsError> for Problem {
+    fn from(error: JobsError) -> Self {
+        match error {
+            JobsError::Credits(error) => Problem::from(error),
+            JobsError::Job(error) => Problem::from(error),
+            JobsError::Model(error) => Problem::from(error),
+            JobsError::Store(error) => Problem::internal(&error),
+            JobsError::NotFound => Problem::not_found().detail("no such job"),
+            JobsError::QueueFull { queued, max } => {
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, "queue-full", "Too many queued jobs")
+                    .detail(format!("the team has {queued} queued jobs; at most {max} may wait"))
+                    .with("queued", queued)
+                    .with("queue_depth_max", max)
+            }
+            JobsError::Conflict => Problem::new(StatusCode::CONFLICT, "conflict", "Changed concurrently").detail("retry the request"),
+        }
+    }
+}
+
+impl From<JobError> for Problem {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::NotFound => Problem::not_found().detail("no such job"),
+            JobError::AlreadyFinished(_) => {
+                Problem::new(StatusCode::CONFLICT, "job-already-finished", "Job already finished").detail(error.to_string())
+            }
+            JobError::AlreadyExists | JobError::NotQueued(_) | JobError::NotInProgress(_) => {
+                Problem::new(StatusCode::CONFLICT, "job-state", "Job is in another state").detail(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<ModelError> for Problem {
+    fn from(error: ModelError) -> Self {
+        let conflict = |slug: &str, title: &'static str| Problem::new(StatusCode::CONFLICT, slug, title).detail(error.to_string());
+        match error {
+            ModelError::NotFound => Problem::not_found().detail("no such model"),
+            ModelError::Archived => conflict("model-archived", "Model archived"),
+            ModelError::NotReady(_) => conflict("model-not-ready", "Model not ready"),
+            ModelError::RefinementInProgress => conflict("refinement-in-progress", "Refinement in progress"),
+            ModelError::AlreadyExists | ModelError::UnknownJob(_) => conflict("model-state", "Model is in another state"),
+            ModelError::InvalidText { .. } => Problem::invalid(error.to_string()),
+        }
+    }
+}
+
+/// One job as clients see it. Every job shows its cost.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct JobView {
+    pub job_id: String,
+    /// model_creation | model_refinement | image_generation
+    pub kind: String,
+    /// queued | dispatched | running | completed | failed | cancelled
+    pub status: String,
+    pub model_id: String,
+    /// Credits reserved for the job: deducted on completion, refunded on failure or cancel.
+    pub cost_credits: i64,
+    pub price_version: i64,
+    pub attempt: i32,
+    pub error: Option<String>,
+    pub images_expired: bool,
+    pub queued_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub const JOB_COLUMNS: &str = "job_id, kind, status, model_id, cost AS cost_credits, price_version, attempt, error, \
+     images_expired, queued_at, dispatched_at, finished_at, updated_at";
+
+/// The caller's job, or 404 (also for another team's job).
+pub async fn load_job_view(state: &AppState, team: TeamId, job_id: &str) -> Result<JobView, Problem> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND team_id = $2");
+    db_fetch_optional!(&state.db, JobView, &sql, job_id, team.to_string())
+        .map_err(|e| Problem::internal(&e))?
+        .ok_or_else(|| Problem::not_found().detail("no such job"))
+}
+
+pub fn parse_job_id(text: &str) -> Result<JobId, Problem> {
+    text.parse().map_err(|_| Problem::not_found().detail("no such job"))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct JobsQuery {
+    /// queued | dispatched | running | completed | failed | cancelled
+    pub status: Option<String>,
+    /// model_creation | model_refinement | image_generation
+    pub kind: Option<String>,
+    /// 1 to 200 (default 50)
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobPage {
+    /// Newest first.
+    pub items: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+pub const PAGE_LIMIT_MAX: u32 = 200;
+
+/// Page size from a query, validated.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
+    let limit = limit.unwrap_or(50);
+    if (1..=PAGE_LIMIT_MAX).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Problem::invalid(format!("limit must be 1 to {PAGE_LIMIT_MAX}")))
+    }
+}
+
+/// Cursors are `{rfc3339}|{id}` of the last item of the previous page.
+pub fn parse_cursor(cursor: Option<&str>) -> Result<Option<(DateTime<Utc>, String)>, Problem> {
+    let Some(cursor) = cursor else { return Ok(None) };
+    let bad = || Problem::invalid("cursor is not one this API issued");
+    let (at, id) = cursor.split_once('|').ok_or_else(bad)?;
+    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);
+    Ok(Some((at, id.to_string())))
+}
+
+pub fn make_cursor(at: DateTime<Utc>, id: &str) -> String {
+    format!("{}|{id}", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+}
+
+/// The team's jobs, newest first, filtered by status and kind.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(JobsQuery),
+    responses((status = 200, body = JobPage), (status = 422)), security(("api_key" = [])))]
+async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<JobsQuery>) -> Result<Json<JobPage>, Problem> {
+    if let Some(status) = &query.status {
+        domain::jobs::JobStatus::parse(status).ok_or_else(|| Problem::invalid("unknown status"))?;
+    }
+    if let Some(kind) = &query.kind {
+        kind.parse::<domain::Operation>().map_err(|_| Problem::invalid("unknown kind"))?;
+    }
+    let limit = page_limit(query.limit)?;
+    let cursor = parse_cursor(query.cursor.as_deref())?;
+    let (cursor_at, cursor_id) = cursor.map(|(at, id)| (Some(at), Some(id))).unwrap_or((None, None));
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
+         AND ($4 IS NULL OR queued_at < $4 OR (queued_at = $4 AND job_id < $5)) \
+         ORDER BY queued_at DESC, job_id DESC LIMIT $6"
+    );
+    let mut items = db_fetch_all!(
+        &state.db,
+        JobView,
+        &sql,
+        key.team_id.to_string(),
+        query.status.as_deref(),
+        query.kind.as_deref(),
+        cursor_at,
+        cursor_id,
+        i64::from(limit) + 1
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| make_cursor(last.queued_at, &last.job_id))
+    } else {
+        None
+    };
+    Ok(Json(JobPage { items, next_cursor }))
+}
+
+/// One recorded event of a job.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobEventView {
+    pub sequence: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub recorded_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobView,
+    /// What the job was asked to do.
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    pub events: Vec<JobEventView>,
+}
+
+/// One job with its cost and its events.
+#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
+    responses((status = 200, body = JobDetail), (status = 404)), security(("api_key" = [])))]
+async fn get_one(State(state): State<AppState>, key: TeamKey, Path(job_id): Path<String>) -> Result<Json<JobDetail>, Problem> {
+    let job = load_job_view(&state, key.team_id, &job_id).await?;
+    let stored = state.store.load_stream("GenerationJob", &job.job_id, 0).await.map_err(|e| Problem::internal(&e))?;
+    let input = stored.first().map(|e| e.payload["input"].clone()).unwrap_or_default();
+    let events = stored
+        .into_iter()
+        .map(|e| JobEventView { sequence: e.sequence, event_type: e.event_type, recorded_at: e.recorded_at, data: e.payload })
+        .collect();
+    Ok(Json(JobDetail { job, input, events }))
+}
+
+/// Cancels a job in any non-final state; its credits are refunded. A running job is
+/// cancelled at the provider too.
+#[utoipa::path(delete, path = "/api/jobs/{job_id}", tag = "jobs",
+    responses((status = 200, body = JobView), (status = 404), (status = 409, description = "already finished")),
+    security(("api_key" = [])))]
+async fn cancel(State(state): State<AppState>, key: TeamKey, Path(job_id): Path<String>) -> Result<Json<JobView>, Problem> {
+    let key = key.writer()?;
+    let id = parse_job_id(&job_id)?;
+    let (before, _) = state.jobs.cancel(key.team_id, id, "cancelled by the team", &format!("key:{}", key.key_id)).await?;
+    if let Some(request_id) = before.provider_request_id.as_deref() {
+        if let Err(error) = state.provider.cancel(request_id).await {
+            tracing::warn!(%job_id, %error, "provider cancel failed; the result will be discarded when it arrives");
+        }
+    }
+    Ok(Json(load_job_view(&state, key.team_id, &job_id).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Concurrency {
+    pub plan: String,
+    /// Jobs the plan runs at once.
+    pub limit: i64,
+    pub running: i64,
+    pub queued: i64,
+    /// Queued jobs allowed to wait; beyond it submissions get 429.
+    pub queue_depth_max: i64,
+}
+
+/// Running, queued and the plan's limit for the caller's team.
+#[utoipa::path(get, path = "/api/jobs/concurrency", tag = "jobs", responses((status = 200, body = Concurrency)), security(("api_key" = [])))]
+async fn concurrency(State(state): State<AppState>, key: TeamKey) -> Result<Json<Concurrency>, Problem> {
+    let row = db_fetch_optional!(
+        &state.db,
+        (String, i64, i64, i64),
+        "SELECT b.plan, CAST(COALESCE(d.running_limit, 0) AS BIGINT), CAST(COALESCE(d.running, 0) AS BIGINT), \
+                CAST(COALESCE(d.queued, 0) AS BIGINT) \
+         FROM team_balances b LEFT JOIN team_dispatch d ON d.team_id = b.team_id WHERE b.team_id = $1",
+        key.team_id.to_string()
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    let (plan, limit, running, queued) = row.ok_or_else(|| Problem::not_found().detail("no such team"))?;
+    Ok(Json(Concurrency { plan, limit, running, queued, queue_depth_max: state.queue_depth_max }))
+}
+
+/// How often the event stream looks for new events when nothing woke it.
+const EVENTS_POLL: Duration = Duration::from_millis(500);
+
+/// Server-sent events of the job's progress: every recorded event (`event:` is its type,
+/// `id:` its sequence), from the start or after `Last-Event-ID`; the stream ends after
+/// the job's final event.
+#[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "jobs",
+    responses((status = 200, description = "text/event-stream of job events"), (status = 404)), security(("api_key" = [])))]
+async fn events(
+    State(state): State<AppState>,
+    key: TeamKey,
+    Path(job_id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let job = load_job_view(&state, key.team_id, &job_id).await?;
+    let after: i64 = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let store = state.store.clone();
+    let stream = futures::stream::unfold((after, false, store.subscribe_commits()), move |(after, done, mut commits)| {
+        let store = store.clone();
+        let job_id = job.job_id.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let Ok(events) = store.load_stream("GenerationJob", &job_id, after).await else {
+                    return None;
+                };
+                if !events.is_empty() {
+                    let last = events.last().map(|e| e.sequence).unwrap_or(after);
+                    let finished = events.iter().any(|e| matches!(e.event_type.as_str(), "JobCompleted" | "JobFailed" | "JobCancelled"));
+                    let batch: Vec<Result<Event, Infallible>> = events
+                        .into_iter()
+                        .map(|e| Ok(Event::default().event(e.event_type).id(e.sequence.to_string()).data(e.payload.to_string())))
+                        .collect();
+                    return Some((futures::stream::iter(batch), (last, finished, commits)));
+                }
+                tokio::select! {
+                    _ = commits.changed() => {}
+                    _ = tokio::time::sleep(EVENTS_POLL) => {}
+                }
+            }
+        }
+    });
+    use futures::StreamExt;
+    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+}
+
+/// The job aggregate of the caller's team, or 404.
+pub async fn team_job(state: &AppState, team: TeamId, job_id: JobId) -> Result<GenerationJob, Problem> {
+    let job = state.jobs.job(job_id).await?;
+    if job.team_id != Some(team) {
+        return Err(Problem::not_found().detail("no such job"));
+    }
+    Ok(job)
+}

@@ -1,0 +1,343 @@
+//! `/api/models/*`: the team's custom models. Creating and refining are jobs (queued,
+//! priced, reserved atomically); the rest reads or edits the model.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use domain::jobs::JobInput;
+use domain::models::{CustomModel, ModelCommand};
+use domain::{ModelId, PriceRequest, TeamId};
+use infrastructure::{db_fetch_all, db_fetch_optional};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::auth::TeamKey;
+use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use super::generate::{accept_job, derive_ids, JobAccepted};
+use super::jobs::{make_cursor, page_limit, parse_cursor};
+use super::problem::Problem;
+use crate::app::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/models", get(list).post(create))
+        .route("/api/models/{model_id}", get(get_one).patch(update).delete(archive))
+        .route("/api/models/{model_id}/refine", post(refine))
+        .route("/api/models/{model_id}/versions", get(versions))
+        .route("/api/models/{model_id}/images", get(images))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct ModelView {
+    pub model_id: String,
+    pub name: String,
+    pub description: String,
+    pub reference_model_id: String,
+    /// training | ready | failed
+    pub status: String,
+    pub archived: bool,
+    pub current_version: Option<i32>,
+    /// The creation or refinement job still running, if any.
+    pub pending_job_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const MODEL_COLUMNS: &str =
+    "model_id, name, description, reference_model_id, status, archived, current_version, pending_job_id, created_at, updated_at";
+
+fn parse_model(text: &str) -> Result<ModelId, Problem> {
+    text.parse().map_err(|_| Problem::not_found().detail("no such model"))
+}
+
+pub async fn load_model_view(state: &AppState, team: TeamId, model_id: &str) -> Result<ModelView, Problem> {
+    let sql = format!("SELECT {MODEL_COLUMNS} FROM custom_models WHERE model_id = $1 AND team_id = $2");
+    db_fetch_optional!(&state.db, ModelView, &sql, model_id, team.to_string())
+        .map_err(|e| Problem::internal(&e))?
+        .ok_or_else(|| Problem::not_found().detail("no such model"))
+}
+
+/// The caller's model aggregate, or 404.
+pub async fn team_model(state: &AppState, team: TeamId, model_id: ModelId) -> Result<CustomModel, Problem> {
+    let model = state.jobs.model(model_id).await?.aggregate;
+    if model.team_id != Some(team) {
+        return Err(Problem::not_found().detail("no such model"));
+    }
+    Ok(model)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ModelsQuery {
+    /// Include archived models (default false).
+    pub archived: Option<bool>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelPage {
+    pub items: Vec<ModelView>,
+    pub next_cursor: Option<String>,
+}
+
+/// The team's custom models, newest first.
+#[utoipa::path(get, path = "/api/models", tag = "models", params(ModelsQuery),
+    responses((status = 200, body = ModelPage)), security(("api_key" = [])))]
+async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<ModelsQuery>) -> Result<Json<ModelPage>, Problem> {
+    let limit = page_limit(query.limit)?;
+    let (cursor_at, cursor_id) = parse_cursor(query.cursor.as_deref())?.map(|(a, i)| (Some(a), Some(i))).unwrap_or((None, None));
+    let sql = format!(
+        "SELECT {MODEL_COLUMNS} FROM custom_models WHERE team_id = $1 AND ($2 OR archived = $3) \
+         AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND model_id < $5)) \
+         ORDER BY created_at DESC, model_id DESC LIMIT $6"
+    );
+    let mut items = db_fetch_all!(
+        &state.db,
+        ModelView,
+        &sql,
+        key.team_id.to_string(),
+        query.archived.unwrap_or(false),
+        false,
+        cursor_at,
+        cursor_id,
+        i64::from(limit) + 1
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|m| make_cursor(m.created_at, &m.model_id))
+    } else {
+        None
+    };
+    Ok(Json(ModelPage { items, next_cursor }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateModel {
+    pub name: String,
+    /// The model to create, in words.
+    pub description: String,
+    /// A reference model of the catalog (`GET /api/reference-models`).
+    pub reference_model_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelJobAccepted {
+    pub model: ModelView,
+    #[serde(flatten)]
+    pub accepted: JobAccepted,
+}
+
+/// Creates a model: queues its creation job and reserves its price.
+#[utoipa::path(post, path = "/api/models", tag = "models", request_body = CreateModel,
+    params(("Idempotency-Key" = Option<String>, Header, description = "a retry returns the same model and job")),
+    responses((status = 202, body = ModelJobAccepted), (status = 402), (status = 403), (status = 422), (status = 429)),
+    security(("api_key" = [])))]
+async fn create(
+    State(state): State<AppState>,
+    key: TeamKey,
+    idempotency: IdempotencyKey,
+    ApiJson(body): ApiJson<CreateModel>,
+) -> Result<(StatusCode, Json<ModelJobAccepted>), Problem> {
+    let key = key.writer()?;
+    let reference = db_fetch_optional!(
+        &state.db,
+        (i64,),
+        "SELECT complexity_factor_milli FROM reference_models WHERE id = $1 AND active = $2",
+        &body.reference_model_id,
+        true
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    let (complexity_milli,) = reference.ok_or_else(|| Problem::invalid("unknown or inactive reference_model_id"))?;
+    let (job_id, model_uuid) = derive_ids(key.team_id, "model", idempotency.0.as_ref());
+    let model_id = ModelId::new(model_uuid.unwrap_or_else(Uuid::now_v7));
+    let actor = format!("key:{}", key.key_id);
+    let command = ModelCommand::RequestCreation {
+        model_id,
+        team_id: key.team_id,
+        name: body.name,
+        description: body.description.clone(),
+        reference_model_id: body.reference_model_id.clone(),
+        complexity_milli,
+        job_id,
+        now: state.jobs.now(),
+    };
+    // A repeat finds the model already requested: accepting the job returns the first one.
+    let model_change = match state.jobs.decide_model(model_id, command, &actor).await {
+        Ok(append) => Some(append),
+        Err(application::jobs::JobsError::Model(domain::models::ModelError::AlreadyExists)) => None,
+        Err(error) => return Err(error.into()),
+    };
+    let input = JobInput::ModelCreation { model_id, description: body.description, reference_model_id: body.reference_model_id };
+    let price = PriceRequest::ModelCreation { complexity_factor_milli: complexity_milli };
+    let accepted = accept_job(&state, key, job_id, input, &price, model_change).await?;
+    let model = load_model_view(&state, key.team_id, &model_id.to_string()).await?;
+    Ok((StatusCode::ACCEPTED, Json(ModelJobAccepted { model, accepted })))
+}
+
+/// One model: status and current version.
+#[utoipa::path(get, path = "/api/models/{model_id}", tag = "models",
+    responses((status = 200, body = ModelView), (status = 404)), security(("api_key" = [])))]
+async fn get_one(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<Json<ModelView>, Problem> {
+    Ok(Json(load_model_view(&state, key.team_id, &model_id).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateModel {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Renames a model or edits its description.
+#[utoipa::path(patch, path = "/api/models/{model_id}", tag = "models", request_body = UpdateModel,
+    responses((status = 200, body = ModelView), (status = 404), (status = 409), (status = 422)), security(("api_key" = [])))]
+async fn update(
+    State(state): State<AppState>,
+    key: TeamKey,
+    Path(model_id): Path<String>,
+    ApiJson(body): ApiJson<UpdateModel>,
+) -> Result<Json<ModelView>, Problem> {
+    let key = key.writer()?;
+    let id = parse_model(&model_id)?;
+    team_model(&state, key.team_id, id).await?;
+    let command = ModelCommand::UpdateDetails { name: body.name, description: body.description, now: state.jobs.now() };
+    let actor = serde_json::json!({ "actor": format!("key:{}", key.key_id) });
+    state.aggregates.execute::<CustomModel>(&model_id, command, &(), &actor).await?;
+    Ok(Json(load_model_view(&state, key.team_id, &model_id).await?))
+}
+
+/// Archives a model: it keeps its history but can no longer be refined or used.
+#[utoipa::path(delete, path = "/api/models/{model_id}", tag = "models",
+    responses((status = 204), (status = 404)), security(("api_key" = [])))]
+async fn archive(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<StatusCode, Problem> {
+    let key = key.writer()?;
+    let id = parse_model(&model_id)?;
+    team_model(&state, key.team_id, id).await?;
+    let actor = serde_json::json!({ "actor": format!("key:{}", key.key_id) });
+    state.aggregates.execute::<CustomModel>(&model_id, ModelCommand::Archive { now: state.jobs.now() }, &(), &actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefineModel {
+    /// What to change, in words.
+    pub prompt: String,
+}
+
+/// Refines a ready model: queues a refinement job and reserves its price.
+#[utoipa::path(post, path = "/api/models/{model_id}/refine", tag = "models", request_body = RefineModel,
+    params(("Idempotency-Key" = Option<String>, Header, description = "a retry returns the same job")),
+    responses((status = 202, body = JobAccepted), (status = 402), (status = 404), (status = 409), (status = 429)),
+    security(("api_key" = [])))]
+async fn refine(
+    State(state): State<AppState>,
+    key: TeamKey,
+    Path(model_id): Path<String>,
+    idempotency: IdempotencyKey,
+    ApiJson(body): ApiJson<RefineModel>,
+) -> Result<(StatusCode, Json<JobAccepted>), Problem> {
+    let key = key.writer()?;
+    let id = parse_model(&model_id)?;
+    let model = team_model(&state, key.team_id, id).await?;
+    let (job_id, _) = derive_ids(key.team_id, "refine", idempotency.0.as_ref());
+    if let Ok(existing) = state.jobs.job(job_id).await {
+        if existing.team_id == Some(key.team_id) {
+            return Ok((StatusCode::OK, Json(super::generate::accepted_view(&state, key.team_id, job_id, false).await?)));
+        }
+    }
+    let from_version = model.usable()?.version;
+    let iteration = model.refinements_requested + 1;
+    let actor = format!("key:{}", key.key_id);
+    let command = ModelCommand::RequestRefinement { job_id, prompt: body.prompt.clone(), now: state.jobs.now() };
+    let model_change = state.jobs.decide_model(id, command, &actor).await?;
+    let input = JobInput::ModelRefinement { model_id: id, prompt: body.prompt, iteration, from_version };
+    let price = PriceRequest::ModelRefinement { iteration_count: i64::from(iteration) };
+    let accepted = accept_job(&state, key, job_id, input, &price, Some(model_change)).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct VersionView {
+    pub version: i32,
+    pub job_id: String,
+    /// The refinement prompt that made it (none for version 1).
+    pub prompt: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The model's versions, oldest first.
+#[utoipa::path(get, path = "/api/models/{model_id}/versions", tag = "models",
+    responses((status = 200, body = Vec<VersionView>), (status = 404)), security(("api_key" = [])))]
+async fn versions(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<Json<Vec<VersionView>>, Problem> {
+    load_model_view(&state, key.team_id, &model_id).await?;
+    let rows = db_fetch_all!(
+        &state.db,
+        VersionView,
+        "SELECT version, job_id, prompt, created_at FROM model_versions WHERE model_id = $1 ORDER BY version",
+        &model_id
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(rows))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImageView {
+    pub job_id: String,
+    pub position: i32,
+    /// Presigned URL, valid for the configured lifetime.
+    pub url: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ImagePage {
+    pub items: Vec<ImageView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Images generated with the model (not yet expired), newest first, as presigned URLs.
+#[utoipa::path(get, path = "/api/models/{model_id}/images", tag = "models", params(PageQuery),
+    responses((status = 200, body = ImagePage), (status = 404)), security(("api_key" = [])))]
+async fn images(
+    State(state): State<AppState>,
+    key: TeamKey,
+    Path(model_id): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<ImagePage>, Problem> {
+    load_model_view(&state, key.team_id, &model_id).await?;
+    let limit = page_limit(query.limit)?;
+    let (cursor_at, cursor_key) = parse_cursor(query.cursor.as_deref())?.map(|(a, k)| (Some(a), Some(k))).unwrap_or((None, None));
+    let rows = db_fetch_all!(
+        &state.db,
+        (String, String, i32, DateTime<Utc>),
+        "SELECT key, job_id, position, created_at FROM images WHERE model_id = $1 AND team_id = $2 AND expired_at IS NULL \
+         AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND key < $4)) \
+         ORDER BY created_at DESC, key DESC LIMIT $5",
+        &model_id,
+        key.team_id.to_string(),
+        cursor_at,
+        cursor_key,
+        i64::from(limit) + 1
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    let more = rows.len() > limit as usize;
+    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+    let next_cursor = if more { rows.last().map(|r| make_cursor(r.3, &r.0)) } else { None };
+    let mut items = Vec::with_capacity(rows.len());
+    for (image_key, job_id, position, created_at) in rows {
+        items.push(ImageView { job_id, position, url: super::generate::sign(&state, &image_key)?, created_at });
+    }
+    Ok(Json(ImagePage { items, next_cursor }))
+}
