@@ -200,11 +200,14 @@ pub struct ProviderSettings {
     pub local_latency_ms: u64,
     /// Share of attempts that fail (0.0–1.0), decided from job id and attempt.
     pub local_failure_rate: f64,
+    /// Jobs whose prompt or description contains this text fail for good (for tests and
+    /// demos of the refund path).
+    pub local_fail_prompts_containing: Option<String>,
 }
 
 impl Default for ProviderSettings {
     fn default() -> Self {
-        Self { local_latency_ms: 0, local_failure_rate: 0.0 }
+        Self { local_latency_ms: 0, local_failure_rate: 0.0, local_fail_prompts_containing: None }
     }
 }
 

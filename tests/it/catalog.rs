@@ -177,7 +177,10 @@ async fn preview_urls_are_signed_and_expire(db: TestDb) {
         (status, body["type"].as_str().unwrap_or_default().to_string())
     };
     let (base, signature) = url.split_once("&signature=").expect("signature parameter");
-    let flipped = if signature.starts_with('0') { format!("1{}", &signature[1..]) } else { format!("0{}", &signature[1..]) };
+    let flipped = match signature.strip_prefix('0') {
+        Some(rest) => format!("1{rest}"),
+        None => format!("0{}", &signature[1..]),
+    };
     for tampered in [
         format!("{base}&signature={flipped}"),
         base.to_string(),

@@ -120,6 +120,10 @@ async fn end_to_end(app: TestApp) {
         let bytes = response.bytes().await.expect("bytes");
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n".as_slice(), "a PNG");
     }
+    // A completed job cannot be cancelled.
+    let cancel = app.as_key(&key, Method::DELETE, &format!("/api/jobs/{generation}")).send().await.expect("cancel");
+    assert_eq!(cancel.status(), 409);
+    assert_eq!(body(cancel).await["type"], "/problems/job-already-finished");
     let (_, model_images) = get(&app, &key, &format!("/api/models/{model_id}/images")).await;
     assert_eq!(model_images["items"].as_array().map(Vec::len), Some(2));
 
@@ -139,4 +143,247 @@ async fn postgres_create_refine_generate_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_create_refine_generate_fetch() {
     end_to_end(TestApp::spawn(TestDb::sqlite().await).await).await;
+}
+
+async fn ready_model(app: &TestApp, key: &str) -> String {
+    let (reference, _) = first_reference(app, key).await;
+    let (model_id, job_id) = create_model(app, key, &reference).await;
+    assert_eq!(wait_final(app, key, &job_id).await["status"], "completed");
+    model_id
+}
+
+async fn generate(app: &TestApp, key: &str, model_id: &str, prompt: &str) -> (u16, Value) {
+    post(app, key, "/api/generate", json!({"model_id": model_id, "prompt": prompt, "resolution": "512x512"})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provider_failure_refunds_and_the_model_stays_usable() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
+        s.provider.local_fail_prompts_containing = Some("forbidden".into());
+    })
+    .await;
+    crate::support::app::seed_catalog(&app).await;
+    let (_, key) = team(&app, "pro", 5_000).await;
+    let model_id = ready_model(&app, &key).await;
+    let before = available(&app, &key).await;
+    let (status, accepted) = generate(&app, &key, &model_id, "something forbidden").await;
+    assert_eq!(status, 202);
+    let reserved_cost = accepted["job"]["cost_credits"].as_i64().expect("cost");
+    let job = wait_final(&app, &key, accepted["job"]["job_id"].as_str().expect("job")).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let (_, balance) = get(&app, &key, "/api/credits/balance").await;
+    assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(before), Some(0)), "refunded: {reserved_cost}");
+    let (_, images) = get(&app, &key, &format!("/api/generate/{}/images", job["job_id"].as_str().expect("id"))).await;
+    assert_eq!(images["images"].as_array().map(Vec::len), Some(0));
+    let (status, _) = generate(&app, &key, &model_id, "fine").await;
+    assert_eq!(status, 202, "the model is still usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_refunds_queued_and_running_jobs_and_discards_late_results() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.provider.local_latency_ms = 1_500).await;
+    crate::support::app::seed_catalog(&app).await;
+    let (_, key) = team(&app, "basic", 5_000).await;
+    let model_id = ready_model(&app, &key).await;
+    let start = available(&app, &key).await;
+    // Basic runs one job at a time: the first runs (slowly), the second waits.
+    let (_, running) = generate(&app, &key, &model_id, "first").await;
+    let (_, waiting) = generate(&app, &key, &model_id, "second").await;
+    let (running, waiting) = (running["job"]["job_id"].as_str().expect("id").to_string(), waiting["job"]["job_id"].as_str().expect("id").to_string());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get(&app, &key, &format!("/api/jobs/{running}")).await.1["status"] == "queued" {
+        assert!(tokio::time::Instant::now() < deadline, "first job never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get(&app, &key, &format!("/api/jobs/{waiting}")).await.1["status"], "queued");
+    for job in [&waiting, &running] {
+        let response = app.as_key(&key, Method::DELETE, &format!("/api/jobs/{job}")).send().await.expect("cancel");
+        assert_eq!(response.status(), 200);
+        assert_eq!(body(response).await["status"], "cancelled");
+    }
+    // Cancelling again is idempotent: still cancelled, nothing refunded twice.
+    let again = app.as_key(&key, Method::DELETE, &format!("/api/jobs/{running}")).send().await.expect("cancel");
+    assert_eq!(again.status(), 200);
+    assert_eq!(body(again).await["status"], "cancelled");
+    // The running job's result arrives after the cancel and is discarded.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(get(&app, &key, &format!("/api/jobs/{running}")).await.1["status"], "cancelled");
+    let (_, balance) = get(&app, &key, "/api/credits/balance").await;
+    assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(start), Some(0)));
+    let (_, concurrency) = get(&app, &key, "/api/jobs/concurrency").await;
+    assert_eq!((concurrency["running"].as_i64(), concurrency["queued"].as_i64()), (Some(0), Some(0)));
+}
+
+/// Counts, from the event log, the most jobs each team ever had active at once.
+async fn max_active_per_team(app: &TestApp) -> std::collections::HashMap<String, i64> {
+    use application::event_store::{EventStore, LogPosition};
+    let mut team_of: std::collections::HashMap<String, String> = Default::default();
+    let mut active: std::collections::HashMap<String, i64> = Default::default();
+    let mut max: std::collections::HashMap<String, i64> = Default::default();
+    let mut after = LogPosition::START;
+    let mut dispatches: std::collections::HashMap<String, i64> = Default::default();
+    loop {
+        let page = app.state.store.read_log(after, 1_000).await.expect("log");
+        let Some(last) = page.last() else { break };
+        after = last.log_position;
+        for event in page.iter().filter(|e| e.aggregate_type == "GenerationJob") {
+            let job = event.aggregate_id.clone();
+            match event.event_type.as_str() {
+                "JobQueued" => {
+                    team_of.insert(job, event.payload["team_id"].as_str().expect("team").to_string());
+                }
+                "JobDispatched" => {
+                    let team = team_of[&job].clone();
+                    *dispatches.entry(job).or_default() += 1;
+                    let now = active.entry(team.clone()).or_default();
+                    *now += 1;
+                    let peak = max.entry(team).or_default();
+                    *peak = (*peak).max(*now);
+                }
+                "JobCompleted" | "JobFailed" | "JobRetryScheduled" | "JobCancelled" => {
+                    // Only endings of dispatched jobs free a slot; a queued cancel held none.
+                    if dispatches.get(&job).copied().unwrap_or(0) > 0 {
+                        *active.entry(team_of[&job].clone()).or_default() -= 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(dispatches.values().all(|n| *n == 1), "no job ran twice: {dispatches:?}");
+    max
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plan_limits_hold_with_two_workers() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.provider.local_latency_ms = 150).await;
+    crate::support::app::seed_catalog(&app).await;
+    // A second worker with its own services over the same database: another process.
+    let mut settings = app.settings.clone();
+    settings.jobs.worker_concurrency = 16;
+    let other = kiln::app::AppState::new(app.state.db.clone(), &settings, app.state.credits.clock().clone()).expect("state");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let second = tokio::spawn(other.worker(&settings.jobs, "second-worker".into()).run(stopped));
+
+    let mut teams = Vec::new();
+    for (plan, jobs) in [("basic", 3), ("pro", 6), ("enterprise", 14)] {
+        let (team, key) = team(&app, plan, 100_000).await;
+        let model_id = ready_model(&app, &key).await;
+        let mut ids = Vec::new();
+        for n in 0..jobs {
+            let (status, accepted) = generate(&app, &key, &model_id, &format!("job {n}")).await;
+            assert_eq!(status, 202, "{accepted}");
+            ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
+        }
+        teams.push((team, key, plan, ids));
+    }
+    for (_, key, _, ids) in &teams {
+        for id in ids {
+            assert_eq!(wait_final(&app, key, id).await["status"], "completed");
+        }
+    }
+    let _ = stop.send(true);
+    second.await.expect("second worker");
+    let peaks = max_active_per_team(&app).await;
+    for (team, _, plan, _) in &teams {
+        let limit = plan.parse::<domain::Plan>().expect("plan").concurrency_limit() as i64;
+        let peak = peaks.get(team).copied().unwrap_or(0);
+        assert!(peak <= limit, "{plan} team ran {peak} jobs at once (limit {limit})");
+        assert!(peak >= 1);
+    }
+}
+
+#[tokio::test]
+async fn free_plans_queue_depth_and_repeated_submissions() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
+        s.jobs.queue_depth_max = 2;
+        s.jobs.worker_in_serve = false;
+    })
+    .await;
+    crate::support::app::seed_catalog(&app).await;
+    let (reference, _) = {
+        let (_, key) = team(&app, "pro", 0).await;
+        first_reference(&app, &key).await
+    };
+    // Free: refused with a clear problem, nothing reserved.
+    let (free_team, free_key) = team(&app, "free", 1_000).await;
+    let (status, problem) = post(&app, &free_key, "/api/models", json!({"name": "x", "description": "y", "reference_model_id": reference})).await;
+    assert_eq!((status, problem["type"].as_str()), (403, Some("/problems/plan-does-not-allow-jobs")), "{problem}");
+    assert_eq!(available(&app, &free_key).await, 1_000);
+    let _ = free_team;
+
+    // Queue depth: with no worker, the third waiting job is refused with 429.
+    let (_, key) = team(&app, "basic", 10_000).await;
+    for n in 0..2 {
+        let (status, _) = post(&app, &key, "/api/models", json!({"name": format!("m{n}"), "description": "d", "reference_model_id": reference})).await;
+        assert_eq!(status, 202);
+    }
+    let (status, problem) = post(&app, &key, "/api/models", json!({"name": "m3", "description": "d", "reference_model_id": reference})).await;
+    assert_eq!((status, problem["type"].as_str()), (429, Some("/problems/queue-full")), "{problem}");
+
+    // The same Idempotency-Key returns the same job and reserves once.
+    let (_, other_key) = team(&app, "pro", 10_000).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let response = app
+            .as_key(&other_key, Method::POST, "/api/models")
+            .header("Idempotency-Key", "create-once")
+            .json(&json!({"name": "same", "description": "d", "reference_model_id": reference}))
+            .send()
+            .await
+            .expect("request");
+        assert!(response.status() == 202 || response.status() == 200);
+        seen.push(body(response).await["job"]["job_id"].as_str().expect("id").to_string());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    let (_, balance) = get(&app, &other_key, "/api/credits/balance").await;
+    assert_eq!(balance["reserved"].as_i64().expect("reserved") + balance["available"].as_i64().expect("available"), 10_000);
+    assert_eq!(get(&app, &other_key, "/api/jobs").await.1["items"].as_array().map(Vec::len), Some(1));
+
+    // Bad input: unknown reference, empty prompt, too many images.
+    let (status, _) = post(&app, &other_key, "/api/models", json!({"name": "x", "description": "y", "reference_model_id": "nope"})).await;
+    assert_eq!(status, 422);
+    let (status, _) = post(&app, &other_key, "/api/models", json!({"name": "", "description": "y", "reference_model_id": reference})).await;
+    assert_eq!(status, 422);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscription_expiry_finishes_running_refunds_queued_and_refuses_new() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.provider.local_latency_ms = 1_000).await;
+    crate::support::app::seed_catalog(&app).await;
+    let (team, key) = team(&app, "basic", 10_000).await;
+    let model_id = ready_model(&app, &key).await;
+    let start = available(&app, &key).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (_, accepted) = generate(&app, &key, &model_id, &format!("job {n}")).await;
+        ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while get(&app, &key, "/api/jobs/concurrency").await.1["running"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no job started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Plan changes apply in effective-time order; the operator's expiry is effective now.
+    app.clock.advance(chrono::Duration::seconds(1));
+    let response = app.admin(Method::POST, &format!("/api/admin/teams/{team}/subscription-expiry")).send().await.expect("expire");
+    assert_eq!(response.status(), 200);
+    let expired = body(response).await;
+    assert_eq!((expired["cancelled_jobs"].as_i64(), expired["team"]["plan"].as_str()), (Some(2), Some("free")));
+
+    let mut statuses = Vec::new();
+    let mut charged = 0;
+    for id in &ids {
+        let job = wait_final(&app, &key, id).await;
+        if job["status"] == "completed" {
+            charged += job["cost_credits"].as_i64().expect("cost");
+        }
+        statuses.push(job["status"].as_str().expect("status").to_string());
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec!["cancelled", "cancelled", "completed"]);
+    let (_, balance) = get(&app, &key, "/api/credits/balance").await;
+    assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(start - charged), Some(0)));
+    let (status, problem) = generate(&app, &key, &model_id, "after expiry").await;
+    assert_eq!((status, problem["type"].as_str()), (403, Some("/problems/plan-does-not-allow-jobs")));
 }

@@ -53,7 +53,7 @@ impl From<&ProviderSettings> for LocalProviderConfig {
         Self {
             latency: Duration::from_millis(settings.local_latency_ms),
             failure_rate: settings.local_failure_rate,
-            fail_prompts_containing: None,
+            fail_prompts_containing: settings.local_fail_prompts_containing.clone(),
         }
     }
 }

@@ -141,7 +141,8 @@ fn render_rgb(seed: &[u8; 32], width: u32, height: u32) -> Vec<u8> {
     // radial light.
     let hue = rng.unit();
     let from = hsv(hue, rng.range(0.35, 0.7), rng.range(0.55, 0.95));
-    let to = hsv(hue + rng.range(0.08, 0.42), rng.range(0.35, 0.8), rng.range(0.3, 0.8));
+    let shift = if rng.next() % 2 == 0 { rng.range(0.08, 0.42) } else { -rng.range(0.08, 0.42) };
+    let to = hsv(hue + shift, rng.range(0.35, 0.8), rng.range(0.3, 0.8));
     let angle = rng.range(0.0, std::f32::consts::TAU);
     let (dx, dy) = (((angle.cos() * 1000.0).round() / 1000.0), ((angle.sin() * 1000.0).round() / 1000.0));
     let (light_x, light_y, light_r) = (rng.range(0.2, 0.8) * w, rng.range(0.1, 0.6) * h, rng.range(0.3, 0.7) * w.max(h));
