@@ -387,3 +387,87 @@ async fn subscription_expiry_finishes_running_refunds_queued_and_refuses_new() {
     let (status, problem) = generate(&app, &key, &model_id, "after expiry").await;
     assert_eq!((status, problem["type"].as_str()), (403, Some("/problems/plan-does-not-allow-jobs")));
 }
+
+/// A `kiln worker` process on the test's database and storage.
+fn worker_process(app: &TestApp, latency_ms: u64) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("worker")
+        .env("KILN_DATABASE__URL", &app.settings.database.url)
+        .env("KILN_STORAGE__LOCAL_ROOT", &app.settings.storage.local_root)
+        .env("KILN_PROVIDER__LOCAL_LATENCY_MS", latency_ms.to_string())
+        .env("KILN_JOBS__POLL_INTERVAL_MS", "10")
+        .env("KILN_JOBS__HEARTBEAT_INTERVAL_MS", "200")
+        .env("KILN_JOBS__WORKER_LOST_AFTER_SECS", "1")
+        .env("KILN_JOBS__RETRY_BACKOFF_BASE_MS", "10")
+        .env("KILN_LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start kiln worker")
+}
+
+async fn statuses(app: &TestApp, key: &str, ids: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(get(app, key, &format!("/api/jobs/{id}")).await.1["status"].as_str().expect("status").to_string());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_loses_no_job_and_charges_once() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
+    crate::support::app::seed_catalog(&app).await;
+    let (team_id, key) = team(&app, "enterprise", 100_000).await;
+    // A model, made by an in-process worker that then stops.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
+    let model_id = ready_model(&app, &key).await;
+    let _ = stop.send(true);
+    helper.await.expect("setup worker");
+    let start = available(&app, &key).await;
+
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let (status, accepted) = generate(&app, &key, &model_id, &format!("job {n}")).await;
+        assert_eq!(status, 202);
+        ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
+    }
+    // Worker A takes all four and is killed mid-work.
+    let mut a = worker_process(&app, 30_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while statuses(&app, &key, &ids).await.iter().any(|s| s == "queued") {
+        assert!(tokio::time::Instant::now() < deadline, "worker A never took the jobs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill().expect("kill -9 worker A");
+    a.wait().expect("reap worker A");
+
+    // Worker B finds A's jobs orphaned, checks with the provider, retries and finishes them.
+    let mut b = worker_process(&app, 0);
+    let mut costs = 0;
+    for id in &ids {
+        let job = wait_final(&app, &key, id).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        costs += job["cost_credits"].as_i64().expect("cost");
+    }
+    let _ = std::process::Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
+    b.wait().expect("worker B stops");
+
+    // Every job ended once and was charged once.
+    use application::event_store::EventStore;
+    let team_events = app.state.store.load_stream("TeamCredits", &team_id, 0).await.expect("team events");
+    for id in &ids {
+        let deducted = team_events.iter().filter(|e| e.event_type == "CreditsDeducted" && e.payload["reservation_id"] == id.as_str()).count();
+        assert_eq!(deducted, 1, "job {id} charged once");
+        let events = app.state.store.load_stream("GenerationJob", id, 0).await.expect("job events");
+        let endings = events.iter().filter(|e| matches!(e.event_type.as_str(), "JobCompleted" | "JobFailed" | "JobCancelled")).count();
+        assert_eq!(endings, 1, "job {id} ended once");
+        assert!(events.iter().any(|e| e.event_type == "JobRetryScheduled"), "job {id} was retried after the kill");
+    }
+    let (_, balance) = get(&app, &key, "/api/credits/balance").await;
+    assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(start - costs), Some(0)));
+    let (_, concurrency) = get(&app, &key, "/api/jobs/concurrency").await;
+    assert_eq!((concurrency["running"].as_i64(), concurrency["queued"].as_i64()), (Some(0), Some(0)), "nothing stuck");
+}
