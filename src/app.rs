@@ -127,6 +127,9 @@ impl Application {
         // Port 0 picks a free port; signed URLs must name the one picked.
         settings.http.port = listener.local_addr().context("bound listener has an address")?.port();
         let state = AppState::new(db, &settings, clock)?;
+        if settings.jobs.seed_catalog_on_start {
+            seed_catalog_if_empty(&state).await?;
+        }
         let expiry_interval = std::time::Duration::from_secs(settings.credits.expiry_sweep_interval_secs.max(1));
         Ok(Self { listener, state, expiry_interval, jobs: settings.jobs.clone() })
     }
@@ -171,4 +174,14 @@ impl Application {
 pub fn worker_id(role: &str) -> String {
     let random = uuid::Uuid::new_v4().simple().to_string();
     format!("{role}-{}-{}", std::process::id(), &random[..8])
+}
+
+/// A fresh database gets the reference catalog, so `kiln serve` alone is a working system.
+async fn seed_catalog_if_empty(state: &AppState) -> anyhow::Result<()> {
+    let count = infrastructure::db_fetch_optional!(&state.db, (i64,), "SELECT COUNT(*) FROM reference_models")?;
+    if count.map(|(n,)| n).unwrap_or(0) == 0 {
+        let report = infrastructure::catalog::seed(&state.db, state.objects.as_ref(), state.jobs.now()).await?;
+        tracing::info!(models = report.models, "reference catalog seeded");
+    }
+    Ok(())
 }

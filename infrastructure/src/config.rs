@@ -45,6 +45,8 @@ pub struct JobSettings {
     pub attempts_max: u32,
     pub retry_backoff_base_ms: u64,
     pub retry_backoff_max_ms: u64,
+    /// Seed the reference catalog at start-up when it is empty.
+    pub seed_catalog_on_start: bool,
 }
 
 impl Default for JobSettings {
@@ -60,6 +62,7 @@ impl Default for JobSettings {
             attempts_max: 5,
             retry_backoff_base_ms: 2_000,
             retry_backoff_max_ms: 300_000,
+            seed_catalog_on_start: true,
         }
     }
 }

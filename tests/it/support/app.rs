@@ -51,6 +51,8 @@ impl TestApp {
         settings.storage.local_root = storage.path().display().to_string();
         settings.jobs.poll_interval_ms = 10;
         settings.jobs.heartbeat_interval_ms = 200;
+        // Tests that need the catalog seed it (`seed_catalog`); the rest start faster.
+        settings.jobs.seed_catalog_on_start = false;
         customize(&mut settings);
         let clock = Arc::new(ManualClock::new(epoch()));
         let app = Application::build_with_clock(settings.clone(), clock.clone()).await.expect("application builds");
