@@ -89,40 +89,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on ctrl-c (SIGINT) or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled, so a signal that arrives while the
+/// server is still starting is not lost (and does not kill the process).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {},
+                        _ = terminate.recv() => {},
+                    }
+                }
+                _ => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+            tracing::info!("shutdown requested");
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
     }
-    tracing::info!("shutdown requested");
+    #[cfg(not(unix))]
+    async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested");
+    }
 }
 
 /// `kiln worker`: the job engine without the HTTP API.
 async fn run_worker(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
     let state = crate::app::AppState::new(db.clone(), &settings, std::sync::Arc::new(application::clock::SystemClock))?;
     let worker_id = crate::app::worker_id("worker");
     tracing::info!(%worker_id, backend = ?db.backend(), "kiln worker started");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(state.worker(&settings.jobs, worker_id).run(stopped));
-    shutdown_signal().await;
+    shutdown.await;
     let _ = stop.send(true);
     let _ = worker.await;
     db.close().await;

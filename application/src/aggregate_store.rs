@@ -11,8 +11,10 @@ use serde_json::Value;
 
 use crate::event_store::{EventStore, EventStoreError, NewEvent, Snapshot, StoredEvent, StreamAppend};
 
-/// How often a command is retried after losing an optimistic-concurrency race.
-pub const CONFLICT_RETRIES_MAX: u32 = 16;
+/// How often a command is retried after losing an optimistic-concurrency race. Generous:
+/// with jittered exponential backoff (capped at ~13 ms) the worst case is about a second
+/// of retrying under heavy cross-process contention on one stream.
+pub const CONFLICT_RETRIES_MAX: u32 = 64;
 const CONFLICT_BACKOFF_BASE: Duration = Duration::from_micros(200);
 
 /// An aggregate as of its stream's `sequence`.

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::{TeamCreditsError, TeamId};
+use domain::{TeamCreditsCommand, TeamCreditsError, TeamId};
 use infrastructure::stripe::store::{self, EventRecord, EventStatus};
 use infrastructure::stripe::{webhook, Action, CheckoutRequest, Event, Interpretation, Purchase, StripeApiError, TeamHint};
 use serde::{Deserialize, Serialize};
@@ -245,8 +245,18 @@ async fn apply(state: &AppState, event: &Event, interpretation: &Interpretation,
         return Ok(Outcome::new(EventStatus::Unresolved, None, reason));
     };
     let metadata = json!({ "actor": "stripe", "stripe_event_id": event.id.as_str(), "stripe_event_type": event.kind });
+    let expiry = matches!(command, TeamCreditsCommand::ExpireSubscription { .. });
     match state.credits.execute(team_id, command, &metadata).await {
-        Ok(_) => Ok(Outcome::new(EventStatus::Applied, team, None)),
+        Ok(outcome) => {
+            // The job engine's policy: queued jobs of a team left without a plan are
+            // cancelled and refunded (running ones finish and are charged). Gated on the
+            // plan after the command, not on this call recording something, so a retry
+            // after a crash between the two steps still cancels.
+            if expiry && outcome.plan.concurrency_limit() == 0 {
+                state.jobs.cancel_queued(team_id, state.job_index.as_ref(), "subscription expired", "stripe").await?;
+            }
+            Ok(Outcome::new(EventStatus::Applied, team, None))
+        }
         Err(CommandError::Rejected(TeamCreditsError::TeamNotFound)) => {
             Ok(Outcome::new(EventStatus::Unresolved, team, format!("team {team_id} does not exist")))
         }

@@ -291,7 +291,13 @@ impl JobsService {
         actor: &str,
     ) -> Result<usize, JobsError> {
         let command = TeamCreditsCommand::ExpireSubscription { effective_at, key, now: self.clock.now() };
-        self.credits.execute(team, command, &metadata(actor)).await?;
+        let outcome = self.credits.execute(team, command, &metadata(actor)).await?;
+        // Gated on the plan now, not on this call having recorded the expiry: a stale
+        // expiry (a newer plan already applies) cancels nothing, and a retry after a crash
+        // between the two steps still cancels.
+        if outcome.plan.concurrency_limit() > 0 {
+            return Ok(0);
+        }
         self.cancel_queued(team, queued, "subscription expired", actor).await
     }
 
