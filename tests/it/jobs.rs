@@ -471,3 +471,63 @@ async fn a_killed_worker_loses_no_job_and_charges_once() {
     let (_, concurrency) = get(&app, &key, "/api/jobs/concurrency").await;
     assert_eq!((concurrency["running"].as_i64(), concurrency["queued"].as_i64()), (Some(0), Some(0)), "nothing stuck");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_list_filters_events_stream_and_model_edits() {
+    let app = TestApp::spawn(TestDb::postgres().await).await;
+    crate::support::app::seed_catalog(&app).await;
+    let (_, key) = team(&app, "pro", 10_000).await;
+    let model_id = ready_model(&app, &key).await;
+    let (_, accepted) = generate(&app, &key, &model_id, "to follow").await;
+    let job_id = accepted["job"]["job_id"].as_str().expect("id").to_string();
+
+    // The event stream replays the job's events and ends after its final one.
+    let response = app.as_key(&key, Method::GET, &format!("/api/jobs/{job_id}/events")).send().await.expect("sse");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(30), response.text()).await.expect("stream ends").expect("text");
+    let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
+    assert_eq!(kinds.first(), Some(&"JobQueued"));
+    assert_eq!(kinds.last(), Some(&"JobCompleted"), "{text}");
+    assert!(kinds.contains(&"JobDispatched"));
+
+    // Lists filter by kind and status, newest first, and page.
+    let (_, creations) = get(&app, &key, "/api/jobs?kind=model_creation").await;
+    assert_eq!(creations["items"].as_array().map(Vec::len), Some(1));
+    let (_, completed) = get(&app, &key, "/api/jobs?status=completed&limit=1").await;
+    assert_eq!(completed["items"][0]["job_id"], job_id.as_str(), "newest first");
+    let cursor = completed["next_cursor"].as_str().expect("a second page").to_string();
+    let (_, second) = get(&app, &key, &format!("/api/jobs?status=completed&limit=1&cursor={}", cursor.replace('+', "%2B"))).await;
+    assert_eq!(second["items"][0]["kind"], "model_creation");
+    for bad in ["status=lost", "kind=video", "limit=0", "cursor=zzz"] {
+        assert_eq!(get(&app, &key, &format!("/api/jobs?{bad}")).await.0, 422, "{bad}");
+    }
+    let (_, detail) = get(&app, &key, &format!("/api/jobs/{job_id}")).await;
+    assert!(detail["events"].as_array().expect("events").len() >= 3);
+    assert_eq!(detail["input"]["prompt"], "to follow");
+
+    // Edit, list, archive: an archived model cannot generate.
+    let response = app.as_key(&key, Method::PATCH, &format!("/api/models/{model_id}")).json(&json!({"name": "Renamed"})).send().await.expect("patch");
+    assert_eq!(body(response).await["name"], "Renamed");
+    let (_, models) = get(&app, &key, "/api/models").await;
+    assert_eq!(models["items"][0]["name"], "Renamed");
+    let archived = app.as_key(&key, Method::DELETE, &format!("/api/models/{model_id}")).send().await.expect("archive");
+    assert_eq!(archived.status(), 204);
+    assert_eq!(get(&app, &key, "/api/models").await.1["items"].as_array().map(Vec::len), Some(0));
+    assert_eq!(get(&app, &key, "/api/models?archived=true").await.1["items"].as_array().map(Vec::len), Some(1));
+    let (status, problem) = generate(&app, &key, &model_id, "after archive").await;
+    assert_eq!((status, problem["type"].as_str()), (409, Some("/problems/model-archived")));
+
+    // Another team sees none of it.
+    let (_, stranger) = team(&app, "pro", 0).await;
+    assert_eq!(get(&app, &stranger, &format!("/api/jobs/{job_id}")).await.0, 404);
+    assert_eq!(get(&app, &stranger, &format!("/api/models/{model_id}")).await.0, 404);
+    assert_eq!(get(&app, &stranger, &format!("/api/generate/{job_id}/images")).await.0, 404);
+    let cancel = app.as_key(&stranger, Method::DELETE, &format!("/api/jobs/{job_id}")).send().await.expect("cancel");
+    assert_eq!(cancel.status(), 404);
+    // An auditor key reads but cannot submit.
+    let own_team = get(&app, &key, "/api/credits/balance").await.1["team_id"].as_str().expect("team").to_string();
+    let auditor_team_key = app.issue_key(&own_team, "auditor").await;
+    assert_eq!(get(&app, &auditor_team_key, &format!("/api/jobs/{job_id}")).await.0, 200);
+    let (status, _) = generate(&app, &auditor_team_key, &model_id, "nope").await;
+    assert_eq!(status, 403);
+}
