@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use application::jobs::JobsError;
+use application::jobs::{JobsError, NewJob};
 use application::event_store::StreamAppend;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -88,10 +88,8 @@ pub async fn accept_job(
         return Err(JobsError::QueueFull { queued, max: state.queue_depth_max }.into());
     }
     let actor = format!("key:{}", key.key_id);
-    let accepted = state
-        .jobs
-        .submit(key.team_id, job_id, input, quote.amount, quote.price_version, model_change, &actor)
-        .await?;
+    let job = NewJob { team: key.team_id, job_id, input, cost: quote.amount, price_version: quote.price_version, model_change };
+    let accepted = state.jobs.submit(job, &actor).await?;
     accepted_view(state, key.team_id, job_id, accepted.created).await
 }
 

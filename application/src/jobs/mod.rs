@@ -68,6 +68,18 @@ pub struct Accepted {
     pub created: bool,
 }
 
+/// A job to accept: what it does, what it costs (and under which price version), and the
+/// model's side of it (a creation or refinement request), if any.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub team: TeamId,
+    pub job_id: JobId,
+    pub input: JobInput,
+    pub cost: Credits,
+    pub price_version: i64,
+    pub model_change: Option<StreamAppend>,
+}
+
 /// How a job ended when asked to end it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
@@ -129,17 +141,9 @@ impl JobsService {
     }
 
     /// Accepts a job: records it (with `model_change`, the model's side of it) and reserves
-    /// `cost` in one append. A repeat of the same job id returns the job as it is.
-    pub async fn submit(
-        &self,
-        team: TeamId,
-        job_id: JobId,
-        input: JobInput,
-        cost: Credits,
-        price_version: i64,
-        model_change: Option<StreamAppend>,
-        actor: &str,
-    ) -> Result<Accepted, JobsError> {
+    /// its cost in one append. A repeat of the same job id returns the job as it is.
+    pub async fn submit(&self, job: NewJob, actor: &str) -> Result<Accepted, JobsError> {
+        let NewJob { team, job_id, input, cost, price_version, model_change } = job;
         let loaded = self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?;
         if loaded.aggregate.status.is_some() {
             return self.existing(team, loaded.aggregate);
