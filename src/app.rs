@@ -49,6 +49,8 @@ pub struct AppState {
     pub queue_depth_max: i64,
     /// Stripe checkout client, webhook verifier and price catalog.
     pub stripe: Arc<infrastructure::stripe::Stripe>,
+    /// fal.ai's webhook side, when `fal.key` is set (then `provider` is fal).
+    pub fal: Option<crate::http::fal::FalWebhooks>,
 }
 
 impl AppState {
@@ -73,7 +75,7 @@ impl AppState {
         let store = SqlEventStore::with_inline_projections(db.clone(), projections::inline_projections());
         let aggregates = AggregateStore::new(Arc::new(store.clone()), settings.event_store.snapshot_every);
         let credits = CreditsService::new(aggregates.clone(), clock.clone());
-        let jobs = JobsService::new(aggregates.clone(), credits.clone(), clock);
+        let jobs = JobsService::new(aggregates.clone(), credits.clone(), clock.clone());
         let job_index: Arc<dyn JobIndex> = Arc::new(SqlJobIndex::new(db.clone()));
         let projector = Projector::new(store.clone(), projections::async_projections());
         let operator_key_sha256 = settings
@@ -83,10 +85,13 @@ impl AppState {
             .map(|key| Sha256::digest(key.expose_secret().as_bytes()).into());
         let (objects, url_signing_key) = infrastructure::storage::open(settings).context("cannot open the object store")?;
         let url_ttl_secs = settings.storage.url_ttl_secs;
-        let provider: Arc<dyn Provider> =
-            Arc::new(LocalProvider::new(LocalProviderConfig::from(&settings.provider)).with_artifacts(objects.clone()));
+        let fal = fal_provider(settings, objects.clone(), clock)?;
+        let provider: Arc<dyn Provider> = match &fal {
+            Some(fal) => fal.provider.clone(),
+            None => Arc::new(LocalProvider::new(LocalProviderConfig::from(&settings.provider)).with_artifacts(objects.clone())),
+        };
         let queue_depth_max = settings.jobs.queue_depth_max;
-        Ok(Self {
+        let mut state = Self {
             db,
             store,
             aggregates,
@@ -101,8 +106,37 @@ impl AppState {
             provider,
             queue_depth_max,
             stripe: Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe)),
-        })
+            fal: None,
+        };
+        // Webhook results end jobs through a worker, exactly as polled results do.
+        state.fal = fal.map(|fal| crate::http::fal::FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));
+        Ok(state)
     }
+}
+
+/// fal.ai when `fal.key` is configured. Its webhooks come to Kiln's public URL.
+fn fal_provider(
+    settings: &Settings,
+    objects: Arc<dyn application::storage::ObjectStore>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Option<infrastructure::provider::fal::Fal>> {
+    // `fal.webhook_base_url` wins (inside `from_settings`); this is the fallback.
+    let public_base = match &settings.storage.public_base_url {
+        Some(base) => base.clone(),
+        None => {
+            if settings.fal.key.is_some() && settings.fal.webhook_base_url.is_none() {
+                tracing::warn!("fal.webhook_base_url is unset: fal's webhooks go to the listen address; set it to Kiln's public URL");
+            }
+            format!("http://{}:{}", settings.http.host, settings.http.port)
+        }
+    };
+    let ttl = std::time::Duration::from_secs(settings.storage.url_ttl_secs);
+    let fal = infrastructure::provider::fal::Fal::from_settings(&settings.fal, &public_base, objects, clock, ttl)
+        .context("cannot build the fal.ai client")?;
+    if fal.is_some() {
+        tracing::info!(queue = %settings.fal.queue_base_url, "jobs run on fal.ai");
+    }
+    Ok(fal)
 }
 
 pub struct Application {
@@ -110,6 +144,8 @@ pub struct Application {
     state: AppState,
     expiry_interval: std::time::Duration,
     jobs: JobSettings,
+    /// Image retention: days kept, and how often the sweeper runs.
+    retention: (u32, std::time::Duration),
 }
 
 impl Application {
@@ -131,7 +167,8 @@ impl Application {
             seed_catalog_if_empty(&state).await?;
         }
         let expiry_interval = std::time::Duration::from_secs(settings.credits.expiry_sweep_interval_secs.max(1));
-        Ok(Self { listener, state, expiry_interval, jobs: settings.jobs.clone() })
+        let retention = (settings.storage.retention_days, std::time::Duration::from_secs(settings.storage.sweep_interval_secs.max(1)));
+        Ok(Self { listener, state, expiry_interval, jobs: settings.jobs.clone(), retention })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -151,6 +188,8 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let projector = tokio::spawn(self.state.projector.clone().run(stopped.clone()));
         let sweeper = tokio::spawn(crate::sweeper::run(self.state.clone(), self.expiry_interval, stopped.clone()));
+        let (retention_days, retention_interval) = self.retention;
+        let retention = tokio::spawn(crate::retention::run(self.state.clone(), retention_days, retention_interval, stopped.clone()));
         let worker = self
             .jobs
             .worker_in_serve
@@ -161,6 +200,7 @@ impl Application {
         let _ = stop.send(true);
         let _ = projector.await;
         let _ = sweeper.await;
+        let _ = retention.await;
         if let Some(worker) = worker {
             let _ = worker.await;
         }

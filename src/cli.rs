@@ -40,6 +40,16 @@ pub enum Command {
     Worker,
     /// Seed the reference-model catalog and its preview images (idempotent), then exit.
     Seed,
+    /// Object storage: bucket set-up and the image-retention sweep.
+    #[command(subcommand)]
+    Storage(crate::storage_cli::StorageCommand),
+    /// Read models: list, status (lag), rebuild into shadow tables and swap, or verify.
+    #[command(subcommand)]
+    Projections(crate::ops::ProjectionsCommand),
+    /// The credit ledger from events alone: replay a team, verify every invariant and the
+    /// hash chains, export entries.
+    #[command(subcommand)]
+    Audit(crate::ops::AuditCommand),
 }
 
 pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -74,6 +84,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             Ok(())
         }
+        Command::Storage(command) => crate::storage_cli::run(settings, command).await,
+        Command::Projections(command) => crate::ops::projections(settings, command).await,
+        Command::Audit(command) => crate::ops::audit(settings, command).await,
         Command::Seed => {
             let db = Database::connect_and_migrate(&settings.database.url, 2).await?;
             let (objects, _) = infrastructure::storage::open(&settings)?;

@@ -4,4 +4,7 @@
 pub mod app;
 pub mod cli;
 pub mod http;
+pub mod ops;
+pub mod retention;
+pub mod storage_cli;
 pub mod sweeper;

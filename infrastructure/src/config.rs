@@ -25,6 +25,7 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub storage: StorageSettings,
     pub provider: ProviderSettings,
+    pub fal: crate::provider::fal::FalSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -138,6 +139,7 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             storage: StorageSettings::default(),
             provider: ProviderSettings::default(),
+            fal: crate::provider::fal::FalSettings::default(),
         }
     }
 }
@@ -169,7 +171,8 @@ impl Default for EventStoreSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// `local` (files under `local_root`, served by Kiln through signed URLs).
+    /// `local` (files under `local_root`, served by Kiln through signed URLs) or `s3`
+    /// (`storage.s3`, presigned GET URLs).
     pub backend: String,
     /// Root directory of the local store.
     pub local_root: String,
@@ -181,6 +184,13 @@ pub struct StorageSettings {
     /// kept in `{local_root}/.url-signing-key`, shared by every process using that root.
     #[serde(skip_serializing)]
     pub url_signing_key: Option<SecretString>,
+    /// The S3 (or S3-compatible) bucket, when `backend = "s3"`.
+    pub s3: S3Settings,
+    /// Generated images are deleted this many days after they were made (by the
+    /// retention sweeper, and by the bucket lifecycle rule `kiln storage init` writes).
+    pub retention_days: u32,
+    /// How often `kiln serve` runs the retention sweeper.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for StorageSettings {
@@ -191,6 +201,39 @@ impl Default for StorageSettings {
             public_base_url: None,
             url_ttl_secs: 3600,
             url_signing_key: None,
+            s3: S3Settings::default(),
+            retention_days: 90,
+            sweep_interval_secs: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: String,
+    /// An S3-compatible endpoint (MinIO, R2, a local test server). Unset: AWS's.
+    pub endpoint_url: Option<String>,
+    /// `{endpoint}/{bucket}/{key}` instead of `{bucket}.{endpoint}/{key}`; most
+    /// S3-compatible servers need it.
+    pub force_path_style: bool,
+    /// Static credentials. Unset: the usual AWS sources (environment, profile, web
+    /// identity, ECS/EC2 metadata). The key id is not secret: every presigned URL shows it.
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<SecretString>,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        Self {
+            bucket: "kiln".into(),
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            force_path_style: false,
+            access_key_id: None,
+            secret_access_key: None,
         }
     }
 }

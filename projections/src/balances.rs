@@ -105,11 +105,16 @@ impl Changes {
             TeamCreditsEvent::TeamOpened { name, plan, occurred_at, .. } => {
                 self.opened.push((team.to_string(), name, plan.to_string(), occurred_at));
             }
+            // A plan event also counts towards `updated_at` (the latest event of the batch),
+            // so the row does not depend on how events are grouped into appends: a rebuild
+            // applies them in larger batches and must produce the same row.
             TeamCreditsEvent::PlanChanged { to, occurred_at, .. } => {
                 self.plans.push((team.to_string(), to.to_string(), occurred_at));
+                self.team(team, occurred_at);
             }
             TeamCreditsEvent::SubscriptionExpired { occurred_at, .. } => {
                 self.plans.push((team.to_string(), Plan::Free.to_string(), occurred_at));
+                self.team(team, occurred_at);
             }
             TeamCreditsEvent::CreditsGranted { grant_id, amount, source, expires_at, occurred_at, .. } => {
                 let delta = self.team(team, occurred_at);

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{TeamCredits, TeamCreditsEvent};
 use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
-use infrastructure::{tx_execute, tx_fetch_optional};
+use infrastructure::{tx_execute_values, tx_fetch_optional};
 
 use crate::decode;
 
@@ -20,18 +20,18 @@ pub const NAME: &str = "credit_history";
 pub const TABLES: &[&str] = &["credit_ledger"];
 
 /// A ledger entry's effect, derived from one event.
-struct Entry {
-    entry_type: &'static str,
-    amount: i64,
-    available_delta: i64,
-    reserved_delta: i64,
-    reference: Option<String>,
-    operation: Option<&'static str>,
-    detail: Option<String>,
-    occurred_at: DateTime<Utc>,
+pub(crate) struct Entry {
+    pub(crate) entry_type: &'static str,
+    pub(crate) amount: i64,
+    pub(crate) available_delta: i64,
+    pub(crate) reserved_delta: i64,
+    pub(crate) reference: Option<String>,
+    pub(crate) operation: Option<&'static str>,
+    pub(crate) detail: Option<String>,
+    pub(crate) occurred_at: DateTime<Utc>,
 }
 
-fn entry_of(event: TeamCreditsEvent) -> Option<Entry> {
+pub(crate) fn entry_of(event: TeamCreditsEvent) -> Option<Entry> {
     let entry = |entry_type, amount: i64, available_delta, reserved_delta, reference: String, occurred_at| Entry {
         entry_type,
         amount,
@@ -87,6 +87,7 @@ impl InlineProjection for CreditHistory {
     async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
         // Running balances of the teams seen in this batch: one read per team per batch.
         let mut running: HashMap<&str, Running> = HashMap::new();
+        let mut rows: Vec<(&str, Running, i64, Entry)> = Vec::new();
         for stored in events.iter().filter(|e| e.aggregate_type == <TeamCredits as cqrs_es::Aggregate>::TYPE) {
             let Some(entry) = entry_of(decode::<TeamCredits>(stored)?) else { continue };
             let team = stored.aggregate_id.as_str();
@@ -102,25 +103,31 @@ impl InlineProjection for CreditHistory {
                 .unwrap_or((0, 0, 0)),
             };
             let next = (last.0 + 1, last.1 + entry.available_delta, last.2 + entry.reserved_delta);
-            tx_execute!(
-                &mut *tx,
-                "INSERT INTO credit_ledger (team_id, entry_no, sequence, entry_type, amount, available_after, \
-                 reserved_after, reference, operation, detail, occurred_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                team,
-                next.0,
-                stored.sequence,
-                entry.entry_type,
-                entry.amount,
-                next.1,
-                next.2,
-                entry.reference,
-                entry.operation,
-                entry.detail,
-                entry.occurred_at
-            )?;
+            rows.push((team, next, stored.sequence, entry));
             running.insert(team, next);
         }
+        // One multi-row insert per chunk instead of a statement per entry: the projector
+        // and a rebuild apply thousands of events per batch.
+        tx_execute_values!(
+            tx,
+            "INSERT INTO credit_ledger (team_id, entry_no, sequence, entry_type, amount, available_after, \
+             reserved_after, reference, operation, detail, occurred_at)",
+            "",
+            11,
+            rows,
+            |q, row| q
+                .bind(row.0)
+                .bind(row.1 .0)
+                .bind(row.2)
+                .bind(row.3.entry_type)
+                .bind(row.3.amount)
+                .bind(row.1 .1)
+                .bind(row.1 .2)
+                .bind(&row.3.reference)
+                .bind(row.3.operation)
+                .bind(&row.3.detail)
+                .bind(row.3.occurred_at)
+        )?;
         Ok(())
     }
 }

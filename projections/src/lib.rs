@@ -1,13 +1,18 @@
 //! Kiln's read models and the projector that keeps the async ones current.
 //!
 //! - inline (in the append transaction): [`balances`], [`api_keys`], [`jobs`];
-//! - async (projector, from checkpoints): [`history`].
+//! - async (projector, from checkpoints): [`history`];
+//! - operations: [`catalog`] (names, tables, status), [`rebuild`] (shadow rebuild, swap,
+//!   verify), [`audit`] (replay, invariants and hash chain, from events alone).
 
 pub mod api_keys;
+pub mod audit;
 pub mod balances;
+pub mod catalog;
 pub mod history;
 pub mod jobs;
 pub mod projector;
+pub mod rebuild;
 
 use std::sync::Arc;
 

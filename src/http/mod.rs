@@ -1,14 +1,17 @@
 //! HTTP wiring: the router, its middleware, and the endpoint modules.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod credits;
 pub mod extract;
+pub mod fal;
 pub mod files;
 pub mod generate;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod problem;
@@ -35,6 +38,9 @@ pub fn router(state: AppState) -> Router {
         .merge(files::routes())
         .merge(catalog::routes())
         .merge(stripe::routes())
+        .merge(fal::routes())
+        .merge(audit::routes())
+        .merge(metrics::routes())
         .merge(openapi::routes())
         .fallback(problem::not_found)
         .with_state(state)

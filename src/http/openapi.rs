@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, catalog, credits, generate, jobs, models, stripe};
+use super::{admin, audit, catalog, credits, fal, generate, jobs, models, stripe};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -15,7 +15,8 @@ use crate::app::AppState;
         Errors are application/problem+json (RFC 9457) with a stable `type`."),
     paths(
         credits::balance, credits::history, credits::pricing,
-        stripe::checkout, stripe::webhook,
+        audit::ledger, audit::verify,
+        stripe::checkout, stripe::webhook, fal::webhook,
         admin::create_team, admin::get_team, admin::change_plan, admin::issue_key, admin::list_keys,
         admin::revoke_key, admin::grant, admin::adjust, admin::issue_own_key, admin::list_own_keys,
         admin::revoke_own_key, admin::expire_subscription,
@@ -28,6 +29,7 @@ use crate::app::AppState;
     modifiers(&Security),
     tags(
         (name = "credits", description = "Balance, history and prices of the caller's team"),
+        (name = "audit", description = "The team's ledger replayed from events, and its verification (any key of the team)"),
         (name = "keys", description = "A team's own API keys (admin keys)"),
         (name = "admin", description = "Operator endpoints (operator key)"),
         (name = "webhooks", description = "Signed callbacks from Stripe (and providers)"),

@@ -2,9 +2,15 @@
 
 mod support;
 
+mod audit;
 mod catalog;
 mod event_store;
 mod jobs;
+mod rebuild;
+mod rebuild_bench;
 mod credits;
 mod serve;
+mod storage;
+mod storage_bench;
 mod stripe;
+mod fal;

@@ -160,7 +160,18 @@ impl Worker {
         match self.provider.submit(request).await {
             Ok(Submission::Finished(outcome)) => self.finish(job_id, &job, outcome).await,
             Ok(Submission::Accepted { request_id }) => {
-                self.jobs.progress(job_id, Some(request_id), None, Vec::new(), false).await
+                match self.jobs.progress(job_id, Some(request_id.clone()), None, Vec::new(), false).await {
+                    // Cancelled while the submission was in flight: the request has no job
+                    // to report to, so stop it at the provider (best effort).
+                    Err(JobsError::Job(domain::jobs::JobError::NotInProgress(_))) => {
+                        tracing::info!(%job_id, %request_id, "job ended during submission; cancelling the provider request");
+                        if let Err(error) = self.provider.cancel(&request_id).await {
+                            tracing::warn!(%job_id, %error, "provider cancel failed");
+                        }
+                        Ok(())
+                    }
+                    other => other,
+                }
             }
             Err(ProviderError::Transient(message)) => self.retry_or_fail(job_id, attempt, &message).await,
             Err(ProviderError::Permanent(message)) => self.jobs.fail(job_id, &message).await.map(drop),

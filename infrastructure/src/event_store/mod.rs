@@ -5,6 +5,7 @@
 //! projections registered on the store: either every event and every read-model change
 //! is committed, or none is.
 
+pub mod chain;
 mod cqrs_repository;
 mod inline;
 mod postgres;

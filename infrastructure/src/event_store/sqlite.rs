@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{SqliteConnection, SqlitePool};
 
+use super::chain;
 use super::inline::{InlineProjection, Tx};
 use super::{conflict, is_sequence_taken, unavailable};
 
@@ -69,6 +70,14 @@ pub(super) async fn append(
     let mut tx = write.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
     let mut stored = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
     for append in appends.iter().filter(|a| !a.events.is_empty()) {
+        let sealed;
+        let append = if chain::is_chained(&append.aggregate_type) {
+            let prev = prev_hash(&mut tx, append).await.map_err(unavailable)?;
+            sealed = chain::seal(append, &prev);
+            &sealed
+        } else {
+            append
+        };
         for (offset, event) in append.events.iter().enumerate() {
             let sequence = append.expected_sequence + 1 + offset as i64;
             let (position, recorded_at) = insert_event(&mut tx, append, sequence, event).await.map_err(|error| {
@@ -103,6 +112,22 @@ pub(super) async fn append(
     }
     tx.commit().await.map_err(unavailable)?;
     Ok(stored)
+}
+
+/// The stored hash of the event the append follows: one lookup on the stream's unique key.
+async fn prev_hash(conn: &mut SqliteConnection, append: &StreamAppend) -> Result<String, sqlx::Error> {
+    if append.expected_sequence == 0 {
+        return Ok(chain::GENESIS_HASH.to_string());
+    }
+    let hash: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT json_extract(metadata, '$.hash') FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    )
+    .bind(&append.aggregate_type)
+    .bind(&append.aggregate_id)
+    .bind(append.expected_sequence)
+    .fetch_optional(conn)
+    .await?;
+    Ok(hash.flatten().unwrap_or_default())
 }
 
 async fn insert_event(

@@ -2,16 +2,20 @@
 //!
 //! - [`local`]: files under a root directory, served by Kiln itself through expiring
 //!   HMAC-signed URLs (`GET /files/{key}?expires=…&signature=…`). The default.
+//! - [`s3`]: AWS S3 or an S3-compatible server (`storage.s3`), presigned GET URLs.
 //!
 //! [`open`] picks the adapter named by `storage.backend`.
 
 pub mod local;
+pub mod s3;
 
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
+use application::storage::ObjectStore;
 pub use local::{load_or_create_signing_key, verify_signature, LocalObjectStore, SignatureError};
+pub use s3::S3ObjectStore;
 
 use crate::config::Settings;
 
@@ -21,7 +25,7 @@ pub const SIGNING_KEY_BYTES_MIN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageSetupError {
-    #[error("unsupported storage backend {0:?} (expected \"local\")")]
+    #[error("unsupported storage backend {0:?} (expected \"local\" or \"s3\")")]
     UnsupportedBackend(String),
     #[error("storage.url_signing_key must be at least {SIGNING_KEY_BYTES_MIN} bytes")]
     SigningKeyTooShort,
@@ -33,11 +37,22 @@ pub enum StorageSetupError {
     },
 }
 
-/// The store configured by `settings.storage`, and the key its URLs are signed with.
-pub fn open(settings: &Settings) -> Result<(Arc<LocalObjectStore>, Arc<Vec<u8>>), StorageSetupError> {
+/// An opened object store and the local URL-signing key.
+pub type OpenedStore = (Arc<dyn ObjectStore>, Arc<Vec<u8>>);
+
+/// The store configured by `settings.storage`, and the key the local store's URLs are
+/// signed with (for S3 a random key no URL is signed with: `GET /files/…` then serves
+/// nothing).
+pub fn open(settings: &Settings) -> Result<OpenedStore, StorageSetupError> {
     let storage = &settings.storage;
-    if storage.backend != "local" {
-        return Err(StorageSetupError::UnsupportedBackend(storage.backend.clone()));
+    match storage.backend.as_str() {
+        "local" => {}
+        "s3" => {
+            let mut unused_key = vec![0u8; SIGNING_KEY_BYTES_MIN];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut unused_key);
+            return Ok((Arc::new(S3ObjectStore::new(&storage.s3)), Arc::new(unused_key)));
+        }
+        other => return Err(StorageSetupError::UnsupportedBackend(other.to_string())),
     }
     let signing_key = match &storage.url_signing_key {
         Some(key) => {

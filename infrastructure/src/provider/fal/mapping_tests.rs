@@ -1,0 +1,67 @@
+use application::provider::ProviderRequest;
+use domain::jobs::JobInput;
+use domain::{JobId, ModelId, TeamId};
+use serde_json::json;
+
+use super::*;
+
+fn generation(resolution: &str) -> ProviderRequest {
+    let model_id = ModelId::new(uuid::Uuid::from_u128(1));
+    ProviderRequest {
+        job_id: JobId::new(uuid::Uuid::from_u128(2)),
+        team_id: TeamId::new(uuid::Uuid::from_u128(3)),
+        attempt: 1,
+        input: JobInput::ImageGeneration {
+            model_id,
+            model_version: 1,
+            prompt: "on a beach".into(),
+            resolution: resolution.into(),
+            quality: "hd".into(),
+            count: 2,
+        },
+        model_artifact_key: Some("model-assets/t/m/v1/model.json".into()),
+        reference: None,
+    }
+}
+
+#[test]
+fn generation_input_names_size_count_and_lora() {
+    let body = request_body(&generation("768x512"), Some("https://kiln/files/lora")).expect("valid");
+    assert_eq!(body["image_size"], json!({"width": 768, "height": 512}));
+    assert_eq!(body["num_images"], 2);
+    assert_eq!(body["output_format"], "png");
+    assert_eq!(body["loras"], json!([{"path": "https://kiln/files/lora", "scale": 1.0}]));
+    assert!(body["prompt"].as_str().is_some_and(|p| p.ends_with("on a beach")));
+    assert!(request_body(&generation("big"), Some("u")).is_err());
+    assert!(request_body(&generation("512x512"), None).is_err(), "no LoRA, no generation");
+}
+
+#[test]
+fn results_become_files() {
+    #[track_caller]
+    fn check(payload: serde_json::Value, expected: Result<ResultFiles, &str>) {
+        assert_eq!(result_files(&payload), expected.map_err(String::from));
+    }
+    let image = |i: usize, url: &str| FileRef { name: format!("{i}.png"), url: url.into(), content_type: "image/png".into() };
+    check(json!({"images": [{"url": "a"}, {"url": "b"}]}), Ok(ResultFiles::Images(vec![image(0, "a"), image(1, "b")])));
+    check(
+        json!({"diffusers_lora_file": {"url": "w", "content_type": "application/octet-stream"}}),
+        Ok(ResultFiles::Lora(FileRef { name: LORA_FILE.into(), url: "w".into(), content_type: "application/octet-stream".into() })),
+    );
+    check(json!({"images": []}), Err("the result has no images (all filtered?)"));
+    check(json!({"images": [{}]}), Err("image 0 has no url"));
+    check(json!({}), Err("the result has neither images nor diffusers_lora_file"));
+}
+
+#[test]
+fn error_messages_are_readable() {
+    #[track_caller]
+    fn check(body: &str, expected: &str) {
+        assert_eq!(error_message(body.as_bytes()), expected);
+    }
+    check(r#"{"detail": "Invalid key"}"#, "Invalid key");
+    check(r#"{"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "missing"}]}"#, "body.prompt: field required");
+    check("plain text", "plain text");
+    assert_eq!(failure_message(Some(&json!("Invalid status code: 422")), Some(&json!({"detail": "bad size"}))), "Invalid status code: 422: bad size");
+    assert_eq!(queue_app("fal-ai/flux-lora/image-to-image"), "fal-ai/flux-lora");
+}

@@ -1,0 +1,219 @@
+//! Rebuild on PostgreSQL: shadow tables in a scratch schema first on the rebuild
+//! connection's `search_path`; swap by moving them into the live schema.
+
+use application::event_store::{EventStore, LogPosition, StoredEvent};
+use chrono::{DateTime, Utc};
+use infrastructure::event_store::{SqlEventStore, Tx};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+
+use super::{apply_events, next_batch, Outcome, Progress, RebuildError, RebuildOptions, TableDiff, ENSURE_CHECKPOINT, SAVE_CHECKPOINT};
+use crate::catalog::{Kind, ProjectionInfo};
+
+pub(super) async fn run(
+    store: &SqlEventStore,
+    pool: &PgPool,
+    info: &ProjectionInfo,
+    options: &RebuildOptions,
+    progress: &dyn Progress,
+) -> Result<Outcome, RebuildError> {
+    // A connection of its own: its search_path is changed for the whole rebuild.
+    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+    let live: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(&mut conn).await?;
+    let shadow = format!("kiln_rebuild_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let outcome = async {
+        create_shadow(&mut conn, &live, &shadow, info.tables).await?;
+        conn.execute(format!("SET search_path TO \"{shadow}\", \"{live}\"").as_str()).await?;
+        let (mut position, mut applied) = (LogPosition::START, 0u64);
+        loop {
+            let events = next_batch(store, info, options, position).await?;
+            let Some(last) = events.last().map(|e| e.log_position) else { break };
+            let mut tx = conn.begin().await?;
+            apply_events(info.projection.as_ref(), &mut Tx::Postgres(&mut tx), &events).await?;
+            tx.commit().await?;
+            position = last;
+            applied += events.len() as u64;
+            progress.advance(events.len() as u64);
+        }
+        finish(store, &mut conn, &live, &shadow, info, options, progress, position, applied).await
+    }
+    .await;
+    // The scratch schema is empty after a swap; after a verify or a failure it holds the
+    // shadow tables. Either way it goes.
+    let _ = conn.execute(format!("DROP SCHEMA IF EXISTS \"{shadow}\" CASCADE").as_str()).await;
+    let _ = conn.close().await;
+    outcome
+}
+
+/// The shadow of each table: same columns, defaults and CHECKs (`LIKE`), then the live
+/// table's key/unique constraints and indexes under their own names.
+async fn create_shadow(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
+    conn.execute(format!("CREATE SCHEMA \"{shadow}\"").as_str()).await?;
+    for table in tables {
+        conn.execute(
+            format!(
+                "CREATE TABLE \"{shadow}\".\"{table}\" (LIKE \"{live}\".\"{table}\" \
+                 INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
+            )
+            .as_str(),
+        )
+        .await?;
+        let constraints: Vec<(String, String)> = sqlx::query_as(
+            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'x')",
+        )
+        .bind(format!("\"{live}\".\"{table}\""))
+        .fetch_all(&mut *conn)
+        .await?;
+        for (name, definition) in &constraints {
+            conn.execute(format!("ALTER TABLE \"{shadow}\".\"{table}\" ADD CONSTRAINT \"{name}\" {definition}").as_str()).await?;
+        }
+        let indexes: Vec<(String, String)> =
+            sqlx::query_as("SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2")
+                .bind(live)
+                .bind(table)
+                .fetch_all(&mut *conn)
+                .await?;
+        for (name, definition) in indexes.iter().filter(|(name, _)| !constraints.iter().any(|(c, _)| c == name)) {
+            let on_shadow = format!(" ON \"{shadow}\".\"{table}\" ");
+            let rewritten = [format!(" ON {live}.{table} "), format!(" ON \"{live}\".\"{table}\" "), format!(" ON {table} ")]
+                .iter()
+                .find(|on| definition.contains(on.as_str()))
+                .map(|on| definition.replacen(on.as_str(), &on_shadow, 1))
+                .ok_or_else(|| RebuildError::Shadow { table: table.to_string(), reason: format!("cannot retarget index {name}: {definition}") })?;
+            conn.execute(rewritten.as_str()).await?;
+        }
+    }
+    Ok(())
+}
+
+type Row = (i64, i64, String, String, i64, String, String, Json<Value>, Json<Value>, DateTime<Utc>);
+
+/// Events after `after` (and at most `until`) as committed now: no gap-safety filter.
+/// Only called when nothing can commit below the result any more (events locked, or
+/// bounded by a checkpoint that was itself read gap-safely).
+async fn read_tail(conn: &mut PgConnection, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    let until = until.unwrap_or(LogPosition { commit_order: i64::MAX, position: i64::MAX });
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT position, transaction_id::text::bigint, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, metadata, recorded_at FROM events \
+         WHERE (transaction_id, position) > ($1::text::xid8, $2) AND (transaction_id, position) <= ($3::text::xid8, $4) \
+         ORDER BY transaction_id, position LIMIT $5",
+    )
+    .bind(after.commit_order.to_string())
+    .bind(after.position)
+    .bind(until.commit_order.to_string())
+    .bind(until.position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(position, commit_order, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at)| {
+            StoredEvent {
+                log_position: LogPosition { commit_order, position },
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                event_type,
+                event_version,
+                payload: payload.0,
+                metadata: metadata.0,
+                recorded_at,
+            }
+        })
+        .collect())
+}
+
+/// Phase 2, in one transaction: hold the log still for this projection, apply the tail,
+/// then swap (or diff and roll back).
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    store: &SqlEventStore,
+    conn: &mut PgConnection,
+    live: &str,
+    shadow: &str,
+    info: &ProjectionInfo,
+    options: &RebuildOptions,
+    progress: &dyn Progress,
+    mut position: LogPosition,
+    mut applied: u64,
+) -> Result<Outcome, RebuildError> {
+    let mut tx = conn.begin().await?;
+    // Waiting for a long-running reader or writer is bounded; the rebuild fails instead.
+    tx.execute("SET LOCAL lock_timeout = '30s'").await?;
+    let until = match info.kind {
+        Kind::Inline => {
+            // Blocks every append (they take ROW EXCLUSIVE) and waits for those in flight;
+            // readers go on. From here the log cannot change under us.
+            tx.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE").await?;
+            None
+        }
+        Kind::Async => {
+            sqlx::query(ENSURE_CHECKPOINT).bind(info.name).execute(&mut *tx).await?;
+            let (commit_order, at): (i64, i64) =
+                sqlx::query_as("SELECT commit_order, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+                    .bind(info.name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            // Verifying compares with the live table as of its checkpoint; rebuilding goes
+            // as far as the log is safely readable and moves the checkpoint there.
+            options.verify.then_some(LogPosition { commit_order, position: at })
+        }
+    };
+    loop {
+        let events = if info.kind == Kind::Async && until.is_none() {
+            store.read_log(position, options.batch_size).await?
+        } else {
+            read_tail(&mut tx, position, until, options.batch_size).await?
+        };
+        let Some(last) = events.last().map(|e| e.log_position) else { break };
+        apply_events(info.projection.as_ref(), &mut Tx::Postgres(&mut tx), &events).await?;
+        position = last;
+        applied += events.len() as u64;
+        progress.advance(events.len() as u64);
+    }
+    if options.verify {
+        let differences = diff(&mut tx, live, shadow, info.tables, options.differences_max).await?;
+        tx.rollback().await?;
+        return Ok((applied, position, differences));
+    }
+    for table in info.tables {
+        tx.execute(format!("DROP TABLE \"{live}\".\"{table}\"").as_str()).await?;
+        tx.execute(format!("ALTER TABLE \"{shadow}\".\"{table}\" SET SCHEMA \"{live}\"").as_str()).await?;
+    }
+    if info.kind == Kind::Async {
+        sqlx::query(SAVE_CHECKPOINT).bind(info.name).bind(position.commit_order).bind(position.position).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok((applied, position, Vec::new()))
+}
+
+/// Ordered full-row comparison of each shadow table with its live table (multiset
+/// difference both ways), with the first differing rows as JSON.
+async fn diff(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str], first_max: usize) -> Result<Vec<TableDiff>, RebuildError> {
+    let mut diffs = Vec::new();
+    for table in tables {
+        let (ours, theirs) = (format!("\"{shadow}\".\"{table}\""), format!("\"{live}\".\"{table}\""));
+        let mut sides = Vec::new();
+        for (from, minus, sign) in [(&ours, &theirs, "+"), (&theirs, &ours, "-")] {
+            let rows = format!("SELECT * FROM {from} EXCEPT ALL SELECT * FROM {minus}");
+            let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM ({rows}) d")).fetch_one(&mut *conn).await?;
+            let first: Vec<String> = sqlx::query_scalar(&format!("SELECT to_jsonb(d)::text FROM ({rows}) d ORDER BY 1 LIMIT $1"))
+                .bind(first_max as i64)
+                .fetch_all(&mut *conn)
+                .await?;
+            sides.push((count, first.into_iter().map(|row| format!("{sign} {row}")).collect::<Vec<_>>()));
+        }
+        let (rebuilt, live_only) = (sides.remove(0), sides.remove(0));
+        if rebuilt.0 + live_only.0 > 0 {
+            let mut first: Vec<String> = rebuilt.1.into_iter().chain(live_only.1).collect();
+            // Ordered by row content (the sign after), so a changed row's two versions sit together.
+            first.sort_by(|a, b| a[2..].cmp(&b[2..]));
+            first.truncate(first_max);
+            diffs.push(TableDiff { table: table.to_string(), only_in_rebuild: rebuilt.0, only_in_live: live_only.0, first });
+        }
+    }
+    Ok(diffs)
+}
