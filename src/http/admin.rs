@@ -311,7 +311,8 @@ async fn adjust(
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SubscriptionExpired {
     pub team: BalanceView,
-    /// Queued jobs cancelled and refunded by this request.
+    /// Queued jobs cancelled and refunded by this request (the dispatcher's upkeep may
+    /// cancel others of the team at the same moment, under the same policy).
     pub cancelled_jobs: usize,
 }
 

@@ -195,18 +195,8 @@ async fn history(
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    Ok(Json(page(items, limit as usize)))
-}
-
-/// Cuts one extra row off to learn whether another page follows.
-fn page(mut items: Vec<LedgerEntry>, limit: usize) -> LedgerPage {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|last| last.entry_no.to_string())
-    } else {
-        None
-    };
-    LedgerPage { items, next_cursor }
+    let (items, next_cursor) = super::jobs::paginate(items, limit, |last| last.entry_no.to_string());
+    Ok(Json(LedgerPage { items, next_cursor }))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

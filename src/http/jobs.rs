@@ -159,6 +159,17 @@ pub fn make_cursor(at: DateTime<Utc>, id: &str) -> String {
     format!("{}|{id}", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
+/// Lists fetch one row more than the page: if it came, it is cut off and the page's last
+/// item names the cursor of the next page.
+pub fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+    if items.len() <= limit as usize {
+        return (items, None);
+    }
+    items.truncate(limit as usize);
+    let next = items.last().map(cursor_of);
+    (items, next)
+}
+
 /// The team's jobs, newest first, filtered by status and kind.
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(JobsQuery),
     responses((status = 200, body = JobPage), (status = 422)), security(("api_key" = [])))]
@@ -177,7 +188,7 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
          AND ($4 IS NULL OR queued_at < $4 OR (queued_at = $4 AND job_id < $5)) \
          ORDER BY queued_at DESC, job_id DESC LIMIT $6"
     );
-    let mut items = db_fetch_all!(
+    let items = db_fetch_all!(
         &state.db,
         JobView,
         &sql,
@@ -189,12 +200,7 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|last| make_cursor(last.queued_at, &last.job_id))
-    } else {
-        None
-    };
+    let (items, next_cursor) = paginate(items, limit, |last| make_cursor(last.queued_at, &last.job_id));
     Ok(Json(JobPage { items, next_cursor }))
 }
 

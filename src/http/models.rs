@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::auth::TeamKey;
 use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
 use super::generate::{accept_job, derive_ids, JobAccepted};
-use super::jobs::{make_cursor, page_limit, parse_cursor};
+use super::jobs::{make_cursor, page_limit, paginate, parse_cursor};
 use super::problem::Problem;
 use crate::app::AppState;
 
@@ -94,7 +94,7 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
          AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND model_id < $5)) \
          ORDER BY created_at DESC, model_id DESC LIMIT $6"
     );
-    let mut items = db_fetch_all!(
+    let items = db_fetch_all!(
         &state.db,
         ModelView,
         &sql,
@@ -106,12 +106,7 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|m| make_cursor(m.created_at, &m.model_id))
-    } else {
-        None
-    };
+    let (items, next_cursor) = paginate(items, limit, |m| make_cursor(m.created_at, &m.model_id));
     Ok(Json(ModelPage { items, next_cursor }))
 }
 
@@ -332,9 +327,7 @@ async fn images(
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    let more = rows.len() > limit as usize;
-    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next_cursor = if more { rows.last().map(|r| make_cursor(r.3, &r.0)) } else { None };
+    let (rows, next_cursor) = paginate(rows, limit, |r| make_cursor(r.3, &r.0));
     let mut items = Vec::with_capacity(rows.len());
     for (image_key, job_id, position, created_at) in rows {
         items.push(ImageView { job_id, position, url: super::generate::sign(&state, &image_key)?, created_at });

@@ -198,6 +198,40 @@ async fn postgres_verify_names_an_edited_a_deleted_and_a_reordered_event() {
     assert_eq!(view["ok"], true, "{view}");
 }
 
+/// A writer that bypasses the aggregate (correctly chained, wrong money): the ledger
+/// rules name its events.
+#[tokio::test]
+async fn verify_names_broken_ledger_rules_in_well_chained_events() {
+    use application::event_store::{EventStore, NewEvent, StreamAppend};
+    let app = TestApp::spawn(TestDb::sqlite().await).await;
+    let team = team_with_history(&app, "Rules").await;
+    let now = app.clock.now();
+    let event = |e: domain::TeamCreditsEvent| NewEvent {
+        event_type: e.name().to_string(),
+        event_version: "1".into(),
+        payload: serde_json::to_value(&e).expect("json"),
+        metadata: json!({}),
+    };
+    let stranger = JobId::new(uuid::Uuid::now_v7());
+    let events = vec![
+        event(domain::TeamCreditsEvent::CreditsDeducted { reservation_id: stranger, amount: Credits::parse(5).expect("5"), occurred_at: now }),
+        event(domain::TeamCreditsEvent::CreditsExpired {
+            grant_id: domain::GrantId::new(uuid::Uuid::now_v7()),
+            amount: Credits::parse(1_000).expect("1000"),
+            occurred_at: now,
+        }),
+    ];
+    let append = StreamAppend { aggregate_type: "TeamCredits".into(), aggregate_id: team.to_string(), expected_sequence: 7, events, snapshot: None };
+    // The inline projection refuses a negative balance, so the bad events go in without it.
+    let bare = infrastructure::event_store::SqlEventStore::new(app.state.db.clone());
+    bare.append(vec![append]).await.expect("append");
+    let report = audit::verify(&app.state.db, Some(&team.to_string())).await.expect("verify");
+    assert_named(&report, team, 8, "ended-before-begun");
+    assert_named(&report, team, 9, "unknown-block");
+    assert_named(&report, team, 9, "negative-available");
+    assert!(report.violations.iter().all(|v| !v.kind.starts_with("hash") && v.kind != "chain-broken"), "{:#?}", report.violations);
+}
+
 #[tokio::test]
 async fn sqlite_verify_detects_an_edited_event() {
     let app = TestApp::spawn(TestDb::sqlite().await).await;

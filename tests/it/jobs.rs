@@ -369,7 +369,10 @@ async fn subscription_expiry_finishes_running_refunds_queued_and_refuses_new() {
     let response = app.admin(Method::POST, &format!("/api/admin/teams/{team}/subscription-expiry")).send().await.expect("expire");
     assert_eq!(response.status(), 200);
     let expired = body(response).await;
-    assert_eq!((expired["cancelled_jobs"].as_i64(), expired["team"]["plan"].as_str()), (Some(2), Some("free")));
+    assert_eq!(expired["team"]["plan"], "free");
+    // The worker's upkeep cancels queued jobs of plan-less teams too, so this request
+    // may find one already cancelled; the statuses below are what counts.
+    assert!((0..=2).contains(&expired["cancelled_jobs"].as_i64().expect("count")));
 
     let mut statuses = Vec::new();
     let mut charged = 0;

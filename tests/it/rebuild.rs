@@ -185,6 +185,10 @@ async fn rebuild_equals_live(app: TestApp, with_jobs: bool) {
     let teams = random_ledger_workload(&app, 0x7265_6275, 200).await;
     if with_jobs {
         job_workload(&app).await;
+        // Real jobs through the engine: every deduction matches a completed job.
+        let audit = projections::audit::verify(&app.state.db, None).await.expect("audit verify");
+        assert!(audit.ok(), "{:#?}", audit.violations);
+        assert!(audit.jobs >= 2, "the job-ledger checks ran: {audit:?}");
     }
     app.state.projector.catch_up_to_head(Duration::from_secs(30)).await.expect("projector");
     assert_all_match(&verify_all(&app).await);

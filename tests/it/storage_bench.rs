@@ -100,7 +100,7 @@ async fn retention_sweep_benchmark() {
     }
     println!("seeded {} images of {jobs} jobs in {:?}", jobs * IMAGES_PER_JOB, seeding.elapsed());
 
-    let span_days = (jobs as i64).div_ceil(86_400);
+    let span_days = (jobs as i64 + 86_399) / 86_400;
     app.clock.advance(chrono::Duration::days(91 + span_days));
     let started = Instant::now();
     let report = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep");

@@ -101,7 +101,8 @@ impl Snapshot {
 
     /// Calls `visit` with every stream of `aggregate_type`, whole and in sequence order,
     /// reading `page_size` events at a time in key order (bounded memory: one page plus
-    /// one stream).
+    /// one stream). The row-value comparison lets both databases walk the stream key's
+    /// index instead of sorting the rest of the log for every page.
     pub(super) async fn each_stream(
         &mut self,
         aggregate_type: &str,
@@ -109,7 +110,7 @@ impl Snapshot {
         mut visit: impl FnMut(&[StoredEvent]),
     ) -> Result<(), sqlx::Error> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND (aggregate_id > $2 OR (aggregate_id = $2 AND sequence > $3)) \
+            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND (aggregate_id, sequence) > ($2, $3) \
              ORDER BY aggregate_id, sequence LIMIT $4"
         );
         let (mut after_id, mut after_sequence) = (String::new(), 0i64);

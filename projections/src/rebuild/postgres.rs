@@ -25,16 +25,31 @@ pub(super) async fn run(
     let outcome = async {
         create_shadow(&mut conn, &live, &shadow, info.tables).await?;
         conn.execute(format!("SET search_path TO \"{shadow}\", \"{live}\"").as_str()).await?;
-        let (mut position, mut applied) = (LogPosition::START, 0u64);
-        loop {
-            let events = next_batch(store, info, options, position).await?;
-            let Some(last) = events.last().map(|e| e.log_position) else { break };
+        let (mut position, mut applied, mut batches) = (LogPosition::START, 0u64, 0u64);
+        let mut events = next_batch(store, info, options, position).await?;
+        // The next batch is read while this one is applied: reading and writing overlap.
+        while let Some(last) = events.last().map(|e| e.log_position) {
             let mut tx = conn.begin().await?;
-            apply_events(info.projection.as_ref(), &mut Tx::Postgres(&mut tx), &events).await?;
+            let mut handle = Tx::Postgres(&mut tx);
+            let (done, next) = tokio::join!(
+                apply_events(info.projection.as_ref(), &mut handle, &events),
+                next_batch(store, info, options, last)
+            );
+            done?;
             tx.commit().await?;
             position = last;
             applied += events.len() as u64;
             progress.advance(events.len() as u64);
+            events = next?;
+            batches += 1;
+            // Fresh tables have no statistics: without them the planner joins each
+            // `UPDATE … FROM (VALUES …)` by scanning the whole table, and the pass turns
+            // quadratic. Analyzing as the tables double in size keeps the index plans.
+            if batches.is_power_of_two() {
+                for table in info.tables {
+                    conn.execute(format!("ANALYZE \"{shadow}\".\"{table}\"").as_str()).await?;
+                }
+            }
         }
         finish(store, &mut conn, &live, &shadow, info, options, progress, position, applied).await
     }

@@ -24,16 +24,21 @@ pub(super) async fn run(
     let outcome = async {
         create_shadow(&mut conn, info.tables).await?;
         let (mut position, mut applied) = (LogPosition::START, 0u64);
-        loop {
-            let events = next_batch(store, info, options, position).await?;
-            let Some(last) = events.last().map(|e| e.log_position) else { break };
-            // Writes only TEMP tables: takes no lock on the live database.
+        let mut events = next_batch(store, info, options, position).await?;
+        // The next batch is read while this one is applied: reading and writing overlap.
+        while let Some(last) = events.last().map(|e| e.log_position) {
             let mut tx = conn.begin().await?;
-            apply_events(info.projection.as_ref(), &mut Tx::Sqlite(&mut tx), &events).await?;
+            let mut handle = Tx::Sqlite(&mut tx);
+            let (done, next) = tokio::join!(
+                apply_events(info.projection.as_ref(), &mut handle, &events),
+                next_batch(store, info, options, last)
+            );
+            done?;
             tx.commit().await?;
             position = last;
             applied += events.len() as u64;
             progress.advance(events.len() as u64);
+            events = next?;
         }
         finish(&mut conn, info, options, progress, position, applied).await
     }
