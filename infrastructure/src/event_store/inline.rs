@@ -23,6 +23,22 @@ pub trait InlineProjection: Send + Sync {
     async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError>;
 }
 
+/// Runs every inline projection, in order, over one append's events inside its
+/// transaction; the first refusal fails (and so rolls back) the append.
+pub(crate) async fn run_inline(
+    inline: &[std::sync::Arc<dyn InlineProjection>],
+    tx: &mut Tx<'_>,
+    events: &[StoredEvent],
+) -> Result<(), application::event_store::EventStoreError> {
+    for projection in inline {
+        projection.apply(tx, events).await.map_err(|error| application::event_store::EventStoreError::Projection {
+            projection: projection.name().to_string(),
+            reason: error.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs one statement with the same SQL text on whichever database `tx` is on, and
 /// returns the number of rows affected. Placeholders are `$1, $2, …` (both databases
 /// accept them); every argument must be encodable for both.

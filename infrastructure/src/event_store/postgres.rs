@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
 use super::chain;
-use super::inline::{InlineProjection, Tx};
+use super::inline::{run_inline, InlineProjection, Tx};
 use super::{conflict, is_sequence_taken, unavailable};
 
 #[derive(sqlx::FromRow)]
@@ -73,13 +73,7 @@ pub(super) async fn append(
             upsert_snapshot(&mut tx, append, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
         }
     }
-    for projection in inline {
-        let mut handle = Tx::Postgres(&mut tx);
-        projection.apply(&mut handle, &stored).await.map_err(|error| EventStoreError::Projection {
-            projection: projection.name().to_string(),
-            reason: error.to_string(),
-        })?;
-    }
+    run_inline(inline, &mut Tx::Postgres(&mut tx), &stored).await?;
     tx.commit().await.map_err(unavailable)?;
     Ok(stored)
 }
