@@ -8,6 +8,7 @@
 
 mod baseline;
 mod credits;
+mod jobs;
 mod kiln;
 mod load;
 mod report;
@@ -28,6 +29,8 @@ struct Cli {
 enum Command {
     /// Reserve+deduct: baseline and Kiln, spread over many teams and on one hot team.
     Credits(CreditsArgs),
+    /// Full job lifecycle with `kiln worker` processes; plan limits checked afterwards.
+    Jobs(jobs::JobsArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -89,5 +92,6 @@ async fn main() -> anyhow::Result<()> {
             args.validate()?;
             credits::run(args).await
         }
+        Command::Jobs(args) => jobs::run(args).await,
     }
 }

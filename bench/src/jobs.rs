@@ -1,0 +1,284 @@
+//! `kiln-bench jobs`: the job engine's full lifecycle — submit (reserve) → dispatch →
+//! local provider (no added delay) → store → complete (deduct) — for many teams on mixed
+//! plans, with `kiln worker` **processes** doing the work. Afterwards the plan limits are
+//! checked from the event log and every job must have ended exactly once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use application::clock::SystemClock;
+use application::event_store::{EventStore, LogPosition};
+use application::jobs::NewJob;
+use domain::jobs::JobInput;
+use domain::models::ModelCommand;
+use domain::{Credits, GrantId, GrantSource, IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, TeamCreditsCommand, TeamId};
+use futures::StreamExt;
+use infrastructure::config::Settings;
+use infrastructure::db::Database;
+use kiln::app::AppState;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::scratch::ScratchDb;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct JobsArgs {
+    #[arg(long, default_value_t = 1_000)]
+    pub teams: usize,
+    /// Generation jobs submitted per team in the measured phase.
+    #[arg(long, default_value_t = 3)]
+    pub jobs_per_team: usize,
+    /// `kiln worker` processes.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Jobs each worker process runs at once.
+    #[arg(long, default_value_t = 32)]
+    pub worker_concurrency: usize,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 64)]
+    pub submitters: usize,
+    /// The `kiln` binary to run workers with (default: next to this one).
+    #[arg(long)]
+    pub kiln_binary: Option<PathBuf>,
+    #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
+    /// Give up waiting for the jobs after this long.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+const PLANS: [Plan; 3] = [Plan::Basic, Plan::Pro, Plan::Enterprise];
+
+pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=100_000).contains(&args.teams) && (1..=100).contains(&args.jobs_per_team), "teams 1..=100000, jobs-per-team 1..=100");
+    anyhow::ensure!((1..=16).contains(&args.workers), "workers 1..=16");
+    let scratch = ScratchDb::create(&args.database_url).await?;
+    eprintln!("scratch database {}", scratch.name);
+    let storage = std::env::temp_dir().join(&scratch.name);
+    let outcome = measure(&args, &scratch.url, &storage).await;
+    let _ = std::fs::remove_dir_all(&storage);
+    scratch.drop_database().await?;
+    outcome
+}
+
+async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<()> {
+    let mut settings = Settings::default();
+    settings.database.url = url.to_string();
+    settings.storage.local_root = storage.display().to_string();
+    let db = Database::connect_and_migrate(url, 32).await?;
+    infrastructure::pricing::seed_default(&db).await?;
+    let state = AppState::new(db.clone(), &settings, Arc::new(SystemClock))?;
+    infrastructure::catalog::seed(&db, state.objects.as_ref(), state.jobs.now()).await?;
+    let reference = infrastructure::db_fetch_optional!(&db, (String, i64), "SELECT id, complexity_factor_milli FROM reference_models ORDER BY id LIMIT 1")?
+        .context("empty catalog")?;
+
+    eprintln!("setup: {} teams, one ready model each", args.teams);
+    let teams = open_teams(&state, args.teams).await?;
+    let mut workers = start_workers(args, url, storage)?;
+    let models = create_models(&state, &teams, &reference, args.submitters).await?;
+    wait_for(&db, "model_creation", teams.len() as i64, Duration::from_secs(args.timeout_secs)).await?;
+
+    let total = teams.len() * args.jobs_per_team;
+    eprintln!("measuring: {total} generation jobs (512x512, 1 image) through {} worker processes", args.workers);
+    let pricing = PricingConfig::default_v1();
+    let started = Instant::now();
+    let submissions = futures::stream::iter(teams.iter().zip(&models).flat_map(|(t, m)| std::iter::repeat_n((*t, *m), args.jobs_per_team)))
+        .map(|((team, _plan), model)| submit_generation(&state, &pricing, team, model))
+        .buffer_unordered(args.submitters)
+        .collect::<Vec<_>>()
+        .await;
+    let submitted = started.elapsed();
+    let failures = submissions.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(failures == 0, "{failures} submissions failed: {:?}", submissions.iter().find(|r| r.is_err()));
+    wait_for(&db, "image_generation", total as i64, Duration::from_secs(args.timeout_secs)).await?;
+    let elapsed = started.elapsed();
+    for worker in &mut workers {
+        let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+        let _ = worker.wait();
+    }
+
+    let check = check_log(&state, &teams).await?;
+    println!(
+        "{} teams (basic/pro/enterprise), {} worker processes × {} slots, {} jobs: submitted in {:.2} s, all completed in {:.2} s → {:.0} jobs/s full lifecycle",
+        teams.len(),
+        args.workers,
+        args.worker_concurrency,
+        total,
+        submitted.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!("{check}");
+    Ok(())
+}
+
+async fn open_teams(state: &AppState, count: usize) -> anyhow::Result<Vec<(TeamId, Plan)>> {
+    let now = state.jobs.now();
+    let teams: Vec<(TeamId, Plan)> = (0..count).map(|n| (TeamId::new(Uuid::now_v7()), PLANS[n % PLANS.len()])).collect();
+    let results = futures::stream::iter(teams.iter().copied())
+        .map(|(team, plan)| async move {
+            let open = TeamCreditsCommand::OpenTeam { team_id: team, name: format!("bench {team}"), plan, now };
+            state.credits.execute(team, open, &json!({})).await?;
+            let grant = TeamCreditsCommand::GrantCredits {
+                grant_id: GrantId::new(Uuid::now_v7()),
+                amount: Credits::parse(10_000_000)?,
+                source: GrantSource::Admin,
+                expires_at: None,
+                key: IdempotencyKey::parse(format!("bench-{team}"))?,
+                now,
+            };
+            state.credits.execute(team, grant, &json!({})).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(teams)
+}
+
+async fn create_models(state: &AppState, teams: &[(TeamId, Plan)], reference: &(String, i64), parallel: usize) -> anyhow::Result<Vec<ModelId>> {
+    let pricing = PricingConfig::default_v1();
+    let quote = pricing.quote(&PriceRequest::ModelCreation { complexity_factor_milli: reference.1 })?;
+    let models: Vec<ModelId> = teams.iter().map(|_| ModelId::new(Uuid::now_v7())).collect();
+    let results = futures::stream::iter(teams.iter().zip(&models))
+        .map(|((team, _), model)| {
+            let (team, model) = (*team, *model);
+            async move {
+                let job_id = JobId::new(Uuid::now_v7());
+                let command = ModelCommand::RequestCreation {
+                    model_id: model,
+                    team_id: team,
+                    name: "bench".into(),
+                    description: "a benchmark model".into(),
+                    reference_model_id: reference.0.clone(),
+                    complexity_milli: reference.1,
+                    job_id,
+                    now: state.jobs.now(),
+                };
+                let model_change = state.jobs.decide_model(model, command, "bench").await?;
+                let input = JobInput::ModelCreation { model_id: model, description: "a benchmark model".into(), reference_model_id: reference.0.clone() };
+                let job = NewJob { team, job_id, input, cost: quote.amount, price_version: quote.price_version, model_change: Some(model_change) };
+                state.jobs.submit(job, "bench").await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(models)
+}
+
+async fn submit_generation(state: &AppState, pricing: &PricingConfig, team: TeamId, model: ModelId) -> anyhow::Result<()> {
+    let loaded = state.jobs.model(model).await?.aggregate;
+    let version = loaded.usable()?.version;
+    let price = PriceRequest::ImageGeneration { resolution: "512x512".into(), quality: "standard".into(), model_complexity_milli: loaded.complexity_milli, count: 1 };
+    let quote = pricing.quote(&price)?;
+    let input = JobInput::ImageGeneration { model_id: model, model_version: version, prompt: "bench".into(), resolution: "512x512".into(), quality: "standard".into(), count: 1 };
+    let job = NewJob { team, job_id: JobId::new(Uuid::now_v7()), input, cost: quote.amount, price_version: quote.price_version, model_change: None };
+    state.jobs.submit(job, "bench").await?;
+    Ok(())
+}
+
+fn start_workers(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<Child>> {
+    let binary = match &args.kiln_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("kiln"),
+    };
+    (0..args.workers)
+        .map(|_| {
+            Command::new(&binary)
+                .arg("worker")
+                .env("KILN_DATABASE__URL", url)
+                .env("KILN_DATABASE__CONNECTIONS_MAX", "32")
+                .env("KILN_STORAGE__LOCAL_ROOT", storage)
+                .env("KILN_JOBS__WORKER_CONCURRENCY", args.worker_concurrency.to_string())
+                .env("KILN_JOBS__POLL_INTERVAL_MS", "5")
+                .env("KILN_LOG__FILTER", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("cannot start {}", binary.display()))
+        })
+        .collect()
+}
+
+/// Waits (bounded) until `expected` jobs of `kind` have ended.
+async fn wait_for(db: &Database, kind: &str, expected: i64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ended,): (i64,) = infrastructure::db_fetch_optional!(
+            db,
+            (i64,),
+            "SELECT COUNT(*) FROM jobs WHERE kind = $1 AND status IN ('completed', 'failed', 'cancelled')",
+            kind
+        )?
+        .unwrap_or((0,));
+        if ended >= expected {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {ended} of {expected} {kind} jobs ended in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// From the event log: most jobs active at once per team (against its plan), and every
+/// job dispatched, completed and charged exactly once.
+async fn check_log(state: &AppState, teams: &[(TeamId, Plan)]) -> anyhow::Result<String> {
+    let plans: HashMap<String, Plan> = teams.iter().map(|(t, p)| (t.to_string(), *p)).collect();
+    let (mut team_of, mut active, mut peak) = (HashMap::new(), HashMap::<String, i64>::new(), HashMap::<String, i64>::new());
+    let (mut completed, mut deducted, mut dispatched) = (0u64, 0u64, HashMap::<String, u32>::new());
+    let mut after = LogPosition::START;
+    loop {
+        let page = state.store.read_log(after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.log_position;
+        for event in page {
+            match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+                ("GenerationJob", "JobQueued") => {
+                    team_of.insert(event.aggregate_id.clone(), event.payload["team_id"].as_str().unwrap_or_default().to_string());
+                }
+                ("GenerationJob", "JobDispatched") => {
+                    *dispatched.entry(event.aggregate_id.clone()).or_default() += 1;
+                    let team = team_of[&event.aggregate_id].clone();
+                    let now = active.entry(team.clone()).or_default();
+                    *now += 1;
+                    let top = peak.entry(team).or_default();
+                    *top = (*top).max(*now);
+                }
+                ("GenerationJob", "JobCompleted" | "JobFailed" | "JobCancelled" | "JobRetryScheduled") => {
+                    if event.event_type == "JobCompleted" {
+                        completed += 1;
+                    }
+                    *active.entry(team_of[&event.aggregate_id].clone()).or_default() -= 1;
+                }
+                ("TeamCredits", "CreditsDeducted") => deducted += 1,
+                _ => {}
+            }
+        }
+    }
+    let violations: Vec<String> = peak
+        .iter()
+        .filter(|(team, top)| **top > i64::from(plans[*team].concurrency_limit()))
+        .map(|(team, top)| format!("{team}: {top} at once"))
+        .collect();
+    anyhow::ensure!(violations.is_empty(), "plan limits broken: {violations:?}");
+    let twice = dispatched.values().filter(|n| **n > 1).count();
+    let mut top_by_plan: HashMap<Plan, i64> = HashMap::new();
+    for (team, top) in &peak {
+        let entry = top_by_plan.entry(plans[team]).or_default();
+        *entry = (*entry).max(*top);
+    }
+    anyhow::ensure!(completed == deducted, "{completed} completions but {deducted} deductions");
+    Ok(format!(
+        "check: plan limits held (most at once: basic {}, pro {}, enterprise {}); {completed} jobs completed, {deducted} deducted; {twice} jobs dispatched more than once (retries)",
+        top_by_plan.get(&Plan::Basic).unwrap_or(&0),
+        top_by_plan.get(&Plan::Pro).unwrap_or(&0),
+        top_by_plan.get(&Plan::Enterprise).unwrap_or(&0)
+    ))
+}
