@@ -51,7 +51,20 @@ pub(super) async fn run(
                 }
             }
         }
-        finish(store, &mut conn, &live, &shadow, info, options, progress, position, applied).await
+        // The swap takes exclusive locks on the live tables one by one while readers may
+        // hold one and want the next: PostgreSQL then aborts one side as a deadlock (or
+        // the lock wait times out). The swap's transaction rolls back whole, so it is
+        // simply tried again, a bounded number of times.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match finish(store, &mut conn, &live, &shadow, info, options, progress, position, applied).await {
+                Err(error) if attempt < SWAP_ATTEMPTS_MAX && is_lock_conflict(&error) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                result => break result,
+            }
+        }
     }
     .await;
     // The scratch schema is empty after a swap; after a verify or a failure it holds the
@@ -59,6 +72,15 @@ pub(super) async fn run(
     let _ = conn.execute(format!("DROP SCHEMA IF EXISTS \"{shadow}\" CASCADE").as_str()).await;
     let _ = conn.close().await;
     outcome
+}
+
+/// Swap attempts before a rebuild gives up on lock conflicts.
+const SWAP_ATTEMPTS_MAX: u32 = 5;
+
+/// A deadlock (40P01) or lock timeout (55P03) that aborted the swap's transaction.
+fn is_lock_conflict(error: &RebuildError) -> bool {
+    let RebuildError::Database(sqlx::Error::Database(db)) = error else { return false };
+    matches!(db.code().as_deref(), Some("40P01") | Some("55P03"))
 }
 
 /// The shadow of each table: same columns, defaults and CHECKs (`LIKE`), then the live
