@@ -23,6 +23,8 @@ pub struct Loaded<A> {
     pub id: String,
     pub aggregate: A,
     pub sequence: i64,
+    /// The sequence of the stream's latest snapshot (0: none).
+    pub snapshot_sequence: i64,
 }
 
 /// The outcome of a command run against a loaded aggregate: the new events (already
@@ -67,11 +69,12 @@ impl AggregateStore {
         let (mut aggregate, mut sequence) = snapshot
             .and_then(|s| serde_json::from_value::<A>(s.state).ok().map(|a| (a, s.sequence)))
             .unwrap_or_else(|| (A::default(), 0));
+        let snapshot_sequence = sequence;
         for stored in self.store.load_stream(A::TYPE, id, sequence).await? {
             aggregate.apply(decode_event::<A>(&stored)?);
             sequence = stored.sequence;
         }
-        Ok(Loaded { id: id.to_string(), aggregate, sequence })
+        Ok(Loaded { id: id.to_string(), aggregate, sequence, snapshot_sequence })
     }
 
     /// Runs `command` against `loaded`. Nothing is written.
@@ -99,8 +102,11 @@ impl AggregateStore {
         let sink = EventSink::<A>::default();
         loaded.aggregate.handle(command, services, &sink).await.map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
-        let append = self.to_append(&loaded.id, loaded.sequence, &events, &loaded.aggregate, metadata)?;
+        let append = self.to_append(loaded, &events, metadata)?;
         loaded.sequence += events.len() as i64;
+        if let Some(snapshot) = &append.snapshot {
+            loaded.snapshot_sequence = snapshot.sequence;
+        }
         Ok((events, append))
     }
 
@@ -143,14 +149,15 @@ impl AggregateStore {
         self.store.append(appends).await
     }
 
+    /// The append recording `events` on `loaded` (whose aggregate already has them
+    /// applied), with a snapshot when the policy asks for one.
     fn to_append<A: Aggregate>(
         &self,
-        id: &str,
-        sequence: i64,
+        loaded: &Loaded<A>,
         events: &[A::Event],
-        after: &A,
         metadata: &Value,
     ) -> Result<StreamAppend, EventStoreError> {
+        let (id, sequence, after) = (loaded.id.as_str(), loaded.sequence, &loaded.aggregate);
         let serialize = |what: &str, error: serde_json::Error| {
             EventStoreError::InvalidAppend(format!("cannot serialize {what} of {} {id}: {error}", A::TYPE))
         };
@@ -166,8 +173,7 @@ impl AggregateStore {
             })
             .collect::<Result<Vec<_>, EventStoreError>>()?;
         let last = sequence + events.len() as i64;
-        let crosses = last / self.snapshot_every > sequence / self.snapshot_every;
-        let snapshot = if crosses && !events.is_empty() {
+        let snapshot = if self.wants_snapshot(sequence, last, loaded.snapshot_sequence) && !events.is_empty() {
             let state = serde_json::to_value(after).map_err(|e| serialize("snapshot", e))?;
             Some(Snapshot { sequence: last, state })
         } else {
@@ -180,6 +186,18 @@ impl AggregateStore {
             events: new_events,
             snapshot,
         })
+    }
+}
+
+impl AggregateStore {
+    /// Snapshot when the stream crosses a multiple of `snapshot_every`, and only once it
+    /// has grown by a quarter since the last snapshot. A snapshot costs the size of the
+    /// whole state, which grows with the stream (a team keeps every reservation); spacing
+    /// snapshots in proportion keeps their cost per event constant, and a load replays at
+    /// most a quarter of the stream.
+    fn wants_snapshot(&self, sequence: i64, last: i64, snapshot_sequence: i64) -> bool {
+        let crosses = last / self.snapshot_every > sequence / self.snapshot_every;
+        crosses && last - snapshot_sequence >= self.snapshot_every.max(last / 4)
     }
 }
 
@@ -212,4 +230,47 @@ async fn conflict_backoff(attempt: u32) {
         .map(|d| d.subsec_nanos() as u64 % base.as_nanos().max(1) as u64)
         .unwrap_or(0);
     tokio::time::sleep(base + Duration::from_nanos(jitter_ns)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoStore;
+
+    #[async_trait::async_trait]
+    impl EventStore for NoStore {
+        async fn append(&self, _: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError> {
+            Ok(Vec::new())
+        }
+        async fn load_stream(&self, _: &str, _: &str, _: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
+            Ok(Vec::new())
+        }
+        async fn load_snapshot(&self, _: &str, _: &str) -> Result<Option<Snapshot>, EventStoreError> {
+            Ok(None)
+        }
+        async fn read_log(&self, _: crate::event_store::LogPosition, _: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
+            Ok(Vec::new())
+        }
+        async fn head(&self) -> Result<Option<crate::event_store::LogPosition>, EventStoreError> {
+            Ok(None)
+        }
+    }
+
+    #[track_caller]
+    fn check(every: i64, sequence: i64, last: i64, snapshot_sequence: i64, expected: bool) {
+        let store = AggregateStore::new(Arc::new(NoStore), every);
+        assert_eq!(store.wants_snapshot(sequence, last, snapshot_sequence), expected, "{sequence}->{last} after {snapshot_sequence}");
+    }
+
+    #[test]
+    fn snapshots_every_multiple_while_small_then_every_quarter() {
+        check(100, 99, 100, 0, true); // the first multiple
+        check(100, 100, 101, 100, false); // no multiple crossed
+        check(100, 199, 200, 100, true); // 100 since the last >= max(100, 50)
+        check(100, 799, 800, 700, false); // 100 < max(100, 200)
+        check(100, 999, 1_000, 700, true); // 300 >= 250
+        check(100, 3_999, 4_000, 3_300, false); // 700 < 1,000
+        check(100, 4_399, 4_400, 3_300, true); // 1,100 >= 1,100
+    }
 }
