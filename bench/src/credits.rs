@@ -33,11 +33,14 @@ pub async fn run(args: CreditsArgs) -> anyhow::Result<()> {
         outcome = run_in(&args, &scratch.url) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
+    let name = scratch.name.clone();
     let dropped = scratch.drop_database().await;
-    let report = outcome?;
-    dropped?;
-    report.print(args.json)?;
-    Ok(())
+    if let Err(error) = &dropped {
+        // Said here because a failed run's own error would hide this one.
+        eprintln!("could not drop scratch database {name} (drop it by hand): {error:#}");
+    }
+    outcome?.print(args.json)?;
+    dropped
 }
 
 async fn run_in(args: &CreditsArgs, url: &str) -> anyhow::Result<Report> {

@@ -2,10 +2,14 @@
 //! dropped at the end, so a run never touches existing data and leaves nothing behind.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
+
+const DROP_CONNECT_ATTEMPTS_MAX: u32 = 10;
+const DROP_CONNECT_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 pub struct ScratchDb {
     admin_url: String,
@@ -32,13 +36,31 @@ impl ScratchDb {
 
     /// Drops the database, ending any connection still open to it.
     pub async fn drop_database(self) -> anyhow::Result<()> {
-        let mut admin = PgConnection::connect(&self.admin_url).await.context("cannot connect with the admin URL")?;
+        let mut admin = connect_with_retries(&self.admin_url).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
             .execute(&mut admin)
             .await
             .with_context(|| format!("cannot drop database {}", self.name))?;
         admin.close().await.ok();
         Ok(())
+    }
+}
+
+/// Connects for the drop, retrying a few times: a run that failed because the server ran
+/// out of connections (other clients share it) must still clean up after itself.
+async fn connect_with_retries(url: &str) -> anyhow::Result<PgConnection> {
+    let mut attempt = 1;
+    loop {
+        match PgConnection::connect(url).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) if attempt >= DROP_CONNECT_ATTEMPTS_MAX => {
+                return Err(error).context("cannot connect with the admin URL");
+            }
+            Err(_) => {
+                tokio::time::sleep(DROP_CONNECT_RETRY_DELAY).await;
+                attempt += 1;
+            }
+        }
     }
 }
 
