@@ -3,11 +3,14 @@
 //! Subcommands:
 //! - `credits`: reserve+deduct throughput and latency through the real `CreditsService`,
 //!   against the row-lock "seed" baseline (see [`credits`]).
+//! - `jobs`: the job engine's full lifecycle with `kiln worker` processes (see [`jobs`]).
+//! - `dispatch`: bare dispatch of no-op jobs, Kiln against graphile-worker (see [`dispatch`]).
 //!
 //! Every run works in a scratch database it creates and drops, and stops by itself.
 
 mod baseline;
 mod credits;
+mod dispatch;
 mod jobs;
 mod kiln;
 mod load;
@@ -31,6 +34,8 @@ enum Command {
     Credits(CreditsArgs),
     /// Full job lifecycle with `kiln worker` processes; plan limits checked afterwards.
     Jobs(jobs::JobsArgs),
+    /// Bare dispatch of no-op jobs: graphile-worker (npm) and Kiln, enqueue and drain timed apart.
+    Dispatch(dispatch::DispatchArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -93,5 +98,6 @@ async fn main() -> anyhow::Result<()> {
             credits::run(args).await
         }
         Command::Jobs(args) => jobs::run(args).await,
+        Command::Dispatch(args) => dispatch::run(args).await,
     }
 }

@@ -1,0 +1,437 @@
+//! `kiln-bench dispatch`: bare dispatch throughput of no-op jobs, Kiln against
+//! graphile-worker (npm) on the same PostgreSQL, in one run and one scratch database.
+//!
+//! - **graphile-worker**: `bench/graphile/dispatch.mjs` (Node.js, the version pinned in
+//!   `bench/graphile/package-lock.json`, installed by `bench/graphile/setup`) adds N jobs
+//!   (`addJobs` in batches of 1,000, and/or one `addJob` per job from concurrent
+//!   submitters), then drains them with runners whose task does nothing.
+//! - **Kiln**: the same N jobs through the real engine: `JobsService::submit` (the job
+//!   and its credit reservation in one append), then in-process `Worker`s (the same code
+//!   `kiln worker` runs: fair dispatch query → claim append with the plan-limit check →
+//!   provider → `complete`, which deducts the credits in the same append). Only the
+//!   provider is the benchmark's: [`NoopProvider`] answers at once with no output.
+//!   Credits stay in, because a Kiln job *is* a reservation that ends exactly once.
+//!
+//! Enqueue and drain are timed apart: everything is queued before any worker starts.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use application::clock::SystemClock;
+use application::jobs::worker::{Worker, WorkerConfig};
+use application::jobs::NewJob;
+use application::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission};
+use async_trait::async_trait;
+use domain::jobs::JobInput;
+use domain::models::ModelCommand;
+use domain::{Credits, GrantId, GrantSource, IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, TeamCreditsCommand, TeamId};
+use futures::StreamExt;
+use infrastructure::config::Settings;
+use infrastructure::db::Database;
+use kiln::app::AppState;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::scratch::ScratchDb;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DispatchArgs {
+    /// No-op jobs per system (and per graphile-worker enqueue mode).
+    #[arg(long, default_value_t = 10_000)]
+    pub jobs: usize,
+    /// Workers per system: graphile-worker runners in one Node.js process; Kiln `Worker`s
+    /// in this process (each with its own dispatch loop, as `kiln worker` has one).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Jobs each worker runs at once (graphile-worker `concurrency`, Kiln worker slots).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Concurrent submitters for one-job-at-a-time enqueueing (Kiln; graphile `single`).
+    #[arg(long, default_value_t = 32)]
+    pub submitters: usize,
+    /// Kiln teams the jobs are spread over (Enterprise plan: 10 running jobs each).
+    #[arg(long, default_value_t = 100)]
+    pub teams: usize,
+    /// graphile-worker enqueue modes to measure, in order: `bulk` (addJobs) and/or `single` (addJob).
+    #[arg(long, value_delimiter = ',', default_value = "bulk,single", value_parser = ["bulk", "single"])]
+    pub graphile_enqueue: Vec<String>,
+    /// graphile-worker `preset.worker.localQueue.size` (-1 disables it).
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
+    pub graphile_local_queue: i64,
+    /// graphile-worker `preset.worker.completeJobBatchDelay` in ms (-1 disables batching).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub graphile_complete_batch_delay_ms: i64,
+    /// Kiln worker `poll_interval` in ms (how long an idle dispatch loop sleeps).
+    #[arg(long, default_value_t = 5)]
+    pub kiln_poll_interval_ms: u64,
+    /// Skip one side (e.g. while working on the other).
+    #[arg(long, value_parser = ["graphile", "kiln"])]
+    pub skip: Vec<String>,
+    /// The directory with dispatch.mjs and the installed node_modules.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/graphile"))]
+    pub graphile_dir: PathBuf,
+    #[arg(long, default_value = "node")]
+    pub node: String,
+    #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub database_url: String,
+    /// Give up waiting for a drain after this long.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+impl DispatchArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((1..=1_000_000).contains(&self.jobs), "--jobs must be 1..=1000000");
+        anyhow::ensure!((1..=16).contains(&self.workers), "--workers must be 1..=16");
+        anyhow::ensure!((1..=256).contains(&self.concurrency), "--concurrency must be 1..=256");
+        anyhow::ensure!((1..=256).contains(&self.submitters), "--submitters must be 1..=256");
+        anyhow::ensure!((1..=100_000).contains(&self.teams), "--teams must be 1..=100000");
+        anyhow::ensure!((-1..=100_000).contains(&self.graphile_local_queue), "--graphile-local-queue must be -1..=100000");
+        anyhow::ensure!((-1..=10_000).contains(&self.graphile_complete_batch_delay_ms), "--graphile-complete-batch-delay-ms must be -1..=10000");
+        anyhow::ensure!((1..=1_000).contains(&self.kiln_poll_interval_ms), "--kiln-poll-interval-ms must be 1..=1000");
+        anyhow::ensure!((1..=3_600).contains(&self.timeout_secs), "--timeout-secs must be 1..=3600");
+        Ok(())
+    }
+}
+
+/// One measured system (or graphile-worker enqueue mode).
+struct Measurement {
+    system: String,
+    jobs: usize,
+    enqueue: Duration,
+    drain: Duration,
+    settings: String,
+}
+
+impl Measurement {
+    fn line(&self) -> String {
+        let rate = |d: Duration| self.jobs as f64 / d.as_secs_f64().max(f64::EPSILON);
+        format!(
+            "{:<34} {:>7} jobs  enqueue {:>7.2} s ({:>7.0} jobs/s)  drain {:>7.2} s ({:>7.0} jobs/s)\n    {}",
+            self.system,
+            self.jobs,
+            self.enqueue.as_secs_f64(),
+            rate(self.enqueue),
+            self.drain.as_secs_f64(),
+            rate(self.drain),
+            self.settings
+        )
+    }
+}
+
+pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let script = args.graphile_dir.join("dispatch.mjs");
+    if !args.skip.iter().any(|s| s == "graphile") {
+        anyhow::ensure!(
+            args.graphile_dir.join("node_modules/graphile-worker").is_dir(),
+            "graphile-worker is not installed: run {}/setup first",
+            args.graphile_dir.display()
+        );
+    }
+    let scratch = ScratchDb::create(&args.database_url).await?;
+    eprintln!("scratch database {}", scratch.name);
+    let storage = std::env::temp_dir().join(&scratch.name);
+    let outcome = measure(&args, &script, &scratch.url, &storage).await;
+    let _ = std::fs::remove_dir_all(&storage);
+    scratch.drop_database().await?;
+    for measurement in outcome? {
+        println!("{}", measurement.line());
+    }
+    Ok(())
+}
+
+async fn measure(args: &DispatchArgs, script: &std::path::Path, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<Measurement>> {
+    let mut results = Vec::new();
+    if !args.skip.iter().any(|s| s == "graphile") {
+        for mode in &args.graphile_enqueue {
+            eprintln!("graphile-worker: {} jobs, enqueue {mode}", args.jobs);
+            results.push(graphile(args, script, url, mode)?);
+        }
+    }
+    if !args.skip.iter().any(|s| s == "kiln") {
+        results.push(kiln(args, url, storage).await?);
+    }
+    Ok(results)
+}
+
+/// What dispatch.mjs prints.
+#[derive(Deserialize)]
+struct GraphileRun {
+    graphile_worker_version: String,
+    node_version: String,
+    jobs: usize,
+    executed: usize,
+    enqueue_secs: f64,
+    drain_secs: f64,
+    settings: serde_json::Value,
+}
+
+fn graphile(args: &DispatchArgs, script: &std::path::Path, url: &str, mode: &str) -> anyhow::Result<Measurement> {
+    let output = Command::new(&args.node)
+        .arg(script)
+        .args(["--database-url", url])
+        .args(["--jobs", &args.jobs.to_string()])
+        .args(["--runners", &args.workers.to_string()])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--enqueue", mode])
+        .args(["--submitters", &args.submitters.to_string()])
+        .args(["--local-queue", &args.graphile_local_queue.to_string()])
+        .args(["--complete-batch-delay", &args.graphile_complete_batch_delay_ms.to_string()])
+        .args(["--timeout-secs", &args.timeout_secs.to_string()])
+        .current_dir(&args.graphile_dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {} {}", args.node, script.display()))?;
+    anyhow::ensure!(output.status.success(), "dispatch.mjs failed ({})", output.status);
+    let stdout = String::from_utf8(output.stdout).context("dispatch.mjs printed non-UTF-8")?;
+    let line = stdout.lines().last().context("dispatch.mjs printed nothing")?;
+    let run: GraphileRun = serde_json::from_str(line).with_context(|| format!("unexpected output from dispatch.mjs: {line}"))?;
+    anyhow::ensure!(run.jobs == args.jobs && run.executed == args.jobs, "graphile-worker ran {} of {} jobs", run.executed, args.jobs);
+    Ok(Measurement {
+        system: format!("graphile-worker {} ({mode})", run.graphile_worker_version),
+        jobs: run.jobs,
+        enqueue: Duration::from_secs_f64(run.enqueue_secs),
+        drain: Duration::from_secs_f64(run.drain_secs),
+        settings: format!("node {}, {}", run.node_version, run.settings),
+    })
+}
+
+/// The benchmark's provider: answers every request at once, without rendering. Image
+/// generation produces no files; model creation (set-up only) a tiny `model.json`, so
+/// the models become ready as they would with a real provider.
+struct NoopProvider;
+
+#[async_trait]
+impl Provider for NoopProvider {
+    fn name(&self) -> &'static str {
+        "bench-noop"
+    }
+
+    async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError> {
+        let files = match request.input {
+            JobInput::ImageGeneration { .. } => Vec::new(),
+            JobInput::ModelCreation { .. } | JobInput::ModelRefinement { .. } => {
+                vec![ProducedFile { name: "model.json".into(), content_type: "application/json".into(), bytes: b"{}".to_vec() }]
+            }
+        };
+        Ok(Submission::Finished(ProviderOutcome::Completed(files)))
+    }
+
+    async fn status(&self, _request_id: &str) -> Result<ProviderStatus, ProviderError> {
+        // It never accepts a request for later, so it knows none.
+        Ok(ProviderStatus::Unknown)
+    }
+
+    async fn cancel(&self, _request_id: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+/// Kiln's workers, running until `stop`.
+struct Workers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Workers {
+    fn start(state: &AppState, args: &DispatchArgs, name: &str) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let tasks = (0..args.workers)
+            .map(|n| {
+                let mut config = WorkerConfig::new(format!("bench-{name}-{n}"));
+                config.concurrency = args.concurrency;
+                config.poll_interval = Duration::from_millis(args.kiln_poll_interval_ms);
+                let worker = Worker::new(state.jobs.clone(), state.job_index.clone(), Arc::new(NoopProvider), state.objects.clone(), config);
+                tokio::spawn(worker.run(stopped.clone()))
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Measurement> {
+    let mut settings = Settings::default();
+    settings.database.url = url.to_string();
+    settings.storage.local_root = storage.display().to_string();
+    // As many connections as graphile-worker's runners get (concurrency + 2 each).
+    let connections = (args.workers * (args.concurrency + 2)) as u32;
+    let db = Database::connect_and_migrate(url, connections).await?;
+    // Counting ended jobs must not take a connection from the workers.
+    let counter = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    infrastructure::pricing::seed_default(&db).await?;
+    let state = AppState::new(db.clone(), &settings, Arc::new(SystemClock))?;
+    infrastructure::catalog::seed(&db, state.objects.as_ref(), state.jobs.now()).await?;
+    let reference = infrastructure::db_fetch_optional!(&db, (String, i64), "SELECT id, complexity_factor_milli FROM reference_models ORDER BY id LIMIT 1")?
+        .context("empty catalog")?;
+
+    eprintln!("kiln: set-up, {} enterprise teams with one ready model each", args.teams);
+    let teams = open_teams(&state, args.teams).await?;
+    let models = create_models(&state, &teams, &reference).await?;
+    let setup_workers = Workers::start(&state, args, "setup");
+    wait_ended(&counter, "model_creation", teams.len() as i64, Duration::from_secs(args.timeout_secs)).await?;
+    setup_workers.stop().await;
+    let jobs = generation_jobs(&state, &teams, &models, args.jobs).await?;
+
+    eprintln!("kiln: {} jobs, enqueue", args.jobs);
+    let started = Instant::now();
+    let submitted = futures::stream::iter(jobs)
+        .map(|job| state.jobs.submit(job, "bench"))
+        .buffer_unordered(args.submitters)
+        .collect::<Vec<_>>()
+        .await;
+    let enqueue = started.elapsed();
+    let failed = submitted.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(failed == 0, "{failed} submissions failed, e.g. {:?}", submitted.iter().find(|r| r.is_err()));
+
+    eprintln!("kiln: drain");
+    let started = Instant::now();
+    let workers = Workers::start(&state, args, "drain");
+    wait_ended(&counter, "image_generation", args.jobs as i64, Duration::from_secs(args.timeout_secs)).await?;
+    let drain = started.elapsed();
+    workers.stop().await;
+
+    let check = check(&counter, args.jobs as i64, teams.len() as i64).await?;
+    Ok(Measurement {
+        system: format!("Kiln {}", env!("CARGO_PKG_VERSION")),
+        jobs: args.jobs,
+        enqueue,
+        drain,
+        settings: format!(
+            "{} workers × {} slots, poll {} ms, {} connections, {} enterprise teams, {} submitters; {check}",
+            args.workers, args.concurrency, args.kiln_poll_interval_ms, connections, teams.len(), args.submitters
+        ),
+    })
+}
+
+async fn open_teams(state: &AppState, count: usize) -> anyhow::Result<Vec<TeamId>> {
+    let now = state.jobs.now();
+    let teams: Vec<TeamId> = (0..count).map(|_| TeamId::new(Uuid::now_v7())).collect();
+    let results = futures::stream::iter(teams.iter().copied())
+        .map(|team| async move {
+            let open = TeamCreditsCommand::OpenTeam { team_id: team, name: format!("bench {team}"), plan: Plan::Enterprise, now };
+            state.credits.execute(team, open, &json!({})).await?;
+            let grant = TeamCreditsCommand::GrantCredits {
+                grant_id: GrantId::new(Uuid::now_v7()),
+                amount: Credits::parse(100_000_000)?,
+                source: GrantSource::Admin,
+                expires_at: None,
+                key: IdempotencyKey::parse(format!("bench-{team}"))?,
+                now,
+            };
+            state.credits.execute(team, grant, &json!({})).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(teams)
+}
+
+/// Submits one model-creation job per team (run by the set-up workers).
+async fn create_models(state: &AppState, teams: &[TeamId], reference: &(String, i64)) -> anyhow::Result<Vec<ModelId>> {
+    let quote = PricingConfig::default_v1().quote(&PriceRequest::ModelCreation { complexity_factor_milli: reference.1 })?;
+    let models: Vec<ModelId> = teams.iter().map(|_| ModelId::new(Uuid::now_v7())).collect();
+    let results = futures::stream::iter(teams.iter().zip(&models))
+        .map(|(team, model)| {
+            let (team, model) = (*team, *model);
+            async move {
+                let job_id = JobId::new(Uuid::now_v7());
+                let command = ModelCommand::RequestCreation {
+                    model_id: model,
+                    team_id: team,
+                    name: "bench".into(),
+                    description: "a benchmark model".into(),
+                    reference_model_id: reference.0.clone(),
+                    complexity_milli: reference.1,
+                    job_id,
+                    now: state.jobs.now(),
+                };
+                let model_change = state.jobs.decide_model(model, command, "bench").await?;
+                let input = JobInput::ModelCreation { model_id: model, description: "a benchmark model".into(), reference_model_id: reference.0.clone() };
+                let job = NewJob { team, job_id, input, cost: quote.amount, price_version: quote.price_version, model_change: Some(model_change) };
+                state.jobs.submit(job, "bench").await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(models)
+}
+
+/// `count` image-generation jobs, round-robin over the teams, priced as the API prices
+/// them; built before the clock starts so enqueue measures only the submissions.
+async fn generation_jobs(state: &AppState, teams: &[TeamId], models: &[ModelId], count: usize) -> anyhow::Result<Vec<NewJob>> {
+    let pricing = PricingConfig::default_v1();
+    let mut inputs = Vec::with_capacity(teams.len());
+    for (team, model) in teams.iter().zip(models) {
+        let loaded = state.jobs.model(*model).await?.aggregate;
+        let version = loaded.usable()?.version;
+        let price = PriceRequest::ImageGeneration { resolution: "512x512".into(), quality: "standard".into(), model_complexity_milli: loaded.complexity_milli, count: 1 };
+        let quote = pricing.quote(&price)?;
+        let input = JobInput::ImageGeneration { model_id: *model, model_version: version, prompt: "noop".into(), resolution: "512x512".into(), quality: "standard".into(), count: 1 };
+        inputs.push((*team, input, quote));
+    }
+    Ok((0..count)
+        .map(|n| {
+            let (team, input, quote) = &inputs[n % inputs.len()];
+            NewJob { team: *team, job_id: JobId::new(Uuid::now_v7()), input: input.clone(), cost: quote.amount, price_version: quote.price_version, model_change: None }
+        })
+        .collect())
+}
+
+/// Waits (bounded) until `expected` jobs of `kind` have ended.
+async fn wait_ended(counter: &sqlx::PgPool, kind: &str, expected: i64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (ended,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND status IN ('completed', 'failed', 'cancelled')")
+            .bind(kind)
+            .fetch_one(counter)
+            .await?;
+        if ended >= expected {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {ended} of {expected} {kind} jobs ended in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every job completed once, and every reservation (the set-up's model jobs too) was
+/// deducted once: a fast dispatcher that loses or doubles money proves nothing.
+async fn check(counter: &sqlx::PgPool, jobs: i64, teams: i64) -> anyhow::Result<String> {
+    let (completed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = 'image_generation' AND status = 'completed'").fetch_one(counter).await?;
+    let count = |event: &'static str| async move {
+        let (total, distinct): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(DISTINCT CASE WHEN aggregate_type = 'GenerationJob' THEN aggregate_id ELSE payload->>'reservation_id' END) FROM events WHERE event_type = $1",
+        )
+        .bind(event)
+        .fetch_one(counter)
+        .await?;
+        anyhow::Ok((total, distinct))
+    };
+    let (reserved, _) = count("CreditsReserved").await?;
+    let (deducted, deducted_distinct) = count("CreditsDeducted").await?;
+    let (dispatched, dispatched_distinct) = count("JobDispatched").await?;
+    let (refunded, _) = count("CreditsRefunded").await?;
+    let all = jobs + teams;
+    anyhow::ensure!(completed == jobs, "{completed} of {jobs} jobs completed");
+    anyhow::ensure!(reserved == all && deducted == all && deducted_distinct == all && refunded == 0, "credits: {reserved} reserved, {deducted} deducted ({deducted_distinct} distinct), {refunded} refunded; expected {all} each, no refunds");
+    anyhow::ensure!(dispatched == all && dispatched_distinct == all, "{dispatched} claims for {all} jobs ({dispatched_distinct} distinct)");
+    Ok(format!("check: {completed} completed, {deducted} reservations deducted once each (incl. {teams} set-up model jobs), one claim per job"))
+}
