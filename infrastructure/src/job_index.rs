@@ -2,7 +2,9 @@
 //! `workers`), with SQL that runs unchanged on PostgreSQL and SQLite.
 
 use application::event_store::EventStoreError;
-use application::jobs::index::{ActiveJob, JobIndex};
+use std::sync::Arc;
+
+use application::jobs::index::{ActiveJob, DispatchTurn, JobIndex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{JobId, TeamId};
@@ -12,12 +14,40 @@ use crate::{db_execute, db_fetch_all, db_fetch_optional};
 
 pub struct SqlJobIndex {
     db: Database,
+    /// SQLite's dispatch turns (one process's workers take turns here; the database
+    /// serializes writers anyway).
+    local_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqlJobIndex {
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self { db, local_turn: Arc::default() }
     }
+}
+
+/// The advisory lock key of the dispatch turn (any fixed number; advisory locks are
+/// per database).
+const DISPATCH_TURN_LOCK: i64 = 0x6b69_6c6e_6469_7370; // "klndisp"
+
+/// A PostgreSQL dispatch turn: a transaction holding the transaction-level advisory
+/// lock. It wrote nothing and has no transaction id, so it holds back no log reader.
+/// Dropped unreleased, sqlx rolls it back when the connection returns to the pool.
+struct PgTurn(sqlx::Transaction<'static, sqlx::Postgres>);
+
+#[async_trait]
+impl DispatchTurn for PgTurn {
+    async fn release(self: Box<Self>) {
+        if let Err(error) = self.0.commit().await {
+            tracing::warn!(%error, "ending the dispatch turn failed");
+        }
+    }
+}
+
+struct LocalTurn(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+
+#[async_trait]
+impl DispatchTurn for LocalTurn {
+    async fn release(self: Box<Self>) {}
 }
 
 fn unavailable(error: sqlx::Error) -> EventStoreError {
@@ -40,6 +70,17 @@ fn parse_active(rows: Vec<ActiveRow>) -> Vec<ActiveJob> {
 
 #[async_trait]
 impl JobIndex for SqlJobIndex {
+    async fn dispatch_turn(&self) -> Result<Box<dyn DispatchTurn>, EventStoreError> {
+        match &self.db {
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DISPATCH_TURN_LOCK).execute(&mut *tx).await.map_err(unavailable)?;
+                Ok(Box::new(PgTurn(tx)))
+            }
+            Database::Sqlite { .. } => Ok(Box::new(LocalTurn(self.local_turn.clone().lock_owned().await))),
+        }
+    }
+
     async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError> {
         // Rank each team's queued jobs by age; a team offers as many as it has free slots.
         // Ordering by rank first serves every team's oldest job before anyone's second;

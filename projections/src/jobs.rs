@@ -32,17 +32,43 @@ impl InlineProjection for Jobs {
     }
 
     async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        for stored in events {
-            let id = stored.aggregate_id.as_str();
-            match stored.aggregate_type.as_str() {
-                GenerationJob::TYPE => job_event(tx, id, decode::<GenerationJob>(stored)?).await?,
-                CustomModel::TYPE => model_event(tx, id, decode::<CustomModel>(stored)?).await?,
-                TeamCredits::TYPE => plan_event(tx, id, decode::<TeamCredits>(stored)?).await?,
-                _ => {}
+        let mut job_events: Vec<(&str, JobEvent)> = Vec::new();
+        for stored in events.iter().filter(|stored| stored.aggregate_type == GenerationJob::TYPE) {
+            job_events.push((stored.aggregate_id.as_str(), decode::<GenerationJob>(stored)?));
+        }
+        let by_ref: Vec<(&str, &JobEvent)> = job_events.iter().map(|(id, event)| (*id, event)).collect();
+        if batch::fits(&by_ref) {
+            // Job events touch only job rows and team counters, so the other events
+            // (models, plans) keep their order among themselves and go first.
+            for stored in events.iter().filter(|stored| stored.aggregate_type != GenerationJob::TYPE) {
+                other_event(tx, stored).await?;
             }
+            return batch::write(tx, &by_ref).await;
+        }
+        let mut job_events = job_events.into_iter();
+        for stored in events {
+            if stored.aggregate_type != GenerationJob::TYPE {
+                other_event(tx, stored).await?;
+                continue;
+            }
+            let (id, event) = job_events.next().ok_or("job events out of step")?;
+            job_event(tx, id, event).await?;
         }
         Ok(())
     }
+}
+
+#[path = "jobs_batch.rs"]
+mod batch;
+
+async fn other_event(tx: &mut Tx<'_>, stored: &StoredEvent) -> Result<(), ProjectionError> {
+    let id = stored.aggregate_id.as_str();
+    match stored.aggregate_type.as_str() {
+        CustomModel::TYPE => model_event(tx, id, decode::<CustomModel>(stored)?).await?,
+        TeamCredits::TYPE => plan_event(tx, id, decode::<TeamCredits>(stored)?).await?,
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn set_limit(tx: &mut Tx<'_>, team: &str, limit: u32) -> Result<(), sqlx::Error> {

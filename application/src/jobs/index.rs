@@ -17,8 +17,20 @@ pub struct ActiveJob {
     pub provider_request_id: Option<String>,
 }
 
+/// A worker's turn to pick and claim jobs, held until released (or dropped, which
+/// also ends it, a little later).
+#[async_trait]
+pub trait DispatchTurn: Send {
+    async fn release(self: Box<Self>);
+}
+
 #[async_trait]
 pub trait JobIndex: Send + Sync + 'static {
+    /// Waits for this caller's dispatch turn: workers of every process pick and claim
+    /// one at a time, so they do not pick the same jobs. Only a courtesy that saves
+    /// colliding claims; plan limits and single claims hold without it.
+    async fn dispatch_turn(&self) -> Result<Box<dyn DispatchTurn>, EventStoreError>;
+
     /// Up to `limit` queued jobs that may start now, fair across teams: every team's
     /// oldest job before any team's second, teams served least recently first, and only
     /// as many per team as its plan has free slots.

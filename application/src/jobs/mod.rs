@@ -15,7 +15,7 @@ use domain::models::{CustomModel, ModelCommand, ModelError};
 use domain::{Credits, JobId, ReservationState, TeamCredits, TeamCreditsCommand, TeamCreditsError, TeamId};
 use serde_json::{json, Value};
 
-use crate::aggregate_store::{AggregateStore, CommandError};
+use crate::aggregate_store::{AggregateStore, CommandError, Decided, Loaded};
 use crate::clock::Clock;
 use crate::credits::{CreditsError, CreditsService};
 use crate::event_store::{EventStoreError, StreamAppend};
@@ -144,10 +144,10 @@ impl JobsService {
     /// its cost in one append. A repeat of the same job id returns the job as it is.
     pub async fn submit(&self, job: NewJob, actor: &str) -> Result<Accepted, JobsError> {
         let NewJob { team, job_id, input, cost, price_version, model_change } = job;
-        let loaded = self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?;
-        if loaded.aggregate.status.is_some() {
-            return self.existing(team, loaded.aggregate);
-        }
+        // Decided on an empty stream without loading it first: a repeat either finds the
+        // reservation already made (nothing is recorded, the extras are dropped) or
+        // collides on the job stream's first sequence; both end in `existing` below.
+        let loaded = Loaded { id: job_id.to_string(), aggregate: GenerationJob::default(), sequence: 0, snapshot_sequence: 0 };
         let now = self.clock.now();
         let operation = input.operation();
         let queue = JobCommand::Queue { job_id, team_id: team, input, cost, price_version, now };
@@ -197,6 +197,57 @@ impl JobsService {
         }
     }
 
+    /// Claims several queued jobs for `worker` in one append (one transaction). A job
+    /// that someone else claimed first, or that is no longer queued, is left out, and so
+    /// are the jobs of a team the dispatch projection finds without a free slot; the rest
+    /// are claimed. Returns the claimed jobs as they now stand (state and sequence), so
+    /// their endings need not load them again.
+    pub async fn dispatch_many(&self, job_ids: &[JobId], provider: &str, worker: &str) -> Result<Vec<Loaded<GenerationJob>>, JobsError> {
+        let now = self.clock.now();
+        // Loaded concurrently (each on its own pooled connection), kept in the given order.
+        let mut loads = tokio::task::JoinSet::new();
+        for (index, job_id) in job_ids.iter().enumerate() {
+            let (aggregates, id) = (self.aggregates.clone(), job_id.to_string());
+            loads.spawn(async move { (index, aggregates.load::<GenerationJob>(&id).await) });
+        }
+        let mut loaded_all = Vec::with_capacity(job_ids.len());
+        while let Some(joined) = loads.join_next().await {
+            loaded_all.push(joined.map_err(|e| EventStoreError::Unavailable(format!("job load task failed: {e}")))?);
+        }
+        loaded_all.sort_by_key(|(index, _)| *index);
+        let mut decided: Vec<Decided<GenerationJob>> = Vec::with_capacity(job_ids.len());
+        for (_, loaded) in loaded_all {
+            let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), now };
+            match self.aggregates.decide(loaded?, command, &(), &metadata(worker)).await {
+                Ok(claim) => decided.push(claim),
+                Err(CommandError::Rejected(JobError::NotQueued(_) | JobError::NotFound)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // Each failed attempt leaves out at least one job, so this ends; the bound only
+        // caps the work of a pathological round (the jobs stay queued for the next one).
+        for _ in 0..CLAIM_ATTEMPTS_MAX {
+            if decided.is_empty() {
+                break;
+            }
+            let appends = decided.iter().map(|claim| claim.append.clone()).collect();
+            let before = decided.len();
+            match self.aggregates.commit(appends).await {
+                Ok(_) => return Ok(decided.into_iter().map(|claim| claim.state).collect()),
+                Err(EventStoreError::Conflict { aggregate_id, .. }) => decided.retain(|claim| claim.state.id != aggregate_id),
+                Err(EventStoreError::Projection { reason, .. }) if reason.contains(LIMIT_REACHED) => {
+                    let team = team_at_limit(&reason);
+                    decided.retain(|claim| claim.state.aggregate.team_id.map(|t| t.to_string()) != team);
+                }
+                Err(error) => return Err(error.into()),
+            }
+            if decided.len() == before {
+                return Err(JobsError::Conflict);
+            }
+        }
+        Ok(Vec::new())
+    }
+
     /// Records news from the provider (its request id, queue position, logs, start).
     pub async fn progress(
         &self,
@@ -225,6 +276,14 @@ impl JobsService {
         self.end(job_id, EndKind::Complete(outputs), "worker").await
     }
 
+    /// `complete`, decided first on the job as its claim left it (no load); if the job
+    /// moved since (progress, a cancel), its stream's sequence check refuses that and the
+    /// ending is decided again on the loaded job.
+    pub async fn complete_claimed(&self, claimed: Loaded<GenerationJob>, outputs: Vec<JobOutput>) -> Result<Ending, JobsError> {
+        let job_id = claimed.aggregate.job_id.ok_or(JobsError::NotFound)?;
+        self.end_from(job_id, Some(claimed), EndKind::Complete(outputs), "worker").await
+    }
+
     /// Fails a job and refunds its reservation, atomically.
     pub async fn fail(&self, job_id: JobId, reason: &str) -> Result<Ending, JobsError> {
         self.end(job_id, EndKind::Fail(reason.to_string()), "worker").await
@@ -242,8 +301,15 @@ impl JobsService {
     }
 
     async fn end(&self, job_id: JobId, kind: EndKind, actor: &str) -> Result<Ending, JobsError> {
+        self.end_from(job_id, None, kind, actor).await
+    }
+
+    async fn end_from(&self, job_id: JobId, mut known: Option<Loaded<GenerationJob>>, kind: EndKind, actor: &str) -> Result<Ending, JobsError> {
         for _ in 0..ENDING_ATTEMPTS_MAX {
-            let loaded = self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?;
+            let loaded = match known.take() {
+                Some(loaded) => loaded,
+                None => self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?,
+            };
             let job = &loaded.aggregate;
             let (Some(team), Some(input)) = (job.team_id, job.input.clone()) else {
                 return Err(JobsError::NotFound);
@@ -323,8 +389,18 @@ impl JobsService {
     }
 }
 
-/// Marker in the dispatch projection's refusal, matched by `dispatch`.
+/// Marker in the dispatch projection's refusal, matched by `dispatch`; the refusal ends
+/// with `(team {id})`.
 pub const LIMIT_REACHED: &str = "team at its concurrency limit";
+
+/// Failed claim appends retried per `dispatch_many` call, at most.
+const CLAIM_ATTEMPTS_MAX: u32 = 8;
+
+/// The team named in a dispatch refusal (`… (team {id})`).
+fn team_at_limit(reason: &str) -> Option<String> {
+    let (_, tail) = reason.rsplit_once("(team ")?;
+    Some(tail.trim_end_matches(')').to_string())
+}
 
 #[derive(Debug, Clone)]
 enum EndKind {

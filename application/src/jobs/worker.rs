@@ -8,17 +8,19 @@
 //! checked with the provider; queued jobs of teams whose plan runs no jobs are cancelled
 //! and refunded.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobInput, JobOutput};
-use domain::JobId;
+use domain::{JobId, ModelId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Semaphore};
 
 use super::index::{ActiveJob, JobIndex};
 use super::{JobsError, JobsService};
+use crate::aggregate_store::Loaded;
 use crate::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission};
 use crate::storage::{image_key, model_asset_key, ObjectStore};
 
@@ -66,6 +68,10 @@ impl WorkerConfig {
 
 /// Maintenance rows handled per pass.
 const MAINTENANCE_BATCH_MAX: i64 = 100;
+/// Jobs claimed in one append, at most.
+pub const CLAIM_BATCH_MAX: usize = 64;
+/// Model version artifact keys remembered per worker; the cache starts over when full.
+const ARTIFACT_KEYS_CACHED_MAX: usize = 10_000;
 
 #[derive(Clone)]
 pub struct Worker {
@@ -75,6 +81,7 @@ pub struct Worker {
     objects: Arc<dyn ObjectStore>,
     config: Arc<WorkerConfig>,
     permits: Arc<Semaphore>,
+    artifacts: Arc<Mutex<HashMap<(ModelId, u32), String>>>,
 }
 
 impl Worker {
@@ -86,7 +93,7 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        Self { jobs, index, provider, objects, config: Arc::new(config), permits }
+        Self { jobs, index, provider, objects, config: Arc::new(config), permits, artifacts: Arc::default() }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -127,26 +134,40 @@ impl Worker {
         let _ = self.permits.acquire_many(self.config.concurrency.max(1) as u32).await;
     }
 
-    /// Claims as many dispatchable jobs as there are free permits and starts them.
-    /// Returns how many started.
+    /// Claims as many dispatchable jobs as there are free permits (at most
+    /// [`CLAIM_BATCH_MAX`]), in one append, and starts them. Returns how many started.
+    ///
+    /// Picking and claiming happen during this worker's dispatch turn, which workers of
+    /// every process take one at a time: two workers never pick the same jobs, so a
+    /// claim rarely collides (if one does, the append's checks still decide).
     pub async fn dispatch_once(&self) -> Result<usize, JobsError> {
-        let free = self.permits.available_permits();
+        let free = self.permits.available_permits().min(CLAIM_BATCH_MAX);
         if free == 0 {
             return Ok(0);
         }
-        let candidates = self.index.dispatchable(self.now(), free as i64).await?;
-        let mut started = 0;
-        for (job_id, _team) in candidates {
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else { break };
-            let Some(job) = self.jobs.dispatch(job_id, self.provider.name(), &self.config.worker_id).await? else {
-                continue;
-            };
-            started += 1;
+        let Ok(permits) = self.permits.clone().try_acquire_many_owned(free as u32) else { return Ok(0) };
+        let turn = self.index.dispatch_turn().await?;
+        let claimed = match self.index.dispatchable(self.now(), free as i64).await {
+            Ok(candidates) if candidates.is_empty() => Ok(Vec::new()),
+            Ok(candidates) => {
+                let ids: Vec<JobId> = candidates.into_iter().map(|(job_id, _)| job_id).collect();
+                self.jobs.dispatch_many(&ids, self.provider.name(), &self.config.worker_id).await
+            }
+            Err(error) => Err(error.into()),
+        };
+        turn.release().await;
+        let claimed = claimed?;
+        let started = claimed.len();
+        let mut permits = permits;
+        for job in claimed {
+            // One permit per started job; the unused rest go back when `permits` drops.
+            let permit = permits.split(1).unwrap_or_else(|| unreachable!("one permit per claimed job was taken"));
             let worker = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(error) = worker.execute(job_id, job).await {
-                    tracing::error!(%job_id, %error, "job execution failed");
+                let job_id = job.aggregate.job_id;
+                if let Err(error) = worker.execute(job).await {
+                    tracing::error!(?job_id, %error, "job execution failed");
                 }
             });
         }
@@ -154,11 +175,13 @@ impl Worker {
     }
 
     /// Runs one claimed attempt of a job to an ending (or a scheduled retry).
-    async fn execute(&self, job_id: JobId, job: GenerationJob) -> Result<(), JobsError> {
+    async fn execute(&self, claimed: Loaded<GenerationJob>) -> Result<(), JobsError> {
+        let job_id = claimed.aggregate.job_id.ok_or(JobsError::NotFound)?;
+        let job = claimed.aggregate.clone();
         let request = self.request_for(job_id, &job).await?;
         let attempt = job.attempt;
         match self.provider.submit(request).await {
-            Ok(Submission::Finished(outcome)) => self.finish(job_id, &job, outcome).await,
+            Ok(Submission::Finished(outcome)) => self.finish_claimed(job_id, &job, Some(claimed), outcome).await,
             Ok(Submission::Accepted { request_id }) => {
                 match self.jobs.progress(job_id, Some(request_id.clone()), None, Vec::new(), false).await {
                     // Cancelled while the submission was in flight: the request has no job
@@ -182,14 +205,11 @@ impl Worker {
         let (Some(team_id), Some(input)) = (job.team_id, job.input.clone()) else {
             return Err(JobsError::NotFound);
         };
-        let model = self.jobs.model(input.model_id()).await?.aggregate;
         let model_artifact_key = match &input {
             JobInput::ModelCreation { .. } => None,
-            JobInput::ModelRefinement { from_version, .. } | JobInput::ImageGeneration { model_version: from_version, .. } => model
-                .versions
-                .iter()
-                .find(|v| v.version == *from_version)
-                .map(|v| v.artifact_key.clone()),
+            JobInput::ModelRefinement { from_version, .. } | JobInput::ImageGeneration { model_version: from_version, .. } => {
+                self.artifact_key(input.model_id(), *from_version).await?
+            }
         };
         let reference = match &input {
             JobInput::ModelCreation { reference_model_id, .. } => self.index.reference_characteristics(reference_model_id).await?,
@@ -198,8 +218,39 @@ impl Worker {
         Ok(ProviderRequest { job_id, team_id, attempt: job.attempt, input, model_artifact_key, reference })
     }
 
+    /// The artifact of a model's version. A version, once recorded, never changes, so
+    /// found keys are remembered (bounded) instead of loading the model for every job.
+    async fn artifact_key(&self, model_id: ModelId, version: u32) -> Result<Option<String>, JobsError> {
+        let cached = self.artifacts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&(model_id, version)).cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let model = self.jobs.model(model_id).await?.aggregate;
+        let key = model.versions.iter().find(|v| v.version == version).map(|v| v.artifact_key.clone());
+        if let Some(key) = &key {
+            let mut artifacts = self.artifacts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if artifacts.len() >= ARTIFACT_KEYS_CACHED_MAX {
+                artifacts.clear();
+            }
+            artifacts.insert((model_id, version), key.clone());
+        }
+        Ok(key)
+    }
+
     /// Stores a finished outcome's files and ends the job with them.
     pub async fn finish(&self, job_id: JobId, job: &GenerationJob, outcome: ProviderOutcome) -> Result<(), JobsError> {
+        self.finish_claimed(job_id, job, None, outcome).await
+    }
+
+    /// `finish`, with the job as this worker's claim left it when known (its ending is
+    /// then decided without loading it first).
+    async fn finish_claimed(
+        &self,
+        job_id: JobId,
+        job: &GenerationJob,
+        claimed: Option<Loaded<GenerationJob>>,
+        outcome: ProviderOutcome,
+    ) -> Result<(), JobsError> {
         match outcome {
             ProviderOutcome::Failed { message } => self.jobs.fail(job_id, &message).await.map(drop),
             ProviderOutcome::Completed(files) => {
@@ -207,7 +258,11 @@ impl Worker {
                     Ok(outputs) => outputs,
                     Err(message) => return self.retry_or_fail(job_id, job.attempt, &message).await,
                 };
-                match self.jobs.complete(job_id, outputs.clone()).await {
+                let completed = match claimed {
+                    Some(claimed) => self.jobs.complete_claimed(claimed, outputs.clone()).await,
+                    None => self.jobs.complete(job_id, outputs.clone()).await,
+                };
+                match completed {
                     Ok(_) => Ok(()),
                     Err(JobsError::Job(domain::jobs::JobError::AlreadyFinished(how))) => {
                         // Cancelled (or failed) while it ran: the outputs are not kept.

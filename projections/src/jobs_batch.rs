@@ -1,0 +1,256 @@
+//! Set-based writes of the `jobs` projection for appends that carry many jobs — a
+//! worker's batch of claims, or many teams' submissions and endings joined into one
+//! transaction: a fixed handful of statements per append instead of several per event.
+//!
+//! Used only when the per-event order cannot matter: every job appears once, and claims
+//! (the only events with a check, the team's free slots) are not mixed with other job
+//! events. A claim batch takes each team's slots at once (`running + n <= limit`), so it
+//! is refused exactly when applying its claims one by one would be.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use domain::jobs::{JobEvent, JobStatus};
+use infrastructure::event_store::{ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
+use infrastructure::tx_execute_values;
+
+use application::jobs::LIMIT_REACHED;
+
+/// Whether `events` (the job events of one append, by stream id) can be written
+/// set-based.
+pub(super) fn fits(events: &[(&str, &JobEvent)]) -> bool {
+    if events.len() < 2 {
+        return false;
+    }
+    let mut seen = HashSet::with_capacity(events.len());
+    if !events.iter().all(|(id, _)| seen.insert(*id)) {
+        return false;
+    }
+    let claims = events.iter().filter(|(_, e)| matches!(e, JobEvent::JobDispatched { .. })).count();
+    let simple = events.iter().all(|(_, e)| {
+        matches!(
+            e,
+            JobEvent::JobQueued { .. }
+                | JobEvent::JobDispatched { .. }
+                | JobEvent::JobCompleted { .. }
+                | JobEvent::JobFailed { .. }
+                | JobEvent::JobCancelled { .. }
+        )
+    });
+    simple && (claims == 0 || claims == events.len())
+}
+
+/// Writes `events` (which [`fits`] accepted).
+pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    queue(tx, events).await?;
+    claim(tx, events).await?;
+    end(tx, events).await?;
+    Ok(())
+}
+
+async fn queue(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    let mut rows = Vec::new();
+    let mut per_team: BTreeMap<String, i64> = BTreeMap::new();
+    for (job, event) in events {
+        if let JobEvent::JobQueued { team_id, input, cost, price_version, occurred_at, .. } = event {
+            let team = team_id.to_string();
+            *per_team.entry(team.clone()).or_default() += 1;
+            let kind = input.operation().as_str();
+            rows.push((*job, team, kind, input.model_id().to_string(), cost.get(), *price_version, serde_json::to_string(input)?, *occurred_at));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx_execute_values!(
+        tx,
+        "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at)",
+        "",
+        11,
+        rows,
+        |q, r| q.bind(r.0).bind(&r.1).bind(r.2).bind("queued").bind(&r.3).bind(r.4).bind(r.5).bind(&r.6).bind(r.7).bind(r.7).bind(r.7)
+    )?;
+    let per_team: Vec<(String, i64)> = per_team.into_iter().collect();
+    tx_execute_values!(
+        tx,
+        "INSERT INTO team_dispatch (team_id, queued)",
+        "ON CONFLICT (team_id) DO UPDATE SET queued = team_dispatch.queued + excluded.queued",
+        2,
+        per_team,
+        |q, r| q.bind(&r.0).bind(r.1)
+    )?;
+    Ok(())
+}
+
+async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    let claims: Vec<(&str, i64, &str, &str, DateTime<Utc>)> = events
+        .iter()
+        .filter_map(|(job, event)| match event {
+            JobEvent::JobDispatched { provider, worker, attempt, occurred_at } => {
+                Some((*job, i64::from(*attempt), provider.as_str(), worker.as_str(), *occurred_at))
+            }
+            _ => None,
+        })
+        .collect();
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let known = rows_of(tx, claims.iter().map(|c| c.0)).await?;
+    let mut per_team: BTreeMap<String, (i64, DateTime<Utc>)> = BTreeMap::new();
+    for (job, _, _, _, at) in &claims {
+        let row = known.get(*job).ok_or_else(|| format!("job {job} missing from the jobs read model"))?;
+        let entry = per_team.entry(row.team.clone()).or_insert((0, *at));
+        entry.0 += 1;
+        entry.1 = entry.1.max(*at);
+    }
+    // Takes each team's slots at once; a team without room for all of its claims is not
+    // updated, which the RETURNING list shows.
+    let per_team: Vec<(String, (i64, DateTime<Utc>))> = per_team.into_iter().collect();
+    let mut taken: HashSet<String> = HashSet::with_capacity(per_team.len());
+    for chunk in per_team.chunks(ROWS_PER_STATEMENT_MAX) {
+        let sql = infrastructure::event_store::values_sql(
+            "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, last_dispatched_at = v.column3 FROM (",
+            3,
+            chunk.len(),
+            ") AS v WHERE team_dispatch.team_id = v.column1 AND team_dispatch.running + v.column2 <= team_dispatch.running_limit \
+             RETURNING team_dispatch.team_id",
+        );
+        let returned: Vec<(String,)> = match &mut *tx {
+            Tx::Postgres(conn) => {
+                let mut query = sqlx::query_as(&sql);
+                for (team, (n, at)) in chunk {
+                    query = query.bind(team).bind(*n).bind(*at);
+                }
+                query.fetch_all(&mut **conn).await?
+            }
+            Tx::Sqlite(conn) => {
+                let mut query = sqlx::query_as(&sql);
+                for (team, (n, at)) in chunk {
+                    query = query.bind(team).bind(*n).bind(*at);
+                }
+                query.fetch_all(&mut **conn).await?
+            }
+        };
+        taken.extend(returned.into_iter().map(|(team,)| team));
+    }
+    if let Some((team, _)) = per_team.iter().find(|(team, _)| !taken.contains(team)) {
+        return Err(format!("{LIMIT_REACHED} (team {team})").into());
+    }
+    tx_execute_values!(
+        tx,
+        "UPDATE jobs SET status = 'dispatched', attempt = v.column2, provider = v.column3, worker = v.column4, provider_request_id = NULL, \
+         dispatched_at = v.column5, updated_at = v.column5 FROM (",
+        ") AS v WHERE jobs.job_id = v.column1",
+        5,
+        claims,
+        |q, c| q.bind(c.0).bind(c.1).bind(c.2).bind(c.3).bind(c.4)
+    )?;
+    Ok(())
+}
+
+struct Ended<'a> {
+    job: &'a str,
+    event: &'a JobEvent,
+    status: &'static str,
+    outputs: Option<String>,
+    error: Option<String>,
+    at: DateTime<Utc>,
+}
+
+async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    let mut ended: Vec<Ended> = Vec::new();
+    for (job, event) in events {
+        let (status, outputs, error, at) = match event {
+            JobEvent::JobCompleted { outputs, occurred_at } => ("completed", Some(serde_json::to_string(outputs)?), None, *occurred_at),
+            JobEvent::JobFailed { reason, occurred_at } => ("failed", None, Some(reason.clone()), *occurred_at),
+            JobEvent::JobCancelled { reason, occurred_at } => ("cancelled", None, Some(reason.clone()), *occurred_at),
+            _ => continue,
+        };
+        ended.push(Ended { job, event, status, outputs, error, at });
+    }
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let known = rows_of(tx, ended.iter().map(|e| e.job)).await?;
+    // What each team gets back: slots of active jobs, queue places of queued ones.
+    let mut per_team: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut images = Vec::new();
+    for end in &ended {
+        let row = known.get(end.job).ok_or_else(|| format!("job {} missing from the jobs read model", end.job))?;
+        match JobStatus::parse(&row.status) {
+            Some(status) if status.is_active() => per_team.entry(row.team.clone()).or_default().0 += 1,
+            Some(JobStatus::Queued) => per_team.entry(row.team.clone()).or_default().1 += 1,
+            _ => {}
+        }
+        if end.status == "completed" && row.kind == domain::Operation::ImageGeneration.as_str() {
+            if let JobEvent::JobCompleted { outputs, .. } = end.event {
+                for (position, output) in outputs.iter().enumerate() {
+                    images.push((output.key.clone(), row.team.clone(), end.job, row.model.clone(), position as i64, output.bytes as i64, end.at));
+                }
+            }
+        }
+    }
+    let per_team: Vec<(String, (i64, i64))> = per_team.into_iter().collect();
+    tx_execute_values!(
+        tx,
+        "UPDATE team_dispatch SET running = running - v.column2, queued = queued - v.column3 FROM (",
+        ") AS v WHERE team_dispatch.team_id = v.column1",
+        3,
+        per_team,
+        |q, r| q.bind(&r.0).bind(r.1 .0).bind(r.1 .1)
+    )?;
+    tx_execute_values!(
+        tx,
+        "UPDATE jobs SET status = v.column2, outputs = COALESCE(v.column3, jobs.outputs), error = COALESCE(v.column4, jobs.error), \
+         finished_at = v.column5, updated_at = v.column5 FROM (",
+        ") AS v WHERE jobs.job_id = v.column1",
+        5,
+        ended,
+        |q, e| q.bind(e.job).bind(e.status).bind(&e.outputs).bind(&e.error).bind(e.at)
+    )?;
+    tx_execute_values!(
+        tx,
+        "INSERT INTO images (key, team_id, job_id, model_id, position, bytes, created_at)",
+        "",
+        7,
+        images,
+        |q, i| q.bind(&i.0).bind(&i.1).bind(i.2).bind(&i.3).bind(i.4).bind(i.5).bind(i.6)
+    )?;
+    Ok(())
+}
+
+/// What the read model knows of a job before this append.
+struct JobRow {
+    team: String,
+    status: String,
+    model: String,
+    kind: String,
+}
+
+/// The read-model rows of `jobs`, by id, a few hundred per query.
+async fn rows_of<'a>(tx: &mut Tx<'_>, jobs: impl Iterator<Item = &'a str>) -> Result<HashMap<String, JobRow>, ProjectionError> {
+    let jobs: Vec<&str> = jobs.collect();
+    let mut known = HashMap::with_capacity(jobs.len());
+    for chunk in jobs.chunks(ROWS_PER_STATEMENT_MAX) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+        let sql = format!("SELECT job_id, team_id, status, model_id, kind FROM jobs WHERE job_id IN ({})", placeholders.join(", "));
+        let rows: Vec<(String, String, String, String, String)> = match &mut *tx {
+            Tx::Postgres(conn) => {
+                let mut query = sqlx::query_as(&sql);
+                for job in chunk {
+                    query = query.bind(*job);
+                }
+                query.fetch_all(&mut **conn).await?
+            }
+            Tx::Sqlite(conn) => {
+                let mut query = sqlx::query_as(&sql);
+                for job in chunk {
+                    query = query.bind(*job);
+                }
+                query.fetch_all(&mut **conn).await?
+            }
+        };
+        known.extend(rows.into_iter().map(|(job, team, status, model, kind)| (job, JobRow { team, status, model, kind })));
+    }
+    Ok(known)
+}
