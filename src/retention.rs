@@ -3,10 +3,13 @@
 //! Runs periodically inside `kiln serve` and once as `kiln storage sweep`.
 //!
 //! Work comes from the `images` index (`created_at < now − retention AND expired_at IS
-//! NULL`), in batches of whole jobs (two batches in flight, disjoint by a cursor). Each
-//! batch first deletes the objects (`DeleteObjects`, 1,000 keys a request), then records
-//! `ImagesExpired` on every job of the batch in one append — whose inline projection sets `images.expired_at`, taking the rows out of the
-//! next query. So the order makes it resumable and idempotent:
+//! NULL`), in batches of whole jobs (several batches in flight, disjoint by a cursor, so
+//! the deletes of one batch overlap the commit of another). Each batch first deletes the
+//! objects (`DeleteObjects`, 1,000 keys a request, a few requests at once), then loads
+//! all its job streams in one query, lets each `GenerationJob` decide `ExpireImages`, and
+//! records the events in one append — whose inline projection sets `images.expired_at`
+//! (set-based, `projections::images`), taking the rows out of the next query. So the
+//! order makes it resumable and idempotent:
 //! - a crash before the append leaves the rows to the next sweep, which deletes the same
 //!   keys again (a no-op: deleting a missing object succeeds) and records the event;
 //! - a crash after it loses nothing: those objects are gone and their jobs say so;
@@ -17,24 +20,26 @@
 
 use std::time::{Duration, Instant};
 
-use application::aggregate_store::CommandError;
+use application::aggregate_store::{CommandError, Loaded};
 use application::event_store::EventStoreError;
 use chrono::{DateTime, Utc};
-use domain::jobs::{GenerationJob, JobCommand};
-use futures::{StreamExt, TryStreamExt};
+use cqrs_es::Aggregate;
+use domain::jobs::{GenerationJob, JobCommand, JobEvent};
+use infrastructure::db::Database;
 use infrastructure::db_fetch_all;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::app::AppState;
 
-/// Image rows taken per batch (a batch is extended to finish its last job).
-pub const BATCH_IMAGES_MAX: i64 = 1_000;
-/// Job streams loaded at once while recording a batch. With the batches in flight, the
-/// sweeper holds at most 2 × (4 + 1) pooled connections, leaving the rest to the server.
-const LOAD_CONCURRENCY: usize = 4;
-/// Batches in flight at once in one sweep (deleting and recording overlap).
-const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Image rows taken per batch (a batch is extended to finish its last job). Large
+/// batches amortise the round trips of find, load and commit.
+pub const BATCH_IMAGES_MAX: i64 = 4_000;
+/// Batches in flight at once in one sweep: while one commits, others delete. Each holds
+/// at most one pooled connection at a time (load, then commit), the finder one more.
+const BATCHES_IN_FLIGHT_MAX: usize = 3;
+/// Job ids per stream-loading query (bound parameters; far below both databases' limits).
+const LOAD_IDS_PER_QUERY_MAX: usize = 1_000;
 /// Only keys under this prefix are deleted.
 const IMAGE_PREFIX: &str = "generated-images/";
 
@@ -67,15 +72,15 @@ pub async fn find_expired(state: &AppState, cutoff: DateTime<Utc>, limit: i64) -
 }
 
 /// Like [`find_expired`], for jobs after `after` (`(created_at, job_id)` of the last job
-/// of the previous batch), so batches in flight together never overlap. (`created_at >=`
-/// alone bounds the range on `images_created_idx`; the `OR` then skips the cursor's
-/// timestamp up to its job.)
+/// of the previous batch), so batches in flight together never overlap.
 async fn find_expired_after(
     state: &AppState,
     cutoff: DateTime<Utc>,
     after: Option<&(DateTime<Utc>, String)>,
     limit: i64,
 ) -> anyhow::Result<Vec<ExpiredJob>> {
+    // The row comparison is an index range on `images_expiry_idx` (created_at, job_id,
+    // position) WHERE expired_at IS NULL, which also yields the order.
     let rows: Vec<(String, DateTime<Utc>, String)> = match after {
         None => db_fetch_all!(
             &state.db,
@@ -89,7 +94,7 @@ async fn find_expired_after(
             &state.db,
             (String, DateTime<Utc>, String),
             "SELECT job_id, created_at, key FROM images WHERE expired_at IS NULL AND created_at < $1 \
-             AND created_at >= $2 AND (created_at > $2 OR job_id > $3) \
+             AND (created_at, job_id) > ($2, $3) \
              ORDER BY created_at, job_id, position LIMIT $4",
             cutoff,
             created_at,
@@ -131,25 +136,15 @@ pub async fn delete_objects(state: &AppState, jobs: &[ExpiredJob]) -> anyhow::Re
 }
 
 /// Records `ImagesExpired` on each job, all in one append; returns how many jobs got
-/// the event (jobs already expired get none). If another writer touched one of the
-/// streams meanwhile, falls back to one command per job.
+/// the event (jobs already expired get none). The streams are loaded in one query and
+/// each job decides by its own rule; the append's sequence checks catch any writer in
+/// between, and then each job is retried alone (load, decide, append).
 pub async fn record_expired(state: &AppState, jobs: &[ExpiredJob], now: DateTime<Utc>) -> anyhow::Result<usize> {
     let metadata = json!({"actor": "retention-sweeper"});
     let aggregates = &state.aggregates;
-    // Owned ids and store in each future: borrowed ones make the sweeper's future
-    // not `Send` for every lifetime, which `tokio::spawn` needs.
-    let ids: Vec<String> = jobs.iter().map(|job| job.job_id.clone()).collect();
-    let store = aggregates.clone();
-    let loaded: Vec<_> = futures::stream::iter(ids)
-        .map(move |id| {
-            let store = store.clone();
-            async move { store.load::<GenerationJob>(&id).await }
-        })
-        .buffered(LOAD_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let mut appends = Vec::with_capacity(loaded.len());
-    for mut job in loaded {
+    let ids: Vec<&str> = jobs.iter().map(|job| job.job_id.as_str()).collect();
+    let mut appends = Vec::with_capacity(ids.len());
+    for mut job in load_jobs(state, &ids).await? {
         match aggregates.decide_in_place(&mut job, JobCommand::ExpireImages { now }, &(), &metadata).await {
             Ok((events, append)) if !events.is_empty() => appends.push(append),
             Ok(_) => {}
@@ -177,6 +172,84 @@ pub async fn record_expired(state: &AppState, jobs: &[ExpiredJob], now: DateTime
     }
 }
 
+/// The `GenerationJob` streams of `ids` (those that exist), each replayed from its first
+/// event: a job's stream is a handful of events, so one query for many streams beats a
+/// snapshot look-up per stream. A stream's state is the aggregate's own `apply` of its
+/// events, exactly as [`AggregateStore::load`] builds it.
+///
+/// `snapshot_sequence` is set to the loaded sequence: the sweep adds one event per job,
+/// which is no reason to write a snapshot (snapshots are a cache; skipping one is safe).
+///
+/// [`AggregateStore::load`]: application::aggregate_store::AggregateStore::load
+async fn load_jobs(state: &AppState, ids: &[&str]) -> anyhow::Result<Vec<Loaded<GenerationJob>>> {
+    let mut loaded: Vec<Loaded<GenerationJob>> = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(LOAD_IDS_PER_QUERY_MAX) {
+        // `CAST(payload AS TEXT)`: jsonb on PostgreSQL, text on SQLite; one SQL for both.
+        let sql = values_list_sql(
+            "SELECT aggregate_id, sequence, event_type, CAST(payload AS TEXT) FROM events \
+             WHERE aggregate_type = 'GenerationJob' AND aggregate_id IN",
+            chunk.len(),
+            "ORDER BY aggregate_id, sequence",
+        );
+        let rows: Vec<(String, i64, String, String)> = match &state.db {
+            Database::Postgres(pool) => bind_all(sqlx::query_as(&sql), chunk).fetch_all(pool).await?,
+            Database::Sqlite { read, .. } => bind_all(sqlx::query_as(&sql), chunk).fetch_all(read).await?,
+        };
+        for (id, sequence, event_type, payload) in rows {
+            let event = decode_job_event(&id, sequence, &event_type, &payload)?;
+            let job = match loaded.last_mut() {
+                Some(last) if last.id == id => last,
+                _ => {
+                    loaded.push(Loaded { id, aggregate: GenerationJob::default(), sequence: 0, snapshot_sequence: 0 });
+                    loaded.last_mut().expect("just pushed")
+                }
+            };
+            job.aggregate.apply(event);
+            job.sequence = sequence;
+            job.snapshot_sequence = sequence;
+        }
+    }
+    Ok(loaded)
+}
+
+/// `{head} ($1, $2, …, $n) {tail}`.
+fn values_list_sql(head: &str, n: usize, tail: &str) -> String {
+    let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!("{head} ({}) {tail}", placeholders.join(", "))
+}
+
+fn bind_all<'q, DB, O>(
+    mut query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
+    ids: &'q [&'q str],
+) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    for id in ids {
+        query = query.bind(*id);
+    }
+    query
+}
+
+/// A stored job event, checked like [`decode_event`]: the payload must parse and be of
+/// its recorded type.
+///
+/// [`decode_event`]: application::aggregate_store::decode_event
+fn decode_job_event(id: &str, sequence: i64, event_type: &str, payload: &str) -> Result<JobEvent, EventStoreError> {
+    let corrupt = |reason: String| EventStoreError::Corrupt {
+        aggregate_type: GenerationJob::TYPE.to_string(),
+        aggregate_id: id.to_string(),
+        sequence,
+        reason,
+    };
+    let event: JobEvent = serde_json::from_str(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
+    if event.name() != event_type {
+        return Err(corrupt(format!("payload is {}, recorded as {event_type}", event.name())));
+    }
+    Ok(event)
+}
+
 /// One found batch: delete its objects, then record. Returns `(jobs recorded, images)`.
 async fn process_batch(state: AppState, jobs: Vec<ExpiredJob>, now: DateTime<Utc>) -> anyhow::Result<(usize, usize)> {
     let images = delete_objects(&state, &jobs).await?;
@@ -188,29 +261,44 @@ async fn process_batch(state: AppState, jobs: Vec<ExpiredJob>, now: DateTime<Utc
 /// cursor, so each pass ends and batches in flight together are disjoint; a batch not
 /// finished (error, crash) is found again by the next pass. Progress is logged per batch.
 pub async fn sweep(state: &AppState, retention_days: u32, stop: Option<&watch::Receiver<bool>>) -> anyhow::Result<SweepReport> {
+    sweep_in_batches(state, retention_days, stop, BATCH_IMAGES_MAX).await
+}
+
+/// [`sweep`] with batches of about `batch_images_max` images (tests use tiny ones to run
+/// many batches in flight).
+pub async fn sweep_in_batches(
+    state: &AppState,
+    retention_days: u32,
+    stop: Option<&watch::Receiver<bool>>,
+    batch_images_max: i64,
+) -> anyhow::Result<SweepReport> {
+    let batch_images_max = batch_images_max.max(1);
     let started = Instant::now();
     let now = state.jobs.now();
     let cutoff = cutoff(now, retention_days);
     let mut report = SweepReport::default();
     let mut after: Option<(DateTime<Utc>, String)> = None;
     let mut exhausted = false;
-    let mut in_flight = futures::stream::FuturesUnordered::new();
+    // Batches run as tasks, so they progress while the next batch is being found; the
+    // set aborts what is still running if the sweep returns early with an error (each
+    // batch is idempotent, so an aborted one is simply found again).
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
         while !exhausted && in_flight.len() < BATCHES_IN_FLIGHT_MAX {
             if stop.is_some_and(|stop| *stop.borrow()) {
                 exhausted = true;
                 break;
             }
-            let jobs = find_expired_after(state, cutoff, after.as_ref(), BATCH_IMAGES_MAX).await?;
+            let jobs = find_expired_after(state, cutoff, after.as_ref(), batch_images_max).await?;
             let Some(last) = jobs.last() else {
                 exhausted = true;
                 break;
             };
             after = Some((last.created_at, last.job_id.clone()));
-            in_flight.push(process_batch(state.clone(), jobs, now));
+            in_flight.spawn(process_batch(state.clone(), jobs, now));
         }
-        let Some(done) = in_flight.next().await else { break };
-        let (recorded, images) = done?;
+        let Some(done) = in_flight.join_next().await else { break };
+        let (recorded, images) = done??;
         report.batches += 1;
         report.jobs += recorded;
         report.images += images;

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod balances;
 pub mod catalog;
 pub mod history;
+pub mod images;
 pub mod jobs;
 pub mod projector;
 pub mod rebuild;

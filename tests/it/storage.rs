@@ -346,8 +346,9 @@ async fn a_sweep_interrupted_mid_batch_ends_with_everything_deleted_and_recorded
     assert_eq!(listed_images(&app, &key, &due[0].job_id).await.0, 410);
     assert_eq!(listed_images(&app, &key, &due[1].job_id).await.0, 200, "deleted but not yet recorded");
 
-    let report = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep resumes");
-    assert_eq!(report.jobs, 3, "the three jobs not yet recorded: {report:?}");
+    // Batches of one job each: several in flight at once, disjoint by the cursor.
+    let report = kiln::retention::sweep_in_batches(&app.state, 90, None, 1).await.expect("sweep resumes");
+    assert_eq!((report.jobs, report.batches), (3, 3), "the three jobs not yet recorded, one batch each: {report:?}");
     for job in &due {
         assert!(job.keys.iter().all(|k| !server.has(k)), "{job:?} deleted");
         assert_eq!(listed_images(&app, &key, &job.job_id).await.0, 410);
@@ -357,6 +358,10 @@ async fn a_sweep_interrupted_mid_batch_ends_with_everything_deleted_and_recorded
     assert!(recorded.values().all(|&n| n == 1), "ImagesExpired once per job: {recorded:?}");
     let again = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep");
     assert_eq!((again.jobs, again.images), (0, 0));
+    // A batch found before the sweep and recorded after it (a stale finder) records
+    // nothing: each job refuses a second ImagesExpired.
+    assert_eq!(kiln::retention::record_expired(&app.state, &due, now).await.expect("record again"), 0);
+    assert_eq!(images_expired_events(&app).await, recorded);
     assert_eq!(jobs.len(), 4);
     app.shutdown().await.expect("shutdown");
 }

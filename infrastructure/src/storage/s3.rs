@@ -26,12 +26,16 @@ use aws_sdk_s3::types::{
 };
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use secrecy::ExposeSecret;
 
 use crate::config::S3Settings;
 
 /// Keys per `DeleteObjects` request: S3's own limit.
 pub const DELETE_BATCH_KEYS_MAX: usize = 1_000;
+/// `DeleteObjects` requests in flight at once for one `delete_many`: a server deletes the
+/// keys of one request one after another, so a few requests at once keep it busy.
+const DELETE_REQUESTS_IN_FLIGHT_MAX: usize = 4;
 /// The key prefix the lifecycle rule expires: generated images only, never model assets
 /// or the reference catalog.
 pub const EXPIRING_PREFIX: &str = "generated-images/";
@@ -195,10 +199,15 @@ impl ObjectStore for S3ObjectStore {
         for key in keys {
             validate_key(key)?;
         }
-        for chunk in keys.chunks(DELETE_BATCH_KEYS_MAX) {
-            self.delete_chunk(chunk).await?;
-        }
-        Ok(())
+        // Unordered is fine: deletes are idempotent, and on any error the caller retries
+        // the whole batch.
+        // (The requests are made up front: a closure inside the stream's type would make
+        // the future not `Send` for every lifetime, which `async_trait` needs.)
+        let requests: Vec<_> = keys.chunks(DELETE_BATCH_KEYS_MAX).map(|chunk| self.delete_chunk(chunk)).collect();
+        futures::stream::iter(requests)
+            .buffer_unordered(DELETE_REQUESTS_IN_FLIGHT_MAX)
+            .try_collect::<()>()
+            .await
     }
 
     fn signed_url(&self, key: &str, ttl: Duration, now: DateTime<Utc>) -> Result<String, StorageError> {

@@ -1,0 +1,38 @@
+//! The `images` side of the `jobs` inline projection, set-based: all `ImagesExpired`
+//! events of one append become two statements (jobs flagged, their images' `expired_at`
+//! set) instead of two per job, which is what lets the retention sweeper record
+//! thousands of expiries per append. Called by [`crate::jobs::Jobs`], so the tables stay
+//! that projection's (rebuild, catalog).
+
+use chrono::{DateTime, Utc};
+use infrastructure::event_store::{ProjectionError, Tx};
+use infrastructure::tx_execute_values;
+
+/// One job's `ImagesExpired`: its id and when.
+pub type Expired = (String, DateTime<Utc>);
+
+/// Marks the jobs' images expired (`jobs.images_expired`, `images.expired_at`). A job
+/// appears at most once per append (one stream per append, one `ImagesExpired` per job).
+pub async fn expire(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), ProjectionError> {
+    if expired.is_empty() {
+        return Ok(());
+    }
+    // `VALUES` columns are `column1`, `column2` on both databases.
+    tx_execute_values!(
+        tx,
+        "UPDATE jobs SET images_expired = TRUE, updated_at = v.column2 FROM (",
+        ") AS v WHERE jobs.job_id = v.column1",
+        2,
+        expired,
+        |q, row| q.bind(&row.0).bind(row.1)
+    )?;
+    tx_execute_values!(
+        tx,
+        "UPDATE images SET expired_at = v.column2 FROM (",
+        ") AS v WHERE images.job_id = v.column1 AND images.expired_at IS NULL",
+        2,
+        expired,
+        |q, row| q.bind(&row.0).bind(row.1)
+    )?;
+    Ok(())
+}
