@@ -7,19 +7,28 @@
 //! in one append (one transaction), then answers each caller. A hot team therefore costs
 //! one transaction per *batch*, not per command, and never races itself.
 //!
+//! **Group commit across teams.** The writers do not commit themselves: they hand their
+//! appends to one committer per service, which joins whatever has queued from many teams
+//! into one transaction, with at most [`COMMITS_IN_FLIGHT`] transactions open at once. At
+//! low load every batch commits alone at once; under load the queue that forms while
+//! transactions run becomes the next transaction, so commits per second stay bounded while
+//! commands per commit grow. A conflict on one stream fails only the writer that owns it
+//! (the rest commit without it); any other failure of a joint transaction is retried
+//! stream-group by stream-group, so every writer gets the answer of its own append.
+//!
 //! Across processes the append's optimistic check decides: a conflict means another
 //! process wrote the team, so the task reloads the state and decides the batch again
 //! (bounded, with jittered backoff). Decisions that wrote nothing (rejections, repeats)
 //! are only answered once the state they were made on is known to be current.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use domain::{Plan, Reservation, TeamCredits, TeamCreditsCommand, TeamCreditsError, TeamCreditsEvent, TeamId};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::aggregate_store::{decode_event, AggregateStore, CommandError, Loaded, CONFLICT_RETRIES_MAX};
 use crate::clock::Clock;
@@ -34,6 +43,10 @@ pub const BATCH_COMMANDS_MAX: usize = 256;
 /// Commands waiting for one team, at most; callers beyond it wait for room.
 pub const QUEUE_DEPTH_MAX: usize = 4_096;
 const CONFLICT_BACKOFF_BASE: Duration = Duration::from_micros(250);
+/// Joint transactions open at once by one service's committer.
+pub const COMMITS_IN_FLIGHT: usize = 4;
+/// Writers' appends joined into one transaction, at most.
+pub const COMMIT_GROUP_MAX: usize = 128;
 
 /// Builds a team command (and the other streams to append atomically with it) from the
 /// team's current state. May run more than once: after a conflict it runs on fresh state.
@@ -87,11 +100,29 @@ pub struct CreditsService {
     aggregates: AggregateStore,
     clock: Arc<dyn Clock>,
     writers: Arc<Mutex<HashMap<TeamId, Writer>>>,
+    /// Started on first use (it needs a runtime; `new` may run outside one).
+    committer: Arc<OnceLock<Committer>>,
+    commits_in_flight: usize,
 }
 
 impl CreditsService {
     pub fn new(aggregates: AggregateStore, clock: Arc<dyn Clock>) -> Self {
-        Self { aggregates, clock, writers: Arc::new(Mutex::new(HashMap::new())) }
+        Self {
+            aggregates,
+            clock,
+            writers: Arc::new(Mutex::new(HashMap::new())),
+            committer: Arc::new(OnceLock::new()),
+            commits_in_flight: COMMITS_IN_FLIGHT,
+        }
+    }
+
+    /// At most `n` joint transactions open at once; 1 makes every team's commits wait
+    /// for each other, 0 turns joining off (each team's batch is its own transaction).
+    /// For diagnosis and benchmarks; the default suits most pools.
+    pub fn with_commits_in_flight(mut self, n: usize) -> Self {
+        self.commits_in_flight = n;
+        self.committer = Arc::new(OnceLock::new());
+        self
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -139,7 +170,8 @@ impl CreditsService {
             evict_least_recent(&mut writers);
         }
         let (queue, requests) = mpsc::channel(QUEUE_DEPTH_MAX);
-        tokio::spawn(run_writer(self.aggregates.clone(), team, requests));
+        let committer = self.committer.get_or_init(|| Committer::start(self.aggregates.clone(), self.commits_in_flight)).clone();
+        tokio::spawn(run_writer(self.aggregates.clone(), committer, team, requests));
         writers.insert(team, Writer { queue: queue.clone(), last_used: Instant::now() });
         queue
     }
@@ -165,7 +197,7 @@ fn evict_least_recent(writers: &mut HashMap<TeamId, Writer>) {
 
 /// The writer task of one team: takes whatever is queued (up to a batch), decides it,
 /// commits it, answers.
-async fn run_writer(aggregates: AggregateStore, team: TeamId, mut requests: mpsc::Receiver<Request>) {
+async fn run_writer(aggregates: AggregateStore, committer: Committer, team: TeamId, mut requests: mpsc::Receiver<Request>) {
     let mut state: Option<Loaded<TeamCredits>> = None;
     while let Some(first) = requests.recv().await {
         let mut batch = vec![first];
@@ -175,7 +207,7 @@ async fn run_writer(aggregates: AggregateStore, team: TeamId, mut requests: mpsc
                 Err(_) => break,
             }
         }
-        process_batch(&aggregates, team, &mut state, batch).await;
+        process_batch(&aggregates, &committer, team, &mut state, batch).await;
     }
 }
 
@@ -185,7 +217,13 @@ struct Decision {
     extra: Vec<StreamAppend>,
 }
 
-async fn process_batch(aggregates: &AggregateStore, team: TeamId, state: &mut Option<Loaded<TeamCredits>>, mut batch: Vec<Request>) {
+async fn process_batch(
+    aggregates: &AggregateStore,
+    committer: &Committer,
+    team: TeamId,
+    state: &mut Option<Loaded<TeamCredits>>,
+    mut batch: Vec<Request>,
+) {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -215,8 +253,8 @@ async fn process_batch(aggregates: &AggregateStore, team: TeamId, state: &mut Op
         };
         let mut appends = vec![append];
         appends.extend(decisions.iter().flat_map(|d| d.extra.iter().cloned()));
-        match aggregates.commit(appends).await {
-            Ok(_) => {
+        match committer.commit(appends).await {
+            Ok(()) => {
                 *state = Some(loaded);
                 return answer(batch, decisions);
             }
@@ -287,6 +325,116 @@ async fn decide_batch(
     }
     let combined = combined.filter(|append| !append.events.is_empty());
     (decisions, combined)
+}
+
+/// One writer's appends waiting to be committed, and where to say how it went.
+struct CommitRequest {
+    appends: Vec<StreamAppend>,
+    reply: oneshot::Sender<Result<(), EventStoreError>>,
+}
+
+/// The service's committer: joins the appends of many writers into few transactions
+/// (or, with joining off, lets each writer commit its own).
+#[derive(Clone)]
+enum Committer {
+    Joint(mpsc::Sender<CommitRequest>),
+    Direct(AggregateStore),
+}
+
+impl Committer {
+    /// Starts the committer task; it stops once every writer (and the service) let go.
+    fn start(aggregates: AggregateStore, in_flight: usize) -> Self {
+        if in_flight == 0 {
+            return Self::Direct(aggregates);
+        }
+        let (queue, requests) = mpsc::channel(WRITERS_MAX);
+        tokio::spawn(run_committer(aggregates, requests, in_flight));
+        Self::Joint(queue)
+    }
+
+    async fn commit(&self, appends: Vec<StreamAppend>) -> Result<(), EventStoreError> {
+        let queue = match self {
+            Self::Joint(queue) => queue,
+            Self::Direct(aggregates) => return aggregates.commit(appends).await.map(|_| ()),
+        };
+        let (reply, answer) = oneshot::channel();
+        queue.send(CommitRequest { appends, reply }).await.map_err(|_| committer_gone())?;
+        answer.await.map_err(|_| committer_gone())?
+    }
+}
+
+fn committer_gone() -> EventStoreError {
+    EventStoreError::Unavailable("credit committer stopped".into())
+}
+
+/// Takes a free transaction slot, then everything queued (up to a group), and commits it
+/// in the background; what queues meanwhile forms the next group.
+async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<CommitRequest>, in_flight: usize) {
+    let slots = Arc::new(Semaphore::new(in_flight));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = requests.recv().await else { return };
+        let mut group = vec![first];
+        while group.len() < COMMIT_GROUP_MAX {
+            match requests.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let aggregates = aggregates.clone();
+        tokio::spawn(async move {
+            commit_group(&aggregates, group).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commits `group` in one transaction. A conflict names one stream: its writer is told,
+/// the others are committed again without it. Any other failure may belong to any member
+/// (an inline projection refusing one writer's events, say), so each is then committed
+/// alone and gets its own answer.
+async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>) {
+    while group.len() > 1 {
+        let joint: Vec<StreamAppend> = group.iter().flat_map(|r| r.appends.iter().cloned()).collect();
+        match aggregates.commit(joint).await {
+            Ok(_) => {
+                for request in group {
+                    let _ = request.reply.send(Ok(()));
+                }
+                return;
+            }
+            Err(EventStoreError::Conflict { aggregate_type, aggregate_id, expected_sequence })
+                if group.iter().any(|r| owns(r, &aggregate_type, &aggregate_id)) =>
+            {
+                let (hit, rest): (Vec<_>, Vec<_>) = group.into_iter().partition(|r| owns(r, &aggregate_type, &aggregate_id));
+                for request in hit {
+                    let conflict = EventStoreError::Conflict {
+                        aggregate_type: aggregate_type.clone(),
+                        aggregate_id: aggregate_id.clone(),
+                        expected_sequence,
+                    };
+                    let _ = request.reply.send(Err(conflict));
+                }
+                group = rest;
+            }
+            Err(error) => {
+                tracing::debug!(%error, members = group.len(), "joint credit commit failed; committing each writer alone");
+                for request in group {
+                    let result = aggregates.commit(request.appends).await.map(|_| ());
+                    let _ = request.reply.send(result);
+                }
+                return;
+            }
+        }
+    }
+    if let Some(request) = group.pop() {
+        let result = aggregates.commit(request.appends).await.map(|_| ());
+        let _ = request.reply.send(result);
+    }
+}
+
+fn owns(request: &CommitRequest, aggregate_type: &str, aggregate_id: &str) -> bool {
+    request.appends.iter().any(|a| a.aggregate_type == aggregate_type && a.aggregate_id == aggregate_id)
 }
 
 /// Applies events other processes appended after `loaded`; says whether there were any.

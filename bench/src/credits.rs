@@ -50,7 +50,7 @@ async fn run_in(args: &CreditsArgs, url: &str) -> anyhow::Result<Report> {
     let postgres_version: String = sqlx::query_scalar("SHOW server_version").fetch_one(&pool).await?;
 
     let teams: Arc<[Uuid]> = (0..args.teams).map(|_| Uuid::now_v7()).collect();
-    let kiln = Arc::new(Kiln::new(&db, args.snapshot_every));
+    let kiln = Arc::new(Kiln::new(&db, args.snapshot_every, args.commits_in_flight));
     eprintln!("setup: {} teams, baseline and Kiln", teams.len());
     baseline::setup(&pool, &teams, GRANT_CREDITS).await.context("baseline setup")?;
     kiln.setup(&teams, GRANT_CREDITS).await.context("Kiln setup")?;
@@ -69,12 +69,17 @@ async fn run_in(args: &CreditsArgs, url: &str) -> anyhow::Result<Report> {
         }
         checkpoint(&pool).await?;
         eprintln!("running {name} ({}s warm-up, {}s measured)", args.warmup_secs, args.duration_secs);
+        let log_before = log_end(&pool).await?;
         let measured = match design {
             Design::Baseline => run_baseline(args, &pool, &teams, pick).await?,
             Design::Kiln => run_kiln(args, &kiln, &teams, pick).await?,
         };
         succeeded[design as usize] += measured.succeeded_total;
-        scenarios.push(Scenario::new(name, design, measured));
+        let mut scenario = Scenario::new(name, design, measured);
+        if design == Design::Kiln {
+            scenario.events_per_commit = Some(events_per_commit(&pool, log_before).await?);
+        }
+        scenarios.push(scenario);
     }
 
     let consistency = Consistency {
@@ -85,6 +90,22 @@ async fn run_in(args: &CreditsArgs, url: &str) -> anyhow::Result<Report> {
     };
     db.close().await;
     Ok(Report::new(args, postgres_version, scenarios, consistency))
+}
+
+/// The last position in Kiln's event log (0 when empty).
+async fn log_end(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(pool).await?)
+}
+
+/// Events per committed transaction after `position` (warm-up included): how many
+/// commands Kiln's group commit joined per transaction (one reserve or deduct is one event).
+async fn events_per_commit(pool: &PgPool, after: i64) -> anyhow::Result<f64> {
+    let (events, commits): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT transaction_id) FROM events WHERE position > $1")
+            .bind(after)
+            .fetch_one(pool)
+            .await?;
+    Ok(events as f64 / commits.max(1) as f64)
 }
 
 /// Flushes dirty pages between scenarios, so one scenario does not pay for the writes of

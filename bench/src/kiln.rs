@@ -27,11 +27,12 @@ pub struct Kiln {
 }
 
 impl Kiln {
-    /// `snapshot_every` as in the binary's `event_store.snapshot_every` setting.
-    pub fn new(db: &Database, snapshot_every: i64) -> Self {
+    /// `snapshot_every` as in the binary's `event_store.snapshot_every` setting;
+    /// `commits_in_flight` as `CreditsService::with_commits_in_flight`.
+    pub fn new(db: &Database, snapshot_every: i64, commits_in_flight: usize) -> Self {
         let store = SqlEventStore::with_inline_projections(db.clone(), projections::inline_projections());
         let aggregates = AggregateStore::new(Arc::new(store), snapshot_every);
-        let credits = CreditsService::new(aggregates, Arc::new(SystemClock));
+        let credits = CreditsService::new(aggregates, Arc::new(SystemClock)).with_commits_in_flight(commits_in_flight);
         Self { credits, metadata: serde_json::json!({}) }
     }
 

@@ -61,6 +61,10 @@ pub struct CreditsArgs {
     /// Kiln's snapshot interval (`event_store.snapshot_every`); 100 is the binary's default.
     #[arg(long, default_value_t = 100)]
     pub snapshot_every: i64,
+    /// Kiln's joint credit transactions open at once (`CreditsService::with_commits_in_flight`;
+    /// 0: no joining, every team's batch commits alone).
+    #[arg(long, default_value_t = application::credits::COMMITS_IN_FLIGHT)]
+    pub commits_in_flight: usize,
     /// Run only these scenarios (repeatable), e.g. `--only kiln-hot` while profiling.
     #[arg(long, value_parser = ["baseline-spread", "kiln-spread", "baseline-hot", "kiln-hot"])]
     pub only: Vec<String>,
@@ -78,6 +82,7 @@ impl CreditsArgs {
         anyhow::ensure!(self.warmup_secs <= 600, "--warmup-secs must be at most 600");
         anyhow::ensure!((1..=512).contains(&self.connections), "--connections must be 1..=512");
         anyhow::ensure!(self.snapshot_every >= 1, "--snapshot-every must be at least 1");
+        anyhow::ensure!(self.commits_in_flight <= 64, "--commits-in-flight must be 0..=64");
         Ok(())
     }
 

@@ -35,6 +35,8 @@ pub struct Scenario {
     pub measured_secs: f64,
     /// Distinct error messages (warm-up included) and their counts.
     pub error_samples: BTreeMap<String, u64>,
+    /// Kiln only: events per committed transaction (warm-up included).
+    pub events_per_commit: Option<f64>,
 }
 
 impl Scenario {
@@ -53,6 +55,7 @@ impl Scenario {
             errors: measured.errors,
             measured_secs,
             error_samples: measured.error_samples,
+            events_per_commit: None,
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct Report {
     pub duration_secs: u64,
     pub pool_connections: u32,
     pub snapshot_every: i64,
+    pub commits_in_flight: usize,
     pub cpus: usize,
     pub postgres_version: String,
     pub scenarios: Vec<Scenario>,
@@ -107,6 +111,7 @@ impl Report {
             duration_secs: args.duration_secs,
             pool_connections: args.connections,
             snapshot_every: args.snapshot_every,
+            commits_in_flight: args.commits_in_flight,
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             postgres_version,
             scenarios,
@@ -132,24 +137,33 @@ impl Report {
     fn table(&self) -> String {
         let mut out = format!(
             "{} clients, {} teams, {}s warm-up + {}s per scenario, pool {} connections, Kiln snapshot every {} events, \
-             {} CPUs, PostgreSQL {}\n\n",
+             {} joint commits in flight, {} CPUs, PostgreSQL {}\n\n",
             self.clients,
             self.teams,
             self.warmup_secs,
             self.duration_secs,
             self.pool_connections,
             self.snapshot_every,
+            self.commits_in_flight,
             self.cpus,
             self.postgres_version
         );
         out += &format!(
-            "{:<16} {:>9} {:>10} {:>8} {:>8} {:>9} {:>9} {:>7}\n",
-            "scenario", "ops", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+            "{:<16} {:>9} {:>10} {:>8} {:>8} {:>9} {:>9} {:>7} {:>11}\n",
+            "scenario", "ops", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors", "events/commit"
         );
         for s in &self.scenarios {
             out += &format!(
-                "{:<16} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>7}\n",
-                s.name, s.ops, s.ops_per_sec, s.p50_ms, s.p99_ms, s.p999_ms, s.max_ms, s.errors
+                "{:<16} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>7} {:>11}\n",
+                s.name,
+                s.ops,
+                s.ops_per_sec,
+                s.p50_ms,
+                s.p99_ms,
+                s.p999_ms,
+                s.max_ms,
+                s.errors,
+                s.events_per_commit.map_or("-".to_string(), |n| format!("{n:.1}"))
             );
         }
         out += "\n";

@@ -359,6 +359,72 @@ async fn concurrent_money_paths_keep_the_ledger_exact() {
     assert_read_model_matches(&app, t).await;
 }
 
+/// Many teams at once from two "processes" whose committers each keep one joint
+/// transaction open at a time, so commands of different teams share transactions and
+/// the two processes' writers of the same team conflict inside them. Every team's ledger
+/// ends exact, and the log shows transactions that carried several teams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn teams_committed_together_stay_exact_when_processes_collide() {
+    let app = TestApp::spawn(TestDb::postgres().await).await;
+    let mut teams = Vec::new();
+    for n in 0..6 {
+        let team = app.create_team(&format!("Joint {n}"), "enterprise").await;
+        app.grant(&team, 500, "seed").await;
+        teams.push(team_id(&team));
+    }
+    let processes = [
+        CreditsService::new(app.state.aggregates.clone(), app.state.credits.clock().clone()).with_commits_in_flight(1),
+        CreditsService::new(app.state.aggregates.clone(), app.state.credits.clock().clone()).with_commits_in_flight(1),
+    ];
+    let mut tasks = Vec::new();
+    for client in 0..24usize {
+        let service = processes[client % 2].clone();
+        let team = teams[client % teams.len()];
+        let now = app.clock.now();
+        tasks.push(tokio::spawn(async move {
+            let mut deducted = 0i64;
+            for n in 0..10usize {
+                let job = JobId::new(uuid::Uuid::now_v7());
+                match service.execute(team, reserve(job, 3, now), &json!({})).await {
+                    Ok(_) => {}
+                    Err(CreditsError::Rejected(TeamCreditsError::InsufficientCredits { .. })) => continue,
+                    Err(other) => panic!("reserve failed: {other}"),
+                }
+                let end = if (client + n) % 4 == 0 {
+                    TeamCreditsCommand::RefundCredits { reservation_id: job, now }
+                } else {
+                    deducted += 3;
+                    TeamCreditsCommand::DeductCredits { reservation_id: job, now }
+                };
+                let ended = service.execute(team, end, &json!({})).await.expect("end");
+                assert_eq!(ended.events.len(), 1, "each reservation ends once, by this call");
+            }
+            (team, deducted)
+        }));
+    }
+    let mut deducted_by_team = std::collections::HashMap::<TeamId, i64>::new();
+    for task in tasks {
+        let (team, deducted) = task.await.expect("task");
+        *deducted_by_team.entry(team).or_default() += deducted;
+    }
+    for team in &teams {
+        let state = app.state.credits.state(*team).await.expect("state");
+        assert_eq!(state.deducted_total(), deducted_by_team[team], "team {team}");
+        assert_eq!(state.reserved(), 0);
+        assert_eq!(state.available() + state.deducted_total(), 500, "conserved");
+        assert_read_model_matches(&app, *team).await;
+    }
+    let Database::Postgres(pool) = &app.db.db else { unreachable!("postgres test") };
+    let widest: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(DISTINCT aggregate_id) AS n FROM events \
+         WHERE aggregate_type = 'TeamCredits' GROUP BY transaction_id) AS t",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("widest transaction");
+    assert!(widest > 1, "no transaction carried more than one team");
+}
+
 /// A process that reserved and died before deducting: another process finishes the job
 /// exactly once.
 #[tokio::test]

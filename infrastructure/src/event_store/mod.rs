@@ -57,7 +57,8 @@ impl SqlEventStore {
 }
 
 fn validate(appends: &[StreamAppend]) -> Result<(), EventStoreError> {
-    for (index, append) in appends.iter().enumerate() {
+    let mut streams = std::collections::HashSet::with_capacity(appends.len());
+    for append in appends {
         if append.expected_sequence < 0 {
             return Err(EventStoreError::InvalidAppend(format!(
                 "negative expected sequence for {} {}",
@@ -73,10 +74,7 @@ fn validate(appends: &[StreamAppend]) -> Result<(), EventStoreError> {
                 )));
             }
         }
-        let repeated = appends[..index]
-            .iter()
-            .any(|a| a.aggregate_type == append.aggregate_type && a.aggregate_id == append.aggregate_id);
-        if repeated {
+        if !streams.insert((append.aggregate_type.as_str(), append.aggregate_id.as_str())) {
             return Err(EventStoreError::InvalidAppend(format!(
                 "stream {} {} appears twice in one append",
                 append.aggregate_type, append.aggregate_id

@@ -1,5 +1,6 @@
 //! The PostgreSQL side of the event store.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use application::event_store::{EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend};
@@ -10,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::chain;
 use super::inline::{run_inline, InlineProjection, Tx};
-use super::{conflict, is_sequence_taken, unavailable};
+use super::{conflict, unavailable};
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -51,24 +52,20 @@ pub(super) async fn append(
     appends: &[StreamAppend],
 ) -> Result<Vec<StoredEvent>, EventStoreError> {
     let mut tx = pool.begin().await.map_err(unavailable)?;
-    let mut stored = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
-    for append in appends.iter().filter(|a| !a.events.is_empty()) {
-        let sealed;
-        let append = if chain::is_chained(&append.aggregate_type) {
-            let prev = prev_hash(&mut tx, append).await.map_err(unavailable)?;
-            sealed = chain::seal(append, &prev);
-            &sealed
-        } else {
-            append
-        };
-        let rows = insert_stream(&mut tx, append).await.map_err(|error| {
-            if is_sequence_taken(&error) {
-                conflict(append)
-            } else {
-                unavailable(error)
-            }
-        })?;
-        stored.extend(rows);
+    let appends: Vec<&StreamAppend> = appends.iter().filter(|a| !a.events.is_empty()).collect();
+    let prev = prev_hashes(&mut tx, &appends).await.map_err(unavailable)?;
+    let sealed: Vec<StreamAppend> = appends
+        .iter()
+        .filter(|a| chain::is_chained(&a.aggregate_type))
+        .map(|a| chain::seal(a, prev.get(a.aggregate_id.as_str()).map_or("", String::as_str)))
+        .collect();
+    let mut sealed = sealed.iter();
+    let appends: Vec<&StreamAppend> = appends
+        .into_iter()
+        .map(|a| if chain::is_chained(&a.aggregate_type) { sealed.next().unwrap_or(a) } else { a })
+        .collect();
+    let stored = insert_streams(&mut tx, &appends).await?;
+    for append in &appends {
         if let Some(snapshot) = &append.snapshot {
             upsert_snapshot(&mut tx, append, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
         }
@@ -78,63 +75,105 @@ pub(super) async fn append(
     Ok(stored)
 }
 
-/// The stored hash of the event the append follows: one primary-key lookup.
-async fn prev_hash(conn: &mut PgConnection, append: &StreamAppend) -> Result<String, sqlx::Error> {
-    if append.expected_sequence == 0 {
-        return Ok(chain::GENESIS_HASH.to_string());
+/// The stored hash of the event each chained append follows (by stream id), in one
+/// query over the primary key; [`chain::GENESIS_HASH`] for new streams.
+async fn prev_hashes(conn: &mut PgConnection, appends: &[&StreamAppend]) -> Result<HashMap<String, String>, sqlx::Error> {
+    let chained: Vec<&&StreamAppend> = appends.iter().filter(|a| chain::is_chained(&a.aggregate_type)).collect();
+    let mut hashes: HashMap<String, String> = chained
+        .iter()
+        .filter(|a| a.expected_sequence == 0)
+        .map(|a| (a.aggregate_id.clone(), chain::GENESIS_HASH.to_string()))
+        .collect();
+    let (ids, sequences): (Vec<&str>, Vec<i64>) = chained
+        .iter()
+        .filter(|a| a.expected_sequence > 0)
+        .map(|a| (a.aggregate_id.as_str(), a.expected_sequence))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(hashes);
     }
-    let hash: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT metadata->>'hash' FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT e.aggregate_id, e.metadata->>'hash' FROM UNNEST($2::text[], $3::bigint[]) AS u(aggregate_id, sequence) \
+         JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = u.aggregate_id AND e.sequence = u.sequence",
     )
-    .bind(&append.aggregate_type)
-    .bind(&append.aggregate_id)
-    .bind(append.expected_sequence)
-    .fetch_optional(conn)
+    .bind(chain::CHAINED_AGGREGATE_TYPE)
+    .bind(&ids)
+    .bind(&sequences)
+    .fetch_all(conn)
     .await?;
-    // A missing predecessor makes the insert conflict or leaves a gap `audit verify` names.
-    Ok(hash.flatten().unwrap_or_default())
+    // A missing predecessor (or hash) seals with "": the insert then conflicts, or
+    // `audit verify` names the gap.
+    hashes.extend(rows.into_iter().map(|(id, hash)| (id, hash.unwrap_or_default())));
+    Ok(hashes)
 }
 
-/// One statement per stream, so a taken sequence names its stream.
-async fn insert_stream(conn: &mut PgConnection, append: &StreamAppend) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    let count = append.events.len();
-    let sequences: Vec<i64> = (1..=count as i64).map(|n| append.expected_sequence + n).collect();
-    let types: Vec<&str> = append.events.iter().map(|e| e.event_type.as_str()).collect();
-    let versions: Vec<&str> = append.events.iter().map(|e| e.event_version.as_str()).collect();
-    let payloads: Vec<Json<&Value>> = append.events.iter().map(|e| Json(&e.payload)).collect();
-    let metadata: Vec<Json<&Value>> = append.events.iter().map(|e| Json(&e.metadata)).collect();
-    let mut rows: Vec<(i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
+/// Every event of every stream in one statement. A sequence already taken (another
+/// writer appended to that stream first) is skipped by `ON CONFLICT DO NOTHING`; the
+/// first stream missing rows is reported as the conflict and the transaction, dropped
+/// unfinished, rolls back.
+async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let count = appends.iter().map(|a| a.events.len()).sum();
+    let mut types: Vec<&str> = Vec::with_capacity(count);
+    let mut ids: Vec<&str> = Vec::with_capacity(count);
+    let mut sequences: Vec<i64> = Vec::with_capacity(count);
+    let mut event_types: Vec<&str> = Vec::with_capacity(count);
+    let mut versions: Vec<&str> = Vec::with_capacity(count);
+    let mut payloads: Vec<Json<&Value>> = Vec::with_capacity(count);
+    let mut metadata: Vec<Json<&Value>> = Vec::with_capacity(count);
+    for append in appends {
+        for (offset, event) in append.events.iter().enumerate() {
+            types.push(&append.aggregate_type);
+            ids.push(&append.aggregate_id);
+            sequences.push(append.expected_sequence + 1 + offset as i64);
+            event_types.push(&event.event_type);
+            versions.push(&event.event_version);
+            payloads.push(Json(&event.payload));
+            metadata.push(Json(&event.metadata));
+        }
+    }
+    let rows: Vec<(String, String, i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-         SELECT $1, $2, u.sequence, u.event_type, u.event_version, u.payload, u.metadata \
-         FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-              AS u(sequence, event_type, event_version, payload, metadata) \
-         RETURNING sequence, position, transaction_id::text::bigint, recorded_at",
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+         ON CONFLICT (aggregate_type, aggregate_id, sequence) DO NOTHING \
+         RETURNING aggregate_type, aggregate_id, sequence, position, transaction_id::text::bigint, recorded_at",
     )
-    .bind(&append.aggregate_type)
-    .bind(&append.aggregate_id)
-    .bind(&sequences)
     .bind(&types)
+    .bind(&ids)
+    .bind(&sequences)
+    .bind(&event_types)
     .bind(&versions)
     .bind(&payloads)
     .bind(&metadata)
     .fetch_all(&mut *conn)
-    .await?;
-    rows.sort_unstable_by_key(|row| row.0);
-    Ok(rows
-        .into_iter()
-        .zip(&append.events)
-        .map(|((sequence, position, commit_order, recorded_at), event)| StoredEvent {
-            log_position: LogPosition { commit_order, position },
-            aggregate_type: append.aggregate_type.clone(),
-            aggregate_id: append.aggregate_id.clone(),
-            sequence,
-            event_type: event.event_type.clone(),
-            event_version: event.event_version.clone(),
-            payload: event.payload.clone(),
-            metadata: event.metadata.clone(),
-            recorded_at,
-        })
-        .collect())
+    .await
+    .map_err(unavailable)?;
+    let mut written: HashMap<(&str, &str, i64), (i64, i64, DateTime<Utc>)> = HashMap::with_capacity(rows.len());
+    for (aggregate_type, aggregate_id, sequence, position, commit_order, recorded_at) in &rows {
+        written.insert((aggregate_type.as_str(), aggregate_id.as_str(), *sequence), (*position, *commit_order, *recorded_at));
+    }
+    let mut stored = Vec::with_capacity(count);
+    for append in appends {
+        for (offset, event) in append.events.iter().enumerate() {
+            let sequence = append.expected_sequence + 1 + offset as i64;
+            let Some(&(position, commit_order, recorded_at)) =
+                written.get(&(append.aggregate_type.as_str(), append.aggregate_id.as_str(), sequence))
+            else {
+                return Err(conflict(append));
+            };
+            stored.push(StoredEvent {
+                log_position: LogPosition { commit_order, position },
+                aggregate_type: append.aggregate_type.clone(),
+                aggregate_id: append.aggregate_id.clone(),
+                sequence,
+                event_type: event.event_type.clone(),
+                event_version: event.event_version.clone(),
+                payload: event.payload.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at,
+            });
+        }
+    }
+    Ok(stored)
 }
 
 async fn upsert_snapshot(
