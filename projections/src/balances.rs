@@ -228,7 +228,173 @@ impl InlineProjection for TeamBalances {
     }
 }
 
-async fn write(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), ProjectionError> {
+async fn write(tx: &mut Tx<'_>, changes: Changes) -> Result<(), ProjectionError> {
+    match tx {
+        Tx::Postgres(conn) => write_postgres(conn, changes).await,
+        Tx::Sqlite(_) => write_portable(tx, changes).await,
+    }
+}
+
+/// PostgreSQL: the same statements as [`write_portable`], with the rows bound as arrays
+/// (`UNNEST`), so each statement's text is the same whatever the batch size and stays in
+/// the connection's prepared-statement cache (a multi-row `VALUES` list is a new
+/// statement to parse and plan for every row count).
+async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> Result<(), ProjectionError> {
+    if !changes.opened.is_empty() {
+        let (teams, names, plans, at) = unzip4(changes.opened.iter().map(|o| (o.0.as_str(), o.1.as_str(), o.2.as_str(), o.3)));
+        sqlx::query(
+            "INSERT INTO team_balances (team_id, name, plan, opened_at, updated_at, available, reserved) \
+             SELECT t, n, p, a, a, 0, 0 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(t, n, p, a) \
+             ON CONFLICT (team_id) DO NOTHING",
+        )
+        .bind(teams)
+        .bind(names)
+        .bind(plans)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (team, plan, at) in &changes.plans {
+        sqlx::query("UPDATE team_balances SET plan = $2, updated_at = $3 WHERE team_id = $1")
+            .bind(team)
+            .bind(plan)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !changes.new_grants.is_empty() {
+        let g = &changes.new_grants;
+        sqlx::query(
+            "INSERT INTO credit_grants (grant_id, team_id, origin, amount, remaining, expires_at, granted_at) \
+             SELECT g, t, o, a, a, e, at FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], \
+             $6::timestamptz[]) AS u(g, t, o, a, e, at)",
+        )
+        .bind(g.iter().map(|g| g.grant_id.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|g| g.team.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|g| g.origin).collect::<Vec<_>>())
+        .bind(g.iter().map(|g| g.amount).collect::<Vec<_>>())
+        .bind(g.iter().map(|g| g.expires_at).collect::<Vec<_>>())
+        .bind(g.iter().map(|g| g.at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changes.new_reservations.is_empty() {
+        let r = &changes.new_reservations;
+        sqlx::query(
+            "INSERT INTO credit_reservations (reservation_id, team_id, amount, operation, price_version, reserved_at, state) \
+             SELECT i, t, a, o, v, at, 'pending' FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
+             $6::timestamptz[]) AS u(i, t, a, o, v, at)",
+        )
+        .bind(r.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.team.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.amount).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.operation).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.price_version).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changes.new_allocations.is_empty() {
+        let a = &changes.new_allocations;
+        sqlx::query(
+            "INSERT INTO credit_reservation_allocations (reservation_id, grant_id, amount) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])",
+        )
+        .bind(a.iter().map(|a| a.0.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.1.as_str()).collect::<Vec<_>>())
+        .bind(a.iter().map(|a| a.2).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changes.ended.is_empty() {
+        let mut allocations = new_allocations(&changes);
+        let missing: Vec<&str> = changes.ended.iter().map(|e| e.0.as_str()).filter(|id| !allocations.contains_key(*id)).collect();
+        if !missing.is_empty() {
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT reservation_id, grant_id, amount FROM credit_reservation_allocations WHERE reservation_id = ANY($1)",
+            )
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (reservation, grant, amount) in rows {
+                allocations.entry(reservation).or_default().push((grant, amount));
+            }
+        }
+        changes.end_allocations(&allocations)?;
+        let e = &changes.ended;
+        sqlx::query(
+            "UPDATE credit_reservations SET state = u.s, ended_at = u.at \
+             FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS u(i, s, at) WHERE credit_reservations.reservation_id = u.i",
+        )
+        .bind(e.iter().map(|e| e.0.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.1).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.2).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changes.grants.is_empty() {
+        let g = &changes.grants;
+        sqlx::query(
+            "UPDATE credit_grants SET remaining = remaining + u.r, reserved = reserved + u.rs, deducted = deducted + u.d, \
+             expired = expired + u.e, adjusted_out = adjusted_out + u.ao \
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) AS u(g, r, rs, d, e, ao) \
+             WHERE credit_grants.grant_id = u.g",
+        )
+        .bind(g.keys().map(String::as_str).collect::<Vec<_>>())
+        .bind(g.values().map(|d| d.remaining).collect::<Vec<_>>())
+        .bind(g.values().map(|d| d.reserved).collect::<Vec<_>>())
+        .bind(g.values().map(|d| d.deducted).collect::<Vec<_>>())
+        .bind(g.values().map(|d| d.expired).collect::<Vec<_>>())
+        .bind(g.values().map(|d| d.adjusted_out).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changes.teams.is_empty() {
+        let t = &changes.teams;
+        sqlx::query(
+            "UPDATE team_balances SET available = available + u.av, reserved = reserved + u.rs, \
+             granted_total = granted_total + u.g, deducted_total = deducted_total + u.d, expired_total = expired_total + u.e, \
+             adjusted_total = adjusted_total + u.ad, updated_at = u.at \
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
+             $8::timestamptz[]) AS u(t, av, rs, g, d, e, ad, at) WHERE team_balances.team_id = u.t",
+        )
+        .bind(t.keys().map(String::as_str).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.available).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.reserved).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.granted).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.deducted).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.expired).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.adjusted).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::type_complexity)]
+fn unzip4<A, B, C, D>(rows: impl Iterator<Item = (A, B, C, D)>) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>) {
+    let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (w, x, y, z) in rows {
+        a.push(w);
+        b.push(x);
+        c.push(y);
+        d.push(z);
+    }
+    (a, b, c, d)
+}
+
+/// Allocations of the reservations made in this append, by reservation.
+fn new_allocations(changes: &Changes) -> HashMap<String, Vec<(String, i64)>> {
+    let mut allocations: HashMap<String, Vec<(String, i64)>> = HashMap::new();
+    for (reservation, grant, amount) in &changes.new_allocations {
+        allocations.entry(reservation.clone()).or_default().push((grant.clone(), *amount));
+    }
+    allocations
+}
+
+/// SQLite (and any database without arrays): multi-row `VALUES` statements.
+async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), ProjectionError> {
     tx_execute_values!(
         tx,
         "INSERT INTO team_balances (team_id, name, plan, opened_at, updated_at, available, reserved)",
@@ -311,10 +477,7 @@ async fn write(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), ProjectionEr
 /// Allocations of the reservations ending in this append: those made in it, plus the
 /// rest read from `credit_reservation_allocations` in one query.
 async fn allocations_of(tx: &mut Tx<'_>, changes: &Changes) -> Result<HashMap<String, Vec<(String, i64)>>, ProjectionError> {
-    let mut allocations: HashMap<String, Vec<(String, i64)>> = HashMap::new();
-    for (reservation, grant, amount) in &changes.new_allocations {
-        allocations.entry(reservation.clone()).or_default().push((grant.clone(), *amount));
-    }
+    let mut allocations = new_allocations(changes);
     let missing: Vec<&String> = changes.ended.iter().map(|e| &e.0).filter(|id| !allocations.contains_key(*id)).collect();
     for chunk in missing.chunks(infrastructure::event_store::ROWS_PER_STATEMENT_MAX) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
