@@ -174,17 +174,21 @@ struct GraphileRun {
 }
 
 fn graphile(args: &DispatchArgs, script: &std::path::Path, url: &str, mode: &str) -> anyhow::Result<Measurement> {
+    // `--name=value`: Node's parseArgs takes a separate "-1" for another option.
+    let options = [
+        ("database-url", url.to_string()),
+        ("jobs", args.jobs.to_string()),
+        ("runners", args.workers.to_string()),
+        ("concurrency", args.concurrency.to_string()),
+        ("enqueue", mode.to_string()),
+        ("submitters", args.submitters.to_string()),
+        ("local-queue", args.graphile_local_queue.to_string()),
+        ("complete-batch-delay", args.graphile_complete_batch_delay_ms.to_string()),
+        ("timeout-secs", args.timeout_secs.to_string()),
+    ];
     let output = Command::new(&args.node)
         .arg(script)
-        .args(["--database-url", url])
-        .args(["--jobs", &args.jobs.to_string()])
-        .args(["--runners", &args.workers.to_string()])
-        .args(["--concurrency", &args.concurrency.to_string()])
-        .args(["--enqueue", mode])
-        .args(["--submitters", &args.submitters.to_string()])
-        .args(["--local-queue", &args.graphile_local_queue.to_string()])
-        .args(["--complete-batch-delay", &args.graphile_complete_batch_delay_ms.to_string()])
-        .args(["--timeout-secs", &args.timeout_secs.to_string()])
+        .args(options.iter().map(|(name, value)| format!("--{name}={value}")))
         .current_dir(&args.graphile_dir)
         .stderr(std::process::Stdio::inherit())
         .output()
