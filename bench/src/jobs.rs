@@ -46,6 +46,10 @@ pub struct JobsArgs {
     pub kiln_binary: Option<PathBuf>,
     #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
+    /// Submit every job first with no worker running, then start the workers and time
+    /// the drain alone (dispatch → render → store → complete), apart from submission.
+    #[arg(long)]
+    pub separate_phases: bool,
     /// Give up waiting for the jobs after this long.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -82,6 +86,9 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     let models = create_models(&state, &teams, &reference, args.submitters).await?;
     wait_for(&db, "model_creation", teams.len() as i64, Duration::from_secs(args.timeout_secs)).await?;
 
+    if args.separate_phases {
+        stop_workers(&mut workers);
+    }
     let total = teams.len() * args.jobs_per_team;
     eprintln!("measuring: {total} generation jobs (512x512, 1 image) through {} worker processes", args.workers);
     let pricing = PricingConfig::default_v1();
@@ -94,14 +101,28 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     let submitted = started.elapsed();
     let failures = submissions.iter().filter(|r| r.is_err()).count();
     anyhow::ensure!(failures == 0, "{failures} submissions failed: {:?}", submissions.iter().find(|r| r.is_err()));
+    let drain_started = Instant::now();
+    if args.separate_phases {
+        workers = start_workers(args, url, storage)?;
+    }
     wait_for(&db, "image_generation", total as i64, Duration::from_secs(args.timeout_secs)).await?;
     let elapsed = started.elapsed();
-    for worker in &mut workers {
-        let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
-        let _ = worker.wait();
-    }
+    let drained = drain_started.elapsed();
+    stop_workers(&mut workers);
 
     let check = check_log(&state, &teams).await?;
+    // Commits, rollbacks and deadlocks of the whole run (setup included), as PostgreSQL
+    // counted them for the scratch database.
+    let counters = match &db {
+        Database::Postgres(pool) => sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT xact_commit, xact_rollback, deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_optional(pool)
+        .await?
+        .map(|(commits, rollbacks, deadlocks)| format!("database: {commits} commits, {rollbacks} rollbacks, {deadlocks} deadlocks"))
+        .unwrap_or_default(),
+        Database::Sqlite { .. } => String::new(),
+    };
     println!(
         "{} teams (basic/pro/enterprise), {} worker processes × {} slots, {} jobs: submitted in {:.2} s, all completed in {:.2} s → {:.0} jobs/s full lifecycle",
         teams.len(),
@@ -112,7 +133,17 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
+    if args.separate_phases {
+        println!(
+            "separate phases: {total} submissions in {:.2} s ({:.0}/s, no worker running); drain by the workers in {:.2} s (incl. their start-up) → {:.0} jobs/s",
+            submitted.as_secs_f64(),
+            total as f64 / submitted.as_secs_f64(),
+            drained.as_secs_f64(),
+            total as f64 / drained.as_secs_f64()
+        );
+    }
     println!("{check}");
+    println!("{counters}");
     Ok(())
 }
 
@@ -183,6 +214,14 @@ async fn submit_generation(state: &AppState, pricing: &PricingConfig, team: Team
     let job = NewJob { team, job_id: JobId::new(Uuid::now_v7()), input, cost: quote.amount, price_version: quote.price_version, model_change: None };
     state.jobs.submit(job, "bench").await?;
     Ok(())
+}
+
+fn stop_workers(workers: &mut Vec<Child>) {
+    for worker in workers.iter_mut() {
+        let _ = Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+        let _ = worker.wait();
+    }
+    workers.clear();
 }
 
 fn start_workers(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<Child>> {

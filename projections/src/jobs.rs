@@ -45,6 +45,9 @@ impl InlineProjection for Jobs {
             }
             return batch::write(tx, &by_ref).await;
         }
+        // Runs of `ImagesExpired` (the retention sweeper appends thousands at once) are
+        // written set-based by `images::expire`, before the next job event: order holds.
+        let mut expired: Vec<crate::images::Expired> = Vec::new();
         let mut job_events = job_events.into_iter();
         for stored in events {
             if stored.aggregate_type != GenerationJob::TYPE {
@@ -52,9 +55,15 @@ impl InlineProjection for Jobs {
                 continue;
             }
             let (id, event) = job_events.next().ok_or("job events out of step")?;
-            job_event(tx, id, event).await?;
+            match event {
+                JobEvent::ImagesExpired { occurred_at, .. } => expired.push((id.to_string(), occurred_at)),
+                event => {
+                    crate::images::expire(tx, &std::mem::take(&mut expired)).await?;
+                    job_event(tx, id, event).await?
+                }
+            }
         }
-        Ok(())
+        crate::images::expire(tx, &expired).await
     }
 }
 
@@ -187,10 +196,7 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
                 occurred_at
             )?;
         }
-        JobEvent::ImagesExpired { occurred_at, .. } => {
-            tx_execute!(&mut *tx, "UPDATE jobs SET images_expired = $2, updated_at = $3 WHERE job_id = $1", job, true, occurred_at)?;
-            tx_execute!(&mut *tx, "UPDATE images SET expired_at = $2 WHERE job_id = $1 AND expired_at IS NULL", job, occurred_at)?;
-        }
+        JobEvent::ImagesExpired { occurred_at, .. } => crate::images::expire(tx, &[(job.to_string(), occurred_at)]).await?,
     }
     Ok(())
 }

@@ -42,9 +42,38 @@ pub(super) fn fits(events: &[(&str, &JobEvent)]) -> bool {
 
 /// Writes `events` (which [`fits`] accepted).
 pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    let known = rows_of(tx, events.iter().filter(|(_, e)| !matches!(e, JobEvent::JobQueued { .. })).map(|(job, _)| *job)).await?;
+    let mut teams: Vec<&str> = known.values().map(|row| row.team.as_str()).collect();
+    let queued_teams: Vec<String> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            JobEvent::JobQueued { team_id, .. } => Some(team_id.to_string()),
+            _ => None,
+        })
+        .collect();
+    teams.extend(queued_teams.iter().map(String::as_str));
+    lock_teams(tx, teams).await?;
     queue(tx, events).await?;
-    claim(tx, events).await?;
-    end(tx, events).await?;
+    claim(tx, events, &known).await?;
+    end(tx, events, &known).await?;
+    Ok(())
+}
+
+/// Locks the teams' `team_dispatch` rows in one fixed order (PostgreSQL). Appends that
+/// carry many teams (claim batches, joint commits of many teams' submissions and
+/// endings, from several processes) would otherwise lock shared rows in whatever order
+/// their plans visit them, and deadlock each other. SQLite has one writer at a time.
+async fn lock_teams(tx: &mut Tx<'_>, mut teams: Vec<&str>) -> Result<(), ProjectionError> {
+    let Tx::Postgres(conn) = tx else { return Ok(()) };
+    teams.sort_unstable();
+    teams.dedup();
+    if teams.len() < 2 {
+        return Ok(());
+    }
+    sqlx::query("SELECT team_id FROM team_dispatch WHERE team_id = ANY($1) ORDER BY team_id COLLATE \"C\" FOR UPDATE")
+        .bind(&teams)
+        .fetch_all(&mut **conn)
+        .await?;
     Ok(())
 }
 
@@ -82,7 +111,7 @@ async fn queue(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), Proj
     Ok(())
 }
 
-async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
     let claims: Vec<(&str, i64, &str, &str, DateTime<Utc>)> = events
         .iter()
         .filter_map(|(job, event)| match event {
@@ -95,7 +124,6 @@ async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), Proj
     if claims.is_empty() {
         return Ok(());
     }
-    let known = rows_of(tx, claims.iter().map(|c| c.0)).await?;
     let mut per_team: BTreeMap<String, (i64, DateTime<Utc>)> = BTreeMap::new();
     for (job, _, _, _, at) in &claims {
         let row = known.get(*job).ok_or_else(|| format!("job {job} missing from the jobs read model"))?;
@@ -157,7 +185,7 @@ struct Ended<'a> {
     at: DateTime<Utc>,
 }
 
-async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
     let mut ended: Vec<Ended> = Vec::new();
     for (job, event) in events {
         let (status, outputs, error, at) = match event {
@@ -171,7 +199,6 @@ async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), Projec
     if ended.is_empty() {
         return Ok(());
     }
-    let known = rows_of(tx, ended.iter().map(|e| e.job)).await?;
     // What each team gets back: slots of active jobs, queue places of queued ones.
     let mut per_team: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     let mut images = Vec::new();

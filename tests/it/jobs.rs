@@ -534,3 +534,47 @@ async fn jobs_list_filters_events_stream_and_model_edits() {
     let (status, _) = generate(&app, &auditor_team_key, &model_id, "nope").await;
     assert_eq!(status, 403);
 }
+
+/// A claim batch offering a team more jobs than its free slots claims the oldest ones
+/// up to the plan's limit and leaves the rest queued, in one append per try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_batch_takes_no_more_than_the_plan_allows() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
+    crate::support::app::seed_catalog(&app).await;
+    // Models first, made by an in-process worker that then stops; then the jobs, which
+    // no worker takes.
+    let mut models = Vec::new();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
+    for plan in ["basic", "pro"] {
+        let (_, key) = team(&app, plan, 100_000).await;
+        models.push((plan, key.clone(), ready_model(&app, &key).await));
+    }
+    let _ = stop.send(true);
+    helper.await.expect("setup worker");
+    let mut offered = Vec::new();
+    let mut keys = Vec::new();
+    for ((plan, key, model_id), jobs) in models.into_iter().zip([3, 5]) {
+        for n in 0..jobs {
+            let (status, accepted) = generate(&app, &key, &model_id, &format!("{plan} {n}")).await;
+            assert_eq!(status, 202, "{accepted}");
+            let id: domain::JobId = accepted["job"]["job_id"].as_str().expect("id").parse().expect("job id");
+            offered.push((plan, id));
+        }
+        keys.push((plan, key));
+    }
+    let ids: Vec<domain::JobId> = offered.iter().map(|(_, id)| *id).collect();
+    let claimed = app.state.jobs.dispatch_many(&ids, "local", "test-worker").await.expect("claim");
+    let claimed_ids: Vec<domain::JobId> = claimed.iter().filter_map(|job| job.aggregate.job_id).collect();
+    // The oldest of each team, up to its limit: basic 1, pro 3.
+    let expected: Vec<domain::JobId> = [&offered[0..1], &offered[3..6]].concat().iter().map(|(_, id)| *id).collect();
+    assert_eq!(claimed_ids, expected);
+    assert!(claimed.iter().all(|job| job.aggregate.status == Some(domain::jobs::JobStatus::Dispatched)));
+    // Offered again, the rest find no free slot.
+    assert!(app.state.jobs.dispatch_many(&ids, "local", "test-worker").await.expect("claim again").is_empty());
+    for ((plan, key), (running, queued)) in keys.iter().zip([(1, 2), (3, 2)]) {
+        let (_, concurrency) = get(&app, key, "/api/jobs/concurrency").await;
+        assert_eq!((concurrency["running"].as_i64(), concurrency["queued"].as_i64()), (Some(running), Some(queued)), "{plan}");
+    }
+    app.shutdown().await.expect("shutdown");
+}

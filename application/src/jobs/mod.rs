@@ -199,8 +199,8 @@ impl JobsService {
 
     /// Claims several queued jobs for `worker` in one append (one transaction). A job
     /// that someone else claimed first, or that is no longer queued, is left out, and so
-    /// are the jobs of a team the dispatch projection finds without a free slot; the rest
-    /// are claimed. Returns the claimed jobs as they now stand (state and sequence), so
+    /// are a team's newest claims beyond its free slots (as the dispatch projection
+    /// refuses them); the rest are claimed. Returns the claimed jobs as they now stand (state and sequence), so
     /// their endings need not load them again.
     pub async fn dispatch_many(&self, job_ids: &[JobId], provider: &str, worker: &str) -> Result<Vec<Loaded<GenerationJob>>, JobsError> {
         let now = self.clock.now();
@@ -236,8 +236,13 @@ impl JobsService {
                 Ok(_) => return Ok(decided.into_iter().map(|claim| claim.state).collect()),
                 Err(EventStoreError::Conflict { aggregate_id, .. }) => decided.retain(|claim| claim.state.id != aggregate_id),
                 Err(EventStoreError::Projection { reason, .. }) if reason.contains(LIMIT_REACHED) => {
+                    // The team has fewer free slots than claims here: leave out its
+                    // newest claim and try the rest again.
                     let team = team_at_limit(&reason);
-                    decided.retain(|claim| claim.state.aggregate.team_id.map(|t| t.to_string()) != team);
+                    let of_team = |claim: &Decided<GenerationJob>| claim.state.aggregate.team_id.map(|t| t.to_string()) == team;
+                    if let Some(last) = decided.iter().rposition(of_team) {
+                        decided.remove(last);
+                    }
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -393,8 +398,9 @@ impl JobsService {
 /// with `(team {id})`.
 pub const LIMIT_REACHED: &str = "team at its concurrency limit";
 
-/// Failed claim appends retried per `dispatch_many` call, at most.
-const CLAIM_ATTEMPTS_MAX: u32 = 8;
+/// Claim appends tried per `dispatch_many` call, at most (each failed one leaves out a
+/// job; callers offer a team no more jobs than its free slots, so refusals are rare).
+const CLAIM_ATTEMPTS_MAX: u32 = 16;
 
 /// The team named in a dispatch refusal (`… (team {id})`).
 fn team_at_limit(reason: &str) -> Option<String> {
