@@ -99,15 +99,53 @@ impl AggregateStore {
         services: &A::Services,
         metadata: &Value,
     ) -> Result<(Vec<A::Event>, StreamAppend), CommandError<A::Error>> {
+        self.decide_in_place_with(loaded, command, services, metadata, true).await
+    }
+
+    /// [`Self::decide_in_place`] whose append never carries a snapshot: for a caller that
+    /// keeps the state in memory and writes snapshots itself after committing
+    /// ([`Self::snapshot_due`], [`Self::save_snapshot`]), off its critical path.
+    pub async fn decide_in_place_unsnapshotted<A: Aggregate>(
+        &self,
+        loaded: &mut Loaded<A>,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Value,
+    ) -> Result<(Vec<A::Event>, StreamAppend), CommandError<A::Error>> {
+        self.decide_in_place_with(loaded, command, services, metadata, false).await
+    }
+
+    async fn decide_in_place_with<A: Aggregate>(
+        &self,
+        loaded: &mut Loaded<A>,
+        command: A::Command,
+        services: &A::Services,
+        metadata: &Value,
+        snapshots: bool,
+    ) -> Result<(Vec<A::Event>, StreamAppend), CommandError<A::Error>> {
         let sink = EventSink::<A>::default();
         loaded.aggregate.handle(command, services, &sink).await.map_err(CommandError::Rejected)?;
         let events = sink.collect().await;
-        let append = self.to_append(loaded, &events, metadata)?;
+        let append = self.to_append(loaded, &events, metadata, snapshots)?;
         loaded.sequence += events.len() as i64;
         if let Some(snapshot) = &append.snapshot {
             loaded.snapshot_sequence = snapshot.sequence;
         }
         Ok((events, append))
+    }
+
+    /// Whether a stream that went from `before` to `loaded.sequence` events should be
+    /// snapshotted now (the policy of appends, see `wants_snapshot`).
+    pub fn snapshot_due<A>(&self, before: i64, loaded: &Loaded<A>) -> bool {
+        loaded.sequence > before && self.wants_snapshot(before, loaded.sequence, loaded.snapshot_sequence)
+    }
+
+    /// Writes `state` as the snapshot of stream `id` at `sequence`, outside any append.
+    /// The events up to `sequence` must be committed.
+    pub async fn save_snapshot<A: Aggregate>(&self, id: &str, sequence: i64, state: &A) -> Result<(), EventStoreError> {
+        let state = serde_json::to_value(state)
+            .map_err(|e| EventStoreError::InvalidAppend(format!("cannot serialize snapshot of {} {id}: {e}", A::TYPE)))?;
+        self.store.save_snapshot(A::TYPE, id, Snapshot { sequence, state }).await
     }
 
     /// Load, decide and append one stream, retrying on concurrency conflicts.
@@ -156,6 +194,7 @@ impl AggregateStore {
         loaded: &Loaded<A>,
         events: &[A::Event],
         metadata: &Value,
+        snapshots: bool,
     ) -> Result<StreamAppend, EventStoreError> {
         let (id, sequence, after) = (loaded.id.as_str(), loaded.sequence, &loaded.aggregate);
         let serialize = |what: &str, error: serde_json::Error| {
@@ -173,7 +212,7 @@ impl AggregateStore {
             })
             .collect::<Result<Vec<_>, EventStoreError>>()?;
         let last = sequence + events.len() as i64;
-        let snapshot = if self.wants_snapshot(sequence, last, loaded.snapshot_sequence) && !events.is_empty() {
+        let snapshot = if snapshots && self.wants_snapshot(sequence, last, loaded.snapshot_sequence) && !events.is_empty() {
             let state = serde_json::to_value(after).map_err(|e| serialize("snapshot", e))?;
             Some(Snapshot { sequence: last, state })
         } else {
@@ -248,6 +287,9 @@ mod tests {
         }
         async fn load_snapshot(&self, _: &str, _: &str) -> Result<Option<Snapshot>, EventStoreError> {
             Ok(None)
+        }
+        async fn save_snapshot(&self, _: &str, _: &str, _: Snapshot) -> Result<(), EventStoreError> {
+            Ok(())
         }
         async fn read_log(&self, _: crate::event_store::LogPosition, _: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
             Ok(Vec::new())

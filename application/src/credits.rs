@@ -7,6 +7,9 @@
 //! in one append (one transaction), then answers each caller. A hot team therefore costs
 //! one transaction per *batch*, not per command, and never races itself.
 //!
+//! Snapshots of a team are written after its commit, in the background (see
+//! [`spawn_snapshot`]), never inside the append.
+//!
 //! **Group commit across teams.** The writers do not commit themselves: they hand their
 //! appends to one committer per service, which joins whatever has queued from many teams
 //! into one transaction, with at most [`COMMITS_IN_FLIGHT`] transactions open at once. At
@@ -255,6 +258,10 @@ async fn process_batch(
         appends.extend(decisions.iter().flat_map(|d| d.extra.iter().cloned()));
         match committer.commit(appends).await {
             Ok(()) => {
+                if aggregates.snapshot_due(start_sequence, &loaded) {
+                    loaded.snapshot_sequence = loaded.sequence;
+                    spawn_snapshot(aggregates.clone(), team, loaded.sequence, loaded.aggregate.clone());
+                }
                 *state = Some(loaded);
                 return answer(batch, decisions);
             }
@@ -307,14 +314,13 @@ async fn decide_batch(
         };
         // TeamCredits decides before it applies anything, so a rejected command leaves
         // `loaded` untouched.
-        match aggregates.decide_in_place(loaded, command.clone(), &(), &request.metadata).await {
+        match aggregates.decide_in_place_unsnapshotted(loaded, command.clone(), &(), &request.metadata).await {
             Ok((events, append)) => {
                 let extra = if events.is_empty() { Vec::new() } else { extra };
                 combined = Some(match combined {
                     None => append,
                     Some(mut all) => {
                         all.events.extend(append.events);
-                        all.snapshot = append.snapshot.or(all.snapshot);
                         all
                     }
                 });
@@ -325,6 +331,18 @@ async fn decide_batch(
     }
     let combined = combined.filter(|append| !append.events.is_empty());
     (decisions, combined)
+}
+
+/// Writes a snapshot of a team's committed state in the background. The writer keeps
+/// the state in memory, so the snapshot only shortens later loads (by another process,
+/// or after the writer is let go); serializing and storing a large state inside the
+/// append would hold up every command queued behind it.
+fn spawn_snapshot(aggregates: AggregateStore, team: TeamId, sequence: i64, state: TeamCredits) {
+    tokio::spawn(async move {
+        if let Err(error) = aggregates.save_snapshot(&team.to_string(), sequence, &state).await {
+            tracing::warn!(%team, sequence, %error, "team snapshot not written; later loads replay more events");
+        }
+    });
 }
 
 /// One writer's appends waiting to be committed, and where to say how it went.

@@ -119,6 +119,11 @@ pub trait EventStore: Send + Sync + 'static {
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, EventStoreError>;
 
+    /// Stores `snapshot` of a stream outside any append, unless a snapshot at the same or
+    /// a later sequence is already stored. The caller must have committed the events up
+    /// to `snapshot.sequence`. A snapshot is a cache: losing one only costs a longer load.
+    async fn save_snapshot(&self, aggregate_type: &str, aggregate_id: &str, snapshot: Snapshot) -> Result<(), EventStoreError>;
+
     /// Up to `limit` events of the whole log after `after`, in commit order. Never
     /// returns an event that could be followed by a not-yet-visible event ordered
     /// before it, so a reader that checkpoints the last position it saw misses nothing.

@@ -425,6 +425,47 @@ async fn teams_committed_together_stay_exact_when_processes_collide() {
     assert!(widest > 1, "no transaction carried more than one team");
 }
 
+/// The team writer snapshots after its commits, in the background: a snapshot appears
+/// without any further command, and a fresh load from it equals the writer's state.
+#[tokio::test]
+async fn team_snapshots_are_written_after_commits_and_load_back_equal() {
+    let app = TestApp::spawn(TestDb::postgres().await).await;
+    let team = app.create_team("Snap", "pro").await;
+    let t = team_id(&team);
+    app.grant(&team, 1_000, "seed").await;
+    let aggregates = application::aggregate_store::AggregateStore::new(app.state.aggregates.event_store().clone(), 10);
+    let service = CreditsService::new(aggregates.clone(), app.state.credits.clock().clone());
+    let now = app.clock.now();
+    for _ in 0..12 {
+        service.execute(t, reserve(JobId::new(uuid::Uuid::now_v7()), 5, now), &json!({})).await.expect("reserve");
+    }
+    let Database::Postgres(pool) = &app.db.db else { unreachable!("postgres test") };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let sequence = loop {
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT last_sequence FROM snapshots WHERE aggregate_type = 'TeamCredits' AND aggregate_id = $1",
+        )
+        .bind(t.to_string())
+        .fetch_optional(pool)
+        .await
+        .expect("snapshot row");
+        if let Some(sequence) = stored {
+            break sequence;
+        }
+        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+        tokio::task::yield_now().await;
+    };
+    assert!(sequence >= 10, "snapshot at {sequence}");
+    let loaded = aggregates.load::<TeamCredits>(&t.to_string()).await.expect("load");
+    assert_eq!(loaded.snapshot_sequence, sequence, "the load started from the snapshot");
+    let mut replayed = TeamCredits::default();
+    for stored in aggregates.event_store().load_stream("TeamCredits", &t.to_string(), 0).await.expect("stream") {
+        cqrs_es::Aggregate::apply(&mut replayed, application::aggregate_store::decode_event::<TeamCredits>(&stored).expect("event"));
+    }
+    assert_eq!(loaded.aggregate, replayed, "snapshot + tail equals a replay from the start");
+    assert_eq!((loaded.aggregate.available(), loaded.aggregate.reserved()), (940, 60));
+}
+
 /// A process that reserved and died before deducting: another process finishes the job
 /// exactly once.
 #[tokio::test]

@@ -135,6 +135,26 @@ impl EventStore for SqlEventStore {
         }
     }
 
+    async fn save_snapshot(&self, aggregate_type: &str, aggregate_id: &str, snapshot: Snapshot) -> Result<(), EventStoreError> {
+        if snapshot.sequence < 1 {
+            return Err(EventStoreError::InvalidAppend(format!(
+                "snapshot of {aggregate_type} {aggregate_id} at sequence {}",
+                snapshot.sequence
+            )));
+        }
+        match &self.db {
+            Database::Postgres(pool) => {
+                let mut conn = pool.acquire().await.map_err(unavailable)?;
+                postgres::upsert_snapshot(&mut conn, aggregate_type, aggregate_id, snapshot.sequence, &snapshot.state).await
+            }
+            Database::Sqlite { write, .. } => {
+                let mut conn = write.acquire().await.map_err(unavailable)?;
+                sqlite::upsert_snapshot(&mut conn, aggregate_type, aggregate_id, snapshot.sequence, &snapshot.state).await
+            }
+        }
+        .map_err(unavailable)
+    }
+
     async fn read_log(&self, after: LogPosition, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
         let limit = limit.clamp(1, READ_LOG_LIMIT_MAX);
         match &self.db {

@@ -67,7 +67,7 @@ pub(super) async fn append(
     let stored = insert_streams(&mut tx, &appends).await?;
     for append in &appends {
         if let Some(snapshot) = &append.snapshot {
-            upsert_snapshot(&mut tx, append, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
+            upsert_snapshot(&mut tx, &append.aggregate_type, &append.aggregate_id, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
         }
     }
     run_inline(inline, &mut Tx::Postgres(&mut tx), &stored).await?;
@@ -176,9 +176,11 @@ async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> R
     Ok(stored)
 }
 
-async fn upsert_snapshot(
+/// Stores a stream's snapshot unless one at the same or a later sequence is stored.
+pub(super) async fn upsert_snapshot(
     conn: &mut PgConnection,
-    append: &StreamAppend,
+    aggregate_type: &str,
+    aggregate_id: &str,
     last_sequence: i64,
     state: &Value,
 ) -> Result<(), sqlx::Error> {
@@ -191,8 +193,8 @@ async fn upsert_snapshot(
              payload = EXCLUDED.payload \
          WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
     )
-    .bind(&append.aggregate_type)
-    .bind(&append.aggregate_id)
+    .bind(aggregate_type)
+    .bind(aggregate_id)
     .bind(last_sequence)
     .bind(Json(state))
     .execute(conn)

@@ -100,7 +100,7 @@ pub(super) async fn append(
             });
         }
         if let Some(snapshot) = &append.snapshot {
-            upsert_snapshot(&mut tx, append, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
+            upsert_snapshot(&mut tx, &append.aggregate_type, &append.aggregate_id, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
         }
     }
     run_inline(inline, &mut Tx::Sqlite(&mut tx), &stored).await?;
@@ -145,9 +145,11 @@ async fn insert_event(
     .await
 }
 
-async fn upsert_snapshot(
+/// Stores a stream's snapshot unless one at the same or a later sequence is stored.
+pub(super) async fn upsert_snapshot(
     conn: &mut SqliteConnection,
-    append: &StreamAppend,
+    aggregate_type: &str,
+    aggregate_id: &str,
     last_sequence: i64,
     state: &Value,
 ) -> Result<(), sqlx::Error> {
@@ -160,8 +162,8 @@ async fn upsert_snapshot(
              payload = excluded.payload \
          WHERE snapshots.last_sequence < excluded.last_sequence",
     )
-    .bind(&append.aggregate_type)
-    .bind(&append.aggregate_id)
+    .bind(aggregate_type)
+    .bind(aggregate_id)
     .bind(last_sequence)
     .bind(state.to_string())
     .execute(conn)
