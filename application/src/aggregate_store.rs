@@ -291,6 +291,9 @@ mod tests {
         async fn save_snapshot(&self, _: &str, _: &str, _: Snapshot) -> Result<(), EventStoreError> {
             Ok(())
         }
+        async fn stale_streams(&self, _: &[(String, String, i64)]) -> Result<Vec<(String, String)>, EventStoreError> {
+            Ok(Vec::new())
+        }
         async fn read_log(&self, _: crate::event_store::LogPosition, _: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
             Ok(Vec::new())
         }

@@ -412,6 +412,9 @@ async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<
 /// (an inline projection refusing one writer's events, say), so each is then committed
 /// alone and gets its own answer.
 async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>) {
+    if group.len() > 1 {
+        group = without_stale(aggregates, group).await;
+    }
     while group.len() > 1 {
         let joint: Vec<StreamAppend> = group.iter().flat_map(|r| r.appends.iter().cloned()).collect();
         match aggregates.commit(joint).await {
@@ -449,6 +452,40 @@ async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>
         let result = aggregates.commit(request.appends).await.map(|_| ());
         let _ = request.reply.send(result);
     }
+}
+
+/// Tells the writers whose team another process has moved (their state is stale, their
+/// append would conflict) at once, and returns the rest: one stale team must not roll back
+/// a whole joint transaction. A team's state goes stale whenever two processes take turns
+/// on it (the API reserving, a worker deducting), so this is the common case, not a race.
+async fn without_stale(aggregates: &AggregateStore, group: Vec<CommitRequest>) -> Vec<CommitRequest> {
+    let streams: Vec<(String, String, i64)> = group
+        .iter()
+        .flat_map(|r| r.appends.iter())
+        .filter(|a| a.expected_sequence > 0)
+        .map(|a| (a.aggregate_type.clone(), a.aggregate_id.clone(), a.expected_sequence))
+        .collect();
+    let stale = match aggregates.event_store().stale_streams(&streams).await {
+        Ok(stale) if !stale.is_empty() => stale,
+        // Unknown (or none): the append's own check decides.
+        _ => return group,
+    };
+    let mut rest = Vec::with_capacity(group.len());
+    for request in group {
+        let hit = request.appends.iter().find(|a| stale.iter().any(|(t, i)| *t == a.aggregate_type && *i == a.aggregate_id));
+        match hit {
+            Some(append) => {
+                let conflict = EventStoreError::Conflict {
+                    aggregate_type: append.aggregate_type.clone(),
+                    aggregate_id: append.aggregate_id.clone(),
+                    expected_sequence: append.expected_sequence,
+                };
+                let _ = request.reply.send(Err(conflict));
+            }
+            None => rest.push(request),
+        }
+    }
+    rest
 }
 
 fn owns(request: &CommitRequest, aggregate_type: &str, aggregate_id: &str) -> bool {

@@ -119,6 +119,13 @@ pub trait EventStore: Send + Sync + 'static {
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, EventStoreError>;
 
+    /// Of the given streams `(aggregate type, aggregate id, expected sequence)`, those that
+    /// already hold an event after the expected sequence, i.e. whose append would conflict.
+    /// Read outside any transaction: a stream can still be taken between this check and an
+    /// append (the append's own check decides), but a batch of appends can leave out the
+    /// streams known to be stale instead of failing as a whole.
+    async fn stale_streams(&self, streams: &[(String, String, i64)]) -> Result<Vec<(String, String)>, EventStoreError>;
+
     /// Stores `snapshot` of a stream outside any append, unless a snapshot at the same or
     /// a later sequence is already stored. The caller must have committed the events up
     /// to `snapshot.sequence`. A snapshot is a cache: losing one only costs a longer load.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use application::aggregate_store::{AggregateStore, CommandError};
-use application::event_store::{EventStore, EventStoreError, LogPosition, NewEvent, StoredEvent, StreamAppend};
+use application::event_store::{EventStore, EventStoreError, LogPosition, NewEvent, Snapshot, StoredEvent, StreamAppend};
 use async_trait::async_trait;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
@@ -442,6 +442,25 @@ async fn the_log_is_append_only(t: TestDb) {
     assert_eq!(amounts(&store.load_stream("Counter", "fixed", 0).await.expect("load")), vec![1]);
 }
 
+/// `stale_streams` names exactly the streams whose append at the given sequence would
+/// conflict; `save_snapshot` never moves a snapshot backwards.
+async fn stale_streams_and_saved_snapshots(t: TestDb) {
+    let store = SqlEventStore::new(t.db.clone());
+    store.append(vec![append("a", 0, &[1, 2]), append("b", 0, &[5])]).await.expect("seed");
+    let ask = |id: &str, expected: i64| ("Counter".to_string(), id.to_string(), expected);
+    let stale = store.stale_streams(&[ask("a", 1), ask("a", 2), ask("b", 1), ask("new", 0), ask("b", 0)]).await.expect("stale");
+    let mut stale: Vec<&str> = stale.iter().map(|(_, id)| id.as_str()).collect();
+    stale.sort_unstable();
+    assert_eq!(stale, vec!["a", "b"], "a at 1 and b at 0 are behind; a at 2, b at 1 and a new stream are not");
+
+    let snapshot = |sequence: i64, value: i64| Snapshot { sequence, state: serde_json::json!({ "value": value }) };
+    store.save_snapshot("Counter", "a", snapshot(2, 3)).await.expect("save");
+    store.save_snapshot("Counter", "a", snapshot(1, 1)).await.expect("older is ignored");
+    let kept = store.load_snapshot("Counter", "a").await.expect("load").expect("snapshot");
+    assert_eq!((kept.sequence, kept.state["value"].as_i64()), (2, Some(3)));
+    assert!(store.save_snapshot("Counter", "a", snapshot(0, 0)).await.is_err(), "sequence 0 is refused");
+}
+
 macro_rules! both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod postgres {
@@ -474,4 +493,5 @@ both_backends!(
     cqrs_es_framework_runs_on_the_store,
     corrupt_or_unknown_events_name_their_stream_and_sequence,
     the_log_is_append_only,
+    stale_streams_and_saved_snapshots,
 );

@@ -135,6 +135,48 @@ impl EventStore for SqlEventStore {
         }
     }
 
+    async fn stale_streams(&self, streams: &[(String, String, i64)]) -> Result<Vec<(String, String)>, EventStoreError> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.db {
+            Database::Postgres(pool) => {
+                let types: Vec<&str> = streams.iter().map(|s| s.0.as_str()).collect();
+                let ids: Vec<&str> = streams.iter().map(|s| s.1.as_str()).collect();
+                let expected: Vec<i64> = streams.iter().map(|s| s.2).collect();
+                sqlx::query_as(
+                    "SELECT u.t, u.i FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(t, i, s) WHERE EXISTS \
+                     (SELECT 1 FROM events e WHERE e.aggregate_type = u.t AND e.aggregate_id = u.i AND e.sequence = u.s + 1)",
+                )
+                .bind(types)
+                .bind(ids)
+                .bind(expected)
+                .fetch_all(pool)
+                .await
+                .map_err(unavailable)
+            }
+            Database::Sqlite { read, .. } => {
+                let mut conn = read.acquire().await.map_err(unavailable)?;
+                let mut stale = Vec::new();
+                for (aggregate_type, aggregate_id, expected) in streams {
+                    let taken: Option<i64> = sqlx::query_scalar(
+                        "SELECT 1 FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+                    )
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(expected + 1)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
+                    if taken.is_some() {
+                        stale.push((aggregate_type.clone(), aggregate_id.clone()));
+                    }
+                }
+                Ok(stale)
+            }
+        }
+    }
+
     async fn save_snapshot(&self, aggregate_type: &str, aggregate_id: &str, snapshot: Snapshot) -> Result<(), EventStoreError> {
         if snapshot.sequence < 1 {
             return Err(EventStoreError::InvalidAppend(format!(
