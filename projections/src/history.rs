@@ -31,8 +31,8 @@ pub(crate) struct Entry {
     pub(crate) occurred_at: DateTime<Utc>,
 }
 
-pub(crate) fn entry_of(event: TeamCreditsEvent) -> Option<Entry> {
-    let entry = |entry_type, amount: i64, available_delta, reserved_delta, reference: String, occurred_at| Entry {
+pub(crate) fn entry_of(event: &TeamCreditsEvent) -> Option<Entry> {
+    let entry = |entry_type, amount: i64, available_delta, reserved_delta, reference: String, occurred_at: &DateTime<Utc>| Entry {
         entry_type,
         amount,
         available_delta,
@@ -40,7 +40,7 @@ pub(crate) fn entry_of(event: TeamCreditsEvent) -> Option<Entry> {
         reference: Some(reference),
         operation: None,
         detail: None,
-        occurred_at,
+        occurred_at: *occurred_at,
     };
     Some(match event {
         TeamCreditsEvent::TeamOpened { .. }
@@ -66,7 +66,7 @@ pub(crate) fn entry_of(event: TeamCreditsEvent) -> Option<Entry> {
         }
         TeamCreditsEvent::CreditsAdjusted { adjustment_id, amount, reason, occurred_at, .. } => {
             let mut e = entry("adjusted", amount.get(), amount.get(), 0, adjustment_id.to_string(), occurred_at);
-            e.detail = Some(reason);
+            e.detail = Some(reason.clone());
             e
         }
         TeamCreditsEvent::CreditsExpired { grant_id, amount, occurred_at } => {
@@ -89,7 +89,7 @@ impl InlineProjection for CreditHistory {
         let mut running: HashMap<&str, Running> = HashMap::new();
         let mut rows: Vec<(&str, Running, i64, Entry)> = Vec::new();
         for stored in events.iter().filter(|e| e.aggregate_type == <TeamCredits as cqrs_es::Aggregate>::TYPE) {
-            let Some(entry) = entry_of(decode::<TeamCredits>(stored)?) else { continue };
+            let Some(entry) = entry_of(&decode::<TeamCredits>(stored)?) else { continue };
             let team = stored.aggregate_id.as_str();
             let last = match running.get(team) {
                 Some(last) => *last,

@@ -83,12 +83,31 @@ async fn rebuild_bench() {
     }
     println!("loaded {total} events ({teams} teams) in {:.1} s", started.elapsed().as_secs_f64());
 
+    println!("load average before the measurements: {}", load_average());
+
+    // The bulk pass's result must equal what the projection's own code writes: team_balances
+    // is diffed against the live tables the appends wrote inline; credit_history (async, no
+    // projector here) is first rebuilt batch by batch with its own code (the baseline),
+    // then diffed against that.
+    let history = projections::catalog::find("credit_history").expect("projection");
+    let per_batch = RebuildOptions { bulk: false, ..RebuildOptions::default() };
+    let report = rebuild::rebuild(&store, &history, &per_batch, &NoProgress).await.expect("rebuild");
+    println!("baseline, per-batch rebuild credit_history: {} events in {} ms = {} events/s", report.events, report.elapsed_ms, report.events_per_sec);
     for name in ["team_balances", "credit_history"] {
         let info = projections::catalog::find(name).expect("projection");
+        let verify = RebuildOptions { verify: true, ..RebuildOptions::default() };
+        let report = rebuild::rebuild(&store, &info, &verify, &NoProgress).await.expect("rebuild --verify");
+        assert!(report.matches(), "{name}: {:#?}", report.differences);
+        println!("rebuild --verify {name}: equal to live; {} events in {} ms = {} events/s", report.events, report.elapsed_ms, report.events_per_sec);
         let report = rebuild::rebuild(&store, &info, &RebuildOptions::default(), &NoProgress).await.expect("rebuild");
         println!("rebuild {name}: {} events in {} ms = {} events/s", report.events, report.elapsed_ms, report.events_per_sec);
     }
     let verify = projections::audit::verify(&test_db.db, None).await.expect("verify");
     assert!(verify.ok(), "{:?}", &verify.violations[..verify.violations.len().min(5)]);
     println!("audit verify: {} team events in {} ms", verify.team_events, verify.elapsed_ms);
+    println!("load average after: {}", load_average());
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }

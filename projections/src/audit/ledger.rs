@@ -88,10 +88,17 @@ pub struct TeamLedger {
     pub entries: Vec<LedgerEntry>,
     pub last_sequence: i64,
     pub violations: Vec<Violation>,
+    /// Whether `entries` is kept (a replay shows them; a verify needs only the balances).
+    keep_entries: bool,
 }
 
 impl TeamLedger {
     pub fn new(team_id: &str) -> Self {
+        Self { team_id: team_id.to_string(), keep_entries: true, ..Self::default() }
+    }
+
+    /// A ledger that checks every rule but keeps no entries.
+    pub fn without_entries(team_id: &str) -> Self {
         Self { team_id: team_id.to_string(), ..Self::default() }
     }
 
@@ -134,9 +141,9 @@ impl TeamLedger {
     }
 
     /// Folds one event (stream order). `hash` is the event's recorded chain hash.
-    pub fn apply(&mut self, sequence: i64, event: TeamCreditsEvent, hash: Option<String>) {
+    pub fn apply(&mut self, sequence: i64, event: TeamCreditsEvent, hash: Option<&str>) {
         self.last_sequence = sequence;
-        if let Some(entry) = entry_of(event.clone()) {
+        if let Some(entry) = self.keep_entries.then(|| entry_of(&event)).flatten() {
             let last = self.entries.last().map_or((0, 0), |e| (e.available_after, e.reserved_after));
             self.entries.push(LedgerEntry {
                 entry_no: self.entries.len() as i64 + 1,
@@ -149,7 +156,7 @@ impl TeamLedger {
                 operation: entry.operation.map(str::to_string),
                 detail: entry.detail,
                 occurred_at: entry.occurred_at,
-                hash,
+                hash: hash.map(str::to_string),
             });
         }
         self.apply_money(sequence, event);

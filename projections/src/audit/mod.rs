@@ -14,20 +14,20 @@ mod read;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
-use application::event_store::StoredEvent;
 use chrono::{DateTime, Utc};
-use domain::jobs::{GenerationJob, JobEvent};
-use domain::TeamCredits;
+use cqrs_es::DomainEvent;
+use domain::jobs::JobEvent;
+use domain::TeamCreditsEvent;
 use infrastructure::db::Database;
-use infrastructure::event_store::chain::{event_hash, GENESIS_HASH};
+use infrastructure::event_store::chain::{event_hash, CHAINED_AGGREGATE_TYPE, GENESIS_HASH};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 
 use ledger::{BlockView, LedgerEntry, ReservationEnd, ReservationView, TeamLedger, Totals};
-use read::Snapshot;
-
-/// Events read per query.
-const PAGE_SIZE: i64 = 5_000;
+use read::{AuditEvent, Pages, Snapshot, Streams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -35,6 +35,8 @@ pub enum AuditError {
     Database(#[from] sqlx::Error),
     #[error("no such team: {0}")]
     TeamNotFound(String),
+    #[error("the checking thread failed: {0}")]
+    Checker(String),
 }
 
 /// One broken rule, naming the event where it shows.
@@ -90,7 +92,7 @@ pub struct ReplayReport {
     pub violations: Vec<Violation>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
     pub teams: u64,
     pub team_events: u64,
@@ -120,8 +122,9 @@ impl ChainCheck {
         Self { aggregate_id: aggregate_id.to_string(), expected_sequence: 1, prev_hash: GENESIS_HASH.to_string() }
     }
 
-    fn check(&mut self, event: &StoredEvent, violations: &mut Vec<Violation>) {
-        let name = |sequence, kind: &str, detail: String| Violation::event(&event.aggregate_type, &self.aggregate_id, sequence, kind, detail);
+    /// `payload` is the event's payload parsed (`null` when it is not JSON).
+    fn check(&mut self, event: &AuditEvent, payload: &Value, violations: &mut Vec<Violation>) {
+        let name = |sequence, kind: &str, detail: String| Violation::event(CHAINED_AGGREGATE_TYPE, &self.aggregate_id, sequence, kind, detail);
         if event.sequence > self.expected_sequence {
             let missing = if event.sequence - self.expected_sequence == 1 {
                 format!("event #{} is missing (deleted?)", self.expected_sequence)
@@ -131,50 +134,67 @@ impl ChainCheck {
             violations.push(name(self.expected_sequence, "event-missing", missing));
         }
         self.expected_sequence = event.sequence + 1;
-        let recorded = |key: &str| event.metadata.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        let (Some(prev), Some(hash)) = (recorded("prev_hash"), recorded("hash")) else {
+        let (Some(prev), Some(hash)) = (&event.prev_hash, &event.hash) else {
             violations.push(name(event.sequence, "hash-missing", "no prev_hash/hash in the metadata".into()));
-            self.prev_hash = String::new();
+            self.prev_hash.clear();
             return;
         };
-        if prev != self.prev_hash {
+        if *prev != self.prev_hash {
             let detail = "prev_hash is not the hash of the event before it (an event was deleted, inserted or reordered)";
             violations.push(name(event.sequence, "chain-broken", detail.into()));
         }
         let computed = event_hash(
-            &event.aggregate_type,
+            CHAINED_AGGREGATE_TYPE,
             &event.aggregate_id,
             event.sequence,
             &event.event_type,
             &event.event_version,
-            &event.payload,
-            &prev,
+            payload,
+            prev,
         );
-        if computed != hash {
+        if computed != *hash {
             let detail = format!("{} does not match its recorded hash (edited or moved)", event.event_type);
             violations.push(name(event.sequence, "hash-mismatch", detail));
         }
-        self.prev_hash = hash;
+        self.prev_hash.clone_from(hash);
     }
 }
 
-/// Folds one event of a team stream into `ledger`, checking its chain link first.
-fn fold_team_event(ledger: &mut TeamLedger, chain: &mut ChainCheck, event: &StoredEvent) {
-    chain.check(event, &mut ledger.violations);
-    match crate::decode::<TeamCredits>(event) {
-        Ok(decoded) => {
-            let hash = event.metadata.get("hash").and_then(|v| v.as_str()).map(str::to_string);
-            ledger.apply(event.sequence, decoded, hash);
-        }
-        Err(error) => {
-            let violation = Violation::event("TeamCredits", &ledger.team_id, event.sequence, "undecodable", error.to_string());
-            ledger.violations.push(violation);
-        }
+/// An event's payload decoded as `E`, which must be the type it was recorded as (the
+/// checks of `decode_event`, without copying the payload).
+fn decode_payload<E: DomainEvent + DeserializeOwned>(event: &AuditEvent, payload: &Value) -> Result<E, String> {
+    let decoded = E::deserialize(payload).map_err(|e| format!("payload of {} does not decode: {e}", event.event_type))?;
+    if decoded.event_type() != event.event_type {
+        return Err(format!("recorded as {} but the payload is {}", event.event_type, decoded.event_type()));
     }
+    Ok(decoded)
 }
 
-fn team_occurred_at(event: &StoredEvent) -> Option<DateTime<Utc>> {
-    crate::decode::<TeamCredits>(event).ok().map(|e| e.occurred_at())
+/// A TeamCredits event parsed once: the payload (for the hash) and the decoded event.
+struct TeamEvent<'e> {
+    event: &'e AuditEvent,
+    payload: Value,
+    decoded: Result<TeamCreditsEvent, String>,
+}
+
+impl<'e> TeamEvent<'e> {
+    fn parse(event: &'e AuditEvent) -> Self {
+        let payload: Value = serde_json::from_str(&event.payload).unwrap_or_default();
+        let decoded = decode_payload::<TeamCreditsEvent>(event, &payload);
+        Self { event, payload, decoded }
+    }
+
+    /// Checks the chain link, then folds the event into `ledger`.
+    fn fold(self, ledger: &mut TeamLedger, chain: &mut ChainCheck) {
+        chain.check(self.event, &self.payload, &mut ledger.violations);
+        match self.decoded {
+            Ok(decoded) => ledger.apply(self.event.sequence, decoded, self.event.hash.as_deref()),
+            Err(detail) => {
+                let violation = Violation::event(CHAINED_AGGREGATE_TYPE, &ledger.team_id, self.event.sequence, "undecodable", detail);
+                ledger.violations.push(violation);
+            }
+        }
+    }
 }
 
 /// Folds `team`'s events that occurred at or before `as_of` (all when `None`). The fold
@@ -182,7 +202,7 @@ fn team_occurred_at(event: &StoredEvent) -> Option<DateTime<Utc>> {
 /// through.
 pub async fn replay(db: &Database, team: &str, as_of: Option<DateTime<Utc>>) -> Result<ReplayReport, AuditError> {
     let mut snapshot = Snapshot::begin(db).await?;
-    let events = snapshot.stream("TeamCredits", team).await?;
+    let events = snapshot.stream(CHAINED_AGGREGATE_TYPE, team).await?;
     snapshot.end().await?;
     if events.is_empty() {
         return Err(AuditError::TeamNotFound(team.to_string()));
@@ -190,12 +210,13 @@ pub async fn replay(db: &Database, team: &str, as_of: Option<DateTime<Utc>>) -> 
     let (mut ledger, mut chain) = (TeamLedger::new(team), ChainCheck::new(team));
     let mut folded = 0;
     for event in &events {
-        if let (Some(as_of), Some(at)) = (as_of, team_occurred_at(event)) {
-            if at > as_of {
+        let parsed = TeamEvent::parse(event);
+        if let (Some(as_of), Ok(decoded)) = (as_of, &parsed.decoded) {
+            if decoded.occurred_at() > as_of {
                 break;
             }
         }
-        fold_team_event(&mut ledger, &mut chain, event);
+        parsed.fold(&mut ledger, &mut chain);
         folded += 1;
     }
     Ok(ReplayReport {
@@ -223,70 +244,138 @@ struct JobFacts {
 }
 
 /// Reservations of every team: id → (team, amount, end).
-type Reservations = HashMap<String, (String, i64, ReservationEnd)>;
+type Reservations = HashMap<String, (Arc<str>, i64, ReservationEnd)>;
+
+/// Everything `verify` learns from the streams, checked stream by stream (sans-I/O, so it
+/// can run on a thread of its own while the next page is read).
+#[derive(Default)]
+struct Checker {
+    report: VerifyReport,
+    reservations: Reservations,
+    /// (job id, facts, sequence of its first event).
+    jobs: Vec<(String, Option<JobFacts>, i64)>,
+    team_streams: Streams,
+    job_streams: Streams,
+}
+
+impl Checker {
+    fn team_stream(&mut self, events: &[AuditEvent]) {
+        let Some(first) = events.first() else { return };
+        // Only the balances and violations matter here: no ledger entries kept.
+        let (mut ledger, mut chain) = (TeamLedger::without_entries(&first.aggregate_id), ChainCheck::new(&first.aggregate_id));
+        for event in events {
+            TeamEvent::parse(event).fold(&mut ledger, &mut chain);
+        }
+        self.report.teams += 1;
+        self.report.team_events += events.len() as u64;
+        self.report.violations.append(&mut ledger.violations);
+        let team: Arc<str> = Arc::from(ledger.team_id.as_str());
+        for (id, r) in ledger.reservations {
+            self.reservations.insert(id, (team.clone(), r.amount, r.state));
+        }
+    }
+
+    fn job_stream(&mut self, events: &[AuditEvent]) {
+        let Some(first) = events.first() else { return };
+        self.report.jobs += 1;
+        self.report.job_events += events.len() as u64;
+        let facts = job_facts(events, &mut self.report.violations);
+        self.jobs.push((first.aggregate_id.clone(), facts, first.sequence));
+    }
+
+    /// A page of events in (stream, sequence) order; a stream may span pages.
+    fn page(&mut self, kind: Page, page: Vec<AuditEvent>) {
+        let mut streams = std::mem::take(match kind {
+            Page::Team => &mut self.team_streams,
+            Page::Job => &mut self.job_streams,
+        });
+        for event in page {
+            streams.push(event, |stream| match kind {
+                Page::Team => self.team_stream(stream),
+                Page::Job => self.job_stream(stream),
+            });
+        }
+        match kind {
+            Page::Team => self.team_streams = streams,
+            Page::Job => self.job_streams = streams,
+        }
+    }
+
+    fn finish(mut self) -> VerifyReport {
+        let (mut teams, mut jobs) = (std::mem::take(&mut self.team_streams), std::mem::take(&mut self.job_streams));
+        teams.finish(|stream| self.team_stream(stream));
+        jobs.finish(|stream| self.job_stream(stream));
+        for (job_id, facts, first_sequence) in std::mem::take(&mut self.jobs) {
+            let Some(facts) = facts else { continue };
+            check_job(&job_id, &facts, first_sequence, &self.reservations, &mut self.report.violations);
+        }
+        self.report
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Page {
+    Team,
+    Job,
+}
+
+/// Pages read ahead of the checking thread.
+const PAGES_AHEAD: usize = 4;
 
 /// Checks every ledger invariant and every hash chain over the whole store, or over one
 /// team (its stream and the jobs its reservations name).
 pub async fn verify(db: &Database, team: Option<&str>) -> Result<VerifyReport, AuditError> {
     let started = std::time::Instant::now();
     let mut snapshot = Snapshot::begin(db).await?;
-    let mut report = VerifyReport { teams: 0, team_events: 0, jobs: 0, job_events: 0, violations: Vec::new(), elapsed_ms: 0 };
-    let mut reservations: Reservations = HashMap::new();
-    let mut fold_team = |events: &[StoredEvent], report: &mut VerifyReport| {
-        let Some(first) = events.first() else { return };
-        let (mut ledger, mut chain) = (TeamLedger::new(&first.aggregate_id), ChainCheck::new(&first.aggregate_id));
-        for event in events {
-            fold_team_event(&mut ledger, &mut chain, event);
-        }
-        report.teams += 1;
-        report.team_events += events.len() as u64;
-        report.violations.append(&mut ledger.violations);
-        for (id, r) in ledger.reservations {
-            reservations.insert(id, (ledger.team_id.clone(), r.amount, r.state));
-        }
-    };
+    let mut checker = Checker::default();
     match team {
         Some(team) => {
-            let events = snapshot.stream("TeamCredits", team).await?;
+            let events = snapshot.stream(CHAINED_AGGREGATE_TYPE, team).await?;
             if events.is_empty() {
                 return Err(AuditError::TeamNotFound(team.to_string()));
             }
-            fold_team(&events, &mut report);
-        }
-        None => snapshot.each_stream("TeamCredits", PAGE_SIZE, |events| fold_team(events, &mut report)).await?,
-    }
-    let mut jobs: Vec<(String, Option<JobFacts>, i64)> = Vec::new();
-    let mut fold_job = |events: &[StoredEvent], report: &mut VerifyReport| {
-        let Some(first) = events.first() else { return };
-        report.jobs += 1;
-        report.job_events += events.len() as u64;
-        jobs.push((first.aggregate_id.clone(), job_facts(events, &mut report.violations), first.sequence));
-    };
-    match team {
-        Some(_) => {
-            let ids: Vec<String> = reservations.keys().cloned().collect();
+            checker.team_stream(&events);
+            let ids: Vec<String> = checker.reservations.keys().cloned().collect();
             for events in snapshot.streams("GenerationJob", &ids).await? {
-                fold_job(&events, &mut report);
+                checker.job_stream(&events);
             }
         }
-        None => snapshot.each_stream("GenerationJob", PAGE_SIZE, |events| fold_job(events, &mut report)).await?,
+        None => {
+            // Reading (this task, and the database) and checking (parse, hash, fold: a
+            // thread of its own) overlap, a bounded number of pages apart.
+            let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(Page, Vec<AuditEvent>)>(PAGES_AHEAD);
+            let worker = tokio::task::spawn_blocking(move || {
+                while let Some((kind, page)) = pages_rx.blocking_recv() {
+                    checker.page(kind, page);
+                }
+                checker
+            });
+            for (n, (aggregate_type, kind)) in [(CHAINED_AGGREGATE_TYPE, Page::Team), ("GenerationJob", Page::Job)].into_iter().enumerate() {
+                let mut pages = Pages::new(aggregate_type, n);
+                while let Some(page) = snapshot.next_page(&mut pages).await? {
+                    if pages_tx.send((kind, page)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(pages_tx);
+            checker = worker.await.map_err(|e| AuditError::Checker(e.to_string()))?;
+        }
     }
     snapshot.end().await?;
-    for (job_id, facts, first_sequence) in jobs {
-        let Some(facts) = facts else { continue };
-        check_job(&job_id, &facts, first_sequence, &reservations, &mut report.violations);
-    }
+    let mut report = checker.finish();
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-fn job_facts(events: &[StoredEvent], violations: &mut Vec<Violation>) -> Option<JobFacts> {
+fn job_facts(events: &[AuditEvent], violations: &mut Vec<Violation>) -> Option<JobFacts> {
     let mut facts: Option<JobFacts> = None;
     for event in events {
-        let decoded = match crate::decode::<GenerationJob>(event) {
+        let payload: Value = serde_json::from_str(&event.payload).unwrap_or_default();
+        let decoded = match decode_payload::<JobEvent>(event, &payload) {
             Ok(decoded) => decoded,
             Err(error) => {
-                violations.push(Violation::event("GenerationJob", &event.aggregate_id, event.sequence, "undecodable", error.to_string()));
+                violations.push(Violation::event("GenerationJob", &event.aggregate_id, event.sequence, "undecodable", error));
                 continue;
             }
         };
@@ -315,7 +404,7 @@ fn check_job(job_id: &str, facts: &JobFacts, first_sequence: i64, reservations: 
         violation("job-without-reservation", format!("job of team {} reserved no credits", facts.team_id));
         return;
     };
-    if *team != facts.team_id {
+    if **team != *facts.team_id {
         violation("reservation-team-mismatch", format!("job of team {} reserved credits of team {team}", facts.team_id));
     }
     if *amount != facts.cost {

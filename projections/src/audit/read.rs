@@ -1,45 +1,61 @@
-//! Reading streams for the auditor inside one consistent snapshot.
+//! Reading streams for the auditor inside one consistent snapshot: only the columns the
+//! checks need (the payload as stored, the two chain hashes out of the metadata).
 
-use application::event_store::{LogPosition, StoredEvent};
-use chrono::{DateTime, Utc};
 use infrastructure::db::Database;
-use sqlx::{Postgres, Sqlite, Transaction};
+use sqlx::{Executor, Postgres, Sqlite, Transaction};
 
-/// Payload and metadata are read as text on both databases (`CAST` works on both) and
-/// parsed here; a payload that is not JSON becomes `null` and fails to decode, which the
-/// auditor reports against its event.
-type Row = (String, String, i64, String, String, String, String, DateTime<Utc>);
+/// One stored event as the auditor checks it. The payload is the stored JSON text, parsed
+/// by the checker (a payload that is not JSON is reported against its event).
+#[derive(Debug, Clone)]
+pub(super) struct AuditEvent {
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: String,
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
+}
 
-const COLUMNS: &str = "aggregate_type, aggregate_id, sequence, event_type, event_version, \
-     CAST(payload AS TEXT), CAST(metadata AS TEXT), recorded_at";
+type Row = (String, i64, String, String, String, Option<String>, Option<String>);
+
+impl From<Row> for AuditEvent {
+    fn from((aggregate_id, sequence, event_type, event_version, payload, prev_hash, hash): Row) -> Self {
+        Self { aggregate_id, sequence, event_type, event_version, payload, prev_hash, hash }
+    }
+}
+
+/// The metadata's hashes as text on each database; metadata that is not a JSON object (or
+/// not JSON) yields none, reported as `hash-missing`.
+const COLUMNS_POSTGRES: &str = "aggregate_id, sequence, event_type, event_version, CAST(payload AS TEXT), \
+     metadata->>'prev_hash', metadata->>'hash'";
+const COLUMNS_SQLITE: &str = "aggregate_id, sequence, event_type, event_version, CAST(payload AS TEXT), \
+     CASE WHEN json_valid(metadata) THEN CAST(json_extract(metadata, '$.prev_hash') AS TEXT) END, \
+     CASE WHEN json_valid(metadata) THEN CAST(json_extract(metadata, '$.hash') AS TEXT) END";
+
+/// Events per fetch while walking all streams of a type.
+const PAGE_EVENTS: i64 = 5_000;
 
 pub(super) enum Snapshot {
     Postgres(Transaction<'static, Postgres>),
     Sqlite(Transaction<'static, Sqlite>),
 }
 
-macro_rules! fetch_rows {
+/// `$sql` with `{COLUMNS}` replaced by the database's column list, run with `$args`.
+macro_rules! fetch_events {
     ($snapshot:expr, $sql:expr $(, $arg:expr)* $(,)?) => {{
-        match $snapshot {
-            Snapshot::Postgres(tx) => sqlx::query_as::<_, Row>($sql)$(.bind($arg))*.fetch_all(&mut **tx).await,
-            Snapshot::Sqlite(tx) => sqlx::query_as::<_, Row>($sql)$(.bind($arg))*.fetch_all(&mut **tx).await,
-        }
+        let rows: Result<Vec<Row>, sqlx::Error> = match $snapshot {
+            Snapshot::Postgres(tx) => {
+                let sql = $sql.replace("{COLUMNS}", COLUMNS_POSTGRES);
+                sqlx::query_as::<_, Row>(&sql)$(.bind($arg))*.fetch_all(&mut **tx).await
+            }
+            Snapshot::Sqlite(tx) => {
+                let sql = $sql.replace("{COLUMNS}", COLUMNS_SQLITE);
+                sqlx::query_as::<_, Row>(&sql)$(.bind($arg))*.fetch_all(&mut **tx).await
+            }
+        };
+        rows.map(|rows| rows.into_iter().map(AuditEvent::from).collect::<Vec<_>>())
     }};
-}
-
-fn to_event(row: Row) -> StoredEvent {
-    let (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at) = row;
-    StoredEvent {
-        log_position: LogPosition::START,
-        aggregate_type,
-        aggregate_id,
-        sequence,
-        event_type,
-        event_version,
-        payload: serde_json::from_str(&payload).unwrap_or_default(),
-        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
-        recorded_at,
-    }
 }
 
 impl Snapshot {
@@ -63,23 +79,23 @@ impl Snapshot {
     }
 
     /// One stream, in sequence order.
-    pub(super) async fn stream(&mut self, aggregate_type: &str, aggregate_id: &str) -> Result<Vec<StoredEvent>, sqlx::Error> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence");
-        let rows = fetch_rows!(self, &sql, aggregate_type, aggregate_id)?;
-        Ok(rows.into_iter().map(to_event).collect())
+    pub(super) async fn stream(&mut self, aggregate_type: &str, aggregate_id: &str) -> Result<Vec<AuditEvent>, sqlx::Error> {
+        let sql = "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
+        fetch_events!(self, sql, aggregate_type, aggregate_id)
     }
 
     /// Several streams of one type, each in sequence order.
-    pub(super) async fn streams(&mut self, aggregate_type: &str, ids: &[String]) -> Result<Vec<Vec<StoredEvent>>, sqlx::Error> {
+    pub(super) async fn streams(&mut self, aggregate_type: &str, ids: &[String]) -> Result<Vec<Vec<AuditEvent>>, sqlx::Error> {
         let mut streams = Vec::new();
         for chunk in ids.chunks(infrastructure::event_store::ROWS_PER_STATEMENT_MAX) {
             let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
             let sql = format!(
-                "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id IN ({}) ORDER BY aggregate_id, sequence",
+                "SELECT {{COLUMNS}} FROM events WHERE aggregate_type = $1 AND aggregate_id IN ({}) ORDER BY aggregate_id, sequence",
                 placeholders.join(", ")
             );
             let rows = match self {
                 Snapshot::Postgres(tx) => {
+                    let sql = sql.replace("{COLUMNS}", COLUMNS_POSTGRES);
                     let mut query = sqlx::query_as::<_, Row>(&sql).bind(aggregate_type);
                     for id in chunk {
                         query = query.bind(id);
@@ -87,6 +103,7 @@ impl Snapshot {
                     query.fetch_all(&mut **tx).await?
                 }
                 Snapshot::Sqlite(tx) => {
+                    let sql = sql.replace("{COLUMNS}", COLUMNS_SQLITE);
                     let mut query = sqlx::query_as::<_, Row>(&sql).bind(aggregate_type);
                     for id in chunk {
                         query = query.bind(id);
@@ -94,60 +111,91 @@ impl Snapshot {
                     query.fetch_all(&mut **tx).await?
                 }
             };
-            group(rows.into_iter().map(to_event), |events| streams.push(events));
+            let mut grouping = Streams::default();
+            for event in rows.into_iter().map(AuditEvent::from) {
+                grouping.push(event, |events| streams.push(events.to_vec()));
+            }
+            grouping.finish(|events| streams.push(events.to_vec()));
         }
         Ok(streams)
     }
 
-    /// Calls `visit` with every stream of `aggregate_type`, whole and in sequence order,
-    /// reading `page_size` events at a time in key order (bounded memory: one page plus
-    /// one stream). The row-value comparison lets both databases walk the stream key's
-    /// index instead of sorting the rest of the log for every page.
-    pub(super) async fn each_stream(
-        &mut self,
-        aggregate_type: &str,
-        page_size: i64,
-        mut visit: impl FnMut(&[StoredEvent]),
-    ) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND (aggregate_id, sequence) > ($2, $3) \
-             ORDER BY aggregate_id, sequence LIMIT $4"
-        );
-        let (mut after_id, mut after_sequence) = (String::new(), 0i64);
-        let mut current: Vec<StoredEvent> = Vec::new();
-        loop {
-            let rows = fetch_rows!(self, &sql, aggregate_type, &after_id, after_sequence, page_size)?;
-            let full = rows.len() as i64 == page_size;
-            for event in rows.into_iter().map(to_event) {
-                if current.first().is_some_and(|first| first.aggregate_id != event.aggregate_id) {
-                    visit(&current);
-                    current.clear();
+    /// The next page of every event of `aggregate_type` in (stream, sequence) order,
+    /// [`PAGE_EVENTS`] at a time (`None` after the last). PostgreSQL walks one cursor over
+    /// the stream key's index; SQLite pages by the key (the row-value comparison walks the
+    /// same index). The caller may check a page on another thread while the next is read.
+    pub(super) async fn next_page(&mut self, pages: &mut Pages) -> Result<Option<Vec<AuditEvent>>, sqlx::Error> {
+        if pages.done {
+            return Ok(None);
+        }
+        let events = match self {
+            Snapshot::Postgres(tx) => {
+                let cursor = format!("kiln_audit_{}", pages.cursor);
+                if !pages.opened {
+                    let declare = format!(
+                        "DECLARE {cursor} NO SCROLL CURSOR FOR SELECT {COLUMNS_POSTGRES} FROM events \
+                         WHERE aggregate_type = '{}' ORDER BY aggregate_id, sequence",
+                        pages.aggregate_type.replace('\'', "''")
+                    );
+                    tx.execute(declare.as_str()).await?;
+                    pages.opened = true;
                 }
-                after_id.clone_from(&event.aggregate_id);
-                after_sequence = event.sequence;
-                current.push(event);
+                let rows: Vec<Row> = sqlx::query_as(&format!("FETCH FORWARD {PAGE_EVENTS} FROM {cursor}")).fetch_all(&mut **tx).await?;
+                if (rows.len() as i64) < PAGE_EVENTS {
+                    tx.execute(format!("CLOSE {cursor}").as_str()).await?;
+                }
+                rows.into_iter().map(AuditEvent::from).collect::<Vec<_>>()
             }
-            if !full {
-                break;
+            Snapshot::Sqlite(_) => {
+                let sql = "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND (aggregate_id, sequence) > ($2, $3) \
+                     ORDER BY aggregate_id, sequence LIMIT $4";
+                let (after_id, after_sequence) = pages.after.clone().unwrap_or_default();
+                let events = fetch_events!(self, sql, &pages.aggregate_type, after_id, after_sequence, PAGE_EVENTS)?;
+                pages.after = events.last().map(|last| (last.aggregate_id.clone(), last.sequence));
+                events
             }
-        }
-        if !current.is_empty() {
-            visit(&current);
-        }
-        Ok(())
+        };
+        pages.done = (events.len() as i64) < PAGE_EVENTS;
+        Ok(Some(events))
     }
 }
 
-/// Splits events ordered by stream into one `Vec` per stream.
-fn group(events: impl Iterator<Item = StoredEvent>, mut visit: impl FnMut(Vec<StoredEvent>)) {
-    let mut current: Vec<StoredEvent> = Vec::new();
-    for event in events {
-        if current.first().is_some_and(|first| first.aggregate_id != event.aggregate_id) {
-            visit(std::mem::take(&mut current));
-        }
-        current.push(event);
+/// Where a walk over all streams of a type stands.
+pub(super) struct Pages {
+    aggregate_type: String,
+    /// Names the PostgreSQL cursor (one per walk in a snapshot).
+    cursor: usize,
+    opened: bool,
+    /// SQLite: the key of the last event read.
+    after: Option<(String, i64)>,
+    done: bool,
+}
+
+impl Pages {
+    pub(super) fn new(aggregate_type: &str, cursor: usize) -> Self {
+        Self { aggregate_type: aggregate_type.to_string(), cursor, opened: false, after: None, done: false }
     }
-    if !current.is_empty() {
-        visit(current);
+}
+
+/// Splits events ordered by stream into whole streams (one stream held at a time).
+#[derive(Default)]
+pub(super) struct Streams {
+    current: Vec<AuditEvent>,
+}
+
+impl Streams {
+    pub(super) fn push(&mut self, event: AuditEvent, mut visit: impl FnMut(&[AuditEvent])) {
+        if self.current.first().is_some_and(|first| first.aggregate_id != event.aggregate_id) {
+            visit(&self.current);
+            self.current.clear();
+        }
+        self.current.push(event);
+    }
+
+    pub(super) fn finish(&mut self, mut visit: impl FnMut(&[AuditEvent])) {
+        if !self.current.is_empty() {
+            visit(&self.current);
+            self.current.clear();
+        }
     }
 }

@@ -16,18 +16,27 @@
 //!   swap replaces the live rows (`DELETE` + `INSERT … SELECT`) inside one write
 //!   transaction — atomic all the same.
 //!
-//! Phases: (1) bulk pass over the log with `read_log` (gap-safe), one transaction per
-//! batch, no lock on anything live; (2) the final transaction: stop the log from moving
+//! Phases: (1) bulk pass over the log, no lock on anything live: on PostgreSQL, for a
+//! projection with an in-memory [`fold`] (`team_balances`, `credit_history`), one cursor
+//! over the TeamCredits events up to the readable head, folded in memory and written with
+//! `INSERT … SELECT FROM UNNEST` (keys and indexes built after the load, see `bulk.rs`);
+//! otherwise batches of `read_log` (gap-safe), each applied by the projection's own code
+//! in a transaction of its own ([`per_batch_pass`], one loop for both databases);
+//! (2) the final transaction: stop the log from moving
 //! for this projection (inline: PostgreSQL `LOCK TABLE events IN SHARE ROW EXCLUSIVE
 //! MODE` / SQLite's write lock, so no append can commit; async: the checkpoint row's lock,
 //! so the projector waits), apply the tail, then swap — and for the async projection set
 //! its checkpoint to the rebuild's end position — or diff and roll back.
 
+mod bulk;
+mod columns;
+mod fold;
 mod postgres;
 mod sqlite;
 
 use std::time::Instant;
 
+use async_trait::async_trait;
 use application::event_store::{EventStore, EventStoreError, LogPosition, StoredEvent};
 use infrastructure::db::Database;
 use infrastructure::event_store::{InlineProjection, SqlEventStore, Tx};
@@ -67,11 +76,15 @@ pub struct RebuildOptions {
     pub verify: bool,
     pub batch_size: i64,
     pub differences_max: usize,
+    /// Use the in-memory fold and bulk load where the projection and database have one
+    /// (PostgreSQL: `team_balances`, `credit_history`); `false` applies the projection's
+    /// own code batch by batch everywhere (the reference the fold is checked against).
+    pub bulk: bool,
 }
 
 impl Default for RebuildOptions {
     fn default() -> Self {
-        Self { verify: false, batch_size: BATCH_SIZE_DEFAULT, differences_max: DIFFERENCES_MAX_DEFAULT }
+        Self { verify: false, batch_size: BATCH_SIZE_DEFAULT, differences_max: DIFFERENCES_MAX_DEFAULT, bulk: true }
     }
 }
 
@@ -162,6 +175,41 @@ async fn next_batch(
         events.retain(|e| e.log_position <= checkpoint);
     }
     Ok(events)
+}
+
+/// What the per-batch pass needs from a database: shadow tables to apply a batch to.
+#[async_trait]
+trait Shadow: Send {
+    /// Applies one batch with the projection's own code, in a transaction of its own.
+    async fn apply_batch(&mut self, projection: &dyn InlineProjection, events: &[StoredEvent]) -> Result<(), RebuildError>;
+    /// Called after each committed batch (`batches` so far).
+    async fn batch_done(&mut self, _batches: u64) -> Result<(), RebuildError> {
+        Ok(())
+    }
+}
+
+/// Phase 1, batch by batch: returns the position reached and the events applied. The next
+/// batch is read while this one is applied: reading and writing overlap.
+async fn per_batch_pass(
+    shadow: &mut dyn Shadow,
+    store: &SqlEventStore,
+    info: &ProjectionInfo,
+    options: &RebuildOptions,
+    progress: &dyn Progress,
+) -> Result<(LogPosition, u64), RebuildError> {
+    let (mut position, mut applied, mut batches) = (LogPosition::START, 0u64, 0u64);
+    let mut events = next_batch(store, info, options, position).await?;
+    while let Some(last) = events.last().map(|e| e.log_position) {
+        let (done, next) = tokio::join!(shadow.apply_batch(info.projection.as_ref(), &events), next_batch(store, info, options, last));
+        done?;
+        position = last;
+        applied += events.len() as u64;
+        progress.advance(events.len() as u64);
+        events = next?;
+        batches += 1;
+        shadow.batch_done(batches).await?;
+    }
+    Ok((position, applied))
 }
 
 async fn apply_events(projection: &dyn InlineProjection, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), RebuildError> {

@@ -2,13 +2,17 @@
 //! connection's `search_path`; swap by moving them into the live schema.
 
 use application::event_store::{EventStore, LogPosition, StoredEvent};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use infrastructure::event_store::{SqlEventStore, Tx};
+use infrastructure::event_store::{InlineProjection, SqlEventStore, Tx};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
-use super::{apply_events, next_batch, Outcome, Progress, RebuildError, RebuildOptions, TableDiff, ENSURE_CHECKPOINT, SAVE_CHECKPOINT};
+use super::{
+    apply_events, bounded_by_checkpoint, bulk, fold, per_batch_pass, Outcome, Progress, RebuildError, RebuildOptions, Shadow, TableDiff,
+    ENSURE_CHECKPOINT, SAVE_CHECKPOINT,
+};
 use crate::catalog::{Kind, ProjectionInfo};
 
 pub(super) async fn run(
@@ -23,40 +27,38 @@ pub(super) async fn run(
     let live: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(&mut conn).await?;
     let shadow = format!("kiln_rebuild_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let outcome = async {
-        create_shadow(&mut conn, &live, &shadow, info.tables).await?;
+        create_tables(&mut conn, &live, &shadow, info.tables).await?;
         conn.execute(format!("SET search_path TO \"{shadow}\", \"{live}\"").as_str()).await?;
-        let (mut position, mut applied, mut batches) = (LogPosition::START, 0u64, 0u64);
-        let mut events = next_batch(store, info, options, position).await?;
-        // The next batch is read while this one is applied: reading and writing overlap.
-        while let Some(last) = events.last().map(|e| e.log_position) {
-            let mut tx = conn.begin().await?;
-            let mut handle = Tx::Postgres(&mut tx);
-            let (done, next) = tokio::join!(
-                apply_events(info.projection.as_ref(), &mut handle, &events),
-                next_batch(store, info, options, last)
-            );
-            done?;
-            tx.commit().await?;
-            position = last;
-            applied += events.len() as u64;
-            progress.advance(events.len() as u64);
-            events = next?;
-            batches += 1;
-            // Fresh tables have no statistics: without them the planner joins each
-            // `UPDATE … FROM (VALUES …)` by scanning the whole table, and the pass turns
-            // quadratic. Analyzing as the tables double in size keeps the index plans.
-            if batches.is_power_of_two() {
-                for table in info.tables {
-                    conn.execute(format!("ANALYZE \"{shadow}\".\"{table}\"").as_str()).await?;
-                }
+        let fold = if options.bulk { fold::for_projection(info.name) } else { None };
+        let (position, applied) = match fold {
+            Some(fold) => {
+                let until = if bounded_by_checkpoint(info, options) {
+                    Some(crate::projector::load_checkpoint(store.database(), info.name).await?)
+                } else {
+                    None
+                };
+                let started = std::time::Instant::now();
+                let pass = bulk::pass(pool, &mut conn, fold, until, progress).await?;
+                let folded_ms = started.elapsed().as_millis() as u64;
+                create_keys(&mut conn, &live, &shadow, info.tables).await?;
+                analyze(&mut conn, &shadow, info.tables).await?;
+                let keyed_ms = started.elapsed().as_millis() as u64 - folded_ms;
+                conn.execute("RESET maintenance_work_mem").await?;
+                tracing::info!(projection = info.name, events = pass.1, folded_ms, keyed_ms, "rebuild: bulk pass done");
+                pass
             }
-        }
+            None => {
+                create_keys(&mut conn, &live, &shadow, info.tables).await?;
+                let mut tables = PgShadow { conn: &mut conn, shadow: &shadow, tables: info.tables };
+                per_batch_pass(&mut tables, store, info, options, progress).await?
+            }
+        };
         // The swap takes exclusive locks on the live tables one by one while readers may
         // hold one and want the next: PostgreSQL then aborts one side as a deadlock (or
         // the lock wait times out). The swap's transaction rolls back whole, so it is
         // simply tried again, a bounded number of times.
-        let mut attempt = 0;
-        loop {
+        let (mut attempt, started) = (0, std::time::Instant::now());
+        let outcome = loop {
             attempt += 1;
             match finish(store, &mut conn, &live, &shadow, info, options, progress, position, applied).await {
                 Err(error) if attempt < SWAP_ATTEMPTS_MAX && is_lock_conflict(&error) => {
@@ -64,7 +66,9 @@ pub(super) async fn run(
                 }
                 result => break result,
             }
-        }
+        };
+        tracing::info!(projection = info.name, elapsed_ms = started.elapsed().as_millis() as u64, "rebuild: tail and swap (or diff) done");
+        outcome
     }
     .await;
     // The scratch schema is empty after a swap; after a verify or a failure it holds the
@@ -72,6 +76,40 @@ pub(super) async fn run(
     let _ = conn.execute(format!("DROP SCHEMA IF EXISTS \"{shadow}\" CASCADE").as_str()).await;
     let _ = conn.close().await;
     outcome
+}
+
+/// Shadow tables in the scratch schema, written by the projection's own code.
+struct PgShadow<'a> {
+    conn: &'a mut PgConnection,
+    shadow: &'a str,
+    tables: &'a [&'a str],
+}
+
+#[async_trait]
+impl Shadow for PgShadow<'_> {
+    async fn apply_batch(&mut self, projection: &dyn InlineProjection, events: &[StoredEvent]) -> Result<(), RebuildError> {
+        let mut tx = self.conn.begin().await?;
+        apply_events(projection, &mut Tx::Postgres(&mut tx), events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // Fresh tables have no statistics: without them the planner joins each
+    // `UPDATE … FROM (VALUES …)` by scanning the whole table, and the pass turns
+    // quadratic. Analyzing as the tables double in size keeps the index plans.
+    async fn batch_done(&mut self, batches: u64) -> Result<(), RebuildError> {
+        if batches.is_power_of_two() {
+            analyze(self.conn, self.shadow, self.tables).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn analyze(conn: &mut PgConnection, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
+    for table in tables {
+        conn.execute(format!("ANALYZE \"{shadow}\".\"{table}\"").as_str()).await?;
+    }
+    Ok(())
 }
 
 /// Swap attempts before a rebuild gives up on lock conflicts.
@@ -83,9 +121,10 @@ fn is_lock_conflict(error: &RebuildError) -> bool {
     matches!(db.code().as_deref(), Some("40P01") | Some("55P03"))
 }
 
-/// The shadow of each table: same columns, defaults and CHECKs (`LIKE`), then the live
-/// table's key/unique constraints and indexes under their own names.
-async fn create_shadow(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
+/// The shadow of each table: same columns, defaults and CHECKs (`LIKE`); keys and indexes
+/// come with [`create_keys`] (after a bulk load: building an index once is cheaper than
+/// maintaining it row by row).
+async fn create_tables(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
     conn.execute(format!("CREATE SCHEMA \"{shadow}\"").as_str()).await?;
     for table in tables {
         conn.execute(
@@ -96,6 +135,14 @@ async fn create_shadow(conn: &mut PgConnection, live: &str, shadow: &str, tables
             .as_str(),
         )
         .await?;
+    }
+    Ok(())
+}
+
+/// The live table's key/unique constraints and indexes on each shadow table, under their
+/// own names.
+async fn create_keys(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
+    for table in tables {
         let constraints: Vec<(String, String)> = sqlx::query_as(
             "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
              WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'x')",

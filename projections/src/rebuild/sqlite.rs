@@ -4,11 +4,12 @@
 //! keeps every append out meanwhile).
 
 use application::event_store::{LogPosition, StoredEvent};
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use infrastructure::event_store::{SqlEventStore, Tx};
+use infrastructure::event_store::{InlineProjection, SqlEventStore, Tx};
 use sqlx::{Connection, Executor, SqliteConnection, SqlitePool};
 
-use super::{apply_events, next_batch, Outcome, Progress, RebuildError, RebuildOptions, TableDiff, ENSURE_CHECKPOINT, SAVE_CHECKPOINT};
+use super::{apply_events, per_batch_pass, Outcome, Progress, RebuildError, RebuildOptions, Shadow, TableDiff, ENSURE_CHECKPOINT, SAVE_CHECKPOINT};
 use crate::catalog::{Kind, ProjectionInfo};
 
 pub(super) async fn run(
@@ -23,28 +24,27 @@ pub(super) async fn run(
     let mut conn = SqliteConnection::connect_with(&write.connect_options()).await?;
     let outcome = async {
         create_shadow(&mut conn, info.tables).await?;
-        let (mut position, mut applied) = (LogPosition::START, 0u64);
-        let mut events = next_batch(store, info, options, position).await?;
-        // The next batch is read while this one is applied: reading and writing overlap.
-        while let Some(last) = events.last().map(|e| e.log_position) {
-            let mut tx = conn.begin().await?;
-            let mut handle = Tx::Sqlite(&mut tx);
-            let (done, next) = tokio::join!(
-                apply_events(info.projection.as_ref(), &mut handle, &events),
-                next_batch(store, info, options, last)
-            );
-            done?;
-            tx.commit().await?;
-            position = last;
-            applied += events.len() as u64;
-            progress.advance(events.len() as u64);
-            events = next?;
-        }
+        let (position, applied) = per_batch_pass(&mut SqliteShadow { conn: &mut conn }, store, info, options, progress).await?;
         finish(&mut conn, info, options, progress, position, applied).await
     }
     .await;
     let _ = conn.close().await;
     outcome
+}
+
+/// The connection's `TEMP` tables, written by the projection's own code.
+struct SqliteShadow<'a> {
+    conn: &'a mut SqliteConnection,
+}
+
+#[async_trait]
+impl Shadow for SqliteShadow<'_> {
+    async fn apply_batch(&mut self, projection: &dyn InlineProjection, events: &[StoredEvent]) -> Result<(), RebuildError> {
+        let mut tx = self.conn.begin().await?;
+        apply_events(projection, &mut Tx::Sqlite(&mut tx), events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 async fn create_shadow(conn: &mut SqliteConnection, tables: &[&str]) -> Result<(), RebuildError> {
