@@ -202,6 +202,10 @@ fn evict_least_recent(writers: &mut HashMap<TeamId, Writer>) {
 /// commits it, answers.
 async fn run_writer(aggregates: AggregateStore, committer: Committer, team: TeamId, mut requests: mpsc::Receiver<Request>) {
     let mut state: Option<Loaded<TeamCredits>> = None;
+    // Set once another process is seen writing this team (a conflict): from then on the
+    // cached state is caught up (one query for newer events) before each batch is decided,
+    // instead of deciding on it, conflicting and reloading the whole state.
+    let mut shared = false;
     while let Some(first) = requests.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH_COMMANDS_MAX {
@@ -210,7 +214,7 @@ async fn run_writer(aggregates: AggregateStore, committer: Committer, team: Team
                 Err(_) => break,
             }
         }
-        process_batch(&aggregates, &committer, team, &mut state, batch).await;
+        process_batch(&aggregates, &committer, team, &mut state, &mut shared, batch).await;
     }
 }
 
@@ -225,12 +229,17 @@ async fn process_batch(
     committer: &Committer,
     team: TeamId,
     state: &mut Option<Loaded<TeamCredits>>,
+    shared: &mut bool,
     mut batch: Vec<Request>,
 ) {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let mut loaded = match state.take() {
+        let cached = match state.take() {
+            Some(loaded) if *shared => catch_up(aggregates, team, loaded).await.map(|(fresh, _)| fresh).ok(),
+            cached => cached,
+        };
+        let mut loaded = match cached {
             Some(loaded) => loaded,
             None => match aggregates.load::<TeamCredits>(&team.to_string()).await {
                 Ok(loaded) => loaded,
@@ -284,11 +293,15 @@ async fn process_batch(
                 }
             }
             Err(EventStoreError::Conflict { .. }) => {
+                *shared = true;
                 if attempt >= CONFLICT_RETRIES_MAX {
                     return answer_all(batch, |_| Err(CommandError::Contention { attempts: attempt }));
                 }
                 tracing::debug!(%team, attempt, start_sequence, "team written by another process; deciding again");
-                backoff(attempt).await;
+                // The first conflict is usually a stale cache, not a race: reload at once.
+                if attempt > 1 {
+                    backoff(attempt).await;
+                }
             }
             Err(error) => return answer_all(batch, |_| Err(error_copy(&error))),
         }
