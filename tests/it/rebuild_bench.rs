@@ -3,9 +3,8 @@
 //! events < 30 s. Run with
 //! `KILN_BENCH_EVENTS=1000000 cargo test --release --test it rebuild_bench -- --ignored --nocapture`.
 //!
-//! Measured 2026-11-25 (release, PostgreSQL 15 local, 2 cores shared with other builds,
-//! load average ≈ 4): 1,000,000 events in 1,000 team streams; rebuild team_balances
-//! 46k events/s, credit_history 58k–86k events/s; audit verify 32.7 s. Below target.
+//! Results, with the load they were measured under: BENCHMARKS.md, "Projection rebuild
+//! and audit verify".
 
 use std::sync::Arc;
 use std::time::Instant;
