@@ -107,8 +107,7 @@ async fn prev_hashes(conn: &mut PgConnection, appends: &[&StreamAppend]) -> Resu
     Ok(hashes)
 }
 
-/// Every event of every stream in one statement; the stored events are returned in the
-/// order of `appends`. A sequence already taken (another
+/// Every event of every stream in one statement. A sequence already taken (another
 /// writer appended to that stream first) is skipped by `ON CONFLICT DO NOTHING`; the
 /// first stream missing rows is reported as the conflict and the transaction, dropped
 /// unfinished, rolls back.
@@ -121,11 +120,7 @@ async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> R
     let mut versions: Vec<&str> = Vec::with_capacity(count);
     let mut payloads: Vec<Json<&Value>> = Vec::with_capacity(count);
     let mut metadata: Vec<Json<&Value>> = Vec::with_capacity(count);
-    // Rows go in in stream order: two transactions that take the same streams (which one
-    // of them will lose) then wait for each other in one order and never deadlock.
-    let mut in_stream_order: Vec<&&StreamAppend> = appends.iter().collect();
-    in_stream_order.sort_unstable_by(|a, b| (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id)));
-    for append in in_stream_order {
+    for append in appends {
         for (offset, event) in append.events.iter().enumerate() {
             types.push(&append.aggregate_type);
             ids.push(&append.aggregate_id);
