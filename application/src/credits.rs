@@ -427,6 +427,10 @@ async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<
 async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>) {
     if group.len() > 1 {
         group = without_stale(aggregates, group).await;
+        // Members in team order: two processes' joint transactions that take the same
+        // teams (one of them will lose those) then wait for each other in one order and
+        // never deadlock. A member's team stream comes first in its appends.
+        group.sort_by_cached_key(|r| r.appends.first().map(|a| (a.aggregate_type.clone(), a.aggregate_id.clone())));
     }
     while group.len() > 1 {
         let joint: Vec<StreamAppend> = group.iter().flat_map(|r| r.appends.iter().cloned()).collect();
