@@ -145,8 +145,10 @@ impl EventStore for SqlEventStore {
                 let ids: Vec<&str> = streams.iter().map(|s| s.1.as_str()).collect();
                 let expected: Vec<i64> = streams.iter().map(|s| s.2).collect();
                 sqlx::query_as(
-                    "SELECT u.t, u.i FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(t, i, s) WHERE EXISTS \
-                     (SELECT 1 FROM events e WHERE e.aggregate_type = u.t AND e.aggregate_id = u.i AND e.sequence = u.s + 1)",
+                    // LATERAL … LIMIT 1: one primary-key probe per stream, whatever plan the
+                    // prepared statement gets (a semi-join could scan all of `events`).
+                    "SELECT u.t, u.i FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(t, i, s) CROSS JOIN LATERAL \
+                     (SELECT 1 FROM events e WHERE e.aggregate_type = u.t AND e.aggregate_id = u.i AND e.sequence = u.s + 1 LIMIT 1) AS taken",
                 )
                 .bind(types)
                 .bind(ids)

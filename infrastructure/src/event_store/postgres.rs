@@ -52,6 +52,11 @@ pub(super) async fn append(
     appends: &[StreamAppend],
 ) -> Result<Vec<StoredEvent>, EventStoreError> {
     let mut tx = pool.begin().await.map_err(unavailable)?;
+    // The append's statements take their rows as arrays and are prepared once per
+    // connection. A generic plan cannot see an array's length and may join a handful of
+    // rows by scanning a whole table (`events`, `credit_reservations`); plan each
+    // execution for its actual arguments instead.
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan").execute(&mut *tx).await.map_err(unavailable)?;
     let appends: Vec<&StreamAppend> = appends.iter().filter(|a| !a.events.is_empty()).collect();
     let prev = prev_hashes(&mut tx, &appends).await.map_err(unavailable)?;
     let sealed: Vec<StreamAppend> = appends
