@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobInput, JobOutput};
 use domain::{JobId, ModelId};
 use sha2::{Digest, Sha256};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 use super::index::{ActiveJob, JobIndex};
 use super::{JobsError, JobsService};
@@ -82,6 +82,9 @@ pub struct Worker {
     config: Arc<WorkerConfig>,
     permits: Arc<Semaphore>,
     artifacts: Arc<Mutex<HashMap<(ModelId, u32), String>>>,
+    /// Signalled when one of this worker's jobs lets its slot go: the dispatch loop tries
+    /// again at once instead of waiting out its poll interval.
+    slot_freed: Arc<Notify>,
 }
 
 impl Worker {
@@ -93,7 +96,16 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        Self { jobs, index, provider, objects, config: Arc::new(config), permits, artifacts: Arc::default() }
+        Self {
+            jobs,
+            index,
+            provider,
+            objects,
+            config: Arc::new(config),
+            permits,
+            artifacts: Arc::default(),
+            slot_freed: Arc::default(),
+        }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -113,6 +125,7 @@ impl Worker {
                 }
                 last_heartbeat = Some(std::time::Instant::now());
             }
+            let asked = self.permits.available_permits().min(CLAIM_BATCH_MAX);
             let started = match self.dispatch_once().await {
                 Ok(started) => started,
                 Err(error) => {
@@ -120,9 +133,13 @@ impl Worker {
                     0
                 }
             };
-            if started == 0 {
+            // Fewer jobs than free slots: nothing more is dispatchable now. No free slot:
+            // nothing to do until a job ends. Either way wait for a slot to be let go, a
+            // stop, or the poll interval (for jobs submitted or released elsewhere).
+            if started == 0 || started < asked || self.permits.available_permits() == 0 {
                 tokio::select! {
                     _ = stop.changed() => {}
+                    _ = self.slot_freed.notified() => {}
                     _ = tokio::time::sleep(self.config.poll_interval) => {}
                 }
             }
@@ -164,11 +181,12 @@ impl Worker {
             let permit = permits.split(1).unwrap_or_else(|| unreachable!("one permit per claimed job was taken"));
             let worker = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
                 let job_id = job.aggregate.job_id;
                 if let Err(error) = worker.execute(job).await {
                     tracing::error!(?job_id, %error, "job execution failed");
                 }
+                drop(permit);
+                worker.slot_freed.notify_one();
             });
         }
         Ok(started)
