@@ -26,7 +26,6 @@ use application::jobs::NewJob;
 use application::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission};
 use async_trait::async_trait;
 use domain::jobs::JobInput;
-use domain::models::ModelCommand;
 use domain::{Credits, GrantId, GrantSource, IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, TeamCreditsCommand, TeamId};
 use futures::StreamExt;
 use infrastructure::config::Settings;
@@ -284,7 +283,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
 
     eprintln!("kiln: set-up, {} enterprise teams with one ready model each", args.teams);
     let teams = open_teams(&state, args.teams).await?;
-    let models = create_models(&state, &teams, &reference).await?;
+    let models = crate::jobs::create_models(&state, &teams, &reference, 16).await?;
     let setup_workers = Workers::start(&state, args, "setup");
     wait_ended(&counter, "model_creation", teams.len() as i64, Duration::from_secs(args.timeout_secs)).await?;
     setup_workers.stop().await;
@@ -344,39 +343,6 @@ async fn open_teams(state: &AppState, count: usize) -> anyhow::Result<Vec<TeamId
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     Ok(teams)
-}
-
-/// Submits one model-creation job per team (run by the set-up workers).
-async fn create_models(state: &AppState, teams: &[TeamId], reference: &(String, i64)) -> anyhow::Result<Vec<ModelId>> {
-    let quote = PricingConfig::default_v1().quote(&PriceRequest::ModelCreation { complexity_factor_milli: reference.1 })?;
-    let models: Vec<ModelId> = teams.iter().map(|_| ModelId::new(Uuid::now_v7())).collect();
-    let results = futures::stream::iter(teams.iter().zip(&models))
-        .map(|(team, model)| {
-            let (team, model) = (*team, *model);
-            async move {
-                let job_id = JobId::new(Uuid::now_v7());
-                let command = ModelCommand::RequestCreation {
-                    model_id: model,
-                    team_id: team,
-                    name: "bench".into(),
-                    description: "a benchmark model".into(),
-                    reference_model_id: reference.0.clone(),
-                    complexity_milli: reference.1,
-                    job_id,
-                    now: state.jobs.now(),
-                };
-                let model_change = state.jobs.decide_model(model, command, "bench").await?;
-                let input = JobInput::ModelCreation { model_id: model, description: "a benchmark model".into(), reference_model_id: reference.0.clone() };
-                let job = NewJob { team, job_id, input, cost: quote.amount, price_version: quote.price_version, model_change: Some(model_change) };
-                state.jobs.submit(job, "bench").await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    results.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(models)
 }
 
 /// `count` image-generation jobs, round-robin over the teams, priced as the API prices

@@ -83,7 +83,8 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     eprintln!("setup: {} teams, one ready model each", args.teams);
     let teams = open_teams(&state, args.teams).await?;
     let mut workers = start_workers(args, url, storage)?;
-    let models = create_models(&state, &teams, &reference, args.submitters).await?;
+    let team_ids: Vec<TeamId> = teams.iter().map(|(team, _)| *team).collect();
+    let models = create_models(&state, &team_ids, &reference, args.submitters).await?;
     wait_for(&db, "model_creation", teams.len() as i64, Duration::from_secs(args.timeout_secs)).await?;
 
     if args.separate_phases {
@@ -172,12 +173,14 @@ async fn open_teams(state: &AppState, count: usize) -> anyhow::Result<Vec<(TeamI
     Ok(teams)
 }
 
-async fn create_models(state: &AppState, teams: &[(TeamId, Plan)], reference: &(String, i64), parallel: usize) -> anyhow::Result<Vec<ModelId>> {
+/// One model per team, created through the engine (a model-creation job each, `parallel`
+/// submissions at once); the workers must run for them to become usable.
+pub(crate) async fn create_models(state: &AppState, teams: &[TeamId], reference: &(String, i64), parallel: usize) -> anyhow::Result<Vec<ModelId>> {
     let pricing = PricingConfig::default_v1();
     let quote = pricing.quote(&PriceRequest::ModelCreation { complexity_factor_milli: reference.1 })?;
     let models: Vec<ModelId> = teams.iter().map(|_| ModelId::new(Uuid::now_v7())).collect();
     let results = futures::stream::iter(teams.iter().zip(&models))
-        .map(|((team, _), model)| {
+        .map(|(team, model)| {
             let (team, model) = (*team, *model);
             async move {
                 let job_id = JobId::new(Uuid::now_v7());

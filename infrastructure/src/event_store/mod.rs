@@ -92,6 +92,27 @@ fn conflict(append: &StreamAppend) -> EventStoreError {
     }
 }
 
+/// The stored form of `event`, appended to `append`'s stream at `sequence`.
+fn stored_event(
+    append: &StreamAppend,
+    event: &application::event_store::NewEvent,
+    sequence: i64,
+    log_position: LogPosition,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+) -> StoredEvent {
+    StoredEvent {
+        log_position,
+        aggregate_type: append.aggregate_type.clone(),
+        aggregate_id: append.aggregate_id.clone(),
+        sequence,
+        event_type: event.event_type.clone(),
+        event_version: event.event_version.clone(),
+        payload: event.payload.clone(),
+        metadata: event.metadata.clone(),
+        recorded_at,
+    }
+}
+
 fn unavailable(error: sqlx::Error) -> EventStoreError {
     EventStoreError::Unavailable(error.to_string())
 }

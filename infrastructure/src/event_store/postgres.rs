@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::chain;
 use super::inline::{run_inline, InlineProjection, Tx};
-use super::{conflict, unavailable};
+use super::{conflict, stored_event, unavailable};
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -165,17 +165,7 @@ async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> R
             else {
                 return Err(conflict(append));
             };
-            stored.push(StoredEvent {
-                log_position: LogPosition { commit_order, position },
-                aggregate_type: append.aggregate_type.clone(),
-                aggregate_id: append.aggregate_id.clone(),
-                sequence,
-                event_type: event.event_type.clone(),
-                event_version: event.event_version.clone(),
-                payload: event.payload.clone(),
-                metadata: event.metadata.clone(),
-                recorded_at,
-            });
+            stored.push(stored_event(append, event, sequence, LogPosition { commit_order, position }, recorded_at));
         }
     }
     Ok(stored)

@@ -10,7 +10,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use super::chain;
 use super::inline::{run_inline, InlineProjection, Tx};
-use super::{conflict, is_sequence_taken, unavailable};
+use super::{conflict, is_sequence_taken, stored_event, unavailable};
 
 /// Payloads are read as text and parsed here, so a corrupt one is reported with the
 /// stream and sequence it belongs to.
@@ -87,17 +87,7 @@ pub(super) async fn append(
                     unavailable(error)
                 }
             })?;
-            stored.push(StoredEvent {
-                log_position: LogPosition { commit_order: position, position },
-                aggregate_type: append.aggregate_type.clone(),
-                aggregate_id: append.aggregate_id.clone(),
-                sequence,
-                event_type: event.event_type.clone(),
-                event_version: event.event_version.clone(),
-                payload: event.payload.clone(),
-                metadata: event.metadata.clone(),
-                recorded_at,
-            });
+            stored.push(stored_event(append, event, sequence, LogPosition { commit_order: position, position }, recorded_at));
         }
         if let Some(snapshot) = &append.snapshot {
             upsert_snapshot(&mut tx, &append.aggregate_type, &append.aggregate_id, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
