@@ -2,13 +2,13 @@
 //! and records `ImagesExpired` on their jobs, after which the API answers 410 for them.
 //! Runs periodically inside `kiln serve` and once as `kiln storage sweep`.
 //!
-//! Work comes from the `images` index (`created_at < now − retention AND expired_at IS
-//! NULL`), in batches of whole jobs (several batches in flight, disjoint by a cursor, so
+//! Work comes from the `images` index of live images (`created_at < now − retention`),
+//! in batches of whole jobs (several batches in flight, disjoint by a cursor, so
 //! the deletes of one batch overlap the commit of another). Each batch first deletes the
 //! objects (`DeleteObjects`, 1,000 keys a request, a few requests at once), then loads
 //! all its job streams in one query, lets each `GenerationJob` decide `ExpireImages`, and
-//! records the events in one append — whose inline projection sets `images.expired_at`
-//! (set-based, `projections::images`), taking the rows out of the next query. So the
+//! records the events in one append — whose inline projection deletes the jobs' rows
+//! from the index (set-based, `projections::images`), taking them out of the next query. So the
 //! order makes it resumable and idempotent:
 //! - a crash before the append leaves the rows to the next sweep, which deletes the same
 //!   keys again (a no-op: deleting a missing object succeeds) and records the event;
@@ -20,12 +20,10 @@
 
 use std::time::{Duration, Instant};
 
-use application::aggregate_store::{CommandError, Loaded};
+use application::aggregate_store::CommandError;
 use application::event_store::EventStoreError;
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate;
-use domain::jobs::{GenerationJob, JobCommand, JobEvent};
-use infrastructure::db::Database;
+use domain::jobs::{GenerationJob, JobCommand};
 use infrastructure::db_fetch_all;
 use serde_json::json;
 use tokio::sync::watch;
@@ -38,7 +36,7 @@ pub const BATCH_IMAGES_MAX: i64 = 4_000;
 /// Batches in flight at once in one sweep: while one commits, others delete. Each holds
 /// at most one pooled connection at a time (load, then commit), the finder one more.
 const BATCHES_IN_FLIGHT_MAX: usize = 3;
-/// Job ids per stream-loading query (bound parameters; far below both databases' limits).
+/// Job ids per stream-loading query.
 const LOAD_IDS_PER_QUERY_MAX: usize = 1_000;
 /// Only keys under this prefix are deleted.
 const IMAGE_PREFIX: &str = "generated-images/";
@@ -58,6 +56,12 @@ pub struct SweepReport {
     pub jobs: usize,
     /// Objects deleted (or found already gone).
     pub images: usize,
+    /// Time spent in each stage, summed over batches (batches overlap, so these add up to
+    /// more than the sweep's wall time): finding batches in the index, deleting objects,
+    /// and recording `ImagesExpired` (load, decide, append).
+    pub finding: Duration,
+    pub deleting: Duration,
+    pub recording: Duration,
 }
 
 /// Images made before this instant are expired at `now`.
@@ -80,12 +84,12 @@ async fn find_expired_after(
     limit: i64,
 ) -> anyhow::Result<Vec<ExpiredJob>> {
     // The row comparison is an index range on `images_expiry_idx` (created_at, job_id,
-    // position) WHERE expired_at IS NULL, which also yields the order.
+    // position), which also yields the order.
     let rows: Vec<(String, DateTime<Utc>, String)> = match after {
         None => db_fetch_all!(
             &state.db,
             (String, DateTime<Utc>, String),
-            "SELECT job_id, created_at, key FROM images WHERE expired_at IS NULL AND created_at < $1 \
+            "SELECT job_id, created_at, key FROM images WHERE created_at < $1 \
              ORDER BY created_at, job_id, position LIMIT $2",
             cutoff,
             limit
@@ -93,7 +97,7 @@ async fn find_expired_after(
         Some((created_at, job_id)) => db_fetch_all!(
             &state.db,
             (String, DateTime<Utc>, String),
-            "SELECT job_id, created_at, key FROM images WHERE expired_at IS NULL AND created_at < $1 \
+            "SELECT job_id, created_at, key FROM images WHERE created_at < $1 \
              AND (created_at, job_id) > ($2, $3) \
              ORDER BY created_at, job_id, position LIMIT $4",
             cutoff,
@@ -116,7 +120,7 @@ async fn find_expired_after(
             let rows: Vec<(String,)> = db_fetch_all!(
                 &state.db,
                 (String,),
-                "SELECT key FROM images WHERE job_id = $1 AND expired_at IS NULL ORDER BY position",
+                "SELECT key FROM images WHERE job_id = $1 ORDER BY position",
                 &last.job_id
             )?;
             last.keys = rows.into_iter().map(|(key,)| key).collect();
@@ -142,14 +146,21 @@ pub async fn delete_objects(state: &AppState, jobs: &[ExpiredJob]) -> anyhow::Re
 pub async fn record_expired(state: &AppState, jobs: &[ExpiredJob], now: DateTime<Utc>) -> anyhow::Result<usize> {
     let metadata = json!({"actor": "retention-sweeper"});
     let aggregates = &state.aggregates;
-    let ids: Vec<&str> = jobs.iter().map(|job| job.job_id.as_str()).collect();
+    let ids: Vec<String> = jobs.iter().map(|job| job.job_id.clone()).collect();
     let mut appends = Vec::with_capacity(ids.len());
-    for mut job in load_jobs(state, &ids).await? {
-        match aggregates.decide_in_place(&mut job, JobCommand::ExpireImages { now }, &(), &metadata).await {
-            Ok((events, append)) if !events.is_empty() => appends.push(append),
-            Ok(_) => {}
-            Err(CommandError::Rejected(error)) => tracing::warn!(job_id = %job.id, %error, "job refused ImagesExpired"),
-            Err(error) => return Err(error.into()),
+    for chunk in ids.chunks(LOAD_IDS_PER_QUERY_MAX) {
+        for mut job in aggregates.load_many::<GenerationJob>(chunk).await? {
+            if job.sequence == 0 {
+                continue; // no such job
+            }
+            // The sweep adds one event per job: no reason to write a snapshot (a cache).
+            job.snapshot_sequence = job.sequence;
+            match aggregates.decide_in_place(&mut job, JobCommand::ExpireImages { now }, &(), &metadata).await {
+                Ok((events, append)) if !events.is_empty() => appends.push(append),
+                Ok(_) => {}
+                Err(CommandError::Rejected(error)) => tracing::warn!(job_id = %job.id, %error, "job refused ImagesExpired"),
+                Err(error) => return Err(error.into()),
+            }
         }
     }
     let recorded = appends.len();
@@ -172,89 +183,14 @@ pub async fn record_expired(state: &AppState, jobs: &[ExpiredJob], now: DateTime
     }
 }
 
-/// The `GenerationJob` streams of `ids` (those that exist), each replayed from its first
-/// event: a job's stream is a handful of events, so one query for many streams beats a
-/// snapshot look-up per stream. A stream's state is the aggregate's own `apply` of its
-/// events, exactly as [`AggregateStore::load`] builds it.
-///
-/// `snapshot_sequence` is set to the loaded sequence: the sweep adds one event per job,
-/// which is no reason to write a snapshot (snapshots are a cache; skipping one is safe).
-///
-/// [`AggregateStore::load`]: application::aggregate_store::AggregateStore::load
-async fn load_jobs(state: &AppState, ids: &[&str]) -> anyhow::Result<Vec<Loaded<GenerationJob>>> {
-    let mut loaded: Vec<Loaded<GenerationJob>> = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(LOAD_IDS_PER_QUERY_MAX) {
-        // `CAST(payload AS TEXT)`: jsonb on PostgreSQL, text on SQLite; one SQL for both.
-        let sql = values_list_sql(
-            "SELECT aggregate_id, sequence, event_type, CAST(payload AS TEXT) FROM events \
-             WHERE aggregate_type = 'GenerationJob' AND aggregate_id IN",
-            chunk.len(),
-            "ORDER BY aggregate_id, sequence",
-        );
-        let rows: Vec<(String, i64, String, String)> = match &state.db {
-            Database::Postgres(pool) => bind_all(sqlx::query_as(&sql), chunk).fetch_all(pool).await?,
-            Database::Sqlite { read, .. } => bind_all(sqlx::query_as(&sql), chunk).fetch_all(read).await?,
-        };
-        for (id, sequence, event_type, payload) in rows {
-            let event = decode_job_event(&id, sequence, &event_type, &payload)?;
-            let job = match loaded.last_mut() {
-                Some(last) if last.id == id => last,
-                _ => {
-                    loaded.push(Loaded { id, aggregate: GenerationJob::default(), sequence: 0, snapshot_sequence: 0 });
-                    loaded.last_mut().expect("just pushed")
-                }
-            };
-            job.aggregate.apply(event);
-            job.sequence = sequence;
-            job.snapshot_sequence = sequence;
-        }
-    }
-    Ok(loaded)
-}
-
-/// `{head} ($1, $2, …, $n) {tail}`.
-fn values_list_sql(head: &str, n: usize, tail: &str) -> String {
-    let placeholders: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
-    format!("{head} ({}) {tail}", placeholders.join(", "))
-}
-
-fn bind_all<'q, DB, O>(
-    mut query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
-    ids: &'q [&'q str],
-) -> sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>
-where
-    DB: sqlx::Database,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    for id in ids {
-        query = query.bind(*id);
-    }
-    query
-}
-
-/// A stored job event, checked like [`decode_event`]: the payload must parse and be of
-/// its recorded type.
-///
-/// [`decode_event`]: application::aggregate_store::decode_event
-fn decode_job_event(id: &str, sequence: i64, event_type: &str, payload: &str) -> Result<JobEvent, EventStoreError> {
-    let corrupt = |reason: String| EventStoreError::Corrupt {
-        aggregate_type: GenerationJob::TYPE.to_string(),
-        aggregate_id: id.to_string(),
-        sequence,
-        reason,
-    };
-    let event: JobEvent = serde_json::from_str(payload).map_err(|e| corrupt(format!("payload: {e}")))?;
-    if event.name() != event_type {
-        return Err(corrupt(format!("payload is {}, recorded as {event_type}", event.name())));
-    }
-    Ok(event)
-}
-
-/// One found batch: delete its objects, then record. Returns `(jobs recorded, images)`.
-async fn process_batch(state: AppState, jobs: Vec<ExpiredJob>, now: DateTime<Utc>) -> anyhow::Result<(usize, usize)> {
+/// One found batch: delete its objects, then record. Returns what it did and how long
+/// each stage took.
+async fn process_batch(state: AppState, jobs: Vec<ExpiredJob>, now: DateTime<Utc>) -> anyhow::Result<SweepReport> {
+    let started = Instant::now();
     let images = delete_objects(&state, &jobs).await?;
+    let deleting = started.elapsed();
     let recorded = record_expired(&state, &jobs, now).await?;
-    Ok((recorded, images))
+    Ok(SweepReport { batches: 1, jobs: recorded, images, deleting, recording: started.elapsed() - deleting, ..SweepReport::default() })
 }
 
 /// Sweeps everything due now (or until `stop` flips). Batches are found in order with a
@@ -289,7 +225,9 @@ pub async fn sweep_in_batches(
                 exhausted = true;
                 break;
             }
+            let finding = Instant::now();
             let jobs = find_expired_after(state, cutoff, after.as_ref(), batch_images_max).await?;
+            report.finding += finding.elapsed();
             let Some(last) = jobs.last() else {
                 exhausted = true;
                 break;
@@ -298,10 +236,12 @@ pub async fn sweep_in_batches(
             in_flight.spawn(process_batch(state.clone(), jobs, now));
         }
         let Some(done) = in_flight.join_next().await else { break };
-        let (recorded, images) = done??;
-        report.batches += 1;
-        report.jobs += recorded;
-        report.images += images;
+        let batch = done??;
+        report.batches += batch.batches;
+        report.jobs += batch.jobs;
+        report.images += batch.images;
+        report.deleting += batch.deleting;
+        report.recording += batch.recording;
         tracing::info!(batch = report.batches, jobs = report.jobs, images = report.images, "retention sweep progress");
     }
     if report.batches > 0 {
@@ -311,6 +251,9 @@ pub async fn sweep_in_batches(
             images = report.images,
             elapsed_ms = started.elapsed().as_millis() as u64,
             images_per_sec = (report.images as f64 / secs.max(1e-9)) as u64,
+            finding_ms = report.finding.as_millis() as u64,
+            deleting_ms = report.deleting.as_millis() as u64,
+            recording_ms = report.recording.as_millis() as u64,
             "retention sweep done"
         );
     }

@@ -113,6 +113,12 @@ pub trait EventStore: Send + Sync + 'static {
         after_sequence: i64,
     ) -> Result<Vec<StoredEvent>, EventStoreError>;
 
+    /// Every event of the streams `aggregate_ids` of `aggregate_type` (those that exist),
+    /// grouped by stream (in no particular order of streams), each stream's in sequence
+    /// order. One query for many short streams, where a load per stream would cost a round
+    /// trip each; snapshots are not consulted.
+    async fn load_streams(&self, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError>;
+
     async fn load_snapshot(
         &self,
         aggregate_type: &str,

@@ -23,6 +23,7 @@ use kiln::app::AppState;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::cpu::CpuSample;
 use crate::scratch::ScratchDb;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -93,6 +94,8 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     let total = teams.len() * args.jobs_per_team;
     eprintln!("measuring: {total} generation jobs (512x512, 1 image) through {} worker processes", args.workers);
     let pricing = PricingConfig::default_v1();
+    let worker_pids = |workers: &[Child]| workers.iter().map(Child::id).collect::<Vec<u32>>();
+    let cpu_before = CpuSample::take(&worker_pids(&workers));
     let started = Instant::now();
     let submissions = futures::stream::iter(teams.iter().zip(&models).flat_map(|(t, m)| std::iter::repeat_n((*t, *m), args.jobs_per_team)))
         .map(|((team, _plan), model)| submit_generation(&state, &pricing, team, model))
@@ -109,6 +112,11 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     wait_for(&db, "image_generation", total as i64, Duration::from_secs(args.timeout_secs)).await?;
     let elapsed = started.elapsed();
     let drained = drain_started.elapsed();
+    let cpu = match (cpu_before, CpuSample::take(&worker_pids(&workers))) {
+        // With separate phases the first workers stopped before the measured phase.
+        (Some(before), Some(after)) if !args.separate_phases => after.report_since(&before, total, "job"),
+        _ => String::new(),
+    };
     stop_workers(&mut workers);
 
     let check = check_log(&state, &teams).await?;
@@ -145,6 +153,9 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     }
     println!("{check}");
     println!("{counters}");
+    if !cpu.is_empty() {
+        println!("{cpu}");
+    }
     Ok(())
 }
 

@@ -9,6 +9,7 @@
 //! Every run works in a scratch database it creates and drops, and stops by itself.
 
 mod baseline;
+mod cpu;
 mod credits;
 mod dispatch;
 mod jobs;
@@ -20,6 +21,9 @@ mod scratch;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "kiln-bench", about = "Kiln benchmarks against a baseline on the same PostgreSQL")]

@@ -1,6 +1,6 @@
 //! The `images` side of the `jobs` inline projection, set-based: all `ImagesExpired`
-//! events of one append become two statements (jobs flagged, their images' `expired_at`
-//! set) instead of two per job, which is what lets the retention sweeper record
+//! events of one append become two statements (jobs flagged, their images' rows deleted
+//! from the index) instead of two per job, which is what lets the retention sweeper record
 //! thousands of expiries per append. Called by [`crate::jobs::Jobs`], so the tables stay
 //! that projection's (rebuild, catalog).
 
@@ -11,7 +11,9 @@ use infrastructure::tx_execute_values;
 /// One job's `ImagesExpired`: its id and when.
 pub type Expired = (String, DateTime<Utc>);
 
-/// Marks the jobs' images expired (`jobs.images_expired`, `images.expired_at`). A job
+/// Marks the jobs' images expired: `jobs.images_expired` (what the API answers 410
+/// from) and their rows out of `images` (the index of live images the sweeper and the
+/// model listing read; a delete writes no index entries, unlike an update). A job
 /// appears at most once per append (one stream per append, one `ImagesExpired` per job).
 pub async fn expire(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), ProjectionError> {
     if expired.is_empty() {
@@ -28,11 +30,11 @@ pub async fn expire(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), Projecti
     )?;
     tx_execute_values!(
         tx,
-        "UPDATE images SET expired_at = v.column2 FROM (",
-        ") AS v WHERE images.job_id = v.column1 AND images.expired_at IS NULL",
-        2,
+        "DELETE FROM images WHERE job_id IN (SELECT v.column1 FROM (",
+        ") AS v)",
+        1,
         expired,
-        |q, row| q.bind(&row.0).bind(row.1)
+        |q, row| q.bind(&row.0)
     )?;
     Ok(())
 }

@@ -317,7 +317,7 @@ async fn images(
     let rows = db_fetch_all!(
         &state.db,
         (String, String, i32, DateTime<Utc>),
-        "SELECT key, job_id, position, created_at FROM images WHERE model_id = $1 AND team_id = $2 AND expired_at IS NULL \
+        "SELECT key, job_id, position, created_at FROM images WHERE model_id = $1 AND team_id = $2 \
          AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND key < $4)) \
          ORDER BY created_at DESC, key DESC LIMIT $5",
         &model_id,

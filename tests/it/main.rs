@@ -1,5 +1,8 @@
 //! Kiln's integration tests: one binary (linked once), a module per area.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod support;
 
 mod audit;

@@ -40,7 +40,11 @@ impl Drop for S3Server {
 
 impl S3Server {
     pub(crate) async fn start() -> S3Server {
-        let root = tempfile::tempdir().expect("s3 root");
+        Self::start_with_root(tempfile::tempdir().expect("s3 root")).await
+    }
+
+    /// A server keeping its objects under `root` (removed when the server is dropped).
+    pub(crate) async fn start_with_root(root: tempfile::TempDir) -> S3Server {
         let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));

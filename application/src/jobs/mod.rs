@@ -204,21 +204,13 @@ impl JobsService {
     /// their endings need not load them again.
     pub async fn dispatch_many(&self, job_ids: &[JobId], provider: &str, worker: &str) -> Result<Vec<Loaded<GenerationJob>>, JobsError> {
         let now = self.clock.now();
-        // Loaded concurrently (each on its own pooled connection), kept in the given order.
-        let mut loads = tokio::task::JoinSet::new();
-        for (index, job_id) in job_ids.iter().enumerate() {
-            let (aggregates, id) = (self.aggregates.clone(), job_id.to_string());
-            loads.spawn(async move { (index, aggregates.load::<GenerationJob>(&id).await) });
-        }
-        let mut loaded_all = Vec::with_capacity(job_ids.len());
-        while let Some(joined) = loads.join_next().await {
-            loaded_all.push(joined.map_err(|e| EventStoreError::Unavailable(format!("job load task failed: {e}")))?);
-        }
-        loaded_all.sort_by_key(|(index, _)| *index);
+        // All the streams in one read (a job's stream is a handful of events).
+        let ids: Vec<String> = job_ids.iter().map(JobId::to_string).collect();
+        let loaded_all = self.aggregates.load_many::<GenerationJob>(&ids).await?;
         let mut decided: Vec<Decided<GenerationJob>> = Vec::with_capacity(job_ids.len());
-        for (_, loaded) in loaded_all {
+        for loaded in loaded_all {
             let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), now };
-            match self.aggregates.decide(loaded?, command, &(), &metadata(worker)).await {
+            match self.aggregates.decide(loaded, command, &(), &metadata(worker)).await {
                 Ok(claim) => decided.push(claim),
                 Err(CommandError::Rejected(JobError::NotQueued(_) | JobError::NotFound)) => {}
                 Err(error) => return Err(error.into()),

@@ -149,6 +149,16 @@ impl EventStore for SqlEventStore {
         }
     }
 
+    async fn load_streams(&self, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
+        if aggregate_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.db {
+            Database::Postgres(pool) => postgres::load_streams(pool, aggregate_type, aggregate_ids).await,
+            Database::Sqlite { read, .. } => sqlite::load_streams(read, aggregate_type, aggregate_ids).await,
+        }
+    }
+
     async fn load_snapshot(&self, aggregate_type: &str, aggregate_id: &str) -> Result<Option<Snapshot>, EventStoreError> {
         match &self.db {
             Database::Postgres(pool) => postgres::load_snapshot(pool, aggregate_type, aggregate_id).await,

@@ -215,6 +215,18 @@ pub(super) async fn load_stream(
     Ok(rows.into_iter().map(StoredEvent::from).collect())
 }
 
+pub(super) async fn load_streams(pool: &PgPool, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence"
+    ))
+    .bind(aggregate_type)
+    .bind(aggregate_ids)
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    Ok(rows.into_iter().map(StoredEvent::from).collect())
+}
+
 pub(super) async fn load_snapshot(
     pool: &PgPool,
     aggregate_type: &str,

@@ -179,6 +179,21 @@ pub(super) async fn load_stream(
     rows_to_events(rows)
 }
 
+/// The ids go in as one JSON array (`json_each`): no limit on bound parameters.
+pub(super) async fn load_streams(read: &SqlitePool, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
+    let ids = serde_json::to_string(aggregate_ids).map_err(|e| EventStoreError::InvalidAppend(format!("stream ids: {e}")))?;
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id IN (SELECT value FROM json_each($2)) \
+         ORDER BY aggregate_id, sequence"
+    ))
+    .bind(aggregate_type)
+    .bind(ids)
+    .fetch_all(read)
+    .await
+    .map_err(unavailable)?;
+    rows_to_events(rows)
+}
+
 pub(super) async fn load_snapshot(
     read: &SqlitePool,
     aggregate_type: &str,

@@ -56,10 +56,20 @@ async fn ensure_template(admin: &mut PgConnection) -> String {
         let db = Database::connect(&url_for(&building), 2).await.expect("connect to template");
         db.migrate().await.expect("migrate template");
         db.close().await;
-        admin
-            .execute(format!("ALTER DATABASE {building} RENAME TO {template}").as_str())
-            .await
-            .expect("rename template");
+        // A closed connection's server process may still be exiting: a rename needs the
+        // database to itself, so end any such session and try again.
+        let rename = format!("ALTER DATABASE {building} RENAME TO {template}");
+        let mut attempts = 0;
+        while let Err(error) = admin.execute(rename.as_str()).await {
+            attempts += 1;
+            assert!(attempts < 100, "rename template: {error}");
+            sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                .bind(&building)
+                .execute(&mut *admin)
+                .await
+                .expect("end sessions on the template");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
     admin.execute("SELECT pg_advisory_unlock(74203)").await.expect("advisory unlock");
     template
