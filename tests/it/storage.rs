@@ -13,6 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use infrastructure::config::S3Settings;
 use infrastructure::storage::S3ObjectStore;
 use reqwest::Method;
+use s3s::dto::*;
+use s3s::{S3Request, S3Response, S3Result};
 use serde_json::{json, Value};
 
 use crate::support::app::TestApp;
@@ -38,6 +40,124 @@ impl Drop for S3Server {
     }
 }
 
+/// s3s-fs, with `DeleteObjects` done as S3 does it in bulk: s3s-fs removes each key in
+/// a blocking task of its own (a thread hand-off per key, which on two cores took CPU
+/// from the sweeper it served) and ignores `Quiet`; this one removes a request's keys in
+/// one blocking task and, when asked to be quiet, lists only failures, as S3 does. Every
+/// other operation is s3s-fs's own.
+struct TestFs {
+    fs: s3s_fs::FileSystem,
+    root: std::path::PathBuf,
+}
+
+#[async_trait::async_trait]
+impl s3s::S3 for TestFs {
+    // (Written out: `async_trait` does not see methods a macro would generate.)
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.fs.create_bucket(req).await
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.fs.head_bucket(req).await
+    }
+
+    async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.fs.get_bucket_location(req).await
+    }
+
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.fs.list_buckets(req).await
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.fs.delete_bucket(req).await
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.fs.put_object(req).await
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        self.fs.get_object(req).await
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.fs.head_object(req).await
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.fs.copy_object(req).await
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.fs.delete_object(req).await
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.fs.list_objects(req).await
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        let bucket = self.root.join(&input.bucket);
+        if !bucket.is_dir() {
+            return Err(s3s::s3_error!(NoSuchBucket));
+        }
+        let mut paths = Vec::with_capacity(input.delete.objects.len());
+        for object in &input.delete.objects {
+            let key = std::path::Path::new(&object.key);
+            if !key.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+                return Err(s3s::s3_error!(InvalidArgument, "invalid key {}", object.key));
+            }
+            paths.push(bucket.join(key));
+        }
+        let failures = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .enumerate()
+                .filter_map(|(index, path)| match std::fs::remove_file(path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => Some((index, error.to_string())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|error| s3s::s3_error!(InternalError, "delete task: {error}"))?;
+        let errors: Vec<s3s::dto::Error> = failures
+            .iter()
+            .map(|(index, message)| s3s::dto::Error {
+                key: Some(input.delete.objects[*index].key.clone()),
+                code: Some("InternalError".into()),
+                message: Some(message.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let deleted = (!input.delete.quiet.unwrap_or(false)).then(|| {
+            input
+                .delete
+                .objects
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| !failures.iter().any(|(failed, _)| failed == index))
+                .map(|(_, object)| DeletedObject {
+                    key: Some(object.key.clone()),
+                    version_id: object.version_id.clone(),
+                    ..Default::default()
+                })
+                .collect()
+        });
+        let errors = (!errors.is_empty()).then_some(errors);
+        Ok(S3Response::new(DeleteObjectsOutput { deleted, errors, ..Default::default() }))
+    }
+}
+
 impl S3Server {
     pub(crate) async fn start() -> S3Server {
         Self::start_with_root(tempfile::tempdir().expect("s3 root")).await
@@ -45,7 +165,7 @@ impl S3Server {
 
     /// A server keeping its objects under `root` (removed when the server is dropped).
     pub(crate) async fn start_with_root(root: tempfile::TempDir) -> S3Server {
-        let fs = s3s_fs::FileSystem::new(root.path()).expect("s3s-fs");
+        let fs = TestFs { fs: s3s_fs::FileSystem::new(root.path()).expect("s3s-fs"), root: root.path().canonicalize().expect("root") };
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
