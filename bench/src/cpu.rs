@@ -13,15 +13,24 @@ pub struct CpuSample {
     bench: f64,
     workers: f64,
     postgres: f64,
+    /// Whether worker processes were sampled (none when the workers run in this process).
+    separate_workers: bool,
 }
 
 impl CpuSample {
-    /// `workers`: pids of the worker processes (alive now).
+    /// `workers`: pids of the worker processes (alive now; none when the workers run in
+    /// this process).
     pub fn take(workers: &[u32]) -> Option<CpuSample> {
         let ticks = clock_ticks()?;
         let bench = process_seconds("self", ticks, false)?;
-        let workers = workers.iter().filter_map(|pid| process_seconds(&pid.to_string(), ticks, false)).sum();
-        Some(CpuSample { at: Instant::now(), bench, workers, postgres: postgres_seconds(ticks) })
+        let worker_seconds = workers.iter().filter_map(|pid| process_seconds(&pid.to_string(), ticks, false)).sum();
+        Some(CpuSample {
+            at: Instant::now(),
+            bench,
+            workers: worker_seconds,
+            postgres: postgres_seconds(ticks),
+            separate_workers: !workers.is_empty(),
+        })
     }
 
     /// One line: CPU milliseconds per unit of work in each party since `earlier`, and how
@@ -33,8 +42,9 @@ impl CpuSample {
             (per(self.bench, earlier.bench), per(self.workers, earlier.workers), per(self.postgres, earlier.postgres));
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         let busy = (bench + workers + postgres) * units as f64 / 1_000.0 / (wall * cores) * 100.0;
+        let workers_part = if self.separate_workers { format!("workers {workers:.2} ms, ") } else { String::new() };
         format!(
-            "cpu per {unit}: postgres {postgres:.2} ms, workers {workers:.2} ms, bench process {bench:.2} ms \
+            "cpu per {unit}: postgres {postgres:.2} ms, {workers_part}bench process {bench:.2} ms \
              (together {:.2} ms; {busy:.0}% of {cores} cores over {wall:.2} s)",
             bench + workers + postgres
         )

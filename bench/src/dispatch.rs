@@ -37,6 +37,7 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::cpu::CpuSample;
 use crate::scratch::ScratchDb;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -290,6 +291,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
     let jobs = generation_jobs(&state, &teams, &models, args.jobs).await?;
 
     eprintln!("kiln: {} jobs, enqueue", args.jobs);
+    let cpu_enqueue = CpuSample::take(&[]);
     let started = Instant::now();
     let submitted = futures::stream::iter(jobs)
         .map(|job| state.jobs.submit(job, "bench"))
@@ -301,11 +303,20 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
     anyhow::ensure!(failed == 0, "{failed} submissions failed, e.g. {:?}", submitted.iter().find(|r| r.is_err()));
 
     eprintln!("kiln: drain");
+    let cpu_drain = CpuSample::take(&[]);
     let started = Instant::now();
     let workers = Workers::start(&state, args, "drain");
     wait_ended(&counter, "image_generation", args.jobs as i64, Duration::from_secs(args.timeout_secs)).await?;
     let drain = started.elapsed();
+    let cpu_end = CpuSample::take(&[]);
     workers.stop().await;
+    // The workers run in this process here: "bench process" is the engine's own CPU.
+    let cpu = match (cpu_enqueue, cpu_drain, cpu_end) {
+        (Some(enqueue), Some(drain), Some(end)) => {
+            format!("\n    enqueue {}\n    drain {}", drain.report_since(&enqueue, args.jobs, "job"), end.report_since(&drain, args.jobs, "job"))
+        }
+        _ => String::new(),
+    };
 
     let check = check(&counter, args.jobs as i64, teams.len() as i64).await?;
     Ok(Measurement {
@@ -314,7 +325,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
         enqueue,
         drain,
         settings: format!(
-            "{} workers × {} slots, poll {} ms, {} connections, {} enterprise teams, {} submitters; {check}",
+            "{} workers × {} slots, poll {} ms, {} connections, {} enterprise teams, {} submitters; {check}{cpu}",
             args.workers, args.concurrency, args.kiln_poll_interval_ms, connections, teams.len(), args.submitters
         ),
     })

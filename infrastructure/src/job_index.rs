@@ -85,6 +85,37 @@ impl JobIndex for SqlJobIndex {
         // Rank each team's queued jobs by age; a team offers as many as it has free slots.
         // Ordering by rank first serves every team's oldest job before anyone's second;
         // among equals, the team served least recently goes first.
+        if let Database::Postgres(pool) = &self.db {
+            // The same order without ranking every queued job on each turn: the first
+            // `limit` rows of that order all come from the `limit` least recently served
+            // teams that have a job ready (each of those has a rank-1 job; when fewer
+            // teams are ready, all of them are taken). So: walk ready teams in that order
+            // (an index probe each, on `jobs_queued_idx`), stop after `limit`, and rank
+            // only their oldest few jobs. Never-served teams (NULL) come first, as before;
+            // among them the order may differ from the ranking query's (by team, not by
+            // their oldest job's age). A turn costs O(limit), not O(queued jobs).
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "WITH ready AS ( \
+                    SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at FROM team_dispatch d \
+                    WHERE d.queued > 0 AND d.running < d.running_limit AND EXISTS ( \
+                        SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1) \
+                    ORDER BY d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2 \
+                 ) \
+                 SELECT c.job_id, r.team_id FROM ready r CROSS JOIN LATERAL ( \
+                    SELECT q.job_id, q.queued_at, ROW_NUMBER() OVER (ORDER BY q.queued_at, q.job_id) AS rank FROM ( \
+                        SELECT j.job_id, j.queued_at FROM jobs j \
+                        WHERE j.team_id = r.team_id AND j.status = 'queued' AND j.not_before <= $1 \
+                        ORDER BY j.queued_at, j.job_id LIMIT LEAST(r.free, $2)) q \
+                 ) c \
+                 ORDER BY c.rank, r.last_dispatched_at NULLS FIRST, c.queued_at, r.team_id LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(unavailable)?;
+            return Ok(parse_pairs(rows));
+        }
         let rows = db_fetch_all!(
             &self.db,
             (String, String),
