@@ -578,3 +578,82 @@ async fn a_claim_batch_takes_no_more_than_the_plan_allows() {
     }
     app.shutdown().await.expect("shutdown");
 }
+
+/// `dispatchable` on the read model as the projections leave it: every team's oldest
+/// ready job before anyone's second (least recently served team first), no more per team
+/// than its free slots, jobs waiting out a retry backoff neither offered nor holding a
+/// place, full teams left out. Rows are written directly: the query reads only these.
+async fn dispatch_order_is_fair(db: TestDb) {
+    use application::jobs::index::JobIndex;
+    use infrastructure::db_execute;
+    let db = &db.db;
+    let now = crate::support::app::epoch() + chrono::Duration::days(1);
+    let at = |seconds: i64| now - chrono::Duration::seconds(1_000 - seconds);
+    // (team, running, limit, last dispatched, queued jobs as (name, queued at, ready?))
+    let teams: [(i32, i32, Option<i64>, Vec<(&str, i64, bool)>); 5] = [
+        // Never served, but its only job waits out a retry backoff (created first, so its
+        // id sorts first among the never-served teams).
+        (0, 3, None, vec![("w0", 1, false)]),
+        // A long queue of old jobs, served recently, 3 free slots.
+        (0, 3, Some(900), vec![("b0", 0, true), ("b1", 1, true), ("b2", 2, true), ("b3", 3, true), ("b4", 4, true)]),
+        // A newcomer: one job, queued last, never served.
+        (0, 1, None, vec![("n0", 990, true)]),
+        // No free slot.
+        (1, 1, Some(100), vec![("f0", 2, true)]),
+        // Served long ago, two jobs, two free slots.
+        (1, 3, Some(10), vec![("o0", 500, true), ("o1", 501, true)]),
+    ];
+    let mut names = std::collections::HashMap::new();
+    for (running, limit, served, jobs) in &teams {
+        let team_id = uuid::Uuid::now_v7().to_string();
+        db_execute!(
+            db,
+            "INSERT INTO team_dispatch (team_id, running, queued, running_limit, last_dispatched_at) VALUES ($1, $2, $3, $4, $5)",
+            &team_id,
+            *running,
+            jobs.len() as i32,
+            *limit,
+            served.map(at)
+        )
+        .expect("team_dispatch row");
+        for (name, queued, ready) in jobs {
+            let job_id = uuid::Uuid::now_v7().to_string();
+            names.insert(job_id.clone(), name.to_string());
+            let not_before = if *ready { at(*queued) } else { now + chrono::Duration::minutes(5) };
+            db_execute!(
+                db,
+                "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at) \
+                 VALUES ($1, $2, 'image_generation', 'queued', 'm', 1, 1, '{}', $3, $4, $3)",
+                &job_id,
+                &team_id,
+                at(*queued),
+                not_before
+            )
+            .expect("jobs row");
+        }
+    }
+    let index = infrastructure::job_index::SqlJobIndex::new(db.clone());
+    let offered = |limit: i64| {
+        let (index, names) = (&index, &names);
+        async move {
+            let jobs = index.dispatchable(now, limit).await.expect("dispatchable");
+            jobs.iter().map(|(job, _)| names[&job.to_string()].clone()).collect::<Vec<_>>()
+        }
+    };
+    // Rank 1 first: never-served newcomer, then older (served long ago), then busy; the
+    // waiting team's backoff job and the full team's job are never offered.
+    assert_eq!(offered(3).await, ["n0", "o0", "b0"]);
+    // Then each team's next jobs, within its free slots (older has 2, busy 3).
+    assert_eq!(offered(10).await, ["n0", "o0", "b0", "o1", "b1", "b2"]);
+    assert_eq!(offered(1).await, ["n0"], "the team in backoff does not take the only place");
+}
+
+#[tokio::test]
+async fn postgres_dispatch_order_is_fair() {
+    dispatch_order_is_fair(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_dispatch_order_is_fair() {
+    dispatch_order_is_fair(TestDb::sqlite().await).await;
+}
