@@ -22,8 +22,8 @@ impl CpuSample {
     /// this process).
     pub fn take(workers: &[u32]) -> Option<CpuSample> {
         let ticks = clock_ticks()?;
-        let bench = process_seconds("self", ticks, false)?;
-        let worker_seconds = workers.iter().filter_map(|pid| process_seconds(&pid.to_string(), ticks, false)).sum();
+        let bench = process_seconds("self", ticks)?;
+        let worker_seconds = workers.iter().filter_map(|pid| process_seconds(&pid.to_string(), ticks)).sum();
         Some(CpuSample {
             at: Instant::now(),
             bench,
@@ -57,13 +57,16 @@ fn clock_ticks() -> Option<f64> {
     (ticks > 0).then_some(ticks as f64)
 }
 
-/// utime + stime of `/proc/{pid}/stat` (+ cutime + cstime, its waited-for children's,
-/// when `children`), in seconds.
-fn process_seconds(pid: &str, ticks: f64, children: bool) -> Option<f64> {
+/// The fields of `/proc/{pid}/stat` after the command name (which is in parentheses and
+/// may hold spaces), so field `n` of proc(5) is index `n - 3`.
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields start after it.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // After the name: state is field 3, so utime (14) is index 11 here.
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_string).collect())
+}
+
+/// utime + stime (fields 14, 15; + cutime + cstime, 16 and 17, its waited-for children's,
+/// when `children`) of a process's stat fields, in seconds.
+fn cpu_seconds(fields: &[String], ticks: f64, children: bool) -> Option<f64> {
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
     let mut total = field(14)? + field(15)?;
     if children {
@@ -72,23 +75,25 @@ fn process_seconds(pid: &str, ticks: f64, children: bool) -> Option<f64> {
     Some(total / ticks)
 }
 
+fn process_seconds(pid: &str, ticks: f64) -> Option<f64> {
+    cpu_seconds(&stat_fields(pid)?, ticks, false)
+}
+
 fn postgres_seconds(ticks: f64) -> f64 {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let is_postgres = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "postgres");
     let mut total = 0.0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
-        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
-        if comm.trim() != "postgres" {
+        if !is_postgres(pid) {
             continue;
         }
-        // The postmaster (its parent is not postgres) also carries its exited backends.
-        let parent_is_postgres = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_string)))
-            .and_then(|ppid| std::fs::read_to_string(format!("/proc/{ppid}/comm")).ok())
-            .is_some_and(|comm| comm.trim() == "postgres");
-        total += process_seconds(pid, ticks, !parent_is_postgres).unwrap_or(0.0);
+        let Some(fields) = stat_fields(pid) else { continue };
+        // The postmaster (whose parent, field 4, is not postgres) also carries the CPU
+        // of its exited backends.
+        let postmaster = fields.get(1).is_some_and(|ppid| !is_postgres(ppid));
+        total += cpu_seconds(&fields, ticks, postmaster).unwrap_or(0.0);
     }
     total
 }
