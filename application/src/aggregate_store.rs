@@ -63,14 +63,18 @@ impl AggregateStore {
     }
 
     pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, EventStoreError> {
-        let snapshot = self.store.load_snapshot(A::TYPE, id).await?;
+        let (snapshot, events) = self.store.load_latest(A::TYPE, id).await?;
         // A snapshot is a cache: if it no longer deserializes (the state's shape
         // changed), replay the stream from the start instead.
-        let (mut aggregate, mut sequence) = snapshot
-            .and_then(|s| serde_json::from_value::<A>(s.state).ok().map(|a| (a, s.sequence)))
-            .unwrap_or_else(|| (A::default(), 0));
+        let (mut aggregate, mut sequence, events) = match snapshot {
+            None => (A::default(), 0, events),
+            Some(snapshot) => match serde_json::from_value::<A>(snapshot.state) {
+                Ok(aggregate) => (aggregate, snapshot.sequence, events),
+                Err(_) => (A::default(), 0, self.store.load_stream(A::TYPE, id, 0).await?),
+            },
+        };
         let snapshot_sequence = sequence;
-        for stored in self.store.load_stream(A::TYPE, id, sequence).await? {
+        for stored in events {
             aggregate.apply(decode_event::<A>(&stored)?);
             sequence = stored.sequence;
         }

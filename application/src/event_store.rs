@@ -125,6 +125,13 @@ pub trait EventStore: Send + Sync + 'static {
         aggregate_id: &str,
     ) -> Result<Option<Snapshot>, EventStoreError>;
 
+    /// A stream's snapshot (if one is stored) and its events after the snapshot's
+    /// sequence (all of them without one): what loading an aggregate reads. Back-ends
+    /// that can answer in one round trip (and one database snapshot) override this.
+    async fn load_latest(&self, aggregate_type: &str, aggregate_id: &str) -> Result<(Option<Snapshot>, Vec<StoredEvent>), EventStoreError> {
+        load_latest_in_two_reads(self, aggregate_type, aggregate_id).await
+    }
+
     /// Of the given streams `(aggregate type, aggregate id, expected sequence)`, those that
     /// already hold an event after the expected sequence, i.e. whose append would conflict.
     /// Read outside any transaction: a stream can still be taken between this check and an
@@ -145,4 +152,16 @@ pub trait EventStore: Send + Sync + 'static {
     /// The position of the last committed event in commit order (`None` if the log is
     /// empty). A reader that has reached it has seen everything committed before the call.
     async fn head(&self) -> Result<Option<LogPosition>, EventStoreError>;
+}
+
+/// [`EventStore::load_latest`] as a snapshot look-up followed by a stream read.
+pub async fn load_latest_in_two_reads<S: EventStore + ?Sized>(
+    store: &S,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<(Option<Snapshot>, Vec<StoredEvent>), EventStoreError> {
+    let snapshot = store.load_snapshot(aggregate_type, aggregate_id).await?;
+    let after = snapshot.as_ref().map_or(0, |s| s.sequence);
+    let events = store.load_stream(aggregate_type, aggregate_id, after).await?;
+    Ok((snapshot, events))
 }

@@ -369,6 +369,18 @@ async fn snapshots_are_written_and_used(t: TestDb) {
     assert_eq!(snapshot.state, json!({"value": 21}));
     let loaded = aggregates.load::<Counter>("s").await.expect("load");
     assert_eq!((loaded.aggregate.value, loaded.sequence), (28, 7));
+    // `load_latest` (one statement on PostgreSQL): the snapshot and only the events after it.
+    let (latest, after) = store.load_latest("Counter", "s").await.expect("load latest");
+    assert_eq!(latest.map(|s| (s.sequence, s.state)), Some((6, json!({"value": 21}))));
+    assert_eq!(after.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![7]);
+    assert_eq!(after[0].payload, store.load_stream("Counter", "s", 6).await.expect("load")[0].payload);
+    // Without a snapshot: every event; an unknown stream: nothing.
+    aggregates.execute::<Counter>("short", CounterCommand::Add(vec![1, 2]), &(), &json!({})).await.expect("add");
+    let (none, all) = store.load_latest("Counter", "short").await.expect("load latest");
+    assert!(none.is_none());
+    assert_eq!(all, store.load_stream("Counter", "short", 0).await.expect("load"));
+    let (none, nothing) = store.load_latest("Counter", "unknown").await.expect("load latest");
+    assert!(none.is_none() && nothing.is_empty());
 
     // Proof the snapshot is read: a snapshot claiming another state changes the load.
     exec(&t.db, "UPDATE snapshots SET payload = '{\"value\": 1000}' WHERE aggregate_id = 's'").await;

@@ -166,6 +166,14 @@ impl EventStore for SqlEventStore {
         }
     }
 
+    async fn load_latest(&self, aggregate_type: &str, aggregate_id: &str) -> Result<(Option<Snapshot>, Vec<StoredEvent>), EventStoreError> {
+        match &self.db {
+            Database::Postgres(pool) => postgres::load_latest(pool, aggregate_type, aggregate_id).await,
+            // Local reads: two statements cost no extra round trip.
+            Database::Sqlite { .. } => application::event_store::load_latest_in_two_reads(self, aggregate_type, aggregate_id).await,
+        }
+    }
+
     async fn stale_streams(&self, streams: &[(String, String, i64)]) -> Result<Vec<(String, String)>, EventStoreError> {
         if streams.is_empty() {
             return Ok(Vec::new());
