@@ -39,6 +39,9 @@ pub struct JobsArgs {
     /// Jobs each worker process runs at once.
     #[arg(long, default_value_t = 32)]
     pub worker_concurrency: usize,
+    /// Database connections per worker process (`database.connections_max`).
+    #[arg(long, default_value_t = 32)]
+    pub worker_connections: u32,
     /// Concurrent submitters.
     #[arg(long, default_value_t = 64)]
     pub submitters: usize,
@@ -248,7 +251,7 @@ fn start_workers(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
             Command::new(&binary)
                 .arg("worker")
                 .env("KILN_DATABASE__URL", url)
-                .env("KILN_DATABASE__CONNECTIONS_MAX", "32")
+                .env("KILN_DATABASE__CONNECTIONS_MAX", args.worker_connections.to_string())
                 .env("KILN_STORAGE__LOCAL_ROOT", storage)
                 .env("KILN_JOBS__WORKER_CONCURRENCY", args.worker_concurrency.to_string())
                 .env("KILN_JOBS__POLL_INTERVAL_MS", "5")

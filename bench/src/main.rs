@@ -5,6 +5,7 @@
 //!   against the row-lock "seed" baseline (see [`credits`]).
 //! - `jobs`: the job engine's full lifecycle with `kiln worker` processes (see [`jobs`]).
 //! - `dispatch`: bare dispatch of no-op jobs, Kiln against graphile-worker (see [`dispatch`]).
+//! - `render`: the local provider's renderer alone (see [`render`]).
 //!
 //! Every run works in a scratch database it creates and drops, and stops by itself.
 
@@ -15,6 +16,7 @@ mod dispatch;
 mod jobs;
 mod kiln;
 mod load;
+mod render;
 mod report;
 mod scratch;
 
@@ -40,6 +42,8 @@ enum Command {
     Jobs(jobs::JobsArgs),
     /// Bare dispatch of no-op jobs: graphile-worker (npm) and Kiln, enqueue and drain timed apart.
     Dispatch(dispatch::DispatchArgs),
+    /// The local provider's PNG renderer alone, one thread (ms per image, digest of the bytes).
+    Render(render::RenderArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -108,5 +112,6 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Jobs(args) => jobs::run(args).await,
         Command::Dispatch(args) => dispatch::run(args).await,
+        Command::Render(args) => render::run(&args),
     }
 }

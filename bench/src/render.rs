@@ -1,0 +1,36 @@
+//! `kiln-bench render`: the local provider's renderer alone, one thread: what one image of
+//! the lifecycle benchmark costs before storing it. Prompts differ per render (no cache can
+//! help), and a digest over every PNG is printed, so two builds can be checked to render
+//! the same bytes.
+
+use std::time::Instant;
+
+use infrastructure::provider::render::{parse_resolution, render_png, seed_of};
+use sha2::{Digest, Sha256};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RenderArgs {
+    #[arg(long, default_value_t = 300)]
+    pub renders: usize,
+    #[arg(long, default_value = "512x512")]
+    pub resolution: String,
+}
+
+pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
+    let (width, height) = parse_resolution(&args.resolution).ok_or_else(|| anyhow::anyhow!("bad resolution {:?}", args.resolution))?;
+    anyhow::ensure!(args.renders > 0, "--renders must be positive");
+    let seeds: Vec<[u8; 32]> = (0..args.renders).map(|i| seed_of(&[b"kiln-bench render", i.to_string().as_bytes()])).collect();
+    let started = Instant::now();
+    let pngs = seeds.iter().map(|seed| render_png(seed, width, height)).collect::<Result<Vec<_>, _>>()?;
+    let elapsed = started.elapsed();
+    let bytes: usize = pngs.iter().map(Vec::len).sum();
+    let digest = pngs.iter().fold(Sha256::new(), |digest, png| digest.chain_update(png));
+    println!(
+        "{} renders of {width}x{height}: {:.3} ms per render, {} bytes per PNG on average; digest {}",
+        args.renders,
+        elapsed.as_secs_f64() * 1000.0 / args.renders as f64,
+        bytes / args.renders,
+        hex::encode(digest.finalize())
+    );
+    Ok(())
+}
