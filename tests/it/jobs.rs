@@ -99,6 +99,20 @@ async fn end_to_end(app: TestApp) {
     let (_, versions) = get(&app, &key, &format!("/api/models/{model_id}/versions")).await;
     assert_eq!(versions.as_array().map(Vec::len), Some(2));
     assert_eq!(versions[1]["prompt"], "sharper jawline");
+    // Version 2's artifact builds on version 1's: the worker handed the provider the
+    // right artifact of the version it refined (without it the description is lost).
+    let (v2_key,): (String,) = infrastructure::db_fetch_optional!(
+        &app.state.db,
+        (String,),
+        "SELECT artifact_key FROM model_versions WHERE model_id = $1 AND version = 2",
+        &model_id
+    )
+    .expect("query")
+    .expect("version 2");
+    let v2_bytes = app.state.objects.get(&v2_key).await.expect("read").expect("version 2 artifact stored");
+    let v2: Value = serde_json::from_slice(&v2_bytes).expect("json");
+    assert_eq!((v2["version"].as_i64(), v2["description"].as_str()), (Some(2), Some("a runner, golden hour")), "{v2}");
+    assert_eq!(v2["prompts"], json!(["sharper jawline"]));
 
     // Estimate, then generate two images and fetch them by signed URL.
     let request = json!({"model_id": model_id, "prompt": "on a beach", "resolution": "512x512", "quality": "hd", "count": 2});

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobInput, JobOutput};
+use domain::models::CustomModel;
 use domain::{JobId, ModelId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -175,6 +176,7 @@ impl Worker {
         turn.release().await;
         let claimed = claimed?;
         let started = claimed.len();
+        self.prefetch_artifact_keys(&claimed).await;
         let mut permits = permits;
         for job in claimed {
             // One permit per started job; the unused rest go back when `permits` drops.
@@ -253,6 +255,53 @@ impl Worker {
             artifacts.insert((model_id, version), key.clone());
         }
         Ok(key)
+    }
+
+    /// Loads, in one query, the models of a claim batch whose version artifacts this
+    /// worker does not know yet, and remembers their keys: one read per batch instead of
+    /// one per model. Best effort: a job whose key is still unknown loads its model itself.
+    async fn prefetch_artifact_keys(&self, claimed: &[Loaded<GenerationJob>]) {
+        let wanted: Vec<(ModelId, u32)> = {
+            let artifacts = self.artifacts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut wanted: Vec<(ModelId, u32)> = claimed
+                .iter()
+                .filter_map(|job| job.aggregate.input.as_ref())
+                .filter_map(|input| match input {
+                    JobInput::ModelCreation { .. } => None,
+                    JobInput::ModelRefinement { from_version, .. } | JobInput::ImageGeneration { model_version: from_version, .. } => {
+                        Some((input.model_id(), *from_version))
+                    }
+                })
+                .filter(|wanted| !artifacts.contains_key(wanted))
+                .collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            wanted
+        };
+        let mut ids: Vec<String> = wanted.iter().map(|(model, _)| model.to_string()).collect();
+        ids.dedup();
+        if ids.is_empty() {
+            return;
+        }
+        let models = match self.jobs.aggregates().load_many::<CustomModel>(&ids).await {
+            Ok(models) => models,
+            Err(error) => {
+                tracing::debug!(%error, "artifact keys not prefetched; jobs load their models");
+                return;
+            }
+        };
+        let mut artifacts = self.artifacts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if artifacts.len() + wanted.len() > ARTIFACT_KEYS_CACHED_MAX {
+            artifacts.clear();
+        }
+        for model in models {
+            let Some(model_id) = model.aggregate.model_id else { continue };
+            for version in &model.aggregate.versions {
+                if wanted.binary_search(&(model_id, version.version)).is_ok() {
+                    artifacts.insert((model_id, version.version), version.artifact_key.clone());
+                }
+            }
+        }
     }
 
     /// Stores a finished outcome's files and ends the job with them.
