@@ -7,7 +7,8 @@
 //! - `dispatch`: bare dispatch of no-op jobs, Kiln against graphile-worker (see [`dispatch`]).
 //! - `render`: the local provider's renderer alone (see [`render`]).
 //!
-//! Every run works in a scratch database it creates and drops, and stops by itself.
+//! Every run that needs a database works in a scratch database it creates and drops, and
+//! stops by itself.
 
 mod baseline;
 mod cpu;

@@ -1,5 +1,5 @@
 //! `kiln-bench render`: the local provider's renderer alone, one thread: what one image of
-//! the lifecycle benchmark costs before storing it. Prompts differ per render (no cache can
+//! the lifecycle benchmark costs before storing it. Seeds differ per render (no cache can
 //! help), and a digest over every PNG is printed, so two builds can be checked to render
 //! the same bytes.
 
