@@ -89,10 +89,14 @@ fn blend(under: &mut [u8], over: [u8; 3], alpha_256: u32) {
     }
 }
 
-/// A float in `[0, 255.5)` to the nearest byte (halves up). `as` saturates, so a value
-/// a rounding error outside the range still lands on 0 or 255.
+/// A float in `[0, 255.5)` to the nearest byte (halves up); a value a rounding error
+/// outside the range lands on 0 or 255, NaN on 0 — what `(value + 0.5) as u8` gives, in a
+/// form the compiler vectorizes (a saturating `as u8` converts one float at a time).
 fn to_byte(value: f32) -> u8 {
-    (value + 0.5) as u8
+    let in_range = (value + 0.5).max(0.0).min(255.0);
+    // SAFETY: `in_range` is finite and within [0, 255] (`max`/`min` return the other
+    // operand for NaN), so its truncation fits a `u8`, as `to_int_unchecked` requires.
+    unsafe { in_range.to_int_unchecked::<u8>() }
 }
 
 enum Shape {
@@ -286,6 +290,15 @@ mod tests {
         check("512", None);
         check("axb", None);
         check("-1x5", None);
+    }
+
+    #[test]
+    fn bytes_round_as_a_saturating_cast_would() {
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, -0.5, -0.51, 254.5, 255.0, 255.49, 255.5, 256.0, 1e9, -1e9];
+        let sweep = (-4_000..=264_000).map(|i| i as f32 / 1000.0);
+        for value in specials.into_iter().chain(sweep) {
+            assert_eq!(to_byte(value), (value + 0.5) as u8, "{value}");
+        }
     }
 
     #[test]
