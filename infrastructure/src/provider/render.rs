@@ -203,9 +203,9 @@ fn render_rgb(seed: &[u8; 32], width: u32, height: u32) -> Vec<u8> {
     let delta = [to[0] - from[0], to[1] - from[1], to[2] - from[2]];
     let column_t: Vec<f32> = (0..width).map(|x| (x as f32 / w - 0.5) * dx).collect();
     let column_d2: Vec<f32> = (0..width).map(|x| (x as f32 - light_x) * (x as f32 - light_x) * inverse_r2).collect();
-    // A row is computed a plane at a time (straight loops over `f32`s, which the compiler
-    // vectorizes, all but the conversion to bytes), then interleaved into RGB. Per pixel
-    // the arithmetic is the same as one pixel at a time would be: the same bytes.
+    // A row is computed a plane at a time (straight loops over `f32`s and a byte
+    // conversion the compiler vectorizes: see `to_byte`), then interleaved into RGB. Per
+    // pixel the arithmetic is the same as one pixel at a time would be: the same bytes.
     let columns = width as usize;
     let (mut row_t_of, mut light_of) = (vec![0f32; columns], vec![0f32; columns]);
     let mut planes = [vec![0u8; columns], vec![0u8; columns], vec![0u8; columns]];
