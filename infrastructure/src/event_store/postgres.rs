@@ -259,17 +259,16 @@ pub(super) async fn load_latest(
     aggregate_type: &str,
     aggregate_id: &str,
 ) -> Result<(Option<Snapshot>, Vec<StoredEvent>), EventStoreError> {
-    let rows: Vec<LatestRow> = sqlx::query_as(
+    // The events are read by `SELECT_EVENTS` itself, and name the union's columns; the
+    // snapshot's row lists its values in that order (a union matches columns by position).
+    let rows: Vec<LatestRow> = sqlx::query_as(&format!(
         "WITH s AS (SELECT last_sequence, payload FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2) \
-         SELECT true AS is_snapshot, 0::bigint AS position, 0::bigint AS commit_order, $1 AS aggregate_type, \
-                $2 AS aggregate_id, last_sequence AS sequence, '' AS event_type, '' AS event_version, payload, \
-                'null'::jsonb AS metadata, now() AS recorded_at FROM s \
+         SELECT e.*, false AS is_snapshot FROM ({SELECT_EVENTS} \
+            WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > COALESCE((SELECT last_sequence FROM s), 0)) e \
          UNION ALL \
-         SELECT false, position, transaction_id::text::bigint, aggregate_type, aggregate_id, sequence, event_type, \
-                event_version, payload, metadata, recorded_at FROM events \
-         WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > COALESCE((SELECT last_sequence FROM s), 0) \
-         ORDER BY sequence",
-    )
+         SELECT 0, 0, $1, $2, last_sequence, '', '', payload, 'null'::jsonb, now(), true FROM s \
+         ORDER BY sequence"
+    ))
     .bind(aggregate_type)
     .bind(aggregate_id)
     .fetch_all(pool)
