@@ -74,7 +74,7 @@ impl AppState {
     pub fn new(db: Database, settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let store = SqlEventStore::with_inline_projections(db.clone(), projections::inline_projections());
         let aggregates = AggregateStore::new(Arc::new(store.clone()), settings.event_store.snapshot_every);
-        let credits = CreditsService::new(aggregates.clone(), clock.clone());
+        let credits = CreditsService::new(aggregates.clone(), clock.clone()).with_commits_in_flight(settings.credits.commits_in_flight);
         let jobs = JobsService::new(aggregates.clone(), credits.clone(), clock.clone());
         let job_index: Arc<dyn JobIndex> = Arc::new(SqlJobIndex::new(db.clone()));
         let projector = Projector::new(store.clone(), projections::async_projections());

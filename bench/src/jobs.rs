@@ -42,6 +42,10 @@ pub struct JobsArgs {
     /// Database connections per worker process (`database.connections_max`).
     #[arg(long, default_value_t = 32)]
     pub worker_connections: u32,
+    /// Joint credit transactions each process keeps open (`credits.commits_in_flight`;
+    /// default: the setting's default).
+    #[arg(long)]
+    pub commits_in_flight: Option<usize>,
     /// Concurrent submitters.
     #[arg(long, default_value_t = 64)]
     pub submitters: usize,
@@ -77,6 +81,9 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     let mut settings = Settings::default();
     settings.database.url = url.to_string();
     settings.storage.local_root = storage.display().to_string();
+    if let Some(n) = args.commits_in_flight {
+        settings.credits.commits_in_flight = n;
+    }
     let db = Database::connect_and_migrate(url, 32).await?;
     infrastructure::pricing::seed_default(&db).await?;
     let state = AppState::new(db.clone(), &settings, Arc::new(SystemClock))?;
@@ -246,9 +253,11 @@ fn start_workers(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("kiln"),
     };
+    let commits_in_flight = args.commits_in_flight.unwrap_or(Settings::default().credits.commits_in_flight);
     (0..args.workers)
         .map(|_| {
             Command::new(&binary)
+                .env("KILN_CREDITS__COMMITS_IN_FLIGHT", commits_in_flight.to_string())
                 .arg("worker")
                 .env("KILN_DATABASE__URL", url)
                 .env("KILN_DATABASE__CONNECTIONS_MAX", args.worker_connections.to_string())

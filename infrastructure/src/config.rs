@@ -73,11 +73,15 @@ impl Default for JobSettings {
 pub struct CreditSettings {
     /// How often `kiln serve` expires credits of grants past their `expires_at`.
     pub expiry_sweep_interval_secs: u64,
+    /// Joint credit transactions one process keeps open at once (group commit across
+    /// teams): fewer means larger groups and fewer transactions under load, more means
+    /// shorter waits at low load; 0 turns joining off.
+    pub commits_in_flight: usize,
 }
 
 impl Default for CreditSettings {
     fn default() -> Self {
-        Self { expiry_sweep_interval_secs: 60 }
+        Self { expiry_sweep_interval_secs: 60, commits_in_flight: application::credits::COMMITS_IN_FLIGHT }
     }
 }
 

@@ -8,7 +8,10 @@
 //! writes the payload as canonical JSON (object keys sorted, no whitespace), so the hash
 //! does not depend on how a database stores JSON (PostgreSQL's `jsonb` reorders keys).
 
-use application::event_store::{NewEvent, StreamAppend};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use application::event_store::{NewEvent, StoredEvent, StreamAppend};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -117,6 +120,62 @@ pub fn seal(append: &StreamAppend, prev_hash: &str) -> StreamAppend {
     StreamAppend { events, ..append.clone() }
 }
 
+/// Chained streams' last known events and their hashes, as this process saw them
+/// committed or read: an append that follows one of them seals from the remembered hash
+/// instead of looking it up inside its transaction. Safe because the events are
+/// immutable: the event at a stream's sequence `n` has one hash forever, and an append
+/// that expects another sequence (a stale tip) misses the memory and looks up as before.
+#[derive(Default)]
+pub struct ChainTips {
+    tips: Mutex<HashMap<String, (i64, String)>>,
+}
+
+/// Streams remembered at most; the memory starts over when full.
+const CHAIN_TIPS_MAX: usize = 100_000;
+
+impl ChainTips {
+    /// Hashes of the events the chained appends follow, where remembered.
+    pub fn known(&self, appends: &[StreamAppend]) -> HashMap<String, String> {
+        let tips = self.tips.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        appends
+            .iter()
+            .filter(|a| is_chained(&a.aggregate_type) && a.expected_sequence > 0)
+            .filter_map(|a| match tips.get(&a.aggregate_id) {
+                Some((sequence, hash)) if *sequence == a.expected_sequence => Some((a.aggregate_id.clone(), hash.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Remembers the last chained event of each stream among `events` (committed or read).
+    pub fn record(&self, events: &[StoredEvent]) {
+        let mut newest: HashMap<&str, (i64, &str)> = HashMap::new();
+        for event in events.iter().filter(|e| is_chained(&e.aggregate_type)) {
+            let Some(hash) = event.metadata.get("hash").and_then(Value::as_str) else { continue };
+            let entry = newest.entry(event.aggregate_id.as_str()).or_insert((event.sequence, hash));
+            if event.sequence >= entry.0 {
+                *entry = (event.sequence, hash);
+            }
+        }
+        if newest.is_empty() {
+            return;
+        }
+        let mut tips = self.tips.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if tips.len() + newest.len() > CHAIN_TIPS_MAX {
+            tips.clear();
+        }
+        for (id, (sequence, hash)) in newest {
+            match tips.get_mut(id) {
+                Some(tip) if tip.0 >= sequence => {}
+                Some(tip) => *tip = (sequence, hash.to_string()),
+                None => {
+                    tips.insert(id.to_string(), (sequence, hash.to_string()));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +196,41 @@ mod tests {
         assert_ne!(base, event_hash("TeamCredits", "t", 1, "X", "1", &serde_json::json!({"type": "X", "amount": 6}), GENESIS_HASH));
         assert_ne!(base, event_hash("TeamCredits", "t", 1, "X", "1", &payload, &base));
         assert_eq!(base, event_hash("TeamCredits", "t", 1, "X", "1", &serde_json::json!({"amount": 5, "type": "X"}), GENESIS_HASH));
+    }
+
+    fn stored(aggregate_type: &str, id: &str, sequence: i64, hash: &str) -> StoredEvent {
+        StoredEvent {
+            log_position: application::event_store::LogPosition { commit_order: sequence, position: sequence },
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: id.into(),
+            sequence,
+            event_type: "X".into(),
+            event_version: "1".into(),
+            payload: serde_json::json!({}),
+            metadata: serde_json::json!({"hash": hash}),
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    fn append_after(aggregate_type: &str, id: &str, expected_sequence: i64) -> StreamAppend {
+        StreamAppend {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: id.into(),
+            expected_sequence,
+            events: vec![NewEvent { event_type: "X".into(), event_version: "1".into(), payload: serde_json::json!({}), metadata: Value::Null }],
+            snapshot: None,
+        }
+    }
+
+    #[test]
+    fn tips_answer_only_appends_that_follow_the_remembered_event() {
+        let tips = ChainTips::default();
+        tips.record(&[stored("TeamCredits", "a", 1, "h1"), stored("TeamCredits", "a", 2, "h2"), stored("GenerationJob", "j", 1, "x")]);
+        // An older read does not move the tip back.
+        tips.record(&[stored("TeamCredits", "a", 1, "h1")]);
+        let known = tips.known(&[append_after("TeamCredits", "a", 2), append_after("GenerationJob", "j", 1)]);
+        assert_eq!(known, HashMap::from([("a".to_string(), "h2".to_string())]));
+        // Behind or ahead of the tip, and unknown streams: looked up by the store.
+        assert!(tips.known(&[append_after("TeamCredits", "a", 1), append_after("TeamCredits", "a", 3), append_after("TeamCredits", "b", 4)]).is_empty());
     }
 }

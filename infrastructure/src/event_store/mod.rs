@@ -34,6 +34,8 @@ pub struct SqlEventStore {
     /// Counts commits made through this handle (and its clones), so in-process log
     /// followers wake at once instead of waiting for their next poll.
     commits: Arc<watch::Sender<u64>>,
+    /// Chained streams' last hashes seen by this process (appends skip their look-up).
+    tips: Arc<chain::ChainTips>,
 }
 
 impl SqlEventStore {
@@ -43,7 +45,7 @@ impl SqlEventStore {
 
     /// Runs `projections` inside every append transaction, in this order.
     pub fn with_inline_projections(db: Database, projections: Vec<Arc<dyn InlineProjection>>) -> Self {
-        Self { db, inline: projections.into(), commits: Arc::new(watch::channel(0).0) }
+        Self { db, inline: projections.into(), commits: Arc::new(watch::channel(0).0), tips: Arc::default() }
     }
 
     pub fn database(&self) -> &Database {
@@ -129,10 +131,12 @@ impl EventStore for SqlEventStore {
         if appends.iter().all(|a| a.events.is_empty()) {
             return Ok(Vec::new());
         }
+        let known = self.tips.known(&appends);
         let stored = match &self.db {
-            Database::Postgres(pool) => postgres::append(pool, &self.inline, &appends).await,
-            Database::Sqlite { write, .. } => sqlite::append(write, &self.inline, &appends).await,
+            Database::Postgres(pool) => postgres::append(pool, &self.inline, &appends, &known).await,
+            Database::Sqlite { write, .. } => sqlite::append(write, &self.inline, &appends, &known).await,
         }?;
+        self.tips.record(&stored);
         self.commits.send_modify(|count| *count = count.wrapping_add(1));
         Ok(stored)
     }
@@ -143,20 +147,24 @@ impl EventStore for SqlEventStore {
         aggregate_id: &str,
         after_sequence: i64,
     ) -> Result<Vec<StoredEvent>, EventStoreError> {
-        match &self.db {
+        let events = match &self.db {
             Database::Postgres(pool) => postgres::load_stream(pool, aggregate_type, aggregate_id, after_sequence).await,
             Database::Sqlite { read, .. } => sqlite::load_stream(read, aggregate_type, aggregate_id, after_sequence).await,
-        }
+        }?;
+        self.tips.record(&events);
+        Ok(events)
     }
 
     async fn load_streams(&self, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
         if aggregate_ids.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.db {
+        let events = match &self.db {
             Database::Postgres(pool) => postgres::load_streams(pool, aggregate_type, aggregate_ids).await,
             Database::Sqlite { read, .. } => sqlite::load_streams(read, aggregate_type, aggregate_ids).await,
-        }
+        }?;
+        self.tips.record(&events);
+        Ok(events)
     }
 
     async fn load_snapshot(&self, aggregate_type: &str, aggregate_id: &str) -> Result<Option<Snapshot>, EventStoreError> {
@@ -168,8 +176,13 @@ impl EventStore for SqlEventStore {
 
     async fn load_latest(&self, aggregate_type: &str, aggregate_id: &str) -> Result<(Option<Snapshot>, Vec<StoredEvent>), EventStoreError> {
         match &self.db {
-            Database::Postgres(pool) => postgres::load_latest(pool, aggregate_type, aggregate_id).await,
-            // Local reads: two statements cost no extra round trip.
+            Database::Postgres(pool) => {
+                let (snapshot, events) = postgres::load_latest(pool, aggregate_type, aggregate_id).await?;
+                self.tips.record(&events);
+                Ok((snapshot, events))
+            }
+            // Local reads: two statements cost no extra round trip (`load_stream` records
+            // the tip).
             Database::Sqlite { .. } => application::event_store::load_latest_in_two_reads(self, aggregate_type, aggregate_id).await,
         }
     }

@@ -50,6 +50,7 @@ pub(super) async fn append(
     pool: &PgPool,
     inline: &[Arc<dyn InlineProjection>],
     appends: &[StreamAppend],
+    known_hashes: &HashMap<String, String>,
 ) -> Result<Vec<StoredEvent>, EventStoreError> {
     // The append's statements take their rows as arrays and are prepared once per
     // connection. A generic plan cannot see an array's length and may join a handful of
@@ -58,7 +59,7 @@ pub(super) async fn append(
     // one round trip, not two.
     let mut tx = pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan").await.map_err(unavailable)?;
     let appends: Vec<&StreamAppend> = appends.iter().filter(|a| !a.events.is_empty()).collect();
-    let prev = prev_hashes(&mut tx, &appends).await.map_err(unavailable)?;
+    let prev = prev_hashes(&mut tx, &appends, known_hashes).await.map_err(unavailable)?;
     let sealed: Vec<StreamAppend> = appends
         .iter()
         .filter(|a| chain::is_chained(&a.aggregate_type))
@@ -80,18 +81,26 @@ pub(super) async fn append(
     Ok(stored)
 }
 
-/// The stored hash of the event each chained append follows (by stream id), in one
-/// query over the primary key; [`chain::GENESIS_HASH`] for new streams.
-async fn prev_hashes(conn: &mut PgConnection, appends: &[&StreamAppend]) -> Result<HashMap<String, String>, sqlx::Error> {
+/// The stored hash of the event each chained append follows (by stream id):
+/// [`chain::GENESIS_HASH`] for new streams, `known` where the process remembers it, the
+/// rest in one query over the primary key.
+async fn prev_hashes(
+    conn: &mut PgConnection,
+    appends: &[&StreamAppend],
+    known: &HashMap<String, String>,
+) -> Result<HashMap<String, String>, sqlx::Error> {
     let chained: Vec<&&StreamAppend> = appends.iter().filter(|a| chain::is_chained(&a.aggregate_type)).collect();
     let mut hashes: HashMap<String, String> = chained
         .iter()
-        .filter(|a| a.expected_sequence == 0)
-        .map(|a| (a.aggregate_id.clone(), chain::GENESIS_HASH.to_string()))
+        .filter_map(|a| match (a.expected_sequence, known.get(&a.aggregate_id)) {
+            (0, _) => Some((a.aggregate_id.clone(), chain::GENESIS_HASH.to_string())),
+            (_, Some(hash)) => Some((a.aggregate_id.clone(), hash.clone())),
+            _ => None,
+        })
         .collect();
     let (ids, sequences): (Vec<&str>, Vec<i64>) = chained
         .iter()
-        .filter(|a| a.expected_sequence > 0)
+        .filter(|a| !hashes.contains_key(&a.aggregate_id))
         .map(|a| (a.aggregate_id.as_str(), a.expected_sequence))
         .unzip();
     if ids.is_empty() {

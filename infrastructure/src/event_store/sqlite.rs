@@ -1,6 +1,7 @@
 //! The SQLite side of the event store. Writes are serialized (one writer connection,
 //! `BEGIN IMMEDIATE`), so the position order is the commit order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use application::event_store::{EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend};
@@ -64,6 +65,7 @@ pub(super) async fn append(
     write: &SqlitePool,
     inline: &[Arc<dyn InlineProjection>],
     appends: &[StreamAppend],
+    known_hashes: &HashMap<String, String>,
 ) -> Result<Vec<StoredEvent>, EventStoreError> {
     // IMMEDIATE takes the write lock up front: a deferred transaction that read first
     // could fail to upgrade (SQLITE_BUSY_SNAPSHOT) when another process wrote meanwhile.
@@ -72,7 +74,10 @@ pub(super) async fn append(
     for append in appends.iter().filter(|a| !a.events.is_empty()) {
         let sealed;
         let append = if chain::is_chained(&append.aggregate_type) {
-            let prev = prev_hash(&mut tx, append).await.map_err(unavailable)?;
+            let prev = match known_hashes.get(&append.aggregate_id) {
+                Some(hash) => hash.clone(),
+                None => prev_hash(&mut tx, append).await.map_err(unavailable)?,
+            };
             sealed = chain::seal(append, &prev);
             &sealed
         } else {
