@@ -257,8 +257,8 @@ fn start_workers(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     (0..args.workers)
         .map(|_| {
             Command::new(&binary)
-                .env("KILN_CREDITS__COMMITS_IN_FLIGHT", commits_in_flight.to_string())
                 .arg("worker")
+                .env("KILN_CREDITS__COMMITS_IN_FLIGHT", commits_in_flight.to_string())
                 .env("KILN_DATABASE__URL", url)
                 .env("KILN_DATABASE__CONNECTIONS_MAX", args.worker_connections.to_string())
                 .env("KILN_STORAGE__LOCAL_ROOT", storage)

@@ -130,8 +130,9 @@ pub struct ChainTips {
     tips: Mutex<HashMap<String, (i64, String)>>,
 }
 
-/// Streams remembered at most; the memory starts over when full.
-const CHAIN_TIPS_MAX: usize = 100_000;
+/// Streams remembered at most (twice the team writers a process keeps,
+/// `application::credits::WRITERS_MAX`); the memory starts over when full.
+const CHAIN_TIPS_MAX: usize = 20_000;
 
 impl ChainTips {
     /// Hashes of the events the chained appends follow, where remembered.
