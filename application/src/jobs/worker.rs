@@ -225,11 +225,9 @@ impl Worker {
         let (Some(team_id), Some(input)) = (job.team_id, job.input.clone()) else {
             return Err(JobsError::NotFound);
         };
-        let model_artifact_key = match &input {
-            JobInput::ModelCreation { .. } => None,
-            JobInput::ModelRefinement { from_version, .. } | JobInput::ImageGeneration { model_version: from_version, .. } => {
-                self.artifact_key(input.model_id(), *from_version).await?
-            }
+        let model_artifact_key = match input.base_version() {
+            Some(version) => self.artifact_key(input.model_id(), version).await?,
+            None => None,
         };
         let reference = match &input {
             JobInput::ModelCreation { reference_model_id, .. } => self.index.reference_characteristics(reference_model_id).await?,
@@ -248,13 +246,19 @@ impl Worker {
         let model = self.jobs.model(model_id).await?.aggregate;
         let key = model.versions.iter().find(|v| v.version == version).map(|v| v.artifact_key.clone());
         if let Some(key) = &key {
-            let mut artifacts = self.artifacts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if artifacts.len() >= ARTIFACT_KEYS_CACHED_MAX {
-                artifacts.clear();
-            }
-            artifacts.insert((model_id, version), key.clone());
+            self.remember_artifacts(vec![((model_id, version), key.clone())]);
         }
         Ok(key)
+    }
+
+    /// Adds found artifact keys to the bounded memory (it starts over when they would not
+    /// fit).
+    fn remember_artifacts(&self, found: Vec<((ModelId, u32), String)>) {
+        let mut artifacts = self.artifacts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if artifacts.len() + found.len() > ARTIFACT_KEYS_CACHED_MAX {
+            artifacts.clear();
+        }
+        artifacts.extend(found);
     }
 
     /// Loads, in one query, the models of a claim batch whose version artifacts this
@@ -266,12 +270,7 @@ impl Worker {
             let mut wanted: Vec<(ModelId, u32)> = claimed
                 .iter()
                 .filter_map(|job| job.aggregate.input.as_ref())
-                .filter_map(|input| match input {
-                    JobInput::ModelCreation { .. } => None,
-                    JobInput::ModelRefinement { from_version, .. } | JobInput::ImageGeneration { model_version: from_version, .. } => {
-                        Some((input.model_id(), *from_version))
-                    }
-                })
+                .filter_map(|input| Some((input.model_id(), input.base_version()?)))
                 .filter(|wanted| !artifacts.contains_key(wanted))
                 .collect();
             wanted.sort_unstable();
@@ -290,18 +289,13 @@ impl Worker {
                 return;
             }
         };
-        let mut artifacts = self.artifacts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if artifacts.len() + wanted.len() > ARTIFACT_KEYS_CACHED_MAX {
-            artifacts.clear();
-        }
-        for model in models {
-            let Some(model_id) = model.aggregate.model_id else { continue };
-            for version in &model.aggregate.versions {
-                if wanted.binary_search(&(model_id, version.version)).is_ok() {
-                    artifacts.insert((model_id, version.version), version.artifact_key.clone());
-                }
-            }
-        }
+        let found = models
+            .iter()
+            .filter_map(|model| Some((model.aggregate.model_id?, &model.aggregate.versions)))
+            .flat_map(|(model_id, versions)| versions.iter().map(move |v| ((model_id, v.version), v.artifact_key.clone())))
+            .filter(|(wanted_key, _)| wanted.binary_search(wanted_key).is_ok())
+            .collect();
+        self.remember_artifacts(found);
     }
 
     /// Stores a finished outcome's files and ends the job with them.

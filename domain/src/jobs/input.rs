@@ -46,6 +46,16 @@ impl JobInput {
         }
     }
 
+    /// The model version the job starts from (whose artifact the provider gets): the
+    /// refined version, or the one generating; none for a model's creation.
+    pub fn base_version(&self) -> Option<u32> {
+        match self {
+            JobInput::ModelCreation { .. } => None,
+            JobInput::ModelRefinement { from_version, .. } => Some(*from_version),
+            JobInput::ImageGeneration { model_version, .. } => Some(*model_version),
+        }
+    }
+
     pub fn operation(&self) -> crate::Operation {
         match self {
             JobInput::ModelCreation { .. } => crate::Operation::ModelCreation,
