@@ -38,7 +38,11 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::cpu::CpuSample;
+use crate::jobs::wait_for;
 use crate::scratch::ScratchDb;
+
+/// How often the drain's end is looked for (graphile-worker's side: `POLL_MS`, the same).
+const POLL: Duration = Duration::from_millis(10);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DispatchArgs {
@@ -276,6 +280,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
     let db = Database::connect_and_migrate(url, connections).await?;
     // Counting ended jobs must not take a connection from the workers.
     let counter = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    let counter_db = Database::Postgres(counter.clone());
     infrastructure::pricing::seed_default(&db).await?;
     let state = AppState::new(db.clone(), &settings, Arc::new(SystemClock))?;
     infrastructure::catalog::seed(&db, state.objects.as_ref(), state.jobs.now()).await?;
@@ -286,7 +291,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
     let teams = open_teams(&state, args.teams).await?;
     let models = crate::jobs::create_models(&state, &teams, &reference, 16).await?;
     let setup_workers = Workers::start(&state, args, "setup");
-    wait_ended(&counter, "model_creation", teams.len() as i64, Duration::from_secs(args.timeout_secs)).await?;
+    wait_for(&counter_db, "model_creation", teams.len() as i64, POLL, Duration::from_secs(args.timeout_secs)).await?;
     setup_workers.stop().await;
     let jobs = generation_jobs(&state, &teams, &models, args.jobs).await?;
 
@@ -306,7 +311,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
     let cpu_drain = CpuSample::take(&[]);
     let started = Instant::now();
     let workers = Workers::start(&state, args, "drain");
-    wait_ended(&counter, "image_generation", args.jobs as i64, Duration::from_secs(args.timeout_secs)).await?;
+    wait_for(&counter_db, "image_generation", args.jobs as i64, POLL, Duration::from_secs(args.timeout_secs)).await?;
     let drain = started.elapsed();
     let cpu_end = CpuSample::take(&[]);
     workers.stop().await;
@@ -375,22 +380,6 @@ async fn generation_jobs(state: &AppState, teams: &[TeamId], models: &[ModelId],
             NewJob { team: *team, job_id: JobId::new(Uuid::now_v7()), input: input.clone(), cost: quote.amount, price_version: quote.price_version, model_change: None }
         })
         .collect())
-}
-
-/// Waits (bounded) until `expected` jobs of `kind` have ended.
-async fn wait_ended(counter: &sqlx::PgPool, kind: &str, expected: i64, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (ended,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = $1 AND status IN ('completed', 'failed', 'cancelled')")
-            .bind(kind)
-            .fetch_one(counter)
-            .await?;
-        if ended >= expected {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {ended} of {expected} {kind} jobs ended in time");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Every job completed once, and every reservation (the set-up's model jobs too) was
