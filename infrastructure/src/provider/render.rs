@@ -329,5 +329,13 @@ mod tests {
         let decoded = image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect("valid PNG");
         assert_eq!((decoded.width(), decoded.height()), (64, 48));
         assert_eq!(render_png(&seed, 8, 8), Err(RenderError::Size));
+        // A height that is not a whole number of background bands: the last, shorter
+        // band is painted too (nothing the renderer paints is black).
+        let odd = image::load_from_memory_with_format(&render_png(&seed, 37, 53).expect("renders"), image::ImageFormat::Png).expect("valid PNG");
+        assert_eq!((odd.width(), odd.height()), (37, 53));
+        let pixels = render_rgb(&seed, 37, 53);
+        for (index, pixel) in pixels.chunks_exact(3).enumerate() {
+            assert_ne!(pixel, [0, 0, 0], "pixel ({}, {}) left unpainted", index % 37, index / 37);
+        }
     }
 }
