@@ -95,7 +95,7 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
 
     eprintln!("setup: {} teams, one ready model each", args.teams);
     let teams = open_teams(&state, args.teams).await?;
-    let mut workers = start_workers(args, url, storage)?;
+    let mut workers = start_workers(args, &settings)?;
     let team_ids: Vec<TeamId> = teams.iter().map(|(team, _)| *team).collect();
     let models = create_models(&state, &team_ids, &reference, args.submitters).await?;
     wait_for(&db, "model_creation", teams.len() as i64, POLL, Duration::from_secs(args.timeout_secs)).await?;
@@ -119,7 +119,7 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     anyhow::ensure!(failures == 0, "{failures} submissions failed: {:?}", submissions.iter().find(|r| r.is_err()));
     let drain_started = Instant::now();
     if args.separate_phases {
-        workers = start_workers(args, url, storage)?;
+        workers = start_workers(args, &settings)?;
     }
     wait_for(&db, "image_generation", total as i64, POLL, Duration::from_secs(args.timeout_secs)).await?;
     let elapsed = started.elapsed();
@@ -250,20 +250,21 @@ fn stop_workers(workers: &mut Vec<Child>) {
     workers.clear();
 }
 
-fn start_workers(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<Child>> {
+/// Starts the `kiln worker` processes with the bench process's own database, storage and
+/// credit settings, so both sides of the run are configured alike.
+fn start_workers(args: &JobsArgs, settings: &Settings) -> anyhow::Result<Vec<Child>> {
     let binary = match &args.kiln_binary {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("kiln"),
     };
-    let commits_in_flight = args.commits_in_flight.unwrap_or(Settings::default().credits.commits_in_flight);
     (0..args.workers)
         .map(|_| {
             Command::new(&binary)
                 .arg("worker")
-                .env("KILN_CREDITS__COMMITS_IN_FLIGHT", commits_in_flight.to_string())
-                .env("KILN_DATABASE__URL", url)
+                .env("KILN_CREDITS__COMMITS_IN_FLIGHT", settings.credits.commits_in_flight.to_string())
+                .env("KILN_DATABASE__URL", &settings.database.url)
                 .env("KILN_DATABASE__CONNECTIONS_MAX", args.worker_connections.to_string())
-                .env("KILN_STORAGE__LOCAL_ROOT", storage)
+                .env("KILN_STORAGE__LOCAL_ROOT", &settings.storage.local_root)
                 .env("KILN_JOBS__WORKER_CONCURRENCY", args.worker_concurrency.to_string())
                 .env("KILN_JOBS__POLL_INTERVAL_MS", "5")
                 .env("KILN_LOG__FILTER", "warn")
