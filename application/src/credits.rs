@@ -13,11 +13,13 @@
 //! **Group commit across teams.** The writers do not commit themselves: they hand their
 //! appends to one committer per service, which joins whatever has queued from many teams
 //! into one transaction, with at most [`COMMITS_IN_FLIGHT`] transactions open at once. At
-//! low load every batch commits alone at once; under load the queue that forms while
-//! transactions run becomes the next transaction, so commits per second stay bounded while
-//! commands per commit grow. A conflict on one stream fails only the writer that owns it
-//! (the rest commit without it); any other failure of a joint transaction is retried
-//! stream-group by stream-group, so every writer gets the answer of its own append.
+//! low load every batch commits alone at once; under load the queue that forms while a
+//! transaction runs becomes the next one, so commits per second stay bounded while commands
+//! per commit grow. A further transaction opens beside a running one only for a queue of
+//! [`JOIN_EARLY_MIN`] or more: a trickle waits for the running commit and joins the next.
+//! A conflict on one stream fails only the writer that owns it (the rest commit without
+//! it); any other failure of a joint transaction is retried stream-group by stream-group,
+//! so every writer gets the answer of its own append.
 //!
 //! Across processes the append's optimistic check decides: a conflict means another
 //! process wrote the team, so the task reloads the state and decides the batch again
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use domain::{Plan, Reservation, TeamCredits, TeamCreditsCommand, TeamCreditsError, TeamCreditsEvent, TeamId};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::aggregate_store::{decode_event, AggregateStore, CommandError, Loaded, CONFLICT_RETRIES_MAX};
 use crate::clock::Clock;
@@ -50,6 +52,8 @@ const CONFLICT_BACKOFF_BASE: Duration = Duration::from_micros(250);
 pub const COMMITS_IN_FLIGHT: usize = 4;
 /// Writers' appends joined into one transaction, at most.
 pub const COMMIT_GROUP_MAX: usize = 128;
+/// Appends waiting before the committer opens another transaction beside an open one.
+const JOIN_EARLY_MIN: usize = 8;
 
 /// Builds a team command (and the other streams to append atomically with it) from the
 /// team's current state. May run more than once: after a conflict it runs on fresh state.
@@ -398,25 +402,49 @@ fn committer_gone() -> EventStoreError {
     EventStoreError::Unavailable("credit committer stopped".into())
 }
 
-/// Takes a free transaction slot, then everything queued (up to a group), and commits it
-/// in the background; what queues meanwhile forms the next group.
+/// Forms groups of what is queued and commits each in the background, at most
+/// `in_flight` at once. A group starts at once when no transaction is open; while one is,
+/// the next starts only once [`JOIN_EARLY_MIN`] appends wait (or a transaction ends, and
+/// then with everything that queued meanwhile): a trickle of appends waits for the open
+/// transaction and goes in one, a flood still uses every slot.
 async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<CommitRequest>, in_flight: usize) {
     let slots = Arc::new(Semaphore::new(in_flight));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+    let ended = Arc::new(Notify::new());
+    let mut closed = false;
+    while !closed {
         let Some(first) = requests.recv().await else { return };
         let mut group = vec![first];
-        while group.len() < COMMIT_GROUP_MAX {
-            match requests.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
+        loop {
+            take_queued(&mut requests, &mut group);
+            let open = in_flight - slots.available_permits();
+            if open == 0 || (open < in_flight && group.len() >= JOIN_EARLY_MIN) || closed {
+                break;
+            }
+            tokio::select! {
+                _ = ended.notified() => {}
+                request = requests.recv(), if group.len() < COMMIT_GROUP_MAX => match request {
+                    Some(request) => group.push(request),
+                    None => closed = true,
+                },
             }
         }
-        let aggregates = aggregates.clone();
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (aggregates, ended) = (aggregates.clone(), ended.clone());
         tokio::spawn(async move {
             commit_group(&aggregates, group).await;
             drop(slot);
+            ended.notify_one();
         });
+    }
+}
+
+/// Moves what is queued into `group`, up to [`COMMIT_GROUP_MAX`].
+fn take_queued(requests: &mut mpsc::Receiver<CommitRequest>, group: &mut Vec<CommitRequest>) {
+    while group.len() < COMMIT_GROUP_MAX {
+        match requests.try_recv() {
+            Ok(request) => group.push(request),
+            Err(_) => break,
+        }
     }
 }
 

@@ -61,6 +61,11 @@ pub struct JobsArgs {
     /// Give up waiting for the jobs after this long.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Directory under which the run's local object store is made (and removed after):
+    /// e.g. `/dev/shm` to leave the disk's file-system work (a directory and two
+    /// `fsync`s per image) out of the measurement. Default: the system's temp directory.
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
 }
 
 const PLANS: [Plan; 3] = [Plan::Basic, Plan::Pro, Plan::Enterprise];
@@ -72,7 +77,8 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=16).contains(&args.workers), "workers 1..=16");
     let scratch = ScratchDb::create(&args.database_url).await?;
     eprintln!("scratch database {}", scratch.name);
-    let storage = std::env::temp_dir().join(&scratch.name);
+    let storage = args.storage_dir.clone().unwrap_or_else(std::env::temp_dir).join(&scratch.name);
+    eprintln!("object store under {}", storage.display());
     let outcome = measure(&args, &scratch.url, &storage).await;
     let _ = std::fs::remove_dir_all(&storage);
     scratch.drop_database().await?;
