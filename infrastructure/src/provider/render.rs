@@ -175,22 +175,39 @@ pub fn render_png(seed: &[u8; 32], width: u32, height: u32) -> Result<Vec<u8>, R
     if !fits(width) || !fits(height) {
         return Err(RenderError::Size);
     }
-    let pixels = render_rgb(seed, width, height);
-    let mut png = Vec::with_capacity(pixels.len() / 4);
-    // One filter for every row (`Up`: smooth gradients leave small, repeating residues)
-    // instead of trying all five per row, and the fastest deflate: several times faster
-    // than adaptive filtering, for files a little larger.
-    PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Up)
-        .write_image(&pixels, width, height, ExtendedColorType::Rgb8)
-        .map_err(|_| RenderError::Encode)?;
-    Ok(png)
+    PIXELS.with_borrow_mut(|pixels| {
+        render_rgb(seed, width, height, pixels);
+        let mut png = Vec::with_capacity(pixels.len() / 4);
+        // One filter for every row (`Up`: smooth gradients leave small, repeating residues)
+        // instead of trying all five per row, and the fastest deflate: several times faster
+        // than adaptive filtering, for files a little larger.
+        let encoded = PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Up)
+            .write_image(pixels, width, height, ExtendedColorType::Rgb8)
+            .map_err(|_| RenderError::Encode);
+        if pixels.capacity() > PIXELS_KEPT_MAX {
+            *pixels = Vec::new();
+        }
+        encoded.map(|()| png)
+    })
 }
 
-fn render_rgb(seed: &[u8; 32], width: u32, height: u32) -> Vec<u8> {
+/// Pixel buffers kept between a thread's renders up to this size (a 1024×1024 image);
+/// a larger one is let go after its render.
+const PIXELS_KEPT_MAX: usize = 1024 * 1024 * 3;
+
+thread_local! {
+    /// The thread's pixel buffer, reused by its next render: a fresh one is zeroed by the
+    /// allocator (and faulted in page by page) only to be painted over entirely.
+    static PIXELS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Paints the image into `pixels` (RGB, row by row), resized to fit. Every byte is
+/// painted (the background covers them all), so what the buffer held before is irrelevant.
+fn render_rgb(seed: &[u8; 32], width: u32, height: u32, pixels: &mut Vec<u8>) {
     let mut words = seed.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
     let mut rng = SplitMix64(words.by_ref().fold(0, |acc, w| acc.rotate_left(17) ^ w));
     let (w, h) = (width as f32, height as f32);
-    let mut pixels = vec![0u8; (width * height * 3) as usize];
+    pixels.resize((width * height * 3) as usize, 0);
 
     // Background: a gradient between two hues along a seeded direction, lit by a soft
     // radial light. Per-column terms are computed once; a row adds its own.
@@ -252,7 +269,7 @@ fn render_rgb(seed: &[u8; 32], width: u32, height: u32) -> Vec<u8> {
             _ => Shape::Rect { x0: cx - r, y0: cy - r * rng.range(0.3, 1.0), x1: cx + r * rng.range(0.3, 1.5), y1: cy + r },
         };
         let colour = hsv(hue + rng.range(0.3, 0.7), rng.range(0.3, 0.9), rng.range(0.5, 1.0));
-        fill(&mut pixels, width, height, &shape, colour, rng.range(0.25, 0.7));
+        fill(pixels, width, height, &shape, colour, rng.range(0.25, 0.7));
     }
 
     // A portrait silhouette: shoulders and a head, darker than the background.
@@ -261,9 +278,8 @@ fn render_rgb(seed: &[u8; 32], width: u32, height: u32) -> Vec<u8> {
     let shadow = hsv(hue + 0.5, rng.range(0.2, 0.5), rng.range(0.12, 0.3));
     let shoulders = Shape::Circle { cx: centre, cy: h + head_r * 1.2, r: head_r * 3.2 };
     let head = Shape::Circle { cx: centre, cy: h - head_r * 3.4, r: head_r };
-    fill(&mut pixels, width, height, &shoulders, shadow, 0.85);
-    fill(&mut pixels, width, height, &head, shadow, 0.85);
-    pixels
+    fill(pixels, width, height, &shoulders, shadow, 0.85);
+    fill(pixels, width, height, &head, shadow, 0.85);
 }
 
 /// Blends `colour` at `alpha` over the pixels `shape` covers, a row's run at a time.
@@ -333,7 +349,14 @@ mod tests {
         // band is painted too (nothing the renderer paints is black).
         let odd = image::load_from_memory_with_format(&render_png(&seed, 37, 53).expect("renders"), image::ImageFormat::Png).expect("valid PNG");
         assert_eq!((odd.width(), odd.height()), (37, 53));
-        let pixels = render_rgb(&seed, 37, 53);
+        // Painted into a buffer of zeros, and into one that held another, larger image
+        // (the reused buffer's case): every byte is the image's own either way.
+        let mut pixels = Vec::new();
+        render_rgb(&seed, 37, 53, &mut pixels);
+        let mut reused = Vec::new();
+        render_rgb(&seed_of(&[b"two"]), 64, 64, &mut reused);
+        render_rgb(&seed, 37, 53, &mut reused);
+        assert_eq!(pixels, reused, "a reused buffer gives the same image");
         for (index, pixel) in pixels.chunks_exact(3).enumerate() {
             assert_ne!(pixel, [0, 0, 0], "pixel ({}, {}) left unpainted", index % 37, index / 37);
         }
