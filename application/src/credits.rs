@@ -416,8 +416,7 @@ async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<
         let mut group = vec![first];
         loop {
             take_queued(&mut requests, &mut group);
-            let open = in_flight - slots.available_permits();
-            if open == 0 || (open < in_flight && group.len() >= JOIN_EARLY_MIN) || closed {
+            if closed || opens_now(in_flight - slots.available_permits(), in_flight, group.len()) {
                 break;
             }
             tokio::select! {
@@ -436,6 +435,13 @@ async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<
             ended.notify_one();
         });
     }
+}
+
+/// Whether a group of `waiting` appends starts its transaction now, with `open` of at most
+/// `in_flight` transactions running: at once when none runs, beside running ones only
+/// when [`JOIN_EARLY_MIN`] or more wait and a slot is free.
+fn opens_now(open: usize, in_flight: usize, waiting: usize) -> bool {
+    open == 0 || (open < in_flight && waiting >= JOIN_EARLY_MIN)
 }
 
 /// Moves what is queued into `group`, up to [`COMMIT_GROUP_MAX`].
@@ -607,4 +613,26 @@ async fn backoff(attempt: u32) {
     let base = CONFLICT_BACKOFF_BASE * 2u32.saturating_pow(attempt.min(6));
     let jitter = rand::random::<u64>() % (base.as_micros() as u64).max(1);
     tokio::time::sleep(base + Duration::from_micros(jitter)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trickle_waits_for_the_open_commit_and_a_flood_uses_every_slot() {
+        // Nothing open: even one append commits at once.
+        assert!(opens_now(0, 4, 1));
+        // One open: a few waiting appends wait for it (and then go together) …
+        assert!(!opens_now(1, 4, 1));
+        assert!(!opens_now(1, 4, JOIN_EARLY_MIN - 1));
+        // … a queue of JOIN_EARLY_MIN or more opens another transaction beside it …
+        assert!(opens_now(1, 4, JOIN_EARLY_MIN));
+        assert!(opens_now(3, 4, COMMIT_GROUP_MAX));
+        // … but never more than the cap.
+        assert!(!opens_now(4, 4, COMMIT_GROUP_MAX));
+        // One transaction in flight: groups form while it runs, as before.
+        assert!(opens_now(0, 1, 1));
+        assert!(!opens_now(1, 1, COMMIT_GROUP_MAX));
+    }
 }
