@@ -428,12 +428,26 @@ async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<
             }
         }
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let (aggregates, ended) = (aggregates.clone(), ended.clone());
+        let open = OpenCommit { slot: Some(slot), ended: ended.clone() };
+        let aggregates = aggregates.clone();
         tokio::spawn(async move {
             commit_group(&aggregates, group).await;
-            drop(slot);
-            ended.notify_one();
+            drop(open);
         });
+    }
+}
+
+/// A joint transaction's slot. Let go however the commit ends (a panic included), it
+/// frees the slot and then wakes the committer, whose waiting group may start now.
+struct OpenCommit {
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ended: Arc<Notify>,
+}
+
+impl Drop for OpenCommit {
+    fn drop(&mut self) {
+        drop(self.slot.take());
+        self.ended.notify_one();
     }
 }
 
