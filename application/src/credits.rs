@@ -212,12 +212,7 @@ async fn run_writer(aggregates: AggregateStore, committer: Committer, team: Team
     let mut shared = false;
     while let Some(first) = requests.recv().await {
         let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX {
-            match requests.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
+        take_queued(&mut requests, &mut batch, BATCH_COMMANDS_MAX);
         process_batch(&aggregates, &committer, team, &mut state, &mut shared, batch).await;
     }
 }
@@ -415,7 +410,7 @@ async fn run_committer(aggregates: AggregateStore, mut requests: mpsc::Receiver<
         let Some(first) = requests.recv().await else { return };
         let mut group = vec![first];
         loop {
-            take_queued(&mut requests, &mut group);
+            take_queued(&mut requests, &mut group, COMMIT_GROUP_MAX);
             if closed || opens_now(in_flight - slots.available_permits(), in_flight, group.len()) {
                 break;
             }
@@ -458,11 +453,11 @@ fn opens_now(open: usize, in_flight: usize, waiting: usize) -> bool {
     open == 0 || (open < in_flight && waiting >= JOIN_EARLY_MIN)
 }
 
-/// Moves what is queued into `group`, up to [`COMMIT_GROUP_MAX`].
-fn take_queued(requests: &mut mpsc::Receiver<CommitRequest>, group: &mut Vec<CommitRequest>) {
-    while group.len() < COMMIT_GROUP_MAX {
+/// Moves what is queued into `into`, until it holds `max`.
+fn take_queued<T>(requests: &mut mpsc::Receiver<T>, into: &mut Vec<T>, max: usize) {
+    while into.len() < max {
         match requests.try_recv() {
-            Ok(request) => group.push(request),
+            Ok(request) => into.push(request),
             Err(_) => break,
         }
     }
