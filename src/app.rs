@@ -11,6 +11,7 @@ use application::clock::{Clock, SystemClock};
 use application::credits::CreditsService;
 use application::jobs::index::JobIndex;
 use application::jobs::worker::{Worker, WorkerConfig};
+use application::jobs::submit::SubmitService;
 use application::jobs::JobsService;
 use application::provider::Provider;
 use infrastructure::job_index::SqlJobIndex;
@@ -43,10 +44,10 @@ pub struct AppState {
     /// Lifetime of the signed URLs handed out.
     pub url_ttl_secs: u64,
     pub jobs: JobsService,
+    /// The submission use cases (price, check, accept) shared by the API and the dashboard.
+    pub submit: SubmitService,
     pub job_index: Arc<dyn JobIndex>,
     pub provider: Arc<dyn Provider>,
-    /// Queued jobs a team may have waiting.
-    pub queue_depth_max: i64,
     /// Stripe checkout client, webhook verifier and price catalog.
     pub stripe: Arc<infrastructure::stripe::Stripe>,
     /// fal.ai's webhook side, when `fal.key` is set (then `provider` is fal).
@@ -90,7 +91,8 @@ impl AppState {
             Some(fal) => fal.provider.clone(),
             None => Arc::new(LocalProvider::new(LocalProviderConfig::from(&settings.provider)).with_artifacts(objects.clone())),
         };
-        let queue_depth_max = settings.jobs.queue_depth_max;
+        let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
+        let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, settings.jobs.queue_depth_max);
         let mut state = Self {
             db,
             store,
@@ -102,9 +104,9 @@ impl AppState {
             url_signing_key,
             url_ttl_secs,
             jobs,
+            submit,
             job_index,
             provider,
-            queue_depth_max,
             stripe: Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe)),
             fal: None,
         };

@@ -224,6 +224,18 @@ impl JobIndex for SqlJobIndex {
         Ok(row.and_then(|(text,)| serde_json::from_str(&text).ok()))
     }
 
+    async fn reference_complexity(&self, reference_model_id: &str) -> Result<Option<i64>, EventStoreError> {
+        let row = db_fetch_optional!(
+            &self.db,
+            (i64,),
+            "SELECT complexity_factor_milli FROM reference_models WHERE id = $1 AND active = $2",
+            reference_model_id,
+            true
+        )
+        .map_err(unavailable)?;
+        Ok(row.map(|(milli,)| milli))
+    }
+
     async fn job_of_request(&self, provider_request_id: &str) -> Result<Option<JobId>, EventStoreError> {
         let row = db_fetch_optional!(&self.db, (String,), "SELECT job_id FROM jobs WHERE provider_request_id = $1", provider_request_id)
             .map_err(unavailable)?;

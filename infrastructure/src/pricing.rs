@@ -44,3 +44,31 @@ pub async fn current(db: &Database) -> Result<PricingConfig, PricingStoreError> 
     config.validate().map_err(|e| PricingStoreError::Invalid { version, reason: e.to_string() })?;
     Ok(config)
 }
+
+/// The `PriceList` port over the stored configuration.
+#[derive(Clone)]
+pub struct SqlPriceList {
+    db: Database,
+}
+
+impl SqlPriceList {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl application::jobs::submit::PriceList for SqlPriceList {
+    async fn current(&self) -> Result<PricingConfig, application::event_store::EventStoreError> {
+        use application::event_store::EventStoreError;
+        current(&self.db).await.map_err(|error| match error {
+            PricingStoreError::Invalid { version, reason } => EventStoreError::Corrupt {
+                aggregate_type: "credit_pricing_config".into(),
+                aggregate_id: version.to_string(),
+                sequence: version,
+                reason,
+            },
+            other => EventStoreError::Unavailable(other.to_string()),
+        })
+    }
+}

@@ -213,7 +213,7 @@ pub struct PricingView {
 #[utoipa::path(get, path = "/api/credits/pricing", tag = "credits",
     responses((status = 200, body = PricingView)), security(("api_key" = [])))]
 async fn pricing(State(state): State<AppState>, _key: TeamKey) -> Result<Json<PricingView>, Problem> {
-    let config = infrastructure::pricing::current(&state.db).await.map_err(|e| Problem::internal(&e))?;
+    let config = state.submit.prices().await?;
     Ok(Json(PricingView {
         version: config.version,
         config: serde_json::to_value(&config).map_err(|e| Problem::internal(&e))?,

@@ -1,25 +1,22 @@
 //! `/api/generate/*`: image generation jobs — submit, status, results as presigned URLs,
-//! and a price estimate that spends nothing. Also the job-acceptance path shared with
-//! model creation and refinement.
+//! and a price estimate that spends nothing. The rules (pricing, checks, queue depth,
+//! acceptance) are `application::jobs::submit`'s; this file parses and maps.
 
 use std::time::Duration;
 
-use application::jobs::{JobsError, NewJob};
-use application::event_store::StreamAppend;
+use application::jobs::submit::{GenerationRequest, Requester};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use domain::jobs::{JobInput, JobStatus, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
-use domain::{JobId, ModelId, PriceRequest, PricingConfig, TeamId};
+use domain::jobs::JobStatus;
+use domain::{JobId, TeamId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::auth::TeamKey;
 use super::extract::{ApiJson, IdempotencyKey};
 use super::jobs::{load_job_view, parse_job_id, team_job, JobView};
-use super::models::team_model;
 use super::problem::Problem;
 use crate::app::AppState;
 
@@ -29,23 +26,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/generate/estimate", post(estimate))
         .route("/api/generate/{job_id}", get(status))
         .route("/api/generate/{job_id}/images", get(images))
-}
-
-/// Namespace of ids derived from a team's idempotency keys (UUIDv5).
-const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b69_6c6e_6a6f_6273_2d69_6465_6d70_6f74);
-
-/// The job id (and, for creations, the model id) of a request: derived from the
-/// `Idempotency-Key` when there is one, so a retry names the same job; fresh otherwise.
-pub fn derive_ids(team: TeamId, scope: &str, key: Option<&domain::IdempotencyKey>) -> (JobId, Option<Uuid>) {
-    match key {
-        Some(key) => {
-            let base = format!("{team}:{scope}:{}", key.as_str());
-            let job = Uuid::new_v5(&ID_NAMESPACE, format!("{base}:job").as_bytes());
-            let other = Uuid::new_v5(&ID_NAMESPACE, format!("{base}:model").as_bytes());
-            (JobId::new(job), Some(other))
-        }
-        None => (JobId::new(Uuid::now_v7()), None),
-    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -59,38 +39,18 @@ pub async fn accepted_view(state: &AppState, team: TeamId, job_id: JobId, create
     Ok(JobAccepted { job: load_job_view(state, team, &job_id.to_string()).await?, created })
 }
 
-async fn pricing(state: &AppState) -> Result<PricingConfig, Problem> {
-    infrastructure::pricing::current(&state.db).await.map_err(|e| Problem::internal(&e))
+/// Who asks, as the submission use cases record it.
+pub fn requester(key: &TeamKey) -> Requester {
+    Requester { team: key.team_id, actor: format!("key:{}", key.key_id) }
 }
 
-fn quote(config: &PricingConfig, request: &PriceRequest) -> Result<domain::Quote, Problem> {
-    config.quote(request).map_err(|e| Problem::invalid(e.to_string()))
-}
-
-/// Prices, checks the queue depth, and accepts a job (recording it and reserving its
-/// price in one append).
-pub async fn accept_job(
-    state: &AppState,
-    key: TeamKey,
-    job_id: JobId,
-    input: JobInput,
-    price: &PriceRequest,
-    model_change: Option<StreamAppend>,
-) -> Result<JobAccepted, Problem> {
-    if let Ok(existing) = state.jobs.job(job_id).await {
-        if existing.team_id == Some(key.team_id) {
-            return accepted_view(state, key.team_id, job_id, false).await;
-        }
+/// 202 for a new job, 200 for a repeat of an earlier request.
+pub fn accepted_status(accepted: &JobAccepted) -> StatusCode {
+    if accepted.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
     }
-    let quote = quote(&pricing(state).await?, price)?;
-    let queued = state.job_index.queued_count(key.team_id).await.map_err(|e| Problem::internal(&e))?;
-    if queued >= state.queue_depth_max {
-        return Err(JobsError::QueueFull { queued, max: state.queue_depth_max }.into());
-    }
-    let actor = format!("key:{}", key.key_id);
-    let job = NewJob { team: key.team_id, job_id, input, cost: quote.amount, price_version: quote.price_version, model_change };
-    let accepted = state.jobs.submit(job, &actor).await?;
-    accepted_view(state, key.team_id, job_id, accepted.created).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -106,32 +66,10 @@ pub struct GenerateRequest {
     pub count: Option<u32>,
 }
 
-struct Generation {
-    model_id: ModelId,
-    model_version: u32,
-    price: PriceRequest,
-    prompt: String,
-}
-
-async fn validate(state: &AppState, team: TeamId, request: &GenerateRequest) -> Result<Generation, Problem> {
-    let model_id: ModelId = request.model_id.parse().map_err(|_| Problem::not_found().detail("no such model"))?;
-    let model = team_model(state, team, model_id).await?;
-    let version = model.usable()?.version;
-    let count = request.count.unwrap_or(1);
-    if !(1..=IMAGES_PER_JOB_MAX).contains(&count) {
-        return Err(Problem::invalid(format!("count must be 1 to {IMAGES_PER_JOB_MAX}")));
+impl From<GenerateRequest> for GenerationRequest {
+    fn from(body: GenerateRequest) -> Self {
+        GenerationRequest { model_id: body.model_id, prompt: body.prompt, resolution: body.resolution, quality: body.quality, count: body.count }
     }
-    let prompt = request.prompt.trim().to_string();
-    if prompt.is_empty() || prompt.chars().count() > PROMPT_CHARS_MAX {
-        return Err(Problem::invalid(format!("prompt must be 1 to {PROMPT_CHARS_MAX} characters")));
-    }
-    let price = PriceRequest::ImageGeneration {
-        resolution: request.resolution.clone().unwrap_or_else(|| "1024x1024".into()),
-        quality: request.quality.clone().unwrap_or_else(|| "standard".into()),
-        model_complexity_milli: model.complexity_milli,
-        count,
-    };
-    Ok(Generation { model_id, model_version: version, price, prompt })
 }
 
 /// Generates images with a ready model: queues a generation job and reserves its price.
@@ -148,27 +86,9 @@ async fn submit(
     ApiJson(body): ApiJson<GenerateRequest>,
 ) -> Result<(StatusCode, Json<JobAccepted>), Problem> {
     let key = key.writer()?;
-    let (job_id, _) = derive_ids(key.team_id, "generate", idempotency.0.as_ref());
-    if let Ok(existing) = state.jobs.job(job_id).await {
-        if existing.team_id == Some(key.team_id) {
-            return Ok((StatusCode::OK, Json(accepted_view(&state, key.team_id, job_id, false).await?)));
-        }
-    }
-    let generation = validate(&state, key.team_id, &body).await?;
-    let PriceRequest::ImageGeneration { resolution, quality, count, .. } = generation.price.clone() else {
-        unreachable!("validate builds an image generation price");
-    };
-    let input = JobInput::ImageGeneration {
-        model_id: generation.model_id,
-        model_version: generation.model_version,
-        prompt: generation.prompt,
-        resolution,
-        quality,
-        count,
-    };
-    let accepted = accept_job(&state, key, job_id, input, &generation.price, None).await?;
-    let status = if accepted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((status, Json(accepted)))
+    let submitted = state.submit.submit_generation(&requester(&key), idempotency.0.as_ref(), body.into()).await?;
+    let accepted = accepted_view(&state, key.team_id, submitted.job_id, submitted.created).await?;
+    Ok((accepted_status(&accepted), Json(accepted)))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -187,17 +107,21 @@ pub struct Estimate {
 #[utoipa::path(post, path = "/api/generate/estimate", tag = "generation", request_body = GenerateRequest,
     responses((status = 200, body = Estimate), (status = 404), (status = 422)), security(("api_key" = [])))]
 async fn estimate(State(state): State<AppState>, key: TeamKey, ApiJson(body): ApiJson<GenerateRequest>) -> Result<Json<Estimate>, Problem> {
-    let generation = validate(&state, key.team_id, &body).await?;
-    let quote = quote(&pricing(&state).await?, &generation.price)?;
-    let balance = super::credits::load_balance(&state, key.team_id).await?.ok_or_else(Problem::not_found)?;
-    Ok(Json(Estimate {
-        cost_credits: quote.amount.get(),
-        unit_price: quote.unit_price.get(),
-        units: quote.units,
-        price_version: quote.price_version,
-        available: balance.available,
-        affordable: balance.available >= quote.amount.get(),
-    }))
+    let estimate = state.submit.estimate_generation(key.team_id, &body.into()).await?;
+    Ok(Json(Estimate::from(estimate)))
+}
+
+impl From<application::jobs::submit::Estimate> for Estimate {
+    fn from(estimate: application::jobs::submit::Estimate) -> Self {
+        Estimate {
+            cost_credits: estimate.quote.amount.get(),
+            unit_price: estimate.quote.unit_price.get(),
+            units: estimate.quote.units,
+            price_version: estimate.quote.price_version,
+            available: estimate.available,
+            affordable: estimate.affordable(),
+        }
+    }
 }
 
 /// A generation job's status.

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use application::event_store::EventStore;
+use application::jobs::submit::SubmitError;
 use application::jobs::JobsError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,7 +16,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobError};
 use domain::models::ModelError;
-use domain::{JobId, TeamId};
+use domain::{JobId, TeamCreditsError, TeamId};
 use infrastructure::{db_fetch_all, db_fetch_optional};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -48,6 +49,26 @@ impl From<JobsError> for Problem {
                     .with("queue_depth_max", max)
             }
             JobsError::Conflict => Problem::new(StatusCode::CONFLICT, "conflict", "Changed concurrently").detail("retry the request"),
+        }
+    }
+}
+
+impl From<SubmitError> for Problem {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::ModelNotFound => Problem::not_found().detail("no such model"),
+            SubmitError::ModelNotUsable(error) => Problem::from(error),
+            SubmitError::UnknownReferenceModel => {
+                Problem::invalid("unknown or inactive reference_model_id").with("field", "reference_model_id")
+            }
+            SubmitError::Invalid { field, reason } => Problem::invalid(format!("{field} {reason}")).with("field", field),
+            SubmitError::QueueFull { queued, max } => Problem::from(JobsError::QueueFull { queued, max }),
+            SubmitError::InsufficientCredits { available, requested } => {
+                Problem::from(TeamCreditsError::InsufficientCredits { available, requested })
+            }
+            SubmitError::PlanRunsNoJobs { plan } => Problem::from(TeamCreditsError::PlanDoesNotAllowJobs { plan }),
+            SubmitError::TeamNotFound => Problem::not_found().detail("no such team"),
+            SubmitError::Jobs(error) => Problem::from(error),
         }
     }
 }
@@ -280,7 +301,7 @@ async fn concurrency(State(state): State<AppState>, key: TeamKey) -> Result<Json
     )
     .map_err(|e| Problem::internal(&e))?;
     let (plan, limit, running, queued) = row.ok_or_else(|| Problem::not_found().detail("no such team"))?;
-    Ok(Json(Concurrency { plan, limit, running, queued, queue_depth_max: state.queue_depth_max }))
+    Ok(Json(Concurrency { plan, limit, running, queued, queue_depth_max: state.submit.queue_depth_max() }))
 }
 
 /// How often the event stream looks for new events when nothing woke it.

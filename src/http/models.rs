@@ -6,17 +6,16 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use domain::jobs::JobInput;
+use application::jobs::submit::{ModelCreationRequest, RefinementRequest};
 use domain::models::{CustomModel, ModelCommand};
-use domain::{ModelId, PriceRequest, TeamId};
+use domain::{ModelId, TeamId};
 use infrastructure::{db_fetch_all, db_fetch_optional};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 use super::auth::TeamKey;
 use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
-use super::generate::{accept_job, derive_ids, JobAccepted};
+use super::generate::{accepted_status, accepted_view, requester, JobAccepted};
 use super::jobs::{make_cursor, page_limit, paginate, parse_cursor};
 use super::problem::Problem;
 use crate::app::AppState;
@@ -139,38 +138,10 @@ async fn create(
     ApiJson(body): ApiJson<CreateModel>,
 ) -> Result<(StatusCode, Json<ModelJobAccepted>), Problem> {
     let key = key.writer()?;
-    let reference = db_fetch_optional!(
-        &state.db,
-        (i64,),
-        "SELECT complexity_factor_milli FROM reference_models WHERE id = $1 AND active = $2",
-        &body.reference_model_id,
-        true
-    )
-    .map_err(|e| Problem::internal(&e))?;
-    let (complexity_milli,) = reference.ok_or_else(|| Problem::invalid("unknown or inactive reference_model_id"))?;
-    let (job_id, model_uuid) = derive_ids(key.team_id, "model", idempotency.0.as_ref());
-    let model_id = ModelId::new(model_uuid.unwrap_or_else(Uuid::now_v7));
-    let actor = format!("key:{}", key.key_id);
-    let command = ModelCommand::RequestCreation {
-        model_id,
-        team_id: key.team_id,
-        name: body.name,
-        description: body.description.clone(),
-        reference_model_id: body.reference_model_id.clone(),
-        complexity_milli,
-        job_id,
-        now: state.jobs.now(),
-    };
-    // A repeat finds the model already requested: accepting the job returns the first one.
-    let model_change = match state.jobs.decide_model(model_id, command, &actor).await {
-        Ok(append) => Some(append),
-        Err(application::jobs::JobsError::Model(domain::models::ModelError::AlreadyExists)) => None,
-        Err(error) => return Err(error.into()),
-    };
-    let input = JobInput::ModelCreation { model_id, description: body.description, reference_model_id: body.reference_model_id };
-    let price = PriceRequest::ModelCreation { complexity_factor_milli: complexity_milli };
-    let accepted = accept_job(&state, key, job_id, input, &price, model_change).await?;
-    let model = load_model_view(&state, key.team_id, &model_id.to_string()).await?;
+    let request = ModelCreationRequest { name: body.name, description: body.description, reference_model_id: body.reference_model_id };
+    let submitted = state.submit.create_model(&requester(&key), idempotency.0.as_ref(), request).await?;
+    let accepted = accepted_view(&state, key.team_id, submitted.job_id, submitted.created).await?;
+    let model = load_model_view(&state, key.team_id, &submitted.model_id.to_string()).await?;
     Ok((StatusCode::ACCEPTED, Json(ModelJobAccepted { model, accepted })))
 }
 
@@ -238,23 +209,10 @@ async fn refine(
     ApiJson(body): ApiJson<RefineModel>,
 ) -> Result<(StatusCode, Json<JobAccepted>), Problem> {
     let key = key.writer()?;
-    let id = parse_model(&model_id)?;
-    let model = team_model(&state, key.team_id, id).await?;
-    let (job_id, _) = derive_ids(key.team_id, "refine", idempotency.0.as_ref());
-    if let Ok(existing) = state.jobs.job(job_id).await {
-        if existing.team_id == Some(key.team_id) {
-            return Ok((StatusCode::OK, Json(super::generate::accepted_view(&state, key.team_id, job_id, false).await?)));
-        }
-    }
-    let from_version = model.usable()?.version;
-    let iteration = model.refinements_requested + 1;
-    let actor = format!("key:{}", key.key_id);
-    let command = ModelCommand::RequestRefinement { job_id, prompt: body.prompt.clone(), now: state.jobs.now() };
-    let model_change = state.jobs.decide_model(id, command, &actor).await?;
-    let input = JobInput::ModelRefinement { model_id: id, prompt: body.prompt, iteration, from_version };
-    let price = PriceRequest::ModelRefinement { iteration_count: i64::from(iteration) };
-    let accepted = accept_job(&state, key, job_id, input, &price, Some(model_change)).await?;
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    let request = RefinementRequest { model_id, prompt: body.prompt };
+    let submitted = state.submit.refine_model(&requester(&key), idempotency.0.as_ref(), request).await?;
+    let accepted = accepted_view(&state, key.team_id, submitted.job_id, submitted.created).await?;
+    Ok((accepted_status(&accepted), Json(accepted)))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]

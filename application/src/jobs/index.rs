@@ -58,6 +58,10 @@ pub trait JobIndex: Send + Sync + 'static {
     /// A reference model's characteristics (JSON), for model creation requests.
     async fn reference_characteristics(&self, reference_model_id: &str) -> Result<Option<serde_json::Value>, EventStoreError>;
 
+    /// An active reference model's complexity factor (milli-units), for pricing model
+    /// creation; `None` for an unknown or inactive one.
+    async fn reference_complexity(&self, reference_model_id: &str) -> Result<Option<i64>, EventStoreError>;
+
     /// The job that a provider request belongs to.
     async fn job_of_request(&self, provider_request_id: &str) -> Result<Option<JobId>, EventStoreError>;
 }

@@ -5,6 +5,7 @@
 //! reservation ends exactly once, so a duplicate or racing ending changes nothing.
 
 pub mod index;
+pub mod submit;
 pub mod worker;
 
 use std::sync::Arc;

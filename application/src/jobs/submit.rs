@@ -1,0 +1,430 @@
+//! Submission use cases: the rules for spending credits on a job, whichever door the
+//! request came through (the REST API, the dashboard, a CLI). Each one prices the job
+//! from the current price configuration, checks the request (prompt, image count, the
+//! model's readiness, the reference model) and the team's queue depth, then accepts the
+//! job: `JobQueued`, the model's request and `CreditsReserved` in one append
+//! (`JobsService::submit`). Estimates run the same checks and spend nothing.
+//!
+//! Adapters parse their input, call one method and map `SubmitError` once: to
+//! problem+json for REST, to a message on the page for the web. No rule lives in them.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use domain::jobs::{JobInput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
+use domain::models::{ModelCommand, ModelError};
+use domain::pricing::PricingError;
+use domain::{IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, Quote, TeamCreditsError, TeamId};
+use uuid::Uuid;
+
+use super::index::JobIndex;
+use super::{JobsError, JobsService, NewJob};
+use crate::aggregate_store::CommandError;
+use crate::event_store::EventStoreError;
+
+/// Default image options when a request names none.
+pub const RESOLUTION_DEFAULT: &str = "1024x1024";
+pub const QUALITY_DEFAULT: &str = "standard";
+
+/// The price-configuration port: the newest version of `credit_pricing_config`.
+/// Implemented in `infrastructure::pricing`.
+#[async_trait]
+pub trait PriceList: Send + Sync + 'static {
+    async fn current(&self) -> Result<PricingConfig, EventStoreError>;
+}
+
+/// Why a submission (or its estimate) was refused. Every variant a user can cause is
+/// its own case, so each door maps it to its own words once.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("no such model")]
+    ModelNotFound,
+    /// The model exists but cannot take this job (training, failed, archived, or a
+    /// refinement already in progress).
+    #[error(transparent)]
+    ModelNotUsable(ModelError),
+    #[error("unknown or inactive reference model")]
+    UnknownReferenceModel,
+    /// A field outside its bounds (prompt length, image count, resolution, quality, …).
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("the team already has {queued} queued jobs (at most {max})")]
+    QueueFull { queued: i64, max: i64 },
+    #[error("{requested} credits requested, {available} available")]
+    InsufficientCredits { available: i64, requested: i64 },
+    #[error("the {plan} plan runs no jobs")]
+    PlanRunsNoJobs { plan: Plan },
+    #[error("no such team")]
+    TeamNotFound,
+    /// Anything else the engine refused or failed with (store unavailable, contention).
+    #[error(transparent)]
+    Jobs(JobsError),
+}
+
+impl From<JobsError> for SubmitError {
+    fn from(error: JobsError) -> Self {
+        match error {
+            JobsError::Credits(CommandError::Rejected(rejection)) => SubmitError::from(rejection),
+            JobsError::Model(ModelError::NotFound) => SubmitError::ModelNotFound,
+            JobsError::Model(ModelError::InvalidText { field, chars_max }) => {
+                SubmitError::Invalid { field, reason: format!("must be 1 to {chars_max} characters") }
+            }
+            JobsError::Model(rejection) => SubmitError::ModelNotUsable(rejection),
+            JobsError::QueueFull { queued, max } => SubmitError::QueueFull { queued, max },
+            other => SubmitError::Jobs(other),
+        }
+    }
+}
+
+impl From<TeamCreditsError> for SubmitError {
+    fn from(error: TeamCreditsError) -> Self {
+        match error {
+            TeamCreditsError::InsufficientCredits { available, requested } => SubmitError::InsufficientCredits { available, requested },
+            TeamCreditsError::PlanDoesNotAllowJobs { plan } => SubmitError::PlanRunsNoJobs { plan },
+            TeamCreditsError::TeamNotFound => SubmitError::TeamNotFound,
+            other => SubmitError::Jobs(JobsError::Credits(CommandError::Rejected(other))),
+        }
+    }
+}
+
+impl From<EventStoreError> for SubmitError {
+    fn from(error: EventStoreError) -> Self {
+        SubmitError::Jobs(JobsError::Store(error))
+    }
+}
+
+/// Who asks: the team, and the actor recorded in the events' metadata (`key:{id}`).
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub team: TeamId,
+    pub actor: String,
+}
+
+/// Images with a ready model. Options left out take their defaults.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationRequest {
+    pub model_id: String,
+    pub prompt: String,
+    pub resolution: Option<String>,
+    pub quality: Option<String>,
+    pub count: Option<u32>,
+}
+
+/// A new model from a description and a reference model of the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct ModelCreationRequest {
+    pub name: String,
+    pub description: String,
+    pub reference_model_id: String,
+}
+
+/// A new version of a ready model, from a prompt.
+#[derive(Debug, Clone, Default)]
+pub struct RefinementRequest {
+    pub model_id: String,
+    pub prompt: String,
+}
+
+/// What a job would cost and what the team can spend: nothing is recorded.
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    pub quote: Quote,
+    /// Spendable credits now.
+    pub available: i64,
+}
+
+impl Estimate {
+    pub fn affordable(&self) -> bool {
+        self.available >= self.quote.amount.get()
+    }
+}
+
+/// An accepted job (or, for a repeated idempotency key, the one accepted first).
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub job_id: JobId,
+    /// The model the job creates or refines, or generates with.
+    pub model_id: ModelId,
+    /// False when the request repeated an earlier one (same idempotency key).
+    pub created: bool,
+}
+
+/// Namespace of ids derived from a team's idempotency keys (UUIDv5). Unchanged since
+/// the rules lived in the HTTP layer: a retry after an upgrade names the same job.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b69_6c6e_6a6f_6273_2d69_6465_6d70_6f74);
+
+/// The job id and the id of a model it creates: derived from the idempotency key when
+/// there is one (so a retry names the same job and model), fresh otherwise.
+pub fn derive_ids(team: TeamId, scope: &str, key: Option<&IdempotencyKey>) -> (JobId, ModelId) {
+    match key {
+        Some(key) => {
+            let base = format!("{team}:{scope}:{}", key.as_str());
+            let job = Uuid::new_v5(&ID_NAMESPACE, format!("{base}:job").as_bytes());
+            let model = Uuid::new_v5(&ID_NAMESPACE, format!("{base}:model").as_bytes());
+            (JobId::new(job), ModelId::new(model))
+        }
+        None => (JobId::new(Uuid::now_v7()), ModelId::new(Uuid::now_v7())),
+    }
+}
+
+/// The submission use cases over the job engine and its read-side ports.
+#[derive(Clone)]
+pub struct SubmitService {
+    jobs: JobsService,
+    index: Arc<dyn JobIndex>,
+    prices: Arc<dyn PriceList>,
+    /// Queued jobs a team may have waiting; beyond it submissions are refused.
+    queue_depth_max: i64,
+}
+
+/// A checked job, priced, not yet accepted.
+struct Priced {
+    job_id: JobId,
+    model_id: ModelId,
+    input: JobInput,
+    quote: Quote,
+    model_change: Option<crate::event_store::StreamAppend>,
+}
+
+impl SubmitService {
+    pub fn new(jobs: JobsService, index: Arc<dyn JobIndex>, prices: Arc<dyn PriceList>, queue_depth_max: i64) -> Self {
+        Self { jobs, index, prices, queue_depth_max }
+    }
+
+    pub fn queue_depth_max(&self) -> i64 {
+        self.queue_depth_max
+    }
+
+    /// The current price configuration (shown before anything is spent).
+    pub async fn prices(&self) -> Result<PricingConfig, SubmitError> {
+        Ok(self.prices.current().await?)
+    }
+
+    async fn quote(&self, request: &PriceRequest) -> Result<Quote, SubmitError> {
+        let config = self.prices.current().await?;
+        config.quote(request).map_err(|e| SubmitError::Invalid { field: price_field(&e), reason: e.to_string() })
+    }
+
+    async fn estimate(&self, team: TeamId, quote: Quote) -> Result<Estimate, SubmitError> {
+        let credits = self.jobs.credits().state(team).await.map_err(|e| SubmitError::from(JobsError::Credits(e)))?;
+        if !credits.is_open() {
+            return Err(SubmitError::TeamNotFound);
+        }
+        Ok(Estimate { quote, available: credits.spendable_at(self.jobs.now()) })
+    }
+
+    /// The team's model, usable for a new job, or why not.
+    async fn usable_model(&self, team: TeamId, model_id: &str) -> Result<(ModelId, domain::models::CustomModel), SubmitError> {
+        let id: ModelId = model_id.trim().parse().map_err(|_| SubmitError::ModelNotFound)?;
+        let model = self.jobs.model(id).await?.aggregate;
+        if model.team_id != Some(team) {
+            // Another team's model: never reveal it.
+            return Err(SubmitError::ModelNotFound);
+        }
+        model.usable().map_err(|e| SubmitError::from(JobsError::Model(e)))?;
+        Ok((id, model))
+    }
+
+    fn generation_price(request: &GenerationRequest, complexity_milli: i64) -> Result<(PriceRequest, String), SubmitError> {
+        let count = request.count.unwrap_or(1);
+        if !(1..=IMAGES_PER_JOB_MAX).contains(&count) {
+            return Err(SubmitError::Invalid { field: "count", reason: format!("must be 1 to {IMAGES_PER_JOB_MAX}") });
+        }
+        let prompt = checked_prompt(&request.prompt)?;
+        let price = PriceRequest::ImageGeneration {
+            resolution: request.resolution.clone().unwrap_or_else(|| RESOLUTION_DEFAULT.into()),
+            quality: request.quality.clone().unwrap_or_else(|| QUALITY_DEFAULT.into()),
+            model_complexity_milli: complexity_milli,
+            count,
+        };
+        Ok((price, prompt))
+    }
+
+    /// What generating `request` would cost; nothing is spent.
+    pub async fn estimate_generation(&self, team: TeamId, request: &GenerationRequest) -> Result<Estimate, SubmitError> {
+        let (_, model) = self.usable_model(team, &request.model_id).await?;
+        let (price, _) = Self::generation_price(request, model.complexity_milli)?;
+        let quote = self.quote(&price).await?;
+        self.estimate(team, quote).await
+    }
+
+    /// Queues an image generation job with a ready model and reserves its price.
+    pub async fn submit_generation(
+        &self,
+        who: &Requester,
+        key: Option<&IdempotencyKey>,
+        request: GenerationRequest,
+    ) -> Result<Submitted, SubmitError> {
+        let (job_id, _) = derive_ids(who.team, "generate", key);
+        if let Some(repeat) = self.repeat(who.team, job_id).await? {
+            return Ok(repeat);
+        }
+        let (model_id, model) = self.usable_model(who.team, &request.model_id).await?;
+        let version = model.usable().map_err(|e| SubmitError::from(JobsError::Model(e)))?.version;
+        let (price, prompt) = Self::generation_price(&request, model.complexity_milli)?;
+        let quote = self.quote(&price).await?;
+        let PriceRequest::ImageGeneration { resolution, quality, count, .. } = price else {
+            unreachable!("generation_price builds an image generation price");
+        };
+        let input = JobInput::ImageGeneration { model_id, model_version: version, prompt, resolution, quality, count };
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change: None }).await
+    }
+
+    /// The active reference model's complexity factor (milli-units).
+    async fn reference_complexity(&self, reference_model_id: &str) -> Result<i64, SubmitError> {
+        self.index.reference_complexity(reference_model_id.trim()).await?.ok_or(SubmitError::UnknownReferenceModel)
+    }
+
+    /// What creating a model from `reference_model_id` would cost; nothing is spent.
+    pub async fn estimate_model_creation(&self, team: TeamId, reference_model_id: &str) -> Result<Estimate, SubmitError> {
+        let complexity_factor_milli = self.reference_complexity(reference_model_id).await?;
+        let quote = self.quote(&PriceRequest::ModelCreation { complexity_factor_milli }).await?;
+        self.estimate(team, quote).await
+    }
+
+    /// Creates a model: records its request, queues its creation job and reserves the
+    /// price, in one append.
+    pub async fn create_model(
+        &self,
+        who: &Requester,
+        key: Option<&IdempotencyKey>,
+        request: ModelCreationRequest,
+    ) -> Result<Submitted, SubmitError> {
+        let (job_id, derived_model) = derive_ids(who.team, "model", key);
+        if let Some(repeat) = self.repeat(who.team, job_id).await? {
+            return Ok(repeat);
+        }
+        let reference_model_id = request.reference_model_id.trim().to_string();
+        let complexity_milli = self.reference_complexity(&reference_model_id).await?;
+        let quote = self.quote(&PriceRequest::ModelCreation { complexity_factor_milli: complexity_milli }).await?;
+        let model_id = derived_model;
+        let command = ModelCommand::RequestCreation {
+            model_id,
+            team_id: who.team,
+            name: request.name,
+            description: request.description.clone(),
+            reference_model_id: reference_model_id.clone(),
+            complexity_milli,
+            job_id,
+            now: self.jobs.now(),
+        };
+        // A repeat that raced the first finds the model already requested: accepting the
+        // job then returns the first one.
+        let model_change = match self.jobs.decide_model(model_id, command, &who.actor).await {
+            Ok(append) => Some(append),
+            Err(JobsError::Model(ModelError::AlreadyExists)) => None,
+            Err(error) => return Err(error.into()),
+        };
+        let input = JobInput::ModelCreation { model_id, description: request.description, reference_model_id };
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change }).await
+    }
+
+    fn refinement_price(model: &domain::models::CustomModel) -> PriceRequest {
+        PriceRequest::ModelRefinement { iteration_count: i64::from(model.refinements_requested + 1) }
+    }
+
+    /// What refining the model would cost; nothing is spent.
+    pub async fn estimate_refinement(&self, team: TeamId, model_id: &str) -> Result<Estimate, SubmitError> {
+        let (_, model) = self.usable_model(team, model_id).await?;
+        let quote = self.quote(&Self::refinement_price(&model)).await?;
+        self.estimate(team, quote).await
+    }
+
+    /// Refines a ready model: records the request, queues the refinement job and
+    /// reserves the price, in one append.
+    pub async fn refine_model(
+        &self,
+        who: &Requester,
+        key: Option<&IdempotencyKey>,
+        request: RefinementRequest,
+    ) -> Result<Submitted, SubmitError> {
+        let (job_id, _) = derive_ids(who.team, "refine", key);
+        if let Some(repeat) = self.repeat(who.team, job_id).await? {
+            return Ok(repeat);
+        }
+        let (model_id, model) = self.usable_model(who.team, &request.model_id).await?;
+        let from_version = model.usable().map_err(|e| SubmitError::from(JobsError::Model(e)))?.version;
+        let iteration = model.refinements_requested + 1;
+        let quote = self.quote(&Self::refinement_price(&model)).await?;
+        let command = ModelCommand::RequestRefinement { job_id, prompt: request.prompt.clone(), now: self.jobs.now() };
+        let model_change = self.jobs.decide_model(model_id, command, &who.actor).await?;
+        let input = JobInput::ModelRefinement { model_id, prompt: request.prompt, iteration, from_version };
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change: Some(model_change) }).await
+    }
+
+    /// The job accepted earlier under this id, if it is the team's: a repeated request.
+    async fn repeat(&self, team: TeamId, job_id: JobId) -> Result<Option<Submitted>, SubmitError> {
+        match self.jobs.job(job_id).await {
+            Ok(job) if job.team_id == Some(team) => {
+                let model_id = job.input.as_ref().map(JobInput::model_id).ok_or(SubmitError::Jobs(JobsError::NotFound))?;
+                Ok(Some(Submitted { job_id, model_id, created: false }))
+            }
+            Ok(_) | Err(JobsError::NotFound) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Checks the queue depth and accepts the priced job (job, model request and
+    /// reservation in one append).
+    async fn accept(&self, who: &Requester, priced: Priced) -> Result<Submitted, SubmitError> {
+        let queued = self.index.queued_count(who.team).await?;
+        if queued >= self.queue_depth_max {
+            return Err(SubmitError::QueueFull { queued, max: self.queue_depth_max });
+        }
+        let Priced { job_id, model_id, input, quote, model_change } = priced;
+        let job = NewJob {
+            team: who.team,
+            job_id,
+            input,
+            cost: quote.amount,
+            price_version: quote.price_version,
+            model_change,
+        };
+        let accepted = self.jobs.submit(job, &who.actor).await?;
+        Ok(Submitted { job_id, model_id, created: accepted.created })
+    }
+}
+
+/// The request field a pricing refusal is about.
+fn price_field(error: &PricingError) -> &'static str {
+    match error {
+        PricingError::UnknownResolution(_) => "resolution",
+        PricingError::UnknownQuality(_) => "quality",
+        PricingError::ZeroCount => "count",
+        PricingError::Negative { field, .. } => field,
+        _ => "price",
+    }
+}
+
+/// A prompt trimmed and within its bounds.
+fn checked_prompt(prompt: &str) -> Result<String, SubmitError> {
+    let prompt = prompt.trim();
+    if prompt.is_empty() || prompt.chars().count() > PROMPT_CHARS_MAX {
+        return Err(SubmitError::Invalid { field: "prompt", reason: format!("must be 1 to {PROMPT_CHARS_MAX} characters") });
+    }
+    Ok(prompt.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_derive_from_the_key_and_differ_by_scope_and_team() {
+        let team = TeamId::new(Uuid::from_u128(1));
+        let other = TeamId::new(Uuid::from_u128(2));
+        let key = IdempotencyKey::parse("k-1").expect("valid key");
+        assert_eq!(derive_ids(team, "generate", Some(&key)), derive_ids(team, "generate", Some(&key)));
+        assert_ne!(derive_ids(team, "generate", Some(&key)).0, derive_ids(team, "refine", Some(&key)).0);
+        assert_ne!(derive_ids(team, "generate", Some(&key)).0, derive_ids(other, "generate", Some(&key)).0);
+        assert_ne!(derive_ids(team, "generate", None).0, derive_ids(team, "generate", None).0);
+    }
+
+    #[test]
+    fn prompts_are_trimmed_and_bounded() {
+        assert_eq!(checked_prompt("  a cat ").expect("valid"), "a cat");
+        assert!(matches!(checked_prompt("   "), Err(SubmitError::Invalid { field: "prompt", .. })));
+        assert!(checked_prompt(&"x".repeat(PROMPT_CHARS_MAX)).is_ok());
+        assert!(checked_prompt(&"x".repeat(PROMPT_CHARS_MAX + 1)).is_err());
+    }
+}
