@@ -92,7 +92,7 @@ impl AppState {
             None => Arc::new(LocalProvider::new(LocalProviderConfig::from(&settings.provider)).with_artifacts(objects.clone())),
         };
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
-        let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, settings.jobs.queue_depth_max);
+        let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, provider.clone(), settings.jobs.queue_depth_max);
         let mut state = Self {
             db,
             store,

@@ -68,6 +68,10 @@ impl From<SubmitError> for Problem {
             }
             SubmitError::PlanRunsNoJobs { plan } => Problem::from(TeamCreditsError::PlanDoesNotAllowJobs { plan }),
             SubmitError::TeamNotFound => Problem::not_found().detail("no such team"),
+            SubmitError::JobNotFound => Problem::not_found().detail("no such job"),
+            SubmitError::JobAlreadyEnded(_) => {
+                Problem::new(StatusCode::CONFLICT, "job-already-finished", "Job already finished").detail(error.to_string())
+            }
             SubmitError::Jobs(error) => Problem::from(error),
         }
     }
@@ -268,12 +272,7 @@ async fn get_one(State(state): State<AppState>, key: TeamKey, Path(job_id): Path
 async fn cancel(State(state): State<AppState>, key: TeamKey, Path(job_id): Path<String>) -> Result<Json<JobView>, Problem> {
     let key = key.writer()?;
     let id = parse_job_id(&job_id)?;
-    let (before, _) = state.jobs.cancel(key.team_id, id, "cancelled by the team", &format!("key:{}", key.key_id)).await?;
-    if let Some(request_id) = before.provider_request_id.as_deref() {
-        if let Err(error) = state.provider.cancel(request_id).await {
-            tracing::warn!(%job_id, %error, "provider cancel failed; the result will be discarded when it arrives");
-        }
-    }
+    state.submit.cancel(&super::generate::requester(&key), id).await?;
     Ok(Json(load_job_view(&state, key.team_id, &job_id).await?))
 }
 

@@ -215,10 +215,11 @@ async fn cancel_refunds_queued_and_running_jobs_and_discards_late_results() {
         assert_eq!(response.status(), 200);
         assert_eq!(body(response).await["status"], "cancelled");
     }
-    // Cancelling again is idempotent: still cancelled, nothing refunded twice.
+    // Cancelling again is refused with 409 (the job has ended): nothing refunded twice.
     let again = app.as_key(&key, Method::DELETE, &format!("/api/jobs/{running}")).send().await.expect("cancel");
-    assert_eq!(again.status(), 200);
-    assert_eq!(body(again).await["status"], "cancelled");
+    assert_eq!(again.status(), 409);
+    assert_eq!(body(again).await["type"], "/problems/job-already-finished");
+    assert_eq!(get(&app, &key, &format!("/api/jobs/{running}")).await.1["status"], "cancelled");
     // The running job's result arrives after the cancel and is discarded.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     assert_eq!(get(&app, &key, &format!("/api/jobs/{running}")).await.1["status"], "cancelled");

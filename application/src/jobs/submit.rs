@@ -1,5 +1,5 @@
-//! Submission use cases: the rules for spending credits on a job, whichever door the
-//! request came through (the REST API, the dashboard, a CLI). Each one prices the job
+//! Submission use cases: the rules for spending credits on a job (and for calling one
+//! off), whichever door the request came through (the REST API, the dashboard, a CLI). Each one prices the job
 //! from the current price configuration, checks the request (prompt, image count, the
 //! model's readiness, the reference model) and the team's queue depth, then accepts the
 //! job: `JobQueued`, the model's request and `CreditsReserved` in one append
@@ -11,14 +11,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::jobs::{JobInput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
+use domain::jobs::{GenerationJob, JobError, JobInput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
 use domain::models::{ModelCommand, ModelError};
 use domain::pricing::PricingError;
 use domain::{IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, Quote, TeamCreditsError, TeamId};
 use uuid::Uuid;
 
 use super::index::JobIndex;
-use super::{JobsError, JobsService, NewJob};
+use super::{Ending, JobsError, JobsService, NewJob};
+use crate::provider::Provider;
 use crate::aggregate_store::CommandError;
 use crate::event_store::EventStoreError;
 
@@ -56,6 +57,11 @@ pub enum SubmitError {
     PlanRunsNoJobs { plan: Plan },
     #[error("no such team")]
     TeamNotFound,
+    #[error("no such job")]
+    JobNotFound,
+    /// Cancelling a job that has already ended (completed, failed or cancelled).
+    #[error("the job has already ended ({0})")]
+    JobAlreadyEnded(&'static str),
     /// Anything else the engine refused or failed with (store unavailable, contention).
     #[error(transparent)]
     Jobs(JobsError),
@@ -71,6 +77,8 @@ impl From<JobsError> for SubmitError {
             }
             JobsError::Model(rejection) => SubmitError::ModelNotUsable(rejection),
             JobsError::QueueFull { queued, max } => SubmitError::QueueFull { queued, max },
+            JobsError::NotFound | JobsError::Job(JobError::NotFound) => SubmitError::JobNotFound,
+            JobsError::Job(JobError::AlreadyFinished(status)) => SubmitError::JobAlreadyEnded(status),
             other => SubmitError::Jobs(other),
         }
     }
@@ -173,6 +181,8 @@ pub struct SubmitService {
     jobs: JobsService,
     index: Arc<dyn JobIndex>,
     prices: Arc<dyn PriceList>,
+    /// Told to stop a cancelled job's request.
+    provider: Arc<dyn Provider>,
     /// Queued jobs a team may have waiting; beyond it submissions are refused.
     queue_depth_max: i64,
 }
@@ -187,8 +197,32 @@ struct Priced {
 }
 
 impl SubmitService {
-    pub fn new(jobs: JobsService, index: Arc<dyn JobIndex>, prices: Arc<dyn PriceList>, queue_depth_max: i64) -> Self {
-        Self { jobs, index, prices, queue_depth_max }
+    pub fn new(
+        jobs: JobsService,
+        index: Arc<dyn JobIndex>,
+        prices: Arc<dyn PriceList>,
+        provider: Arc<dyn Provider>,
+        queue_depth_max: i64,
+    ) -> Self {
+        Self { jobs, index, prices, provider, queue_depth_max }
+    }
+
+    /// Cancels one of the team's jobs in any state that has not ended, refunds its
+    /// reservation (one append), and asks the provider to stop a request it holds.
+    /// A job that has already ended (cancelled included) is `JobAlreadyEnded`.
+    pub async fn cancel(&self, who: &Requester, job_id: JobId) -> Result<GenerationJob, SubmitError> {
+        let (before, ending) = self.jobs.cancel(who.team, job_id, "cancelled by the team", &who.actor).await?;
+        if ending == Ending::AlreadyDone {
+            let status = before.status.map(|s| s.as_str()).unwrap_or("cancelled");
+            return Err(SubmitError::JobAlreadyEnded(status));
+        }
+        if let Some(request_id) = before.provider_request_id.as_deref() {
+            // The refund is recorded: a result that still arrives is discarded.
+            if let Err(error) = self.provider.cancel(request_id).await {
+                tracing::warn!(%job_id, %error, "provider cancel failed; the result will be discarded when it arrives");
+            }
+        }
+        Ok(before)
     }
 
     pub fn queue_depth_max(&self) -> i64 {

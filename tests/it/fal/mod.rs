@@ -367,7 +367,8 @@ async fn cancel_reaches_fal_in_queue_and_in_progress_and_refunds_once() {
         assert_eq!(deliver(&app, &fake, &request_id).await["outcome"], "already_final");
         assert_eq!(events_total(&app).await, total, "{stage:?}");
         let (status, again) = call(&app, &key, Method::DELETE, &format!("/api/jobs/{generation}"), None).await;
-        assert_eq!(status, 200, "cancelling again is harmless: {again}");
+        // Cancelling again is refused (the job has ended) and changes nothing.
+        assert_eq!((status, again["type"].as_str()), (409, Some("/problems/job-already-finished")), "{again}");
         let (_, images) = call(&app, &key, Method::GET, &format!("/api/generate/{generation}/images"), None).await;
         assert_eq!(images["images"].as_array().map(Vec::len), Some(0));
     }
