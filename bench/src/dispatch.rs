@@ -323,7 +323,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
         _ => String::new(),
     };
 
-    let check = check(&counter, args.jobs as i64, teams.len() as i64).await?;
+    let check = crate::dispatch_check::check(&counter, args.jobs as i64, teams.len() as i64).await?;
     Ok(Measurement {
         system: format!("Kiln {}", env!("CARGO_PKG_VERSION")),
         jobs: args.jobs,
@@ -380,28 +380,4 @@ async fn generation_jobs(state: &AppState, teams: &[TeamId], models: &[ModelId],
             NewJob { team: *team, job_id: JobId::new(Uuid::now_v7()), input: input.clone(), cost: quote.amount, price_version: quote.price_version, model_change: None }
         })
         .collect())
-}
-
-/// Every job completed once, and every reservation (the set-up's model jobs too) was
-/// deducted once: a fast dispatcher that loses or doubles money proves nothing.
-async fn check(counter: &sqlx::PgPool, jobs: i64, teams: i64) -> anyhow::Result<String> {
-    let (completed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = 'image_generation' AND status = 'completed'").fetch_one(counter).await?;
-    let count = |event: &'static str| async move {
-        let (total, distinct): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COUNT(DISTINCT CASE WHEN aggregate_type = 'GenerationJob' THEN aggregate_id ELSE payload->>'reservation_id' END) FROM events WHERE event_type = $1",
-        )
-        .bind(event)
-        .fetch_one(counter)
-        .await?;
-        anyhow::Ok((total, distinct))
-    };
-    let (reserved, _) = count("CreditsReserved").await?;
-    let (deducted, deducted_distinct) = count("CreditsDeducted").await?;
-    let (dispatched, dispatched_distinct) = count("JobDispatched").await?;
-    let (refunded, _) = count("CreditsRefunded").await?;
-    let all = jobs + teams;
-    anyhow::ensure!(completed == jobs, "{completed} of {jobs} jobs completed");
-    anyhow::ensure!(reserved == all && deducted == all && deducted_distinct == all && refunded == 0, "credits: {reserved} reserved, {deducted} deducted ({deducted_distinct} distinct), {refunded} refunded; expected {all} each, no refunds");
-    anyhow::ensure!(dispatched == all && dispatched_distinct == all, "{dispatched} claims for {all} jobs ({dispatched_distinct} distinct)");
-    Ok(format!("check: {completed} completed, {deducted} reservations deducted once each (incl. {teams} set-up model jobs), one claim per job"))
 }

@@ -14,6 +14,7 @@ mod baseline;
 mod cpu;
 mod credits;
 mod dispatch;
+mod dispatch_check;
 mod jobs;
 mod kiln;
 mod load;

@@ -4,7 +4,7 @@
 use application::event_store::EventStoreError;
 use std::sync::Arc;
 
-use application::jobs::index::{ActiveJob, DispatchTurn, JobIndex};
+use application::jobs::index::{ActiveJob, JobIndex, PickHold, Picked};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{JobId, TeamId};
@@ -25,28 +25,36 @@ impl SqlJobIndex {
     }
 }
 
-/// The advisory lock key of the dispatch turn (any fixed number; advisory locks are
-/// per database).
-const DISPATCH_TURN_LOCK: i64 = 0x6b69_6c6e_6469_7370; // "klndisp"
+/// The first half of the advisory lock key of a picked team (the second half is
+/// `hashtext(team_id)`; two teams with the same hash share a lock, which only makes one
+/// wait for the other's claim). Any fixed number: advisory locks are per database.
+const PICK_LOCK_CLASS: i32 = 0x6b6c_6e64; // "klnd"
 
-/// A PostgreSQL dispatch turn: a transaction holding the transaction-level advisory
-/// lock. It wrote nothing and has no transaction id, so it holds back no log reader.
-/// Dropped unreleased, sqlx rolls it back when the connection returns to the pool.
-struct PgTurn(sqlx::Transaction<'static, sqlx::Postgres>);
+/// Teams looked at per pick beyond the `limit` asked: room for the teams that other
+/// pickers hold at that moment (each holds at most the slots it asked for).
+const PICK_SPARE_TEAMS: i64 = 64;
+
+/// A PostgreSQL pick's hold: the transaction that holds the picked teams'
+/// transaction-level advisory locks. It writes nothing and has no transaction id, so it
+/// holds back no log reader. Dropped unreleased, sqlx rolls it back when the
+/// connection returns to the pool.
+struct PgHold(sqlx::Transaction<'static, sqlx::Postgres>);
 
 #[async_trait]
-impl DispatchTurn for PgTurn {
+impl PickHold for PgHold {
     async fn release(self: Box<Self>) {
         if let Err(error) = self.0.commit().await {
-            tracing::warn!(%error, "ending the dispatch turn failed");
+            tracing::warn!(%error, "releasing picked teams failed");
         }
     }
 }
 
-struct LocalTurn(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
+/// SQLite's hold: one process's pickers take turns (the database serializes writers
+/// anyway).
+struct LocalHold(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>);
 
 #[async_trait]
-impl DispatchTurn for LocalTurn {
+impl PickHold for LocalHold {
     async fn release(self: Box<Self>) {}
 }
 
@@ -70,15 +78,48 @@ fn parse_active(rows: Vec<ActiveRow>) -> Vec<ActiveJob> {
 
 #[async_trait]
 impl JobIndex for SqlJobIndex {
-    async fn dispatch_turn(&self) -> Result<Box<dyn DispatchTurn>, EventStoreError> {
-        match &self.db {
-            Database::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(unavailable)?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(DISPATCH_TURN_LOCK).execute(&mut *tx).await.map_err(unavailable)?;
-                Ok(Box::new(PgTurn(tx)))
-            }
-            Database::Sqlite { .. } => Ok(Box::new(LocalTurn(self.local_turn.clone().lock_owned().await))),
-        }
+    async fn pick(&self, now: DateTime<Utc>, limit: i64) -> Result<Picked, EventStoreError> {
+        let Database::Postgres(pool) = &self.db else {
+            let hold = LocalHold(self.local_turn.clone().lock_owned().await);
+            let jobs = self.dispatchable(now, limit).await?;
+            return Ok(Picked { jobs, hold: Box::new(hold) });
+        };
+        // `dispatchable`'s walk (see there), with one step more: of the ready teams in
+        // the walk's order, the first `limit` whose advisory lock this transaction gets
+        // without waiting. A row lock (`FOR UPDATE SKIP LOCKED`) would serve, but the
+        // claim's append updates these `team_dispatch` rows from another transaction,
+        // which would wait for this one. The walk is materialized first and locked
+        // in its order under a `LIMIT`, so locks are tried only until `limit` teams are
+        // held (a sort above the lock would try every candidate).
+        let mut tx = pool.begin().await.map_err(unavailable)?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "WITH walk AS MATERIALIZED ( \
+                SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at FROM team_dispatch d \
+                CROSS JOIN LATERAL ( \
+                    SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
+                ) ready_job \
+                WHERE d.queued > 0 AND d.running < d.running_limit \
+                ORDER BY d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2 + $3 \
+             ), ready AS MATERIALIZED ( \
+                SELECT w.team_id, w.free, w.last_dispatched_at FROM walk w \
+                WHERE pg_try_advisory_xact_lock($4, hashtext(w.team_id)) LIMIT $2 \
+             ) \
+             SELECT c.job_id, r.team_id FROM ready r CROSS JOIN LATERAL ( \
+                SELECT q.job_id, q.queued_at, ROW_NUMBER() OVER (ORDER BY q.queued_at, q.job_id) AS rank FROM ( \
+                    SELECT j.job_id, j.queued_at FROM jobs j \
+                    WHERE j.team_id = r.team_id AND j.status = 'queued' AND j.not_before <= $1 \
+                    ORDER BY j.queued_at, j.job_id LIMIT LEAST(r.free, $2)) q \
+             ) c \
+             ORDER BY c.rank, r.last_dispatched_at NULLS FIRST, c.queued_at, r.team_id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .bind(PICK_SPARE_TEAMS)
+        .bind(PICK_LOCK_CLASS)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        Ok(Picked { jobs: parse_pairs(rows), hold: Box::new(PgHold(tx)) })
     }
 
     async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError> {

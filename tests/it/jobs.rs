@@ -22,18 +22,18 @@ async fn post(app: &TestApp, key: &str, path: &str, json_body: Value) -> (u16, V
     (status, body(response).await)
 }
 
-async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
+pub(crate) async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
     let response = app.as_key(key, Method::GET, path).send().await.expect("request");
     let status = response.status().as_u16();
     (status, body(response).await)
 }
 
-async fn available(app: &TestApp, key: &str) -> i64 {
+pub(crate) async fn available(app: &TestApp, key: &str) -> i64 {
     get(app, key, "/api/credits/balance").await.1["available"].as_i64().expect("available")
 }
 
 /// Waits (bounded) until the job reaches a final status; returns its view.
-async fn wait_final(app: &TestApp, key: &str, job_id: &str) -> Value {
+pub(crate) async fn wait_final(app: &TestApp, key: &str, job_id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (_, job) = get(app, key, &format!("/api/jobs/{job_id}")).await;
@@ -46,7 +46,7 @@ async fn wait_final(app: &TestApp, key: &str, job_id: &str) -> Value {
 }
 
 /// A team with a plan, credits and a member key; the catalog seeded.
-async fn team(app: &TestApp, plan: &str, credits: i64) -> (String, String) {
+pub(crate) async fn team(app: &TestApp, plan: &str, credits: i64) -> (String, String) {
     let team = app.create_team(&format!("{plan} team"), plan).await;
     let key = app.issue_key(&team, "member").await;
     if credits > 0 {
@@ -159,14 +159,14 @@ async fn sqlite_create_refine_generate_fetch() {
     end_to_end(TestApp::spawn(TestDb::sqlite().await).await).await;
 }
 
-async fn ready_model(app: &TestApp, key: &str) -> String {
+pub(crate) async fn ready_model(app: &TestApp, key: &str) -> String {
     let (reference, _) = first_reference(app, key).await;
     let (model_id, job_id) = create_model(app, key, &reference).await;
     assert_eq!(wait_final(app, key, &job_id).await["status"], "completed");
     model_id
 }
 
-async fn generate(app: &TestApp, key: &str, model_id: &str, prompt: &str) -> (u16, Value) {
+pub(crate) async fn generate(app: &TestApp, key: &str, model_id: &str, prompt: &str) -> (u16, Value) {
     post(app, key, "/api/generate", json!({"model_id": model_id, "prompt": prompt, "resolution": "512x512"})).await
 }
 
@@ -230,7 +230,7 @@ async fn cancel_refunds_queued_and_running_jobs_and_discards_late_results() {
 }
 
 /// Counts, from the event log, the most jobs each team ever had active at once.
-async fn max_active_per_team(app: &TestApp) -> std::collections::HashMap<String, i64> {
+pub(crate) async fn max_active_per_team(app: &TestApp) -> std::collections::HashMap<String, i64> {
     use application::event_store::{EventStore, LogPosition};
     let mut team_of: std::collections::HashMap<String, String> = Default::default();
     let mut active: std::collections::HashMap<String, i64> = Default::default();
@@ -407,7 +407,7 @@ async fn subscription_expiry_finishes_running_refunds_queued_and_refuses_new() {
 }
 
 /// A `kiln worker` process on the test's database and storage.
-fn worker_process(app: &TestApp, latency_ms: u64) -> std::process::Child {
+pub(crate) fn worker_process(app: &TestApp, latency_ms: u64) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("worker")
         .env("KILN_DATABASE__URL", &app.settings.database.url)
@@ -425,7 +425,7 @@ fn worker_process(app: &TestApp, latency_ms: u64) -> std::process::Child {
         .expect("start kiln worker")
 }
 
-async fn statuses(app: &TestApp, key: &str, ids: &[String]) -> Vec<String> {
+pub(crate) async fn statuses(app: &TestApp, key: &str, ids: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for id in ids {
         out.push(get(app, key, &format!("/api/jobs/{id}")).await.1["status"].as_str().expect("status").to_string());

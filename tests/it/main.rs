@@ -9,6 +9,7 @@ mod audit;
 mod catalog;
 mod event_store;
 mod jobs;
+mod jobs_dispatch;
 mod rebuild;
 mod rebuild_bench;
 mod credits;

@@ -17,19 +17,28 @@ pub struct ActiveJob {
     pub provider_request_id: Option<String>,
 }
 
-/// A worker's turn to pick and claim jobs, held until released (or dropped, which
-/// also ends it, a little later).
+/// What [`JobIndex::pick`] holds for its caller until released (or dropped, which also
+/// ends it, a little later): other pickers skip the picked teams meanwhile.
 #[async_trait]
-pub trait DispatchTurn: Send {
+pub trait PickHold: Send {
     async fn release(self: Box<Self>);
+}
+
+/// Jobs picked for one claim, and the hold on their teams.
+pub struct Picked {
+    pub jobs: Vec<(JobId, TeamId)>,
+    pub hold: Box<dyn PickHold>,
 }
 
 #[async_trait]
 pub trait JobIndex: Send + Sync + 'static {
-    /// Waits for this caller's dispatch turn: workers of every process pick and claim
-    /// one at a time, so they do not pick the same jobs. Only a courtesy that saves
-    /// colliding claims; plan limits and single claims hold without it.
-    async fn dispatch_turn(&self) -> Result<Box<dyn DispatchTurn>, EventStoreError>;
+    /// Up to `limit` jobs to claim, in the order of [`JobIndex::dispatchable`], from teams
+    /// that no other picker holds; their teams stay held until the caller releases the
+    /// hold, after its claim committed. Pickers of every process run at once on
+    /// disjoint teams, so they rarely pick the same jobs. Only a courtesy that saves
+    /// colliding claims: plan limits and single claims hold without it (the claim's
+    /// append checks both).
+    async fn pick(&self, now: DateTime<Utc>, limit: i64) -> Result<Picked, EventStoreError>;
 
     /// Up to `limit` queued jobs that may start now, fair across teams: every team's
     /// oldest job before any team's second, teams served least recently first, and only

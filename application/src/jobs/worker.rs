@@ -138,10 +138,16 @@ impl Worker {
             // nothing to do until a job ends. Either way wait for a slot to be let go, a
             // stop, or the poll interval (for jobs submitted or released elsewhere).
             if started == 0 || started < asked || self.permits.available_permits() == 0 {
-                tokio::select! {
-                    _ = stop.changed() => {}
-                    _ = self.slot_freed.notified() => {}
-                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                let freed = tokio::select! {
+                    _ = stop.changed() => false,
+                    _ = self.slot_freed.notified() => true,
+                    _ = tokio::time::sleep(self.config.poll_interval) => false,
+                };
+                if freed {
+                    // Endings committed together are answered together: let their jobs
+                    // give back their slots before claiming, so they are claimed again
+                    // in one batch rather than one claim each.
+                    tokio::task::yield_now().await;
                 }
             }
             if *stop.borrow() {
@@ -155,25 +161,23 @@ impl Worker {
     /// Claims as many dispatchable jobs as there are free permits (at most
     /// [`CLAIM_BATCH_MAX`]), in one append, and starts them. Returns how many started.
     ///
-    /// Picking and claiming happen during this worker's dispatch turn, which workers of
-    /// every process take one at a time: two workers never pick the same jobs, so a
-    /// claim rarely collides (if one does, the append's checks still decide).
+    /// The picked jobs' teams are held from the pick until the claim committed, so
+    /// workers of every process pick and claim at once, on different teams: a claim
+    /// rarely collides (if one does, the append's checks still decide).
     pub async fn dispatch_once(&self) -> Result<usize, JobsError> {
         let free = self.permits.available_permits().min(CLAIM_BATCH_MAX);
         if free == 0 {
             return Ok(0);
         }
         let Ok(permits) = self.permits.clone().try_acquire_many_owned(free as u32) else { return Ok(0) };
-        let turn = self.index.dispatch_turn().await?;
-        let claimed = match self.index.dispatchable(self.now(), free as i64).await {
-            Ok(candidates) if candidates.is_empty() => Ok(Vec::new()),
-            Ok(candidates) => {
-                let ids: Vec<JobId> = candidates.into_iter().map(|(job_id, _)| job_id).collect();
-                self.jobs.dispatch_many(&ids, self.provider.name(), &self.config.worker_id).await
-            }
-            Err(error) => Err(error.into()),
+        let picked = self.index.pick(self.now(), free as i64).await?;
+        let claimed = if picked.jobs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let ids: Vec<JobId> = picked.jobs.iter().map(|(job_id, _)| *job_id).collect();
+            self.jobs.dispatch_many(&ids, self.provider.name(), &self.config.worker_id).await
         };
-        turn.release().await;
+        picked.hold.release().await;
         let claimed = claimed?;
         let started = claimed.len();
         self.prefetch_artifact_keys(&claimed).await;

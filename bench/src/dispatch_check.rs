@@ -1,0 +1,86 @@
+//! The checks of a `kiln-bench dispatch` run, from the event log: a fast dispatcher that
+//! loses or doubles money, claims a job twice, or serves some teams ahead of others
+//! proves nothing.
+
+use std::collections::HashMap;
+
+/// How far behind the dispatch policy a team may fall, in jobs (see [`fairness`]).
+const FAIRNESS_SLACK_JOBS: i64 = 2;
+
+/// Every job completed once, every reservation (the set-up's model jobs too) deducted
+/// once, one claim per job, and the dispatch order fair; with how many transactions the
+/// claims and the completions took.
+pub async fn check(counter: &sqlx::PgPool, jobs: i64, teams: i64) -> anyhow::Result<String> {
+    let (completed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE kind = 'image_generation' AND status = 'completed'").fetch_one(counter).await?;
+    let count = |event: &'static str| async move {
+        let (total, distinct, transactions): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(DISTINCT CASE WHEN aggregate_type = 'GenerationJob' THEN aggregate_id ELSE payload->>'reservation_id' END), \
+             COUNT(DISTINCT transaction_id) FROM events WHERE event_type = $1",
+        )
+        .bind(event)
+        .fetch_one(counter)
+        .await?;
+        anyhow::Ok((total, distinct, transactions))
+    };
+    let (reserved, _, _) = count("CreditsReserved").await?;
+    let (deducted, deducted_distinct, _) = count("CreditsDeducted").await?;
+    let (dispatched, dispatched_distinct, claim_transactions) = count("JobDispatched").await?;
+    let (_, _, completion_transactions) = count("JobCompleted").await?;
+    let (refunded, _, _) = count("CreditsRefunded").await?;
+    let all = jobs + teams;
+    anyhow::ensure!(completed == jobs, "{completed} of {jobs} jobs completed");
+    anyhow::ensure!(reserved == all && deducted == all && deducted_distinct == all && refunded == 0, "credits: {reserved} reserved, {deducted} deducted ({deducted_distinct} distinct), {refunded} refunded; expected {all} each, no refunds");
+    anyhow::ensure!(dispatched == all && dispatched_distinct == all, "{dispatched} claims for {all} jobs ({dispatched_distinct} distinct)");
+    let behind = fairness(counter).await?;
+    anyhow::ensure!(
+        behind <= FAIRNESS_SLACK_JOBS,
+        "unfair dispatch: a team with a ready job and a free slot fell {behind} jobs behind another team's service (at most {FAIRNESS_SLACK_JOBS})"
+    );
+    Ok(format!(
+        "check: {completed} completed, {deducted} reservations deducted once each (incl. {teams} set-up model jobs), one claim per job, \
+         fair (no ready team more than {behind} jobs behind; at most {FAIRNESS_SLACK_JOBS}); \
+         claims in {claim_transactions} transactions, completions in {completion_transactions} (set-up included)"
+    ))
+}
+
+/// The dispatch policy is "every team's oldest ready job before any team's second" among
+/// teams with a free slot. Replaying the measured jobs' claims and completions in log
+/// order (transaction, then position): when a team is dispatched its k-th job, every
+/// other team that still has jobs queued and a free slot should have been dispatched at
+/// least k − 1. Returns the largest shortfall seen. Some is expected and allowed
+/// ([`FAIRNESS_SLACK_JOBS`]): pickers claim in parallel on disjoint teams, and
+/// transaction ids order claims by start, not by commit.
+async fn fairness(counter: &sqlx::PgPool) -> anyhow::Result<i64> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT j.team_id, e.event_type, d.running_limit FROM events e \
+         JOIN jobs j ON j.job_id = e.aggregate_id JOIN team_dispatch d ON d.team_id = j.team_id \
+         WHERE e.aggregate_type = 'GenerationJob' AND e.event_type IN ('JobQueued', 'JobDispatched', 'JobCompleted') \
+         AND j.kind = 'image_generation' ORDER BY e.transaction_id, e.position",
+    )
+    .fetch_all(counter)
+    .await?;
+    // Per team: (queued, running, dispatched so far, limit).
+    let mut teams: HashMap<&str, (i64, i64, i64, i64)> = HashMap::new();
+    let mut behind_max = 0;
+    for (team, event, limit) in &rows {
+        let entry = teams.entry(team.as_str()).or_insert((0, 0, 0, *limit));
+        match event.as_str() {
+            "JobQueued" => entry.0 += 1,
+            "JobCompleted" => entry.1 -= 1,
+            _ => {
+                entry.0 -= 1;
+                entry.1 += 1;
+                entry.2 += 1;
+                let kth = entry.2;
+                let behind = teams
+                    .iter()
+                    .filter(|(other, (queued, running, _, limit))| *other != team && *queued > 0 && running < limit)
+                    .map(|(_, (_, _, served, _))| kth - 1 - served)
+                    .max()
+                    .unwrap_or(0);
+                behind_max = behind_max.max(behind);
+            }
+        }
+    }
+    Ok(behind_max)
+}
