@@ -62,15 +62,27 @@ async fn team_view(state: &AppState, team: TeamId) -> Result<BalanceView, Proble
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTeam {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// free | basic | pro | enterprise (default free)
+    /// The plan (default free).
+    #[schema(schema_with = plan_schema)]
     pub plan: Option<String>,
 }
 
+fn plan_schema() -> utoipa::openapi::schema::Object {
+    super::openapi::one_of(["free", "basic", "pro", "enterprise"])
+}
+
+fn role_schema() -> utoipa::openapi::schema::Object {
+    super::openapi::one_of(["member", "auditor", "admin"])
+}
+
 /// Opens a team. With an `Idempotency-Key`, repeating the request returns the same team.
-#[utoipa::path(post, path = "/api/admin/teams", tag = "admin", request_body = CreateTeam,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry return the same team")),
-    responses((status = 201, body = BalanceView), (status = 422, description = "invalid name or plan")),
+#[utoipa::path(post, path = "/api/admin/teams", tag = "admin", operation_id = "createTeam",
+    request_body(content = CreateTeam, example = json!({"name": "Acme Studio", "plan": "pro"})),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "makes a retry return the same team")),
+    responses((status = 201, body = BalanceView), (status = 409, description = "The team exists (`/problems/team-exists`)"),
+        (status = 422, description = "Invalid name or plan (`/problems/invalid-request`)")),
     security(("operator_key" = [])))]
 async fn create_team(
     State(state): State<AppState>,
@@ -85,8 +97,8 @@ async fn create_team(
     Ok((StatusCode::CREATED, Json(team_view(&state, team_id).await?)))
 }
 
-#[utoipa::path(get, path = "/api/admin/teams/{team_id}", tag = "admin",
-    responses((status = 200, body = BalanceView), (status = 404)), security(("operator_key" = [])))]
+#[utoipa::path(get, path = "/api/admin/teams/{team_id}", tag = "admin", operation_id = "getTeam", params(("team_id" = uuid::Uuid, Path, description = "The team's id")),
+    responses((status = 200, body = BalanceView)), security(("operator_key" = [])))]
 async fn get_team(State(state): State<AppState>, _: Operator, Path(team): Path<String>) -> Result<Json<BalanceView>, Problem> {
     Ok(Json(team_view(&state, parse_team(&team)?).await?))
 }
@@ -94,12 +106,15 @@ async fn get_team(State(state): State<AppState>, _: Operator, Path(team): Path<S
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePlan {
+    #[schema(schema_with = plan_schema)]
     pub plan: String,
 }
 
 /// Changes a team's plan, effective now.
-#[utoipa::path(put, path = "/api/admin/teams/{team_id}/plan", tag = "admin", request_body = ChangePlan,
-    responses((status = 200, body = BalanceView), (status = 404)), security(("operator_key" = [])))]
+#[utoipa::path(put, path = "/api/admin/teams/{team_id}/plan", tag = "admin", operation_id = "changeTeamPlan",
+    request_body(content = ChangePlan, example = json!({"plan": "basic"})),
+    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "makes a retry a no-op")),
+    responses((status = 200, body = BalanceView)), security(("operator_key" = [])))]
 async fn change_plan(
     State(state): State<AppState>,
     _: Operator,
@@ -122,9 +137,11 @@ async fn change_plan(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssueKey {
-    /// member | auditor | admin
+    /// What the key may do: `member` reads and spends, `auditor` only reads, `admin` also manages the team's keys.
+    #[schema(schema_with = role_schema)]
     pub role: String,
     /// A label for humans.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
@@ -177,8 +194,9 @@ async fn revoke_for(state: &AppState, team_id: TeamId, key_id: &str, actor: &str
 }
 
 /// Issues an API key for a team. The key is in the response, once.
-#[utoipa::path(post, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin", request_body = IssueKey,
-    responses((status = 201, body = IssuedKeyView), (status = 404)), security(("operator_key" = [])))]
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin", operation_id = "issueTeamApiKey",
+    request_body(content = IssueKey, example = json!({"role": "member", "name": "render pipeline"})), params(("team_id" = uuid::Uuid, Path, description = "The team's id")),
+    responses((status = 201, body = IssuedKeyView)), security(("operator_key" = [])))]
 async fn issue_key(
     State(state): State<AppState>,
     _: Operator,
@@ -188,15 +206,15 @@ async fn issue_key(
     Ok((StatusCode::CREATED, Json(issue_for(&state, parse_team(&team)?, body, "operator").await?)))
 }
 
-#[utoipa::path(get, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin",
+#[utoipa::path(get, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin", operation_id = "listTeamApiKeys", params(("team_id" = uuid::Uuid, Path, description = "The team's id")),
     responses((status = 200, body = Vec<KeyView>)), security(("operator_key" = [])))]
 async fn list_keys(State(state): State<AppState>, _: Operator, Path(team): Path<String>) -> Result<Json<Vec<KeyView>>, Problem> {
     Ok(Json(keys_of(&state, parse_team(&team)?).await?))
 }
 
 /// Revokes a key; it stops working at once.
-#[utoipa::path(delete, path = "/api/admin/teams/{team_id}/api-keys/{key_id}", tag = "admin",
-    responses((status = 204), (status = 404)), security(("operator_key" = [])))]
+#[utoipa::path(delete, path = "/api/admin/teams/{team_id}/api-keys/{key_id}", tag = "admin", operation_id = "revokeTeamApiKey",
+    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("key_id" = uuid::Uuid, Path, description = "The key's id (`key_id`, not the key itself)")), responses((status = 204, description = "Revoked")), security(("operator_key" = [])))]
 async fn revoke_key(
     State(state): State<AppState>,
     _: Operator,
@@ -206,8 +224,10 @@ async fn revoke_key(
 }
 
 /// Issues a key for the caller's own team (admin keys only).
-#[utoipa::path(post, path = "/api/keys", tag = "keys", request_body = IssueKey,
-    responses((status = 201, body = IssuedKeyView), (status = 403)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/api/keys", tag = "keys", operation_id = "createApiKey",
+    request_body(content = IssueKey, example = json!({"role": "auditor", "name": "finance dashboard"})),
+    responses((status = 201, body = IssuedKeyView), (status = 403, description = "Not an admin key of the team (`/problems/forbidden`)")),
+    security(("api_key" = [])))]
 async fn issue_own_key(
     State(state): State<AppState>,
     key: TeamKey,
@@ -218,12 +238,16 @@ async fn issue_own_key(
     Ok((StatusCode::CREATED, Json(issue_for(&state, key.team_id, body, &actor).await?)))
 }
 
-#[utoipa::path(get, path = "/api/keys", tag = "keys", responses((status = 200, body = Vec<KeyView>)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/keys", tag = "keys", operation_id = "listApiKeys",
+    responses((status = 200, body = Vec<KeyView>), (status = 403, description = "Not an admin key of the team (`/problems/forbidden`)")),
+    security(("api_key" = [])))]
 async fn list_own_keys(State(state): State<AppState>, key: TeamKey) -> Result<Json<Vec<KeyView>>, Problem> {
     Ok(Json(keys_of(&state, key.admin()?.team_id).await?))
 }
 
-#[utoipa::path(delete, path = "/api/keys/{key_id}", tag = "keys", responses((status = 204), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/api/keys/{key_id}", tag = "keys", operation_id = "revokeApiKey", params(("key_id" = uuid::Uuid, Path, description = "The key's id (`key_id`, not the key itself)")),
+    responses((status = 204, description = "Revoked"), (status = 403, description = "Not an admin key of the team (`/problems/forbidden`)")),
+    security(("api_key" = [])))]
 async fn revoke_own_key(State(state): State<AppState>, key: TeamKey, Path(key_id): Path<String>) -> Result<StatusCode, Problem> {
     let key = key.admin()?;
     revoke_for(&state, key.team_id, &key_id, &format!("key:{}", key.key_id)).await
@@ -233,17 +257,27 @@ async fn revoke_own_key(State(state): State<AppState>, key: TeamKey, Path(key_id
 #[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// Whole credits, > 0.
+    #[schema(minimum = 1)]
     pub amount: i64,
-    /// When the unspent part expires (RFC 3339); never if absent.
+    /// When the unspent part expires (RFC 3339, in the future); never if absent.
     pub expires_at: Option<DateTime<Utc>>,
-    /// admin (default) | plan
+    /// Where the credits come from (default admin; Stripe grants come from Stripe).
+    #[schema(schema_with = source_schema)]
     pub source: Option<String>,
 }
 
+fn source_schema() -> utoipa::openapi::schema::Object {
+    super::openapi::one_of(["admin", "plan"])
+}
+
 /// Grants credits. Requires an `Idempotency-Key`: a retry grants nothing more.
-#[utoipa::path(post, path = "/api/admin/teams/{team_id}/grants", tag = "admin", request_body = GrantRequest,
-    params(("Idempotency-Key" = String, Header, description = "required")),
-    responses((status = 200, body = BalanceView), (status = 422), (status = 409, description = "key reused for another grant")),
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/grants", tag = "admin", operation_id = "grantCredits",
+    request_body(content = GrantRequest, example = json!({"amount": 500, "expires_at": "2030-01-01T00:00:00Z", "source": "admin"})),
+    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "required: a retry grants nothing more")),
+    responses((status = 200, body = BalanceView),
+        (status = 400, description = "No `Idempotency-Key` (`/problems/idempotency-key-required`), or the body is not JSON (`/problems/malformed-json`)"),
+        (status = 409, description = "The key was used for another grant (`/problems/idempotency-conflict`)"),
+        (status = 422, description = "Not a positive amount (`/problems/invalid-amount`), an expiry in the past, or an invalid body (`/problems/invalid-request`)")),
     security(("operator_key" = [])))]
 async fn grant(
     State(state): State<AppState>,
@@ -278,13 +312,19 @@ async fn grant(
 pub struct AdjustRequest {
     /// Signed whole credits, not 0. Negative takes credits away (never below 0 available).
     pub amount: i64,
+    #[schema(min_length = 1, max_length = 1000)]
     pub reason: String,
 }
 
 /// Adjusts a balance by a signed amount, with a reason. Requires an `Idempotency-Key`.
-#[utoipa::path(post, path = "/api/admin/teams/{team_id}/adjustments", tag = "admin", request_body = AdjustRequest,
-    params(("Idempotency-Key" = String, Header, description = "required")),
-    responses((status = 200, body = BalanceView), (status = 402), (status = 422)),
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/adjustments", tag = "admin", operation_id = "adjustCredits",
+    request_body(content = AdjustRequest, example = json!({"amount": 25, "reason": "goodwill for a failed batch"})),
+    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "required: a retry adjusts nothing more")),
+    responses((status = 200, body = BalanceView),
+        (status = 400, description = "No `Idempotency-Key` (`/problems/idempotency-key-required`), or the body is not JSON (`/problems/malformed-json`)"),
+        (status = 402, description = "A negative amount larger than the available credits (`/problems/insufficient-credits`)"),
+        (status = 409, description = "The key was used for another request (`/problems/idempotency-conflict`)"),
+        (status = 422, description = "Amount 0 (`/problems/invalid-amount`), or an invalid reason or body (`/problems/invalid-request`)")),
     security(("operator_key" = [])))]
 async fn adjust(
     State(state): State<AppState>,
@@ -318,9 +358,9 @@ pub struct SubscriptionExpired {
 
 /// Ends a team's subscription now: the plan becomes free, running jobs finish and are
 /// charged, queued jobs are cancelled and refunded, new submissions are refused.
-#[utoipa::path(post, path = "/api/admin/teams/{team_id}/subscription-expiry", tag = "admin",
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes a retry a no-op")),
-    responses((status = 200, body = SubscriptionExpired), (status = 404)), security(("operator_key" = [])))]
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/subscription-expiry", tag = "admin", operation_id = "expireSubscription",
+    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "makes a retry a no-op")),
+    responses((status = 200, body = SubscriptionExpired)), security(("operator_key" = [])))]
 async fn expire_subscription(
     State(state): State<AppState>,
     _: Operator,

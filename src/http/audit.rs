@@ -21,6 +21,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LedgerQuery {
     /// Fold only the events that occurred at or before this instant (RFC 3339; default: all).
     pub as_of: Option<DateTime<Utc>>,
@@ -75,9 +76,9 @@ fn problem(error: AuditError) -> Problem {
 }
 
 /// Replays the caller's team ledger from its events, optionally as of an instant.
-#[utoipa::path(get, path = "/api/audit/ledger", tag = "audit", params(LedgerQuery),
-    responses((status = 200, body = AuditLedgerView), (status = 401, description = "missing or invalid API key"),
-        (status = 422, description = "as_of is not an RFC 3339 instant")),
+#[utoipa::path(get, path = "/api/audit/ledger", tag = "audit", operation_id = "getAuditLedger", params(LedgerQuery),
+    responses((status = 200, body = AuditLedgerView),
+        (status = 422, description = "`as_of` is not an RFC 3339 instant (`/problems/invalid-request`)")),
     security(("api_key" = [])))]
 async fn ledger(
     State(state): State<AppState>,
@@ -101,8 +102,8 @@ async fn ledger(
 }
 
 /// Checks every ledger invariant and the hash chain of the caller's team.
-#[utoipa::path(get, path = "/api/audit/verify", tag = "audit",
-    responses((status = 200, body = AuditVerifyView), (status = 401, description = "missing or invalid API key")),
+#[utoipa::path(get, path = "/api/audit/verify", tag = "audit", operation_id = "verifyAuditLedger",
+    responses((status = 200, body = AuditVerifyView)),
     security(("api_key" = [])))]
 async fn verify(State(state): State<AppState>, key: TeamKey) -> Result<Json<AuditVerifyView>, Problem> {
     let team_id = key.team_id.to_string();

@@ -25,15 +25,27 @@ pub fn routes() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CatalogQuery {
-    /// fashion | fitness | beauty | lifestyle | business
+    /// Only models of this category.
+    #[param(schema_with = category_schema)]
     pub category: Option<String>,
     /// `popularity` (the default): most popular first.
+    #[param(schema_with = sort_schema)]
     pub sort: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+fn category_schema() -> utoipa::openapi::schema::Object {
+    super::openapi::one_of(Category::ALL.map(|c| c.as_str()))
+}
+
+fn sort_schema() -> utoipa::openapi::schema::Object {
+    super::openapi::one_of(["popularity"])
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -88,9 +100,9 @@ fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, P
 }
 
 /// Active reference models, most popular first, optionally of one category.
-#[utoipa::path(get, path = "/api/reference-models", tag = "catalog", params(CatalogQuery),
-    responses((status = 200, body = ReferenceModelPage), (status = 401, description = "missing or invalid API key"),
-        (status = 422, description = "bad category, sort, limit or cursor")),
+#[utoipa::path(get, path = "/api/reference-models", tag = "catalog", operation_id = "listReferenceModels", params(CatalogQuery),
+    responses((status = 200, body = ReferenceModelPage),
+        (status = 422, description = "A bad category, sort, limit or cursor (`/problems/invalid-request`)")),
     security(("api_key" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -115,9 +127,9 @@ async fn list(
 }
 
 /// One active reference model.
-#[utoipa::path(get, path = "/api/reference-models/{id}", tag = "catalog",
+#[utoipa::path(get, path = "/api/reference-models/{id}", tag = "catalog", operation_id = "getReferenceModel",
     params(("id" = String, Path, description = "reference model id, e.g. fashion-editorial-01")),
-    responses((status = 200, body = ReferenceModelView), (status = 404, description = "unknown or inactive")),
+    responses((status = 200, body = ReferenceModelView), (status = 404, description = "Unknown or inactive (`/problems/not-found`)")),
     security(("api_key" = [])))]
 async fn get_one(State(state): State<AppState>, _key: TeamKey, Path(id): Path<String>) -> Result<Json<ReferenceModelView>, Problem> {
     let model = catalog::get(&state.db, &id)

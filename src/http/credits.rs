@@ -104,12 +104,15 @@ pub async fn load_balance(state: &AppState, team: TeamId) -> Result<Option<Balan
 }
 
 /// The caller's balance: available, reserved, per-grant remaining.
-#[utoipa::path(get, path = "/api/credits/balance", tag = "credits",
-    responses((status = 200, body = BalanceView), (status = 401, description = "missing or invalid API key")),
-    security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/credits/balance", tag = "billing", operation_id = "getCreditBalance",
+    responses((status = 200, body = BalanceView)), security(("api_key" = [])))]
 async fn balance(State(state): State<AppState>, key: TeamKey) -> Result<Json<BalanceView>, Problem> {
     let view = load_balance(&state, key.team_id).await?.ok_or_else(|| Problem::not_found().detail("no such team"))?;
     Ok(Json(view))
+}
+
+fn entry_type_schema() -> utoipa::openapi::schema::Object {
+    super::openapi::one_of(ENTRY_TYPES.iter().copied())
 }
 
 pub const ENTRY_TYPES: &[&str] = &["granted", "reserved", "deducted", "refunded", "adjusted", "expired"];
@@ -117,16 +120,18 @@ pub const PAGE_LIMIT_DEFAULT: u32 = 50;
 pub const PAGE_LIMIT_MAX: u32 = 200;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Entries at or after this instant (RFC 3339).
     pub from: Option<DateTime<Utc>>,
     /// Entries before this instant (RFC 3339).
     pub to: Option<DateTime<Utc>>,
-    /// granted | reserved | deducted | refunded | adjusted | expired
+    /// Only entries of this type.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", schema_with = entry_type_schema)]
     pub entry_type: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -158,8 +163,8 @@ pub struct LedgerPage {
 }
 
 /// The caller's credit history, newest first, with the running balance.
-#[utoipa::path(get, path = "/api/credits/history", tag = "credits", params(HistoryQuery),
-    responses((status = 200, body = LedgerPage), (status = 422, description = "bad filter")),
+#[utoipa::path(get, path = "/api/credits/history", tag = "billing", operation_id = "listCreditHistory", params(HistoryQuery),
+    responses((status = 200, body = LedgerPage), (status = 422, description = "Bad filter, limit or cursor (`/problems/invalid-request`)")),
     security(("api_key" = [])))]
 async fn history(
     State(state): State<AppState>,
@@ -210,7 +215,7 @@ pub struct PricingView {
 }
 
 /// The current price configuration and how costs are computed from it.
-#[utoipa::path(get, path = "/api/credits/pricing", tag = "credits",
+#[utoipa::path(get, path = "/api/credits/pricing", tag = "billing", operation_id = "getPricing",
     responses((status = 200, body = PricingView)), security(("api_key" = [])))]
 async fn pricing(State(state): State<AppState>, _key: TeamKey) -> Result<Json<PricingView>, Problem> {
     let config = state.submit.prices().await?;

@@ -90,8 +90,10 @@ fn refused(error: &VerifyError) -> Problem {
 
 /// fal.ai's webhook. Verifies `X-Fal-Webhook-Signature` (ED25519 over request id, user
 /// id, timestamp and the body's SHA-256, keys from fal's JWKS) before anything else.
-#[utoipa::path(post, path = "/api/webhooks/fal", tag = "webhooks",
-    request_body(content = String, description = "fal's delivery `{request_id, status: OK|ERROR, payload, error}`, exactly as signed", content_type = "application/json"),
+#[utoipa::path(post, path = "/api/webhooks/fal", tag = "webhooks", operation_id = "receiveFalWebhook",
+    request_body(content = Object, description = "fal's delivery `{request_id, status: OK|ERROR, payload, error}`, exactly as signed", content_type = "application/json",
+        example = json!({"request_id": "764cabcf-b745-4b3e-ae38-1200304cf45b", "gateway_request_id": "764cabcf-b745-4b3e-ae38-1200304cf45b",
+            "status": "OK", "payload": {"images": [{"url": "https://v3.fal.media/files/example.png", "content_type": "image/png"}]}})),
     params(
         ("X-Fal-Webhook-Request-Id" = String, Header, description = "fal's request id"),
         ("X-Fal-Webhook-User-Id" = String, Header, description = "fal's user id"),

@@ -56,13 +56,19 @@ pub fn accepted_status(accepted: &JobAccepted) -> StatusCode {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
+    /// A ready custom model of the team.
+    #[schema(format = Uuid)]
     pub model_id: String,
+    #[schema(min_length = 1, max_length = 4000)]
     pub prompt: String,
-    /// 512x512 | 768x768 | 1024x1024 (default 1024x1024)
+    /// The image size (default 1024x1024; the price list names the ones it prices).
+    #[schema(example = "1024x1024")]
     pub resolution: Option<String>,
-    /// standard | hd (default standard)
+    /// The quality (default standard; the price list names the ones it prices).
+    #[schema(example = "standard")]
     pub quality: Option<String>,
-    /// 1 to 8 (default 1)
+    /// Images to generate, 1 to 8 (default 1).
+    #[schema(minimum = 1, maximum = 8)]
     pub count: Option<u32>,
 }
 
@@ -73,11 +79,22 @@ impl From<GenerateRequest> for GenerationRequest {
 }
 
 /// Generates images with a ready model: queues a generation job and reserves its price.
-#[utoipa::path(post, path = "/api/generate", tag = "generation", request_body = GenerateRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry returns the same job")),
-    responses((status = 202, body = JobAccepted), (status = 402, description = "insufficient credits"),
-        (status = 403, description = "plan runs no jobs"), (status = 409, description = "model not ready"),
-        (status = 422), (status = 429, description = "queue full")),
+#[utoipa::path(post, path = "/api/generate", tag = "generation", operation_id = "createGenerationJob",
+    request_body(content = GenerateRequest, example = json!({
+        "model_id": "01932c4e-8f3a-7b6e-9a41-2f5d8c7e1b09",
+        "prompt": "A model in a camel coat on a rainy street, evening light",
+        "resolution": "1024x1024",
+        "quality": "hd",
+        "count": 2
+    })),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "a retry returns the same job")),
+    responses((status = 202, body = JobAccepted), (status = 200, body = JobAccepted, description = "A repeat of an earlier request (same Idempotency-Key): its job"),
+        (status = 402, description = "Not enough credits (`/problems/insufficient-credits`)"),
+        (status = 403, description = "A read-only key (`/problems/forbidden`), or a plan that runs no jobs (`/problems/plan-does-not-allow-jobs`)"),
+        (status = 404, description = "No such model (`/problems/not-found`)"),
+        (status = 409, description = "The model is not ready or archived (`/problems/model-not-ready`, `/problems/model-archived`), or the Idempotency-Key names another request"),
+        (status = 422, description = "An invalid prompt, count, resolution or quality (`/problems/invalid-request`)"),
+        (status = 429, description = "Too many queued jobs (`/problems/queue-full`)")),
     security(("api_key" = [])))]
 async fn submit(
     State(state): State<AppState>,
@@ -104,8 +121,18 @@ pub struct Estimate {
 }
 
 /// The cost of a generation request, in credits; nothing is spent or recorded.
-#[utoipa::path(post, path = "/api/generate/estimate", tag = "generation", request_body = GenerateRequest,
-    responses((status = 200, body = Estimate), (status = 404), (status = 422)), security(("api_key" = [])))]
+#[utoipa::path(post, path = "/api/generate/estimate", tag = "generation", operation_id = "estimateGeneration",
+    request_body(content = GenerateRequest, example = json!({
+        "model_id": "01932c4e-8f3a-7b6e-9a41-2f5d8c7e1b09",
+        "prompt": "A model in a camel coat on a rainy street, evening light",
+        "resolution": "1024x1024",
+        "quality": "standard",
+        "count": 4
+    })),
+    responses((status = 200, body = Estimate), (status = 404, description = "No such model (`/problems/not-found`)"),
+        (status = 409, description = "The model is not ready or archived (`/problems/model-not-ready`, `/problems/model-archived`)"),
+        (status = 422, description = "An invalid prompt, count, resolution or quality (`/problems/invalid-request`)")),
+    security(("api_key" = [])))]
 async fn estimate(State(state): State<AppState>, key: TeamKey, ApiJson(body): ApiJson<GenerateRequest>) -> Result<Json<Estimate>, Problem> {
     let estimate = state.submit.estimate_generation(key.team_id, &body.into()).await?;
     Ok(Json(Estimate::from(estimate)))
@@ -125,8 +152,8 @@ impl From<application::jobs::submit::Estimate> for Estimate {
 }
 
 /// A generation job's status.
-#[utoipa::path(get, path = "/api/generate/{job_id}", tag = "generation",
-    responses((status = 200, body = JobView), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/generate/{job_id}", tag = "generation", operation_id = "getGenerationJob", params(("job_id" = uuid::Uuid, Path, description = "The job's id")),
+    responses((status = 200, body = JobView)), security(("api_key" = [])))]
 async fn status(State(state): State<AppState>, key: TeamKey, Path(job_id): Path<String>) -> Result<Json<JobView>, Problem> {
     Ok(Json(load_job_view(&state, key.team_id, &job_id).await?))
 }
@@ -159,8 +186,8 @@ pub fn sign(state: &AppState, key: &str) -> Result<String, Problem> {
 }
 
 /// A generation job's images as presigned URLs. 410 once the images have expired.
-#[utoipa::path(get, path = "/api/generate/{job_id}/images", tag = "generation",
-    responses((status = 200, body = GeneratedImages), (status = 404), (status = 410, description = "images expired")),
+#[utoipa::path(get, path = "/api/generate/{job_id}/images", tag = "generation", operation_id = "getGenerationImages", params(("job_id" = uuid::Uuid, Path, description = "The job's id")),
+    responses((status = 200, body = GeneratedImages), (status = 410, description = "The images have expired (`/problems/images-expired`)")),
     security(("api_key" = [])))]
 async fn images(State(state): State<AppState>, key: TeamKey, Path(job_id): Path<String>) -> Result<Json<GeneratedImages>, Problem> {
     let id = parse_job_id(&job_id)?;

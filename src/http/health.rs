@@ -13,10 +13,17 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
 }
 
+/// The process is up (nothing else is checked).
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "checkHealth",
+    responses((status = 200, body = Object, example = json!({"status": "ok"}))))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The database answers and every migration is applied.
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "checkReadiness",
+    responses((status = 200, body = Object, example = json!({"status": "ready", "database": "postgres"})),
+        (status = 503, description = "Not ready: the database does not answer or misses migrations (`/problems/not-ready`)")))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     state.db.readiness().await.map_err(|error| {
         let detail = error_chain(&error);

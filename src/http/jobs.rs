@@ -142,14 +142,28 @@ pub fn parse_job_id(text: &str) -> Result<JobId, Problem> {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
-    /// queued | dispatched | running | completed | failed | cancelled
+    /// Only jobs in this status.
+    #[param(schema_with = status_schema)]
     pub status: Option<String>,
-    /// model_creation | model_refinement | image_generation
+    /// Only jobs of this kind.
+    #[param(schema_with = kind_schema)]
     pub kind: Option<String>,
-    /// 1 to 200 (default 50)
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+fn status_schema() -> utoipa::openapi::schema::Object {
+    use domain::jobs::JobStatus::*;
+    super::openapi::one_of([Queued, Dispatched, Running, Completed, Failed, Cancelled].map(|s| s.as_str()))
+}
+
+fn kind_schema() -> utoipa::openapi::schema::Object {
+    super::openapi::one_of(domain::Operation::ALL.map(|o| o.as_str()))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -196,8 +210,8 @@ pub fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> Stri
 }
 
 /// The team's jobs, newest first, filtered by status and kind.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(JobsQuery),
-    responses((status = 200, body = JobPage), (status = 422)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "listJobs", params(JobsQuery),
+    responses((status = 200, body = JobPage)), security(("api_key" = [])))]
 async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<JobsQuery>) -> Result<Json<JobPage>, Problem> {
     if let Some(status) = &query.status {
         domain::jobs::JobStatus::parse(status).ok_or_else(|| Problem::invalid("unknown status"))?;
@@ -251,8 +265,8 @@ pub struct JobDetail {
 }
 
 /// One job with its cost and its events.
-#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
-    responses((status = 200, body = JobDetail), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs", operation_id = "getJob", params(("job_id" = uuid::Uuid, Path, description = "The job's id")),
+    responses((status = 200, body = JobDetail)), security(("api_key" = [])))]
 async fn get_one(State(state): State<AppState>, key: TeamKey, Path(job_id): Path<String>) -> Result<Json<JobDetail>, Problem> {
     let job = load_job_view(&state, key.team_id, &job_id).await?;
     let stored = state.store.load_stream("GenerationJob", &job.job_id, 0).await.map_err(|e| Problem::internal(&e))?;
@@ -266,8 +280,9 @@ async fn get_one(State(state): State<AppState>, key: TeamKey, Path(job_id): Path
 
 /// Cancels a job in any non-final state; its credits are refunded. A running job is
 /// cancelled at the provider too.
-#[utoipa::path(delete, path = "/api/jobs/{job_id}", tag = "jobs",
-    responses((status = 200, body = JobView), (status = 404), (status = 409, description = "already finished")),
+#[utoipa::path(delete, path = "/api/jobs/{job_id}", tag = "jobs", operation_id = "cancelJob", params(("job_id" = uuid::Uuid, Path, description = "The job's id")),
+    responses((status = 200, body = JobView), (status = 403, description = "A read-only key (`/problems/forbidden`)"),
+        (status = 409, description = "The job has already ended (`/problems/job-already-finished`)")),
     security(("api_key" = [])))]
 async fn cancel(State(state): State<AppState>, key: TeamKey, Path(job_id): Path<String>) -> Result<Json<JobView>, Problem> {
     let key = key.writer()?;
@@ -288,7 +303,8 @@ pub struct Concurrency {
 }
 
 /// Running, queued and the plan's limit for the caller's team.
-#[utoipa::path(get, path = "/api/jobs/concurrency", tag = "jobs", responses((status = 200, body = Concurrency)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/jobs/concurrency", tag = "jobs", operation_id = "getJobConcurrency",
+    responses((status = 200, body = Concurrency)), security(("api_key" = [])))]
 async fn concurrency(State(state): State<AppState>, key: TeamKey) -> Result<Json<Concurrency>, Problem> {
     let row = db_fetch_optional!(
         &state.db,
@@ -309,8 +325,8 @@ const EVENTS_POLL: Duration = Duration::from_millis(500);
 /// Server-sent events of the job's progress: every recorded event (`event:` is its type,
 /// `id:` its sequence), from the start or after `Last-Event-ID`; the stream ends after
 /// the job's final event.
-#[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "jobs",
-    responses((status = 200, description = "text/event-stream of job events"), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "jobs", operation_id = "streamJobEvents", params(("job_id" = uuid::Uuid, Path, description = "The job's id")),
+    responses((status = 200, description = "text/event-stream of job events", content_type = "text/event-stream")), security(("api_key" = [])))]
 async fn events(
     State(state): State<AppState>,
     key: TeamKey,

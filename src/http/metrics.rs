@@ -21,6 +21,10 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Projection positions and lag, the event log's head, teams and jobs, in Prometheus'
+/// text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "getMetrics",
+    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
     let statuses = projections::catalog::status(&state.store).await.map_err(|e| Problem::internal(&e))?;
     let mut out = String::new();

@@ -69,10 +69,14 @@ pub async fn team_model(state: &AppState, team: TeamId, model_id: ModelId) -> Re
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ModelsQuery {
     /// Include archived models (default false).
     pub archived: Option<bool>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -83,7 +87,7 @@ pub struct ModelPage {
 }
 
 /// The team's custom models, newest first.
-#[utoipa::path(get, path = "/api/models", tag = "models", params(ModelsQuery),
+#[utoipa::path(get, path = "/api/models", tag = "models", operation_id = "listModels", params(ModelsQuery),
     responses((status = 200, body = ModelPage)), security(("api_key" = [])))]
 async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<ModelsQuery>) -> Result<Json<ModelPage>, Problem> {
     let limit = page_limit(query.limit)?;
@@ -112,8 +116,10 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateModel {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// The model to create, in words.
+    #[schema(min_length = 1, max_length = 4000)]
     pub description: String,
     /// A reference model of the catalog (`GET /api/reference-models`).
     pub reference_model_id: String,
@@ -127,9 +133,19 @@ pub struct ModelJobAccepted {
 }
 
 /// Creates a model: queues its creation job and reserves its price.
-#[utoipa::path(post, path = "/api/models", tag = "models", request_body = CreateModel,
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry returns the same model and job")),
-    responses((status = 202, body = ModelJobAccepted), (status = 402), (status = 403), (status = 422), (status = 429)),
+#[utoipa::path(post, path = "/api/models", tag = "models", operation_id = "createModel",
+    request_body(content = CreateModel, example = json!({
+        "name": "Autumn editorial",
+        "description": "A confident editorial look: tailored wool coats, warm window light, muted earth tones",
+        "reference_model_id": "fashion-editorial-01"
+    })),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "a retry returns the same model and job")),
+    responses((status = 202, body = ModelJobAccepted),
+        (status = 402, description = "Not enough credits for the creation (`/problems/insufficient-credits`)"),
+        (status = 403, description = "A read-only key (`/problems/forbidden`), or a plan that runs no jobs (`/problems/plan-does-not-allow-jobs`)"),
+        (status = 409, description = "The Idempotency-Key names another request (`/problems/idempotency-conflict`)"),
+        (status = 422, description = "Unknown reference model, or an invalid name or description (`/problems/invalid-request`)"),
+        (status = 429, description = "Too many queued jobs (`/problems/queue-full`)")),
     security(("api_key" = [])))]
 async fn create(
     State(state): State<AppState>,
@@ -146,8 +162,8 @@ async fn create(
 }
 
 /// One model: status and current version.
-#[utoipa::path(get, path = "/api/models/{model_id}", tag = "models",
-    responses((status = 200, body = ModelView), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/models/{model_id}", tag = "models", operation_id = "getModel", params(("model_id" = uuid::Uuid, Path, description = "The custom model's id")),
+    responses((status = 200, body = ModelView)), security(("api_key" = [])))]
 async fn get_one(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<Json<ModelView>, Problem> {
     Ok(Json(load_model_view(&state, key.team_id, &model_id).await?))
 }
@@ -155,13 +171,20 @@ async fn get_one(State(state): State<AppState>, key: TeamKey, Path(model_id): Pa
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateModel {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
+    #[schema(min_length = 1, max_length = 4000)]
     pub description: Option<String>,
 }
 
 /// Renames a model or edits its description.
-#[utoipa::path(patch, path = "/api/models/{model_id}", tag = "models", request_body = UpdateModel,
-    responses((status = 200, body = ModelView), (status = 404), (status = 409), (status = 422)), security(("api_key" = [])))]
+#[utoipa::path(patch, path = "/api/models/{model_id}", tag = "models", operation_id = "updateModel", params(("model_id" = uuid::Uuid, Path, description = "The custom model's id")),
+    request_body(content = UpdateModel, example = json!({"name": "Autumn editorial, v2"})),
+    responses((status = 200, body = ModelView),
+        (status = 403, description = "A read-only key (`/problems/forbidden`)"),
+        (status = 409, description = "The model is archived or in another state (`/problems/model-archived`, `/problems/model-state`)"),
+        (status = 422, description = "An invalid name or description (`/problems/invalid-request`)")),
+    security(("api_key" = [])))]
 async fn update(
     State(state): State<AppState>,
     key: TeamKey,
@@ -178,8 +201,10 @@ async fn update(
 }
 
 /// Archives a model: it keeps its history but can no longer be refined or used.
-#[utoipa::path(delete, path = "/api/models/{model_id}", tag = "models",
-    responses((status = 204), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(delete, path = "/api/models/{model_id}", tag = "models", operation_id = "archiveModel", params(("model_id" = uuid::Uuid, Path, description = "The custom model's id")),
+    responses((status = 204, description = "Archived"), (status = 403, description = "A read-only key (`/problems/forbidden`)"),
+        (status = 409, description = "Already archived, or in another state (`/problems/model-archived`, `/problems/model-state`)")),
+    security(("api_key" = [])))]
 async fn archive(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<StatusCode, Problem> {
     let key = key.writer()?;
     let id = parse_model(&model_id)?;
@@ -193,13 +218,19 @@ async fn archive(State(state): State<AppState>, key: TeamKey, Path(model_id): Pa
 #[serde(deny_unknown_fields)]
 pub struct RefineModel {
     /// What to change, in words.
+    #[schema(min_length = 1, max_length = 4000)]
     pub prompt: String,
 }
 
 /// Refines a ready model: queues a refinement job and reserves its price.
-#[utoipa::path(post, path = "/api/models/{model_id}/refine", tag = "models", request_body = RefineModel,
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry returns the same job")),
-    responses((status = 202, body = JobAccepted), (status = 402), (status = 404), (status = 409), (status = 429)),
+#[utoipa::path(post, path = "/api/models/{model_id}/refine", tag = "models", operation_id = "refineModel",
+    request_body(content = RefineModel, example = json!({"prompt": "Softer light, a little more grain"})),
+    params(("model_id" = uuid::Uuid, Path, description = "The custom model's id"), ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "a retry returns the same job")),
+    responses((status = 202, body = JobAccepted), (status = 200, body = JobAccepted, description = "A repeat of an earlier request (same Idempotency-Key): its job"),
+        (status = 402, description = "Not enough credits for the refinement (`/problems/insufficient-credits`)"),
+        (status = 403, description = "A read-only key (`/problems/forbidden`), or a plan that runs no jobs (`/problems/plan-does-not-allow-jobs`)"),
+        (status = 409, description = "The model is not ready, archived, or already refining (`/problems/model-not-ready`, `/problems/model-archived`, `/problems/refinement-in-progress`), or the Idempotency-Key names another request"),
+        (status = 429, description = "Too many queued jobs (`/problems/queue-full`)")),
     security(("api_key" = [])))]
 async fn refine(
     State(state): State<AppState>,
@@ -225,8 +256,8 @@ pub struct VersionView {
 }
 
 /// The model's versions, oldest first.
-#[utoipa::path(get, path = "/api/models/{model_id}/versions", tag = "models",
-    responses((status = 200, body = Vec<VersionView>), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/models/{model_id}/versions", tag = "models", operation_id = "listModelVersions", params(("model_id" = uuid::Uuid, Path, description = "The custom model's id")),
+    responses((status = 200, body = Vec<VersionView>)), security(("api_key" = [])))]
 async fn versions(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<Json<Vec<VersionView>>, Problem> {
     load_model_view(&state, key.team_id, &model_id).await?;
     let rows = db_fetch_all!(
@@ -255,14 +286,18 @@ pub struct ImagePage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
 /// Images generated with the model (not yet expired), newest first, as presigned URLs.
-#[utoipa::path(get, path = "/api/models/{model_id}/images", tag = "models", params(PageQuery),
-    responses((status = 200, body = ImagePage), (status = 404)), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/models/{model_id}/images", tag = "models", operation_id = "listModelImages", params(("model_id" = uuid::Uuid, Path, description = "The custom model's id"), PageQuery),
+    responses((status = 200, body = ImagePage)), security(("api_key" = [])))]
 async fn images(
     State(state): State<AppState>,
     key: TeamKey,

@@ -1,18 +1,31 @@
-//! The OpenAPI description, generated from the handlers (utoipa), served at
+//! The OpenAPI 3.1 description, generated from the handlers (utoipa), served at
 //! `/openapi.json`, with Swagger UI at `/docs` from assets vendored into the binary.
+//!
+//! Handlers document their own successes and the errors only they return. The errors
+//! every operation of a kind returns (a rejected key, a malformed body, an unknown id, an
+//! unreachable database) are added here, by [`Contract`], from what the operation
+//! declares: its security, its request body, its parameters. That keeps one place that
+//! knows what the extractors in `auth.rs` and `extract.rs` answer, and every error
+//! response pointing at the one `Problem` schema.
 
 use axum::Router;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, audit, catalog, credits, fal, generate, jobs, models, stripe};
+use super::{admin, audit, catalog, credits, fal, generate, health, jobs, metrics, models, stripe};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Kiln", description = "Event-sourced credit ledger and job engine for AI image generation. \
-        Errors are application/problem+json (RFC 9457) with a stable `type`."),
+    info(title = "Kiln", description = "Event-sourced credit ledger and job engine for AI image generation.\n\n\
+        Authenticate with a team's API key: `Authorization: Bearer kiln_…`. Errors are \
+        `application/problem+json` (RFC 9457, schema `Problem`) with a stable `type` a client may match on."),
     paths(
         credits::balance, credits::history, credits::pricing,
         audit::ledger, audit::verify,
@@ -25,31 +38,183 @@ use crate::app::AppState;
         generate::submit, generate::estimate, generate::status, generate::images,
         jobs::list, jobs::get_one, jobs::cancel, jobs::events, jobs::concurrency,
         catalog::list, catalog::get_one,
+        health::healthz, health::readyz, metrics::metrics,
     ),
-    modifiers(&Security),
+    modifiers(&Contract),
     tags(
-        (name = "credits", description = "Balance, history and prices of the caller's team"),
+        (name = "billing", description = "Credits of the caller's team: balance, history, prices, and buying more"),
         (name = "audit", description = "The team's ledger replayed from events, and its verification (any key of the team)"),
         (name = "keys", description = "A team's own API keys (admin keys)"),
         (name = "admin", description = "Operator endpoints (operator key)"),
-        (name = "webhooks", description = "Signed callbacks from Stripe (and providers)"),
+        (name = "webhooks", description = "Signed callbacks from Stripe and fal.ai (their signature is the credential)"),
         (name = "models", description = "Custom models: create and refine (jobs), read, edit, archive"),
         (name = "generation", description = "Image generation jobs, results and estimates"),
         (name = "jobs", description = "All jobs of the team: list, inspect, cancel, follow"),
         (name = "catalog", description = "Reference models a custom model is created from"),
+        (name = "operations", description = "Liveness, readiness and metrics (no key)"),
     )
 )]
 pub struct ApiDoc;
 
-struct Security;
+/// The media type of every error.
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
-impl Modify for Security {
+/// Adds the security schemes, the `Problem` schema and the errors common to operations
+/// of a kind, and points every error response at `Problem`.
+struct Contract;
+
+impl Modify for Contract {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        let bearer = || SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
-        components.add_security_scheme("api_key", bearer());
-        components.add_security_scheme("operator_key", bearer());
+        let bearer = |description: &str| {
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build())
+        };
+        components.add_security_scheme(
+            "api_key",
+            bearer("A team's API key (`kiln_…`), issued by the operator or by an admin key of the team."),
+        );
+        components.add_security_scheme("operator_key", bearer("The operator key of the server's configuration (`auth.operator_key`)."));
+        components.schemas.insert("Problem".into(), RefOr::T(problem_schema()));
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                add_common_errors(operation);
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    if let RefOr::T(response) = response {
+                        if is_error(status) {
+                            as_problem(status, response);
+                        }
+                    }
+                }
+            }
+        }
     }
+}
+
+/// RFC 9457's members, and room for each kind's extension members.
+fn problem_schema() -> Schema {
+    let string = |description: &str| ObjectBuilder::new().schema_type(Type::String).description(Some(description));
+    ObjectBuilder::new()
+        .description(Some(
+            "An error (RFC 9457). `type` is stable per kind of error (`/problems/{slug}`); `detail` is for humans. \
+             Some kinds carry extension members (e.g. `available` and `requested` of `/problems/insufficient-credits`).",
+        ))
+        .property("type", string("The kind of error, e.g. `/problems/not-found`.").format(Some(utoipa::openapi::SchemaFormat::Custom("uri-reference".into()))))
+        .required("type")
+        .property("title", string("A short summary of the kind."))
+        .required("title")
+        .property(
+            "status",
+            ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(400)).maximum(Some(599)).description(Some("The HTTP status.")),
+        )
+        .required("status")
+        .property("detail", string("This occurrence, explained."))
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)))
+        .examples([serde_json::json!({
+            "type": "/problems/insufficient-credits",
+            "title": "Insufficient credits",
+            "status": 402,
+            "detail": "40 credits requested, 25 available",
+            "available": 25,
+            "requested": 40
+        })])
+        .into()
+}
+
+fn is_error(status: &str) -> bool {
+    status.starts_with('4') || status.starts_with('5')
+}
+
+/// An error response's body is a `Problem`; a 503 may say when to retry.
+fn as_problem(status: &str, response: &mut Response) {
+    if response.description.is_empty() {
+        response.description = default_description(status).into();
+    }
+    if response.content.is_empty() {
+        response.content.insert(PROBLEM_JSON.into(), ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build());
+    }
+    if status == "503" && !response.headers.contains_key("Retry-After") {
+        let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(0));
+        let header = HeaderBuilder::new().schema(seconds).description(Some("Seconds to wait before retrying.")).build();
+        response.headers.insert("Retry-After".into(), header);
+    }
+}
+
+fn default_description(status: &str) -> &'static str {
+    match status {
+        "400" => "Bad request",
+        "402" => "Not enough credits (`/problems/insufficient-credits`)",
+        "403" => "The key may not do this (`/problems/forbidden`)",
+        "404" => "No such resource for the caller (`/problems/not-found`)",
+        "409" => "Conflicts with the resource's state",
+        "410" => "Gone",
+        "422" => "Invalid request (`/problems/invalid-request`)",
+        "429" => "Too many requests",
+        _ => "Error",
+    }
+}
+
+fn problem_response(description: &str) -> RefOr<Response> {
+    RefOr::T(ResponseBuilder::new().description(description).build())
+}
+
+/// The names of the security schemes the operation accepts.
+fn schemes(operation: &Operation) -> Vec<String> {
+    let requirements = operation.security.iter().flatten();
+    let as_json = requirements.filter_map(|requirement| serde_json::to_value(requirement).ok());
+    as_json.filter_map(|value| value.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>())).flatten().collect()
+}
+
+/// The errors an operation returns because of its shape: authentication (`auth.rs`),
+/// the JSON body and query string (`extract.rs`), ids in the path, and the database.
+fn add_common_errors(operation: &mut Operation) {
+    let schemes = schemes(operation);
+    let has_json_body = operation.request_body.as_ref().is_some_and(|body| body.content.contains_key("application/json"));
+    let parameters = operation.parameters.iter().flatten();
+    let (mut has_query, mut has_path, mut has_idempotency_key) = (false, false, false);
+    for parameter in parameters {
+        has_query |= parameter.parameter_in == ParameterIn::Query;
+        has_path |= parameter.parameter_in == ParameterIn::Path;
+        has_idempotency_key |= parameter.parameter_in == ParameterIn::Header && parameter.name == "Idempotency-Key";
+    }
+    let mut common: Vec<(&str, &str)> = Vec::new();
+    if schemes.iter().any(|s| s == "api_key") {
+        common.push(("401", "Missing, unknown or revoked API key (`/problems/unauthorized`)."));
+    }
+    if schemes.iter().any(|s| s == "operator_key") {
+        common.push(("401", "Not the operator key (`/problems/unauthorized`)."));
+        common.push(("403", "No operator key is configured on this server (`/problems/admin-disabled`)."));
+    }
+    if has_json_body {
+        common.push(("413", "The body is larger than the server accepts (`/problems/payload-too-large`)."));
+    }
+    // Webhooks (no scheme: their signature is the credential) read the raw bytes the
+    // signature covers; every other body goes through `ApiJson`.
+    if has_json_body && !schemes.is_empty() {
+        common.push(("400", "The body is not JSON (`/problems/malformed-json`)."));
+        common.push(("415", "The body is not sent as `application/json` (`/problems/unsupported-media-type`)."));
+        common.push(("422", "The body does not fit the schema or its rules (`/problems/invalid-request`)."));
+    }
+    if has_query {
+        common.push(("422", "A query parameter is malformed or out of range (`/problems/invalid-request`)."));
+    }
+    if has_idempotency_key {
+        common.push(("422", "The Idempotency-Key is empty, too long or not visible ASCII (`/problems/invalid-request`)."));
+    }
+    if has_path {
+        common.push(("404", "No such resource for the caller (`/problems/not-found`)."));
+    }
+    common.push(("503", "The database is unreachable or too contended for now; retry (`/problems/unavailable`, `/problems/contention`)."));
+    for (status, description) in common {
+        // An operation's own description of a status wins: it knows more.
+        operation.responses.responses.entry(status.into()).or_insert_with(|| problem_response(description));
+    }
+}
+
+/// A string that is one of `values` (for parameters parsed from text, documented as the
+/// enum they are).
+pub fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> utoipa::openapi::schema::Object {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values)).build()
 }
 
 pub fn routes() -> Router<AppState> {

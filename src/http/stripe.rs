@@ -67,11 +67,12 @@ pub struct CheckoutView {
 
 /// Starts a Stripe Checkout for a credit pack or a plan. The credits (or the plan) arrive
 /// through Stripe's webhook once the payment succeeds.
-#[utoipa::path(post, path = "/api/credits/checkout", tag = "credits", request_body = CheckoutBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry returns the same session")),
+#[utoipa::path(post, path = "/api/credits/checkout", tag = "billing", operation_id = "createCheckoutSession",
+    request_body(content = CheckoutBody, example = json!({"price_id": "price_1QcreditPack500"})),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "a retry returns the same session")),
     responses(
         (status = 201, body = CheckoutView),
-        (status = 403, description = "read-only key"),
+        (status = 403, description = "A read-only key (`/problems/forbidden`)"),
         (status = 409, description = "a plan while a subscription is live (`/problems/already-subscribed`)"),
         (status = 422, description = "unknown price (`/problems/unknown-price`)"),
         (status = 502, description = "Stripe failed (`/problems/payment-provider-error`)"),
@@ -139,8 +140,11 @@ pub struct WebhookAck {
 
 /// Stripe's webhook. Verifies `Stripe-Signature` (HMAC-SHA256 of `"{t}.{body}"`, 300 s
 /// tolerance) before anything else; acts on checkout, invoice and subscription events.
-#[utoipa::path(post, path = "/api/webhooks/stripe", tag = "webhooks",
-    request_body(content = String, description = "a Stripe event, exactly as signed", content_type = "application/json"),
+#[utoipa::path(post, path = "/api/webhooks/stripe", tag = "webhooks", operation_id = "receiveStripeWebhook",
+    request_body(content = Object, description = "a Stripe event, exactly as signed", content_type = "application/json",
+        example = json!({"id": "evt_1Qexample", "object": "event", "type": "checkout.session.completed", "created": 1790000000,
+            "data": {"object": {"id": "cs_test_1", "object": "checkout.session", "mode": "payment", "payment_status": "paid",
+                "customer": "cus_1", "metadata": {"team_id": "01932c4e-8f3a-7b6e-9a41-2f5d8c7e1b09"}}}})),
     params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256>")),
     responses(
         (status = 200, body = WebhookAck, description = "verified and recorded (also for ignored or unresolved events)"),

@@ -5,6 +5,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod support;
 
+mod api_contract;
 mod audit;
 mod catalog;
 mod event_store;
