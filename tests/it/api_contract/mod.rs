@@ -2,9 +2,12 @@
 //! `/openapi.json`, checked by the tools clients use. Its own rules (operation ids,
 //! problem+json errors, examples, bounds) are checked here in Rust; that it is a valid
 //! OpenAPI 3.1 document, by openapi-spec-validator; that a client generated from it works,
-//! by openapi-python-client. The Python tools are pinned in scripts/python-tools.txt and
+//! by openapi-python-client; that the app keeps to it under arbitrary input, by
+//! schemathesis (`fuzz.rs`). The Python tools are pinned in scripts/python-tools.txt and
 //! installed by scripts/ensure-python-tools (scripts/test runs it): without them these
 //! tests fail, they never skip.
+
+mod fuzz;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! by webhook and by polling, failures refunded, transient submit errors retried, forged
 //! webhooks refused, duplicates harmless, cancels sent to fal with exact credits.
 
-mod fake;
+pub mod fake;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Stripe through HTTP on real PostgreSQL: checkout against a fake Stripe API on
 //! loopback, and webhooks with payloads shaped like Stripe's, signed with a test secret.
 
-mod fixtures;
+pub mod fixtures;
 
 use application::clock::Clock;
 use axum::http::header;
