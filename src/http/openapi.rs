@@ -199,7 +199,8 @@ fn add_common_errors(operation: &mut Operation) {
         common.push(("422", "A query parameter is malformed or out of range (`/problems/invalid-request`)."));
     }
     if has_idempotency_key {
-        common.push(("422", "The Idempotency-Key is empty, too long or not visible ASCII (`/problems/invalid-request`)."));
+        common.push(("409", "The Idempotency-Key was used for another request, or its first request is still running (`/problems/idempotency-conflict`)."));
+        common.push(("422", "The Idempotency-Key is empty, too long or not visible ASCII, or was used with another body (`/problems/invalid-request`)."));
     }
     if has_path {
         common.push(("404", "No such resource for the caller (`/problems/not-found`)."));
