@@ -42,8 +42,21 @@ async fn schemathesis(app: &TestApp, filter: [&str; 2]) {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("schemathesis.toml");
     // Credentials by security scheme: each operation gets the key its document names.
+    // Half the admin requests name the fuzzing team itself, so plans, grants, adjustments
+    // and expiry run their logic instead of only answering 404 for random ids.
     let toml = format!(
-        "[auth.openapi.api_key]\nbearer = \"{key}\"\n\n[auth.openapi.operator_key]\nbearer = \"{OPERATOR_KEY}\"\n"
+        r#"[auth.openapi.api_key]
+bearer = "{key}"
+
+[auth.openapi.operator_key]
+bearer = "{OPERATOR_KEY}"
+
+[dictionaries.team]
+values = ["{team}"]
+
+[parameters]
+"path.team_id" = {{ dictionary = "team", probability = 0.5 }}
+"#
     );
     std::fs::write(&config, toml).expect("write config");
     let mut command = Command::new(schemathesis);
