@@ -75,6 +75,35 @@ pub(crate) fn entry_of(event: &TeamCreditsEvent) -> Option<Entry> {
     })
 }
 
+/// The operation of each reservation not yet ended, so that the entries of deductions
+/// and refunds (whose events do not carry it) name it too. A reservation ends exactly
+/// once, so this holds only the open ones.
+#[derive(Default)]
+pub(crate) struct OpenReservations(HashMap<String, &'static str>);
+
+impl OpenReservations {
+    /// The entry of `event`, with the operation of the reservation it ends. `None` as
+    /// operation means the reservation was not seen here: the caller may look it up.
+    pub(crate) fn entry_of(&mut self, event: &TeamCreditsEvent) -> Option<Entry> {
+        let mut entry = entry_of(event)?;
+        match event {
+            TeamCreditsEvent::CreditsReserved { reservation_id, operation, .. } => {
+                self.0.insert(reservation_id.to_string(), operation.as_str());
+            }
+            TeamCreditsEvent::CreditsDeducted { reservation_id, .. } | TeamCreditsEvent::CreditsRefunded { reservation_id, .. } => {
+                entry.operation = self.0.remove(&reservation_id.to_string());
+            }
+            _ => {}
+        }
+        Some(entry)
+    }
+}
+
+/// True for the entries that end a reservation (they take its operation).
+pub(crate) fn ends_reservation(entry: &Entry) -> bool {
+    matches!(entry.entry_type, "deducted" | "refunded")
+}
+
 /// A team's last entry: (entry_no, available_after, reserved_after).
 type Running = (i64, i64, i64);
 
@@ -88,8 +117,22 @@ impl InlineProjection for CreditHistory {
         // Running balances of the teams seen in this batch: one read per team per batch.
         let mut running: HashMap<&str, Running> = HashMap::new();
         let mut rows: Vec<(&str, Running, i64, Entry)> = Vec::new();
+        let mut open = OpenReservations::default();
         for stored in events.iter().filter(|e| e.aggregate_type == <TeamCredits as cqrs_es::Aggregate>::TYPE) {
-            let Some(entry) = entry_of(&decode::<TeamCredits>(stored)?) else { continue };
+            let Some(mut entry) = open.entry_of(&decode::<TeamCredits>(stored)?) else { continue };
+            if ends_reservation(&entry) && entry.operation.is_none() {
+                // Reserved in an earlier batch: the inline reservations table (written
+                // when the reservation was appended, so always ahead of this projection)
+                // has it, by primary key.
+                let reservation = entry.reference.as_deref().unwrap_or_default();
+                let row = tx_fetch_optional!(
+                    &mut *tx,
+                    (String,),
+                    "SELECT operation FROM credit_reservations WHERE reservation_id = $1",
+                    reservation
+                )?;
+                entry.operation = row.and_then(|(operation,)| operation.parse::<domain::Operation>().ok()).map(|o| o.as_str());
+            }
             let team = stored.aggregate_id.as_str();
             let last = match running.get(team) {
                 Some(last) => *last,

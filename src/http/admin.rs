@@ -209,7 +209,9 @@ async fn issue_key(
 #[utoipa::path(get, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin", operation_id = "listTeamApiKeys", params(("team_id" = uuid::Uuid, Path, description = "The team's id")),
     responses((status = 200, body = Vec<KeyView>)), security(("operator_key" = [])))]
 async fn list_keys(State(state): State<AppState>, _: Operator, Path(team): Path<String>) -> Result<Json<Vec<KeyView>>, Problem> {
-    Ok(Json(keys_of(&state, parse_team(&team)?).await?))
+    let team_id = parse_team(&team)?;
+    team_view(&state, team_id).await?;
+    Ok(Json(keys_of(&state, team_id).await?))
 }
 
 /// Revokes a key; it stops working at once.

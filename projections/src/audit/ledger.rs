@@ -152,8 +152,13 @@ impl TeamLedger {
                 amount: entry.amount,
                 available_after: last.0 + entry.available_delta,
                 reserved_after: last.1 + entry.reserved_delta,
+                // Deductions and refunds name the operation of the reservation they end.
+                operation: entry.operation.map(str::to_string).or_else(|| {
+                    let ends = matches!(event, TeamCreditsEvent::CreditsDeducted { .. } | TeamCreditsEvent::CreditsRefunded { .. });
+                    let id = entry.reference.as_deref().filter(|_| ends)?;
+                    self.reservations.get(id).map(|r| r.operation.clone())
+                }),
                 reference: entry.reference,
-                operation: entry.operation.map(str::to_string),
                 detail: entry.detail,
                 occurred_at: entry.occurred_at,
                 hash: hash.map(str::to_string),

@@ -13,7 +13,6 @@ use chrono::{DateTime, Utc};
 use domain::{BlockOrigin, GrantId, JobId, Plan, TeamCreditsEvent};
 
 use super::columns::{Column, Insert};
-use crate::history::entry_of;
 use crate::{balances, history};
 
 /// A projection whose bulk pass is a fold over the TeamCredits streams.
@@ -41,6 +40,8 @@ pub(super) fn for_projection(name: &str) -> Option<Box<dyn Fold>> {
 struct Ledger {
     /// Each team's last entry: (entry_no, available_after, reserved_after).
     running: HashMap<String, (i64, i64, i64)>,
+    /// Deductions and refunds take the operation of their reservation from here.
+    open: crate::history::OpenReservations,
     rows: LedgerRows,
 }
 
@@ -82,7 +83,7 @@ impl LedgerRows {
 
 impl Fold for Ledger {
     fn fold(&mut self, team: &str, sequence: i64, event: TeamCreditsEvent) -> Result<(), String> {
-        let Some(entry) = entry_of(&event) else { return Ok(()) };
+        let Some(entry) = self.open.entry_of(&event) else { return Ok(()) };
         let running = match self.running.get_mut(team) {
             Some(running) => running,
             None => self.running.entry(team.to_string()).or_default(),
