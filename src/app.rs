@@ -158,7 +158,8 @@ impl Application {
     }
 
     pub async fn build_with_clock(mut settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
+        let acquire_timeout = std::time::Duration::from_millis(settings.database.acquire_timeout_ms.max(1));
+        let db = Database::connect_and_migrate_with(&settings.database.url, settings.database.connections_max, acquire_timeout).await?;
         infrastructure::pricing::seed_default(&db).await?;
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).await.with_context(|| format!("cannot listen on {address}"))?;

@@ -1,6 +1,7 @@
 //! The credit-expiry sweeper: finds teams holding credits in blocks past their expiry
 //! and records `CreditsExpired` for them (through the team's writer, like any command).
-//! Runs periodically inside `kiln serve`; one pass is also callable directly.
+//! Runs periodically inside `kiln serve`; one pass is also callable directly. Each pass
+//! also forgets idempotency keys past their retention window.
 
 use std::time::Duration;
 
@@ -49,6 +50,12 @@ pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<
     loop {
         if let Err(error) = expire_credits_once(&state).await {
             tracing::error!(error = %format!("{error:#}"), "credit expiry pass failed");
+        }
+        // Idempotency keys past their retention window go with the same pass.
+        match infrastructure::idempotency::forget_expired(&state.db, state.credits.now()).await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "idempotency keys past retention forgotten"),
+            Err(error) => tracing::warn!(%error, "idempotency key cleanup failed"),
         }
         tokio::select! {
             _ = stop.changed() => {}

@@ -99,6 +99,9 @@ pub struct DatabaseSettings {
     /// `sqlite:…` (embedded default) or `postgres://…`. May hold a password: never logged.
     pub url: String,
     pub connections_max: u32,
+    /// How long a request waits for a connection (and, while the server is away, for
+    /// it to come back) before it is answered 503.
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -150,7 +153,7 @@ impl Default for Settings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: "sqlite:kiln.db".into(), connections_max: 16 }
+        Self { url: "sqlite:kiln.db".into(), connections_max: 16, acquire_timeout_ms: 10_000 }
     }
 }
 

@@ -30,6 +30,30 @@ pub enum DbError {
     MigrationsPending(Vec<i64>),
 }
 
+/// True when `error` says the database cannot be reached right now — the pool timed out
+/// or is closed, the connection broke, the server is shutting down or starting up, or
+/// (SQLite) another process holds the write lock past the busy timeout — as opposed to
+/// an error in the statement or the data. Callers answer these with "try again later".
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: class 08 (connection exception), 57P01-57P03 (admin or crash
+            // shutdown, cannot connect now), 53300 (too many connections).
+            // SQLite: 5 (SQLITE_BUSY), 6 (SQLITE_LOCKED) and their extended codes.
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                || (db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() && {
+                    let primary = code.parse::<i64>().unwrap_or(0) & 0xff;
+                    primary == 5 || primary == 6
+                })
+        }
+        _ => false,
+    }
+}
+
 /// A connection pool to one of the two supported databases.
 #[derive(Clone, Debug)]
 pub enum Database {
@@ -49,6 +73,12 @@ pub enum Backend {
 impl Database {
     /// Connects without running migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        Self::connect_with(url, max_connections, ACQUIRE_TIMEOUT).await
+    }
+
+    /// Connects without running migrations; waiting for a pooled connection gives up
+    /// after `acquire_timeout`.
+    pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, DbError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
             // One direct connection first: a server that is down or refuses us is reported
@@ -56,7 +86,7 @@ impl Database {
             PgConnection::connect_with(&options).await.map_err(DbError::Connect)?.close().await.ok();
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(acquire_timeout)
                 .connect_with(options)
                 .await
                 .map_err(DbError::Connect)?;
@@ -71,13 +101,13 @@ impl Database {
                 .busy_timeout(SQLITE_BUSY_TIMEOUT);
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(acquire_timeout)
                 .connect_with(options.clone())
                 .await
                 .map_err(DbError::Connect)?;
             let read = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(acquire_timeout)
                 .connect_with(options.read_only(true))
                 .await
                 .map_err(DbError::Connect)?;
@@ -90,6 +120,13 @@ impl Database {
     /// Connects and applies every pending migration.
     pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<Self, DbError> {
         let db = Self::connect(url, max_connections).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// [`Database::connect_with`] and every pending migration.
+    pub async fn connect_and_migrate_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, DbError> {
+        let db = Self::connect_with(url, max_connections, acquire_timeout).await?;
         db.migrate().await?;
         Ok(db)
     }

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod event_store;
+pub mod idempotency;
 pub mod job_index;
 pub mod pricing;
 pub mod provider;

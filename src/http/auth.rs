@@ -75,7 +75,7 @@ impl FromRequestParts<AppState> for TeamKey {
         let (team_id, key_id, role) = row.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
         let parsed = (team_id.parse::<TeamId>(), key_id.parse::<ApiKeyId>(), Role::parse(&role));
         let (Ok(team_id), Ok(key_id), Some(role)) = parsed else {
-            return Err(Problem::internal(&"api_keys row does not parse"));
+            return Err(Problem::internal_message("api_keys row does not parse"));
         };
         let key = TeamKey { team_id, key_id, role };
         tracing::Span::current().record("team_id", tracing::field::display(team_id));

@@ -74,7 +74,7 @@ pub struct ReferenceModelPage {
 
 fn catalog_problem(error: CatalogError) -> Problem {
     match error {
-        CatalogError::InvalidCursor => Problem::invalid("cursor is not one this API issued"),
+        CatalogError::InvalidCursor => super::cursor::invalid(),
         other => Problem::internal(&other),
     }
 }
@@ -121,9 +121,11 @@ async fn list(
     if !(1..=catalog::PAGE_LIMIT_MAX).contains(&limit) {
         return Err(Problem::invalid(format!("limit must be 1 to {}", catalog::PAGE_LIMIT_MAX)));
     }
-    let page = catalog::list(&state.db, category, sort, limit, query.cursor.as_deref()).await.map_err(catalog_problem)?;
+    let position = super::cursor::decode("reference-models", query.cursor.as_deref())?;
+    let page = catalog::list(&state.db, category, sort, limit, position.as_deref()).await.map_err(catalog_problem)?;
     let items = page.items.into_iter().map(|model| view(&state, model)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(ReferenceModelPage { items, next_cursor: page.next_cursor }))
+    let next_cursor = page.next_cursor.map(|position| super::cursor::encode("reference-models", &position));
+    Ok(Json(ReferenceModelPage { items, next_cursor }))
 }
 
 /// One active reference model.

@@ -180,8 +180,8 @@ async fn history(
     if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
         return Err(Problem::invalid(format!("limit must be 1 to {PAGE_LIMIT_MAX}")));
     }
-    let before: Option<i64> = match &query.cursor {
-        Some(cursor) => Some(cursor.parse().map_err(|_| Problem::invalid("cursor is not one this API issued"))?),
+    let before: Option<i64> = match super::cursor::decode("credit-history", query.cursor.as_deref())? {
+        Some(position) => Some(position.parse().map_err(|_| super::cursor::invalid())?),
         None => None,
     };
     let items = db_fetch_all!(
@@ -200,7 +200,7 @@ async fn history(
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    let (items, next_cursor) = super::jobs::paginate(items, limit, |last| last.entry_no.to_string());
+    let (items, next_cursor) = super::jobs::paginate(items, limit, |last| super::cursor::encode("credit-history", &last.entry_no.to_string()));
     Ok(Json(LedgerPage { items, next_cursor }))
 }
 

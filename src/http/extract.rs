@@ -1,36 +1,68 @@
-//! Extractors whose rejections are problem+json: JSON bodies, query strings,
-//! `Idempotency-Key`.
+//! Extractors whose rejections are problem+json: JSON bodies (checked by the text rule
+//! of `text`), raw bodies of webhooks, query strings, `Idempotency-Key`.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::problem::Problem;
+use super::text;
+
+/// Largest request body accepted (bytes): bodies are small JSON documents or webhook
+/// events. Beyond it: 413.
+pub const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+fn too_large() -> Problem {
+    Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).detail(format!("the body is larger than {BODY_BYTES_MAX} bytes"))
+}
 
 /// `axum::Json` with problem+json rejections: 400 for malformed JSON, 422 for JSON of the
-/// wrong shape (missing or unknown fields, wrong types), 415 for a missing content type.
+/// wrong shape (missing or unknown fields, wrong types) or text the rule refuses (the
+/// field is named), 415 for a missing content type, 413 for a body over the limit.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(JsonRejection::JsonDataError(error)) => Err(Problem::invalid(error.body_text())),
+        let value = match axum::Json::<serde_json::Value>::from_request(request, state).await {
+            Ok(axum::Json(value)) => value,
             Err(JsonRejection::JsonSyntaxError(error)) => {
-                Err(Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON").detail(error.body_text()))
+                return Err(Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON").detail(error.body_text()))
             }
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            )
-            .detail("send Content-Type: application/json")),
-            Err(other) => Err(Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request").detail(other.body_text())),
-        }
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                return Err(Problem::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE).detail("send Content-Type: application/json"))
+            }
+            Err(other) if other.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+            Err(other) => return Err(Problem::for_status(other.status()).detail(other.body_text())),
+        };
+        text::check_json(&value)?;
+        serde_path_to_error::deserialize(value).map(ApiJson).map_err(|error| {
+            let field = error.path().to_string();
+            let detail = format!("{field}: {}", error.inner());
+            if field == "." { Problem::invalid(detail) } else { Problem::invalid_field(&field, detail) }
+        })
+    }
+}
+
+/// The raw body (webhooks verify signatures over the exact bytes), with problem+json
+/// rejections: 413 over the limit.
+pub struct ApiBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBytes {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        Bytes::from_request(request, state).await.map(ApiBytes).map_err(|error: BytesRejection| {
+            if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                Problem::for_status(error.status()).detail(error.body_text())
+            }
+        })
     }
 }
 

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use application::jobs::worker::Worker;
 use application::jobs::JobsError;
 use application::provider::ProviderOutcome;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -31,6 +30,7 @@ use serde_json::Value;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
+use super::extract::ApiBytes;
 use super::problem::Problem;
 use crate::app::AppState;
 
@@ -104,7 +104,7 @@ fn refused(error: &VerifyError) -> Problem {
         (status = 400, description = "verified but not a delivery (`/problems/malformed-fal-delivery`)"),
         (status = 401, description = "missing, forged or stale signature (`/problems/invalid-fal-signature`)"),
         (status = 503, description = "fal is not configured, or its keys cannot be fetched")))]
-async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<FalWebhookAck>, Problem> {
+async fn webhook(State(state): State<AppState>, headers: HeaderMap, ApiBytes(body): ApiBytes) -> Result<Json<FalWebhookAck>, Problem> {
     let fal = state.fal.clone().ok_or_else(|| {
         Problem::new(StatusCode::SERVICE_UNAVAILABLE, "fal-not-configured", "fal.ai not configured").detail("fal.key is not set")
     })?;
@@ -116,7 +116,15 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     };
     fal.verifier.verify(&signed, &body, state.credits.now()).await.map_err(|e| refused(&e))?;
     let malformed = |detail: String| Problem::new(StatusCode::BAD_REQUEST, "malformed-fal-delivery", "Malformed fal delivery").detail(detail);
-    let delivery: Delivery = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
+    let mut value: Value = serde_json::from_slice(&body).map_err(|e| malformed(e.to_string()))?;
+    // Text Kiln cannot store (NUL, control characters) in a signed delivery is replaced,
+    // not refused: the delivery still ends its job, and an error answer would only make
+    // fal deliver it again.
+    if let Some((field, _)) = super::text::first_violation(&value, &mut String::new()) {
+        tracing::warn!(field, "fal delivery holds control characters; replaced before use");
+        super::text::make_storable(&mut value);
+    }
+    let delivery: Delivery = serde_json::from_value(value).map_err(|e| malformed(e.to_string()))?;
     if signed.request_id.as_deref() != Some(delivery.request_id.as_str()) {
         return Err(malformed("request_id differs from X-Fal-Webhook-Request-Id".into()));
     }

@@ -185,17 +185,17 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
     }
 }
 
-/// Cursors are `{rfc3339}|{id}` of the last item of the previous page.
-pub fn parse_cursor(cursor: Option<&str>) -> Result<Option<(DateTime<Utc>, String)>, Problem> {
-    let Some(cursor) = cursor else { return Ok(None) };
-    let bad = || Problem::invalid("cursor is not one this API issued");
-    let (at, id) = cursor.split_once('|').ok_or_else(bad)?;
-    let at = DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc);
+/// The position of a cursor of `list` (see `cursor`): `{rfc3339}|{id}` of the last item
+/// of the previous page.
+pub fn parse_cursor(list: &str, cursor: Option<&str>) -> Result<Option<(DateTime<Utc>, String)>, Problem> {
+    let Some(position) = super::cursor::decode(list, cursor)? else { return Ok(None) };
+    let (at, id) = position.split_once('|').ok_or_else(super::cursor::invalid)?;
+    let at = DateTime::parse_from_rfc3339(at).map_err(|_| super::cursor::invalid())?.with_timezone(&Utc);
     Ok(Some((at, id.to_string())))
 }
 
-pub fn make_cursor(at: DateTime<Utc>, id: &str) -> String {
-    format!("{}|{id}", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+pub fn make_cursor(list: &str, at: DateTime<Utc>, id: &str) -> String {
+    super::cursor::encode(list, &format!("{}|{id}", at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
 }
 
 /// Lists fetch one row more than the page: if it came, it is cut off and the page's last
@@ -220,7 +220,7 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
         kind.parse::<domain::Operation>().map_err(|_| Problem::invalid("unknown kind"))?;
     }
     let limit = page_limit(query.limit)?;
-    let cursor = parse_cursor(query.cursor.as_deref())?;
+    let cursor = parse_cursor("jobs", query.cursor.as_deref())?;
     let (cursor_at, cursor_id) = cursor.map(|(at, id)| (Some(at), Some(id))).unwrap_or((None, None));
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
@@ -239,7 +239,7 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    let (items, next_cursor) = paginate(items, limit, |last| make_cursor(last.queued_at, &last.job_id));
+    let (items, next_cursor) = paginate(items, limit, |last| make_cursor("jobs", last.queued_at, &last.job_id));
     Ok(Json(JobPage { items, next_cursor }))
 }
 
@@ -322,9 +322,10 @@ async fn concurrency(State(state): State<AppState>, key: TeamKey) -> Result<Json
 /// How often the event stream looks for new events when nothing woke it.
 const EVENTS_POLL: Duration = Duration::from_millis(500);
 
-/// Server-sent events of the job's progress: every recorded event (`event:` is its type,
-/// `id:` its sequence), from the start or after `Last-Event-ID`; the stream ends after
-/// the job's final event.
+/// Server-sent events of the job's progress: its public events (`event:` is the type,
+/// see `job_events`; `id:` the job stream's sequence), from the start or after
+/// `Last-Event-ID`; the stream ends after the job's final event, and at once when
+/// `Last-Event-ID` is at or past it.
 #[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "jobs", operation_id = "streamJobEvents", params(("job_id" = uuid::Uuid, Path, description = "The job's id")),
     responses((status = 200, description = "text/event-stream of job events", content_type = "text/event-stream")), security(("api_key" = [])))]
 async fn events(
@@ -334,9 +335,14 @@ async fn events(
     headers: axum::http::HeaderMap,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, Problem> {
     let job = load_job_view(&state, key.team_id, &job_id).await?;
-    let after: i64 = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let after: i64 = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0).max(0);
     let store = state.store.clone();
-    let stream = futures::stream::unfold((after, false, store.subscribe_commits()), move |(after, done, mut commits)| {
+    // A client that has seen the final event (or claims to be past it) gets an empty,
+    // closed stream, not one that waits for events that will never come.
+    let recorded = store.load_stream("GenerationJob", &job.job_id, 0).await.map_err(|e| Problem::internal(&e))?;
+    let ended_at = recorded.iter().find(|e| super::job_events::is_final_record(e)).map(|e| e.sequence);
+    let done = ended_at.is_some_and(|last| after >= last);
+    let stream = futures::stream::unfold((after, done, store.subscribe_commits()), move |(after, done, mut commits)| {
         let store = store.clone();
         let job_id = job.job_id.clone();
         async move {
@@ -349,11 +355,17 @@ async fn events(
                 };
                 if !events.is_empty() {
                     let last = events.last().map(|e| e.sequence).unwrap_or(after);
-                    let finished = events.iter().any(|e| matches!(e.event_type.as_str(), "JobCompleted" | "JobFailed" | "JobCancelled"));
-                    let batch: Vec<Result<Event, Infallible>> = events
-                        .into_iter()
-                        .map(|e| Ok(Event::default().event(e.event_type).id(e.sequence.to_string()).data(e.payload.to_string())))
-                        .collect();
+                    let mut finished = false;
+                    let mut batch: Vec<Result<Event, Infallible>> = Vec::new();
+                    for stored in &events {
+                        let Some(public) = super::job_events::PublicJobEvent::of(&job_id, stored) else { continue };
+                        let data = serde_json::to_string(&public).unwrap_or_default();
+                        batch.push(Ok(Event::default().event(public.event_type()).id(stored.sequence.to_string()).data(data)));
+                        if public.is_final() {
+                            finished = true;
+                            break;
+                        }
+                    }
                     return Some((futures::stream::iter(batch), (last, finished, commits)));
                 }
                 tokio::select! {

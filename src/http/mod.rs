@@ -5,17 +5,21 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod credits;
+pub mod cursor;
 pub mod extract;
 pub mod fal;
 pub mod files;
 pub mod generate;
 pub mod health;
+pub mod idempotency;
+pub mod job_events;
 pub mod jobs;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod problem;
 pub mod stripe;
+pub mod text;
 
 use axum::http::{HeaderName, Request};
 use axum::Router;
@@ -28,7 +32,7 @@ use crate::app::AppState;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(health::routes())
         .merge(credits::routes())
         .merge(admin::routes())
@@ -42,8 +46,18 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent_requests))
+        // Every route's path parameters and query follow the text rule before any
+        // extractor reads them (or a key is bound to the request).
+        .route_layer(axum::middleware::from_fn(text::check_path_and_query))
         .fallback(problem::not_found)
         .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_BYTES_MAX));
+    // The routes are a service inside an outer router so that `problem_responses` sees
+    // their responses complete: axum adds a 405's `Allow` as a router's response leaves it.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::map_response(problem::problem_responses))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()

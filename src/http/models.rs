@@ -91,7 +91,7 @@ pub struct ModelPage {
     responses((status = 200, body = ModelPage)), security(("api_key" = [])))]
 async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<ModelsQuery>) -> Result<Json<ModelPage>, Problem> {
     let limit = page_limit(query.limit)?;
-    let (cursor_at, cursor_id) = parse_cursor(query.cursor.as_deref())?.map(|(a, i)| (Some(a), Some(i))).unwrap_or((None, None));
+    let (cursor_at, cursor_id) = parse_cursor("models", query.cursor.as_deref())?.map(|(a, i)| (Some(a), Some(i))).unwrap_or((None, None));
     let sql = format!(
         "SELECT {MODEL_COLUMNS} FROM custom_models WHERE team_id = $1 AND ($2 OR archived = $3) \
          AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND model_id < $5)) \
@@ -109,7 +109,7 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    let (items, next_cursor) = paginate(items, limit, |m| make_cursor(m.created_at, &m.model_id));
+    let (items, next_cursor) = paginate(items, limit, |m| make_cursor("models", m.created_at, &m.model_id));
     Ok(Json(ModelPage { items, next_cursor }))
 }
 
@@ -306,7 +306,7 @@ async fn images(
 ) -> Result<Json<ImagePage>, Problem> {
     load_model_view(&state, key.team_id, &model_id).await?;
     let limit = page_limit(query.limit)?;
-    let (cursor_at, cursor_key) = parse_cursor(query.cursor.as_deref())?.map(|(a, k)| (Some(a), Some(k))).unwrap_or((None, None));
+    let (cursor_at, cursor_key) = parse_cursor("model-images", query.cursor.as_deref())?.map(|(a, k)| (Some(a), Some(k))).unwrap_or((None, None));
     let rows = db_fetch_all!(
         &state.db,
         (String, String, i32, DateTime<Utc>),
@@ -320,7 +320,7 @@ async fn images(
         i64::from(limit) + 1
     )
     .map_err(|e| Problem::internal(&e))?;
-    let (rows, next_cursor) = paginate(rows, limit, |r| make_cursor(r.3, &r.0));
+    let (rows, next_cursor) = paginate(rows, limit, |r| make_cursor("model-images", r.3, &r.0));
     let mut items = Vec::with_capacity(rows.len());
     for (image_key, job_id, position, created_at) in rows {
         items.push(ImageView { job_id, position, url: super::generate::sign(&state, &image_key)?, created_at });

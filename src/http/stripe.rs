@@ -13,7 +13,6 @@
 //! queued jobs is the job engine's reaction to that event.
 
 use application::aggregate_store::CommandError;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -29,7 +28,7 @@ use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::auth::TeamKey;
-use super::extract::{ApiJson, IdempotencyKey};
+use super::extract::{ApiBytes, ApiJson, IdempotencyKey};
 use super::problem::Problem;
 use crate::app::AppState;
 
@@ -150,7 +149,7 @@ pub struct WebhookAck {
         (status = 200, body = WebhookAck, description = "verified and recorded (also for ignored or unresolved events)"),
         (status = 400, description = "missing, forged or stale signature (`/problems/invalid-stripe-signature`), or not an event"),
         (status = 503, description = "no webhook secret configured")))]
-async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<WebhookAck>, Problem> {
+async fn webhook(State(state): State<AppState>, headers: HeaderMap, ApiBytes(body): ApiBytes) -> Result<Json<WebhookAck>, Problem> {
     let verifier = state.stripe.webhook().ok_or_else(|| not_configured("stripe.webhook_secret"))?;
     let now = state.credits.now();
     // A header that is not ASCII is as good as malformed.
@@ -162,9 +161,40 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     let event = Event::parse(&body).map_err(|error| {
         Problem::new(StatusCode::BAD_REQUEST, "malformed-stripe-event", "Malformed Stripe event").detail(error.to_string())
     })?;
-    let span = tracing::info_span!("stripe_event", event_id = %event.id, event_type = %event.kind);
+    let span = tracing::info_span!("stripe_event", event_id = %event.id, event_type = %event.kind.escape_debug());
+    // A signed event whose text Kiln cannot store (a NUL or another control character)
+    // is recorded as rejected and acknowledged: an error answer would only make Stripe
+    // deliver it again for days.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
+        if let Some((field, why)) = super::text::first_violation(&value, &mut String::new()) {
+            let ack = reject_unstorable(&state, &event, &body, now, &format!("{field} {why}")).instrument(span).await?;
+            return Ok(Json(ack));
+        }
+    }
     let ack = handle_event(&state, &event, &body, now).instrument(span).await?;
     Ok(Json(ack))
+}
+
+async fn reject_unstorable(state: &AppState, event: &Event, body: &[u8], now: DateTime<Utc>, detail: &str) -> Result<WebhookAck, Problem> {
+    tracing::warn!(detail, "Stripe event holds text Kiln cannot store; recorded as rejected and acknowledged");
+    if let Some(status) = store::status_of(&state.db, event.id.as_str()).await.map_err(|e| Problem::internal(&e))? {
+        return Ok(ack(event, status, true));
+    }
+    let event_type = super::text::storable(&event.kind);
+    // The raw body holds the characters only as JSON escapes (`\u0000`): storable as text.
+    let payload = String::from_utf8_lossy(body);
+    let record = EventRecord {
+        event_id: event.id.as_str(),
+        event_type: &event_type,
+        team_id: None,
+        status: EventStatus::Rejected,
+        detail: Some(detail),
+        payload: Some(&payload),
+        created_at: event.created,
+        received_at: now,
+    };
+    store::record(&state.db, &record).await.map_err(|e| Problem::internal(&e))?;
+    Ok(ack(event, EventStatus::Rejected, false))
 }
 
 async fn handle_event(state: &AppState, event: &Event, body: &[u8], now: DateTime<Utc>) -> Result<WebhookAck, Problem> {

@@ -122,7 +122,8 @@ async fn listing_filters_pages_and_sorts_by_popularity() {
     for bad in ["category=sports", "sort=name", "limit=0", "limit=101", "cursor=nonsense"] {
         let (status, problem) = get_json(&app, &key, &format!("/api/reference-models?{bad}")).await;
         assert_eq!(status, 422, "{bad}: {problem}");
-        assert_eq!(problem["type"], "/problems/invalid-request");
+        let expected = if bad.starts_with("cursor") { "/problems/invalid-cursor" } else { "/problems/invalid-request" };
+        assert_eq!(problem["type"], expected);
     }
     app.shutdown().await.expect("clean shutdown");
 }

@@ -225,11 +225,12 @@ async fn bad_input_is_refused_with_a_problem_and_records_nothing() {
     }
     assert_eq!(event_count(&app.state.db).await, before, "nothing recorded");
 
-    // Reusing an idempotency key for a different grant is a conflict, not a second grant.
+    // Reusing an idempotency key for a different grant is refused (the key is bound to
+    // the first request's body), not a second grant.
     assert_eq!(app.grant(&team, 10, "same").await.status(), 200);
     let conflict = app.grant(&team, 11, "same").await;
-    assert_eq!(conflict.status(), 409);
-    assert_eq!(body(conflict).await["type"], "/problems/idempotency-conflict");
+    assert_eq!(conflict.status(), 422);
+    assert_eq!(body(conflict).await["type"], "/problems/idempotency-key-reused");
     let member = app.issue_key(&team, "member").await;
     assert_eq!(balance(&app, &member).await["available"], 10);
 

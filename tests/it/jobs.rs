@@ -504,9 +504,9 @@ async fn jobs_list_filters_events_stream_and_model_edits() {
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let text = tokio::time::timeout(Duration::from_secs(30), response.text()).await.expect("stream ends").expect("text");
     let kinds: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
-    assert_eq!(kinds.first(), Some(&"JobQueued"));
-    assert_eq!(kinds.last(), Some(&"JobCompleted"), "{text}");
-    assert!(kinds.contains(&"JobDispatched"));
+    assert_eq!(kinds.first(), Some(&"queued"));
+    assert_eq!(kinds.last(), Some(&"completed"), "{text}");
+    assert!(kinds.contains(&"dispatched"));
 
     // Lists filter by kind and status, newest first, and page.
     let (_, creations) = get(&app, &key, "/api/jobs?kind=model_creation").await;

@@ -8,6 +8,7 @@ mod support;
 mod api_contract;
 mod audit;
 mod catalog;
+mod contract;
 mod event_store;
 mod jobs;
 mod jobs_dispatch;

@@ -246,6 +246,16 @@ async fn provider_errors_fail_the_job_with_fals_message_and_refund() {
     let error = failed["error"].as_str().expect("error");
     assert!(error.contains("prompt contains forbidden words"), "{error}");
 
+    // A signed delivery whose message holds a NUL still ends its job (the character
+    // replaced), never a 5xx that fal would deliver again.
+    let (nul, _) = generate(&app, &key, &model_id, 1).await;
+    let request_id = request_of(&app, &key, &nul).await;
+    fake.fail(&request_id, "bad\u{0}byte");
+    assert_eq!(deliver(&app, &fake, &request_id).await["outcome"], "applied");
+    let failed = wait_final(&app, &key, &nul).await;
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["error"].as_str().is_some_and(|e| e.contains("bad\u{fffd}byte")), "{failed}");
+
     // Refused at submission (validation error): failed at once, fal's message kept.
     fake.refuse_next_submit("image_size is too large");
     let (refused, _) = generate(&app, &key, &model_id, 1).await;

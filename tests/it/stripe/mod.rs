@@ -408,3 +408,32 @@ async fn webhooks_and_checkout_work_on_sqlite() {
     let statuses: Vec<String> = stripe_events(&app).await.into_iter().map(|(_, status, _)| status).collect();
     assert_eq!(statuses, ["applied", "applied", "applied", "unresolved"]);
 }
+
+/// A correctly signed event holding text Kiln cannot store (NUL, control characters) is
+/// acknowledged (200, recorded as rejected, changing nothing), never a 5xx that Stripe
+/// would redeliver for days; a redelivery is a duplicate. An id that is no key is a 400.
+#[tokio::test]
+async fn signed_events_with_control_characters_are_acknowledged_not_failed() {
+    let fake = FakeStripe::default();
+    let app = spawn(&fake).await;
+    let (team, key) = team(&app, "basic").await;
+    let events_before = ledger_event_count(&app).await;
+    let mut session = checkout_session("cs_test_nul", &team, "cus_N\u{0}UL", "paid");
+    session["metadata"]["note"] = json!("line\u{1b}[2J");
+    let payload = event("evt_1Nul01", "checkout.session.completed\u{0}", at(&app, 0), session);
+    for duplicate in [false, true] {
+        let ack = deliver(&app, &payload).await;
+        assert_eq!((ack["status"].as_str(), ack["duplicate"].as_bool()), (Some("rejected"), Some(duplicate)), "{ack}");
+    }
+    assert_eq!(stripe_events(&app).await, vec![("evt_1Nul01".to_string(), "rejected".to_string(), true)]);
+    assert_eq!(ledger_event_count(&app).await, events_before);
+    assert_eq!(balance(&app, &key).await["available"], 0);
+
+    let bad_id = event("evt_\u{0}", "checkout.session.completed", at(&app, 0), checkout_session("cs_test_nul2", &team, "cus_Y", "paid"));
+    let body = serde_json::to_vec(&bad_id).expect("json");
+    let signature = sign(WEBHOOK_SECRET.as_bytes(), app.clock.now().timestamp(), &body);
+    let response = post_webhook(&app, body, Some(signature)).await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.expect("json");
+    assert_eq!(problem["type"], "/problems/malformed-stripe-event");
+}

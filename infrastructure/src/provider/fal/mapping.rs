@@ -221,10 +221,13 @@ pub fn failure_message(error: Option<&Value>, payload: Option<&Value>) -> String
     truncate(&parts.join(": "))
 }
 
+/// Bounded, and without control characters (other than tab and newline) — the message
+/// is stored in an event, which PostgreSQL cannot hold with a NUL, and shown to clients.
 fn truncate(text: &str) -> String {
-    match text.char_indices().nth(MESSAGE_CHARS_MAX) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
+    let clean: String = text.chars().map(|c| if (c as u32) < 0x20 && !matches!(c, '\t' | '\n') { '\u{FFFD}' } else { c }).collect();
+    match clean.char_indices().nth(MESSAGE_CHARS_MAX) {
+        Some((cut, _)) => format!("{}…", &clean[..cut]),
+        None => clean,
     }
 }
 

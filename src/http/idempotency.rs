@@ -1,0 +1,220 @@
+//! Idempotency-Key as Stripe does it, for every request that changes state (POST, PUT,
+//! PATCH, DELETE under `/api/`, webhooks aside): the key is bound, per team, to the
+//! request's fingerprint — method, path and the SHA-256 of its canonical JSON body — in
+//! `idempotency_keys` (durable, so the rule holds across processes).
+//!
+//! - the same key with another fingerprint: 422 `/problems/idempotency-key-reused`;
+//! - the same key while the first request still runs: 409
+//!   `/problems/idempotency-key-in-use` (with `Retry-After`);
+//! - the same key and request after it finished: the handler runs again and answers with
+//!   the first result (the ids it records derive from the key).
+//!
+//! A request refused with a 4xx recorded nothing and releases its key; any other answer
+//! keeps it bound. Bindings are forgotten after `RETENTION_HOURS` (24).
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use infrastructure::idempotency::{self, Claim, Finish, KeyedRequest};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::extract::BODY_BYTES_MAX;
+use super::problem::Problem;
+use crate::app::AppState;
+
+/// Seconds a client is asked to wait before repeating a request still in flight.
+const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
+
+/// Middleware on every route (see the module doc).
+pub async fn idempotent_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let changes_state = matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    let path = request.uri().path();
+    if !changes_state || !path.starts_with("/api/") || path.starts_with("/api/webhooks/") {
+        return next.run(request).await;
+    }
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return next.run(request).await;
+    };
+    // The handler's extractor explains a malformed key; only a valid one is bound.
+    let Some(key) = value.to_str().ok().and_then(|text| domain::IdempotencyKey::parse(text).ok()) else {
+        return next.run(request).await;
+    };
+    let scope = match scope_of(&state, request.headers()).await {
+        Ok(Some(scope)) => scope,
+        // Not authenticated: the handler answers 401 and nothing is bound.
+        Ok(None) => return next.run(request).await,
+        Err(problem) => return problem.into_response(),
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE)
+                .detail(format!("the body is larger than {BODY_BYTES_MAX} bytes"))
+                .into_response()
+        }
+    };
+    let fingerprint = fingerprint(&parts.method, parts.uri.path(), &bytes);
+    let keyed = KeyedRequest {
+        scope: &scope,
+        key: key.as_str(),
+        fingerprint: &fingerprint,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        now: state.credits.now(),
+    };
+    let claimed = match idempotency::claim(&state.db, &keyed).await {
+        Ok(Claim::Claimed) => true,
+        Ok(Claim::Repeat) => false,
+        Ok(Claim::InFlight) => {
+            return Problem::new(StatusCode::CONFLICT, "idempotency-key-in-use", "Idempotency key in use")
+                .detail("a request with this Idempotency-Key is still being processed; retry after it has finished")
+                .retry_after(IN_FLIGHT_RETRY_AFTER_SECS)
+                .into_response()
+        }
+        Ok(Claim::Mismatch { method, path }) => {
+            return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", "Idempotency key reused")
+                .detail(format!(
+                    "this Idempotency-Key was first used with another request ({method} {path} with another body); use a new key for a new request"
+                ))
+                .with("field", "Idempotency-Key")
+                .into_response()
+        }
+        Err(error) => return Problem::internal(&error).into_response(),
+    };
+    let request = Request::from_parts(parts, Body::from(bytes));
+    if !claimed {
+        return next.run(request).await;
+    }
+    let mut guard = ClaimGuard { state: Some(state.clone()), scope, key: key.as_str().to_string() };
+    let response = next.run(request).await;
+    let how = if response.status().is_client_error() { Finish::Release } else { Finish::Done };
+    guard.finish(how).await;
+    response
+}
+
+/// Whose key space the request's key lives in: the team of its API key, or the
+/// operator. `None` for a request without valid credentials.
+async fn scope_of(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(token) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|text| text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer ")))
+        .map(str::trim)
+    else {
+        return Ok(None);
+    };
+    if let Some(operator) = &state.operator_key_sha256 {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if &presented == operator {
+            return Ok(Some("operator".to_string()));
+        }
+    }
+    let row = infrastructure::db_fetch_optional!(
+        &state.db,
+        (String,),
+        "SELECT team_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        application::api_keys::hash_key(token)
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    Ok(row.map(|(team,)| team))
+}
+
+/// Hex SHA-256 of `METHOD\npath\n` and the body: canonical JSON (keys sorted, no
+/// insignificant whitespace) when it is JSON, else its bytes.
+pub fn fingerprint(method: &Method, path: &str, body: &Bytes) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_str().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\n");
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => {
+            let mut canonical = String::new();
+            write_canonical(&value, &mut canonical);
+            hasher.update(canonical.as_bytes());
+        }
+        Err(_) => hasher.update(body),
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(fields) => {
+            let mut keys: Vec<&String> = fields.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&fields[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Finishes a claim; if the request is dropped midway (the client went away), the claim
+/// is marked done in the background, since the handler may have recorded something.
+struct ClaimGuard {
+    state: Option<AppState>,
+    scope: String,
+    key: String,
+}
+
+impl ClaimGuard {
+    async fn finish(&mut self, how: Finish) {
+        let Some(state) = self.state.take() else { return };
+        finish(&state, &self.scope, &self.key, how).await;
+    }
+}
+
+async fn finish(state: &AppState, scope: &str, key: &str, how: Finish) {
+    if let Err(error) = idempotency::finish(&state.db, scope, key, how, state.credits.now()).await {
+        // The claim stays in flight until its lease runs out; repeats get 409 till then.
+        tracing::warn!(%error, "idempotency key not released");
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take() {
+            let (scope, key) = (std::mem::take(&mut self.scope), std::mem::take(&mut self.key));
+            tokio::spawn(async move { finish(&state, &scope, &key, Finish::Done).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_ignore_key_order_and_whitespace_but_not_content() {
+        let a = fingerprint(&Method::POST, "/api/generate", &Bytes::from_static(br#"{"a":1,"b":[1,2]}"#));
+        let b = fingerprint(&Method::POST, "/api/generate", &Bytes::from_static(b"{ \"b\": [1, 2], \"a\": 1 }"));
+        assert_eq!(a, b);
+        let other_body = fingerprint(&Method::POST, "/api/generate", &Bytes::from_static(br#"{"a":2,"b":[1,2]}"#));
+        let other_path = fingerprint(&Method::POST, "/api/models", &Bytes::from_static(br#"{"a":1,"b":[1,2]}"#));
+        assert_ne!(a, other_body);
+        assert_ne!(a, other_path);
+    }
+}
