@@ -15,6 +15,22 @@ use super::text;
 /// events. Beyond it: 413.
 pub const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 
+/// Middleware: a request whose `Content-Length` is over [`BODY_BYTES_MAX`] is answered 413
+/// before any of its body is read (a client that sent `Expect: 100-continue` never sends
+/// it). Bodies of unannounced length are cut at the same limit by the extractors.
+pub async fn refuse_oversized(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|bytes| bytes > BODY_BYTES_MAX as u64) {
+        return too_large().into_response();
+    }
+    next.run(request).await
+}
+
 fn too_large() -> Problem {
     Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).detail(format!("the body is larger than {BODY_BYTES_MAX} bytes"))
 }

@@ -42,7 +42,7 @@ pub async fn idempotent_requests(State(state): State<AppState>, request: Request
     let Some(key) = value.to_str().ok().and_then(|text| domain::IdempotencyKey::parse(text).ok()) else {
         return next.run(request).await;
     };
-    let scope = match scope_of(&state, request.headers()).await {
+    let scope = match scope_of(&state, request.headers(), request.uri().path()).await {
         Ok(Some(scope)) => scope,
         // Not authenticated: the handler answers 401 and nothing is bound.
         Ok(None) => return next.run(request).await,
@@ -97,8 +97,8 @@ pub async fn idempotent_requests(State(state): State<AppState>, request: Request
 }
 
 /// Whose key space the request's key lives in: the team of its API key, or the
-/// operator. `None` for a request without valid credentials.
-async fn scope_of(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Option<String>, Problem> {
+/// operator (per team acted on). `None` for a request without valid credentials.
+async fn scope_of(state: &AppState, headers: &axum::http::HeaderMap, path: &str) -> Result<Option<String>, Problem> {
     let Some(token) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -110,7 +110,13 @@ async fn scope_of(state: &AppState, headers: &axum::http::HeaderMap) -> Result<O
     if let Some(operator) = &state.operator_key_sha256 {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if &presented == operator {
-            return Ok(Some("operator".to_string()));
+            // The operator acts for many teams: its keys are per team it acts on, as the
+            // ids it derives from them are (`grant:{team}:{key}`).
+            let team = path.strip_prefix("/api/admin/teams/").and_then(|rest| rest.split('/').next()).filter(|t| !t.is_empty());
+            return Ok(Some(match team {
+                Some(team) => format!("operator:{team}"),
+                None => "operator".to_string(),
+            }));
         }
     }
     let row = infrastructure::db_fetch_optional!(

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
     // their responses complete: axum adds a 405's `Allow` as a router's response leaves it.
     Router::new()
         .fallback_service(routes)
+        .layer(axum::middleware::from_fn(extract::refuse_oversized))
         .layer(axum::middleware::map_response(problem::problem_responses))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
