@@ -299,7 +299,17 @@ async fn plan_limits_hold_with_two_workers() {
     }
     let _ = stop.send(true);
     second.await.expect("second worker");
-    let peaks = max_active_per_team(&app).await;
+    // The log is read only below every transaction still open on the cluster (other
+    // tests' included): wait until it shows every team's dispatches.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let peaks = loop {
+        let peaks = max_active_per_team(&app).await;
+        let seen_all = teams.iter().all(|(team, ..)| peaks.get(team).copied().unwrap_or(0) >= 1);
+        if seen_all || tokio::time::Instant::now() > deadline {
+            break peaks;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     for (team, _, plan, _) in &teams {
         let limit = plan.parse::<domain::Plan>().expect("plan").concurrency_limit() as i64;
         let peak = peaks.get(team).copied().unwrap_or(0);
