@@ -100,7 +100,8 @@ pub struct DatabaseSettings {
     pub url: String,
     pub connections_max: u32,
     /// How long a request waits for a connection (and, while the server is away, for
-    /// it to come back) before it is answered 503.
+    /// it to come back; on SQLite also for another process's write lock) before it is
+    /// answered 503.
     pub acquire_timeout_ms: u64,
 }
 

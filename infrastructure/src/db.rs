@@ -98,7 +98,9 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
-                .busy_timeout(SQLITE_BUSY_TIMEOUT);
+                // Waiting for another process's write lock is waiting for the database
+                // too: no longer than for a connection (then the caller answers 503).
+                .busy_timeout(SQLITE_BUSY_TIMEOUT.min(acquire_timeout));
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(acquire_timeout)

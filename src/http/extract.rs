@@ -109,13 +109,14 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         let Some(value) = parts.headers.get("idempotency-key") else {
             return Ok(IdempotencyKey(None));
         };
-        let text = value.to_str().map_err(|_| Problem::invalid("Idempotency-Key must be visible ASCII"))?;
+        const FIELD: &str = "Idempotency-Key";
+        let text = value.to_str().map_err(|_| Problem::invalid_field(FIELD, "Idempotency-Key must be visible ASCII"))?;
         if text.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-            return Err(Problem::invalid("Idempotency-Key is longer than 255 bytes"));
+            return Err(Problem::invalid_field(FIELD, "Idempotency-Key is longer than 255 bytes"));
         }
         domain::IdempotencyKey::parse(text)
             .map(|key| IdempotencyKey(Some(key)))
-            .map_err(|error| Problem::invalid(format!("Idempotency-Key: {error}")))
+            .map_err(|error| Problem::invalid_field(FIELD, format!("Idempotency-Key: {error}")))
     }
 }
 

@@ -29,6 +29,8 @@ pub const QUERY_VALUE_CHARS_MAX: usize = 1_000;
 /// Longest path parameter (characters): ids are UUIDs or slugs, storage keys a few
 /// hundred characters at most.
 pub const PATH_PARAM_CHARS_MAX: usize = 1_000;
+// Fields whose values come from a closed list: any value longer than these is not on
+// the list and is refused (422) as unknown, so the document may state them as maxLength.
 /// Longest reference-model id (a slug such as `fashion-editorial-01`).
 pub const REFERENCE_MODEL_ID_CHARS_MAX: usize = 100;
 /// Longest Stripe price id accepted by checkout.

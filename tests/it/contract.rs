@@ -182,6 +182,12 @@ async fn control_characters_in_paths_and_queries(db: TestDb) {
         let answer = read(app.as_key(&key, Method::GET, path).send().await.expect("request")).await;
         assert_eq!(problem(&answer, 422, "/problems/invalid-request", path)["field"], field, "{path}");
     }
+    // The one stored header: Idempotency-Key (a tab is legal in HTTP, not in a key).
+    for bad in ["a\tb".to_string(), "k".repeat(256)] {
+        let response = app.as_key(&key, Method::POST, "/api/generate").header("Idempotency-Key", bad.as_str()).json(&json!({})).send().await;
+        let answer = read(response.expect("request")).await;
+        assert_eq!(problem(&answer, 422, "/problems/invalid-request", &bad)["field"], "Idempotency-Key");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,6 +292,31 @@ async fn postgres_unreachable_database_is_503_with_retry_after() {
     pool.set_connect_options(options);
     let response = app.as_key(&key, Method::GET, "/api/credits/balance").send().await.expect("request");
     assert_eq!(response.status(), 200);
+}
+
+/// SQLite held by another process (its write lock taken past the wait): writes are a 503
+/// with Retry-After, reads still answer, and writes succeed once the lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_database_is_503_with_retry_after() {
+    use sqlx::Connection;
+    let db = TestDb::sqlite().await;
+    let url = db.url.clone();
+    let app = TestApp::spawn_with(db, |s| {
+        s.database.acquire_timeout_ms = 300;
+        s.jobs.worker_in_serve = false;
+    })
+    .await;
+    let (_, key) = team(&app).await;
+    let mut other = sqlx::SqliteConnection::connect(&url).await.expect("another connection");
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.expect("write lock");
+    let write = app.admin(Method::POST, "/api/admin/teams").json(&json!({"name": "while locked"})).send().await.expect("request");
+    assert_eq!(write.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
+    problem(&read(write).await, 503, "/problems/database-unavailable", "locked write");
+    let balance = app.as_key(&key, Method::GET, "/api/credits/balance").send().await.expect("request");
+    assert_eq!(balance.status(), 200, "reads go on");
+    sqlx::query("ROLLBACK").execute(&mut other).await.expect("release");
+    let write = app.admin(Method::POST, "/api/admin/teams").json(&json!({"name": "after"})).send().await.expect("request");
+    assert_eq!(write.status(), 201);
 }
 
 // ---------------------------------------------------------------- jobs: 409, events, ledger
