@@ -479,6 +479,18 @@ async fn idempotency_cursors_and_admin_lookups(db: TestDb) {
     assert_eq!(refused.0, 422);
     assert_eq!(read(create("Four", "model-4").await.expect("request")).await.0, 202);
 
+    // After the retention window (24 h) the binding is forgotten: the same key with
+    // another grant reaches the ledger, whose own rule refuses it (409), and the sweeper
+    // pass deletes what is left.
+    assert_eq!(app.grant(&team, 10, "kept-a-day").await.status(), 200);
+    let refused = read(app.grant(&team, 11, "kept-a-day").await).await;
+    problem(&refused, 422, "/problems/idempotency-key-reused", "within the window");
+    app.clock.advance(chrono::Duration::hours(25));
+    let later = read(app.grant(&team, 11, "kept-a-day").await).await;
+    problem(&later, 409, "/problems/idempotency-conflict", "after the window");
+    let forgotten = infrastructure::idempotency::forget_expired(&app.state.db, app.state.credits.now()).await.expect("forget");
+    assert!(forgotten >= 1, "{forgotten}");
+
     // Cursors are opaque, versioned base64url, bound to their list.
     let (_, _, page) = read(app.as_key(&key, Method::GET, "/api/models?limit=1").send().await.expect("list")).await;
     let cursor = page["next_cursor"].as_str().expect("a next page").to_string();
