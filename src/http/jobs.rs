@@ -326,8 +326,14 @@ const EVENTS_POLL: Duration = Duration::from_millis(500);
 /// see `job_events`; `id:` the job stream's sequence), from the start or after
 /// `Last-Event-ID`; the stream ends after the job's final event, and at once when
 /// `Last-Event-ID` is at or past it.
-#[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "jobs", operation_id = "streamJobEvents", params(("job_id" = uuid::Uuid, Path, description = "The job's id")),
-    responses((status = 200, description = "text/event-stream of job events", content_type = "text/event-stream")), security(("api_key" = [])))]
+#[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "jobs", operation_id = "streamJobEvents",
+    params(("job_id" = uuid::Uuid, Path, description = "The job's id"),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, description = "the `id:` of the last event received: the stream resumes after it")),
+    responses((status = 200, content_type = "text/event-stream", body = ref("#/components/schemas/JobStreamEvent"),
+        description = "Server-sent events, one per public job event (schema `JobStreamEvent`: `event`, `id`, and `data`, the \
+            event as JSON, schema `PublicJobEvent`). The stream ends after the final event (`completed`, `failed` or \
+            `cancelled`); comments keep it alive meanwhile.")),
+    security(("api_key" = [])))]
 async fn events(
     State(state): State<AppState>,
     key: TeamKey,

@@ -18,7 +18,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, audit, catalog, credits, fal, generate, health, jobs, metrics, models, stripe};
+use super::{admin, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe};
 use crate::app::AppState;
 
 #[derive(OpenApi)]
@@ -40,6 +40,7 @@ use crate::app::AppState;
         catalog::list, catalog::get_one,
         health::healthz, health::readyz, metrics::metrics,
     ),
+    components(schemas(job_events::PublicJobEvent)),
     modifiers(&Contract),
     tags(
         (name = "billing", description = "Credits of the caller's team: balance, history, prices, and buying more"),
@@ -75,6 +76,7 @@ impl Modify for Contract {
         );
         components.add_security_scheme("operator_key", bearer("The operator key of the server's configuration (`auth.operator_key`)."));
         components.schemas.insert("Problem".into(), RefOr::T(problem_schema()));
+        components.schemas.insert("JobStreamEvent".into(), RefOr::T(job_stream_event_schema()));
         for item in openapi.paths.paths.values_mut() {
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for operation in operations.into_iter().flatten() {
@@ -118,6 +120,35 @@ fn problem_schema() -> Schema {
             "available": 25,
             "requested": 40
         })])
+        .into()
+}
+
+/// One server-sent event of a job's stream, as an SSE client reads it (the shape
+/// OpenAPI 3.2 gives `text/event-stream` items, which schemathesis checks): `event` and
+/// the JSON in `data` are a `PublicJobEvent`.
+fn job_stream_event_schema() -> Schema {
+    let mut data = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .content_media_type("application/json")
+        .description(Some("The event as JSON: a `PublicJobEvent`."))
+        .build();
+    // JSON Schema's `contentSchema` (what `data` decodes to); utoipa's `Object` has no field for it.
+    let content_schema = serde_json::json!({"$ref": "#/components/schemas/PublicJobEvent"});
+    data.extensions.get_or_insert_with(Default::default).insert("contentSchema".into(), content_schema);
+    ObjectBuilder::new()
+        .description(Some("One server-sent event of a job's progress."))
+        .property("event", one_of(job_events::PUBLIC_JOB_EVENT_TYPES.iter().copied()))
+        .required("event")
+        .property(
+            "id",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]+$"))
+                .description(Some("The event's position in the job's history: send it as `Last-Event-ID` to resume after it.")),
+        )
+        .required("id")
+        .property("data", data)
+        .required("data")
         .into()
 }
 
@@ -199,13 +230,26 @@ fn add_common_errors(operation: &mut Operation) {
         common.push(("422", "A query parameter is malformed or out of range (`/problems/invalid-request`)."));
     }
     if has_idempotency_key {
-        common.push(("409", "The Idempotency-Key was used for another request, or its first request is still running (`/problems/idempotency-conflict`)."));
-        common.push(("422", "The Idempotency-Key is empty, too long or not visible ASCII, or was used with another body (`/problems/invalid-request`)."));
+        common.push((
+            "409",
+            "The first request with this Idempotency-Key is still running (`/problems/idempotency-key-in-use`, with \
+             `Retry-After`), or the key named another operation (`/problems/idempotency-conflict`).",
+        ));
+        common.push((
+            "422",
+            "The Idempotency-Key was used with another request (`/problems/idempotency-key-reused`), or is empty, too \
+             long or not visible ASCII (`/problems/invalid-request`).",
+        ));
     }
     if has_path {
+        common.push(("400", "The path is not valid UTF-8 (`/problems/malformed-path`)."));
         common.push(("404", "No such resource for the caller (`/problems/not-found`)."));
     }
-    common.push(("503", "The database is unreachable or too contended for now; retry (`/problems/unavailable`, `/problems/contention`)."));
+    common.push((
+        "503",
+        "The database cannot be reached right now (`/problems/database-unavailable`), or too many writers contend \
+         (`/problems/contention`): retry after `Retry-After`.",
+    ));
     for (status, description) in common {
         // An operation's own description of a status wins: it knows more.
         operation.responses.responses.entry(status.into()).or_insert_with(|| problem_response(description));

@@ -32,6 +32,26 @@ const FAL_WEBHOOK: &str = "receiveFalWebhook";
 const CHECKS: &str =
     "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance";
 
+/// Text no client should send but some will: NUL and other C0 controls, which the text
+/// rule refuses (PostgreSQL's jsonb cannot even hold a NUL), beside text that must pass.
+/// Random generation seldom draws them, so every free-text field draws from this list
+/// one time in five (TOML escapes: the config file carries the characters themselves).
+const HOSTILE_TEXT: &[&str] = &["a\\u0000b", "\\u0000", "bell\\u0007", "esc\\u001b[31m", "tab\\tand\\nnewline", "ünïcödé 🔥", "%00"];
+const TEXT_FIELDS: &[&str] = &["name", "description", "prompt", "reason", "plan", "role", "source", "price_id", "resolution", "quality", "reference_model_id", "model_id"];
+
+fn hostile_text() -> String {
+    let values: Vec<String> = HOSTILE_TEXT.iter().map(|v| format!("\"{v}\"")).collect();
+    let mut toml = String::new();
+    for field in TEXT_FIELDS {
+        toml.push_str(&format!("\"body.{field}\" = {{ dictionary = \"hostile\", probability = 0.2 }}\n"));
+    }
+    for parameter in ["query.cursor", "path.model_id", "path.job_id", "path.id"] {
+        toml.push_str(&format!("\"{parameter}\" = {{ dictionary = \"hostile\", probability = 0.2 }}\n"));
+    }
+    toml.push_str(&format!("\n[dictionaries.hostile]\nvalues = [{}]\n", values.join(", ")));
+    toml
+}
+
 /// Runs schemathesis on `app` with a fresh team's admin key; `filter` selects operations.
 async fn schemathesis(app: &TestApp, filter: [&str; 2]) {
     let schemathesis = python_tool("schemathesis");
@@ -56,7 +76,8 @@ values = ["{team}"]
 
 [parameters]
 "path.team_id" = {{ dictionary = "team", probability = 0.5 }}
-"#
+{hostile}"#,
+        hostile = hostile_text()
     );
     std::fs::write(&config, toml).expect("write config");
     let mut command = Command::new(schemathesis);

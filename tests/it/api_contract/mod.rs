@@ -115,6 +115,22 @@ async fn the_document_keeps_its_own_rules() {
     }
 }
 
+/// The job event stream's data is documented, one schema per public event type, and
+/// its `type` values are the ones the stream sends.
+#[tokio::test]
+async fn the_event_stream_documents_its_public_events() {
+    let app = TestApp::spawn(TestDb::sqlite().await).await;
+    let document = served_document(&app).await;
+    let stream = &document["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"];
+    assert_eq!(stream["schema"]["$ref"], "#/components/schemas/JobStreamEvent", "{stream}");
+    let item = &document["components"]["schemas"]["JobStreamEvent"];
+    assert_eq!(item["properties"]["data"]["contentSchema"]["$ref"], "#/components/schemas/PublicJobEvent", "{item}");
+    assert_eq!(item["properties"]["event"]["enum"], serde_json::json!(kiln::http::job_events::PUBLIC_JOB_EVENT_TYPES));
+    let variants = document["components"]["schemas"]["PublicJobEvent"]["oneOf"].as_array().expect("oneOf").clone();
+    let types: Vec<&str> = variants.iter().filter_map(|v| v["properties"]["type"]["enum"][0].as_str()).collect();
+    assert_eq!(types, kiln::http::job_events::PUBLIC_JOB_EVENT_TYPES, "{variants:?}");
+}
+
 /// The lengths the document promises are the ones the domain enforces.
 #[tokio::test]
 async fn documented_bounds_are_the_enforced_ones() {
