@@ -18,10 +18,11 @@ use serde_json::Value;
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
 
-/// The venv's `bin` directory: `KILN_PYTHON_TOOLS` if set, else the one
+/// The venv's `bin` directory: `PYTHON_TOOLS_VENV` if set (not `KILN_*`: the config
+/// loader refuses unknown `KILN_` variables in the spawned `kiln`), else the one
 /// scripts/ensure-python-tools makes.
 pub fn python_tool(name: &str) -> PathBuf {
-    let venv = std::env::var_os("KILN_PYTHON_TOOLS")
+    let venv = std::env::var_os("PYTHON_TOOLS_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python-tools"));
     let tool = venv.join("bin").join(name);
