@@ -5,6 +5,7 @@
 //!   against the row-lock "seed" baseline (see [`credits`]).
 //! - `jobs`: the job engine's full lifecycle with `kiln worker` processes (see [`jobs`]).
 //! - `dispatch`: bare dispatch of no-op jobs, Kiln against graphile-worker (see [`dispatch`]).
+//! - `http`: the read path under a bounded load, Kiln against a bare axum + sqlx server (see [`http`]).
 //! - `render`: the local provider's renderer alone (see [`render`]).
 //!
 //! Every run that needs a database works in a scratch database it creates and drops, and
@@ -15,6 +16,7 @@ mod cpu;
 mod credits;
 mod dispatch;
 mod dispatch_check;
+mod http;
 mod jobs;
 mod kiln;
 mod load;
@@ -44,6 +46,8 @@ enum Command {
     Jobs(jobs::JobsArgs),
     /// Bare dispatch of no-op jobs: graphile-worker (npm) and Kiln, enqueue and drain timed apart.
     Dispatch(dispatch::DispatchArgs),
+    /// The read path under 64 connections: Kiln's balance and history against a bare axum + sqlx point select.
+    Http(http::HttpArgs),
     /// The local provider's PNG renderer alone, one thread (ms per image, digest of the bytes).
     Render(render::RenderArgs),
 }
@@ -114,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Jobs(args) => jobs::run(args).await,
         Command::Dispatch(args) => dispatch::run(args).await,
+        Command::Http(args) => http::run(args).await,
         Command::Render(args) => render::run(&args),
     }
 }
