@@ -84,6 +84,10 @@ pub struct DispatchArgs {
     pub node: String,
     #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
+    /// Keep the scratch database afterwards (its URL is printed), e.g. to run `kiln audit
+    /// verify` and `kiln projections rebuild --verify` on what the run wrote.
+    #[arg(long)]
+    pub keep_database: bool,
     /// Give up waiting for a drain after this long.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -144,7 +148,11 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
     let storage = std::env::temp_dir().join(&scratch.name);
     let outcome = measure(&args, &script, &scratch.url, &storage).await;
     let _ = std::fs::remove_dir_all(&storage);
-    scratch.drop_database().await?;
+    if args.keep_database {
+        eprintln!("kept the scratch database: {}", scratch.url);
+    } else {
+        scratch.drop_database().await?;
+    }
     for measurement in outcome? {
         println!("{}", measurement.line());
     }
