@@ -18,15 +18,14 @@ use application::storage::{validate_key, ObjectStore, StorageError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Where the generated URL-signing key is kept, relative to the root.
 pub const SIGNING_KEY_FILE: &str = ".url-signing-key";
-/// Bytes of a generated signing key.
-const SIGNING_KEY_BYTES: usize = 32;
+/// Fewest bytes a kept signing key may have.
+const SIGNING_KEY_BYTES: usize = crate::secrets::GENERATED_KEY_BYTES;
 
 #[derive(Clone)]
 pub struct LocalObjectStore {
@@ -172,60 +171,10 @@ pub fn verify_signature(
 }
 
 /// The URL-signing key kept in `{root}/.url-signing-key` (hex, mode 0600), generated on
-/// first use. Every process using the same root — `kiln serve`, `kiln worker` — gets the
-/// same key: a key is published with a no-replace hard link, so of two processes
-/// creating it at once, one wins and the other reads the winner's.
+/// first use (see [`crate::secrets`]). Every process using the same root — `kiln serve`,
+/// `kiln worker` — gets the same key.
 pub fn load_or_create_signing_key(root: &Path) -> std::io::Result<Vec<u8>> {
-    let path = root.join(SIGNING_KEY_FILE);
-    if let Some(key) = read_signing_key(&path)? {
-        return Ok(key);
-    }
-    std::fs::create_dir_all(root)?;
-    let mut key = vec![0u8; SIGNING_KEY_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut key);
-    let temp = root.join(format!("{SIGNING_KEY_FILE}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let published = (|| {
-        let mut file = private_file(&temp)?;
-        file.write_all(format!("{}\n", hex::encode(&key)).as_bytes())?;
-        file.sync_all()?;
-        std::fs::hard_link(&temp, &path)
-    })();
-    let _ = std::fs::remove_file(&temp);
-    match published {
-        Ok(()) => {
-            std::fs::File::open(root)?.sync_all()?;
-            Ok(key)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            read_signing_key(&path)?.ok_or_else(|| std::io::Error::other("signing key vanished"))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn read_signing_key(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let key = hex::decode(text.trim()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            if key.len() < SIGNING_KEY_BYTES {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "signing key file holds too short a key"));
-            }
-            Ok(Some(key))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(unix)]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
-}
-
-#[cfg(not(unix))]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().write(true).create_new(true).open(path)
+    Ok(crate::secrets::load_or_create(&root.join(SIGNING_KEY_FILE), SIGNING_KEY_BYTES, "URL-signing key")?.key)
 }
 
 #[cfg(test)]
