@@ -1,9 +1,14 @@
-//! The command line: `kiln serve`, `kiln migrate`.
+//! The command line: `kiln serve`, `kiln migrate`, `kiln worker`, … .
+//!
+//! Exit codes: 0 success; 1 error; 2 usage (clap); 3 a check found something
+//! (`audit verify`, `projections rebuild --verify`); 4 the store a read-only command
+//! was pointed at does not exist or is not migrated ([`EXIT_STORE_MISSING`]).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use infrastructure::config::Settings;
+use infrastructure::config::{LogFormat, Settings};
+use infrastructure::telemetry::Output;
 use infrastructure::db::Database;
 
 use crate::app::Application;
@@ -11,9 +16,13 @@ use crate::app::Application;
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about = "Event-sourced credit ledger and job engine for AI image generation")]
 pub struct Cli {
-    /// Configuration file (TOML). Defaults to ./kiln.toml when it exists.
+    /// Configuration file (TOML); it must exist. Unset: ./kiln.toml when it exists.
     #[arg(long, global = true, env = "KILN_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Log lines as `pretty` text (for people) or `json` (for machines); overrides `log.format`.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
 
     /// Database URL (`sqlite:kiln.db`, `postgres://…`); overrides the configuration.
     #[arg(long, global = true)]
@@ -21,6 +30,15 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The exit code of a read-only command whose store is missing or not migrated.
+pub const EXIT_STORE_MISSING: u8 = 4;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    Pretty,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +75,11 @@ pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     if let Some(url) = &cli.database_url {
         settings.database.url = url.clone();
     }
+    match cli.log_format {
+        Some(LogFormatArg::Pretty) => settings.log.format = LogFormat::Pretty,
+        Some(LogFormatArg::Json) => settings.log.format = LogFormat::Json,
+        None => {}
+    }
     if let Command::Serve { port, host } = &cli.command {
         if let Some(port) = port {
             settings.http.port = *port;
@@ -70,7 +93,11 @@ pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = settings(&cli)?;
-    infrastructure::telemetry::init(&settings.log);
+    let output = match &cli.command {
+        Command::Projections(crate::ops::ProjectionsCommand::Rebuild { .. }) => Output::WithProgress,
+        _ => Output::Plain,
+    };
+    infrastructure::telemetry::init(&settings.log, output);
     match cli.command {
         Command::Serve { .. } => {
             let app = Application::build(settings).await?;

@@ -20,7 +20,14 @@ fn main() -> ExitCode {
             // One line with the whole cause chain: start-up failures (a database that is
             // down, a bad config) are read by operators, not debugged.
             eprintln!("error: {}", one_line(&error));
-            ExitCode::FAILURE
+            let store_missing = error
+                .chain()
+                .any(|cause| cause.downcast_ref::<infrastructure::db::DbError>().is_some_and(|e| e.is_store_missing()));
+            if store_missing {
+                ExitCode::from(kiln::cli::EXIT_STORE_MISSING)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -4,10 +4,13 @@
 //!
 //! Exit codes: 0 success; 1 error (database unreachable, unknown team or projection, …);
 //! 2 usage error (clap); 3 the check ran and found something (`rebuild --verify`
-//! differences, `audit verify` violations).
+//! differences, `audit verify` violations); 4 the store does not exist or is not
+//! migrated: these commands never create or migrate a database
+//! (`Database::open_existing`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -18,6 +21,8 @@ use infrastructure::event_store::SqlEventStore;
 use projections::audit::{self, ledger::LedgerEntry};
 use projections::catalog::{self, ProjectionInfo};
 use projections::rebuild::{self, Progress, RebuildOptions, RebuildReport};
+use tracing::Instrument;
+use tracing_indicatif::span_ext::IndicatifSpanExt;
 
 /// The exit code of a check that found differences or violations.
 pub const EXIT_FOUND: i32 = 3;
@@ -97,10 +102,14 @@ pub enum AuditCommand {
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Database> {
-    Ok(Database::connect_and_migrate(&settings.database.url, 4).await?)
+    Ok(Database::open_existing(&settings.database.url, 4).await?)
 }
 
 pub async fn projections(settings: Settings, command: ProjectionsCommand) -> anyhow::Result<()> {
+    if let ProjectionsCommand::List { json } = command {
+        // The catalog is compiled in: no database needed.
+        return list_projections(json);
+    }
     let db = connect(&settings).await?;
     let store = SqlEventStore::new(db.clone());
     let outcome = run_projections(&store, command).await;
@@ -131,41 +140,33 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 async fn run_projections(store: &SqlEventStore, command: ProjectionsCommand) -> anyhow::Result<bool> {
     match command {
-        ProjectionsCommand::List { json } => {
-            let list: Vec<serde_json::Value> = catalog::catalog()
-                .iter()
-                .map(|p| serde_json::json!({"name": p.name, "kind": p.kind, "tables": p.tables}))
-                .collect();
-            if json {
-                print_json(&list)?;
-            } else {
-                for p in catalog::catalog() {
-                    println!("{:<16} {:<7} {}", p.name, format!("{:?}", p.kind).to_lowercase(), p.tables.join(", "));
-                }
-            }
-            Ok(false)
-        }
+        ProjectionsCommand::List { json } => list_projections(json).map(|()| false),
         ProjectionsCommand::Status { json } => {
             let statuses = catalog::status(store).await?;
             if json {
                 print_json(&statuses)?;
             } else {
+                let mut table = table(["projection", "kind", "at", "lag (events)"]);
                 for s in &statuses {
-                    let kind = format!("{:?}", s.kind).to_lowercase();
                     let at = format!("{}/{}", s.position.commit_order, s.position.position);
-                    println!("{:<16} {kind:<7} at {at:<24} lag {} events", s.name, s.lag_events);
+                    table.add_row([s.name.to_string(), kind_name(s.kind), at, s.lag_events.to_string()]);
                 }
+                println!("{table}");
             }
             Ok(false)
         }
         ProjectionsCommand::Rebuild { names, verify, json, batch_size } => {
             let selected = select(&names)?;
             let options = RebuildOptions { verify, batch_size: batch_size.clamp(1, 10_000), ..RebuildOptions::default() };
-            let show_bar = !json && std::io::stdout().is_terminal();
+            let show_bar = !json && std::io::stderr().is_terminal();
             let mut reports = Vec::new();
             for info in &selected {
                 let bar = Bar::new(show_bar);
-                let report = rebuild::rebuild(store, info, &options, &bar).await.with_context(|| format!("rebuilding {}", info.name))?;
+                let report = rebuild::rebuild(store, info, &options, &bar)
+                    .instrument(bar.span())
+                    .await
+                    .with_context(|| format!("rebuilding {}", info.name))?;
+                drop(bar);
                 if !json {
                     print_rebuild(&report);
                 }
@@ -177,6 +178,33 @@ async fn run_projections(store: &SqlEventStore, command: ProjectionsCommand) -> 
             Ok(reports.iter().any(|r| !r.matches()))
         }
     }
+}
+
+fn list_projections(json: bool) -> anyhow::Result<()> {
+    if json {
+        let list: Vec<serde_json::Value> = catalog::catalog()
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "kind": p.kind, "tables": p.tables}))
+            .collect();
+        return print_json(&list);
+    }
+    let mut table = table(["projection", "kind", "tables"]);
+    for p in catalog::catalog() {
+        table.add_row([p.name.to_string(), kind_name(p.kind), p.tables.join(", ")]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn kind_name(kind: impl std::fmt::Debug) -> String {
+    format!("{kind:?}").to_lowercase()
+}
+
+/// A borderless table for people (`--json` is the form for machines).
+fn table<const N: usize>(header: [&str; N]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING).set_header(header);
+    table
 }
 
 fn select(names: &[String]) -> anyhow::Result<Vec<ProjectionInfo>> {
@@ -212,42 +240,57 @@ fn print_rebuild(report: &RebuildReport) {
     }
 }
 
-/// An indicatif bar (events done, events/s, ETA), or nothing when hidden.
-struct Bar(indicatif::ProgressBar);
+/// A progress bar (events done, events/s, ETA) drawn by tracing-indicatif, so log lines
+/// printed meanwhile go above it instead of tearing it; or nothing when hidden.
+struct Bar {
+    span: Option<tracing::Span>,
+    done: AtomicU64,
+    total: AtomicU64,
+}
 
 impl Bar {
     fn new(visible: bool) -> Self {
-        if !visible {
-            return Bar(indicatif::ProgressBar::hidden());
-        }
-        let bar = indicatif::ProgressBar::new(0);
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg:16} [{bar:40}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        bar.set_style(style);
-        Bar(bar)
+        let span = visible.then(|| {
+            let span = tracing::info_span!("rebuild", "indicatif.pb_show" = tracing::field::Empty);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg:16} [{bar:40}] {human_pos}/{human_len} events  {per_sec}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            span.pb_set_style(&style);
+            span
+        });
+        Bar { span, done: AtomicU64::new(0), total: AtomicU64::new(0) }
+    }
+
+    /// The span the rebuild runs in (its bar is shown while it is entered).
+    fn span(&self) -> tracing::Span {
+        self.span.clone().unwrap_or_else(tracing::Span::none)
     }
 }
 
 impl Progress for Bar {
     fn begin(&self, projection: &str, events_total: u64) {
-        self.0.set_message(projection.to_string());
-        self.0.set_length(events_total);
-    }
-
-    fn advance(&self, events: u64) {
-        self.0.inc(events);
-        // The tail (events appended meanwhile) can pass the initial count.
-        if self.0.position() > self.0.length().unwrap_or(0) {
-            self.0.set_length(self.0.position());
+        self.total.store(events_total, Ordering::Relaxed);
+        if let Some(span) = &self.span {
+            span.pb_set_message(projection);
+            span.pb_set_length(events_total);
+            span.pb_start();
         }
     }
 
-    fn end(&self) {
-        self.0.finish_and_clear();
+    fn advance(&self, events: u64) {
+        let done = self.done.fetch_add(events, Ordering::Relaxed) + events;
+        if let Some(span) = &self.span {
+            span.pb_inc(events);
+            // The tail (events appended meanwhile) can pass the initial count.
+            if done > self.total.fetch_max(done, Ordering::Relaxed) {
+                span.pb_set_length(done);
+            }
+        }
     }
+
+    fn end(&self) {}
 }
 
 async fn run_audit(db: &Database, command: AuditCommand) -> anyhow::Result<bool> {
@@ -304,13 +347,26 @@ async fn run_audit(db: &Database, command: AuditCommand) -> anyhow::Result<bool>
     }
 }
 
-const CSV_HEADER: &str =
-    "team_id,entry_no,sequence,entry_type,amount,available_after,reserved_after,reference,operation,detail,occurred_at,hash";
+const CSV_HEADER: [&str; 12] = [
+    "team_id",
+    "entry_no",
+    "sequence",
+    "entry_type",
+    "amount",
+    "available_after",
+    "reserved_after",
+    "reference",
+    "operation",
+    "detail",
+    "occurred_at",
+    "hash",
+];
 
 fn write_csv(out: &mut dyn Write, team: &str, entries: &[&LedgerEntry]) -> anyhow::Result<()> {
-    writeln!(out, "{CSV_HEADER}")?;
+    let mut csv = csv::Writer::from_writer(out);
+    csv.write_record(CSV_HEADER)?;
     for e in entries {
-        let fields = [
+        csv.write_record([
             team.to_string(),
             e.entry_no.to_string(),
             e.sequence.to_string(),
@@ -323,20 +379,10 @@ fn write_csv(out: &mut dyn Write, team: &str, entries: &[&LedgerEntry]) -> anyho
             e.detail.clone().unwrap_or_default(),
             e.occurred_at.to_rfc3339(),
             e.hash.clone().unwrap_or_default(),
-        ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        writeln!(out, "{}", line.join(","))?;
+        ])?;
     }
+    csv.flush()?;
     Ok(())
-}
-
-/// RFC 4180 quoting: fields with a comma, quote or line break are quoted, quotes doubled.
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
 }
 
 fn print_replay(r: &audit::ReplayReport) {
@@ -381,14 +427,3 @@ fn print_replay(r: &audit::ReplayReport) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::csv_field;
-
-    #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        for (input, expected) in [("plain", "plain"), ("a,b", "\"a,b\""), ("say \"hi\"", "\"say \"\"hi\"\"\""), ("l1\nl2", "\"l1\nl2\"")] {
-            assert_eq!(csv_field(input), expected);
-        }
-    }
-}

@@ -2,7 +2,7 @@
 //! environment variables (nested keys joined by `__`, e.g. `KILN_DATABASE__URL`,
 //! `KILN_HTTP__PORT`), into typed structs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -26,6 +26,16 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub provider: ProviderSettings,
     pub fal: crate::provider::fal::FalSettings,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Bearer token a `/metrics` scrape must present. Unset: `/metrics` is open to
+    /// anyone who can reach the port.
+    #[serde(skip_serializing)]
+    pub bearer_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -148,6 +158,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             provider: ProviderSettings::default(),
             fal: crate::provider::fal::FalSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -266,20 +277,39 @@ impl Default for ProviderSettings {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration")]
-pub struct ConfigError(#[source] Box<figment::Error>);
+pub enum ConfigError {
+    #[error("invalid configuration")]
+    Invalid(#[source] Box<figment::Error>),
+    /// A file named by `--config` or `KILN_CONFIG` must exist: a typo would otherwise
+    /// run Kiln on its defaults (another database) without a word.
+    #[error("configuration file {} does not exist", .0.display())]
+    FileMissing(PathBuf),
+}
+
+/// Environment variables that start with `KILN_` but are not settings: `KILN_CONFIG`
+/// names the file (read by the CLI), `KILN_TEST_*` configure the test suite.
+const NOT_SETTINGS: [&str; 1] = ["config"];
 
 impl Settings {
-    /// Defaults < `file` (or `kiln.toml` if present) < `KILN_*` environment variables.
+    /// Defaults < the TOML file < `KILN_*` environment variables. `file` is a file the
+    /// operator named (it must exist); `None` reads `./kiln.toml` when present.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::figment(file).extract().map_err(|e| ConfigError(Box::new(e)))
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::FileMissing(file.to_path_buf()));
+            }
+        }
+        Self::figment(file).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
     }
 
     pub fn figment(file: Option<&Path>) -> Figment {
         let file = file.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
         Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(file))
-            .merge(Env::prefixed("KILN_").split("__"))
+            .merge(Env::prefixed("KILN_").split("__").filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                !NOT_SETTINGS.contains(&key.as_str()) && !key.starts_with("test_")
+            }))
     }
 }
 
@@ -304,6 +334,18 @@ mod tests {
             let key = settings.auth.operator_key.expect("set from the environment");
             assert_eq!(secrecy::ExposeSecret::expose_secret(&key), "op-secret");
             assert!(!format!("{:?}", Settings::load(Some(Path::new("k.toml")))).contains("op-secret"), "never printed");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_file_must_exist_and_kiln_config_is_not_a_setting() {
+        figment::Jail::expect_with(|jail| {
+            let error = Settings::load(Some(Path::new("missing.toml"))).expect_err("a named file must exist");
+            assert!(error.to_string().contains("missing.toml"), "{error}");
+            jail.set_env("KILN_CONFIG", "k.toml");
+            jail.set_env("KILN_TEST_POSTGRES_URL", "postgres://elsewhere");
+            assert!(Settings::load(None).is_ok(), "KILN_CONFIG names the file, it is not an unknown key");
             Ok(())
         });
     }

@@ -28,6 +28,19 @@ pub enum DbError {
     Query(#[from] sqlx::Error),
     #[error("migrations not applied: {0:?}")]
     MigrationsPending(Vec<i64>),
+    /// Read-only commands never create a store: a typo in the URL must not report on an
+    /// empty database it just made.
+    #[error("no database at {0} (create it with `kiln migrate`)")]
+    Missing(String),
+    #[error("the database at {location} is not migrated ({pending} migrations pending; run `kiln migrate`)")]
+    NotMigrated { location: String, pending: usize },
+}
+
+impl DbError {
+    /// The store is absent or not migrated (as opposed to unreachable or failing).
+    pub fn is_store_missing(&self) -> bool {
+        matches!(self, DbError::Missing(_) | DbError::NotMigrated { .. })
+    }
 }
 
 /// True when `error` says the database cannot be reached right now — the pool timed out
@@ -119,6 +132,74 @@ impl Database {
         }
     }
 
+    /// Connects to a store that exists and is fully migrated, creating and migrating
+    /// nothing: for read-only commands (audit, projections). A SQLite file that does not
+    /// exist, a PostgreSQL database that does not exist, or any pending migration is an
+    /// error ([`DbError::is_store_missing`]).
+    pub async fn open_existing(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        let location = redacted(url);
+        let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url).map_err(DbError::Connect)?;
+            let file = options.get_filename();
+            if file.as_os_str().is_empty() || file == std::path::Path::new(":memory:") || !file.exists() {
+                return Err(DbError::Missing(location));
+            }
+            // Checked over a read-only connection first: the pool's set-up (WAL mode)
+            // writes to the file, which an unmigrated file must not see.
+            let mut probe = sqlx::SqliteConnection::connect_with(&options.read_only(true).create_if_missing(false))
+                .await
+                .map_err(DbError::Connect)?;
+            let pending = sqlite_pending_migrations(&mut probe).await;
+            probe.close().await.ok();
+            let pending = pending?;
+            if pending > 0 {
+                return Err(DbError::NotMigrated { location, pending });
+            }
+            Self::connect(url, max_connections).await?
+        } else {
+            match Self::connect(url, max_connections).await {
+                // 3D000 invalid_catalog_name: the server is up, the database is not there.
+                Err(DbError::Connect(sqlx::Error::Database(e))) if e.code().as_deref() == Some("3D000") => {
+                    return Err(DbError::Missing(location));
+                }
+                other => other?,
+            }
+        };
+        if let Err(e) = db.check_migrated(&location).await {
+            db.close().await;
+            return Err(e);
+        }
+        Ok(db)
+    }
+
+    /// [`DbError::NotMigrated`] unless every embedded migration is applied.
+    async fn check_migrated(&self, location: &str) -> Result<(), DbError> {
+        let table_exists = match self {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?
+            }
+            Database::Sqlite { read, .. } => {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                    .fetch_one(read)
+                    .await?
+                    > 0
+            }
+        };
+        let pending = if table_exists {
+            match self.readiness().await {
+                Ok(()) => 0,
+                Err(DbError::MigrationsPending(missing)) => missing.len(),
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.migrator().iter().filter(|m| !m.migration_type.is_down_migration()).count()
+        };
+        if pending > 0 {
+            return Err(DbError::NotMigrated { location: location.to_string(), pending });
+        }
+        Ok(())
+    }
+
     /// Connects and applies every pending migration.
     pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<Self, DbError> {
         let db = Self::connect(url, max_connections).await?;
@@ -192,6 +273,36 @@ impl Database {
     }
 }
 
+/// Embedded SQLite migrations not (successfully) applied to the database `conn` is on.
+async fn sqlite_pending_migrations(conn: &mut sqlx::SqliteConnection) -> Result<usize, DbError> {
+    let table: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+        .fetch_one(&mut *conn)
+        .await?;
+    let applied: Vec<i64> = if table > 0 {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success").fetch_all(&mut *conn).await?
+    } else {
+        Vec::new()
+    };
+    Ok(SQLITE_MIGRATIONS
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
+        .count())
+}
+
+/// The URL without its password, for messages (`postgres://user:…@host/db`).
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:…{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Fetches all rows as `$row` with the same SQL text from the read side of either
 /// database (PostgreSQL pool, or SQLite's read pool).
 #[macro_export]
@@ -236,4 +347,20 @@ macro_rules! db_execute {
             }
         }
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_are_left_out_of_messages() {
+        for (url, shown) in [
+            ("postgres://kiln:s3cret@db:5432/kiln", "postgres://kiln:…@db:5432/kiln"),
+            ("postgres://postgres@127.0.0.1/kiln", "postgres://postgres@127.0.0.1/kiln"),
+            ("sqlite:kiln.db", "sqlite:kiln.db"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
+    }
 }

@@ -3,12 +3,14 @@
 
 pub mod catalog;
 pub mod config;
+pub mod config_reference;
 pub mod db;
 pub mod event_store;
 pub mod idempotency;
 pub mod job_index;
 pub mod pricing;
 pub mod provider;
+pub mod secrets;
 pub mod storage;
 pub mod stripe;
 pub mod telemetry;
