@@ -37,6 +37,8 @@ pub struct AppState {
     pub projector: Projector,
     /// SHA-256 of the operator key; `None` closes the admin API.
     pub operator_key_sha256: Option<[u8; 32]>,
+    /// SHA-256 of `metrics.bearer_token`; `None` leaves `/metrics` open.
+    pub metrics_token_sha256: Option<[u8; 32]>,
     /// Images, model artifacts and catalog previews (`storage.backend`).
     pub objects: Arc<dyn application::storage::ObjectStore>,
     /// The HMAC key of the local store's signed URLs (checked by `GET /files/…`).
@@ -84,6 +86,8 @@ impl AppState {
             .operator_key
             .as_ref()
             .map(|key| Sha256::digest(key.expose_secret().as_bytes()).into());
+        let metrics_token_sha256 =
+            settings.metrics.bearer_token.as_ref().map(|token| Sha256::digest(token.expose_secret().as_bytes()).into());
         let (objects, url_signing_key) = infrastructure::storage::open(settings).context("cannot open the object store")?;
         let url_ttl_secs = settings.storage.url_ttl_secs;
         let fal = fal_provider(settings, objects.clone(), clock)?;
@@ -91,6 +95,7 @@ impl AppState {
             Some(fal) => fal.provider.clone(),
             None => Arc::new(LocalProvider::new(LocalProviderConfig::from(&settings.provider)).with_artifacts(objects.clone())),
         };
+        let provider: Arc<dyn Provider> = Arc::new(application::observe::MeteredProvider(provider));
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
         let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, provider.clone(), settings.jobs.queue_depth_max);
         let mut state = Self {
@@ -100,6 +105,7 @@ impl AppState {
             credits,
             projector,
             operator_key_sha256,
+            metrics_token_sha256,
             objects,
             url_signing_key,
             url_ttl_secs,
@@ -158,6 +164,8 @@ impl Application {
     }
 
     pub async fn build_with_clock(mut settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // Before anything records a metric.
+        crate::http::metrics::recorder();
         let acquire_timeout = std::time::Duration::from_millis(settings.database.acquire_timeout_ms.max(1));
         let db = Database::connect_and_migrate_with(&settings.database.url, settings.database.connections_max, acquire_timeout).await?;
         infrastructure::pricing::seed_default(&db).await?;

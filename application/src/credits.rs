@@ -162,7 +162,10 @@ impl CreditsService {
             self.forget(team);
             self.writer(team).send(request).await.map_err(|_| writer_gone())?;
         }
-        answer.await.map_err(|_| writer_gone())?
+        let outcome = answer.await.map_err(|_| writer_gone())??;
+        // Here, not in the writer task: this runs in the caller's span (its request id).
+        crate::observe::credits_recorded(team, &outcome.events, outcome.available);
+        Ok(outcome)
     }
 
     fn writer(&self, team: TeamId) -> mpsc::Sender<Request> {

@@ -6,5 +6,6 @@ pub mod clock;
 pub mod credits;
 pub mod event_store;
 pub mod jobs;
+pub mod observe;
 pub mod provider;
 pub mod storage;

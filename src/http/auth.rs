@@ -9,6 +9,8 @@ use application::api_keys::hash_key;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum_extra::headers::authorization::{Authorization, Bearer};
+use axum_extra::headers::HeaderMapExt;
 use domain::keys::Role;
 use domain::{ApiKeyId, TeamId};
 use infrastructure::db_fetch_optional;
@@ -43,28 +45,26 @@ impl TeamKey {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, Problem> {
-    let header = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| Problem::unauthorized("send Authorization: Bearer <api key>"))?;
-    let text = header.to_str().map_err(|_| Problem::unauthorized("malformed Authorization header"))?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))
-        .ok_or_else(|| Problem::unauthorized("expected a Bearer token"))?
-        .trim();
+/// The token of `Authorization: Bearer …` (parsed by axum-extra's typed header).
+pub(crate) fn bearer(parts: &Parts) -> Result<String, Problem> {
+    if !parts.headers.contains_key(axum::http::header::AUTHORIZATION) {
+        return Err(Problem::unauthorized("send Authorization: Bearer <api key>"));
+    }
+    let Some(Authorization(bearer)) = parts.headers.typed_get::<Authorization<Bearer>>() else {
+        return Err(Problem::unauthorized("expected a Bearer token"));
+    };
+    let token = bearer.token().trim();
     if token.is_empty() {
         return Err(Problem::unauthorized("empty Bearer token"));
     }
-    Ok(token)
+    Ok(token.to_string())
 }
 
 impl FromRequestParts<AppState> for TeamKey {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let key_hash = hash_key(bearer(parts)?);
+        let key_hash = hash_key(&bearer(parts)?);
         let row = db_fetch_optional!(
             &state.db,
             (String, String, String),

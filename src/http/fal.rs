@@ -80,6 +80,8 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn refused(error: &VerifyError) -> Problem {
     tracing::warn!(reason = %error, "fal webhook refused");
+    let outcome = if matches!(error, VerifyError::KeysUnavailable(_)) { "keys_unavailable" } else { "bad_signature" };
+    super::metrics::webhook_delivered("fal", outcome);
     match error {
         // Not the sender's fault: 503, so fal delivers again once the keys can be read.
         VerifyError::KeysUnavailable(_) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "fal-keys-unavailable", "fal keys unavailable")
@@ -129,8 +131,15 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, ApiBytes(bod
         return Err(malformed("request_id differs from X-Fal-Webhook-Request-Id".into()));
     }
     let span = tracing::info_span!("fal_webhook", request_id = %delivery.request_id, status = %delivery.status, job_id = tracing::field::Empty);
-    let ack = handle(&state, &fal, delivery).instrument(span).await?;
-    Ok(Json(ack))
+    let ack = handle(&state, &fal, delivery).instrument(span).await;
+    let outcome = match ack.as_ref().map(|ack| ack.outcome.as_str()) {
+        Ok("applied") => "applied",
+        Ok("already_final") => "already_final",
+        Ok(_) => "ignored",
+        Err(_) => "error",
+    };
+    super::metrics::webhook_delivered("fal", outcome);
+    Ok(Json(ack?))
 }
 
 async fn handle(state: &AppState, fal: &FalWebhooks, delivery: Delivery) -> Result<FalWebhookAck, Problem> {

@@ -1,55 +1,150 @@
-//! `/metrics` in the Prometheus text format: where each projection stands and its lag,
-//! the log's head, and a few cheap gauges and counters.
+//! `/metrics` in the Prometheus text format, rendered by metrics-exporter-prometheus from
+//! what the process recorded through the `metrics` facade (HTTP requests, job
+//! transitions, credit movements, provider calls, webhooks, event-store appends), plus
+//! gauges read from the database at scrape time (projection lag, queued and running jobs
+//! per plan, jobs by status). With `metrics.bearer_token` set, a scrape must present it
+//! (`Authorization: Bearer …`); anything else is a 401 problem.
 
-use std::fmt::Write;
+use std::sync::OnceLock;
+use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use infrastructure::{db_fetch_all, db_fetch_optional};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sha2::{Digest, Sha256};
 
 use super::problem::Problem;
 use crate::app::AppState;
+
+pub const HTTP_REQUESTS: &str = "kiln_http_requests_total";
+pub const HTTP_DURATION: &str = "kiln_http_request_duration_seconds";
+pub const WEBHOOK_DELIVERIES: &str = "kiln_webhook_deliveries_total";
+pub const WEBHOOK_SIGNATURE_FAILURES: &str = "kiln_webhook_signature_failures_total";
+
+/// Histogram buckets of every `*_seconds` metric: 1 ms to 5 min covers an append, an HTTP
+/// request, a queue wait and a model training.
+const SECONDS_BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same
+/// handle). `None` if another recorder was installed first (metrics then go there).
+pub fn recorder() -> Option<&'static PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
+                .ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot install the metrics recorder; /metrics shows database gauges only");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// Middleware: counts and times every request by method, route template (never the raw
+/// path: ids would make a series per job) and status.
+pub async fn track_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    response
 }
 
-/// Projection positions and lag, the event log's head, teams and jobs, in Prometheus'
-/// text format.
+/// A webhook delivery's outcome (`applied`, `ignored`, `rejected`, …); a bad signature
+/// also counts as a signature failure.
+pub fn webhook_delivered(source: &'static str, outcome: &'static str) {
+    metrics::counter!(WEBHOOK_DELIVERIES, "source" => source, "outcome" => outcome).increment(1);
+    if outcome == "bad_signature" {
+        metrics::counter!(WEBHOOK_SIGNATURE_FAILURES, "source" => source).increment(1);
+    }
+}
+
+/// Checks the scrape's bearer token against `metrics.bearer_token`, if one is set.
+fn authorize(parts: &Parts, state: &AppState) -> Result<(), Problem> {
+    let Some(expected) = &state.metrics_token_sha256 else { return Ok(()) };
+    // Digests, not tokens, are compared: the comparison's timing says nothing of the token.
+    let presented: [u8; 32] = Sha256::digest(super::auth::bearer(parts)?.as_bytes()).into();
+    if &presented == expected {
+        Ok(())
+    } else {
+        Err(Problem::unauthorized("not the metrics token"))
+    }
+}
+
+/// Every series this process recorded (HTTP, jobs, credits, provider, webhooks,
+/// appends) and the database gauges, in Prometheus' text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "getMetrics",
-    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")))]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Problem> {
+    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "`metrics.bearer_token` is set and the scrape did not present it (`/problems/unauthorized`)")))]
+async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<impl IntoResponse, Problem> {
+    authorize(&parts, &state)?;
+    record_database_gauges(&state).await?;
+    let body = match recorder() {
+        Some(handle) => {
+            handle.run_upkeep();
+            handle.render()
+        }
+        None => String::new(),
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body))
+}
+
+/// Gauges that are facts of the database, not of this process: set just before rendering.
+async fn record_database_gauges(state: &AppState) -> Result<(), Problem> {
     let statuses = projections::catalog::status(&state.store).await.map_err(|e| Problem::internal(&e))?;
-    let mut out = String::new();
-    family(&mut out, "kiln_projection_lag_events", "gauge", "Events committed after the projection's position.");
     for s in &statuses {
         let kind = format!("{:?}", s.kind).to_lowercase();
-        let _ = writeln!(out, "kiln_projection_lag_events{{projection=\"{}\",kind=\"{kind}\"}} {}", s.name, s.lag_events);
+        metrics::gauge!("kiln_projection_lag_events", "projection" => s.name, "kind" => kind).set(s.lag_events as f64);
+        metrics::gauge!("kiln_projection_checkpoint_position", "projection" => s.name).set(s.position.position as f64);
     }
-    family(&mut out, "kiln_projection_checkpoint_position", "gauge", "Global log position the projection has applied.");
-    for s in &statuses {
-        let _ = writeln!(out, "kiln_projection_checkpoint_position{{projection=\"{}\"}} {}", s.name, s.position.position);
-    }
-    family(&mut out, "kiln_event_log_head_position", "gauge", "Position of the last committed event.");
     let head = statuses.first().map_or(0, |s| s.head.position);
-    let _ = writeln!(out, "kiln_event_log_head_position {head}");
-    family(&mut out, "kiln_appends_total", "counter", "Appends committed by this process.");
-    let _ = writeln!(out, "kiln_appends_total {}", *state.store.subscribe_commits().borrow());
+    metrics::gauge!("kiln_event_log_head_position").set(head as f64);
+    metrics::gauge!("kiln_appends_committed").set(*state.store.subscribe_commits().borrow() as f64);
+
     let teams = db_fetch_optional!(&state.db, (i64,), "SELECT COUNT(*) FROM team_balances").map_err(|e| Problem::internal(&e))?;
-    family(&mut out, "kiln_teams", "gauge", "Teams opened.");
-    let _ = writeln!(out, "kiln_teams {}", teams.map_or(0, |t| t.0));
-    let jobs = db_fetch_all!(&state.db, (String, i64), "SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
-        .map_err(|e| Problem::internal(&e))?;
-    family(&mut out, "kiln_jobs", "gauge", "Jobs by status.");
-    for (status, count) in jobs {
-        let _ = writeln!(out, "kiln_jobs{{status=\"{status}\"}} {count}");
+    metrics::gauge!("kiln_teams").set(teams.map_or(0, |t| t.0) as f64);
+
+    let by_plan = db_fetch_all!(
+        &state.db,
+        (String, i64, i64),
+        "SELECT b.plan, CAST(COALESCE(SUM(d.queued), 0) AS BIGINT), CAST(COALESCE(SUM(d.running), 0) AS BIGINT) \
+         FROM team_dispatch d JOIN team_balances b ON b.team_id = d.team_id GROUP BY b.plan"
+    )
+    .map_err(|e| Problem::internal(&e))?;
+    // Every plan gets both series, so a plan whose jobs all finished reads 0, not its
+    // last non-zero value.
+    for plan in domain::Plan::ALL {
+        let (queued, running) =
+            by_plan.iter().find(|(p, _, _)| p == plan.as_str()).map_or((0, 0), |(_, queued, running)| (*queued, *running));
+        metrics::gauge!("kiln_jobs_queued", "plan" => plan.as_str()).set(queued as f64);
+        metrics::gauge!("kiln_jobs_running", "plan" => plan.as_str()).set(running as f64);
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
+
+    let by_status = db_fetch_all!(&state.db, (String, i64), "SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        .map_err(|e| Problem::internal(&e))?;
+    for status in ["queued", "dispatched", "running", "completed", "failed", "cancelled"] {
+        let count = by_status.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+        metrics::gauge!("kiln_jobs", "status" => status).set(count as f64);
+    }
+    Ok(())
 }

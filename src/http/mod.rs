@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         // extractor reads them (or a key is bound to the request).
         .route_layer(axum::middleware::from_fn(text::check_path_and_query))
         .fallback(problem::not_found)
+        .layer(axum::middleware::from_fn(metrics::track_requests))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_BYTES_MAX));
     // The routes are a service inside an outer router so that `problem_responses` sees

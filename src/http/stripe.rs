@@ -156,9 +156,11 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, ApiBytes(bod
     let signature = headers.get("stripe-signature").map(|value| value.to_str().unwrap_or(""));
     verifier.verify(signature, &body, now).map_err(|error| {
         tracing::warn!(reason = %error, "Stripe webhook refused");
+        super::metrics::webhook_delivered("stripe", "bad_signature");
         Problem::new(StatusCode::BAD_REQUEST, "invalid-stripe-signature", "Invalid Stripe signature").detail(error.to_string())
     })?;
     let event = Event::parse(&body).map_err(|error| {
+        super::metrics::webhook_delivered("stripe", "malformed");
         Problem::new(StatusCode::BAD_REQUEST, "malformed-stripe-event", "Malformed Stripe event").detail(error.to_string())
     })?;
     let span = tracing::info_span!("stripe_event", event_id = %event.id, event_type = %event.kind.escape_debug());
@@ -201,6 +203,7 @@ async fn handle_event(state: &AppState, event: &Event, body: &[u8], now: DateTim
     let seen = store::status_of(&state.db, event.id.as_str()).await.map_err(|e| Problem::internal(&e))?;
     if let Some(status) = seen.filter(|status| *status != EventStatus::Unresolved) {
         tracing::info!(status = status.as_str(), "Stripe event seen before");
+        super::metrics::webhook_delivered("stripe", "duplicate");
         return Ok(ack(event, status, true));
     }
     let interpretation = webhook::interpret(event, state.stripe.catalog());
@@ -226,6 +229,7 @@ async fn handle_event(state: &AppState, event: &Event, body: &[u8], now: DateTim
             tracing::warn!(%team, status = outcome.status.as_str(), detail, "Stripe event kept for inspection")
         }
     }
+    super::metrics::webhook_delivered("stripe", outcome.status.as_str());
     Ok(ack(event, outcome.status, false))
 }
 

@@ -164,7 +164,10 @@ impl JobsService {
             Ok((reserve, extras.clone()))
         };
         match self.credits.execute_with(team, &metadata(actor), Box::new(build)).await {
-            Ok(outcome) if !outcome.events.is_empty() => Ok(Accepted { job: job.state.aggregate, created: true }),
+            Ok(outcome) if !outcome.events.is_empty() => {
+                crate::observe::job_queued(&job.state.aggregate);
+                Ok(Accepted { job: job.state.aggregate, created: true })
+            }
             // The reservation (or the job stream) existed: a repeat that raced the first.
             Ok(_) | Err(CommandError::Store(EventStoreError::Conflict { .. })) if self.job(job_id).await.is_ok() => {
                 self.existing(team, self.job(job_id).await?)
@@ -188,7 +191,10 @@ impl JobsService {
     pub async fn dispatch(&self, job_id: JobId, provider: &str, worker: &str) -> Result<Option<GenerationJob>, JobsError> {
         let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), now: self.clock.now() };
         match self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata(worker)).await {
-            Ok(decided) => Ok(Some(decided.state.aggregate)),
+            Ok(decided) => {
+                crate::observe::job_dispatched(&decided.state.aggregate, worker);
+                Ok(Some(decided.state.aggregate))
+            }
             Err(CommandError::Rejected(JobError::NotQueued(_)))
             | Err(CommandError::Store(EventStoreError::Conflict { .. }))
             | Err(CommandError::Contention { .. }) => Ok(None),
@@ -226,7 +232,10 @@ impl JobsService {
             let appends = decided.iter().map(|claim| claim.append.clone()).collect();
             let before = decided.len();
             match self.aggregates.commit(appends).await {
-                Ok(_) => return Ok(decided.into_iter().map(|claim| claim.state).collect()),
+                Ok(_) => {
+                    decided.iter().for_each(|claim| crate::observe::job_dispatched(&claim.state.aggregate, worker));
+                    return Ok(decided.into_iter().map(|claim| claim.state).collect());
+                }
                 Err(EventStoreError::Conflict { aggregate_id, .. }) => decided.retain(|claim| claim.state.id != aggregate_id),
                 Err(EventStoreError::Projection { reason, .. }) if reason.contains(LIMIT_REACHED) => {
                     // The team has fewer free slots than claims here: leave out its
@@ -255,8 +264,10 @@ impl JobsService {
         logs: Vec<String>,
         running: bool,
     ) -> Result<(), JobsError> {
+        let request = provider_request_id.clone();
         let command = JobCommand::Progress { provider_request_id, queue_position, logs, running, now: self.clock.now() };
         self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("provider")).await?;
+        crate::observe::job_progressed(job_id, request.as_deref(), running);
         Ok(())
     }
 
@@ -264,6 +275,7 @@ impl JobsService {
     pub async fn retry_later(&self, job_id: JobId, reason: &str, retry_at: DateTime<Utc>) -> Result<(), JobsError> {
         let command = JobCommand::ScheduleRetry { reason: reason.to_string(), retry_at, now: self.clock.now() };
         self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("worker")).await?;
+        crate::observe::job_retry_scheduled(job_id, reason, retry_at);
         Ok(())
     }
 
@@ -316,6 +328,7 @@ impl JobsService {
                 return Ok(Ending::AlreadyDone);
             }
             let command = kind.job_command(self.clock.now());
+            let before = loaded.aggregate.clone();
             let decided = self.aggregates.decide(loaded, command, &(), &metadata(actor)).await?;
             if decided.events.is_empty() {
                 return Ok(Ending::AlreadyDone);
@@ -332,7 +345,10 @@ impl JobsService {
                 Ok(outcome) => {
                     let state = outcome.reservation.map(|r| r.state);
                     return match (kind.reservation_end(), state) {
-                        (wanted, Some(actual)) if wanted == actual && !outcome.events.is_empty() => Ok(Ending::Recorded),
+                        (wanted, Some(actual)) if wanted == actual && !outcome.events.is_empty() => {
+                            kind.observe(&before, actor, self.clock.now());
+                            Ok(Ending::Recorded)
+                        }
                         // The reservation ended the other way first: the job ended with it.
                         (_, Some(ReservationState::Deducted)) => Err(JobError::AlreadyFinished("completed").into()),
                         (_, Some(ReservationState::Refunded)) => Err(JobError::AlreadyFinished("ended").into()),
@@ -416,6 +432,16 @@ impl EndKind {
             EndKind::Complete(outputs) => JobCommand::Complete { outputs: outputs.clone(), now },
             EndKind::Fail(reason) => JobCommand::Fail { reason: reason.clone(), now },
             EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => JobCommand::Cancel { reason: reason.clone(), now },
+        }
+    }
+
+    /// Logs the ending and counts it (see `crate::observe`).
+    fn observe(&self, before: &GenerationJob, actor: &str, now: DateTime<Utc>) {
+        use crate::observe::{job_ended, JobEnd};
+        match self {
+            EndKind::Complete(_) => job_ended(before, JobEnd::Completed, None, actor, now),
+            EndKind::Fail(reason) => job_ended(before, JobEnd::Failed, Some(reason), actor, now),
+            EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => job_ended(before, JobEnd::Cancelled, Some(reason), actor, now),
         }
     }
 

@@ -12,16 +12,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobInput, JobOutput};
 use domain::models::CustomModel;
 use domain::{JobId, ModelId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify, Semaphore};
+use tracing::Instrument;
 
 use super::index::{ActiveJob, JobIndex};
 use super::{JobsError, JobsService};
 use crate::aggregate_store::Loaded;
+use crate::observe::job_span;
 use crate::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission};
 use crate::storage::{image_key, model_asset_key, ObjectStore};
 
@@ -186,14 +189,19 @@ impl Worker {
             // One permit per started job; the unused rest go back when `permits` drops.
             let permit = permits.split(1).unwrap_or_else(|| unreachable!("one permit per claimed job was taken"));
             let worker = self.clone();
-            tokio::spawn(async move {
-                let job_id = job.aggregate.job_id;
-                if let Err(error) = worker.execute(job).await {
-                    tracing::error!(?job_id, %error, "job execution failed");
+            // The job's span: every line of its run (provider calls, ending, credit
+            // movements) carries its ids.
+            let span = job_span(&job.aggregate);
+            tokio::spawn(
+                async move {
+                    if let Err(error) = worker.execute(job).await {
+                        tracing::error!(%error, "job execution failed");
+                    }
+                    drop(permit);
+                    worker.slot_freed.notify_one();
                 }
-                drop(permit);
-                worker.slot_freed.notify_one();
-            });
+                .instrument(span),
+            );
         }
         Ok(started)
     }
@@ -360,18 +368,14 @@ impl Worker {
             };
             let sha256 = hex::encode(Sha256::digest(&file.bytes));
             let bytes = file.bytes.len() as u64;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match self.objects.put(&key, file.bytes.clone(), &file.content_type).await {
-                    Ok(()) => break,
-                    Err(error) if attempt < self.config.storage_attempts_max => {
-                        tracing::warn!(%job_id, %key, %error, attempt, "storing output failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-                    }
-                    Err(error) => return Err(format!("storing {key} failed: {error}")),
-                }
-            }
+            let retries = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(50))
+                .with_max_times(self.config.storage_attempts_max.saturating_sub(1) as usize);
+            (|| self.objects.put(&key, file.bytes.clone(), &file.content_type))
+                .retry(retries)
+                .notify(|error, delay| tracing::warn!(%job_id, %key, %error, ?delay, "storing output failed; retrying"))
+                .await
+                .map_err(|error| format!("storing {key} failed: {error}"))?;
             outputs.push(JobOutput { key, content_type: file.content_type, bytes, sha256 });
         }
         Ok(outputs)
@@ -392,11 +396,13 @@ impl Worker {
         let now = self.now();
         let lost = now - chrono::Duration::from_std(self.config.worker_lost_after).unwrap_or(chrono::Duration::seconds(10));
         for job in self.index.orphaned(lost, MAINTENANCE_BATCH_MAX).await? {
-            self.check_with_provider(&job, "worker stopped").await?;
+            let span = tracing::info_span!("job", job_id = %job.job_id);
+            self.check_with_provider(&job, "worker stopped").instrument(span).await?;
         }
         let quiet = now - chrono::Duration::from_std(self.config.stale_after).unwrap_or(chrono::Duration::seconds(300));
         for job in self.index.without_news(quiet, MAINTENANCE_BATCH_MAX).await? {
-            self.check_with_provider(&job, "no news").await?;
+            let span = tracing::info_span!("job", job_id = %job.job_id);
+            self.check_with_provider(&job, "no news").instrument(span).await?;
         }
         for (job_id, team) in self.index.queued_without_plan(MAINTENANCE_BATCH_MAX).await? {
             let _ = self.jobs.cancel(team, job_id, "the team's plan runs no jobs", "dispatcher").await;

@@ -151,6 +151,10 @@ pub struct GenerationJob {
     pub error: Option<String>,
     pub images_expired: bool,
     pub queued_at: Option<DateTime<Utc>>,
+    /// When the current (or last) attempt was claimed; the start of its run time.
+    /// `default`: snapshots written before the field existed still load.
+    #[serde(default)]
+    pub dispatched_at: Option<DateTime<Utc>>,
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -251,6 +255,7 @@ impl Aggregate for GenerationJob {
                 self.provider = Some(provider);
                 self.provider_request_id = None;
                 self.attempt = attempt;
+                self.dispatched_at = Some(occurred_at);
                 self.updated_at = Some(occurred_at);
             }
             E::JobProgressed { provider_request_id, running, occurred_at, .. } => {

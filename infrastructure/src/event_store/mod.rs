@@ -24,6 +24,9 @@ use crate::db::Database;
 pub use cqrs_repository::CqrsRepository;
 pub use inline::{values_sql, InlineProjection, ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
 
+/// Time of one append (one transaction, any number of streams), by outcome.
+pub const APPEND_SECONDS: &str = "kiln_event_store_append_seconds";
+
 /// Upper bound on one `read_log` page, whatever the caller asks for.
 pub const READ_LOG_LIMIT_MAX: i64 = 10_000;
 
@@ -132,10 +135,14 @@ impl EventStore for SqlEventStore {
             return Ok(Vec::new());
         }
         let known = self.tips.known(&appends);
+        let started = std::time::Instant::now();
         let stored = match &self.db {
             Database::Postgres(pool) => postgres::append(pool, &self.inline, &appends, &known).await,
             Database::Sqlite { write, .. } => sqlite::append(write, &self.inline, &appends, &known).await,
-        }?;
+        };
+        let outcome = if stored.is_ok() { "committed" } else { "failed" };
+        metrics::histogram!(APPEND_SECONDS, "outcome" => outcome).record(started.elapsed().as_secs_f64());
+        let stored = stored?;
         self.tips.record(&stored);
         self.commits.send_modify(|count| *count = count.wrapping_add(1));
         Ok(stored)

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
+
 use reqwest::{Method, RequestBuilder, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -129,17 +131,11 @@ impl FalClient {
 
     /// A result file's bytes (no API key sent), refused beyond `download_bytes_max`.
     pub async fn download(&self, url: &str) -> Result<Vec<u8>, FalError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.download_once(url).await {
-                Err(FalError::Transient(message)) if attempt < self.attempts_max => {
-                    tracing::warn!(attempt, %message, "downloading a fal result failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        (|| self.download_once(url))
+            .retry(self.retries())
+            .when(|error| matches!(error, FalError::Transient(_)))
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "downloading a fal result failed; retrying"))
+            .await
     }
 
     async fn download_once(&self, url: &str) -> Result<Vec<u8>, FalError> {
@@ -167,33 +163,32 @@ impl FalClient {
     /// A retried submission may reach fal twice if only its answer was lost; the second
     /// request's result is then never asked for (Kiln records one request id per attempt).
     async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Vec<u8>, FalError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let error = match build().send().await {
+        let once = || async {
+            match build().send().await {
                 Ok(response) => {
                     let status = response.status();
                     match response.bytes().await {
-                        Ok(body) if status.is_success() => return Ok(body.to_vec()),
-                        Ok(body) => classify(status, &body),
-                        Err(error) => transport(error),
+                        Ok(body) if status.is_success() => Ok(body.to_vec()),
+                        Ok(body) => Err(classify(status, &body)),
+                        Err(error) => Err(transport(error)),
                     }
                 }
-                Err(error) => transport(error),
-            };
-            match error {
-                FalError::Transient(message) if attempt < self.attempts_max => {
-                    tracing::warn!(attempt, %message, "fal call failed; retrying");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                }
-                error => return Err(error),
+                Err(error) => Err(transport(error)),
             }
-        }
+        };
+        once.retry(self.retries())
+            .when(|error| matches!(error, FalError::Transient(_)))
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "fal call failed; retrying"))
+            .await
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-        self.retry_backoff.saturating_mul(factor).min(RETRY_BACKOFF_MAX)
+    /// `attempts_max` tries in all, the pause doubling from `retry_backoff` up to
+    /// [`RETRY_BACKOFF_MAX`].
+    fn retries(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.retry_backoff)
+            .with_max_delay(RETRY_BACKOFF_MAX)
+            .with_max_times(self.attempts_max.saturating_sub(1) as usize)
     }
 }
 
