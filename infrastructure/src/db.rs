@@ -30,7 +30,7 @@ pub enum DbError {
     MigrationsPending(Vec<i64>),
     /// Read-only commands never create a store: a typo in the URL must not report on an
     /// empty database it just made.
-    #[error("no database at {0} (create it with `kiln migrate`)")]
+    #[error("no database at {0}; create it (PostgreSQL: createdb) and run `kiln migrate`")]
     Missing(String),
     #[error("the database at {location} is not migrated ({pending} migrations pending; run `kiln migrate`)")]
     NotMigrated { location: String, pending: usize },
