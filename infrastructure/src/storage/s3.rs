@@ -269,8 +269,6 @@ impl ProvideCredentials for LazyDefaultChain {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use crate::config::Settings;
 
     #[test]
