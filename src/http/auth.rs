@@ -13,11 +13,11 @@ use axum_extra::headers::authorization::{Authorization, Bearer};
 use axum_extra::headers::HeaderMapExt;
 use domain::keys::Role;
 use domain::{ApiKeyId, TeamId};
-use infrastructure::db_fetch_optional;
 use sha2::{Digest, Sha256};
 
 use super::problem::Problem;
 use crate::app::AppState;
+use crate::queries;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TeamKey {
@@ -65,18 +65,9 @@ impl FromRequestParts<AppState> for TeamKey {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let key_hash = hash_key(&bearer(parts)?);
-        let row = db_fetch_optional!(
-            &state.db,
-            (String, String, String),
-            "SELECT team_id, key_id, role FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-            key_hash
-        )
-        .map_err(|e| Problem::internal(&e))?;
-        let (team_id, key_id, role) = row.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
-        let parsed = (team_id.parse::<TeamId>(), key_id.parse::<ApiKeyId>(), Role::parse(&role));
-        let (Ok(team_id), Ok(key_id), Some(role)) = parsed else {
-            return Err(Problem::internal_message("api_keys row does not parse"));
-        };
+        let found = queries::keys::by_hash(&state.db, &key_hash).await.map_err(|e| Problem::internal(&e))?;
+        let queries::keys::ActiveKey { team_id, key_id, role } =
+            found.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
         let key = TeamKey { team_id, key_id, role };
         tracing::Span::current().record("team_id", tracing::field::display(team_id));
         Ok(key)

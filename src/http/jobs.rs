@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobError};
 use domain::models::ModelError;
 use domain::{JobId, TeamCreditsError, TeamId};
-use infrastructure::{db_fetch_all, db_fetch_optional};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -25,6 +25,7 @@ use super::auth::TeamKey;
 use super::extract::ApiQuery;
 use super::problem::Problem;
 use crate::app::AppState;
+use crate::queries;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -105,34 +106,12 @@ impl From<ModelError> for Problem {
     }
 }
 
-/// One job as clients see it. Every job shows its cost.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct JobView {
-    pub job_id: String,
-    /// model_creation | model_refinement | image_generation
-    pub kind: String,
-    /// queued | dispatched | running | completed | failed | cancelled
-    pub status: String,
-    pub model_id: String,
-    /// Credits reserved for the job: deducted on completion, refunded on failure or cancel.
-    pub cost_credits: i64,
-    pub price_version: i64,
-    pub attempt: i32,
-    pub error: Option<String>,
-    pub images_expired: bool,
-    pub queued_at: DateTime<Utc>,
-    pub dispatched_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-}
-
-pub const JOB_COLUMNS: &str = "job_id, kind, status, model_id, cost AS cost_credits, price_version, attempt, error, \
-     images_expired, queued_at, dispatched_at, finished_at, updated_at";
+pub use crate::queries::jobs::{JobView, JOB_COLUMNS};
 
 /// The caller's job, or 404 (also for another team's job).
 pub async fn load_job_view(state: &AppState, team: TeamId, job_id: &str) -> Result<JobView, Problem> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND team_id = $2");
-    db_fetch_optional!(&state.db, JobView, &sql, job_id, team.to_string())
+    queries::jobs::job(&state.db, team, job_id)
+        .await
         .map_err(|e| Problem::internal(&e))?
         .ok_or_else(|| Problem::not_found().detail("no such job"))
 }
@@ -221,24 +200,10 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
     }
     let limit = page_limit(query.limit)?;
     let cursor = parse_cursor("jobs", query.cursor.as_deref())?;
-    let (cursor_at, cursor_id) = cursor.map(|(at, id)| (Some(at), Some(id))).unwrap_or((None, None));
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
-         AND ($4 IS NULL OR queued_at < $4 OR (queued_at = $4 AND job_id < $5)) \
-         ORDER BY queued_at DESC, job_id DESC LIMIT $6"
-    );
-    let items = db_fetch_all!(
-        &state.db,
-        JobView,
-        &sql,
-        key.team_id.to_string(),
-        query.status.as_deref(),
-        query.kind.as_deref(),
-        cursor_at,
-        cursor_id,
-        i64::from(limit) + 1
-    )
-    .map_err(|e| Problem::internal(&e))?;
+    let filter = queries::jobs::JobFilter { status: query.status.as_deref(), kind: query.kind.as_deref() };
+    let items = queries::jobs::list(&state.db, key.team_id, &filter, cursor, i64::from(limit) + 1)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
     let (items, next_cursor) = paginate(items, limit, |last| make_cursor("jobs", last.queued_at, &last.job_id));
     Ok(Json(JobPage { items, next_cursor }))
 }
@@ -306,16 +271,8 @@ pub struct Concurrency {
 #[utoipa::path(get, path = "/api/jobs/concurrency", tag = "jobs", operation_id = "getJobConcurrency",
     responses((status = 200, body = Concurrency)), security(("api_key" = [])))]
 async fn concurrency(State(state): State<AppState>, key: TeamKey) -> Result<Json<Concurrency>, Problem> {
-    let row = db_fetch_optional!(
-        &state.db,
-        (String, i64, i64, i64),
-        "SELECT b.plan, CAST(COALESCE(d.running_limit, 0) AS BIGINT), CAST(COALESCE(d.running, 0) AS BIGINT), \
-                CAST(COALESCE(d.queued, 0) AS BIGINT) \
-         FROM team_balances b LEFT JOIN team_dispatch d ON d.team_id = b.team_id WHERE b.team_id = $1",
-        key.team_id.to_string()
-    )
-    .map_err(|e| Problem::internal(&e))?;
-    let (plan, limit, running, queued) = row.ok_or_else(|| Problem::not_found().detail("no such team"))?;
+    let usage = queries::jobs::plan_usage(&state.db, key.team_id).await.map_err(|e| Problem::internal(&e))?;
+    let queries::jobs::PlanUsage { plan, limit, running, queued } = usage.ok_or_else(|| Problem::not_found().detail("no such team"))?;
     Ok(Json(Concurrency { plan, limit, running, queued, queue_depth_max: state.submit.queue_depth_max() }))
 }
 
@@ -381,8 +338,7 @@ async fn events(
             }
         }
     });
-    use futures::StreamExt;
-    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// The job aggregate of the caller's team, or 404.

@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use application::jobs::submit::{ModelCreationRequest, RefinementRequest};
 use domain::models::{CustomModel, ModelCommand};
 use domain::{ModelId, TeamId};
-use infrastructure::{db_fetch_all, db_fetch_optional};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -19,6 +18,7 @@ use super::generate::{accepted_status, accepted_view, requester, JobAccepted};
 use super::jobs::{make_cursor, page_limit, paginate, parse_cursor};
 use super::problem::Problem;
 use crate::app::AppState;
+use crate::queries;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -29,32 +29,15 @@ pub fn routes() -> Router<AppState> {
         .route("/api/models/{model_id}/images", get(images))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct ModelView {
-    pub model_id: String,
-    pub name: String,
-    pub description: String,
-    pub reference_model_id: String,
-    /// training | ready | failed
-    pub status: String,
-    pub archived: bool,
-    pub current_version: Option<i32>,
-    /// The creation or refinement job still running, if any.
-    pub pending_job_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-const MODEL_COLUMNS: &str =
-    "model_id, name, description, reference_model_id, status, archived, current_version, pending_job_id, created_at, updated_at";
+pub use crate::queries::models::{ModelView, VersionView};
 
 fn parse_model(text: &str) -> Result<ModelId, Problem> {
     text.parse().map_err(|_| Problem::not_found().detail("no such model"))
 }
 
 pub async fn load_model_view(state: &AppState, team: TeamId, model_id: &str) -> Result<ModelView, Problem> {
-    let sql = format!("SELECT {MODEL_COLUMNS} FROM custom_models WHERE model_id = $1 AND team_id = $2");
-    db_fetch_optional!(&state.db, ModelView, &sql, model_id, team.to_string())
+    queries::models::model(&state.db, team, model_id)
+        .await
         .map_err(|e| Problem::internal(&e))?
         .ok_or_else(|| Problem::not_found().detail("no such model"))
 }
@@ -91,24 +74,10 @@ pub struct ModelPage {
     responses((status = 200, body = ModelPage)), security(("api_key" = [])))]
 async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<ModelsQuery>) -> Result<Json<ModelPage>, Problem> {
     let limit = page_limit(query.limit)?;
-    let (cursor_at, cursor_id) = parse_cursor("models", query.cursor.as_deref())?.map(|(a, i)| (Some(a), Some(i))).unwrap_or((None, None));
-    let sql = format!(
-        "SELECT {MODEL_COLUMNS} FROM custom_models WHERE team_id = $1 AND ($2 OR archived = $3) \
-         AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND model_id < $5)) \
-         ORDER BY created_at DESC, model_id DESC LIMIT $6"
-    );
-    let items = db_fetch_all!(
-        &state.db,
-        ModelView,
-        &sql,
-        key.team_id.to_string(),
-        query.archived.unwrap_or(false),
-        false,
-        cursor_at,
-        cursor_id,
-        i64::from(limit) + 1
-    )
-    .map_err(|e| Problem::internal(&e))?;
+    let after = parse_cursor("models", query.cursor.as_deref())?;
+    let items = queries::models::list(&state.db, key.team_id, query.archived.unwrap_or(false), after, i64::from(limit) + 1)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
     let (items, next_cursor) = paginate(items, limit, |m| make_cursor("models", m.created_at, &m.model_id));
     Ok(Json(ModelPage { items, next_cursor }))
 }
@@ -246,27 +215,12 @@ async fn refine(
     Ok((accepted_status(&accepted), Json(accepted)))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct VersionView {
-    pub version: i32,
-    pub job_id: String,
-    /// The refinement prompt that made it (none for version 1).
-    pub prompt: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
 /// The model's versions, oldest first.
 #[utoipa::path(get, path = "/api/models/{model_id}/versions", tag = "models", operation_id = "listModelVersions", params(("model_id" = uuid::Uuid, Path, description = "The custom model's id")),
     responses((status = 200, body = Vec<VersionView>)), security(("api_key" = [])))]
 async fn versions(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<Json<Vec<VersionView>>, Problem> {
     load_model_view(&state, key.team_id, &model_id).await?;
-    let rows = db_fetch_all!(
-        &state.db,
-        VersionView,
-        "SELECT version, job_id, prompt, created_at FROM model_versions WHERE model_id = $1 ORDER BY version",
-        &model_id
-    )
-    .map_err(|e| Problem::internal(&e))?;
+    let rows = queries::models::versions(&state.db, &model_id).await.map_err(|e| Problem::internal(&e))?;
     Ok(Json(rows))
 }
 
@@ -306,24 +260,15 @@ async fn images(
 ) -> Result<Json<ImagePage>, Problem> {
     load_model_view(&state, key.team_id, &model_id).await?;
     let limit = page_limit(query.limit)?;
-    let (cursor_at, cursor_key) = parse_cursor("model-images", query.cursor.as_deref())?.map(|(a, k)| (Some(a), Some(k))).unwrap_or((None, None));
-    let rows = db_fetch_all!(
-        &state.db,
-        (String, String, i32, DateTime<Utc>),
-        "SELECT key, job_id, position, created_at FROM images WHERE model_id = $1 AND team_id = $2 \
-         AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND key < $4)) \
-         ORDER BY created_at DESC, key DESC LIMIT $5",
-        &model_id,
-        key.team_id.to_string(),
-        cursor_at,
-        cursor_key,
-        i64::from(limit) + 1
-    )
-    .map_err(|e| Problem::internal(&e))?;
-    let (rows, next_cursor) = paginate(rows, limit, |r| make_cursor("model-images", r.3, &r.0));
+    let after = parse_cursor("model-images", query.cursor.as_deref())?;
+    let rows = queries::models::images(&state.db, key.team_id, &model_id, after, i64::from(limit) + 1)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    let (rows, next_cursor) = paginate(rows, limit, |r| make_cursor("model-images", r.created_at, &r.key));
     let mut items = Vec::with_capacity(rows.len());
-    for (image_key, job_id, position, created_at) in rows {
-        items.push(ImageView { job_id, position, url: super::generate::sign(&state, &image_key)?, created_at });
+    for row in rows {
+        let url = super::generate::sign(&state, &row.key)?;
+        items.push(ImageView { job_id: row.job_id, position: row.position, url, created_at: row.created_at });
     }
     Ok(Json(ImagePage { items, next_cursor }))
 }
