@@ -245,6 +245,19 @@ pub async fn list(
     limit: u32,
     cursor: Option<&str>,
 ) -> Result<CatalogPage, CatalogError> {
+    search(db, category, None, sort, limit, cursor).await
+}
+
+/// Like [`list`], keeping only models whose name contains `name_contains` (any case).
+pub async fn search(
+    db: &Database,
+    category: Option<Category>,
+    name_contains: Option<&str>,
+    sort: CatalogSort,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<CatalogPage, CatalogError> {
+    let pattern = name_contains.map(str::trim).filter(|t| !t.is_empty()).map(like_pattern);
     let limit = limit.clamp(1, PAGE_LIMIT_MAX);
     let CatalogSort::Popularity = sort;
     let after = cursor.map(parse_popularity_cursor).transpose()?;
@@ -252,6 +265,7 @@ pub async fn list(
     let sql = format!(
         "SELECT {COLUMNS} FROM reference_models WHERE active = $1 AND ($2 IS NULL OR category = $2) \
          AND ($3 IS NULL OR popularity < $3 OR (popularity = $3 AND id > $4)) \
+         AND ($6 IS NULL OR LOWER(name) LIKE $6 ESCAPE '\\') \
          ORDER BY popularity DESC, id LIMIT $5"
     );
     let rows = db_fetch_all!(
@@ -262,7 +276,8 @@ pub async fn list(
         category.map(Category::as_str),
         after_popularity,
         after_id,
-        i64::from(limit) + 1
+        i64::from(limit) + 1,
+        pattern
     )?;
     let mut items = rows.into_iter().map(ReferenceModel::try_from).collect::<Result<Vec<_>, _>>()?;
     // One row beyond the page says whether another page follows.
@@ -273,6 +288,12 @@ pub async fn list(
         None
     };
     Ok(CatalogPage { items, next_cursor })
+}
+
+/// `%text%` in lower case, with LIKE's wildcards in `text` escaped.
+fn like_pattern(text: &str) -> String {
+    let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
 }
 
 /// One model, active or not; `None` if there is no such id.

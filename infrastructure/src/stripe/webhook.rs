@@ -83,6 +83,11 @@ impl Catalog {
         }
     }
 
+    /// The configured credit packs: (price id, credits).
+    pub fn packs(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.packs.iter().map(|(id, credits)| (id.as_str(), credits.get()))
+    }
+
     pub fn pack(&self, price_id: &str) -> Option<Credits> {
         self.packs.iter().find(|(id, _)| id == price_id).map(|(_, credits)| *credits)
     }
