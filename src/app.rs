@@ -54,6 +54,8 @@ pub struct AppState {
     pub stripe: Arc<infrastructure::stripe::Stripe>,
     /// fal.ai's webhook side, when `fal.key` is set (then `provider` is fal).
     pub fal: Option<crate::http::fal::FalWebhooks>,
+    /// The dashboard's cookie key and cookie policy.
+    pub web: crate::web::WebKeys,
 }
 
 impl AppState {
@@ -98,6 +100,7 @@ impl AppState {
         let provider: Arc<dyn Provider> = Arc::new(application::observe::MeteredProvider(provider));
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
         let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, provider.clone(), settings.jobs.queue_depth_max);
+        let web = crate::web::WebKeys::load(settings).context("cannot load the dashboard's cookie key")?;
         let mut state = Self {
             db,
             store,
@@ -115,6 +118,7 @@ impl AppState {
             provider,
             stripe: Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe)),
             fal: None,
+            web,
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| crate::http::fal::FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));
@@ -206,7 +210,8 @@ impl Application {
             .worker_in_serve
             .then(|| tokio::spawn(self.state.worker(&self.jobs, worker_id("serve")).run(stopped)));
         tracing::info!(%addr, backend = ?db.backend(), "kiln listening");
-        let router = http::router(self.state);
+        // One router, one port: the REST API and the dashboard's pages.
+        let router = http::router(self.state.clone(), crate::web::routes(self.state));
         let served = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await.context("http server");
         let _ = stop.send(true);
         let _ = projector.await;

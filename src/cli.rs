@@ -68,6 +68,9 @@ pub enum Command {
     /// hash chains, export entries.
     #[command(subcommand)]
     Audit(crate::ops::AuditCommand),
+    /// Teams: open one (printing its API key, the way into the dashboard), grant credits.
+    #[command(subcommand)]
+    Team(crate::team_cli::TeamCommand),
 }
 
 pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -114,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Storage(command) => crate::storage_cli::run(settings, command).await,
         Command::Projections(command) => crate::ops::projections(settings, command).await,
         Command::Audit(command) => crate::ops::audit(settings, command).await,
+        Command::Team(command) => crate::team_cli::run(settings, command).await,
         Command::Seed => {
             let db = Database::connect_and_migrate(&settings.database.url, 2).await?;
             let (objects, _) = infrastructure::storage::open(&settings)?;

@@ -31,8 +31,11 @@ use crate::app::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
+/// The API's routes plus `pages` (the dashboard, handed in by the caller: `http` does
+/// not know `web`), under one set of middleware.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let routes = Router::new()
+        .merge(pages)
         .merge(health::routes())
         .merge(credits::routes())
         .merge(admin::routes())

@@ -1,0 +1,211 @@
+//! Errors as people see them: the page twin of `http::problem`. The same use-case error
+//! enums (`JobsError`, `TeamCreditsError`, `ModelError`, `JobError`) are mapped here to
+//! a readable message with what to do next, shown on the page the request came from;
+//! failures that are not the user's are logged and shown as a short apology, never as
+//! raw JSON.
+
+use application::aggregate_store::CommandError;
+use application::jobs::JobsError;
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use domain::jobs::JobError;
+use domain::models::ModelError;
+use domain::TeamCreditsError;
+
+use super::layout::Layout;
+use crate::queries::QueryError;
+
+/// A message for the user: what happened, and what to do about it.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub title: String,
+    pub detail: String,
+    /// A link to the next step: (href, label).
+    pub next: Option<(String, String)>,
+}
+
+impl Notice {
+    pub fn new(title: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { title: title.into(), detail: detail.into(), next: None }
+    }
+
+    pub fn next(mut self, href: &str, label: &str) -> Self {
+        self.next = Some((href.to_string(), label.to_string()));
+        self
+    }
+}
+
+#[derive(Debug)]
+pub enum WebError {
+    /// No valid session: go and sign in.
+    SignedOut,
+    NotFound,
+    Forbidden(String),
+    /// A POST without this site's Origin or CSRF token.
+    CsrfRefused,
+    BadForm(String),
+    /// The request was understood and refused for a reason the user can act on.
+    Refused(Notice),
+    /// Not the user's fault; the cause is logged where this is made.
+    Internal,
+}
+
+impl WebError {
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%error, "dashboard: internal error");
+        WebError::Internal
+    }
+}
+
+impl From<QueryError> for WebError {
+    fn from(error: QueryError) -> Self {
+        WebError::internal(&error)
+    }
+}
+
+impl From<askama::Error> for WebError {
+    fn from(error: askama::Error) -> Self {
+        WebError::internal(&error)
+    }
+}
+
+impl From<TeamCreditsError> for WebError {
+    fn from(error: TeamCreditsError) -> Self {
+        match error {
+            TeamCreditsError::InsufficientCredits { available, requested } => WebError::Refused(
+                Notice::new(
+                    "Not enough credits",
+                    format!("This costs {requested} credits and your team has {available} available."),
+                )
+                .next("/credits", "Add credits"),
+            ),
+            TeamCreditsError::PlanDoesNotAllowJobs { plan } => WebError::Refused(
+                Notice::new(
+                    "Your plan runs no jobs",
+                    format!(
+                        "The {plan} plan cannot create models or generate images. \
+                         Move to the Basic, Pro or Enterprise plan to run jobs."
+                    ),
+                )
+                .next("/credits", "See your plan and credits"),
+            ),
+            TeamCreditsError::TeamNotFound => WebError::SignedOut,
+            TeamCreditsError::InvalidText { .. } | TeamCreditsError::Amount(_) | TeamCreditsError::ExpiryNotInFuture => {
+                WebError::BadForm(error.to_string())
+            }
+            other => WebError::internal(&other),
+        }
+    }
+}
+
+impl From<ModelError> for WebError {
+    fn from(error: ModelError) -> Self {
+        let refused = |title: &str, detail: &str| WebError::Refused(Notice::new(title, detail).next("/models", "Your models"));
+        match error {
+            ModelError::NotFound => WebError::NotFound,
+            ModelError::NotReady(_) => refused(
+                "Model not ready",
+                "This model is still training, or its training failed. Wait until its status is ready, or create another model.",
+            ),
+            ModelError::Archived => refused("Model archived", "An archived model can no longer be refined or used. Pick another model."),
+            ModelError::RefinementInProgress => {
+                refused("Refinement in progress", "This model is being refined already. Wait for that job to finish, then refine again.")
+            }
+            ModelError::InvalidText { .. } => WebError::BadForm(error.to_string()),
+            other => WebError::internal(&other),
+        }
+    }
+}
+
+impl From<JobError> for WebError {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::NotFound => WebError::NotFound,
+            JobError::AlreadyFinished(_) => WebError::Refused(Notice::new(
+                "The job already finished",
+                "A finished job cannot be cancelled; its credits were already deducted or refunded.",
+            )),
+            other => WebError::Refused(Notice::new("The job changed meanwhile", format!("{other}. Reload the page and try again."))),
+        }
+    }
+}
+
+impl From<JobsError> for WebError {
+    fn from(error: JobsError) -> Self {
+        match error {
+            JobsError::Credits(error) => error.into(),
+            JobsError::Job(error) => error.into(),
+            JobsError::Model(error) => error.into(),
+            JobsError::NotFound => WebError::NotFound,
+            JobsError::QueueFull { queued, max } => WebError::Refused(
+                Notice::new(
+                    "Too many jobs waiting",
+                    format!("Your team has {queued} queued jobs and at most {max} may wait. Let some finish, or cancel one, then try again."),
+                )
+                .next("/history?status=queued", "Queued jobs"),
+            ),
+            JobsError::Conflict => WebError::Refused(Notice::new("Busy", "Something changed at the same moment. Try again.")),
+            JobsError::Store(error) => WebError::internal(&error),
+        }
+    }
+}
+
+impl<E> From<CommandError<E>> for WebError
+where
+    E: std::error::Error,
+    WebError: From<E>,
+{
+    fn from(error: CommandError<E>) -> Self {
+        match error {
+            CommandError::Rejected(rejection) => WebError::from(rejection),
+            CommandError::Contention { .. } => WebError::Refused(Notice::new("Busy", "Too many changes at once. Try again.")),
+            CommandError::Store(store) => WebError::internal(&store),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    layout: Layout,
+    notice: Notice,
+}
+
+fn error_page(status: StatusCode, notice: Notice) -> Response {
+    let page = ErrorPage { layout: Layout::bare(&notice.title), notice };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "dashboard: the error page did not render");
+            (status, "Something went wrong.").into_response()
+        }
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        match self {
+            WebError::SignedOut => Redirect::to("/sign-in").into_response(),
+            WebError::NotFound => error_page(
+                StatusCode::NOT_FOUND,
+                Notice::new("Not found", "There is no such page, or it belongs to another team.").next("/", "Overview"),
+            ),
+            WebError::Forbidden(detail) => error_page(StatusCode::FORBIDDEN, Notice::new("Not allowed", detail).next("/", "Overview")),
+            WebError::CsrfRefused => error_page(
+                StatusCode::FORBIDDEN,
+                Notice::new(
+                    "Form refused",
+                    "This form was not sent from a page of this site, or it expired. Go back, reload the page and send it again.",
+                )
+                .next("/", "Overview"),
+            ),
+            WebError::BadForm(detail) => error_page(StatusCode::UNPROCESSABLE_ENTITY, Notice::new("Check the form", detail)),
+            WebError::Refused(notice) => error_page(StatusCode::CONFLICT, notice),
+            WebError::Internal => error_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Notice::new("Something went wrong on our side", "It has been logged. Try again in a moment.").next("/", "Overview"),
+            ),
+        }
+    }
+}

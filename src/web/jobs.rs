@@ -1,0 +1,193 @@
+//! `/jobs/{id}`: one job — live status through its event stream, its images once done
+//! (an expired image says so), the cancel button while it can be cancelled, and the
+//! credits it reserved and what became of them.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use domain::jobs::JobInput;
+use domain::JobId;
+use futures::StreamExt;
+
+use super::errors::{Notice, WebError};
+use super::layout::{is_final, kind_label, time, time_opt, Layout};
+use super::session::Session;
+use crate::app::AppState;
+use crate::queries;
+use crate::queries::jobs::JobView;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/jobs/{job_id}", get(page))
+        .route("/jobs/{job_id}/cancel", post(cancel))
+        .route("/jobs/{job_id}/events", get(events))
+}
+
+/// A job in a list.
+pub struct JobRow {
+    pub job_id: String,
+    pub short_id: String,
+    pub kind: &'static str,
+    pub status: String,
+    pub cost: i64,
+    pub queued_at: String,
+}
+
+impl From<&JobView> for JobRow {
+    fn from(job: &JobView) -> Self {
+        JobRow {
+            job_id: job.job_id.clone(),
+            short_id: job.job_id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect(),
+            kind: kind_label(&job.kind),
+            status: job.status.clone(),
+            cost: job.cost_credits,
+            queued_at: time(job.queued_at),
+        }
+    }
+}
+
+pub struct EntryRow {
+    pub entry_type: String,
+    pub amount: i64,
+    pub available_after: i64,
+    pub occurred_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    layout: Layout,
+    notice: Option<Notice>,
+    job: JobView,
+    kind: &'static str,
+    /// What the job was asked for, in words.
+    request: Vec<(&'static str, String)>,
+    is_final: bool,
+    money: String,
+    entries: Vec<EntryRow>,
+    images: Vec<String>,
+    queued_at: String,
+    finished_at: String,
+}
+
+fn describe(input: &JobInput) -> Vec<(&'static str, String)> {
+    match input {
+        JobInput::ModelCreation { description, reference_model_id, .. } => {
+            vec![("Description", description.clone()), ("Reference model", reference_model_id.clone())]
+        }
+        JobInput::ModelRefinement { prompt, from_version, .. } => {
+            vec![("Refinement", prompt.clone()), ("From version", from_version.to_string())]
+        }
+        JobInput::ImageGeneration { prompt, resolution, quality, count, model_version, .. } => vec![
+            ("Prompt", prompt.clone()),
+            ("Images", format!("{count} × {resolution}, {quality}")),
+            ("Model version", model_version.to_string()),
+        ],
+    }
+}
+
+/// What became of the reservation, from the job's status: a reservation ends exactly
+/// once, deducted with the completion or refunded with the failure or cancel.
+fn money(job: &JobView) -> String {
+    let cost = job.cost_credits;
+    match job.status.as_str() {
+        "completed" => format!("{cost} credits reserved, then deducted when the job completed."),
+        "failed" | "cancelled" => format!("{cost} credits reserved, then refunded when the job was {}.", job.status),
+        _ => format!("{cost} credits reserved: deducted if the job completes, refunded if it fails or is cancelled."),
+    }
+}
+
+async fn render(state: &AppState, session: &Session, job_id: &str, notice: Option<Notice>) -> Result<Html<String>, WebError> {
+    let job = queries::jobs::job(&state.db, session.team_id, job_id).await?.ok_or(WebError::NotFound)?;
+    let id: JobId = job_id.parse().map_err(|_| WebError::NotFound)?;
+    let aggregate = state.jobs.job(id).await?;
+    let request = aggregate.input.as_ref().map(describe).unwrap_or_default();
+    let mut images = Vec::new();
+    if job.status == "completed" && job.kind == "image_generation" && !job.images_expired {
+        let ttl = Duration::from_secs(state.url_ttl_secs);
+        for output in &aggregate.outputs {
+            images.push(state.objects.signed_url(&output.key, ttl, state.jobs.now()).map_err(|e| WebError::internal(&e))?);
+        }
+    }
+    let entries = queries::credits::entries_of_job(&state.db, session.team_id, job_id)
+        .await?
+        .into_iter()
+        .map(|e| EntryRow { entry_type: e.entry_type, amount: e.amount, available_after: e.available_after, occurred_at: time(e.occurred_at) })
+        .collect();
+    let page = JobPage {
+        layout: Layout::load(state, session, "Job", "history").await?,
+        notice,
+        kind: kind_label(&job.kind),
+        request,
+        is_final: is_final(&job.status),
+        money: money(&job),
+        entries,
+        images,
+        queued_at: time(job.queued_at),
+        finished_at: time_opt(job.finished_at),
+        job,
+    };
+    Ok(Html(page.render()?))
+}
+
+async fn page(State(state): State<AppState>, session: Session, Path(job_id): Path<String>) -> Result<Html<String>, WebError> {
+    render(&state, &session, &job_id, None).await
+}
+
+/// Cancels the job through the same use case as `DELETE /api/jobs/{id}`: the
+/// reservation is refunded, and a running job is cancelled at the provider too.
+async fn cancel(State(state): State<AppState>, session: Session, Path(job_id): Path<String>) -> Result<Response, WebError> {
+    session.writer()?;
+    let id: JobId = job_id.parse().map_err(|_| WebError::NotFound)?;
+    queries::jobs::job(&state.db, session.team_id, &job_id).await?.ok_or(WebError::NotFound)?;
+    match state.jobs.cancel(session.team_id, id, "cancelled by the team", &session.actor()).await {
+        Ok((before, _)) => {
+            if let Some(request_id) = before.provider_request_id.as_deref() {
+                if let Err(error) = state.provider.cancel(request_id).await {
+                    tracing::warn!(%job_id, %error, "provider cancel failed; the result will be discarded when it arrives");
+                }
+            }
+            Ok(Redirect::to(&format!("/jobs/{job_id}")).into_response())
+        }
+        Err(error) => match WebError::from(error) {
+            WebError::Refused(notice) => Ok(render(&state, &session, &job_id, Some(notice)).await?.into_response()),
+            other => Err(other),
+        },
+    }
+}
+
+/// The status a job has after an event of this type (the page's live status).
+fn status_after(event_type: &str) -> Option<&'static str> {
+    Some(match event_type {
+        "JobQueued" | "JobRetryScheduled" => "queued",
+        "JobDispatched" => "dispatched",
+        "JobProgressed" => "running",
+        "JobCompleted" => "completed",
+        "JobFailed" => "failed",
+        "JobCancelled" => "cancelled",
+        _ => return None,
+    })
+}
+
+/// The job's status changes as server-sent events (`event: status`, data the status),
+/// for the page's `EventSource`: the same stream as `GET /api/jobs/{id}/events`,
+/// authenticated by the session cookie instead of a Bearer key (browsers' `EventSource`
+/// cannot send headers).
+async fn events(
+    State(state): State<AppState>,
+    session: Session,
+    Path(job_id): Path<String>,
+) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, WebError> {
+    let job = queries::jobs::job(&state.db, session.team_id, &job_id).await?.ok_or(WebError::NotFound)?;
+    let stream = queries::jobs::event_stream(state.store.clone(), job.job_id, 0).filter_map(|event| async move {
+        let status = status_after(&event.event_type)?;
+        Some(Ok(Event::default().event("status").id(event.sequence.to_string()).data(status)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

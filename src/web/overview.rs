@@ -1,0 +1,52 @@
+//! `/`: the team at a glance — credits, plan usage, the latest jobs.
+
+use askama::Template;
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::get;
+use axum::Router;
+
+use super::errors::WebError;
+use super::jobs::JobRow;
+use super::layout::Layout;
+use super::session::Session;
+use crate::app::AppState;
+use crate::queries;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/", get(page))
+}
+
+/// How many of the latest jobs the overview lists.
+const LATEST_JOBS: i64 = 10;
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    layout: Layout,
+    available: i64,
+    reserved: i64,
+    plan: String,
+    running: i64,
+    limit: i64,
+    queued: i64,
+    jobs: Vec<JobRow>,
+}
+
+async fn page(State(state): State<AppState>, session: Session) -> Result<Html<String>, WebError> {
+    let layout = Layout::load(&state, &session, "Overview", "overview").await?;
+    let balance = queries::credits::balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
+    let usage = queries::jobs::plan_usage(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
+    let jobs = queries::jobs::list(&state.db, session.team_id, &Default::default(), None, LATEST_JOBS).await?;
+    let page = OverviewPage {
+        layout,
+        available: balance.available,
+        reserved: balance.reserved,
+        plan: balance.plan,
+        running: usage.running,
+        limit: usage.limit,
+        queued: usage.queued,
+        jobs: jobs.iter().map(JobRow::from).collect(),
+    };
+    Ok(Html(page.render()?))
+}

@@ -1,0 +1,36 @@
+// Kiln dashboard: the only script. Pages work without it; it adds live job status
+// (EventSource on the job's event stream) and the live cost estimate.
+"use strict";
+document.addEventListener("DOMContentLoaded", () => {
+  const live = document.querySelector("[data-job-events]");
+  if (live && window.EventSource) {
+    const status = document.getElementById("job-status");
+    const events = new EventSource(live.dataset.jobEvents);
+    events.addEventListener("status", (event) => {
+      status.textContent = event.data;
+      status.className = "status status-" + event.data;
+      if (["completed", "failed", "cancelled"].includes(event.data)) {
+        events.close();
+        // Images, credits and the cancel button follow from the final status: take
+        // them from a fresh copy of this page rather than reloading it.
+        fetch(location.href, { credentials: "same-origin" })
+          .then((response) => response.text())
+          .then((html) => {
+            const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("job-live");
+            if (fresh) { fresh.removeAttribute("data-job-events"); live.replaceWith(fresh); }
+          });
+      }
+    });
+  }
+  const form = document.querySelector("form[data-estimate]");
+  if (form) {
+    const output = document.getElementById("estimate");
+    const update = () => {
+      fetch(form.dataset.estimate, { method: "POST", body: new URLSearchParams(new FormData(form)), credentials: "same-origin" })
+        .then((response) => response.ok ? response.text() : null)
+        .then((text) => { if (text !== null) output.innerHTML = text; });
+    };
+    form.addEventListener("change", update);
+    update();
+  }
+});
