@@ -22,3 +22,4 @@ mod storage;
 mod storage_bench;
 mod stripe;
 mod fal;
+mod web;

@@ -1,4 +1,5 @@
 //! Test support shared by every integration test (one test binary, linked once).
 
 pub mod app;
+pub mod browser;
 pub mod db;
