@@ -5,6 +5,7 @@
 //! raw JSON.
 
 use application::aggregate_store::CommandError;
+use application::jobs::submit::SubmitError;
 use application::jobs::JobsError;
 use askama::Template;
 use axum::http::StatusCode;
@@ -161,6 +162,35 @@ where
             CommandError::Rejected(rejection) => WebError::from(rejection),
             CommandError::Contention { .. } => WebError::Refused(Notice::new("Busy", "Too many changes at once. Try again.")),
             CommandError::Store(store) => WebError::internal(&store),
+        }
+    }
+}
+
+impl From<SubmitError> for WebError {
+    fn from(error: SubmitError) -> Self {
+        match error {
+            SubmitError::ModelNotFound => WebError::Refused(
+                Notice::new("Pick one of your models", "That model does not exist in your team.").next("/models", "Your models"),
+            ),
+            SubmitError::ModelNotUsable(error) => error.into(),
+            SubmitError::UnknownReferenceModel => WebError::Refused(
+                Notice::new("Pick a reference model", "That reference model is not in the catalog (any more).").next("/catalog", "Catalog"),
+            ),
+            SubmitError::Invalid { field, reason } => {
+                WebError::Refused(Notice::new(format!("Check the {}", field.replace('_', " ")), format!("The {field} {reason}.")))
+            }
+            SubmitError::QueueFull { queued, max } => JobsError::QueueFull { queued, max }.into(),
+            SubmitError::InsufficientCredits { available, requested } => {
+                TeamCreditsError::InsufficientCredits { available, requested }.into()
+            }
+            SubmitError::PlanRunsNoJobs { plan } => TeamCreditsError::PlanDoesNotAllowJobs { plan }.into(),
+            SubmitError::TeamNotFound => WebError::SignedOut,
+            SubmitError::JobNotFound => WebError::NotFound,
+            SubmitError::JobAlreadyEnded(status) => WebError::Refused(Notice::new(
+                "The job already ended",
+                format!("It is {status}: a job that has ended cannot be cancelled, and its credits were already deducted or refunded."),
+            )),
+            SubmitError::Jobs(error) => error.into(),
         }
     }
 }

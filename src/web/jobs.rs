@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use application::jobs::submit::Requester;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -140,21 +141,15 @@ async fn page(State(state): State<AppState>, session: Session, Path(job_id): Pat
     render(&state, &session, &job_id, None).await
 }
 
-/// Cancels the job through the same use case as `DELETE /api/jobs/{id}`: the
-/// reservation is refunded, and a running job is cancelled at the provider too.
+/// Cancels the job through the same use case as `DELETE /api/jobs/{id}`
+/// (`SubmitService::cancel`): the reservation is refunded, and a request the provider
+/// holds is cancelled there too.
 async fn cancel(State(state): State<AppState>, session: Session, Path(job_id): Path<String>) -> Result<Response, WebError> {
     session.writer()?;
     let id: JobId = job_id.parse().map_err(|_| WebError::NotFound)?;
-    queries::jobs::job(&state.db, session.team_id, &job_id).await?.ok_or(WebError::NotFound)?;
-    match state.jobs.cancel(session.team_id, id, "cancelled by the team", &session.actor()).await {
-        Ok((before, _)) => {
-            if let Some(request_id) = before.provider_request_id.as_deref() {
-                if let Err(error) = state.provider.cancel(request_id).await {
-                    tracing::warn!(%job_id, %error, "provider cancel failed; the result will be discarded when it arrives");
-                }
-            }
-            Ok(Redirect::to(&format!("/jobs/{job_id}")).into_response())
-        }
+    let who = Requester { team: session.team_id, actor: session.actor() };
+    match state.submit.cancel(&who, id).await {
+        Ok(_) => Ok(Redirect::to(&format!("/jobs/{job_id}")).into_response()),
         Err(error) => match WebError::from(error) {
             WebError::Refused(notice) => Ok(render(&state, &session, &job_id, Some(notice)).await?.into_response()),
             other => Err(other),

@@ -1,7 +1,7 @@
 //! The dashboard: server-rendered pages for people, served by the same router and port as
 //! the REST API (`http`). It is a second door onto the same system: pages read through
 //! `crate::queries` (the read side the REST handlers use too) and change things only
-//! through the application's use cases (`JobsService`, `CreditsService`), mapping their
+//! through the application's use cases (`SubmitService`: estimate, submit, cancel), mapping their
 //! errors to messages (`errors`) the way `http::problem` maps them to problem+json.
 //! `web` and `http` never import each other.
 //!
@@ -15,9 +15,12 @@ pub mod catalog;
 pub mod credits;
 pub mod csrf;
 pub mod errors;
+pub mod estimate;
+pub mod generate;
 pub mod history;
 pub mod jobs;
 pub mod layout;
+pub mod models;
 pub mod overview;
 pub mod paging;
 pub mod session;
@@ -35,6 +38,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(sign_in::routes())
         .merge(overview::routes())
         .merge(catalog::routes())
+        .merge(models::routes())
+        .merge(generate::routes())
         .merge(jobs::routes())
         .merge(history::routes())
         .merge(credits::routes())

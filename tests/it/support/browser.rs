@@ -58,7 +58,8 @@ impl Browser {
         let started = Instant::now();
         // chromedriver listens a moment after it starts: retry the session until it does.
         let client = loop {
-            let builder = ClientBuilder::rustls().expect("TLS roots").capabilities(capabilities.clone()).connect(&url).await;
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let builder = ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&url).await;
             match builder {
                 Ok(client) => break client,
                 Err(error) if started.elapsed() < WAIT_MAX => {

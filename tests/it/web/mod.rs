@@ -4,6 +4,7 @@
 //! page shows is deterministic.
 
 mod flows;
+mod submit;
 
 use reqwest::Method;
 use serde_json::{json, Value};

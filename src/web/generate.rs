@@ -1,0 +1,164 @@
+//! `/generate`: pick a ready model, write a prompt, choose the options, see the cost,
+//! submit — then the job's page. Submission and estimate are the application's
+//! `SubmitService` use cases, the same the REST API calls.
+
+use application::jobs::submit::{GenerationRequest, Requester};
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use domain::jobs::IMAGES_PER_JOB_MAX;
+use serde::Deserialize;
+
+use super::errors::{Notice, WebError};
+use super::estimate::{request_id, EstimateView};
+use super::layout::Layout;
+use super::session::Session;
+use crate::app::AppState;
+use crate::queries;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/generate", get(page).post(submit))
+        .route("/generate/estimate", post(estimate))
+}
+
+pub const RESOLUTIONS: [&str; 3] = ["512x512", "768x768", "1024x1024"];
+pub const QUALITIES: [&str; 2] = ["standard", "hd"];
+/// Ready models offered in the picker (newest first).
+const MODELS_MAX: i64 = 200;
+
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    model: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct GenerateForm {
+    #[serde(default)]
+    model_id: String,
+    #[serde(default)]
+    prompt: String,
+    resolution: Option<String>,
+    quality: Option<String>,
+    count: Option<u32>,
+    /// `estimate` (the no-script "Show cost" button) or absent (submit).
+    action: Option<String>,
+    request_id: Option<String>,
+}
+
+impl GenerateForm {
+    fn request(&self) -> GenerationRequest {
+        GenerationRequest {
+            model_id: self.model_id.clone(),
+            prompt: self.prompt.clone(),
+            resolution: self.resolution.clone(),
+            quality: self.quality.clone(),
+            count: self.count,
+        }
+    }
+}
+
+pub struct ModelOption {
+    pub model_id: String,
+    pub label: String,
+}
+
+#[derive(Template)]
+#[template(path = "generate.html")]
+struct GeneratePage {
+    layout: Layout,
+    notice: Option<Notice>,
+    /// The plan's limit, when it makes this job wait or refuses it.
+    plan_note: Option<String>,
+    models: Vec<ModelOption>,
+    model_id: String,
+    prompt: String,
+    resolution: String,
+    quality: String,
+    count: u32,
+    counts: Vec<u32>,
+    resolutions: [&'static str; 3],
+    qualities: [&'static str; 2],
+    estimate: EstimateView,
+    request_id: String,
+}
+
+async fn render(state: &AppState, session: &Session, form: GenerateForm, notice: Option<Notice>) -> Result<Html<String>, WebError> {
+    let models = queries::models::list(&state.db, session.team_id, false, None, MODELS_MAX)
+        .await?
+        .into_iter()
+        .filter(|m| m.status == "ready")
+        .map(|m| ModelOption { label: format!("{} (version {})", m.name, m.current_version.unwrap_or(1)), model_id: m.model_id })
+        .collect::<Vec<_>>();
+    let model_id = if form.model_id.is_empty() { models.first().map(|m| m.model_id.clone()).unwrap_or_default() } else { form.model_id.clone() };
+    let usage = queries::jobs::plan_usage(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
+    let plan_note = if usage.limit == 0 {
+        Some(format!("The {} plan runs no jobs: submissions are refused until the team moves to a paid plan.", usage.plan))
+    } else if usage.running >= usage.limit {
+        Some(format!("Your plan runs {} jobs at once and {} are running: this one will wait in the queue.", usage.limit, usage.running))
+    } else {
+        None
+    };
+    let estimate = if model_id.is_empty() {
+        EstimateView::problem(Notice::new("No ready model", "Create a model first; when its training completes you can generate with it.").next("/models/new", "Create a model"))
+    } else {
+        let request = GenerationRequest { model_id: model_id.clone(), ..form.request() };
+        EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?
+    };
+    let page = GeneratePage {
+        layout: Layout::load(state, session, "Generate", "generate").await?,
+        notice,
+        plan_note,
+        models,
+        model_id,
+        prompt: form.prompt,
+        resolution: form.resolution.unwrap_or_else(|| "1024x1024".into()),
+        quality: form.quality.unwrap_or_else(|| "standard".into()),
+        count: form.count.unwrap_or(1),
+        counts: (1..=IMAGES_PER_JOB_MAX).collect(),
+        resolutions: RESOLUTIONS,
+        qualities: QUALITIES,
+        estimate,
+        request_id: form.request_id.unwrap_or_else(request_id),
+    };
+    Ok(Html(page.render()?))
+}
+
+async fn page(State(state): State<AppState>, session: Session, Query(query): Query<PageQuery>) -> Result<Html<String>, WebError> {
+    let form = GenerateForm {
+        model_id: query.model.unwrap_or_default(),
+        prompt: String::new(),
+        resolution: None,
+        quality: None,
+        count: None,
+        action: None,
+        request_id: None,
+    };
+    render(&state, &session, form, None).await
+}
+
+async fn estimate(State(state): State<AppState>, session: Session, Form(form): Form<GenerateForm>) -> Result<Html<String>, WebError> {
+    EstimateView::from_result(state.submit.estimate_generation(session.team_id, &form.request()).await)?.fragment()
+}
+
+async fn submit(State(state): State<AppState>, session: Session, Form(form): Form<GenerateForm>) -> Result<Response, WebError> {
+    if form.action.as_deref() == Some("estimate") {
+        return Ok(render(&state, &session, form, None).await?.into_response());
+    }
+    session.writer()?;
+    let who = Requester { team: session.team_id, actor: session.actor() };
+    let key = form.request_id.as_deref().and_then(|id| domain::IdempotencyKey::parse(id).ok());
+    match state.submit.submit_generation(&who, key.as_ref(), form.request()).await {
+        Ok(submitted) => Ok(Redirect::to(&format!("/jobs/{}", submitted.job_id)).into_response()),
+        Err(error) => match WebError::from(error) {
+            WebError::Refused(notice) => {
+                // A fresh request id: the refused attempt recorded nothing.
+                let form = GenerateForm { request_id: None, ..form };
+                Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, render(&state, &session, form, Some(notice)).await?).into_response())
+            }
+            other => Err(other),
+        },
+    }
+}
