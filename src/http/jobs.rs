@@ -338,7 +338,7 @@ async fn events(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
 }
 
 /// The job aggregate of the caller's team, or 404.

@@ -104,7 +104,10 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
     let estimate = if model_id.is_empty() {
         EstimateView::problem(Notice::new("No ready model", "Create a model first; when its training completes you can generate with it.").next("/models/new", "Create a model"))
     } else {
-        let request = GenerationRequest { model_id: model_id.clone(), ..form.request() };
+        // The price does not depend on the prompt: an empty one (a fresh form) still
+        // gets a price rather than "check the prompt".
+        let prompt = if form.prompt.trim().is_empty() { "(prompt)".to_string() } else { form.prompt.clone() };
+        let request = GenerationRequest { model_id: model_id.clone(), prompt, ..form.request() };
         EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?
     };
     let page = GeneratePage {

@@ -31,6 +31,8 @@ document.addEventListener("DOMContentLoaded", () => {
         .then((text) => { if (text !== null) output.innerHTML = text; });
     };
     form.addEventListener("change", update);
+    let typing;
+    form.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(update, 300); });
     update();
   }
 });

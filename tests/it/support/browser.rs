@@ -103,7 +103,6 @@ impl Browser {
     }
 
     /// Waits until the element matching `css` shows `expected` (without reloading).
-    #[track_caller]
     pub async fn wait_text(&self, css: &str, expected: &str) {
         let started = Instant::now();
         loop {
