@@ -34,7 +34,8 @@ impl WebKeys {
     /// it is never in git and every process on that directory shares it.
     pub fn load(settings: &Settings) -> std::io::Result<Self> {
         let root = std::path::Path::new(&settings.storage.local_root);
-        let bytes = infrastructure::storage::load_or_create_key_file(root, COOKIE_KEY_FILE, COOKIE_KEY_BYTES)?;
+        let file = infrastructure::secrets::load_or_create(&root.join(COOKIE_KEY_FILE), COOKIE_KEY_BYTES, "cookie-signing key")?;
+        let bytes = file.key;
         let https = settings.storage.public_base_url.as_deref().is_some_and(|url| url.starts_with("https://"));
         Ok(Self { cookie_key: Key::from(&bytes), https })
     }
