@@ -20,10 +20,9 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::{TeamCreditsCommand, TeamCreditsError, TeamId};
 use infrastructure::stripe::store::{self, EventRecord, EventStatus};
-use infrastructure::stripe::{webhook, Action, CheckoutRequest, Event, Interpretation, Purchase, StripeApiError, TeamHint};
+use infrastructure::stripe::{webhook, Action, Event, Interpretation, Purchase, StripeApiError, TeamHint};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 use utoipa::ToSchema;
 
@@ -31,6 +30,7 @@ use super::auth::TeamKey;
 use super::extract::{ApiBytes, ApiJson, IdempotencyKey};
 use super::problem::Problem;
 use crate::app::AppState;
+use crate::checkout::CheckoutError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -84,35 +84,31 @@ async fn checkout(
     ApiJson(body): ApiJson<CheckoutBody>,
 ) -> Result<(StatusCode, Json<CheckoutView>), Problem> {
     let team_id = key.writer()?.team_id;
-    let client = state.stripe.checkout().ok_or_else(|| not_configured("stripe.secret_key"))?;
-    let purchase = state.stripe.catalog().purchase(&body.price_id).ok_or_else(|| {
-        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-price", "Unknown price")
-            .detail("price_id is not a configured credit pack or plan")
-            .with("price_id", body.price_id.clone())
-    })?;
-    if let Purchase::Plan { .. } = purchase {
-        // A second subscription would bill twice; plan changes go through the live one.
-        if let Some(live) = store::live_subscription(&state.db, team_id, None).await.map_err(|e| Problem::internal(&e))? {
-            return Err(Problem::new(StatusCode::CONFLICT, "already-subscribed", "Already subscribed")
-                .detail("the team has a live subscription; change or cancel it at Stripe instead")
-                .with("subscription_id", live));
-        }
-    }
-    let customer = store::customer_of_team(&state.db, team_id).await.map_err(|e| Problem::internal(&e))?;
-    // Stripe keys are at most 255 characters; a digest of team and key fits and keeps
-    // one team's key from naming another team's session.
-    let idempotency_key = idempotency
-        .0
-        .map(|k| format!("kiln-checkout-{}", hex::encode(Sha256::digest(format!("{team_id}:{}", k.as_str())))));
-    let request = CheckoutRequest { team_id, price_id: &body.price_id, purchase, customer: customer.as_deref(), idempotency_key };
-    let session = client.create_session(&request).await.map_err(stripe_failed)?;
-    tracing::info!(session_id = %session.id, price_id = %body.price_id, "checkout session created");
-    let (mode, credits, plan) = match purchase {
+    let started = crate::checkout::start(&state, team_id, &body.price_id, idempotency.0.as_ref().map(|k| k.as_str())).await?;
+    let (mode, credits, plan) = match started.purchase {
         Purchase::Pack { credits } => ("payment", Some(credits.get()), None),
         Purchase::Plan { plan } => ("subscription", None, Some(plan.to_string())),
     };
-    let view = CheckoutView { session_id: session.id, url: session.url, mode: mode.into(), credits, plan };
+    let view = CheckoutView { session_id: started.session_id, url: started.url, mode: mode.into(), credits, plan };
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+impl From<CheckoutError> for Problem {
+    fn from(error: CheckoutError) -> Self {
+        match error {
+            CheckoutError::NotConfigured => not_configured("stripe.secret_key"),
+            CheckoutError::UnknownPrice(price_id) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown-price", "Unknown price")
+                .detail("price_id is not a configured credit pack or plan")
+                .with("price_id", price_id),
+            CheckoutError::AlreadySubscribed(live) => {
+                Problem::new(StatusCode::CONFLICT, "already-subscribed", "Already subscribed")
+                    .detail("the team has a live subscription; change or cancel it at Stripe instead")
+                    .with("subscription_id", live)
+            }
+            CheckoutError::Store(error) => Problem::internal(&error),
+            CheckoutError::Stripe(error) => stripe_failed(error),
+        }
+    }
 }
 
 /// Logged in full (Stripe masks keys in its messages; requests carry the key only in a

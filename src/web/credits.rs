@@ -4,9 +4,9 @@
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::response::Html;
-use axum::routing::get;
-use axum::Router;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::errors::{Notice, WebError};
@@ -16,7 +16,29 @@ use crate::app::AppState;
 use crate::queries;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/credits", get(page))
+    Router::new().route("/credits", get(page)).route("/credits/checkout", post(checkout))
+}
+
+#[derive(Debug, Deserialize)]
+struct CheckoutForm {
+    price_id: String,
+    /// Checked by the CSRF layer.
+    #[allow(dead_code)]
+    csrf: Option<String>,
+}
+
+/// "Buy credits": starts a Stripe Checkout through the same rules as
+/// `POST /api/credits/checkout` (`crate::checkout`) and sends the browser to Stripe's
+/// payment page; Stripe returns it to `/credits?checkout=success|cancelled`.
+async fn checkout(State(state): State<AppState>, session: Session, Form(form): Form<CheckoutForm>) -> Result<Response, WebError> {
+    session.writer()?;
+    match crate::checkout::start(&state, session.team_id, form.price_id.trim(), None).await {
+        Ok(started) => Ok(Redirect::to(&started.url).into_response()),
+        Err(error) => match WebError::from(error) {
+            WebError::Refused(notice) => Ok(render(&state, &session, Some(notice)).await?.into_response()),
+            other => Err(other),
+        },
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +90,10 @@ fn checkout_notice(checkout: Option<&str>) -> Option<Notice> {
 }
 
 async fn page(State(state): State<AppState>, session: Session, Query(query): Query<CreditsQuery>) -> Result<Html<String>, WebError> {
+    render(&state, &session, checkout_notice(query.checkout.as_deref())).await
+}
+
+async fn render(state: &AppState, session: &Session, notice: Option<Notice>) -> Result<Html<String>, WebError> {
     let balance = queries::credits::balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
     let grants = balance
         .grants
@@ -84,8 +110,8 @@ async fn page(State(state): State<AppState>, session: Session, Query(query): Que
     let stripe = state.stripe.checkout().is_some();
     let packs = state.stripe.catalog().packs().map(|(price_id, credits)| PackRow { price_id: price_id.to_string(), credits }).collect();
     let page = CreditsPage {
-        layout: Layout::load(&state, &session, "Credits", "credits").await?,
-        notice: checkout_notice(query.checkout.as_deref()),
+        layout: Layout::load(state, session, "Credits", "credits").await?,
+        notice,
         team_id: balance.team_id,
         plan: balance.plan,
         available: balance.available,
