@@ -3,7 +3,6 @@
 //! the model and generation endpoints.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use application::event_store::EventStore;
 use application::jobs::submit::SubmitError;
@@ -276,8 +275,6 @@ async fn concurrency(State(state): State<AppState>, key: TeamKey) -> Result<Json
     Ok(Json(Concurrency { plan, limit, running, queued, queue_depth_max: state.submit.queue_depth_max() }))
 }
 
-/// How often the event stream looks for new events when nothing woke it.
-const EVENTS_POLL: Duration = Duration::from_millis(500);
 
 /// Server-sent events of the job's progress: its public events (`event:` is the type,
 /// see `job_events`; `id:` the job stream's sequence), from the start or after
@@ -304,41 +301,29 @@ async fn events(
     // closed stream, not one that waits for events that will never come.
     let recorded = store.load_stream("GenerationJob", &job.job_id, 0).await.map_err(|e| Problem::internal(&e))?;
     let ended_at = recorded.iter().find(|e| super::job_events::is_final_record(e)).map(|e| e.sequence);
-    let done = ended_at.is_some_and(|last| after >= last);
-    let stream = futures::stream::unfold((after, done, store.subscribe_commits()), move |(after, done, mut commits)| {
-        let store = store.clone();
-        let job_id = job.job_id.clone();
-        async move {
-            if done {
-                return None;
+    let recorded = if ended_at.is_some_and(|last| after >= last) {
+        futures::stream::empty().boxed()
+    } else {
+        // The same stream as the dashboard's live status, cut to the public events.
+        crate::queries::jobs::event_stream(store, job.job_id.clone(), after).boxed()
+    };
+    let job_id = job.job_id;
+    let stream = recorded
+        .filter_map(move |stored| {
+            let public = super::job_events::PublicJobEvent::of(&job_id, &stored).map(|public| (stored.sequence, public));
+            futures::future::ready(public)
+        })
+        // Nothing after the final public event.
+        .scan(false, |ended, (sequence, public)| {
+            if *ended {
+                return futures::future::ready(None);
             }
-            loop {
-                let Ok(events) = store.load_stream("GenerationJob", &job_id, after).await else {
-                    return None;
-                };
-                if !events.is_empty() {
-                    let last = events.last().map(|e| e.sequence).unwrap_or(after);
-                    let mut finished = false;
-                    let mut batch: Vec<Result<Event, Infallible>> = Vec::new();
-                    for stored in &events {
-                        let Some(public) = super::job_events::PublicJobEvent::of(&job_id, stored) else { continue };
-                        let data = serde_json::to_string(&public).unwrap_or_default();
-                        batch.push(Ok(Event::default().event(public.event_type()).id(stored.sequence.to_string()).data(data)));
-                        if public.is_final() {
-                            finished = true;
-                            break;
-                        }
-                    }
-                    return Some((futures::stream::iter(batch), (last, finished, commits)));
-                }
-                tokio::select! {
-                    _ = commits.changed() => {}
-                    _ = tokio::time::sleep(EVENTS_POLL) => {}
-                }
-            }
-        }
-    });
-    Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
+            *ended = public.is_final();
+            let data = serde_json::to_string(&public).unwrap_or_default();
+            let event = Event::default().event(public.event_type()).id(sequence.to_string()).data(data);
+            futures::future::ready(Some(Ok::<_, Infallible>(event)))
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// The job aggregate of the caller's team, or 404.
