@@ -105,7 +105,7 @@ impl From<CheckoutError> for Problem {
                     .detail("the team has a live subscription; change or cancel it at Stripe instead")
                     .with("subscription_id", live)
             }
-            CheckoutError::Store(error) => Problem::internal(&error),
+            error @ CheckoutError::Store(_) => Problem::internal(&error),
             CheckoutError::Stripe(error) => stripe_failed(error),
         }
     }
