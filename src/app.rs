@@ -12,6 +12,7 @@ use application::credits::CreditsService;
 use application::jobs::index::JobIndex;
 use application::jobs::worker::{Worker, WorkerConfig};
 use application::jobs::submit::SubmitService;
+use application::jobs::steps::TrainingConfig;
 use application::jobs::JobsService;
 use application::provider::Provider;
 use infrastructure::job_index::SqlJobIndex;
@@ -80,7 +81,6 @@ impl AppState {
         let store = SqlEventStore::with_inline_projections(db.clone(), projections::inline_projections());
         let aggregates = AggregateStore::new(Arc::new(store.clone()), settings.event_store.snapshot_every);
         let credits = CreditsService::new(aggregates.clone(), clock.clone()).with_commits_in_flight(settings.credits.commits_in_flight);
-        let jobs = JobsService::new(aggregates.clone(), credits.clone(), clock.clone());
         let job_index: Arc<dyn JobIndex> = Arc::new(SqlJobIndex::new(db.clone()));
         let projector = Projector::new(store.clone(), projections::async_projections());
         let operator_key_sha256 = settings
@@ -92,6 +92,8 @@ impl AppState {
             settings.metrics.bearer_token.as_ref().map(|token| Sha256::digest(token.expose_secret().as_bytes()).into());
         let (objects, url_signing_key) = infrastructure::storage::open(settings).context("cannot open the object store")?;
         let url_ttl_secs = settings.storage.url_ttl_secs;
+        let training = TrainingConfig { images: settings.jobs.training_images, images_per_request: settings.jobs.training_images_per_request };
+        let jobs = JobsService::new(aggregates.clone(), credits.clone(), clock.clone()).with_training(objects.clone(), training);
         let fal = fal_provider(settings, objects.clone(), clock)?;
         let provider: Arc<dyn Provider> = match &fal {
             Some(fal) => fal.provider.clone(),

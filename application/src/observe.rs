@@ -72,6 +72,11 @@ pub fn job_progressed(job_id: domain::JobId, provider_request_id: Option<&str>, 
     }
 }
 
+/// A step of a multi-step job is recorded.
+pub fn job_step_completed(job_id: domain::JobId, step: &str) {
+    tracing::info!(%job_id, step, "job step completed");
+}
+
 /// The attempt ended without a result; the job goes back to the queue.
 pub fn job_retry_scheduled(job_id: domain::JobId, reason: &str, retry_at: DateTime<Utc>) {
     tracing::warn!(%job_id, reason, %retry_at, "job retry scheduled");

@@ -5,17 +5,32 @@ use async_trait::async_trait;
 use domain::jobs::JobInput;
 use domain::{JobId, TeamId};
 
-/// What a provider is asked to do for one job attempt.
+/// What a provider is asked to do for one job attempt: the job's input, and which of its
+/// steps this request is (see `crate::jobs::steps`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderRequest {
     pub job_id: JobId,
     pub team_id: TeamId,
     pub attempt: u32,
     pub input: JobInput,
+    pub task: Task,
     /// For refinement and generation: the model artifact the job builds on.
     pub model_artifact_key: Option<String>,
-    /// For model creation: the reference model's characteristics (JSON).
+    /// For model jobs: the reference model's characteristics (JSON, with its `category`).
     pub reference: Option<serde_json::Value>,
+}
+
+/// The request's part of its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// An image generation job's images (its only request).
+    Images,
+    /// Training images for a model job: `count` images of `prompt` (square), made with
+    /// the LoRA of `model_artifact_key` when refining. Files named `0.png`, `1.png`, …
+    TrainingImages { prompt: String, count: u32 },
+    /// Training the model's new version on the zip of images and captions at `images_url`
+    /// (a signed URL); the trainer's result is the version's artifact.
+    Training { images_url: String, trigger_word: String, is_style: bool },
 }
 
 /// One produced file, not yet stored.

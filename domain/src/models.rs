@@ -12,6 +12,13 @@ use crate::jobs::PROMPT_CHARS_MAX;
 
 pub const MODEL_NAME_CHARS_MAX: usize = 200;
 
+/// The word a model's LoRA is trained with (in every caption of its training set) and
+/// prompted with: `kiln` and the first 8 letters or digits of its id.
+pub fn trigger_word(model_id: ModelId) -> String {
+    let short: String = model_id.to_string().chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
+    format!("kiln{short}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelStatus {

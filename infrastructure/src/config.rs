@@ -58,6 +58,10 @@ pub struct JobSettings {
     pub retry_backoff_max_ms: u64,
     /// Seed the reference catalog at start-up when it is empty.
     pub seed_catalog_on_start: bool,
+    /// Training images a model creation or refinement generates before it trains (1–64).
+    pub training_images: u32,
+    /// Training images asked of the provider per request (1–4).
+    pub training_images_per_request: u32,
 }
 
 impl Default for JobSettings {
@@ -74,6 +78,8 @@ impl Default for JobSettings {
             retry_backoff_base_ms: 2_000,
             retry_backoff_max_ms: 300_000,
             seed_catalog_on_start: true,
+            training_images: 12,
+            training_images_per_request: 4,
         }
     }
 }

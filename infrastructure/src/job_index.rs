@@ -257,12 +257,17 @@ impl JobIndex for SqlJobIndex {
     async fn reference_characteristics(&self, reference_model_id: &str) -> Result<Option<serde_json::Value>, EventStoreError> {
         let row = db_fetch_optional!(
             &self.db,
-            (String,),
-            "SELECT characteristics FROM reference_models WHERE id = $1",
+            (String, String),
+            "SELECT category, characteristics FROM reference_models WHERE id = $1",
             reference_model_id
         )
         .map_err(unavailable)?;
-        Ok(row.and_then(|(text,)| serde_json::from_str(&text).ok()))
+        // The category beside the characteristics: it decides how a trainer learns.
+        Ok(row.and_then(|(category, text)| {
+            let mut characteristics: serde_json::Value = serde_json::from_str(&text).ok()?;
+            characteristics.as_object_mut()?.insert("category".into(), category.into());
+            Some(characteristics)
+        }))
     }
 
     async fn reference_complexity(&self, reference_model_id: &str) -> Result<Option<i64>, EventStoreError> {

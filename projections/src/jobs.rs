@@ -197,6 +197,11 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
             )?;
         }
         JobEvent::ImagesExpired { occurred_at, .. } => crate::images::expire(tx, &[(job.to_string(), occurred_at)]).await?,
+        // The step's provider request is over: webhooks and status checks no longer
+        // lead to this job through it.
+        JobEvent::JobStepCompleted { occurred_at, .. } => {
+            tx_execute!(&mut *tx, "UPDATE jobs SET provider_request_id = NULL, updated_at = $2 WHERE job_id = $1", job, occurred_at)?;
+        }
     }
     Ok(())
 }

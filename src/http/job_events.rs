@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Every public event type, as sent in SSE `event:` and in the data's `type`.
-pub const PUBLIC_JOB_EVENT_TYPES: &[&str] = &["queued", "dispatched", "progress", "retry_scheduled", "completed", "failed", "cancelled"];
+pub const PUBLIC_JOB_EVENT_TYPES: &[&str] = &["queued", "dispatched", "progress", "step_completed", "retry_scheduled", "completed", "failed", "cancelled"];
 
 /// One event of a job's progress, as the event stream sends it (the SSE `data:`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -23,6 +23,9 @@ pub enum PublicJobEvent {
     Dispatched { job_id: String, occurred_at: DateTime<Utc>, attempt: u32 },
     /// News from the provider: waiting in its queue (`queue_position`) or running.
     Progress { job_id: String, occurred_at: DateTime<Utc>, running: bool, queue_position: Option<u32> },
+    /// A step of a model job is done (`training-images-1` … `training-set`; the last
+    /// step, `training`, ends with `completed`). A retried job resumes after it.
+    StepCompleted { job_id: String, occurred_at: DateTime<Utc>, step: String },
     /// The attempt failed transiently; the job waits until `retry_at`, then is queued again.
     RetryScheduled { job_id: String, occurred_at: DateTime<Utc>, attempt: u32, retry_at: DateTime<Utc>, reason: String },
     /// Final: the job's price is deducted; `images` outputs are ready.
@@ -39,6 +42,7 @@ impl PublicJobEvent {
             PublicJobEvent::Queued { .. } => "queued",
             PublicJobEvent::Dispatched { .. } => "dispatched",
             PublicJobEvent::Progress { .. } => "progress",
+            PublicJobEvent::StepCompleted { .. } => "step_completed",
             PublicJobEvent::RetryScheduled { .. } => "retry_scheduled",
             PublicJobEvent::Completed { .. } => "completed",
             PublicJobEvent::Failed { .. } => "failed",
@@ -68,6 +72,7 @@ impl PublicJobEvent {
             JobEvent::JobCompleted { outputs, occurred_at } => PublicJobEvent::Completed { job_id, occurred_at, images: outputs.len() },
             JobEvent::JobFailed { reason, occurred_at } => PublicJobEvent::Failed { job_id, occurred_at, error: reason },
             JobEvent::JobCancelled { reason, occurred_at } => PublicJobEvent::Cancelled { job_id, occurred_at, reason },
+            JobEvent::JobStepCompleted { step, occurred_at, .. } => PublicJobEvent::StepCompleted { job_id, occurred_at, step },
             JobEvent::ImagesExpired { .. } => return None,
         })
     }
@@ -90,6 +95,7 @@ mod tests {
             PublicJobEvent::Queued { job_id: id(), occurred_at: at, cost_credits: 1 },
             PublicJobEvent::Dispatched { job_id: id(), occurred_at: at, attempt: 1 },
             PublicJobEvent::Progress { job_id: id(), occurred_at: at, running: true, queue_position: None },
+            PublicJobEvent::StepCompleted { job_id: id(), occurred_at: at, step: "training-set".into() },
             PublicJobEvent::RetryScheduled { job_id: id(), occurred_at: at, attempt: 1, retry_at: at, reason: "r".into() },
             PublicJobEvent::Completed { job_id: id(), occurred_at: at, images: 1 },
             PublicJobEvent::Failed { job_id: id(), occurred_at: at, error: "e".into() },

@@ -5,6 +5,7 @@
 //! reservation ends exactly once, so a duplicate or racing ending changes nothing.
 
 pub mod index;
+pub mod steps;
 pub mod submit;
 pub mod worker;
 
@@ -20,6 +21,8 @@ use crate::aggregate_store::{AggregateStore, CommandError, Decided, Loaded};
 use crate::clock::Clock;
 use crate::credits::{CreditsError, CreditsService};
 use crate::event_store::{EventStoreError, StreamAppend};
+use crate::storage::ObjectStore;
+use self::steps::TrainingConfig;
 
 /// How often an ending is re-decided after losing a race on the job's own stream.
 const ENDING_ATTEMPTS_MAX: u32 = 8;
@@ -95,6 +98,10 @@ pub struct JobsService {
     aggregates: AggregateStore,
     credits: CreditsService,
     clock: Arc<dyn Clock>,
+    /// Where model jobs write their steps' objects (deleted when such a job fails or is
+    /// cancelled); `None` in set-ups without model jobs' storage.
+    objects: Option<Arc<dyn ObjectStore>>,
+    training: TrainingConfig,
 }
 
 fn metadata(actor: &str) -> Value {
@@ -107,7 +114,18 @@ fn model_appends(decided: Option<StreamAppend>) -> Vec<StreamAppend> {
 
 impl JobsService {
     pub fn new(aggregates: AggregateStore, credits: CreditsService, clock: Arc<dyn Clock>) -> Self {
-        Self { aggregates, credits, clock }
+        Self { aggregates, credits, clock, objects: None, training: TrainingConfig::default() }
+    }
+
+    /// The store model jobs write their training sets to, and how large those sets are.
+    pub fn with_training(mut self, objects: Arc<dyn ObjectStore>, training: TrainingConfig) -> Self {
+        self.objects = Some(objects);
+        self.training = training;
+        self
+    }
+
+    pub fn training(&self) -> &TrainingConfig {
+        &self.training
     }
 
     pub fn credits(&self) -> &CreditsService {
@@ -271,6 +289,34 @@ impl JobsService {
         Ok(())
     }
 
+    /// Records a finished step of a multi-step job with the objects it stored; returns the
+    /// job as it now stands. A job that ended meanwhile refuses (`NotInProgress` or
+    /// `AlreadyFinished`): the caller deletes what it stored.
+    pub async fn complete_step(&self, job_id: JobId, step: &str, outputs: Vec<JobOutput>) -> Result<GenerationJob, JobsError> {
+        let command = JobCommand::CompleteStep { step: step.to_string(), outputs, now: self.clock.now() };
+        let decided = self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("worker")).await?;
+        crate::observe::job_step_completed(job_id, step);
+        Ok(decided.state.aggregate)
+    }
+
+    /// Deletes what a failed or cancelled model job's steps wrote, or may have written
+    /// before a crash (its training images, captions and set): its version was never
+    /// made, so nothing else points at them. Best effort: a failure is logged.
+    async fn discard_steps(&self, job: &GenerationJob) {
+        let (Some(objects), Some(team), Some(input)) = (&self.objects, job.team_id, &job.input) else { return };
+        let mut keys = steps::step_keys(team, input, &steps::plan(input, None, &self.training));
+        keys.extend(job.step_output_keys());
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
+            return;
+        }
+        match objects.delete_many(&keys).await {
+            Ok(()) => tracing::info!(job_id = ?job.job_id, objects = keys.len(), "the ended job's training set was deleted"),
+            Err(error) => tracing::warn!(job_id = ?job.job_id, %error, "the ended job's training set was not deleted"),
+        }
+    }
+
     /// Puts an active job back in the queue, to start again at `retry_at`.
     pub async fn retry_later(&self, job_id: JobId, reason: &str, retry_at: DateTime<Utc>) -> Result<(), JobsError> {
         let command = JobCommand::ScheduleRetry { reason: reason.to_string(), retry_at, now: self.clock.now() };
@@ -316,9 +362,9 @@ impl JobsService {
 
     async fn end_from(&self, job_id: JobId, mut known: Option<Loaded<GenerationJob>>, kind: EndKind, actor: &str) -> Result<Ending, JobsError> {
         for _ in 0..ENDING_ATTEMPTS_MAX {
-            let loaded = match known.take() {
-                Some(loaded) => loaded,
-                None => self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?,
+            let (loaded, as_claimed) = match known.take() {
+                Some(loaded) => (loaded, true),
+                None => (self.aggregates.load::<GenerationJob>(&job_id.to_string()).await?, false),
             };
             let job = &loaded.aggregate;
             let (Some(team), Some(input)) = (job.team_id, job.input.clone()) else {
@@ -334,7 +380,14 @@ impl JobsService {
                 return Ok(Ending::AlreadyDone);
             }
             let model_change = match kind.model_command(job_id, &input, team, self.clock.now()) {
-                Some(command) => Some(self.decide_model(input.model_id(), command, actor).await?),
+                Some(command) => match self.decide_model(input.model_id(), command, actor).await {
+                    Ok(append) => Some(append),
+                    // Decided on the job as its claim left it, while it was cancelled or
+                    // failed meanwhile (the model no longer waits for it): decide again
+                    // on the job as it is, which refuses with how it ended.
+                    Err(JobsError::Model(_)) if as_claimed => continue,
+                    Err(error) => return Err(error),
+                },
                 None => None,
             };
             let mut extras = vec![decided.append];
@@ -347,6 +400,9 @@ impl JobsService {
                     return match (kind.reservation_end(), state) {
                         (wanted, Some(actual)) if wanted == actual && !outcome.events.is_empty() => {
                             kind.observe(&before, actor, self.clock.now());
+                            if wanted == ReservationState::Refunded {
+                                self.discard_steps(&before).await;
+                            }
                             Ok(Ending::Recorded)
                         }
                         // The reservation ended the other way first: the job ended with it.

@@ -14,18 +14,19 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use domain::jobs::{GenerationJob, JobInput, JobOutput};
-use domain::models::CustomModel;
+use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput};
+use domain::models::{trigger_word, CustomModel};
 use domain::{JobId, ModelId};
 use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::Instrument;
 
 use super::index::{ActiveJob, JobIndex};
+use super::steps::{self, SetFile, Step};
 use super::{JobsError, JobsService};
 use crate::aggregate_store::Loaded;
 use crate::observe::job_span;
-use crate::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission};
+use crate::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission, Task};
 use crate::storage::{image_key, model_asset_key, ObjectStore};
 
 #[derive(Debug, Clone)]
@@ -74,8 +75,23 @@ impl WorkerConfig {
 const MAINTENANCE_BATCH_MAX: i64 = 100;
 /// Jobs claimed in one append, at most.
 pub const CLAIM_BATCH_MAX: usize = 64;
+/// Life of the signed URL a trainer downloads the training set from: a request may wait
+/// in the provider's queue for a long while.
+const TRAINING_SET_URL_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Model version artifact keys remembered per worker; the cache starts over when full.
 const ARTIFACT_KEYS_CACHED_MAX: usize = 10_000;
+
+/// What a job's requests need besides the job (see [`Worker::context`]).
+struct RunContext {
+    plan: Vec<Step>,
+    model_artifact_key: Option<String>,
+    reference: Option<serde_json::Value>,
+}
+
+/// The job's first step not recorded; `None` for a job without steps (image generation).
+fn current_step<'a>(plan: &'a [Step], job: &GenerationJob) -> Option<&'a Step> {
+    plan.iter().find(|step| !job.step_done(&step.name()))
+}
 
 #[derive(Clone)]
 pub struct Worker {
@@ -206,46 +222,200 @@ impl Worker {
         Ok(started)
     }
 
-    /// Runs one claimed attempt of a job to an ending (or a scheduled retry).
+    /// Runs one claimed attempt of a job: from its first step not recorded until it waits
+    /// on the provider, ends, or is put back for a retry.
     async fn execute(&self, claimed: Loaded<GenerationJob>) -> Result<(), JobsError> {
-        let job_id = claimed.aggregate.job_id.ok_or(JobsError::NotFound)?;
         let job = claimed.aggregate.clone();
-        let request = self.request_for(job_id, &job).await?;
-        let attempt = job.attempt;
-        match self.provider.submit(request).await {
-            Ok(Submission::Finished(outcome)) => self.finish_claimed(job_id, &job, Some(claimed), outcome).await,
-            Ok(Submission::Accepted { request_id }) => {
-                match self.jobs.progress(job_id, Some(request_id.clone()), None, Vec::new(), false).await {
-                    // Cancelled while the submission was in flight: the request has no job
-                    // to report to, so stop it at the provider (best effort).
-                    Err(JobsError::Job(domain::jobs::JobError::NotInProgress(_))) => {
-                        tracing::info!(%job_id, %request_id, "job ended during submission; cancelling the provider request");
-                        if let Err(error) = self.provider.cancel(&request_id).await {
-                            tracing::warn!(%job_id, %error, "provider cancel failed");
-                        }
-                        Ok(())
-                    }
-                    other => other,
-                }
-            }
-            Err(ProviderError::Transient(message)) => self.retry_or_fail(job_id, attempt, &message).await,
-            Err(ProviderError::Permanent(message)) => self.jobs.fail(job_id, &message).await.map(drop),
-        }
+        let context = self.context(&job).await?;
+        self.run_steps(job, Some(claimed), &context).await
     }
 
-    async fn request_for(&self, job_id: JobId, job: &GenerationJob) -> Result<ProviderRequest, JobsError> {
-        let (Some(team_id), Some(input)) = (job.team_id, job.input.clone()) else {
-            return Err(JobsError::NotFound);
-        };
+    /// What a job's requests need besides the job: its plan (see [`steps`]), the model
+    /// artifact it builds on and the reference model's characteristics.
+    async fn context(&self, job: &GenerationJob) -> Result<RunContext, JobsError> {
+        let input = job.input.as_ref().ok_or(JobsError::NotFound)?;
         let model_artifact_key = match input.base_version() {
             Some(version) => self.artifact_key(input.model_id(), version).await?,
             None => None,
         };
-        let reference = match &input {
+        let reference = match input {
             JobInput::ModelCreation { reference_model_id, .. } => self.index.reference_characteristics(reference_model_id).await?,
+            JobInput::ModelRefinement { model_id, .. } => {
+                let reference_model_id = self.jobs.model(*model_id).await?.aggregate.reference_model_id;
+                self.index.reference_characteristics(&reference_model_id).await?
+            }
+            JobInput::ImageGeneration { .. } => None,
+        };
+        let plan = steps::plan(input, reference.as_ref(), self.jobs.training());
+        Ok(RunContext { plan, model_artifact_key, reference })
+    }
+
+    /// The loop of [`execute`](Self::execute): each pass runs the job's current step; a
+    /// step that finishes at once is recorded and the next one runs.
+    async fn run_steps(&self, mut job: GenerationJob, mut claimed: Option<Loaded<GenerationJob>>, context: &RunContext) -> Result<(), JobsError> {
+        let (Some(job_id), Some(team_id), Some(input)) = (job.job_id, job.team_id, job.input.clone()) else {
+            return Err(JobsError::NotFound);
+        };
+        loop {
+            let step = current_step(&context.plan, &job).cloned();
+            let task = match &step {
+                None => Task::Images,
+                Some(Step::TrainingImages { prompt, count, .. }) => Task::TrainingImages { prompt: prompt.clone(), count: *count },
+                Some(Step::TrainingSet) => {
+                    let outputs = match self.zip_training_set(job_id, &job).await {
+                        Ok(outputs) => outputs,
+                        Err(message) => return self.retry_or_fail(job_id, job.attempt, &message).await,
+                    };
+                    match self.record_step(job_id, steps::TRAINING_SET_STEP, outputs).await? {
+                        Some(next) => (job, claimed) = (next, None),
+                        None => return Ok(()),
+                    }
+                    continue;
+                }
+                Some(Step::Training) => match self.training_task(&job, context) {
+                    Ok(task) => task,
+                    Err(message) => return self.retry_or_fail(job_id, job.attempt, &message).await,
+                },
+            };
+            let request = ProviderRequest {
+                job_id,
+                team_id,
+                attempt: job.attempt,
+                input: input.clone(),
+                task,
+                model_artifact_key: context.model_artifact_key.clone(),
+                reference: context.reference.clone(),
+            };
+            match self.provider.submit(request).await {
+                Ok(Submission::Finished(outcome)) => match self.apply_outcome(job_id, &job, step.as_ref(), claimed.take(), outcome).await? {
+                    Some(next) => job = next,
+                    None => return Ok(()),
+                },
+                Ok(Submission::Accepted { request_id }) => return self.accepted(job_id, request_id).await,
+                Err(ProviderError::Transient(message)) => return self.retry_or_fail(job_id, job.attempt, &message).await,
+                Err(ProviderError::Permanent(message)) => return self.jobs.fail(job_id, &message).await.map(drop),
+            }
+        }
+    }
+
+    /// Records the request id of an accepted submission.
+    async fn accepted(&self, job_id: JobId, request_id: String) -> Result<(), JobsError> {
+        match self.jobs.progress(job_id, Some(request_id.clone()), None, Vec::new(), false).await {
+            // Cancelled while the submission was in flight: the request has no job
+            // to report to, so stop it at the provider (best effort).
+            Err(JobsError::Job(domain::jobs::JobError::NotInProgress(_))) => {
+                tracing::info!(%job_id, %request_id, "job ended during submission; cancelling the provider request");
+                if let Err(error) = self.provider.cancel(&request_id).await {
+                    tracing::warn!(%job_id, %error, "provider cancel failed");
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Acts on the outcome of the job's request for `step`: a training-images step's images
+    /// are stored with their captions and the step recorded (the job as it now stands is
+    /// returned, to go on); the last request's outcome, or any failure, ends the job.
+    async fn apply_outcome(
+        &self,
+        job_id: JobId,
+        job: &GenerationJob,
+        step: Option<&Step>,
+        claimed: Option<Loaded<GenerationJob>>,
+        outcome: ProviderOutcome,
+    ) -> Result<Option<GenerationJob>, JobsError> {
+        match (step, outcome) {
+            (Some(step @ Step::TrainingImages { batch, caption, .. }), ProviderOutcome::Completed(files)) => {
+                match self.store_training_images(job_id, job, *batch, caption, files).await {
+                    Ok(outputs) => self.record_step(job_id, &step.name(), outputs).await,
+                    Err(message) => self.retry_or_fail(job_id, job.attempt, &message).await.map(|()| None),
+                }
+            }
+            (_, outcome) => self.finish_claimed(job_id, job, claimed, outcome).await.map(|()| None),
+        }
+    }
+
+    /// Records a step; `None` when the job ended meanwhile (what the step stored is
+    /// deleted: the job's ending deleted what was there before).
+    async fn record_step(&self, job_id: JobId, step: &str, outputs: Vec<JobOutput>) -> Result<Option<GenerationJob>, JobsError> {
+        match self.jobs.complete_step(job_id, step, outputs.clone()).await {
+            Ok(job) => Ok(Some(job)),
+            Err(JobsError::Job(JobError::NotInProgress(status) | JobError::AlreadyFinished(status))) => {
+                tracing::info!(%job_id, step, status, "job ended while its step ran; deleting what the step stored");
+                let keys: Vec<String> = outputs.into_iter().map(|o| o.key).collect();
+                if let Err(error) = self.objects.delete_many(&keys).await {
+                    tracing::warn!(%job_id, %error, "the step's objects were not deleted");
+                }
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Stores a batch of training images, each with its caption (`.txt` of the same name).
+    async fn store_training_images(
+        &self,
+        job_id: JobId,
+        job: &GenerationJob,
+        batch: u32,
+        caption: &str,
+        files: Vec<ProducedFile>,
+    ) -> Result<Vec<JobOutput>, String> {
+        let (Some(team), Some(input)) = (job.team_id, job.input.as_ref()) else {
+            return Err("job has no team".into());
+        };
+        if files.is_empty() {
+            return Err("the provider made no training images".into());
+        }
+        let mut outputs = Vec::with_capacity(files.len() * 2);
+        for (index, file) in files.into_iter().enumerate() {
+            let key = |ext| steps::training_image_key(team, input, batch, index as u32, ext).ok_or("not a model job");
+            outputs.push(self.put(job_id, &key("png")?, file.bytes, &file.content_type).await?);
+            outputs.push(self.put(job_id, &key("txt")?, caption.as_bytes().to_vec(), "text/plain; charset=utf-8").await?);
+        }
+        Ok(outputs)
+    }
+
+    /// Zips the job's training images and captions (after the set of the version a
+    /// refinement builds on) and stores the zip beside the new version.
+    async fn zip_training_set(&self, job_id: JobId, job: &GenerationJob) -> Result<Vec<JobOutput>, String> {
+        let (Some(team), Some(input)) = (job.team_id, job.input.as_ref()) else {
+            return Err("job has no team".into());
+        };
+        let version = steps::version_made(input).ok_or("not a model job")?;
+        let mut files = Vec::new();
+        for output in job.steps.iter().flat_map(|s| &s.outputs) {
+            let bytes = self.objects.get(&output.key).await.map_err(|e| format!("reading {}: {e}", output.key))?;
+            let bytes = bytes.ok_or_else(|| format!("training file {} is missing", output.key))?;
+            let file = output.key.rsplit('/').next().unwrap_or(&output.key);
+            files.push(SetFile { name: format!("v{version}-{file}"), bytes });
+        }
+        if !files.iter().any(|f| f.name.ends_with(".png")) {
+            return Err("no training images were recorded".into());
+        }
+        let previous = match input {
+            JobInput::ModelRefinement { from_version, .. } => {
+                let key = steps::training_set_key(team, input, *from_version);
+                // A version made before training sets existed has none: train on the new images.
+                self.objects.get(&key).await.map_err(|e| format!("reading {key}: {e}"))?
+            }
             _ => None,
         };
-        Ok(ProviderRequest { job_id, team_id, attempt: job.attempt, input, model_artifact_key, reference })
+        let zip = tokio::task::spawn_blocking(move || steps::zip_training_set(previous.as_deref(), &files))
+            .await
+            .map_err(|e| format!("zipping the training set: {e}"))??;
+        let key = steps::training_set_key(team, input, version);
+        Ok(vec![self.put(job_id, &key, zip, "application/zip").await?])
+    }
+
+    /// The trainer's task: a signed URL of the recorded training set.
+    fn training_task(&self, job: &GenerationJob, context: &RunContext) -> Result<Task, String> {
+        let set = job.steps.iter().find(|s| s.step == steps::TRAINING_SET_STEP).and_then(|s| s.outputs.first());
+        let set = set.ok_or("no training set was recorded")?;
+        let images_url = self.objects.signed_url(&set.key, TRAINING_SET_URL_TTL, self.now()).map_err(|e| e.to_string())?;
+        let model_id = job.input.as_ref().map(JobInput::model_id).ok_or("job has no input")?;
+        Ok(Task::Training { images_url, trigger_word: trigger_word(model_id), is_style: steps::is_style(context.reference.as_ref()) })
     }
 
     /// The artifact of a model's version. A version, once recorded, never changes, so
@@ -310,9 +480,16 @@ impl Worker {
         self.remember_artifacts(found);
     }
 
-    /// Stores a finished outcome's files and ends the job with them.
+    /// Acts on the outcome of the job's current request (a webhook, a status check): the
+    /// last one ends the job with its files; a step's result is recorded and the job goes
+    /// on to its next step.
     pub async fn finish(&self, job_id: JobId, job: &GenerationJob, outcome: ProviderOutcome) -> Result<(), JobsError> {
-        self.finish_claimed(job_id, job, None, outcome).await
+        let context = self.context(job).await?;
+        let step = current_step(&context.plan, job).cloned();
+        match self.apply_outcome(job_id, job, step.as_ref(), None, outcome).await? {
+            Some(next) => self.run_steps(next, None, &context).await,
+            None => Ok(()),
+        }
     }
 
     /// `finish`, with the job as this worker's claim left it when known (its ending is
@@ -366,19 +543,24 @@ impl Worker {
                     model_asset_key(&team, &model_id.to_string(), from_version + 1, &file.name)
                 }
             };
-            let sha256 = hex::encode(Sha256::digest(&file.bytes));
-            let bytes = file.bytes.len() as u64;
-            let retries = ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(50))
-                .with_max_times(self.config.storage_attempts_max.saturating_sub(1) as usize);
-            (|| self.objects.put(&key, file.bytes.clone(), &file.content_type))
-                .retry(retries)
-                .notify(|error, delay| tracing::warn!(%job_id, %key, %error, ?delay, "storing output failed; retrying"))
-                .await
-                .map_err(|error| format!("storing {key} failed: {error}"))?;
-            outputs.push(JobOutput { key, content_type: file.content_type, bytes, sha256 });
+            outputs.push(self.put(job_id, &key, file.bytes, &file.content_type).await?);
         }
         Ok(outputs)
+    }
+
+    /// Writes one object (retrying a few times) and describes it as an output.
+    async fn put(&self, job_id: JobId, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<JobOutput, String> {
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        let retries = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_times(self.config.storage_attempts_max.saturating_sub(1) as usize);
+        (|| self.objects.put(key, bytes.clone(), content_type))
+            .retry(retries)
+            .notify(|error, delay| tracing::warn!(%job_id, %key, %error, ?delay, "storing output failed; retrying"))
+            .await
+            .map_err(|error| format!("storing {key} failed: {error}"))?;
+        Ok(JobOutput { key: key.to_string(), content_type: content_type.to_string(), bytes: size, sha256 })
     }
 
     async fn retry_or_fail(&self, job_id: JobId, attempt: u32, message: &str) -> Result<(), JobsError> {
@@ -414,6 +596,10 @@ impl Worker {
     async fn check_with_provider(&self, active: &ActiveJob, why: &str) -> Result<(), JobsError> {
         let job = self.jobs.job(active.job_id).await?;
         if !job.status.is_some_and(|s| s.is_active()) {
+            return Ok(());
+        }
+        if active.provider_request_id.is_some() && active.provider_request_id != job.provider_request_id {
+            // The job moved on (a step recorded) since the index was read.
             return Ok(());
         }
         let status = match &active.provider_request_id {

@@ -67,6 +67,9 @@ pub enum JobCommand {
     Cancel { reason: String, now: DateTime<Utc> },
     ScheduleRetry { reason: String, retry_at: DateTime<Utc>, now: DateTime<Utc> },
     ExpireImages { now: DateTime<Utc> },
+    /// A step of a multi-step job (a model's training images, its training set) is done,
+    /// with the objects it stored. A step already recorded records nothing.
+    CompleteStep { step: String, outputs: Vec<JobOutput>, now: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +96,9 @@ pub enum JobEvent {
     JobCancelled { reason: String, occurred_at: DateTime<Utc> },
     JobRetryScheduled { attempt: u32, reason: String, retry_at: DateTime<Utc>, occurred_at: DateTime<Utc> },
     ImagesExpired { keys: Vec<String>, occurred_at: DateTime<Utc> },
+    /// One step of a multi-step job finished; the next one starts from here, on this
+    /// attempt or a later one (a resumed job never repeats a recorded step).
+    JobStepCompleted { step: String, outputs: Vec<JobOutput>, occurred_at: DateTime<Utc> },
 }
 
 impl JobEvent {
@@ -106,6 +112,7 @@ impl JobEvent {
             JobEvent::JobCancelled { .. } => "JobCancelled",
             JobEvent::JobRetryScheduled { .. } => "JobRetryScheduled",
             JobEvent::ImagesExpired { .. } => "ImagesExpired",
+            JobEvent::JobStepCompleted { .. } => "JobStepCompleted",
         }
     }
 }
@@ -150,6 +157,10 @@ pub struct GenerationJob {
     pub outputs: Vec<JobOutput>,
     pub error: Option<String>,
     pub images_expired: bool,
+    /// The recorded steps of a multi-step job, in order (none for image generation).
+    /// `default`: snapshots written before steps existed still load.
+    #[serde(default)]
+    pub steps: Vec<CompletedStep>,
     pub queued_at: Option<DateTime<Utc>>,
     /// When the current (or last) attempt was claimed; the start of its run time.
     /// `default`: snapshots written before the field existed still load.
@@ -158,7 +169,24 @@ pub struct GenerationJob {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// A finished step of a multi-step job and the objects it stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompletedStep {
+    pub step: String,
+    pub outputs: Vec<JobOutput>,
+}
+
 impl GenerationJob {
+    /// Whether `step` is recorded as done.
+    pub fn step_done(&self, step: &str) -> bool {
+        self.steps.iter().any(|s| s.step == step)
+    }
+
+    /// Every object the job's steps stored, oldest first.
+    pub fn step_output_keys(&self) -> Vec<String> {
+        self.steps.iter().flat_map(|s| s.outputs.iter().map(|o| o.key.clone())).collect()
+    }
+
     pub fn status(&self) -> Option<JobStatus> {
         self.status
     }
@@ -208,6 +236,12 @@ impl GenerationJob {
             },
             C::ScheduleRetry { reason, retry_at, now } => match self.existing()? {
                 s if s.is_active() => vec![E::JobRetryScheduled { attempt: self.attempt, reason, retry_at, occurred_at: now }],
+                s => return Err(JobError::NotInProgress(s.as_str())),
+            },
+            C::CompleteStep { step, outputs, now } => match self.existing()? {
+                _ if self.step_done(&step) => Vec::new(),
+                s if s.is_active() => vec![E::JobStepCompleted { step, outputs, occurred_at: now }],
+                s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
                 s => return Err(JobError::NotInProgress(s.as_str())),
             },
             C::ExpireImages { now } => {
@@ -289,6 +323,12 @@ impl Aggregate for GenerationJob {
             }
             E::ImagesExpired { occurred_at, .. } => {
                 self.images_expired = true;
+                self.updated_at = Some(occurred_at);
+            }
+            E::JobStepCompleted { step, outputs, occurred_at } => {
+                self.steps.push(CompletedStep { step, outputs });
+                // The step's request is over: the next step records its own.
+                self.provider_request_id = None;
                 self.updated_at = Some(occurred_at);
             }
         }

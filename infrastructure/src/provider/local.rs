@@ -5,7 +5,8 @@
 //! It answers synchronously (`Submission::Finished`):
 //! - image generation: `count` PNGs `0.png`, `1.png`, … at the requested `WxH`, image `i`
 //!   rendered from `SHA-256(model_id, model_version, prompt, quality, i)`;
-//! - model creation / refinement: a `model.json` artifact (version 1, or `from_version + 1`).
+//! - training images of a model job: `count` 512×512 PNGs of the step's prompt;
+//! - training of a model job: a `model.json` artifact (version 1, or `from_version + 1`).
 //!
 //! Knobs for tests and benchmarks ([`LocalProviderConfig`]):
 //! - `latency`: sleep before answering;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use application::provider::{
-    ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission,
+    ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission, Task,
 };
 use application::storage::ObjectStore;
 use async_trait::async_trait;
@@ -35,6 +36,8 @@ use crate::config::ProviderSettings;
 pub const PROVIDER_NAME: &str = "local";
 /// The artifact file name of model creation and refinement.
 pub const MODEL_ARTIFACT_FILE: &str = "model.json";
+/// Side of the square training images it renders.
+const TRAINING_IMAGE_SIDE: u32 = 512;
 /// Refinement prompts kept in an artifact; older ones are dropped (bounded growth).
 const ARTIFACT_PROMPTS_MAX: usize = 100;
 
@@ -98,8 +101,8 @@ impl LocalProvider {
     }
 
     async fn produce(&self, request: &ProviderRequest) -> Result<ProviderOutcome, ProviderError> {
-        match &request.input {
-            JobInput::ImageGeneration { model_id, model_version, prompt, resolution, quality, count } => {
+        match (&request.task, &request.input) {
+            (Task::Images, JobInput::ImageGeneration { model_id, model_version, prompt, resolution, quality, count }) => {
                 let Some((width, height)) = parse_resolution(resolution) else {
                     return Ok(failed(format!("unsupported resolution {resolution:?} (expected WxH, e.g. 512x512)")));
                 };
@@ -110,7 +113,13 @@ impl LocalProvider {
                     (0..*count).map(|i| image_seed(&model_id.to_string(), *model_version, prompt, quality, i)).collect();
                 render_images(seeds, width, height).await
             }
-            JobInput::ModelCreation { model_id, description, reference_model_id } => {
+            (Task::TrainingImages { prompt, count }, input) => {
+                let model = input.model_id().to_string();
+                let version = input.base_version().unwrap_or(0);
+                let seeds: Vec<[u8; 32]> = (0..*count).map(|i| image_seed(&model, version, prompt, "training", i)).collect();
+                render_images(seeds, TRAINING_IMAGE_SIDE, TRAINING_IMAGE_SIDE).await
+            }
+            (Task::Training { .. }, JobInput::ModelCreation { model_id, description, reference_model_id }) => {
                 let seed = seed_of(&[b"model", model_id.to_string().as_bytes(), description.as_bytes(), reference_model_id.as_bytes()]);
                 let artifact = ModelArtifact {
                     provider: PROVIDER_NAME.into(),
@@ -124,13 +133,14 @@ impl LocalProvider {
                 };
                 artifact_file(&artifact)
             }
-            JobInput::ModelRefinement { model_id, prompt, from_version, .. } => {
+            (Task::Training { .. }, JobInput::ModelRefinement { model_id, prompt, from_version, .. }) => {
                 let previous = self.previous_artifact(request.model_artifact_key.as_deref()).await;
                 match refine(previous, &model_id.to_string(), *from_version, prompt) {
                     Ok(artifact) => artifact_file(&artifact),
                     Err(message) => Ok(failed(message)),
                 }
             }
+            (task, input) => Ok(failed(format!("the local provider cannot do {task:?} for a {} job", input.operation().as_str()))),
         }
     }
 

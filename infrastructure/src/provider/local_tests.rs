@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use application::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission};
+use application::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission, Task};
 use application::storage::ObjectStore;
 use domain::jobs::JobInput;
 use domain::{JobId, ModelId, TeamId};
@@ -17,12 +17,18 @@ fn model() -> ModelId {
     ModelId::new(Uuid::from_u128(7))
 }
 
+/// The request of `input`'s last step: its images, or a model job's training.
 fn request(job_id: JobId, attempt: u32, input: JobInput) -> ProviderRequest {
+    let task = match input {
+        JobInput::ImageGeneration { .. } => Task::Images,
+        _ => Task::Training { images_url: "http://kiln/files/set.zip".into(), trigger_word: "kiln".into(), is_style: false },
+    };
     ProviderRequest {
         job_id,
         team_id: TeamId::new(Uuid::from_u128(1)),
         attempt,
         input,
+        task,
         model_artifact_key: None,
         reference: None,
     }
@@ -73,6 +79,21 @@ async fn images_are_deterministic_pngs_of_the_requested_size() {
     let wide = files(&provider, request(job(1), 1, generation("a red coat", "768x512", 1))).await;
     let image = image::load_from_memory(&wide[0].bytes).expect("valid PNG");
     assert_eq!((image.width(), image.height()), (768, 512));
+}
+
+#[tokio::test]
+async fn training_images_are_square_pngs_one_per_count() {
+    let provider = LocalProvider::default();
+    let input = JobInput::ModelCreation { model_id: model(), description: "a runner".into(), reference_model_id: "r".into() };
+    let task = |prompt: &str| Task::TrainingImages { prompt: prompt.into(), count: 3 };
+    let made = files(&provider, ProviderRequest { task: task("a runner, close-up"), ..request(job(1), 1, input.clone()) }).await;
+    assert_eq!(made.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["0.png", "1.png", "2.png"]);
+    let image = image::load_from_memory_with_format(&made[0].bytes, image::ImageFormat::Png).expect("valid PNG");
+    assert_eq!((image.width(), image.height()), (512, 512));
+    let other = files(&provider, ProviderRequest { task: task("a runner, full body"), ..request(job(1), 1, input.clone()) }).await;
+    assert_ne!(made[0].bytes, other[0].bytes, "each batch's prompt draws its own images");
+    let wrong = ProviderRequest { task: Task::Images, ..request(job(1), 1, input) };
+    assert!(failure_message(&provider, wrong).await.contains("cannot do"));
 }
 
 #[tokio::test]

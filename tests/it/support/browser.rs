@@ -80,21 +80,40 @@ impl Browser {
         self.client.current_url().await.expect("url").path().to_string()
     }
 
+    /// Runs `act` on the element matching `css`, found afresh when the page's script
+    /// replaced it between the lookup and the action (the live estimate and job panels
+    /// swap their HTML), until `WAIT_MAX` has passed.
+    async fn with_element<T, F, Fut>(&self, css: &str, act: F) -> T
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let started = Instant::now();
+        loop {
+            let element = self.client.wait().at_most(WAIT_MAX).for_element(Locator::Css(css)).await.expect(css);
+            match act(element).await {
+                Ok(value) => return value,
+                Err(error) if error.is_stale_element_reference() && started.elapsed() < WAIT_MAX => continue,
+                Err(error) => panic!("{css}: {error}"),
+            }
+        }
+    }
+
     pub async fn fill(&self, css: &str, value: &str) {
-        let field = self.client.wait().at_most(WAIT_MAX).for_element(Locator::Css(css)).await.expect(css);
-        field.clear().await.expect("clear");
-        field.send_keys(value).await.expect("type");
+        self.with_element(css, |field| async move {
+            field.clear().await?;
+            field.send_keys(value).await
+        })
+        .await
     }
 
     pub async fn click(&self, css: &str) {
-        let element = self.client.wait().at_most(WAIT_MAX).for_element(Locator::Css(css)).await.expect(css);
-        element.click().await.expect("click");
+        self.with_element(css, |element| async move { element.click().await }).await
     }
 
     /// The text of the first element matching `css`, once there is one.
     pub async fn text(&self, css: &str) -> String {
-        let element = self.client.wait().at_most(WAIT_MAX).for_element(Locator::Css(css)).await.expect(css);
-        element.text().await.expect("text")
+        self.with_element(css, |element| async move { element.text().await }).await
     }
 
     /// The whole page's visible text.

@@ -1,7 +1,8 @@
 //! Pure translations between Kiln's jobs and fal's JSON: request bodies, queue status,
 //! result payloads and error messages. No I/O here, so all of it is tested by tables.
 
-use application::provider::ProviderRequest;
+use application::provider::{ProviderRequest, Task};
+use domain::models::trigger_word;
 use domain::jobs::JobInput;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -91,27 +92,27 @@ fn steps_of(quality: &str) -> u32 {
     }
 }
 
-/// The trigger word a model's LoRA is trained with (and prompted with).
-pub fn trigger_word(model_id: &str) -> String {
-    let short: String = model_id.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect();
-    format!("kiln{short}")
-}
+/// Side of the square training images asked of the text-to-image app.
+const TRAINING_IMAGE_SIDE: u32 = 1024;
+/// Training steps asked of the trainer when the settings do not say.
+pub const TRAINER_STEPS_DEFAULT: u32 = 1_000;
 
-/// The JSON input of `request` for its fal app. `lora_url` is a signed URL of the LoRA
-/// weights the job builds on (generation and refinement).
-///
-/// Model creation and refinement go to a LoRA trainer. Kiln holds no training images,
-/// so the request carries what Kiln has — the description or prompt, the reference
-/// model's characteristics and, for a refinement, the weights it starts from; a trainer
-/// that insists on `images_data_url` refuses it, and that refusal fails the job (refund).
-pub fn request_body(request: &ProviderRequest, lora_url: Option<&str>) -> Result<Value, String> {
-    match &request.input {
-        JobInput::ImageGeneration { model_id, prompt, resolution, quality, count, .. } => {
+/// The JSON input of `request` for its fal app (see the README's fal section):
+/// - images (`image_generation_app`, e.g. `fal-ai/flux-lora`): the prompt after the
+///   model's trigger word, with `lora_url` (the version's weights) as the LoRA;
+/// - training images (`training_images_app`, the same kind of app): the step's prompt at
+///   1024², with the refined version's LoRA when there is one;
+/// - training (`model_creation_app` / `model_refinement_app`, e.g.
+///   `fal-ai/flux-lora-fast-training`): `images_data_url` (the signed URL of the zipped
+///   set), the trigger word, `steps`, `is_style`, and face masks for a subject.
+pub fn request_body(request: &ProviderRequest, lora_url: Option<&str>, trainer_steps: u32) -> Result<Value, String> {
+    match (&request.task, &request.input) {
+        (Task::Images, JobInput::ImageGeneration { model_id, prompt, resolution, quality, count, .. }) => {
             let (width, height) =
                 parse_resolution(resolution).ok_or_else(|| format!("unsupported resolution {resolution:?} (expected WxH)"))?;
             let lora = lora_url.ok_or("the model version has no LoRA weights from fal (was it created by the local provider?)")?;
             Ok(json!({
-                "prompt": format!("{} {prompt}", trigger_word(&model_id.to_string())),
+                "prompt": format!("{} {prompt}", trigger_word(*model_id)),
                 "image_size": {"width": width, "height": height},
                 "num_images": count,
                 "num_inference_steps": steps_of(quality),
@@ -120,25 +121,32 @@ pub fn request_body(request: &ProviderRequest, lora_url: Option<&str>) -> Result
                 "loras": [{"path": lora, "scale": 1.0}],
             }))
         }
-        JobInput::ModelCreation { model_id, description, reference_model_id } => Ok(json!({
-            "trigger_word": trigger_word(&model_id.to_string()),
-            "description": description,
-            "reference_model_id": reference_model_id,
-            "reference": request.reference.clone().unwrap_or(Value::Null),
-            "is_style": false,
-            "create_masks": true,
-        })),
-        JobInput::ModelRefinement { model_id, prompt, iteration, .. } => {
-            let lora = lora_url.ok_or("the model version has no LoRA weights from fal (was it created by the local provider?)")?;
+        (Task::TrainingImages { prompt, count }, input) => {
+            let loras: Vec<Value> = match (input, lora_url) {
+                (JobInput::ModelRefinement { .. }, Some(lora)) => vec![json!({"path": lora, "scale": 1.0})],
+                (JobInput::ModelRefinement { .. }, None) => {
+                    return Err("the model version has no LoRA weights from fal (was it created by the local provider?)".into())
+                }
+                _ => Vec::new(),
+            };
             Ok(json!({
-                "trigger_word": trigger_word(&model_id.to_string()),
-                "description": prompt,
-                "iteration": iteration,
-                "base_lora_url": lora,
-                "is_style": false,
-                "create_masks": true,
+                "prompt": prompt,
+                "image_size": {"width": TRAINING_IMAGE_SIDE, "height": TRAINING_IMAGE_SIDE},
+                "num_images": count,
+                "num_inference_steps": steps_of("hd"),
+                "output_format": "png",
+                "enable_safety_checker": true,
+                "loras": loras,
             }))
         }
+        (Task::Training { images_url, trigger_word, is_style }, JobInput::ModelCreation { .. } | JobInput::ModelRefinement { .. }) => Ok(json!({
+            "images_data_url": images_url,
+            "trigger_word": trigger_word,
+            "steps": trainer_steps,
+            "is_style": is_style,
+            "create_masks": !is_style,
+        })),
+        (task, input) => Err(format!("no fal request for {task:?} of a {} job", input.operation().as_str())),
     }
 }
 

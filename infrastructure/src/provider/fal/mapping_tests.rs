@@ -1,4 +1,4 @@
-use application::provider::ProviderRequest;
+use application::provider::{ProviderRequest, Task};
 use domain::jobs::JobInput;
 use domain::{JobId, ModelId, TeamId};
 use serde_json::json;
@@ -19,6 +19,7 @@ fn generation(resolution: &str) -> ProviderRequest {
             quality: "hd".into(),
             count: 2,
         },
+        task: Task::Images,
         model_artifact_key: Some("model-assets/t/m/v1/model.json".into()),
         reference: None,
     }
@@ -26,14 +27,40 @@ fn generation(resolution: &str) -> ProviderRequest {
 
 #[test]
 fn generation_input_names_size_count_and_lora() {
-    let body = request_body(&generation("768x512"), Some("https://kiln/files/lora")).expect("valid");
+    let body = request_body(&generation("768x512"), Some("https://kiln/files/lora"), 1_000).expect("valid");
     assert_eq!(body["image_size"], json!({"width": 768, "height": 512}));
     assert_eq!(body["num_images"], 2);
     assert_eq!(body["output_format"], "png");
     assert_eq!(body["loras"], json!([{"path": "https://kiln/files/lora", "scale": 1.0}]));
     assert!(body["prompt"].as_str().is_some_and(|p| p.ends_with("on a beach")));
-    assert!(request_body(&generation("big"), Some("u")).is_err());
-    assert!(request_body(&generation("512x512"), None).is_err(), "no LoRA, no generation");
+    assert!(request_body(&generation("big"), Some("u"), 1_000).is_err());
+    assert!(request_body(&generation("512x512"), None, 1_000).is_err(), "no LoRA, no generation");
+}
+
+fn model_job(input: JobInput, task: Task) -> ProviderRequest {
+    ProviderRequest { input, task, model_artifact_key: None, ..generation("512x512") }
+}
+
+#[test]
+fn training_images_and_training_carry_what_the_apps_need() {
+    let model_id = ModelId::new(uuid::Uuid::from_u128(1));
+    let creation = JobInput::ModelCreation { model_id, description: "a runner".into(), reference_model_id: "fitness-running".into() };
+    let refinement = JobInput::ModelRefinement { model_id, prompt: "in red".into(), iteration: 1, from_version: 1 };
+    let images = Task::TrainingImages { prompt: "a runner, close-up".into(), count: 4 };
+    let body = request_body(&model_job(creation.clone(), images.clone()), None, 1_000).expect("valid");
+    assert_eq!(body["prompt"], "a runner, close-up");
+    assert_eq!(body["num_images"], 4);
+    assert_eq!(body["loras"], json!([]), "a new model has no LoRA yet");
+    let body = request_body(&model_job(refinement.clone(), images.clone()), Some("https://kiln/lora"), 1_000).expect("valid");
+    assert_eq!(body["loras"], json!([{"path": "https://kiln/lora", "scale": 1.0}]), "a refinement draws with its LoRA");
+    assert!(request_body(&model_job(refinement.clone(), images), None, 1_000).is_err());
+    let training = Task::Training { images_url: "https://kiln/files/set.zip".into(), trigger_word: "kilnabc".into(), is_style: false };
+    let body = request_body(&model_job(refinement, training), None, 750).expect("valid");
+    assert_eq!(
+        body,
+        json!({"images_data_url": "https://kiln/files/set.zip", "trigger_word": "kilnabc", "steps": 750, "is_style": false, "create_masks": true})
+    );
+    assert!(request_body(&model_job(creation, Task::Images), None, 1_000).is_err(), "no image task for a model job");
 }
 
 #[test]

@@ -7,9 +7,11 @@
 //! - [`mapping`]: pure translation of jobs to fal inputs and of results to files;
 //! - [`webhook`]: ED25519 verification against fal's JWKS.
 //!
-//! Model creation and refinement run on a LoRA trainer; their artifact is the LoRA
-//! weights (`lora.safetensors`) plus a `model.json` pointer naming them (the model
-//! version's `artifact_key`). Generation sends a signed URL of those weights as the LoRA.
+//! Model creation and refinement are steps (see `application::jobs::steps`): training
+//! images from the text-to-image app, then the LoRA trainer on a signed URL of the zipped
+//! set; the version's artifact is the LoRA weights (`lora.safetensors`) plus a
+//! `model.json` pointer naming them (the version's `artifact_key`). Generation sends a
+//! signed URL of those weights as the LoRA.
 
 pub mod client;
 pub mod mapping;
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use application::clock::Clock;
 use application::provider::{
-    ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission,
+    ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission, Task,
 };
 use application::storage::ObjectStore;
 use async_trait::async_trait;
@@ -70,6 +72,8 @@ pub struct FalProvider {
     creation_app: String,
     refinement_app: String,
     generation_app: String,
+    training_images_app: String,
+    trainer_steps: u32,
     webhook_url: Option<String>,
     /// Where model artifacts are read (pointers) and signed (LoRA weights for fal).
     objects: Arc<dyn ObjectStore>,
@@ -92,6 +96,8 @@ impl FalProvider {
             creation_app: settings.model_creation_app.clone(),
             refinement_app: settings.model_refinement_app.clone(),
             generation_app: settings.image_generation_app.clone(),
+            training_images_app: settings.training_images_app.clone(),
+            trainer_steps: settings.trainer_steps.max(1),
             webhook_url,
             objects,
             clock,
@@ -99,11 +105,12 @@ impl FalProvider {
         })
     }
 
-    fn app_of(&self, input: &JobInput) -> &str {
-        match input {
-            JobInput::ModelCreation { .. } => &self.creation_app,
-            JobInput::ModelRefinement { .. } => &self.refinement_app,
-            JobInput::ImageGeneration { .. } => &self.generation_app,
+    fn app_of(&self, request: &ProviderRequest) -> &str {
+        match (&request.task, &request.input) {
+            (Task::Images, _) => &self.generation_app,
+            (Task::TrainingImages { .. }, _) => &self.training_images_app,
+            (Task::Training { .. }, JobInput::ModelRefinement { .. }) => &self.refinement_app,
+            (Task::Training { .. }, _) => &self.creation_app,
         }
     }
 
@@ -111,8 +118,8 @@ impl FalProvider {
     /// app, and fal's status and cancel URLs need it: each app is asked in turn (a
     /// wrong one answers 404). Generation first: it is asked about most.
     fn queue_apps(&self) -> Vec<String> {
-        let mut apps: Vec<String> = Vec::with_capacity(3);
-        for app in [&self.generation_app, &self.creation_app, &self.refinement_app] {
+        let mut apps: Vec<String> = Vec::with_capacity(4);
+        for app in [&self.generation_app, &self.training_images_app, &self.creation_app, &self.refinement_app] {
             let app = queue_app(app);
             if !apps.contains(&app) {
                 apps.push(app);
@@ -219,15 +226,15 @@ impl Provider for FalProvider {
     }
 
     async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError> {
-        let lora = match &request.input {
-            JobInput::ModelCreation { .. } => None,
+        let lora = match (&request.task, &request.input) {
+            (Task::Training { .. }, _) | (_, JobInput::ModelCreation { .. }) => None,
             _ => self.lora_url(request.model_artifact_key.as_deref()).await?,
         };
-        let input = match mapping::request_body(&request, lora.as_deref()) {
+        let input = match mapping::request_body(&request, lora.as_deref(), self.trainer_steps) {
             Ok(input) => input,
             Err(message) => return Ok(Submission::Finished(ProviderOutcome::Failed { message })),
         };
-        let app = self.app_of(&request.input);
+        let app = self.app_of(&request);
         let queued = self.client.submit(app, &input, self.webhook_url.as_deref()).await.map_err(provider_error)?;
         tracing::info!(job_id = %request.job_id, request_id = %queued.request_id, app, "submitted to fal");
         Ok(Submission::Accepted { request_id: queued.request_id })

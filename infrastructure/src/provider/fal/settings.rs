@@ -27,6 +27,11 @@ pub struct FalSettings {
     pub model_refinement_app: String,
     /// The fal app that generates images with a custom model's LoRA.
     pub image_generation_app: String,
+    /// The fal text-to-image app that draws a model job's training images (with the
+    /// model's LoRA when refining).
+    pub training_images_app: String,
+    /// Training steps asked of the trainer per model version.
+    pub trainer_steps: u32,
     /// Limit on one HTTP call to fal (downloads of results included).
     pub request_timeout_secs: u64,
     /// Tries per call when fal answers 429/5xx or cannot be reached.
@@ -49,6 +54,8 @@ impl Default for FalSettings {
             model_creation_app: "fal-ai/flux-lora-fast-training".into(),
             model_refinement_app: "fal-ai/flux-lora-fast-training".into(),
             image_generation_app: "fal-ai/flux-lora".into(),
+            training_images_app: "fal-ai/flux-lora".into(),
+            trainer_steps: 1_000,
             request_timeout_secs: 60,
             attempts_max: 4,
             retry_backoff_ms: 500,

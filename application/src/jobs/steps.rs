@@ -1,0 +1,273 @@
+//! The steps of a model job. Creating or refining a model trains a LoRA, and a trainer
+//! learns from images: Kiln builds the training set first, as steps of the same job.
+//!
+//! 1. `training-images-1` … `training-images-K`: images generated from the description and
+//!    the reference model's characteristics (creation), or from the refinement prompt with
+//!    the current LoRA (refinement), [`TrainingConfig::images_per_request`] per request,
+//!    each batch from its own view so the set varies. Every image is stored beside the new
+//!    version with its caption (`training/{batch}-{i}.png` and `.txt`).
+//! 2. `training-set`: the images and captions zipped into `training-set.zip` (a refinement
+//!    adds the set of the version it refines), stored beside the version.
+//! 3. `training`: the trainer gets a signed URL of the zip; its result (the LoRA weights
+//!    and the `model.json` pointer) becomes the version, and the job completes.
+//!
+//! Each step is recorded (`JobStepCompleted`, with the objects it stored) before the next
+//! one starts, so a job retried after a crash or an outage resumes at its first step not
+//! recorded and never asks the provider again for a recorded one. Image generation is one
+//! request: it has no steps. The plan is a pure function of the job's input, the reference
+//! model and the configuration.
+
+use std::io::{Cursor, Read, Write};
+
+use domain::jobs::JobInput;
+use domain::models::trigger_word;
+use domain::TeamId;
+use serde_json::Value;
+
+use crate::storage::model_asset_key;
+
+/// The step that zips the training set.
+pub const TRAINING_SET_STEP: &str = "training-set";
+/// The last step: its result completes the job.
+pub const TRAINING_STEP: &str = "training";
+/// The training set's file name in the version's folder.
+pub const TRAINING_SET_FILE: &str = "training-set.zip";
+/// Most training images one job generates.
+pub const TRAINING_IMAGES_MAX: u32 = 64;
+/// Most images one training-images request asks for (fal's text-to-image limit).
+pub const IMAGES_PER_REQUEST_MAX: u32 = 4;
+
+/// How large a training set the model jobs build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingConfig {
+    /// Images generated per model job (bounded by [`TRAINING_IMAGES_MAX`]).
+    pub images: u32,
+    /// Images asked for per provider request (bounded by [`IMAGES_PER_REQUEST_MAX`]).
+    pub images_per_request: u32,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self { images: 12, images_per_request: 4 }
+    }
+}
+
+/// One step of a model job's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `count` images of `prompt`, each stored with `caption`.
+    TrainingImages { batch: u32, prompt: String, caption: String, count: u32 },
+    TrainingSet,
+    Training,
+}
+
+impl Step {
+    pub fn name(&self) -> String {
+        match self {
+            Step::TrainingImages { batch, .. } => format!("training-images-{batch}"),
+            Step::TrainingSet => TRAINING_SET_STEP.into(),
+            Step::Training => TRAINING_STEP.into(),
+        }
+    }
+}
+
+/// The views the batches of a training set are made from, in order: a set that shows
+/// its subject in varied framings, poses and light trains a LoRA that generalises.
+const VIEWS: [&str; 12] = [
+    "close-up portrait, looking at the camera",
+    "full-body shot, standing, neutral pose",
+    "three-quarter view, candid moment",
+    "profile view, soft side light",
+    "seated, relaxed pose",
+    "waist-up, natural smile",
+    "walking, in motion",
+    "over-the-shoulder glance",
+    "low-angle shot, confident stance",
+    "studio headshot, plain backdrop",
+    "outdoors, natural daylight",
+    "environmental portrait, wide framing",
+];
+
+/// The characteristics of a reference model worth saying in a prompt, in a fixed order.
+const TRAITS: [&str; 7] = ["age_range", "gender_presentation", "ethnicity", "style", "lighting", "framing", "mood"];
+
+/// The job's steps; empty for image generation.
+pub fn plan(input: &JobInput, reference: Option<&Value>, config: &TrainingConfig) -> Vec<Step> {
+    let (subject, with_traits) = match input {
+        JobInput::ImageGeneration { .. } => return Vec::new(),
+        JobInput::ModelCreation { description, .. } => (description.trim().to_string(), true),
+        JobInput::ModelRefinement { prompt, .. } => (prompt.trim().to_string(), false),
+    };
+    let trigger = trigger_word(input.model_id());
+    let traits = if with_traits { reference_traits(reference) } else { String::new() };
+    let setting = reference.and_then(|r| r.get("setting")).and_then(Value::as_str).map(|s| format!(", in a {s}")).unwrap_or_default();
+    let images = config.images.clamp(1, TRAINING_IMAGES_MAX);
+    let per_request = config.images_per_request.clamp(1, IMAGES_PER_REQUEST_MAX);
+    let mut steps: Vec<Step> = (0..images.div_ceil(per_request))
+        .map(|index| {
+            let view = VIEWS[index as usize % VIEWS.len()];
+            let count = per_request.min(images - index * per_request);
+            // A refinement draws with the model's LoRA, which answers to its trigger word.
+            let prompt = match input {
+                JobInput::ModelRefinement { .. } => format!("{trigger} {subject}, {view}{setting}"),
+                _ => format!("{subject}, {view}{traits}{setting}, photorealistic"),
+            };
+            Step::TrainingImages { batch: index + 1, prompt, caption: format!("{trigger}, {subject}, {view}"), count }
+        })
+        .collect();
+    steps.extend([Step::TrainingSet, Step::Training]);
+    steps
+}
+
+fn reference_traits(reference: Option<&Value>) -> String {
+    let Some(reference) = reference else { return String::new() };
+    TRAITS.iter().filter_map(|t| reference.get(*t).and_then(Value::as_str)).map(|v| format!(", {v}")).collect()
+}
+
+/// The catalog's categories whose reference models are people: their LoRAs learn a
+/// subject (with face masks), not a style.
+const PEOPLE_CATEGORIES: [&str; 5] = ["fashion", "fitness", "beauty", "lifestyle", "business"];
+
+/// Whether the trainer should learn a style rather than a subject, from the reference
+/// model's category: a subject for the people categories (all of today's catalog), a
+/// style for any other.
+pub fn is_style(reference: Option<&Value>) -> bool {
+    match reference.and_then(|r| r.get("category")).and_then(Value::as_str) {
+        Some(category) => !PEOPLE_CATEGORIES.contains(&category),
+        None => false,
+    }
+}
+
+/// The version a model job makes.
+pub fn version_made(input: &JobInput) -> Option<u32> {
+    match input {
+        JobInput::ModelCreation { .. } => Some(1),
+        JobInput::ModelRefinement { from_version, .. } => from_version.checked_add(1),
+        JobInput::ImageGeneration { .. } => None,
+    }
+}
+
+/// Where image `index` of training batch `batch` (and its caption, `ext` = `txt`) is stored.
+pub fn training_image_key(team: TeamId, input: &JobInput, batch: u32, index: u32, ext: &str) -> Option<String> {
+    let version = version_made(input)?;
+    Some(model_asset_key(&team.to_string(), &input.model_id().to_string(), version, &format!("training/{batch}-{index}.{ext}")))
+}
+
+/// Where a model version's training set is stored.
+pub fn training_set_key(team: TeamId, input: &JobInput, version: u32) -> String {
+    model_asset_key(&team.to_string(), &input.model_id().to_string(), version, TRAINING_SET_FILE)
+}
+
+/// Every object a model job's steps may write (images, captions, the set): what a failed
+/// or cancelled job deletes — written or not, so nothing written before a crash is left.
+pub fn step_keys(team: TeamId, input: &JobInput, plan: &[Step]) -> Vec<String> {
+    let mut keys = Vec::new();
+    for step in plan {
+        match step {
+            Step::TrainingImages { batch, count, .. } => {
+                for index in 0..*count {
+                    keys.extend(["png", "txt"].iter().filter_map(|ext| training_image_key(team, input, *batch, index, ext)));
+                }
+            }
+            Step::TrainingSet => keys.extend(version_made(input).map(|v| training_set_key(team, input, v))),
+            Step::Training => {}
+        }
+    }
+    keys
+}
+
+/// One file of a training set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A zip of `files` (stored, not deflated: PNGs do not shrink), after the files of
+/// `previous` (the refined version's set) whose names `files` does not have.
+pub fn zip_training_set(previous: Option<&[u8]>, files: &[SetFile]) -> Result<Vec<u8>, String> {
+    let mut all: Vec<SetFile> = match previous {
+        Some(bytes) => unzip(bytes)?,
+        None => Vec::new(),
+    };
+    all.retain(|old| !files.iter().any(|new| new.name == old.name));
+    all.extend(files.iter().cloned());
+    let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for file in &all {
+        writer.start_file(file.name.as_str(), options).map_err(|e| e.to_string())?;
+        writer.write_all(&file.bytes).map_err(|e| e.to_string())?;
+    }
+    Ok(writer.finish().map_err(|e| e.to_string())?.into_inner())
+}
+
+/// The files of a zip (directories skipped).
+pub fn unzip(bytes: &[u8]) -> Result<Vec<SetFile>, String> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a zip: {e}"))?;
+    let mut files = Vec::with_capacity(archive.len());
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).map_err(|e| e.to_string())?;
+        if entry.is_dir() {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        files.push(SetFile { name: entry.name().to_string(), bytes });
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::ModelId;
+    use serde_json::json;
+
+    use super::*;
+
+    fn creation() -> JobInput {
+        JobInput::ModelCreation { model_id: ModelId::new(uuid::Uuid::now_v7()), description: "a trail runner".into(), reference_model_id: "fitness-trail".into() }
+    }
+
+    #[test]
+    fn a_creation_plans_batches_then_the_set_then_training() {
+        let reference = json!({"age_range": "30s", "style": "trail running", "setting": "forest single-track", "category": "fitness"});
+        let input = creation();
+        let steps = plan(&input, Some(&reference), &TrainingConfig { images: 10, images_per_request: 4 });
+        let names: Vec<String> = steps.iter().map(Step::name).collect();
+        assert_eq!(names, ["training-images-1", "training-images-2", "training-images-3", "training-set", "training"]);
+        let counts: Vec<u32> = steps.iter().filter_map(|s| if let Step::TrainingImages { count, .. } = s { Some(*count) } else { None }).collect();
+        assert_eq!(counts, [4, 4, 2], "ten images in all");
+        let Step::TrainingImages { prompt, caption, .. } = &steps[0] else { panic!("images first") };
+        assert!(prompt.starts_with("a trail runner, close-up portrait") && prompt.contains("30s") && prompt.contains("forest single-track"), "{prompt}");
+        assert!(caption.starts_with(&trigger_word(input.model_id())), "captions carry the trigger word: {caption}");
+        assert!(plan(&JobInput::ImageGeneration {
+            model_id: ModelId::new(uuid::Uuid::now_v7()), model_version: 1, prompt: "p".into(), resolution: "512x512".into(), quality: "standard".into(), count: 1
+        }, None, &TrainingConfig::default()).is_empty());
+    }
+
+    #[test]
+    fn a_refinement_prompts_through_its_lora_and_makes_the_next_version() {
+        let input = JobInput::ModelRefinement { model_id: ModelId::new(uuid::Uuid::now_v7()), prompt: "wearing red".into(), iteration: 1, from_version: 2 };
+        let steps = plan(&input, None, &TrainingConfig::default());
+        let Step::TrainingImages { prompt, .. } = &steps[0] else { panic!("images first") };
+        assert!(prompt.starts_with(&format!("{} wearing red", trigger_word(input.model_id()))), "{prompt}");
+        assert_eq!(version_made(&input), Some(3));
+        let team = TeamId::new(uuid::Uuid::now_v7());
+        let keys = step_keys(team, &input, &steps);
+        assert_eq!(keys.len(), 12 * 2 + 1, "an image and a caption each, and the set");
+        assert!(keys.iter().all(|k| k.contains("/v3/")), "{keys:?}");
+    }
+
+    #[test]
+    fn a_set_keeps_the_previous_files_and_replaces_same_named_ones() {
+        let first = zip_training_set(None, &[SetFile { name: "v1-1-0.png".into(), bytes: b"one".to_vec() }]).expect("zip");
+        let second = zip_training_set(
+            Some(&first),
+            &[SetFile { name: "v2-1-0.png".into(), bytes: b"two".to_vec() }, SetFile { name: "v2-1-0.txt".into(), bytes: b"caption".to_vec() }],
+        )
+        .expect("zip");
+        let names: Vec<String> = unzip(&second).expect("unzip").into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["v1-1-0.png", "v2-1-0.png", "v2-1-0.txt"]);
+        assert!(unzip(b"not a zip").is_err());
+    }
+}
