@@ -106,7 +106,8 @@ async fn deliver(app: &TestApp, fake: &FakeFal, request_id: &str) -> Value {
     body(response).await
 }
 
-/// A model created on fal's trainer (completed by webhook); returns (model id, job id).
+/// A model created on fal (every request completed by webhook: the training images,
+/// then the trainer); returns (model id, job id).
 async fn fal_model(app: &TestApp, fake: &FakeFal, key: &str) -> (String, String) {
     let (_, page) = call(app, key, Method::GET, "/api/reference-models?limit=1", None).await;
     let reference = page["items"][0]["id"].as_str().expect("reference").to_string();
@@ -114,11 +115,43 @@ async fn fal_model(app: &TestApp, fake: &FakeFal, key: &str) -> (String, String)
     let (status, created) = call(app, key, Method::POST, "/api/models", Some(request)).await;
     assert_eq!(status, 202, "{created}");
     let job_id = created["job"]["job_id"].as_str().expect("job").to_string();
-    let request_id = request_of(app, key, &job_id).await;
-    fake.complete(&request_id);
-    assert_eq!(deliver(app, fake, &request_id).await["outcome"], "applied");
-    assert_eq!(wait_final(app, key, &job_id).await["status"], "completed");
+    let requests = complete_every_request(app, fake, key, &job_id).await;
+    assert_eq!(fake.request(requests.last().expect("requests")).app, TRAINER, "the last request trains");
+    assert_eq!(job(app, key, &job_id).await["status"], "completed");
     (created["model"]["model_id"].as_str().expect("model").to_string(), job_id)
+}
+
+/// Completes each fal request of the job as it is made (by webhook), until the job ends;
+/// returns the requests in order.
+async fn complete_every_request(app: &TestApp, fake: &FakeFal, key: &str, job_id: &str) -> Vec<String> {
+    let mut done: Vec<String> = Vec::new();
+    loop {
+        let ended = |j: &Value| matches!(j["status"].as_str(), Some("completed" | "failed" | "cancelled"));
+        let view = wait_job(app, key, job_id, "a new fal request or an ending", |j| {
+            ended(j) || current_request(j).is_some_and(|r| !done.contains(&r))
+        })
+        .await;
+        if ended(&view) {
+            return done;
+        }
+        let request_id = current_request(&view).expect("request id");
+        fake.complete(&request_id);
+        assert_eq!(deliver(app, fake, &request_id).await["outcome"], "applied");
+        done.push(request_id);
+    }
+}
+
+/// The job's current fal request: the newest recorded, unless a step ended after it.
+fn current_request(view: &Value) -> Option<String> {
+    for event in view["events"].as_array()?.iter().rev() {
+        if event["type"] == "JobStepCompleted" {
+            return None;
+        }
+        if let Some(request) = event["data"]["provider_request_id"].as_str() {
+            return Some(request.to_string());
+        }
+    }
+    None
 }
 
 async fn generate(app: &TestApp, key: &str, model_id: &str, count: u32) -> (String, i64) {
@@ -132,6 +165,25 @@ fn held(balance: &Value) -> (i64, i64) {
     (balance["available"].as_i64().expect("available"), balance["reserved"].as_i64().expect("reserved"))
 }
 
+/// The trainer app the tests' settings leave in place.
+const TRAINER: &str = "fal-ai/flux-lora-fast-training";
+
+/// Every fal request the job recorded, in order.
+fn requests_of(view: &Value) -> Vec<String> {
+    let events = view["events"].as_array().cloned().unwrap_or_default();
+    events.iter().filter_map(|e| e["data"]["provider_request_id"].as_str().map(String::from)).collect()
+}
+
+/// The files of the zip a trainer request points at, downloaded as fal does.
+async fn training_set(input: &Value) -> Vec<(String, Vec<u8>)> {
+    let url = input["images_data_url"].as_str().expect("images_data_url");
+    let response = reqwest::get(url).await.expect("fetch the training set");
+    assert_eq!(response.status(), 200, "fal can fetch {url}");
+    let bytes = response.bytes().await.expect("bytes").to_vec();
+    let files = application::jobs::steps::unzip(&bytes).expect("a zip");
+    files.into_iter().map(|f| (f.name, f.bytes)).collect()
+}
+
 // ---------------------------------------------------------------- results
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -139,29 +191,53 @@ async fn results_by_webhook_create_a_model_and_its_images() {
     let fake = FakeFal::default();
     let app = spawn(&fake, 300).await;
     let key = team(&app, 10_000).await;
+    let before = held(&balance(&app, &key).await);
     let (model_id, creation_job) = fal_model(&app, &fake, &key).await;
-
-    // The trainer's weights are the model's artifact, beside a pointer naming them.
     let creation = job(&app, &key, &creation_job).await;
+    let creation_cost = creation["cost_credits"].as_i64().expect("cost");
+    assert_eq!(held(&balance(&app, &key).await), (before.0 - creation_cost, 0), "one price, deducted once for every step");
+
+    // Three batches of four training images (none drawn with a LoRA yet), then the trainer.
+    let submitted = fake.submits();
+    let apps: Vec<&str> = submitted.iter().map(|(app, _)| app.as_str()).collect();
+    assert_eq!(apps, ["fal-ai/flux-lora", "fal-ai/flux-lora", "fal-ai/flux-lora", TRAINER], "{submitted:?}");
+    let steps: Vec<String> = events_of(&creation, "JobStepCompleted").iter().map(|e| e["data"]["step"].as_str().expect("step").to_string()).collect();
+    assert_eq!(steps, ["training-images-1", "training-images-2", "training-images-3", "training-set"]);
+    let requests = requests_of(&creation);
+    for request in &requests[..3] {
+        let input = fake.request(request).input;
+        assert_eq!((input["num_images"].as_u64(), &input["loras"]), (Some(4), &json!([])), "{input}");
+        assert!(input["prompt"].as_str().is_some_and(|p| p.starts_with("a runner, golden hour")), "{input}");
+    }
+    let trigger = domain::models::trigger_word(model_id.parse().expect("model id"));
+    let training = fake.request(&requests[3]).input;
+    assert_eq!((&training["trigger_word"], &training["is_style"], &training["create_masks"]), (&json!(trigger), &json!(false), &json!(true)));
+    let set = training_set(&training).await;
+    assert_eq!(set.iter().filter(|(name, _)| name.ends_with(".png")).count(), 12, "the images fal drew");
+    for (name, bytes) in set.iter().filter(|(name, _)| name.ends_with(".txt")) {
+        let caption = String::from_utf8(bytes.clone()).expect("utf-8 caption");
+        assert!(caption.starts_with(&trigger) && caption.contains("a runner, golden hour"), "{name}: {caption}");
+    }
+    // The trainer's weights are the model's artifact, beside a pointer naming them.
     let outputs = &events_of(&creation, "JobCompleted")[0]["data"]["outputs"];
     let keys: Vec<&str> = outputs.as_array().expect("outputs").iter().map(|o| o["key"].as_str().expect("key")).collect();
     assert!(keys.iter().any(|k| k.ends_with("/v1/lora.safetensors")) && keys.iter().any(|k| k.ends_with("/v1/model.json")), "{keys:?}");
-    let submitted = fake.submits();
-    assert_eq!(submitted, vec![("fal-ai/flux-lora-fast-training".to_string(), 200)]);
 
-    // Refinement trains from the current weights (a signed URL fal can fetch): version 2.
+    // Refinement draws new images with v1's weights (a signed URL fal can fetch), adds them
+    // to v1's set and trains version 2.
     let (status, refined) = call(&app, &key, Method::POST, &format!("/api/models/{model_id}/refine"), Some(json!({"prompt": "sharper jawline"}))).await;
     assert_eq!(status, 202, "{refined}");
     let refinement = refined["job"]["job_id"].as_str().expect("job").to_string();
-    let refinement_request = request_of(&app, &key, &refinement).await;
-    let input = fake.request(&refinement_request).input;
-    assert_eq!(input["description"], "sharper jawline");
-    let base_lora = reqwest::get(input["base_lora_url"].as_str().expect("base lora")).await.expect("fetch");
-    let creation_request = request_id_in(&creation).expect("creation request");
-    assert_eq!(base_lora.bytes().await.expect("bytes").to_vec(), lora_bytes(&creation_request), "v1's weights");
-    fake.complete(&refinement_request);
-    assert_eq!(deliver(&app, &fake, &refinement_request).await["outcome"], "applied");
-    assert_eq!(wait_final(&app, &key, &refinement).await["status"], "completed");
+    let refinement_requests = complete_every_request(&app, &fake, &key, &refinement).await;
+    assert_eq!(job(&app, &key, &refinement).await["status"], "completed");
+    let first = fake.request(&refinement_requests[0]).input;
+    assert!(first["prompt"].as_str().is_some_and(|p| p.starts_with(&format!("{trigger} sharper jawline"))), "{first}");
+    let base_lora = reqwest::get(first["loras"][0]["path"].as_str().expect("v1's lora")).await.expect("fetch");
+    assert_eq!(base_lora.bytes().await.expect("bytes").to_vec(), lora_bytes(&requests[3]), "v1's weights");
+    let refinement_request = refinement_requests.last().expect("trainer request").clone();
+    let merged = training_set(&fake.request(&refinement_request).input).await;
+    let images = |version: &str| merged.iter().filter(|(name, _)| name.starts_with(version) && name.ends_with(".png")).count();
+    assert_eq!((images("v1-"), images("v2-")), (12, 12), "v1's set and the new images");
     let (_, model) = call(&app, &key, Method::GET, &format!("/api/models/{model_id}"), None).await;
     assert_eq!(model["current_version"], 2, "{model}");
 
@@ -271,11 +347,12 @@ async fn a_submission_refused_with_503_is_retried_and_succeeds() {
     let app = spawn(&fake, 300).await;
     let key = team(&app, 10_000).await;
     let (model_id, _) = fal_model(&app, &fake, &key).await;
+    let made = fake.submits().len();
     fake.fail_next_submits(1);
     let (generation, _) = generate(&app, &key, &model_id, 1).await;
     let request_id = request_of(&app, &key, &generation).await;
     let submits = fake.submits();
-    assert_eq!(submits[1..], [("fal-ai/flux-lora".to_string(), 503), ("fal-ai/flux-lora".to_string(), 200)]);
+    assert_eq!(submits[made..], [("fal-ai/flux-lora".to_string(), 503), ("fal-ai/flux-lora".to_string(), 200)]);
     fake.complete(&request_id);
     deliver(&app, &fake, &request_id).await;
     let done = wait_final(&app, &key, &generation).await;
