@@ -4,6 +4,7 @@
 //! webhooks refused, duplicates harmless, cancels sent to fal with exact credits.
 
 pub mod fake;
+mod steps;
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::support::db::TestDb;
 
 // ---------------------------------------------------------------- app and helpers
 
-async fn spawn(fake: &FakeFal, stale_after_secs: u64) -> TestApp {
+pub(crate) async fn spawn(fake: &FakeFal, stale_after_secs: u64) -> TestApp {
     let base = fake.start().await;
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
         s.fal.key = Some(FAL_KEY.to_string().into());
@@ -32,13 +33,13 @@ async fn spawn(fake: &FakeFal, stale_after_secs: u64) -> TestApp {
     app
 }
 
-async fn body(response: reqwest::Response) -> Value {
+pub(crate) async fn body(response: reqwest::Response) -> Value {
     let status = response.status();
     let text = response.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: {text}"))
 }
 
-async fn call(app: &TestApp, key: &str, method: Method, path: &str, json_body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn call(app: &TestApp, key: &str, method: Method, path: &str, json_body: Option<Value>) -> (u16, Value) {
     let mut request = app.as_key(key, method, path);
     if let Some(json_body) = json_body {
         request = request.json(&json_body);
@@ -47,11 +48,11 @@ async fn call(app: &TestApp, key: &str, method: Method, path: &str, json_body: O
     (response.status().as_u16(), body(response).await)
 }
 
-async fn job(app: &TestApp, key: &str, job_id: &str) -> Value {
+pub(crate) async fn job(app: &TestApp, key: &str, job_id: &str) -> Value {
     call(app, key, Method::GET, &format!("/api/jobs/{job_id}"), None).await.1
 }
 
-async fn balance(app: &TestApp, key: &str) -> Value {
+pub(crate) async fn balance(app: &TestApp, key: &str) -> Value {
     call(app, key, Method::GET, "/api/credits/balance", None).await.1
 }
 
@@ -61,7 +62,7 @@ async fn events_total(app: &TestApp) -> i64 {
 }
 
 /// Waits (bounded) until `done` holds for the job's view.
-async fn wait_job(app: &TestApp, key: &str, job_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_job(app: &TestApp, key: &str, job_id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let view = job(app, key, job_id).await;
@@ -73,7 +74,7 @@ async fn wait_job(app: &TestApp, key: &str, job_id: &str, what: &str, done: impl
     }
 }
 
-async fn wait_final(app: &TestApp, key: &str, job_id: &str) -> Value {
+pub(crate) async fn wait_final(app: &TestApp, key: &str, job_id: &str) -> Value {
     wait_job(app, key, job_id, "an ending", |j| matches!(j["status"].as_str(), Some("completed" | "failed" | "cancelled"))).await
 }
 
@@ -87,12 +88,12 @@ fn request_id_in(view: &Value) -> Option<String> {
     view["events"].as_array()?.iter().rev().find_map(|e| e["data"]["provider_request_id"].as_str().map(String::from))
 }
 
-fn events_of(view: &Value, kind: &str) -> Vec<Value> {
+pub(crate) fn events_of(view: &Value, kind: &str) -> Vec<Value> {
     view["events"].as_array().map(|events| events.iter().filter(|e| e["type"] == kind).cloned().collect()).unwrap_or_default()
 }
 
 /// A team on the Pro plan with credits and a member key.
-async fn team(app: &TestApp, credits: i64) -> String {
+pub(crate) async fn team(app: &TestApp, credits: i64) -> String {
     let team = app.create_team("Fal team", "pro").await;
     let key = app.issue_key(&team, "member").await;
     assert_eq!(app.grant(&team, credits, &format!("seed-{team}")).await.status(), 200);
@@ -100,7 +101,7 @@ async fn team(app: &TestApp, credits: i64) -> String {
 }
 
 /// Delivers the request's webhook as fal does: signed now with fal's key.
-async fn deliver(app: &TestApp, fake: &FakeFal, request_id: &str) -> Value {
+pub(crate) async fn deliver(app: &TestApp, fake: &FakeFal, request_id: &str) -> Value {
     let response = fake.deliver_signed(request_id, &fal_signing_key(), app.clock.now().timestamp()).await;
     assert_eq!(response.status(), 200);
     body(response).await
@@ -123,7 +124,7 @@ async fn fal_model(app: &TestApp, fake: &FakeFal, key: &str) -> (String, String)
 
 /// Completes each fal request of the job as it is made (by webhook), until the job ends;
 /// returns the requests in order.
-async fn complete_every_request(app: &TestApp, fake: &FakeFal, key: &str, job_id: &str) -> Vec<String> {
+pub(crate) async fn complete_every_request(app: &TestApp, fake: &FakeFal, key: &str, job_id: &str) -> Vec<String> {
     let mut done: Vec<String> = Vec::new();
     loop {
         let ended = |j: &Value| matches!(j["status"].as_str(), Some("completed" | "failed" | "cancelled"));
@@ -142,7 +143,7 @@ async fn complete_every_request(app: &TestApp, fake: &FakeFal, key: &str, job_id
 }
 
 /// The job's current fal request: the newest recorded, unless a step ended after it.
-fn current_request(view: &Value) -> Option<String> {
+pub(crate) fn current_request(view: &Value) -> Option<String> {
     for event in view["events"].as_array()?.iter().rev() {
         if event["type"] == "JobStepCompleted" {
             return None;
@@ -161,15 +162,15 @@ async fn generate(app: &TestApp, key: &str, model_id: &str, count: u32) -> (Stri
     (accepted["job"]["job_id"].as_str().expect("job").to_string(), accepted["job"]["cost_credits"].as_i64().expect("cost"))
 }
 
-fn held(balance: &Value) -> (i64, i64) {
+pub(crate) fn held(balance: &Value) -> (i64, i64) {
     (balance["available"].as_i64().expect("available"), balance["reserved"].as_i64().expect("reserved"))
 }
 
 /// The trainer app the tests' settings leave in place.
-const TRAINER: &str = "fal-ai/flux-lora-fast-training";
+pub(crate) const TRAINER: &str = "fal-ai/flux-lora-fast-training";
 
 /// Every fal request the job recorded, in order.
-fn requests_of(view: &Value) -> Vec<String> {
+pub(crate) fn requests_of(view: &Value) -> Vec<String> {
     let events = view["events"].as_array().cloned().unwrap_or_default();
     events.iter().filter_map(|e| e["data"]["provider_request_id"].as_str().map(String::from)).collect()
 }
