@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use application::jobs::steps::{self, Step};
 use application::jobs::submit::Requester;
 use askama::Template;
 use axum::extract::{Path, State};
@@ -12,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use domain::jobs::JobInput;
+use domain::jobs::{GenerationJob, JobInput, JobStatus};
 use domain::JobId;
 use futures::StreamExt;
 
@@ -75,6 +76,47 @@ struct JobPage {
     images: Vec<String>,
     queued_at: String,
     finished_at: String,
+    /// A model job's steps (none for image generation).
+    steps: Vec<StepRow>,
+}
+
+/// One step of a model job as the page lists it.
+pub struct StepRow {
+    /// The recorded name (`training-images-1`, …), matched by the live `step` events.
+    pub name: String,
+    pub label: String,
+    /// done | running | waiting | not run
+    pub state: &'static str,
+}
+
+/// A model job's steps with where each stands.
+fn step_rows(job: &GenerationJob, plan: &[Step]) -> Vec<StepRow> {
+    let batches = plan.iter().filter(|s| matches!(s, Step::TrainingImages { .. })).count();
+    let status = job.status.unwrap_or(JobStatus::Queued);
+    let mut current_found = false;
+    plan.iter()
+        .map(|step| {
+            let name = step.name();
+            let label = match step {
+                Step::TrainingImages { batch, count, .. } => format!("Training images: batch {batch} of {batches} ({count} images)"),
+                Step::TrainingSet => "Training set: images and captions zipped".to_string(),
+                Step::Training => "Training the new version".to_string(),
+            };
+            let done = job.step_done(&name) || (matches!(step, Step::Training) && status == JobStatus::Completed);
+            let state = if done {
+                "done"
+            } else if status.is_final() {
+                "not run"
+            } else if !current_found && status.is_active() {
+                current_found = true;
+                "running"
+            } else {
+                current_found = true;
+                "waiting"
+            };
+            StepRow { name, label, state }
+        })
+        .collect()
 }
 
 fn describe(input: &JobInput) -> Vec<(&'static str, String)> {
@@ -109,6 +151,8 @@ async fn render(state: &AppState, session: &Session, job_id: &str, notice: Optio
     let id: JobId = job_id.parse().map_err(|_| WebError::NotFound)?;
     let aggregate = state.jobs.job(id).await?;
     let request = aggregate.input.as_ref().map(describe).unwrap_or_default();
+    let plan = aggregate.input.as_ref().map(|input| steps::plan(input, None, state.jobs.training())).unwrap_or_default();
+    let steps = step_rows(&aggregate, &plan);
     let mut images = Vec::new();
     if job.status == "completed" && job.kind == "image_generation" && !job.images_expired {
         let ttl = Duration::from_secs(state.url_ttl_secs);
@@ -132,6 +176,7 @@ async fn render(state: &AppState, session: &Session, job_id: &str, notice: Optio
         images,
         queued_at: time(job.queued_at),
         finished_at: time_opt(job.finished_at),
+        steps,
         job,
     };
     Ok(Html(page.render()?))
@@ -181,8 +226,13 @@ async fn events(
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, WebError> {
     let job = queries::jobs::job(&state.db, session.team_id, &job_id).await?.ok_or(WebError::NotFound)?;
     let stream = queries::jobs::event_stream(state.store.clone(), job.job_id, 0).filter_map(|event| async move {
+        let id = event.sequence.to_string();
+        if event.event_type == "JobStepCompleted" {
+            let step = event.payload.get("step").and_then(|s| s.as_str())?;
+            return Some(Ok(Event::default().event("step").id(id).data(step)));
+        }
         let status = status_after(&event.event_type)?;
-        Some(Ok(Event::default().event("status").id(event.sequence.to_string()).data(status)))
+        Some(Ok(Event::default().event("status").id(id).data(status)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -6,6 +6,18 @@ document.addEventListener("DOMContentLoaded", () => {
   if (live && window.EventSource) {
     const status = document.getElementById("job-status");
     const events = new EventSource(live.dataset.jobEvents);
+    // A model job's step is done: mark it, and the next one as running.
+    events.addEventListener("step", (event) => {
+      const done = Array.from(document.querySelectorAll("#job-steps [data-step]")).find((li) => li.dataset.step === event.data);
+      if (!done) { return; }
+      done.className = "step step-done";
+      done.querySelector(".step-state").textContent = "done";
+      const next = done.nextElementSibling;
+      if (next && next.classList.contains("step-waiting")) {
+        next.className = "step step-running";
+        next.querySelector(".step-state").textContent = "running";
+      }
+    });
     events.addEventListener("status", (event) => {
       status.textContent = event.data;
       status.className = "status status-" + event.data;

@@ -41,6 +41,13 @@ async fn create_and_generate(app: TestApp, screenshots: bool) {
     let worker = start_worker(&app);
     browser.wait_text("#job-status", "completed").await;
     stop_worker(worker).await;
+    // The model job's steps, all done: three batches of training images, the set, training.
+    let steps_done = "return document.querySelectorAll('#job-steps .step-done').length;";
+    let started = std::time::Instant::now();
+    while browser.run(steps_done).await.as_i64() != Some(5) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the steps never all showed done");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     browser.goto("/models").await;
     browser.click("#models a").await;
     browser.wait_text("#model-status", "ready").await;
