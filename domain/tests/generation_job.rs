@@ -268,6 +268,44 @@ fn check_no_events(history: Vec<E>, command: C) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Steps of a multi-step job
+// ---------------------------------------------------------------------------------------
+
+fn complete_step(step: &str, at: i64) -> C {
+    C::CompleteStep { step: step.into(), outputs: vec![output(&format!("model-assets/t/m/v1/training/{step}.png"), "image/png")], now: t(at) }
+}
+
+fn step_completed(step: &str, at: i64) -> E {
+    E::JobStepCompleted { step: step.into(), outputs: vec![output(&format!("model-assets/t/m/v1/training/{step}.png"), "image/png")], occurred_at: t(at) }
+}
+
+#[test]
+fn a_step_is_recorded_once_while_the_job_runs_and_clears_its_request() {
+    given(at_running()).when(complete_step("training-images-1", 3)).then_expect_events(vec![step_completed("training-images-1", 3)]);
+    check_no_events(with(at_running(), step_completed("training-images-1", 3)), complete_step("training-images-1", 4));
+    let job = state(&with(at_running(), step_completed("training-images-1", 3)));
+    assert!(job.step_done("training-images-1") && !job.step_done("training-set"));
+    assert_eq!(job.provider_request_id, None, "the step's request is over");
+    assert_eq!(job.status, Some(JobStatus::Running), "a step does not end the job");
+    assert_eq!(job.step_output_keys(), ["model-assets/t/m/v1/training/training-images-1.png"]);
+}
+
+#[test]
+fn a_step_after_the_job_ended_or_before_it_started_is_refused() {
+    check_error(at_cancelled(), complete_step("training-set", 9), JobError::AlreadyFinished("cancelled"));
+    check_error(at_failed(), complete_step("training-set", 9), JobError::AlreadyFinished("failed"));
+    check_error(at_queued(), complete_step("training-set", 9), JobError::NotInProgress("queued"));
+}
+
+#[test]
+fn recorded_steps_survive_a_retry() {
+    let history = vec![queued(), dispatched(1, 1), step_completed("training-images-1", 2), retry_scheduled(1, 3), dispatched(2, 4)];
+    let job = state(&history);
+    assert!(job.step_done("training-images-1"), "the next attempt resumes after it");
+    assert_eq!(job.attempt, 2);
+}
+
+// ---------------------------------------------------------------------------------------
 // Queue
 // ---------------------------------------------------------------------------------------
 

@@ -332,6 +332,12 @@ impl Worker {
                     Err(message) => self.retry_or_fail(job_id, job.attempt, &message).await.map(|()| None),
                 }
             }
+            // No request is out while the worker zips: a result now is an earlier step's,
+            // already recorded (its request id was cleared with it).
+            (Some(Step::TrainingSet), _) => {
+                tracing::warn!(%job_id, "a provider result arrived while the training set is made; ignored");
+                Ok(None)
+            }
             (_, outcome) => self.finish_claimed(job_id, job, claimed, outcome).await.map(|()| None),
         }
     }
