@@ -385,7 +385,7 @@ async fn generation_jobs(state: &AppState, teams: &[TeamId], models: &[ModelId],
     Ok((0..count)
         .map(|n| {
             let (team, input, quote) = &inputs[n % inputs.len()];
-            NewJob { team: *team, job_id: JobId::new(Uuid::now_v7()), input: input.clone(), cost: quote.amount, price_version: quote.price_version, model_change: None }
+            NewJob { team: *team, job_id: JobId::new(Uuid::now_v7()), input: input.clone(), cost: quote.amount, price_version: quote.price_version, model_change: None, uploads: Vec::new() }
         })
         .collect())
 }

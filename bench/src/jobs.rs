@@ -225,7 +225,7 @@ pub(crate) async fn create_models(state: &AppState, teams: &[TeamId], reference:
                 };
                 let model_change = state.jobs.decide_model(model, command, "bench").await?;
                 let input = JobInput::ModelCreation { model_id: model, description: "a benchmark model".into(), reference_model_id: reference.0.clone() };
-                let job = NewJob { team, job_id, input, cost: quote.amount, price_version: quote.price_version, model_change: Some(model_change) };
+                let job = NewJob { team, job_id, input, cost: quote.amount, price_version: quote.price_version, model_change: Some(model_change), uploads: Vec::new() };
                 state.jobs.submit(job, "bench").await?;
                 anyhow::Ok(())
             }
@@ -243,7 +243,7 @@ async fn submit_generation(state: &AppState, pricing: &PricingConfig, team: Team
     let price = PriceRequest::ImageGeneration { resolution: "512x512".into(), quality: "standard".into(), model_complexity_milli: loaded.complexity_milli, count: 1 };
     let quote = pricing.quote(&price)?;
     let input = JobInput::ImageGeneration { model_id: model, model_version: version, prompt: "bench".into(), resolution: "512x512".into(), quality: "standard".into(), count: 1 };
-    let job = NewJob { team, job_id: JobId::new(Uuid::now_v7()), input, cost: quote.amount, price_version: quote.price_version, model_change: None };
+    let job = NewJob { team, job_id: JobId::new(Uuid::now_v7()), input, cost: quote.amount, price_version: quote.price_version, model_change: None, uploads: Vec::new() };
     state.jobs.submit(job, "bench").await?;
     Ok(())
 }

@@ -62,6 +62,7 @@ fn queue() -> C {
         input: input(),
         cost: Credits::parse(40).expect("positive amount"),
         price_version: 3,
+        uploads: Vec::new(),
         now: t(0),
     }
 }
@@ -295,6 +296,14 @@ fn a_step_after_the_job_ended_or_before_it_started_is_refused() {
     check_error(at_cancelled(), complete_step("training-set", 9), JobError::AlreadyFinished("cancelled"));
     check_error(at_failed(), complete_step("training-set", 9), JobError::AlreadyFinished("failed"));
     check_error(at_queued(), complete_step("training-set", 9), JobError::NotInProgress("queued"));
+}
+
+#[test]
+fn uploaded_training_images_are_the_first_step_of_the_accepted_job() {
+    let uploads = vec![output("model-assets/t/m/v1/training/upload-0.png", "image/png")];
+    let C::Queue { job_id, team_id, input, cost, price_version, now, .. } = queue() else { unreachable!() };
+    let command = C::Queue { job_id, team_id, input, cost, price_version, uploads: uploads.clone(), now };
+    given(vec![]).when(command).then_expect_events(vec![queued(), E::JobStepCompleted { step: "uploads".into(), outputs: uploads, occurred_at: t(0) }]);
 }
 
 #[test]

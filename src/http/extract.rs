@@ -15,7 +15,26 @@ use super::text;
 /// events. Beyond it: 413.
 pub const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 
-/// Middleware: a request whose `Content-Length` is over [`BODY_BYTES_MAX`] is answered 413
+/// Largest `multipart/form-data` body of a model creation or refinement (its training
+/// images: at most 20 of at most 10 MiB, or a zip of them, and the text fields).
+pub const UPLOAD_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Whether the request sends training images: a multipart POST to a route that takes them.
+pub fn is_upload(method: &axum::http::Method, path: &str, headers: &axum::http::HeaderMap) -> bool {
+    let multipart = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    let takes_images = path == "/api/models" || (path.starts_with("/api/models/") && path.ends_with("/refine"));
+    multipart && method == axum::http::Method::POST && takes_images
+}
+
+/// The largest body this request may send.
+pub fn body_limit(method: &axum::http::Method, path: &str, headers: &axum::http::HeaderMap) -> usize {
+    if is_upload(method, path, headers) { UPLOAD_BODY_BYTES_MAX } else { BODY_BYTES_MAX }
+}
+
+/// Middleware: a request whose `Content-Length` is over its limit ([`body_limit`]) is answered 413
 /// before any of its body is read (a client that sent `Expect: 100-continue` never sends
 /// it). Bodies of unannounced length are cut at the same limit by the extractors.
 pub async fn refuse_oversized(request: Request, next: axum::middleware::Next) -> axum::response::Response {
@@ -25,14 +44,19 @@ pub async fn refuse_oversized(request: Request, next: axum::middleware::Next) ->
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|bytes| bytes > BODY_BYTES_MAX as u64) {
-        return too_large().into_response();
+    let limit = body_limit(request.method(), request.uri().path(), request.headers());
+    if announced.is_some_and(|bytes| bytes > limit as u64) {
+        return too_large_than(limit).into_response();
     }
     next.run(request).await
 }
 
 fn too_large() -> Problem {
-    Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).detail(format!("the body is larger than {BODY_BYTES_MAX} bytes"))
+    too_large_than(BODY_BYTES_MAX)
+}
+
+pub fn too_large_than(limit: usize) -> Problem {
+    Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE).detail(format!("the body is larger than {limit} bytes"))
 }
 
 /// `axum::Json` with problem+json rejections: 400 for malformed JSON, 422 for JSON of the
@@ -55,13 +79,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(other) if other.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
             Err(other) => return Err(Problem::for_status(other.status()).detail(other.body_text())),
         };
-        text::check_json(&value)?;
-        serde_path_to_error::deserialize(value).map(ApiJson).map_err(|error| {
-            let field = error.path().to_string();
-            let detail = format!("{field}: {}", error.inner());
-            if field == "." { Problem::invalid(detail) } else { Problem::invalid_field(&field, detail) }
-        })
+        from_json(value).map(ApiJson)
     }
+}
+
+/// A request's fields as `T`, checked as a JSON body is: the text rule, then the shape
+/// (422 naming the field).
+pub fn from_json<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Problem> {
+    text::check_json(&value)?;
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let field = error.path().to_string();
+        let detail = format!("{field}: {}", error.inner());
+        if field == "." { Problem::invalid(detail) } else { Problem::invalid_field(&field, detail) }
+    })
 }
 
 /// The raw body (webhooks verify signatures over the exact bytes), with problem+json

@@ -21,7 +21,7 @@ use infrastructure::idempotency::{self, Claim, Finish, KeyedRequest};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::extract::BODY_BYTES_MAX;
+use super::extract::{body_limit, too_large_than};
 use super::problem::Problem;
 use crate::app::AppState;
 
@@ -49,15 +49,12 @@ pub async fn idempotent_requests(State(state): State<AppState>, request: Request
         Err(problem) => return problem.into_response(),
     };
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+    let limit = body_limit(&parts.method, parts.uri.path(), &parts.headers);
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            return Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE)
-                .detail(format!("the body is larger than {BODY_BYTES_MAX} bytes"))
-                .into_response()
-        }
+        Err(_) => return too_large_than(limit).into_response(),
     };
-    let fingerprint = fingerprint(&parts.method, parts.uri.path(), &bytes);
+    let fingerprint = fingerprint(&parts.method, parts.uri.path(), &without_boundary(&parts.headers, &bytes));
     let keyed = KeyedRequest {
         scope: &scope,
         key: key.as_str(),
@@ -127,6 +124,25 @@ async fn scope_of(state: &AppState, headers: &axum::http::HeaderMap, path: &str)
     )
     .map_err(|e| Problem::internal(&e))?;
     Ok(row.map(|(team,)| team))
+}
+
+/// A multipart body with its boundary taken out: a client's retry picks a new boundary
+/// for the same content, which must fingerprint the same.
+fn without_boundary(headers: &axum::http::HeaderMap, body: &Bytes) -> Bytes {
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let Ok(boundary) = multer::parse_boundary(content_type) else { return body.clone() };
+    let boundary = boundary.as_bytes();
+    if boundary.is_empty() {
+        return body.clone();
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest: &[u8] = body;
+    while let Some(at) = rest.windows(boundary.len()).position(|w| w == boundary) {
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[at + boundary.len()..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
 }
 
 /// Hex SHA-256 of `METHOD\npath\n` and the body: canonical JSON (keys sorted, no

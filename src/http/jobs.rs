@@ -49,6 +49,12 @@ impl From<JobsError> for Problem {
                     .with("queue_depth_max", max)
             }
             JobsError::Conflict => Problem::new(StatusCode::CONFLICT, "conflict", "Changed concurrently").detail("retry the request"),
+            JobsError::Storage(message) => {
+                tracing::warn!(%message, "object store unavailable");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable", "Storage unavailable")
+                    .detail("the object store cannot be written now; try again later")
+                    .retry_after(5)
+            }
         }
     }
 }

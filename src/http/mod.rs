@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod problem;
 pub mod stripe;
 pub mod text;
+pub mod uploads;
 
 use axum::http::{HeaderName, Request};
 use axum::Router;

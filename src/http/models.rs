@@ -1,7 +1,8 @@
 //! `/api/models/*`: the team's custom models. Creating and refining are jobs (queued,
 //! priced, reserved atomically); the rest reads or edits the model.
 
-use axum::extract::{Path, State};
+use application::jobs::steps::Upload;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::TeamKey;
-use super::extract::{ApiJson, ApiQuery, IdempotencyKey};
+use super::extract::{is_upload, ApiJson, ApiQuery, IdempotencyKey, UPLOAD_BODY_BYTES_MAX};
+use super::uploads;
 use super::generate::{accepted_status, accepted_view, requester, JobAccepted};
 use super::jobs::{make_cursor, page_limit, paginate, parse_cursor};
 use super::problem::Problem;
@@ -22,9 +24,9 @@ use crate::queries;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/models", get(list).post(create))
+        .route("/api/models", get(list).post(create).layer(DefaultBodyLimit::max(UPLOAD_BODY_BYTES_MAX)))
         .route("/api/models/{model_id}", get(get_one).patch(update).delete(archive))
-        .route("/api/models/{model_id}/refine", post(refine))
+        .route("/api/models/{model_id}/refine", post(refine).layer(DefaultBodyLimit::max(UPLOAD_BODY_BYTES_MAX)))
         .route("/api/models/{model_id}/versions", get(versions))
         .route("/api/models/{model_id}/images", get(images))
 }
@@ -94,6 +96,44 @@ pub struct CreateModel {
     pub reference_model_id: String,
 }
 
+/// A model creation with training images (`multipart/form-data`): the fields of
+/// `CreateModel`, and `images` parts.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the multipart form; read by `uploads::read`
+pub struct CreateModelWithImages {
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: String,
+    #[schema(min_length = 1, max_length = 4000)]
+    pub description: String,
+    pub reference_model_id: String,
+    /// Training images: up to 20 PNG, JPEG or WebP files of at most 10 MiB, or a zip of
+    /// them with optional same-named `.txt` captions. They count towards the training
+    /// set; only the rest is generated.
+    #[schema(value_type = Vec<String>, format = Binary, max_items = 20)]
+    pub images: Vec<Vec<u8>>,
+}
+
+/// A refinement with training images (`multipart/form-data`).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // documents the multipart form; read by `uploads::read`
+pub struct RefineModelWithImages {
+    #[schema(min_length = 1, max_length = 4000)]
+    pub prompt: String,
+    /// As for a creation: added to the new version's training set.
+    #[schema(value_type = Vec<String>, format = Binary, max_items = 20)]
+    pub images: Vec<Vec<u8>>,
+}
+
+/// The body as JSON, or as a multipart form with training images.
+async fn body_and_images<T: serde::de::DeserializeOwned>(state: &AppState, request: Request) -> Result<(T, Vec<Upload>), Problem> {
+    if is_upload(request.method(), request.uri().path(), request.headers()) {
+        uploads::read(request, state).await
+    } else {
+        let ApiJson(body) = ApiJson::<T>::from_request(request, state).await?;
+        Ok((body, Vec::new()))
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelJobAccepted {
     pub model: ModelView,
@@ -103,27 +143,31 @@ pub struct ModelJobAccepted {
 
 /// Creates a model: queues its creation job and reserves its price.
 #[utoipa::path(post, path = "/api/models", tag = "models", operation_id = "createModel",
-    request_body(content = CreateModel, example = json!({
-        "name": "Autumn editorial",
-        "description": "A confident editorial look: tailored wool coats, warm window light, muted earth tones",
-        "reference_model_id": "fashion-editorial-01"
-    })),
+    request_body(content(
+        (CreateModel = "application/json", example = json!({
+            "name": "Autumn editorial",
+            "description": "A confident editorial look: tailored wool coats, warm window light, muted earth tones",
+            "reference_model_id": "fashion-editorial-01"
+        })),
+        (CreateModelWithImages = "multipart/form-data"))),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "a retry returns the same model and job")),
     responses((status = 202, body = ModelJobAccepted),
         (status = 402, description = "Not enough credits for the creation (`/problems/insufficient-credits`)"),
         (status = 403, description = "A read-only key (`/problems/forbidden`), or a plan that runs no jobs (`/problems/plan-does-not-allow-jobs`)"),
         (status = 409, description = "The Idempotency-Key names another request (`/problems/idempotency-conflict`)"),
-        (status = 422, description = "Unknown reference model, or an invalid name or description (`/problems/invalid-request`)"),
+        (status = 422, description = "Unknown reference model, an invalid name or description, or training images that are not PNG, JPEG or WebP, too large or too many (`/problems/invalid-request`)"),
         (status = 429, description = "Too many queued jobs (`/problems/queue-full`)")),
     security(("api_key" = [])))]
 async fn create(
     State(state): State<AppState>,
     key: TeamKey,
     idempotency: IdempotencyKey,
-    ApiJson(body): ApiJson<CreateModel>,
+    request: Request,
 ) -> Result<(StatusCode, Json<ModelJobAccepted>), Problem> {
     let key = key.writer()?;
-    let request = ModelCreationRequest { name: body.name, description: body.description, reference_model_id: body.reference_model_id };
+    let (body, uploads) = body_and_images::<CreateModel>(&state, request).await?;
+    let request =
+        ModelCreationRequest { name: body.name, description: body.description, reference_model_id: body.reference_model_id, uploads };
     let submitted = state.submit.create_model(&requester(&key), idempotency.0.as_ref(), request).await?;
     let accepted = accepted_view(&state, key.team_id, submitted.job_id, submitted.created).await?;
     let model = load_model_view(&state, key.team_id, &submitted.model_id.to_string()).await?;
@@ -193,7 +237,9 @@ pub struct RefineModel {
 
 /// Refines a ready model: queues a refinement job and reserves its price.
 #[utoipa::path(post, path = "/api/models/{model_id}/refine", tag = "models", operation_id = "refineModel",
-    request_body(content = RefineModel, example = json!({"prompt": "Softer light, a little more grain"})),
+    request_body(content(
+        (RefineModel = "application/json", example = json!({"prompt": "Softer light, a little more grain"})),
+        (RefineModelWithImages = "multipart/form-data"))),
     params(("model_id" = uuid::Uuid, Path, description = "The custom model's id"), ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "a retry returns the same job")),
     responses((status = 202, body = JobAccepted), (status = 200, body = JobAccepted, description = "A repeat of an earlier request (same Idempotency-Key): its job"),
         (status = 402, description = "Not enough credits for the refinement (`/problems/insufficient-credits`)"),
@@ -206,10 +252,11 @@ async fn refine(
     key: TeamKey,
     Path(model_id): Path<String>,
     idempotency: IdempotencyKey,
-    ApiJson(body): ApiJson<RefineModel>,
+    request: Request,
 ) -> Result<(StatusCode, Json<JobAccepted>), Problem> {
     let key = key.writer()?;
-    let request = RefinementRequest { model_id, prompt: body.prompt };
+    let (body, uploads) = body_and_images::<RefineModel>(&state, request).await?;
+    let request = RefinementRequest { model_id, prompt: body.prompt, uploads };
     let submitted = state.submit.refine_model(&requester(&key), idempotency.0.as_ref(), request).await?;
     let accepted = accepted_view(&state, key.team_id, submitted.job_id, submitted.created).await?;
     Ok((accepted_status(&accepted), Json(accepted)))

@@ -148,6 +148,10 @@ impl From<JobsError> for WebError {
             ),
             JobsError::Conflict => WebError::Refused(Notice::new("Busy", "Something changed at the same moment. Try again.")),
             JobsError::Store(error) => WebError::internal(&error),
+            JobsError::Storage(message) => {
+                tracing::warn!(%message, "object store unavailable");
+                WebError::Refused(Notice::new("Storage unavailable", "Files cannot be stored just now. Try again in a moment."))
+            }
         }
     }
 }

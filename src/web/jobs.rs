@@ -99,6 +99,7 @@ fn step_rows(job: &GenerationJob, plan: &[Step]) -> Vec<StepRow> {
             let name = step.name();
             let label = match step {
                 Step::TrainingImages { batch, count, .. } => format!("Training images: batch {batch} of {batches} ({count} images)"),
+                Step::Uploads { count } => format!("Training images sent with the job: {count}"),
                 Step::TrainingSet => "Training set: images and captions zipped".to_string(),
                 Step::Training => "Training the new version".to_string(),
             };
@@ -151,7 +152,8 @@ async fn render(state: &AppState, session: &Session, job_id: &str, notice: Optio
     let id: JobId = job_id.parse().map_err(|_| WebError::NotFound)?;
     let aggregate = state.jobs.job(id).await?;
     let request = aggregate.input.as_ref().map(describe).unwrap_or_default();
-    let plan = aggregate.input.as_ref().map(|input| steps::plan(input, None, state.jobs.training())).unwrap_or_default();
+    let uploaded = steps::uploaded_images(&aggregate);
+    let plan = aggregate.input.as_ref().map(|input| steps::plan(input, None, state.jobs.training(), uploaded)).unwrap_or_default();
     let steps = step_rows(&aggregate, &plan);
     let mut images = Vec::new();
     if job.status == "completed" && job.kind == "image_generation" && !job.images_expired {

@@ -155,6 +155,7 @@ async fn create(State(state): State<AppState>, session: Session, Form(form): For
         name: form.name.clone(),
         description: form.description.clone(),
         reference_model_id: form.reference_model_id.clone(),
+        uploads: Vec::new(),
     };
     match state.submit.create_model(&who, key.as_ref(), request).await {
         Ok(submitted) => Ok(Redirect::to(&format!("/jobs/{}", submitted.job_id)).into_response()),
@@ -241,7 +242,7 @@ async fn refine(State(state): State<AppState>, session: Session, Path(model_id):
     session.writer()?;
     let who = Requester { team: session.team_id, actor: session.actor() };
     let key = form.request_id.as_deref().and_then(|id| domain::IdempotencyKey::parse(id).ok());
-    let request = RefinementRequest { model_id: model_id.clone(), prompt: form.prompt.clone() };
+    let request = RefinementRequest { model_id: model_id.clone(), prompt: form.prompt.clone(), uploads: Vec::new() };
     match state.submit.refine_model(&who, key.as_ref(), request).await {
         Ok(submitted) => Ok(Redirect::to(&format!("/jobs/{}", submitted.job_id)).into_response()),
         Err(error) => match WebError::from(error) {

@@ -39,6 +39,8 @@ pub enum JobsError {
     Store(#[from] EventStoreError),
     #[error("not found")]
     NotFound,
+    #[error("object store: {0}")]
+    Storage(String),
     #[error("the team already has {queued} queued jobs (at most {max})")]
     QueueFull { queued: i64, max: i64 },
     #[error("changed concurrently; retry the request")]
@@ -82,6 +84,8 @@ pub struct NewJob {
     pub cost: Credits,
     pub price_version: i64,
     pub model_change: Option<StreamAppend>,
+    /// Training images sent with a model job, already stored (its `uploads` step).
+    pub uploads: Vec<JobOutput>,
 }
 
 /// How a job ended when asked to end it.
@@ -128,6 +132,11 @@ impl JobsService {
         &self.training
     }
 
+    /// The store model jobs write to, when there is one.
+    pub fn objects(&self) -> Option<&Arc<dyn ObjectStore>> {
+        self.objects.as_ref()
+    }
+
     pub fn credits(&self) -> &CreditsService {
         &self.credits
     }
@@ -162,14 +171,14 @@ impl JobsService {
     /// Accepts a job: records it (with `model_change`, the model's side of it) and reserves
     /// its cost in one append. A repeat of the same job id returns the job as it is.
     pub async fn submit(&self, job: NewJob, actor: &str) -> Result<Accepted, JobsError> {
-        let NewJob { team, job_id, input, cost, price_version, model_change } = job;
+        let NewJob { team, job_id, input, cost, price_version, model_change, uploads } = job;
         // Decided on an empty stream without loading it first: a repeat either finds the
         // reservation already made (nothing is recorded, the extras are dropped) or
         // collides on the job stream's first sequence; both end in `existing` below.
         let loaded = Loaded { id: job_id.to_string(), aggregate: GenerationJob::default(), sequence: 0, snapshot_sequence: 0 };
         let now = self.clock.now();
         let operation = input.operation();
-        let queue = JobCommand::Queue { job_id, team_id: team, input, cost, price_version, now };
+        let queue = JobCommand::Queue { job_id, team_id: team, input, cost, price_version, uploads, now };
         let job = self.aggregates.decide(loaded, queue, &(), &metadata(actor)).await?;
         let mut extras = vec![job.append];
         extras.extend(model_appends(model_change));
@@ -304,7 +313,8 @@ impl JobsService {
     /// made, so nothing else points at them. Best effort: a failure is logged.
     async fn discard_steps(&self, job: &GenerationJob) {
         let (Some(objects), Some(team), Some(input)) = (&self.objects, job.team_id, &job.input) else { return };
-        let mut keys = steps::step_keys(team, input, &steps::plan(input, None, &self.training));
+        // Planned as if nothing was sent: the most images a plan can draw.
+        let mut keys = steps::step_keys(team, input, &steps::plan(input, None, &self.training, 0));
         keys.extend(job.step_output_keys());
         keys.sort_unstable();
         keys.dedup();

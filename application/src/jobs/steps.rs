@@ -19,7 +19,7 @@
 
 use std::io::{Cursor, Read, Write};
 
-use domain::jobs::JobInput;
+use domain::jobs::{GenerationJob, JobInput, UPLOADS_STEP};
 use domain::models::trigger_word;
 use domain::TeamId;
 use serde_json::Value;
@@ -55,6 +55,8 @@ impl Default for TrainingConfig {
 /// One step of a model job's plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// Training images the team sent, stored and recorded when the job was accepted.
+    Uploads { count: u32 },
     /// `count` images of `prompt`, each stored with `caption`.
     TrainingImages { batch: u32, prompt: String, caption: String, count: u32 },
     TrainingSet,
@@ -65,6 +67,7 @@ impl Step {
     pub fn name(&self) -> String {
         match self {
             Step::TrainingImages { batch, .. } => format!("training-images-{batch}"),
+            Step::Uploads { .. } => UPLOADS_STEP.into(),
             Step::TrainingSet => TRAINING_SET_STEP.into(),
             Step::Training => TRAINING_STEP.into(),
         }
@@ -91,8 +94,9 @@ const VIEWS: [&str; 12] = [
 /// The characteristics of a reference model worth saying in a prompt, in a fixed order.
 const TRAITS: [&str; 7] = ["age_range", "gender_presentation", "ethnicity", "style", "lighting", "framing", "mood"];
 
-/// The job's steps; empty for image generation.
-pub fn plan(input: &JobInput, reference: Option<&Value>, config: &TrainingConfig) -> Vec<Step> {
+/// The job's steps; empty for image generation. `uploaded` images the team sent count
+/// towards the set: only the rest are generated.
+pub fn plan(input: &JobInput, reference: Option<&Value>, config: &TrainingConfig, uploaded: u32) -> Vec<Step> {
     let (subject, with_traits) = match input {
         JobInput::ImageGeneration { .. } => return Vec::new(),
         JobInput::ModelCreation { description, .. } => (description.trim().to_string(), true),
@@ -101,9 +105,10 @@ pub fn plan(input: &JobInput, reference: Option<&Value>, config: &TrainingConfig
     let trigger = trigger_word(input.model_id());
     let traits = if with_traits { reference_traits(reference) } else { String::new() };
     let setting = reference.and_then(|r| r.get("setting")).and_then(Value::as_str).map(|s| format!(", in a {s}")).unwrap_or_default();
-    let images = config.images.clamp(1, TRAINING_IMAGES_MAX);
+    let images = config.images.clamp(1, TRAINING_IMAGES_MAX).saturating_sub(uploaded);
     let per_request = config.images_per_request.clamp(1, IMAGES_PER_REQUEST_MAX);
-    let mut steps: Vec<Step> = (0..images.div_ceil(per_request))
+    let mut steps: Vec<Step> = if uploaded > 0 { vec![Step::Uploads { count: uploaded }] } else { Vec::new() };
+    steps.extend((0..images.div_ceil(per_request))
         .map(|index| {
             let view = VIEWS[index as usize % VIEWS.len()];
             let count = per_request.min(images - index * per_request);
@@ -113,8 +118,7 @@ pub fn plan(input: &JobInput, reference: Option<&Value>, config: &TrainingConfig
                 _ => format!("{subject}, {view}{traits}{setting}, photorealistic"),
             };
             Step::TrainingImages { batch: index + 1, prompt, caption: format!("{trigger}, {subject}, {view}"), count }
-        })
-        .collect();
+        }));
     steps.extend([Step::TrainingSet, Step::Training]);
     steps
 }
@@ -170,10 +174,121 @@ pub fn step_keys(team: TeamId, input: &JobInput, plan: &[Step]) -> Vec<String> {
                 }
             }
             Step::TrainingSet => keys.extend(version_made(input).map(|v| training_set_key(team, input, v))),
-            Step::Training => {}
+            // Recorded with the job: deleted from its record.
+            Step::Uploads { .. } | Step::Training => {}
         }
     }
     keys
+}
+
+/// How many training images the team sent with the job (its `uploads` step).
+pub fn uploaded_images(job: &GenerationJob) -> u32 {
+    let uploads = job.steps.iter().filter(|s| s.step == UPLOADS_STEP).flat_map(|s| &s.outputs);
+    uploads.filter(|o| o.content_type.starts_with("image/")).count() as u32
+}
+
+/// Most training images a team may send with one model job.
+pub const UPLOADS_MAX: usize = 20;
+/// Largest training image a team may send.
+pub const UPLOAD_BYTES_MAX: usize = 10 * 1024 * 1024;
+/// Largest caption (a `.txt` beside an image in an uploaded zip).
+pub const CAPTION_BYTES_MAX: usize = 2_000;
+
+/// A file the team sent: an image (PNG, JPEG, WebP) or a zip of images with optional
+/// same-named `.txt` captions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub file_name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A training image from the team, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingImage {
+    pub extension: &'static str,
+    pub content_type: &'static str,
+    pub bytes: Vec<u8>,
+    pub caption: Option<String>,
+}
+
+/// The type of an image by its first bytes: what fal's trainer reads.
+pub fn image_type(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(("png", "image/png"))
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(("jpg", "image/jpeg"))
+    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        Some(("webp", "image/webp"))
+    } else {
+        None
+    }
+}
+
+/// The training images of what the team sent (zips unpacked), or why they cannot be
+/// used: at most [`UPLOADS_MAX`] images of at most [`UPLOAD_BYTES_MAX`] each, PNG, JPEG
+/// or WebP by their content.
+pub fn training_images(uploads: Vec<Upload>) -> Result<Vec<TrainingImage>, String> {
+    let mut images = Vec::new();
+    for upload in uploads {
+        if upload.bytes.starts_with(b"PK\x03\x04") {
+            images.extend(images_of_zip(&upload.file_name, &upload.bytes)?);
+        } else {
+            images.push(image_of(&upload.file_name, upload.bytes, None)?);
+        }
+        if images.len() > UPLOADS_MAX {
+            return Err(format!("at most {UPLOADS_MAX} training images"));
+        }
+    }
+    Ok(images)
+}
+
+fn image_of(name: &str, bytes: Vec<u8>, caption: Option<String>) -> Result<TrainingImage, String> {
+    if bytes.len() > UPLOAD_BYTES_MAX {
+        return Err(format!("{name}: larger than {} MiB", UPLOAD_BYTES_MAX / (1024 * 1024)));
+    }
+    let (extension, content_type) = image_type(&bytes).ok_or_else(|| format!("{name}: not a PNG, JPEG or WebP image"))?;
+    Ok(TrainingImage { extension, content_type, bytes, caption })
+}
+
+/// The images of an uploaded zip, each with the caption of its same-named `.txt`; other
+/// files are refused. Entries are read up to the limits, never further.
+fn images_of_zip(name: &str, bytes: &[u8]) -> Result<Vec<TrainingImage>, String> {
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("{name}: not a readable zip ({e})"))?;
+    if archive.len() > UPLOADS_MAX * 2 + 8 {
+        return Err(format!("{name}: more than {UPLOADS_MAX} images and their captions"));
+    }
+    let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(archive.len());
+    for index in 0..archive.len() {
+        let entry = archive.by_index(index).map_err(|e| format!("{name}: {e}"))?;
+        let entry_name = entry.name().to_string();
+        let hidden = entry_name.rsplit('/').next().is_some_and(|f| f.starts_with('.')) || entry_name.starts_with("__MACOSX/");
+        if entry.is_dir() || hidden {
+            continue;
+        }
+        let mut content = Vec::new();
+        entry.take(UPLOAD_BYTES_MAX as u64 + 1).read_to_end(&mut content).map_err(|e| format!("{name}: {entry_name}: {e}"))?;
+        files.push((entry_name, content));
+    }
+    let stem = |file: &str| file.rsplit_once('.').map_or(file, |(stem, _)| stem).to_string();
+    let mut images = Vec::new();
+    for (file, content) in &files {
+        if file.to_ascii_lowercase().ends_with(".txt") {
+            if content.len() > CAPTION_BYTES_MAX {
+                return Err(format!("{name}: {file}: a caption longer than {CAPTION_BYTES_MAX} bytes"));
+            }
+            continue;
+        }
+        let caption = files
+            .iter()
+            .find(|(other, _)| other.to_ascii_lowercase().ends_with(".txt") && stem(other) == stem(file))
+            .map(|(_, text)| String::from_utf8_lossy(text).chars().filter(|c| !c.is_control()).collect::<String>().trim().to_string())
+            .filter(|caption| !caption.is_empty());
+        images.push(image_of(&format!("{name}: {file}"), content.clone(), caption)?);
+    }
+    if images.is_empty() {
+        return Err(format!("{name}: the zip holds no image"));
+    }
+    Ok(images)
 }
 
 /// One file of a training set.
@@ -232,7 +347,7 @@ mod tests {
     fn a_creation_plans_batches_then_the_set_then_training() {
         let reference = json!({"age_range": "30s", "style": "trail running", "setting": "forest single-track", "category": "fitness"});
         let input = creation();
-        let steps = plan(&input, Some(&reference), &TrainingConfig { images: 10, images_per_request: 4 });
+        let steps = plan(&input, Some(&reference), &TrainingConfig { images: 10, images_per_request: 4 }, 0);
         let names: Vec<String> = steps.iter().map(Step::name).collect();
         assert_eq!(names, ["training-images-1", "training-images-2", "training-images-3", "training-set", "training"]);
         let counts: Vec<u32> = steps.iter().filter_map(|s| if let Step::TrainingImages { count, .. } = s { Some(*count) } else { None }).collect();
@@ -242,13 +357,13 @@ mod tests {
         assert!(caption.starts_with(&trigger_word(input.model_id())), "captions carry the trigger word: {caption}");
         assert!(plan(&JobInput::ImageGeneration {
             model_id: ModelId::new(uuid::Uuid::now_v7()), model_version: 1, prompt: "p".into(), resolution: "512x512".into(), quality: "standard".into(), count: 1
-        }, None, &TrainingConfig::default()).is_empty());
+        }, None, &TrainingConfig::default(), 0).is_empty());
     }
 
     #[test]
     fn a_refinement_prompts_through_its_lora_and_makes_the_next_version() {
         let input = JobInput::ModelRefinement { model_id: ModelId::new(uuid::Uuid::now_v7()), prompt: "wearing red".into(), iteration: 1, from_version: 2 };
-        let steps = plan(&input, None, &TrainingConfig::default());
+        let steps = plan(&input, None, &TrainingConfig::default(), 0);
         let Step::TrainingImages { prompt, .. } = &steps[0] else { panic!("images first") };
         assert!(prompt.starts_with(&format!("{} wearing red", trigger_word(input.model_id()))), "{prompt}");
         assert_eq!(version_made(&input), Some(3));
@@ -256,6 +371,34 @@ mod tests {
         let keys = step_keys(team, &input, &steps);
         assert_eq!(keys.len(), 12 * 2 + 1, "an image and a caption each, and the set");
         assert!(keys.iter().all(|k| k.contains("/v3/")), "{keys:?}");
+    }
+
+    #[test]
+    fn uploaded_images_are_checked_and_count_towards_the_set() {
+        let png = b"\x89PNG\r\n\x1a\nrest".to_vec();
+        let jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2];
+        let zipped = zip_training_set(None, &[
+            SetFile { name: "a.png".into(), bytes: png.clone() },
+            SetFile { name: "a.txt".into(), bytes: b"kiln, on a bike".to_vec() },
+            SetFile { name: "b.jpg".into(), bytes: jpeg.clone() },
+        ]).expect("zip");
+        let images = training_images(vec![Upload { file_name: "one.png".into(), bytes: png.clone() }, Upload { file_name: "set.zip".into(), bytes: zipped }])
+            .expect("usable");
+        let described: Vec<(&str, Option<&str>)> = images.iter().map(|i| (i.extension, i.caption.as_deref())).collect();
+        assert_eq!(described, [("png", None), ("png", Some("kiln, on a bike")), ("jpg", None)]);
+        assert!(training_images(vec![Upload { file_name: "x.gif".into(), bytes: b"GIF89a".to_vec() }]).unwrap_err().contains("not a PNG"));
+        let many = (0..=UPLOADS_MAX).map(|i| Upload { file_name: format!("{i}.png"), bytes: png.clone() }).collect();
+        assert!(training_images(many).unwrap_err().contains("at most"));
+        let big = Upload { file_name: "big.png".into(), bytes: [png.clone(), vec![0; UPLOAD_BYTES_MAX]].concat() };
+        assert!(training_images(vec![big]).unwrap_err().contains("larger"));
+        let empty = zip_training_set(None, &[SetFile { name: "notes.txt".into(), bytes: b"hi".to_vec() }]).expect("zip");
+        assert!(training_images(vec![Upload { file_name: "e.zip".into(), bytes: empty }]).unwrap_err().contains("no image"));
+
+        let input = creation();
+        let names: Vec<String> = plan(&input, None, &TrainingConfig { images: 12, images_per_request: 4 }, 5).iter().map(Step::name).collect();
+        assert_eq!(names, ["uploads", "training-images-1", "training-images-2", "training-set", "training"], "seven more images to draw");
+        let names: Vec<String> = plan(&input, None, &TrainingConfig::default(), 20).iter().map(Step::name).collect();
+        assert_eq!(names, ["uploads", "training-set", "training"], "enough images sent: none drawn");
     }
 
     #[test]

@@ -11,13 +11,16 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::jobs::{GenerationJob, JobError, JobInput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
-use domain::models::{ModelCommand, ModelError};
+use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
+use domain::models::{trigger_word, ModelCommand, ModelError};
+use sha2::{Digest, Sha256};
 use domain::pricing::PricingError;
 use domain::{IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, Quote, TeamCreditsError, TeamId};
 use uuid::Uuid;
 
 use super::index::JobIndex;
+use super::steps::{self, TrainingImage, Upload};
+use crate::storage::model_asset_key;
 use super::{Ending, JobsError, JobsService, NewJob};
 use crate::provider::Provider;
 use crate::aggregate_store::CommandError;
@@ -124,6 +127,9 @@ pub struct ModelCreationRequest {
     pub name: String,
     pub description: String,
     pub reference_model_id: String,
+    /// Training images the team sends (images, or zips of images and captions); they
+    /// count towards the training set, and only the rest is generated.
+    pub uploads: Vec<Upload>,
 }
 
 /// A new version of a ready model, from a prompt.
@@ -131,6 +137,8 @@ pub struct ModelCreationRequest {
 pub struct RefinementRequest {
     pub model_id: String,
     pub prompt: String,
+    /// As for a creation: training images added to the new version's set.
+    pub uploads: Vec<Upload>,
 }
 
 /// What a job would cost and what the team can spend: nothing is recorded.
@@ -194,6 +202,13 @@ struct Priced {
     input: JobInput,
     quote: Quote,
     model_change: Option<crate::event_store::StreamAppend>,
+    /// Checked training images the team sent, to store before the job is accepted.
+    uploads: Vec<TrainingImage>,
+}
+
+/// The team's training images, checked before anything is stored or reserved.
+fn checked_uploads(uploads: Vec<Upload>) -> Result<Vec<TrainingImage>, SubmitError> {
+    steps::training_images(uploads).map_err(|reason| SubmitError::Invalid { field: "images", reason })
 }
 
 impl SubmitService {
@@ -301,7 +316,7 @@ impl SubmitService {
             unreachable!("generation_price builds an image generation price");
         };
         let input = JobInput::ImageGeneration { model_id, model_version: version, prompt, resolution, quality, count };
-        self.accept(who, Priced { job_id, model_id, input, quote, model_change: None }).await
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change: None, uploads: Vec::new() }).await
     }
 
     /// The active reference model's complexity factor (milli-units).
@@ -328,6 +343,7 @@ impl SubmitService {
         if let Some(repeat) = self.repeat(who.team, job_id).await? {
             return Ok(repeat);
         }
+        let uploads = checked_uploads(request.uploads)?;
         let reference_model_id = request.reference_model_id.trim().to_string();
         let complexity_milli = self.reference_complexity(&reference_model_id).await?;
         let quote = self.quote(&PriceRequest::ModelCreation { complexity_factor_milli: complexity_milli }).await?;
@@ -350,7 +366,7 @@ impl SubmitService {
             Err(error) => return Err(error.into()),
         };
         let input = JobInput::ModelCreation { model_id, description: request.description, reference_model_id };
-        self.accept(who, Priced { job_id, model_id, input, quote, model_change }).await
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change, uploads }).await
     }
 
     fn refinement_price(model: &domain::models::CustomModel) -> PriceRequest {
@@ -376,6 +392,7 @@ impl SubmitService {
         if let Some(repeat) = self.repeat(who.team, job_id).await? {
             return Ok(repeat);
         }
+        let uploads = checked_uploads(request.uploads)?;
         let (model_id, model) = self.usable_model(who.team, &request.model_id).await?;
         let from_version = model.usable().map_err(|e| SubmitError::from(JobsError::Model(e)))?.version;
         let iteration = model.refinements_requested + 1;
@@ -383,7 +400,7 @@ impl SubmitService {
         let command = ModelCommand::RequestRefinement { job_id, prompt: request.prompt.clone(), now: self.jobs.now() };
         let model_change = self.jobs.decide_model(model_id, command, &who.actor).await?;
         let input = JobInput::ModelRefinement { model_id, prompt: request.prompt, iteration, from_version };
-        self.accept(who, Priced { job_id, model_id, input, quote, model_change: Some(model_change) }).await
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change: Some(model_change), uploads }).await
     }
 
     /// The job accepted earlier under this id, if it is the team's: a repeated request.
@@ -405,7 +422,9 @@ impl SubmitService {
         if queued >= self.queue_depth_max {
             return Err(SubmitError::QueueFull { queued, max: self.queue_depth_max });
         }
-        let Priced { job_id, model_id, input, quote, model_change } = priced;
+        let Priced { job_id, model_id, input, quote, model_change, uploads } = priced;
+        let uploads = self.store_uploads(who.team, &input, uploads).await?;
+        let stored: Vec<String> = uploads.iter().map(|o| o.key.clone()).collect();
         let job = NewJob {
             team: who.team,
             job_id,
@@ -413,9 +432,58 @@ impl SubmitService {
             cost: quote.amount,
             price_version: quote.price_version,
             model_change,
+            uploads,
         };
-        let accepted = self.jobs.submit(job, &who.actor).await?;
-        Ok(Submitted { job_id, model_id, created: accepted.created })
+        match self.jobs.submit(job, &who.actor).await {
+            Ok(accepted) => Ok(Submitted { job_id, model_id, created: accepted.created }),
+            Err(error) => {
+                // Not accepted: the images stored for it belong to no job.
+                if let (Some(objects), false) = (self.jobs.objects(), stored.is_empty()) {
+                    if let Err(delete) = objects.delete_many(&stored).await {
+                        tracing::warn!(%job_id, error = %delete, "training images of a refused job were not deleted");
+                    }
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Stores the team's training images beside the version the job makes, each with its
+    /// caption (the team's, or the description or prompt, after the model's trigger word).
+    async fn store_uploads(&self, team: TeamId, input: &JobInput, uploads: Vec<TrainingImage>) -> Result<Vec<JobOutput>, SubmitError> {
+        if uploads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let unsupported = || SubmitError::Invalid { field: "images", reason: "this server keeps no training images".into() };
+        let objects = self.jobs.objects().ok_or_else(unsupported)?;
+        let version = steps::version_made(input).ok_or_else(unsupported)?;
+        let trigger = trigger_word(input.model_id());
+        let subject = match input {
+            JobInput::ModelCreation { description, .. } => description.trim(),
+            JobInput::ModelRefinement { prompt, .. } => prompt.trim(),
+            JobInput::ImageGeneration { .. } => return Err(unsupported()),
+        };
+        let (team, model) = (team.to_string(), input.model_id().to_string());
+        let mut outputs = Vec::with_capacity(uploads.len() * 2);
+        for (index, image) in uploads.into_iter().enumerate() {
+            let caption = match image.caption {
+                Some(caption) if caption.contains(&trigger) => caption,
+                Some(caption) => format!("{trigger}, {caption}"),
+                None => format!("{trigger}, {subject}"),
+            };
+            let name = format!("training/upload-{index}");
+            let files = [
+                (format!("{name}.{}", image.extension), image.bytes, image.content_type),
+                (format!("{name}.txt"), caption.into_bytes(), "text/plain; charset=utf-8"),
+            ];
+            for (file, bytes, content_type) in files {
+                let key = model_asset_key(&team, &model, version, &file);
+                let output = JobOutput { key: key.clone(), content_type: content_type.into(), bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) };
+                objects.put(&key, bytes, content_type).await.map_err(|e| SubmitError::Jobs(JobsError::Storage(e.to_string())))?;
+                outputs.push(output);
+            }
+        }
+        Ok(outputs)
     }
 }
 

@@ -246,7 +246,7 @@ impl Worker {
             }
             JobInput::ImageGeneration { .. } => None,
         };
-        let plan = steps::plan(input, reference.as_ref(), self.jobs.training());
+        let plan = steps::plan(input, reference.as_ref(), self.jobs.training(), steps::uploaded_images(job));
         Ok(RunContext { plan, model_artifact_key, reference })
     }
 
@@ -260,6 +260,8 @@ impl Worker {
             let step = current_step(&context.plan, &job).cloned();
             let task = match &step {
                 None => Task::Images,
+                // Recorded with the job's acceptance: never the step to run.
+                Some(Step::Uploads { .. }) => return self.jobs.fail(job_id, "the training images sent with the job were not recorded").await.map(drop),
                 Some(Step::TrainingImages { prompt, count, .. }) => Task::TrainingImages { prompt: prompt.clone(), count: *count },
                 Some(Step::TrainingSet) => {
                     let outputs = match self.zip_training_set(job_id, &job).await {

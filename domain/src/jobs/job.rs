@@ -52,7 +52,9 @@ impl JobStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobCommand {
-    Queue { job_id: JobId, team_id: TeamId, input: JobInput, cost: Credits, price_version: i64, now: DateTime<Utc> },
+    /// Accepts the job; `uploads` are training images the team sent with a model job,
+    /// already stored: recorded as the job's first step ([`UPLOADS_STEP`]).
+    Queue { job_id: JobId, team_id: TeamId, input: JobInput, cost: Credits, price_version: i64, uploads: Vec<JobOutput>, now: DateTime<Utc> },
     /// A worker claimed the job for its next attempt.
     Dispatch { provider: String, worker: String, now: DateTime<Utc> },
     Progress {
@@ -169,6 +171,10 @@ pub struct GenerationJob {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// The step a model job starts with when the team sent training images: recorded with
+/// the job's acceptance, its outputs the stored images and their captions.
+pub const UPLOADS_STEP: &str = "uploads";
+
 /// A finished step of a multi-step job and the objects it stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompletedStep {
@@ -201,11 +207,15 @@ impl GenerationJob {
         use JobCommand as C;
         use JobEvent as E;
         Ok(match command {
-            C::Queue { job_id, team_id, input, cost, price_version, now } => {
+            C::Queue { job_id, team_id, input, cost, price_version, uploads, now } => {
                 if self.status.is_some() {
                     return Err(JobError::AlreadyExists);
                 }
-                vec![E::JobQueued { job_id, team_id, input, cost, price_version, occurred_at: now }]
+                let mut events = vec![E::JobQueued { job_id, team_id, input, cost, price_version, occurred_at: now }];
+                if !uploads.is_empty() {
+                    events.push(E::JobStepCompleted { step: UPLOADS_STEP.into(), outputs: uploads, occurred_at: now });
+                }
+                events
             }
             C::Dispatch { provider, worker, now } => match self.existing()? {
                 JobStatus::Queued => vec![E::JobDispatched { provider, worker, attempt: self.attempt + 1, occurred_at: now }],

@@ -4,4 +4,4 @@ pub mod input;
 pub mod job;
 
 pub use input::{JobInput, JobOutput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
-pub use job::{CompletedStep, GenerationJob, JobCommand, JobError, JobEvent, JobStatus};
+pub use job::{CompletedStep, GenerationJob, JobCommand, JobError, JobEvent, JobStatus, UPLOADS_STEP};
