@@ -176,7 +176,7 @@ pub(crate) fn requests_of(view: &Value) -> Vec<String> {
 }
 
 /// The files of the zip a trainer request points at, downloaded as fal does.
-async fn training_set(input: &Value) -> Vec<(String, Vec<u8>)> {
+pub(crate) async fn training_set(input: &Value) -> Vec<(String, Vec<u8>)> {
     let url = input["images_data_url"].as_str().expect("images_data_url");
     let response = reqwest::get(url).await.expect("fetch the training set");
     assert_eq!(response.status(), 200, "fal can fetch {url}");

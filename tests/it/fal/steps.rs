@@ -216,3 +216,109 @@ async fn a_running_model_creation_cancelled_leaves_nothing_and_logs_no_error() {
     assert!(errors.is_empty(), "the worker logged errors: {errors:#?}");
     assert!(text.contains("job ended while its step ran") || text.contains("job ended before its result arrived"), "{text}");
 }
+
+/// A `multipart/form-data` body: text fields, then files as `images` parts.
+fn multipart(boundary: &str, fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+    }
+    for (file_name, content_type, bytes) in files {
+        body.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend(*bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+async fn post_multipart(app: &TestApp, key: &str, path: &str, boundary: &str, body: Vec<u8>, idempotency: &str) -> (u16, Value) {
+    let response = app
+        .as_key(key, Method::POST, path)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header("idempotency-key", idempotency)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn training_images_sent_by_the_team_join_the_set_and_bad_ones_are_refused_before_any_charge() {
+    let fake = FakeFal::default();
+    let app = spawn(&fake, 300).await;
+    let (team_id, key) = pro_team(&app).await;
+    let root = Path::new(&app.settings.storage.local_root).to_path_buf();
+    let (_, page) = call(&app, &key, Method::GET, "/api/reference-models?limit=1", None).await;
+    let reference = page["items"][0]["id"].as_str().expect("reference").to_string();
+    let fields = [("name", "Mia"), ("description", "a cyclist"), ("reference_model_id", reference.as_str())];
+    let start = held(&balance(&app, &key).await);
+
+    // Refused before anything is stored or reserved: a GIF is not a training image.
+    let gif = b"GIF89a-not-an-accepted-image".to_vec();
+    let (status, problem) = post_multipart(&app, &key, "/api/models", "b0", multipart("b0", &fields, &[("x.gif", "image/gif", &gif)]), "gif-1").await;
+    assert_eq!((status, problem["type"].as_str(), problem["field"].as_str()), (422, Some("/problems/invalid-request"), Some("images")), "{problem}");
+    assert_eq!(held(&balance(&app, &key).await), start, "nothing reserved");
+
+    // Three images of the team's own, and a zip of two more with a caption.
+    let png = |seed: u8| infrastructure::provider::render::render_png(&[seed; 32], 32, 32).expect("png");
+    let own: Vec<Vec<u8>> = (1..=3).map(png).collect();
+    let zipped = application::jobs::steps::zip_training_set(
+        None,
+        &[
+            application::jobs::steps::SetFile { name: "d.png".into(), bytes: png(4) },
+            application::jobs::steps::SetFile { name: "d.txt".into(), bytes: b"riding uphill".to_vec() },
+            application::jobs::steps::SetFile { name: "e.png".into(), bytes: png(5) },
+        ],
+    )
+    .expect("zip");
+    let files: Vec<(&str, &str, &[u8])> = vec![
+        ("a.png", "image/png", &own[0]),
+        ("b.png", "image/png", &own[1]),
+        ("c.png", "image/png", &own[2]),
+        ("more.zip", "application/zip", &zipped),
+    ];
+    let (status, created) = post_multipart(&app, &key, "/api/models", "b1", multipart("b1", &fields, &files), "mia-1").await;
+    assert_eq!(status, 202, "{created}");
+    let job_id = created["job"]["job_id"].as_str().expect("job").to_string();
+    let model_id = created["model"]["model_id"].as_str().expect("model").to_string();
+    // A retry of the same request (another boundary, as clients pick anew) is the same job.
+    let (status, again) = post_multipart(&app, &key, "/api/models", "b2", multipart("b2", &fields, &files), "mia-1").await;
+    assert_eq!((status, again["job"]["job_id"].as_str()), (202, Some(job_id.as_str())), "{again}");
+
+    // Five images sent: seven drawn (batches of four and three), then the trainer.
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let view = wait_job(&app, &key, &job_id, "a request or an ending", |j| {
+            j["status"] == "completed" || current_request(j).is_some_and(|r| !seen.contains(&r))
+        })
+        .await;
+        if view["status"] == "completed" {
+            break;
+        }
+        let request_id = current_request(&view).expect("request");
+        fake.complete(&request_id);
+        assert_eq!(deliver(&app, &fake, &request_id).await["outcome"], "applied");
+        seen.push(request_id);
+    }
+    let counts: Vec<u64> = seen[..2].iter().map(|r| fake.request(r).input["num_images"].as_u64().expect("count")).collect();
+    assert_eq!(counts, [4, 3]);
+    let training = fake.request(&seen[2]).input;
+    let set = super::training_set(&training).await;
+    let images: Vec<&(String, Vec<u8>)> = set.iter().filter(|(name, _)| name.ends_with(".png")).collect();
+    assert_eq!(images.len(), 12, "five sent and seven drawn");
+    for (n, bytes) in own.iter().enumerate() {
+        assert!(set.iter().any(|(name, b)| name == &format!("v1-upload-{n}.png") && b == bytes), "image {n} is the team's");
+    }
+    let trigger = training["trigger_word"].as_str().expect("trigger").to_string();
+    let caption = |name: &str| set.iter().find(|(n, _)| n == name).map(|(_, b)| String::from_utf8(b.clone()).expect("utf-8"));
+    assert_eq!(caption("v1-upload-3.txt"), Some(format!("{trigger}, riding uphill")), "the zip's caption");
+    assert_eq!(caption("v1-upload-0.txt"), Some(format!("{trigger}, a cyclist")), "the description as caption");
+    assert_eq!(ledger_of(&app, &team_id, &job_id).await, ["CreditsReserved", "CreditsDeducted"]);
+    assert!(stored_files_of(&root, &model_id).iter().any(|f| f.ends_with("training/upload-4.png")));
+}
