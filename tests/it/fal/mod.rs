@@ -4,6 +4,7 @@
 //! webhooks refused, duplicates harmless, cancels sent to fal with exact credits.
 
 pub mod fake;
+mod schema;
 mod steps;
 
 use std::time::Duration;
