@@ -120,6 +120,7 @@ async fn fal_model(app: &TestApp, fake: &FakeFal, key: &str) -> (String, String)
     let requests = complete_every_request(app, fake, key, &job_id).await;
     assert_eq!(fake.request(requests.last().expect("requests")).app, TRAINER, "the last request trains");
     assert_eq!(job(app, key, &job_id).await["status"], "completed");
+    assert_eq!(fake.violations(), Vec::new(), "every request fits its app's input");
     (created["model"]["model_id"].as_str().expect("model").to_string(), job_id)
 }
 
@@ -268,6 +269,7 @@ async fn results_by_webhook_create_a_model_and_its_images() {
         assert_eq!(Some(bytes.to_vec()), fake.file(&format!("{request_id}-{n}.png")), "image {n} is fal's");
     }
     assert_eq!(held(&balance(&app, &key).await), (before.0 - cost, 0), "the price deducted, nothing held");
+    assert_eq!(fake.violations(), Vec::new(), "every request (training images, trainer, generation) fits its app's input");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

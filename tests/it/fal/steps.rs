@@ -129,6 +129,7 @@ async fn a_worker_killed_at_each_step_resumes_without_paying_fal_twice() {
     assert_eq!(ledger_of(&app, &team_id, &job_id).await, ["CreditsReserved", "CreditsDeducted"]);
     let cost = done["cost_credits"].as_i64().expect("cost");
     assert_eq!(held(&balance(&app, &key).await), (before.0 - cost, 0));
+    assert_eq!(fake.violations(), Vec::new(), "every request fits its app's input");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -321,4 +322,5 @@ async fn training_images_sent_by_the_team_join_the_set_and_bad_ones_are_refused_
     assert_eq!(caption("v1-upload-0.txt"), Some(format!("{trigger}, a cyclist")), "the description as caption");
     assert_eq!(ledger_of(&app, &team_id, &job_id).await, ["CreditsReserved", "CreditsDeducted"]);
     assert!(stored_files_of(&root, &model_id).iter().any(|f| f.ends_with("training/upload-4.png")));
+    assert_eq!(fake.violations(), Vec::new(), "every request fits its app's input");
 }
