@@ -5,6 +5,7 @@ pub mod app;
 pub mod checkout;
 pub mod cli;
 pub mod http;
+pub mod multipart;
 pub mod ops;
 pub mod queries;
 pub mod retention;

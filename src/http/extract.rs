@@ -15,19 +15,7 @@ use super::text;
 /// events. Beyond it: 413.
 pub const BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 
-/// Largest `multipart/form-data` body of a model creation or refinement (its training
-/// images: at most 20 of at most 10 MiB, or a zip of them, and the text fields).
-pub const UPLOAD_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-/// Whether the request sends training images: a multipart POST to a route that takes them.
-pub fn is_upload(method: &axum::http::Method, path: &str, headers: &axum::http::HeaderMap) -> bool {
-    let multipart = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
-    let takes_images = path == "/api/models" || (path.starts_with("/api/models/") && path.ends_with("/refine"));
-    multipart && method == axum::http::Method::POST && takes_images
-}
+pub use crate::multipart::{is_upload, UPLOAD_BODY_BYTES_MAX};
 
 /// The largest body this request may send.
 pub fn body_limit(method: &axum::http::Method, path: &str, headers: &axum::http::HeaderMap) -> usize {

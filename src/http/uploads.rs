@@ -1,58 +1,24 @@
-//! `multipart/form-data` bodies of model creation and refinement: the request's text
-//! fields (checked exactly as its JSON form would be) and the training images the team
-//! sends (`images` parts: PNG, JPEG or WebP files, or a zip of them with same-named
-//! `.txt` captions). The images themselves are checked by the use case
-//! (`application::jobs::steps::training_images`) before anything is stored or reserved.
+//! The REST API's multipart bodies (see `crate::multipart`): the text fields checked
+//! exactly as the JSON form of the request would be.
 
-use application::jobs::steps::{Upload, UPLOADS_MAX};
-use axum::extract::multipart::MultipartError;
-use axum::extract::{FromRequest, Multipart, Request};
+use application::jobs::steps::Upload;
+use axum::extract::Request;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use super::extract::{from_json, too_large_than, UPLOAD_BODY_BYTES_MAX};
+use super::extract::{from_json, too_large_than};
 use super::problem::Problem;
-
-/// The part that carries training images.
-pub const IMAGES_PART: &str = "images";
-/// Parts read at most: the text fields and the images.
-const PARTS_MAX: usize = UPLOADS_MAX + 8;
+use crate::multipart::{self, PartsError, IMAGES_PART, UPLOAD_BODY_BYTES_MAX};
 
 /// A request's fields as `T` and the files of its `images` parts.
 pub async fn read<T: DeserializeOwned, S: Send + Sync>(request: Request, state: &S) -> Result<(T, Vec<Upload>), Problem> {
-    let mut multipart = Multipart::from_request(request, state).await.map_err(|e| malformed(e.body_text()))?;
-    let mut fields = Map::new();
-    let mut uploads = Vec::new();
-    let mut parts = 0;
-    while let Some(field) = multipart.next_field().await.map_err(refused)? {
-        parts += 1;
-        if parts > PARTS_MAX {
-            return Err(Problem::invalid_field(IMAGES_PART, format!("at most {UPLOADS_MAX} training images")));
+    let parts = multipart::read(request, state).await.map_err(|error| match error {
+        PartsError::Malformed(detail) => {
+            Problem::new(StatusCode::BAD_REQUEST, "malformed-multipart", "Malformed multipart body").detail(detail)
         }
-        let name = field.name().unwrap_or_default().to_string();
-        if name == IMAGES_PART {
-            let file_name = field.file_name().unwrap_or("image").to_string();
-            let bytes = field.bytes().await.map_err(refused)?.to_vec();
-            uploads.push(Upload { file_name, bytes });
-        } else if name.is_empty() || fields.contains_key(&name) {
-            return Err(malformed(format!("part {name:?} is unnamed or repeated")));
-        } else {
-            let text = field.text().await.map_err(refused)?;
-            fields.insert(name, Value::String(text));
-        }
-    }
-    Ok((from_json(Value::Object(fields))?, uploads))
-}
-
-fn malformed(detail: String) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "malformed-multipart", "Malformed multipart body").detail(detail)
-}
-
-fn refused(error: MultipartError) -> Problem {
-    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_large_than(UPLOAD_BODY_BYTES_MAX)
-    } else {
-        malformed(error.body_text())
-    }
+        PartsError::TooLarge => too_large_than(UPLOAD_BODY_BYTES_MAX),
+        PartsError::TooMany => Problem::invalid_field(IMAGES_PART, error.to_string()),
+    })?;
+    Ok((from_json(Value::Object(parts.fields))?, parts.uploads))
 }

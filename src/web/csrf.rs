@@ -15,11 +15,13 @@ use rand::RngCore;
 use super::errors::WebError;
 use super::session::{cookie, is_https};
 use crate::app::AppState;
+use crate::multipart;
 
 pub const CSRF_COOKIE: &str = "kiln_csrf";
 /// The form field carrying the token.
 pub const CSRF_FIELD: &str = "csrf";
-/// Largest form body read (forms carry a prompt or a description, not files).
+/// Largest form body read (forms carry a prompt or a description; those with training
+/// images are multipart, up to `multipart::UPLOAD_BODY_BYTES_MAX`).
 const FORM_BYTES_MAX: usize = 64 * 1024;
 
 /// The browser's CSRF token, for the forms of the page being drawn.
@@ -65,10 +67,17 @@ async fn checked(request: Request, token: &str) -> Result<Request, WebError> {
         return Err(WebError::CsrfRefused);
     }
     let (parts, body) = request.into_parts();
-    let bytes = to_bytes(body, FORM_BYTES_MAX).await.map_err(|_| WebError::BadForm("The form is too large.".into()))?;
-    let presented = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
-        .ok()
-        .and_then(|fields| fields.into_iter().find(|(name, _)| name == CSRF_FIELD).map(|(_, value)| value));
+    // Forms that send training images are multipart, and larger.
+    let upload = multipart::is_upload(&parts.method, parts.uri.path(), &parts.headers);
+    let limit = if upload { multipart::UPLOAD_BODY_BYTES_MAX } else { FORM_BYTES_MAX };
+    let bytes = to_bytes(body, limit).await.map_err(|_| WebError::BadForm("The form is too large.".into()))?;
+    let presented = if upload {
+        multipart::text_part(&parts.headers, bytes.clone(), CSRF_FIELD).await
+    } else {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+            .ok()
+            .and_then(|fields| fields.into_iter().find(|(name, _)| name == CSRF_FIELD).map(|(_, value)| value))
+    };
     // Constant-time enough: both are 64 hex characters of a random token, compared once.
     if presented.as_deref() != Some(token) {
         tracing::warn!("dashboard POST refused: missing or wrong CSRF token");

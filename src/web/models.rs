@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
+use application::jobs::steps::Upload;
 use application::jobs::submit::{ModelCreationRequest, RefinementRequest, Requester};
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use infrastructure::catalog::{self, CatalogSort};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::errors::{Notice, WebError};
@@ -19,16 +21,17 @@ use super::layout::{time, Layout};
 use super::paging;
 use super::session::Session;
 use crate::app::AppState;
+use crate::multipart;
 use crate::queries;
 use crate::queries::models::ModelView;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/models", get(list).post(create))
+        .route("/models", get(list).post(create).layer(DefaultBodyLimit::max(multipart::UPLOAD_BODY_BYTES_MAX)))
         .route("/models/new", get(new_page))
         .route("/models/new/estimate", post(creation_estimate))
         .route("/models/{model_id}", get(model_page))
-        .route("/models/{model_id}/refine", post(refine))
+        .route("/models/{model_id}/refine", post(refine).layer(DefaultBodyLimit::max(multipart::UPLOAD_BODY_BYTES_MAX)))
         .route("/models/{model_id}/refine/estimate", post(refinement_estimate))
 }
 
@@ -144,7 +147,20 @@ async fn creation_estimate(State(state): State<AppState>, session: Session, Form
     EstimateView::from_result(state.submit.estimate_model_creation(session.team_id, &form.reference_model_id).await)?.fragment()
 }
 
-async fn create(State(state): State<AppState>, session: Session, Form(form): Form<CreateForm>) -> Result<Response, WebError> {
+/// A form as `T` with its training images: multipart when the page sent files (its
+/// `enctype`), else urlencoded.
+async fn form_and_images<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<(T, Vec<Upload>), WebError> {
+    if !multipart::is_upload(request.method(), request.uri().path(), request.headers()) {
+        let Form(form) = Form::<T>::from_request(request, state).await.map_err(|e| WebError::BadForm(e.body_text()))?;
+        return Ok((form, Vec::new()));
+    }
+    let parts = multipart::read(request, state).await.map_err(|e| WebError::BadForm(e.to_string()))?;
+    let form = serde_json::from_value(serde_json::Value::Object(parts.fields)).map_err(|e| WebError::BadForm(e.to_string()))?;
+    Ok((form, parts.uploads))
+}
+
+async fn create(State(state): State<AppState>, session: Session, request: Request) -> Result<Response, WebError> {
+    let (form, uploads) = form_and_images::<CreateForm>(&state, request).await?;
     if form.action.as_deref() == Some("estimate") {
         return Ok(render_new(&state, &session, form, None).await?.into_response());
     }
@@ -155,7 +171,7 @@ async fn create(State(state): State<AppState>, session: Session, Form(form): For
         name: form.name.clone(),
         description: form.description.clone(),
         reference_model_id: form.reference_model_id.clone(),
-        uploads: Vec::new(),
+        uploads,
     };
     match state.submit.create_model(&who, key.as_ref(), request).await {
         Ok(submitted) => Ok(Redirect::to(&format!("/jobs/{}", submitted.job_id)).into_response()),
@@ -238,11 +254,12 @@ async fn refinement_estimate(State(state): State<AppState>, session: Session, Pa
     EstimateView::from_result(state.submit.estimate_refinement(session.team_id, &model_id).await)?.fragment()
 }
 
-async fn refine(State(state): State<AppState>, session: Session, Path(model_id): Path<String>, Form(form): Form<RefineForm>) -> Result<Response, WebError> {
+async fn refine(State(state): State<AppState>, session: Session, Path(model_id): Path<String>, request: Request) -> Result<Response, WebError> {
+    let (form, uploads) = form_and_images::<RefineForm>(&state, request).await?;
     session.writer()?;
     let who = Requester { team: session.team_id, actor: session.actor() };
     let key = form.request_id.as_deref().and_then(|id| domain::IdempotencyKey::parse(id).ok());
-    let request = RefinementRequest { model_id: model_id.clone(), prompt: form.prompt.clone(), uploads: Vec::new() };
+    let request = RefinementRequest { model_id: model_id.clone(), prompt: form.prompt.clone(), uploads };
     match state.submit.refine_model(&who, key.as_ref(), request).await {
         Ok(submitted) => Ok(Redirect::to(&format!("/jobs/{}", submitted.job_id)).into_response()),
         Err(error) => match WebError::from(error) {

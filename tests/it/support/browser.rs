@@ -107,6 +107,16 @@ impl Browser {
         .await
     }
 
+    /// Chooses `path` in the file input matching `css`.
+    pub async fn attach(&self, css: &str, path: &std::path::Path) {
+        let path = path.display().to_string();
+        self.with_element(css, |input| {
+            let path = path.clone();
+            async move { input.send_keys(&path).await }
+        })
+        .await
+    }
+
     pub async fn click(&self, css: &str) {
         self.with_element(css, |element| async move { element.click().await }).await
     }

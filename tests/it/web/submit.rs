@@ -33,6 +33,11 @@ async fn create_and_generate(app: TestApp, screenshots: bool) {
     assert_eq!(browser.text("#estimate-after").await, (5_000 - creation_cost).to_string());
     browser.fill("#name", "Ava").await;
     browser.fill("#description", "a runner at golden hour").await;
+    // One training image of the team's own joins the set (the rest are drawn).
+    let own = tempfile::tempdir().expect("image dir");
+    let own_image = own.path().join("ava-at-the-track.png");
+    std::fs::write(&own_image, infrastructure::provider::render::render_png(&[9; 32], 64, 64).expect("png")).expect("write");
+    browser.attach("#images", &own_image).await;
     if screenshots {
         browser.screenshot("model-new").await;
     }
@@ -41,10 +46,11 @@ async fn create_and_generate(app: TestApp, screenshots: bool) {
     let worker = start_worker(&app);
     browser.wait_text("#job-status", "completed").await;
     stop_worker(worker).await;
-    // The model job's steps, all done: three batches of training images, the set, training.
+    // The model job's steps, all done: the image sent, three batches of training images
+    // (the other eleven), the set, training.
     let steps_done = "return document.querySelectorAll('#job-steps .step-done').length;";
     let started = std::time::Instant::now();
-    while browser.run(steps_done).await.as_i64() != Some(5) {
+    while browser.run(steps_done).await.as_i64() != Some(6) {
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "the steps never all showed done");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
