@@ -202,6 +202,31 @@ async fn forms_need_the_csrf_token_and_teams_see_only_their_jobs() {
     let (_, job) = api(&app, &key_a, Method::GET, &format!("/api/jobs/{job_a}"), None).await;
     assert_eq!(job["status"], "cancelled");
 
+    // A form with training images (multipart) needs the token as much: a wrong one is
+    // refused and creates nothing.
+    let models_before = api(&app, &key_a, Method::GET, "/api/models", None).await.1["items"].as_array().map(Vec::len);
+    let multipart = |csrf: &str| {
+        let boundary = "kiln-test-boundary";
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nForged\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"description\"\r\n\r\nd\r\n--{boundary}--\r\n"
+        );
+        app.client
+            .post(app.url("/models"))
+            .header("cookie", &cookie_header)
+            .header("origin", format!("http://{}", app.address))
+            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .body(body)
+    };
+    let refused = multipart("not-the-token").send().await.expect("post");
+    assert_eq!(refused.status(), 403);
+    let models_after = api(&app, &key_a, Method::GET, "/api/models", None).await.1["items"].as_array().map(Vec::len);
+    assert_eq!(models_after, models_before, "nothing created");
+    // With the token it reaches the form's own checks (here: no reference model chosen).
+    let checked = multipart(token.as_str().expect("token")).send().await.expect("post");
+    assert_eq!(checked.status(), 422, "refused by the form, not by the CSRF check");
+
     // A revoked key signs the browser out at its next request.
     let keys: serde_json::Value =
         app.admin(Method::GET, &format!("/api/admin/teams/{team_a}/api-keys")).send().await.expect("keys").json().await.expect("json");
