@@ -273,7 +273,7 @@ fn check_no_events(history: Vec<E>, command: C) {
 // ---------------------------------------------------------------------------------------
 
 fn complete_step(step: &str, at: i64) -> C {
-    C::CompleteStep { step: step.into(), outputs: vec![output(&format!("model-assets/t/m/v1/training/{step}.png"), "image/png")], now: t(at) }
+    C::CompleteStep { step: step.into(), outputs: vec![output(&format!("model-assets/t/m/v1/training/{step}.png"), "image/png")], attempt: 1, now: t(at) }
 }
 
 fn step_completed(step: &str, at: i64) -> E {
@@ -304,6 +304,12 @@ fn uploaded_training_images_are_the_first_step_of_the_accepted_job() {
     let C::Queue { job_id, team_id, input, cost, price_version, now, .. } = queue() else { unreachable!() };
     let command = C::Queue { job_id, team_id, input, cost, price_version, uploads: uploads.clone(), now };
     given(vec![]).when(command).then_expect_events(vec![queued(), E::JobStepCompleted { step: "uploads".into(), outputs: uploads, occurred_at: t(0) }]);
+}
+
+#[test]
+fn a_step_of_a_superseded_attempt_is_refused() {
+    let retried = vec![queued(), dispatched(1, 1), retry_scheduled(1, 2), dispatched(2, 3)];
+    check_error(retried, complete_step("training-images-1", 4), JobError::StaleAttempt { attempt: 1, current: 2 });
 }
 
 #[test]

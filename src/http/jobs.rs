@@ -90,7 +90,7 @@ impl From<JobError> for Problem {
             JobError::AlreadyFinished(_) => {
                 Problem::new(StatusCode::CONFLICT, "job-already-finished", "Job already finished").detail(error.to_string())
             }
-            JobError::AlreadyExists | JobError::NotQueued(_) | JobError::NotInProgress(_) => {
+            JobError::AlreadyExists | JobError::NotQueued(_) | JobError::NotInProgress(_) | JobError::StaleAttempt { .. } => {
                 Problem::new(StatusCode::CONFLICT, "job-state", "Job is in another state").detail(error.to_string())
             }
         }

@@ -298,11 +298,13 @@ impl JobsService {
         Ok(())
     }
 
-    /// Records a finished step of a multi-step job with the objects it stored; returns the
-    /// job as it now stands. A job that ended meanwhile refuses (`NotInProgress` or
-    /// `AlreadyFinished`): the caller deletes what it stored.
-    pub async fn complete_step(&self, job_id: JobId, step: &str, outputs: Vec<JobOutput>) -> Result<GenerationJob, JobsError> {
-        let command = JobCommand::CompleteStep { step: step.to_string(), outputs, now: self.clock.now() };
+    /// Records a finished step of a multi-step job, run by `attempt`, with the objects it
+    /// stored; returns the job as it now stands. A job that ended meanwhile refuses
+    /// (`AlreadyFinished`: the caller deletes what it stored), and so does one that was
+    /// put back in the queue or retried since (`NotInProgress`, `StaleAttempt`: the step
+    /// is the newer attempt's to run, over the same objects).
+    pub async fn complete_step(&self, job_id: JobId, attempt: u32, step: &str, outputs: Vec<JobOutput>) -> Result<GenerationJob, JobsError> {
+        let command = JobCommand::CompleteStep { step: step.to_string(), outputs, attempt, now: self.clock.now() };
         let decided = self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("worker")).await?;
         crate::observe::job_step_completed(job_id, step);
         Ok(decided.state.aggregate)

@@ -268,7 +268,7 @@ impl Worker {
                         Ok(outputs) => outputs,
                         Err(message) => return self.retry_or_fail(job_id, job.attempt, &message).await,
                     };
-                    match self.record_step(job_id, steps::TRAINING_SET_STEP, outputs).await? {
+                    match self.record_step(job_id, job.attempt, steps::TRAINING_SET_STEP, outputs).await? {
                         Some(next) => (job, claimed) = (next, None),
                         None => return Ok(()),
                     }
@@ -330,7 +330,7 @@ impl Worker {
         match (step, outcome) {
             (Some(step @ Step::TrainingImages { batch, caption, .. }), ProviderOutcome::Completed(files)) => {
                 match self.store_training_images(job_id, job, *batch, caption, files).await {
-                    Ok(outputs) => self.record_step(job_id, &step.name(), outputs).await,
+                    Ok(outputs) => self.record_step(job_id, job.attempt, &step.name(), outputs).await,
                     Err(message) => self.retry_or_fail(job_id, job.attempt, &message).await.map(|()| None),
                 }
             }
@@ -344,17 +344,22 @@ impl Worker {
         }
     }
 
-    /// Records a step; `None` when the job ended meanwhile (what the step stored is
-    /// deleted: the job's ending deleted what was there before).
-    async fn record_step(&self, job_id: JobId, step: &str, outputs: Vec<JobOutput>) -> Result<Option<GenerationJob>, JobsError> {
-        match self.jobs.complete_step(job_id, step, outputs.clone()).await {
+    /// Records a step run by `attempt`; `None` when the job ended meanwhile (what the step
+    /// stored is deleted: the ending deleted what was there before) or was retried (the
+    /// newer attempt runs the step again, over the same keys: they are left to it).
+    async fn record_step(&self, job_id: JobId, attempt: u32, step: &str, outputs: Vec<JobOutput>) -> Result<Option<GenerationJob>, JobsError> {
+        match self.jobs.complete_step(job_id, attempt, step, outputs.clone()).await {
             Ok(job) => Ok(Some(job)),
-            Err(JobsError::Job(JobError::NotInProgress(status) | JobError::AlreadyFinished(status))) => {
+            Err(JobsError::Job(JobError::AlreadyFinished(status))) => {
                 tracing::info!(%job_id, step, status, "job ended while its step ran; deleting what the step stored");
                 let keys: Vec<String> = outputs.into_iter().map(|o| o.key).collect();
                 if let Err(error) = self.objects.delete_many(&keys).await {
                     tracing::warn!(%job_id, %error, "the step's objects were not deleted");
                 }
+                Ok(None)
+            }
+            Err(JobsError::Job(error @ (JobError::NotInProgress(_) | JobError::StaleAttempt { .. }))) => {
+                tracing::info!(%job_id, step, %error, "the job was retried while this attempt's step ran; the newer attempt goes on");
                 Ok(None)
             }
             Err(error) => Err(error),

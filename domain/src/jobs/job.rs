@@ -71,7 +71,9 @@ pub enum JobCommand {
     ExpireImages { now: DateTime<Utc> },
     /// A step of a multi-step job (a model's training images, its training set) is done,
     /// with the objects it stored. A step already recorded records nothing.
-    CompleteStep { step: String, outputs: Vec<JobOutput>, now: DateTime<Utc> },
+    /// `attempt` is the attempt that ran the step: an earlier one (its worker was taken
+    /// for lost and the job retried) records nothing.
+    CompleteStep { step: String, outputs: Vec<JobOutput>, attempt: u32, now: DateTime<Utc> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +143,8 @@ pub enum JobError {
     NotInProgress(&'static str),
     #[error("job already {0}")]
     AlreadyFinished(&'static str),
+    #[error("attempt {attempt} of the job was superseded by attempt {current}")]
+    StaleAttempt { attempt: u32, current: u32 },
 }
 
 /// What a job knows about itself.
@@ -248,8 +252,11 @@ impl GenerationJob {
                 s if s.is_active() => vec![E::JobRetryScheduled { attempt: self.attempt, reason, retry_at, occurred_at: now }],
                 s => return Err(JobError::NotInProgress(s.as_str())),
             },
-            C::CompleteStep { step, outputs, now } => match self.existing()? {
+            C::CompleteStep { step, outputs, attempt, now } => match self.existing()? {
                 _ if self.step_done(&step) => Vec::new(),
+                s if s.is_active() && attempt != self.attempt => {
+                    return Err(JobError::StaleAttempt { attempt, current: self.attempt })
+                }
                 s if s.is_active() => vec![E::JobStepCompleted { step, outputs, occurred_at: now }],
                 s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
                 s => return Err(JobError::NotInProgress(s.as_str())),
