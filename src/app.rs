@@ -57,6 +57,8 @@ pub struct AppState {
     pub fal: Option<crate::http::fal::FalWebhooks>,
     /// The dashboard's cookie key and cookie policy.
     pub web: crate::web::WebKeys,
+    /// API keys recently found by hash (`queries::keys::KEY_CACHE_TTL`).
+    pub keys: Arc<crate::queries::keys::KeyCache>,
 }
 
 impl AppState {
@@ -121,6 +123,7 @@ impl AppState {
             stripe: Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe)),
             fal: None,
             web,
+            keys: Arc::default(),
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| crate::http::fal::FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));

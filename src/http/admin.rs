@@ -190,6 +190,7 @@ async fn keys_of(state: &AppState, team_id: TeamId) -> Result<Vec<KeyView>, Prob
 async fn revoke_for(state: &AppState, team_id: TeamId, key_id: &str, actor: &str) -> Result<StatusCode, Problem> {
     let key_id: ApiKeyId = key_id.parse().map_err(|_| Problem::not_found().detail("no such API key"))?;
     api_keys::revoke(&state.aggregates, state.credits.clock().as_ref(), team_id, key_id, &actor_metadata(actor)).await?;
+    state.keys.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 

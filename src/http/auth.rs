@@ -65,7 +65,7 @@ impl FromRequestParts<AppState> for TeamKey {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let key_hash = hash_key(&bearer(parts)?);
-        let found = queries::keys::by_hash(&state.db, &key_hash).await.map_err(|e| Problem::internal(&e))?;
+        let found = state.keys.by_hash(&state.db, &key_hash).await.map_err(|e| Problem::internal(&e))?;
         let queries::keys::ActiveKey { team_id, key_id, role } =
             found.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
         let key = TeamKey { team_id, key_id, role };

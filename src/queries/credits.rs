@@ -58,6 +58,9 @@ type BalanceRow = (String, String, i64, i64, i64, i64, i64, i64);
 /// A team's balance; `None` if the team does not exist.
 pub async fn balance(db: &Database, team: TeamId) -> Result<Option<BalanceView>, QueryError> {
     let team_id = team.to_string();
+    if let Database::Postgres(pool) = db {
+        return balance_in_one_statement(pool, team_id).await;
+    }
     let row = db_fetch_optional!(
         db,
         BalanceRow,
@@ -65,7 +68,7 @@ pub async fn balance(db: &Database, team: TeamId) -> Result<Option<BalanceView>,
          FROM team_balances WHERE team_id = $1",
         &team_id
     )?;
-    let Some((name, plan, available, reserved, granted, deducted, expired, adjusted)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
     let grants = db_fetch_all!(
@@ -76,16 +79,32 @@ pub async fn balance(db: &Database, team: TeamId) -> Result<Option<BalanceView>,
          ORDER BY expires_at IS NULL, expires_at, granted_at, grant_id",
         &team_id
     )?;
+    Ok(Some(balance_view(team_id, row, grants)))
+}
+
+fn balance_view(team_id: String, row: BalanceRow, grants: Vec<GrantView>) -> BalanceView {
+    let (name, plan, available, reserved, granted, deducted, expired, adjusted) = row;
     let concurrency_limit = plan.parse::<domain::Plan>().map(|p| p.concurrency_limit()).unwrap_or(0);
-    Ok(Some(BalanceView {
-        team_id,
-        name,
-        plan,
-        concurrency_limit,
-        available,
-        reserved,
-        totals: Totals { granted, deducted, expired, adjusted },
-        grants,
+    BalanceView { team_id, name, plan, concurrency_limit, available, reserved, totals: Totals { granted, deducted, expired, adjusted }, grants }
+}
+
+/// [`balance`] on PostgreSQL: the balance row and its grants in one round trip (the
+/// grants as a JSON array, in the order they are spent in).
+async fn balance_in_one_statement(pool: &sqlx::PgPool, team_id: String) -> Result<Option<BalanceView>, QueryError> {
+    let row: Option<(String, String, i64, i64, i64, i64, i64, i64, sqlx::types::Json<Vec<GrantView>>)> = sqlx::query_as(
+        "SELECT b.name, b.plan, b.available, b.reserved, b.granted_total, b.deducted_total, b.expired_total, b.adjusted_total, \
+           COALESCE((SELECT json_agg(json_build_object('grant_id', g.grant_id, 'origin', g.origin, 'amount', g.amount, \
+                       'remaining', g.remaining, 'reserved', g.reserved, 'deducted', g.deducted, 'expired', g.expired, \
+                       'expires_at', g.expires_at, 'granted_at', g.granted_at) \
+                     ORDER BY g.expires_at IS NULL, g.expires_at, g.granted_at, g.grant_id) \
+                     FROM credit_grants g WHERE g.team_id = b.team_id AND (g.remaining > 0 OR g.reserved > 0)), '[]'::json) \
+         FROM team_balances b WHERE b.team_id = $1",
+    )
+    .bind(&team_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(name, plan, available, reserved, granted, deducted, expired, adjusted, grants)| {
+        balance_view(team_id, (name, plan, available, reserved, granted, deducted, expired, adjusted), grants.0)
     }))
 }
 

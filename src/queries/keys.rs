@@ -23,6 +23,49 @@ fn parse(row: Option<(String, String, String)>) -> Result<Option<ActiveKey>, Que
     }
 }
 
+/// How long a key found by its hash is trusted without looking again: a busy client's
+/// requests then cost no lookup each. A key revoked through this process is forgotten at
+/// once ([`KeyCache::forget_all`]); through another process sharing the database, it
+/// stops working within this time.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Keys remembered at most; the memory starts over when full.
+const KEY_CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// Recently found unrevoked keys, by hash (see [`KEY_CACHE_TTL`]). Only hashes are held.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (ActiveKey, std::time::Instant)>>,
+}
+
+impl KeyCache {
+    /// The unrevoked key whose SHA-256 (hex) is `key_hash`, from memory when it was found
+    /// less than [`KEY_CACHE_TTL`] ago.
+    pub async fn by_hash(&self, db: &Database, key_hash: &str) -> Result<Option<ActiveKey>, QueryError> {
+        if let Some(key) = self.fresh(key_hash) {
+            return Ok(Some(key));
+        }
+        let found = by_hash(db, key_hash).await?;
+        if let Some(key) = found {
+            let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if entries.len() >= KEY_CACHE_ENTRIES_MAX {
+                entries.clear();
+            }
+            entries.insert(key_hash.to_string(), (key, std::time::Instant::now()));
+        }
+        Ok(found)
+    }
+
+    fn fresh(&self, key_hash: &str) -> Option<ActiveKey> {
+        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        entries.get(key_hash).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(key, _)| *key)
+    }
+
+    /// Forgets every key: called when this process revokes one.
+    pub fn forget_all(&self) {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+    }
+}
+
 /// The unrevoked key whose SHA-256 (hex) is `key_hash`.
 pub async fn by_hash(db: &Database, key_hash: &str) -> Result<Option<ActiveKey>, QueryError> {
     let row = db_fetch_optional!(
