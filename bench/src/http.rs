@@ -25,8 +25,6 @@ use crate::scratch::ScratchDb;
 const OPERATOR_KEY: &str = "kiln-bench-operator";
 /// Latencies above this are clamped (a read that slow is a failure in itself).
 const LATENCY_US_MAX: u64 = 60_000_000;
-/// Ledger entries the list endpoint has to page over (grants of one credit each).
-const HISTORY_ENTRIES: usize = 40;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct HttpArgs {
@@ -42,6 +40,10 @@ pub struct HttpArgs {
     /// Database connections of each server's pool (Kiln: `database.connections_max`).
     #[arg(long, default_value_t = 16)]
     pub pool: u32,
+    /// Grants of one credit the team gets: ledger entries the list pages over, and blocks
+    /// the balance lists.
+    #[arg(long, default_value_t = 40)]
+    pub grants: usize,
     #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 }
@@ -52,6 +54,7 @@ impl HttpArgs {
         anyhow::ensure!((1..=3_600).contains(&self.duration_secs), "--duration-secs must be 1..=3600");
         anyhow::ensure!(self.warmup_secs <= 600, "--warmup-secs must be at most 600");
         anyhow::ensure!((1..=512).contains(&self.pool), "--pool must be 1..=512");
+        anyhow::ensure!((1..=1_000).contains(&self.grants), "--grants must be 1..=1000");
         Ok(())
     }
 }
@@ -87,7 +90,7 @@ async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyho
     }));
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
-    let (team, key) = team_with_history(&client, kiln_addr).await?;
+    let (team, key) = team_with_history(&client, kiln_addr, args.grants).await?;
     let bare_pool = PgPoolOptions::new().max_connections(args.pool).connect(url).await?;
     let (bare_addr, stop_bare) = bare_server(bare_pool).await?;
 
@@ -108,13 +111,16 @@ async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyho
     let _ = stop_bare.send(());
     let _ = stop_kiln.send(());
     kiln_server.await??;
-    lines.push(format!("{} connections, {} s measured after {} s warm-up per scenario, pool {} per server", args.connections, args.duration_secs, args.warmup_secs, args.pool));
+    lines.push(format!(
+        "{} connections, {} s measured after {} s warm-up per scenario, pool {} per server, {} grants",
+        args.connections, args.duration_secs, args.warmup_secs, args.pool, args.grants
+    ));
     Ok(lines)
 }
 
-/// A team opened through the admin API, with a member key and [`HISTORY_ENTRIES`]
-/// grants; returns once the ledger history (an async projection) shows them all.
-async fn team_with_history(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<(String, String)> {
+/// A team opened through the admin API, with a member key and `grants` grants; returns
+/// once the ledger history (an async projection) shows them all.
+async fn team_with_history(client: &reqwest::Client, addr: SocketAddr, grants: usize) -> anyhow::Result<(String, String)> {
     let admin = |method: reqwest::Method, path: &str| client.request(method, format!("http://{addr}{path}")).bearer_auth(OPERATOR_KEY);
     let created: serde_json::Value = admin(reqwest::Method::POST, "/api/admin/teams")
         .json(&serde_json::json!({"name": "bench reader", "plan": "pro"}))
@@ -132,7 +138,7 @@ async fn team_with_history(client: &reqwest::Client, addr: SocketAddr) -> anyhow
         .json()
         .await?;
     let key = issued["api_key"].as_str().context("api_key")?.to_string();
-    for n in 0..HISTORY_ENTRIES {
+    for n in 0..grants {
         admin(reqwest::Method::POST, &format!("/api/admin/teams/{team}/grants"))
             .header("Idempotency-Key", format!("bench-http-{n}"))
             .json(&serde_json::json!({"amount": 1}))
@@ -150,7 +156,7 @@ async fn team_with_history(client: &reqwest::Client, addr: SocketAddr) -> anyhow
             .error_for_status()?
             .json()
             .await?;
-        if page["items"].as_array().map_or(0, Vec::len) >= HISTORY_ENTRIES {
+        if page["items"].as_array().map_or(0, Vec::len) >= grants {
             return Ok((team, key));
         }
         anyhow::ensure!(Instant::now() < deadline, "the credit history never showed the grants: {page}");
