@@ -54,6 +54,8 @@ pub struct BalanceView {
 }
 
 type BalanceRow = (String, String, i64, i64, i64, i64, i64, i64);
+/// [`BalanceRow`] and the grants as one JSON column (PostgreSQL).
+type BalanceWithGrantsRow = (String, String, i64, i64, i64, i64, i64, i64, sqlx::types::Json<Vec<GrantView>>);
 
 /// A team's balance; `None` if the team does not exist.
 pub async fn balance(db: &Database, team: TeamId) -> Result<Option<BalanceView>, QueryError> {
@@ -91,7 +93,7 @@ fn balance_view(team_id: String, row: BalanceRow, grants: Vec<GrantView>) -> Bal
 /// [`balance`] on PostgreSQL: the balance row and its grants in one round trip (the
 /// grants as a JSON array, in the order they are spent in).
 async fn balance_in_one_statement(pool: &sqlx::PgPool, team_id: String) -> Result<Option<BalanceView>, QueryError> {
-    let row: Option<(String, String, i64, i64, i64, i64, i64, i64, sqlx::types::Json<Vec<GrantView>>)> = sqlx::query_as(
+    let row: Option<BalanceWithGrantsRow> = sqlx::query_as(
         "SELECT b.name, b.plan, b.available, b.reserved, b.granted_total, b.deducted_total, b.expired_total, b.adjusted_total, \
            COALESCE((SELECT json_agg(json_build_object('grant_id', g.grant_id, 'origin', g.origin, 'amount', g.amount, \
                        'remaining', g.remaining, 'reserved', g.reserved, 'deducted', g.deducted, 'expired', g.expired, \
