@@ -48,6 +48,17 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
     }
 }
 
+/// A job's record of an object it stored: key, type, size and SHA-256 of `bytes`.
+pub fn stored_output(key: &str, content_type: &str, bytes: &[u8]) -> domain::jobs::JobOutput {
+    use sha2::{Digest, Sha256};
+    domain::jobs::JobOutput {
+        key: key.to_string(),
+        content_type: content_type.to_string(),
+        bytes: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
+    }
+}
+
 pub fn image_key(team: &str, job: &str, index: u32) -> String {
     format!("generated-images/{team}/{job}/{index}.png")
 }

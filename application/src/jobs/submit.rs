@@ -13,14 +13,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
 use domain::models::{trigger_word, ModelCommand, ModelError};
-use sha2::{Digest, Sha256};
 use domain::pricing::PricingError;
 use domain::{IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, Quote, TeamCreditsError, TeamId};
 use uuid::Uuid;
 
 use super::index::JobIndex;
 use super::steps::{self, TrainingImage, Upload};
-use crate::storage::model_asset_key;
+use crate::storage::{model_asset_key, stored_output};
 use super::{Ending, JobsError, JobsService, NewJob};
 use crate::provider::Provider;
 use crate::aggregate_store::CommandError;
@@ -478,7 +477,7 @@ impl SubmitService {
             ];
             for (file, bytes, content_type) in files {
                 let key = model_asset_key(&team, &model, version, &file);
-                let output = JobOutput { key: key.clone(), content_type: content_type.into(), bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) };
+                let output = stored_output(&key, content_type, &bytes);
                 objects.put(&key, bytes, content_type).await.map_err(|e| SubmitError::Jobs(JobsError::Storage(e.to_string())))?;
                 outputs.push(output);
             }

@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput};
 use domain::models::{trigger_word, CustomModel};
 use domain::{JobId, ModelId};
-use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::Instrument;
 
@@ -27,7 +26,7 @@ use super::{JobsError, JobsService};
 use crate::aggregate_store::Loaded;
 use crate::observe::job_span;
 use crate::provider::{ProducedFile, Provider, ProviderError, ProviderOutcome, ProviderRequest, ProviderStatus, Submission, Task};
-use crate::storage::{image_key, model_asset_key, ObjectStore};
+use crate::storage::{image_key, model_asset_key, stored_output, ObjectStore};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -497,6 +496,10 @@ impl Worker {
     /// last one ends the job with its files; a step's result is recorded and the job goes
     /// on to its next step.
     pub async fn finish(&self, job_id: JobId, job: &GenerationJob, outcome: ProviderOutcome) -> Result<(), JobsError> {
+        // An image job is one request: its outcome ends it, with no plan to look up.
+        if job.input.as_ref().and_then(steps::version_made).is_none() {
+            return self.finish_claimed(job_id, job, None, outcome).await;
+        }
         let context = self.context(job).await?;
         let step = current_step(&context.plan, job).cloned();
         match self.apply_outcome(job_id, job, step.as_ref(), None, outcome).await? {
@@ -563,8 +566,7 @@ impl Worker {
 
     /// Writes one object (retrying a few times) and describes it as an output.
     async fn put(&self, job_id: JobId, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<JobOutput, String> {
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let size = bytes.len() as u64;
+        let output = stored_output(key, content_type, &bytes);
         let retries = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(50))
             .with_max_times(self.config.storage_attempts_max.saturating_sub(1) as usize);
@@ -573,7 +575,7 @@ impl Worker {
             .notify(|error, delay| tracing::warn!(%job_id, %key, %error, ?delay, "storing output failed; retrying"))
             .await
             .map_err(|error| format!("storing {key} failed: {error}"))?;
-        Ok(JobOutput { key: key.to_string(), content_type: content_type.to_string(), bytes: size, sha256 })
+        Ok(output)
     }
 
     async fn retry_or_fail(&self, job_id: JobId, attempt: u32, message: &str) -> Result<(), JobsError> {
