@@ -418,7 +418,13 @@ async fn subscription_expiry_finishes_running_refunds_queued_and_refuses_new() {
 
 /// A `kiln worker` process on the test's database and storage.
 pub(crate) fn worker_process(app: &TestApp, latency_ms: u64) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+    worker_command(app, latency_ms).spawn().expect("start kiln worker")
+}
+
+/// The command of [`worker_process`], for a test to add to (fal settings, a log file).
+pub(crate) fn worker_command(app: &TestApp, latency_ms: u64) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
         .arg("worker")
         .env("KILN_DATABASE__URL", &app.settings.database.url)
         .env("KILN_STORAGE__LOCAL_ROOT", &app.settings.storage.local_root)
@@ -430,9 +436,8 @@ pub(crate) fn worker_process(app: &TestApp, latency_ms: u64) -> std::process::Ch
         .env("KILN_LOG__FORMAT", "json")
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start kiln worker")
+        .stderr(std::process::Stdio::null());
+    command
 }
 
 pub(crate) async fn statuses(app: &TestApp, key: &str, ids: &[String]) -> Vec<String> {

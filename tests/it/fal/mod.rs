@@ -95,10 +95,15 @@ pub(crate) fn events_of(view: &Value, kind: &str) -> Vec<Value> {
 
 /// A team on the Pro plan with credits and a member key.
 pub(crate) async fn team(app: &TestApp, credits: i64) -> String {
+    pro_team(app, credits).await.1
+}
+
+/// A team on the Pro plan with credits: (team id, member key).
+pub(crate) async fn pro_team(app: &TestApp, credits: i64) -> (String, String) {
     let team = app.create_team("Fal team", "pro").await;
     let key = app.issue_key(&team, "member").await;
     assert_eq!(app.grant(&team, credits, &format!("seed-{team}")).await.status(), 200);
-    key
+    (team, key)
 }
 
 /// Delivers the request's webhook as fal does: signed now with fal's key.
@@ -111,17 +116,12 @@ pub(crate) async fn deliver(app: &TestApp, fake: &FakeFal, request_id: &str) -> 
 /// A model created on fal (every request completed by webhook: the training images,
 /// then the trainer); returns (model id, job id).
 async fn fal_model(app: &TestApp, fake: &FakeFal, key: &str) -> (String, String) {
-    let (_, page) = call(app, key, Method::GET, "/api/reference-models?limit=1", None).await;
-    let reference = page["items"][0]["id"].as_str().expect("reference").to_string();
-    let request = json!({"name": "Ava", "description": "a runner, golden hour", "reference_model_id": reference});
-    let (status, created) = call(app, key, Method::POST, "/api/models", Some(request)).await;
-    assert_eq!(status, 202, "{created}");
-    let job_id = created["job"]["job_id"].as_str().expect("job").to_string();
+    let (model_id, job_id) = steps::create_model(app, key).await;
     let requests = complete_every_request(app, fake, key, &job_id).await;
     assert_eq!(fake.request(requests.last().expect("requests")).app, TRAINER, "the last request trains");
     assert_eq!(job(app, key, &job_id).await["status"], "completed");
     assert_eq!(fake.violations(), Vec::new(), "every request fits its app's input");
-    (created["model"]["model_id"].as_str().expect("model").to_string(), job_id)
+    (model_id, job_id)
 }
 
 /// Completes each fal request of the job as it is made (by webhook), until the job ends;

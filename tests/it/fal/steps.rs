@@ -4,14 +4,14 @@
 //! what the job stored and refunds its one reservation.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::fake::{FakeFal, FAL_KEY};
 use super::{
-    balance, call, current_request, deliver, events_of, held, spawn, wait_final, wait_job, TRAINER,
+    balance, call, current_request, deliver, events_of, held, pro_team, spawn, wait_final, wait_job, TRAINER,
 };
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
@@ -19,29 +19,19 @@ use crate::support::db::TestDb;
 /// A `kiln worker` process on the test's database and storage, running jobs on the fake
 /// fal at `fal_base`, signing its URLs as the app does.
 fn fal_worker(app: &TestApp, fal_base: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("worker")
-        .env("KILN_DATABASE__URL", &app.settings.database.url)
-        .env("KILN_STORAGE__LOCAL_ROOT", &app.settings.storage.local_root)
+    crate::jobs::worker_command(app, 0)
         .env("KILN_STORAGE__PUBLIC_BASE_URL", app.url(""))
         .env("KILN_FAL__KEY", FAL_KEY)
         .env("KILN_FAL__QUEUE_BASE_URL", fal_base)
         .env("KILN_FAL__JWKS_URL", format!("{fal_base}/.well-known/jwks.json"))
         .env("KILN_FAL__WEBHOOK_BASE_URL", app.url(""))
         .env("KILN_FAL__RETRY_BACKOFF_MS", "10")
-        .env("KILN_JOBS__POLL_INTERVAL_MS", "10")
-        .env("KILN_JOBS__HEARTBEAT_INTERVAL_MS", "200")
-        .env("KILN_JOBS__WORKER_LOST_AFTER_SECS", "1")
-        .env("KILN_JOBS__RETRY_BACKOFF_BASE_MS", "10")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start kiln worker")
 }
 
 /// Starts a model creation; returns (model id, job id).
-async fn create_model(app: &TestApp, key: &str) -> (String, String) {
+pub(crate) async fn create_model(app: &TestApp, key: &str) -> (String, String) {
     let (_, page) = call(app, key, Method::GET, "/api/reference-models?limit=1", None).await;
     let reference = page["items"][0]["id"].as_str().expect("reference").to_string();
     let request = json!({"name": "Ava", "description": "a runner, golden hour", "reference_model_id": reference});
@@ -81,21 +71,13 @@ async fn ledger_of(app: &TestApp, team_id: &str, job_id: &str) -> Vec<String> {
     events.into_iter().filter(|e| e.payload["reservation_id"] == job_id).map(|e| e.event_type).collect()
 }
 
-/// A Pro team with credits: (team id, member key).
-async fn pro_team(app: &TestApp) -> (String, String) {
-    let team = app.create_team("Fal team", "pro").await;
-    let key = app.issue_key(&team, "member").await;
-    assert_eq!(app.grant(&team, 10_000, &format!("seed-{team}")).await.status(), 200);
-    (team, key)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_at_each_step_resumes_without_paying_fal_twice() {
     let fake = FakeFal::default();
     let base = fake.start().await;
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
     crate::support::app::seed_catalog(&app).await;
-    let (team_id, key) = pro_team(&app).await;
+    let (team_id, key) = pro_team(&app, 10_000).await;
     let before = held(&balance(&app, &key).await);
     let (model_id, job_id) = create_model(&app, &key).await;
 
@@ -136,7 +118,7 @@ async fn a_worker_killed_at_each_step_resumes_without_paying_fal_twice() {
 async fn a_cancel_at_each_step_stops_fal_deletes_the_set_and_refunds_once() {
     let fake = FakeFal::default();
     let app = spawn(&fake, 300).await;
-    let (team_id, key) = pro_team(&app).await;
+    let (team_id, key) = pro_team(&app, 10_000).await;
     let root = Path::new(&app.settings.storage.local_root).to_path_buf();
     let start = held(&balance(&app, &key).await);
 
@@ -178,20 +160,10 @@ async fn a_cancel_at_each_step_stops_fal_deletes_the_set_and_refunds_once() {
 async fn a_running_model_creation_cancelled_leaves_nothing_and_logs_no_error() {
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
     crate::support::app::seed_catalog(&app).await;
-    let (team_id, key) = pro_team(&app).await;
+    let (team_id, key) = pro_team(&app, 10_000).await;
     let log = tempfile::NamedTempFile::new().expect("log file");
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("worker")
-        .env("KILN_DATABASE__URL", &app.settings.database.url)
-        .env("KILN_STORAGE__LOCAL_ROOT", &app.settings.storage.local_root)
-        .env("KILN_PROVIDER__LOCAL_LATENCY_MS", "700")
-        .env("KILN_JOBS__POLL_INTERVAL_MS", "10")
-        .env("KILN_LOG__FORMAT", "json")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().expect("log"))
-        .spawn()
-        .expect("start kiln worker");
+    let mut worker =
+        crate::jobs::worker_command(&app, 700).stderr(log.reopen().expect("log")).spawn().expect("start kiln worker");
     let root = Path::new(&app.settings.storage.local_root).to_path_buf();
 
     // One cancelled during its first batch of images, one while it trains.
@@ -253,7 +225,7 @@ async fn post_multipart(app: &TestApp, key: &str, path: &str, boundary: &str, bo
 async fn training_images_sent_by_the_team_join_the_set_and_bad_ones_are_refused_before_any_charge() {
     let fake = FakeFal::default();
     let app = spawn(&fake, 300).await;
-    let (team_id, key) = pro_team(&app).await;
+    let (team_id, key) = pro_team(&app, 10_000).await;
     let root = Path::new(&app.settings.storage.local_root).to_path_buf();
     let (_, page) = call(&app, &key, Method::GET, "/api/reference-models?limit=1", None).await;
     let reference = page["items"][0]["id"].as_str().expect("reference").to_string();
