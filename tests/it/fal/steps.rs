@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::fake::{FakeFal, FAL_KEY};
 use super::{
-    balance, call, current_request, deliver, events_of, held, pro_team, spawn, wait_final, wait_job, TRAINER,
+    balance, call, current_request, deliver, events_of, held, job, pro_team, spawn, wait_final, wait_job, TRAINER,
 };
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
@@ -265,20 +265,8 @@ async fn training_images_sent_by_the_team_join_the_set_and_bad_ones_are_refused_
     assert_eq!((status, again["job"]["job_id"].as_str()), (202, Some(job_id.as_str())), "{again}");
 
     // Five images sent: seven drawn (batches of four and three), then the trainer.
-    let mut seen: Vec<String> = Vec::new();
-    loop {
-        let view = wait_job(&app, &key, &job_id, "a request or an ending", |j| {
-            j["status"] == "completed" || current_request(j).is_some_and(|r| !seen.contains(&r))
-        })
-        .await;
-        if view["status"] == "completed" {
-            break;
-        }
-        let request_id = current_request(&view).expect("request");
-        fake.complete(&request_id);
-        assert_eq!(deliver(&app, &fake, &request_id).await["outcome"], "applied");
-        seen.push(request_id);
-    }
+    let seen = super::complete_every_request(&app, &fake, &key, &job_id).await;
+    assert_eq!(job(&app, &key, &job_id).await["status"], "completed");
     let counts: Vec<u64> = seen[..2].iter().map(|r| fake.request(r).input["num_images"].as_u64().expect("count")).collect();
     assert_eq!(counts, [4, 3]);
     let training = fake.request(&seen[2]).input;
