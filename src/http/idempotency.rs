@@ -136,12 +136,12 @@ fn without_boundary(headers: &axum::http::HeaderMap, body: &Bytes) -> Bytes {
         return body.clone();
     }
     let mut out = Vec::with_capacity(body.len());
-    let mut rest: &[u8] = body;
-    while let Some(at) = rest.windows(boundary.len()).position(|w| w == boundary) {
-        out.extend_from_slice(&rest[..at]);
-        rest = &rest[at + boundary.len()..];
+    let mut from = 0;
+    for at in memchr::memmem::find_iter(body, boundary) {
+        out.extend_from_slice(&body[from..at]);
+        from = at + boundary.len();
     }
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&body[from..]);
     Bytes::from(out)
 }
 
