@@ -68,6 +68,7 @@ impl AppState {
         let secs = std::time::Duration::from_secs;
         let mut config = WorkerConfig::new(worker_id);
         config.concurrency = settings.worker_concurrency.max(1);
+        config.local_queue = settings.worker_local_queue;
         config.poll_interval = ms(settings.poll_interval_ms.max(1));
         config.heartbeat_interval = ms(settings.heartbeat_interval_ms.max(1));
         config.worker_lost_after = secs(settings.worker_lost_after_secs.max(1));

@@ -71,6 +71,10 @@ pub struct DispatchArgs {
     /// graphile-worker `preset.worker.completeJobBatchDelay` in ms (-1 disables batching).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub graphile_complete_batch_delay_ms: i64,
+    /// Kiln worker `local_queue`: jobs each worker claims ahead of a free slot (the
+    /// default is graphile-worker's local queue size here; `kiln worker` defaults to 16).
+    #[arg(long, default_value_t = 500)]
+    pub kiln_local_queue: usize,
     /// Kiln worker `poll_interval` in ms (how long an idle dispatch loop sleeps).
     #[arg(long, default_value_t = 5)]
     pub kiln_poll_interval_ms: u64,
@@ -102,6 +106,7 @@ impl DispatchArgs {
         anyhow::ensure!((1..=100_000).contains(&self.teams), "--teams must be 1..=100000");
         anyhow::ensure!((-1..=100_000).contains(&self.graphile_local_queue), "--graphile-local-queue must be -1..=100000");
         anyhow::ensure!((-1..=10_000).contains(&self.graphile_complete_batch_delay_ms), "--graphile-complete-batch-delay-ms must be -1..=10000");
+        anyhow::ensure!(self.kiln_local_queue <= 100_000, "--kiln-local-queue must be 0..=100000");
         anyhow::ensure!((1..=1_000).contains(&self.kiln_poll_interval_ms), "--kiln-poll-interval-ms must be 1..=1000");
         anyhow::ensure!((1..=3_600).contains(&self.timeout_secs), "--timeout-secs must be 1..=3600");
         Ok(())
@@ -263,6 +268,7 @@ impl Workers {
             .map(|n| {
                 let mut config = WorkerConfig::new(format!("bench-{name}-{n}"));
                 config.concurrency = args.concurrency;
+                config.local_queue = args.kiln_local_queue;
                 config.poll_interval = Duration::from_millis(args.kiln_poll_interval_ms);
                 let worker = Worker::new(state.jobs.clone(), state.job_index.clone(), Arc::new(NoopProvider), state.objects.clone(), config);
                 tokio::spawn(worker.run(stopped.clone()))
@@ -338,8 +344,8 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
         enqueue,
         drain,
         settings: format!(
-            "{} workers × {} slots, poll {} ms, {} connections, {} enterprise teams, {} submitters; {check}{cpu}",
-            args.workers, args.concurrency, args.kiln_poll_interval_ms, connections, teams.len(), args.submitters
+            "{} workers × {} slots + {} claimed ahead, poll {} ms, {} connections, {} enterprise teams, {} submitters; {check}{cpu}",
+            args.workers, args.concurrency, args.kiln_local_queue, args.kiln_poll_interval_ms, connections, teams.len(), args.submitters
         ),
     })
 }

@@ -45,8 +45,10 @@ pub struct JobSettings {
     pub queue_depth_max: i64,
     /// Whether `kiln serve` also runs a worker (so one process is a complete system).
     pub worker_in_serve: bool,
-    /// Jobs one worker process runs at once.
+    /// Provider requests one worker process has in flight at once.
     pub worker_concurrency: usize,
+    /// Jobs a worker claims ahead of a free slot (they wait in it, claimed).
+    pub worker_local_queue: usize,
     pub poll_interval_ms: u64,
     pub heartbeat_interval_ms: u64,
     /// A worker silent this long is presumed dead; its jobs are checked and retried.
@@ -70,6 +72,7 @@ impl Default for JobSettings {
             queue_depth_max: 100,
             worker_in_serve: true,
             worker_concurrency: 16,
+            worker_local_queue: 16,
             poll_interval_ms: 100,
             heartbeat_interval_ms: 2_000,
             worker_lost_after_secs: 10,

@@ -18,13 +18,13 @@ pub struct ActiveJob {
 }
 
 /// What [`JobIndex::pick`] holds for its caller until released (or dropped, which also
-/// ends it, a little later): other pickers skip the picked teams meanwhile.
+/// ends it, a little later): the dispatch turn; other pickers wait for it meanwhile.
 #[async_trait]
 pub trait PickHold: Send {
     async fn release(self: Box<Self>);
 }
 
-/// Jobs picked for one claim, and the hold on their teams.
+/// Jobs picked for one claim, and the hold on the dispatch turn.
 pub struct Picked {
     pub jobs: Vec<(JobId, TeamId)>,
     pub hold: Box<dyn PickHold>,
@@ -32,12 +32,12 @@ pub struct Picked {
 
 #[async_trait]
 pub trait JobIndex: Send + Sync + 'static {
-    /// Up to `limit` jobs to claim, in the order of [`JobIndex::dispatchable`], from teams
-    /// that no other picker holds; their teams stay held until the caller releases the
-    /// hold, after its claim committed. Pickers of every process run at once on
-    /// disjoint teams, so they rarely pick the same jobs. Only a courtesy that saves
-    /// colliding claims: plan limits and single claims hold without it (the claim's
-    /// append checks both).
+    /// Up to `limit` jobs to claim, in the order of [`JobIndex::dispatchable`], under the
+    /// dispatch turn: one picker of any process at a time, until the caller releases the
+    /// hold after its claim committed, so the next pick sees that claim and every pick
+    /// ranks all ready teams together. Fairness and saved collisions only: plan limits
+    /// and single claims hold without it (the claim's append checks both). Workers claim
+    /// ahead of their free slots, so a turn hands out many jobs.
     async fn pick(&self, now: DateTime<Utc>, limit: i64) -> Result<Picked, EventStoreError>;
 
     /// Up to `limit` queued jobs that may start now, fair across teams: every team's

@@ -9,6 +9,7 @@ pub mod steps;
 pub mod submit;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -240,9 +241,16 @@ impl JobsService {
         let now = self.clock.now();
         // All the streams in one read (a job's stream is a handful of events).
         let ids: Vec<String> = job_ids.iter().map(JobId::to_string).collect();
-        let loaded_all = self.aggregates.load_many::<GenerationJob>(&ids).await?;
+        let mut loaded_all: HashMap<String, Loaded<GenerationJob>> =
+            self.aggregates.load_many::<GenerationJob>(&ids).await?.into_iter().map(|loaded| (loaded.id.clone(), loaded)).collect();
         let mut decided: Vec<Decided<GenerationJob>> = Vec::with_capacity(job_ids.len());
-        for loaded in loaded_all {
+        // In the order picked, each a microsecond after the one before: a team's turn is
+        // its latest claim's time, so of the teams served by one claim, those whose last
+        // job came later in the pick's order wait longer for the next turn (with one time
+        // for the whole claim, ties would go by team id, always to the same teams).
+        for (nth, id) in ids.iter().enumerate() {
+            let Some(loaded) = loaded_all.remove(id) else { continue };
+            let now = now + chrono::Duration::microseconds(nth as i64);
             let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), now };
             match self.aggregates.decide(loaded, command, &(), &metadata(worker)).await {
                 Ok(claim) => decided.push(claim),

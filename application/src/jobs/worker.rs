@@ -31,8 +31,13 @@ use crate::storage::{image_key, model_asset_key, stored_output, ObjectStore};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub worker_id: String,
-    /// Jobs this process runs at once.
+    /// Provider requests this worker has in flight at once (the renders of the local
+    /// provider; submissions to fal).
     pub concurrency: usize,
+    /// Jobs claimed ahead of a free slot: they wait in the worker, claimed (their teams'
+    /// plan slots taken), until a slot frees. Claims are then larger and fewer, and a
+    /// slot never waits for a claim's commit. 0 claims only for free slots.
+    pub local_queue: usize,
     pub poll_interval: Duration,
     pub heartbeat_interval: Duration,
     /// A worker silent this long is presumed dead; its jobs are checked and retried.
@@ -52,6 +57,7 @@ impl WorkerConfig {
         Self {
             worker_id,
             concurrency: 16,
+            local_queue: 16,
             poll_interval: Duration::from_millis(100),
             heartbeat_interval: Duration::from_secs(2),
             worker_lost_after: Duration::from_secs(10),
@@ -73,7 +79,7 @@ impl WorkerConfig {
 /// Maintenance rows handled per pass.
 const MAINTENANCE_BATCH_MAX: i64 = 100;
 /// Jobs claimed in one append, at most.
-pub const CLAIM_BATCH_MAX: usize = 64;
+pub const CLAIM_BATCH_MAX: usize = 256;
 /// Life of the signed URL a trainer downloads the training set from: a request may wait
 /// in the provider's queue for a long while.
 const TRAINING_SET_URL_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -82,6 +88,9 @@ const ARTIFACT_KEYS_CACHED_MAX: usize = 10_000;
 
 /// What a job's requests need besides the job (see [`Worker::context`]).
 struct RunContext {
+    /// The worker's slots, for a job this worker claimed: each provider request waits
+    /// for one. `None` for a result delivered by a webhook (the request already ran).
+    slots: Option<Arc<Semaphore>>,
     plan: Vec<Step>,
     model_artifact_key: Option<String>,
     reference: Option<serde_json::Value>,
@@ -99,7 +108,11 @@ pub struct Worker {
     provider: Arc<dyn Provider>,
     objects: Arc<dyn ObjectStore>,
     config: Arc<WorkerConfig>,
-    permits: Arc<Semaphore>,
+    /// One per job this worker holds (claimed and waiting, at the provider, or ending):
+    /// `concurrency + local_queue`. Taken by the claim, given back when the job is done.
+    held: Arc<Semaphore>,
+    /// One per provider request in flight: `concurrency`.
+    slots: Arc<Semaphore>,
     artifacts: Arc<Mutex<HashMap<(ModelId, u32), String>>>,
     /// Signalled when one of this worker's jobs lets its slot go: the dispatch loop tries
     /// again at once instead of waiting out its poll interval.
@@ -114,14 +127,16 @@ impl Worker {
         objects: Arc<dyn ObjectStore>,
         config: WorkerConfig,
     ) -> Self {
-        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let held = Arc::new(Semaphore::new(config.concurrency.max(1) + config.local_queue));
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Self {
             jobs,
             index,
             provider,
             objects,
             config: Arc::new(config),
-            permits,
+            held,
+            slots,
             artifacts: Arc::default(),
             slot_freed: Arc::default(),
         }
@@ -144,7 +159,7 @@ impl Worker {
                 }
                 last_heartbeat = Some(std::time::Instant::now());
             }
-            let asked = self.permits.available_permits().min(CLAIM_BATCH_MAX);
+            let asked = self.held.available_permits().min(CLAIM_BATCH_MAX);
             let started = match self.dispatch_once().await {
                 Ok(started) => started,
                 Err(error) => {
@@ -152,10 +167,10 @@ impl Worker {
                     0
                 }
             };
-            // Fewer jobs than free slots: nothing more is dispatchable now. No free slot:
-            // nothing to do until a job ends. Either way wait for a slot to be let go, a
+            // Fewer jobs than asked: nothing more is dispatchable now. Nothing to ask:
+            // nothing to do until a job ends. Either way wait for a job to be let go, a
             // stop, or the poll interval (for jobs submitted or released elsewhere).
-            if started == 0 || started < asked || self.permits.available_permits() == 0 {
+            if started == 0 || started < asked || self.held.available_permits() == 0 {
                 let freed = tokio::select! {
                     _ = stop.changed() => false,
                     _ = self.slot_freed.notified() => true,
@@ -172,22 +187,23 @@ impl Worker {
                 break;
             }
         }
-        // Wait for running jobs: every permit back means every job ended or was handed on.
-        let _ = self.permits.acquire_many(self.config.concurrency.max(1) as u32).await;
+        // Wait for held jobs: every permit back means every job ended or was handed on.
+        let _ = self.held.acquire_many((self.config.concurrency.max(1) + self.config.local_queue) as u32).await;
     }
 
-    /// Claims as many dispatchable jobs as there are free permits (at most
-    /// [`CLAIM_BATCH_MAX`]), in one append, and starts them. Returns how many started.
+    /// Claims as many dispatchable jobs as this worker may hold more of (free slots plus
+    /// its local queue, at most [`CLAIM_BATCH_MAX`]), in one append, and starts them:
+    /// each waits for a slot before its provider request. Returns how many started.
     ///
-    /// The picked jobs' teams are held from the pick until the claim committed, so
-    /// workers of every process pick and claim at once, on different teams: a claim
-    /// rarely collides (if one does, the append's checks still decide).
+    /// The dispatch turn is held from the pick until the claim committed, so the next
+    /// pick (of any process) sees this claim: claims rarely collide (if one does, the
+    /// append's checks still decide).
     pub async fn dispatch_once(&self) -> Result<usize, JobsError> {
-        let free = self.permits.available_permits().min(CLAIM_BATCH_MAX);
+        let free = self.held.available_permits().min(CLAIM_BATCH_MAX);
         if free == 0 {
             return Ok(0);
         }
-        let Ok(permits) = self.permits.clone().try_acquire_many_owned(free as u32) else { return Ok(0) };
+        let Ok(permits) = self.held.clone().try_acquire_many_owned(free as u32) else { return Ok(0) };
         let picked = self.index.pick(self.now(), free as i64).await?;
         let claimed = if picked.jobs.is_empty() {
             Ok(Vec::new())
@@ -225,7 +241,7 @@ impl Worker {
     /// on the provider, ends, or is put back for a retry.
     async fn execute(&self, claimed: Loaded<GenerationJob>) -> Result<(), JobsError> {
         let job = claimed.aggregate.clone();
-        let context = self.context(&job).await?;
+        let context = RunContext { slots: Some(self.slots.clone()), ..self.context(&job).await? };
         self.run_steps(job, Some(claimed), &context).await
     }
 
@@ -246,7 +262,7 @@ impl Worker {
             JobInput::ImageGeneration { .. } => None,
         };
         let plan = steps::plan(input, reference.as_ref(), self.jobs.training(), steps::uploaded_images(job));
-        Ok(RunContext { plan, model_artifact_key, reference })
+        Ok(RunContext { slots: None, plan, model_artifact_key, reference })
     }
 
     /// The loop of [`execute`](Self::execute): each pass runs the job's current step; a
@@ -287,7 +303,29 @@ impl Worker {
                 model_artifact_key: context.model_artifact_key.clone(),
                 reference: context.reference.clone(),
             };
-            match self.provider.submit(request).await {
+            let submitted = {
+                // A slot for the request only: storing what it made and ending the job
+                // run outside it (bounded by the jobs held), so a slot never waits on a
+                // commit.
+                let _slot = match &context.slots {
+                    None => None,
+                    Some(slots) => match slots.clone().try_acquire_owned() {
+                        Ok(slot) => Some(slot),
+                        Err(_) => {
+                            let slot = slots.clone().acquire_owned().await.ok();
+                            // It waited in the local queue: if it was cancelled meanwhile,
+                            // the provider is not asked (the ending refunded it already).
+                            if !self.jobs.job(job_id).await?.status.is_some_and(|s| s.is_active()) {
+                                tracing::info!(%job_id, "job ended while it waited for a slot; not sent to the provider");
+                                return Ok(());
+                            }
+                            slot
+                        }
+                    },
+                };
+                self.provider.submit(request).await
+            };
+            match submitted {
                 Ok(Submission::Finished(outcome)) => match self.apply_outcome(job_id, &job, step.as_ref(), claimed.take(), outcome).await? {
                     Some(next) => job = next,
                     None => return Ok(()),
