@@ -1,6 +1,8 @@
-//! Parallel dispatch: pickers hold disjoint teams (PostgreSQL); a worker killed with
-//! batches of claims and completions in flight loses no job and charges each once, and
-//! the ledger, the chain and the projections stay exact afterwards.
+//! Dispatch: one pick at a time per database (PostgreSQL), each seeing the claims made
+//! before it; a worker killed with jobs claimed ahead of its slots and completions in
+//! flight loses no job and charges each once, and the ledger, the chain and the
+//! projections stay exact afterwards; a job cancelled while it waits in a worker is
+//! never sent to the provider.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,14 +11,14 @@ use application::event_store::EventStore;
 use application::jobs::index::JobIndex;
 use infrastructure::db_execute;
 
-use crate::jobs::{available, generate, get, ready_model, team, wait_final, worker_process};
+use crate::jobs::{available, generate, get, ready_model, statuses, team, wait_final, worker_process};
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
 
-/// Two picks held at once never offer the same team; once a hold is released, its
-/// teams can be picked again. Rows are written directly: `pick` reads only these.
+/// A second pick waits while the first holds the dispatch turn, and then sees what was
+/// claimed under it. Rows are written directly: `pick` reads only these.
 #[tokio::test]
-async fn postgres_picks_held_at_once_take_disjoint_teams() {
+async fn postgres_a_pick_waits_for_the_turn_and_sees_the_claim_made_under_it() {
     let db = TestDb::postgres().await;
     let db = &db.db;
     let now = crate::support::app::epoch() + chrono::Duration::days(1);
@@ -41,7 +43,7 @@ async fn postgres_picks_held_at_once_take_disjoint_teams() {
             .expect("jobs row");
         }
     }
-    let index = infrastructure::job_index::SqlJobIndex::new(db.clone());
+    let index = std::sync::Arc::new(infrastructure::job_index::SqlJobIndex::new(db.clone()));
     let teams = |jobs: &[(domain::JobId, domain::TeamId)]| {
         let mut teams: Vec<i32> = jobs.iter().map(|(job, _)| team_of[&job.to_string()]).collect();
         teams.sort_unstable();
@@ -49,13 +51,38 @@ async fn postgres_picks_held_at_once_take_disjoint_teams() {
     };
     let first = index.pick(now, 2).await.expect("first pick");
     assert_eq!(teams(&first.jobs), [0, 1], "the two least recently served teams, one job each");
-    let second = index.pick(now, 10).await.expect("second pick");
-    assert_eq!(teams(&second.jobs), [2, 2, 3, 3], "only the teams the first pick does not hold");
+    let second = tokio::spawn({
+        let index = index.clone();
+        async move { index.pick(now, 10).await.expect("second pick") }
+    });
+    // The second pick waits for the turn (seen from the server, not guessed from time).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = infrastructure::db_fetch_optional!(
+            db,
+            (i64,),
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND query LIKE '%pg_advisory_xact_lock%'"
+        )
+        .expect("pg_stat_activity")
+        .map_or(0, |(n,)| n);
+        if waiting == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the second pick never waited for the turn");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!second.is_finished(), "the second pick ran while the first held the turn");
+    // What a claim does to the read model, under the first pick's turn.
+    for (job, team) in &first.jobs {
+        db_execute!(db, "UPDATE jobs SET status = 'dispatched' WHERE job_id = $1", job.to_string()).expect("claim");
+        db_execute!(db, "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, last_dispatched_at = $2 WHERE team_id = $1", team.to_string(), now)
+            .expect("claim slot");
+    }
     first.hold.release().await;
-    let third = index.pick(now, 10).await.expect("third pick");
-    assert_eq!(teams(&third.jobs), [0, 0, 1, 1], "released teams are offered again; held ones are not");
+    let second = second.await.expect("second pick");
+    assert_eq!(teams(&second.jobs), [0, 1, 2, 2, 3, 3], "every team's next job first, none of the claimed ones");
     second.hold.release().await;
-    third.hold.release().await;
 }
 
 /// Counts of the measured jobs by status, from the read model.
@@ -96,9 +123,14 @@ async fn a_worker_killed_mid_batch_loses_no_job_and_charges_once() {
         }
         jobs.push((team_id.clone(), key.clone(), start, ids));
     }
-    // Worker A (16 slots, 300 ms per job) claims batches and completes some; it is
-    // killed while others are claimed or running.
-    let mut a = worker_process(&app, 300);
+    // Worker A (4 slots and 32 claimed ahead, 300 ms per job) claims the 30 jobs its
+    // teams' plans allow in one append and completes some; it is killed while others
+    // are at the provider or waiting in it, claimed.
+    let mut a = crate::jobs::worker_command(&app, 300)
+        .env("KILN_JOBS__WORKER_CONCURRENCY", "4")
+        .env("KILN_JOBS__WORKER_LOCAL_QUEUE", "32")
+        .spawn()
+        .expect("start worker A");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let seen = loop {
         let seen = by_status(&app).await;
@@ -111,7 +143,19 @@ async fn a_worker_killed_mid_batch_loses_no_job_and_charges_once() {
     a.kill().expect("kill -9 worker A");
     a.wait().expect("reap worker A");
     let active = seen.get("dispatched").copied().unwrap_or(0) + seen.get("running").copied().unwrap_or(0);
-    assert!(active > 1, "worker A held a batch when killed: {seen:?}");
+    assert!(active > 4, "worker A held more than its slots when killed: {seen:?}");
+    // Its first claim took all 30 in one append (jobs whose slots freed later were claimed
+    // in further appends).
+    let mut claims: HashMap<i64, usize> = HashMap::new();
+    for (_, _, _, ids) in &jobs {
+        for id in ids {
+            let events = app.state.store.load_stream("GenerationJob", id, 0).await.expect("job events");
+            if let Some(claim) = events.iter().find(|e| e.event_type == "JobDispatched") {
+                *claims.entry(claim.log_position.commit_order).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(claims.values().max(), Some(&30), "worker A's claims: {claims:?}");
 
     let mut b = worker_process(&app, 0);
     for (team_id, key, start, ids) in &jobs {
@@ -143,4 +187,96 @@ async fn a_worker_killed_mid_batch_loses_no_job_and_charges_once() {
     app.state.projector.catch_up_to_head(Duration::from_secs(30)).await.expect("projector");
     let rebuild = crate::rebuild::kiln(&url, &["projections", "rebuild", "--verify"]);
     assert!(rebuild.status.success(), "rebuild --verify: {}{}", String::from_utf8_lossy(&rebuild.stdout), String::from_utf8_lossy(&rebuild.stderr));
+}
+
+/// A provider whose first request waits until the test lets it go; it records every
+/// job it is asked to run.
+struct GatedProvider {
+    asked: std::sync::Mutex<Vec<domain::JobId>>,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl application::provider::Provider for GatedProvider {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+
+    async fn submit(&self, request: application::provider::ProviderRequest) -> Result<application::provider::Submission, application::provider::ProviderError> {
+        let first = {
+            let mut asked = self.asked.lock().expect("asked");
+            asked.push(request.job_id);
+            asked.len() == 1
+        };
+        if first {
+            let _ = self.gate.acquire().await.expect("gate").forget();
+        }
+        Ok(application::provider::Submission::Finished(application::provider::ProviderOutcome::Completed(Vec::new())))
+    }
+
+    async fn status(&self, _request_id: &str) -> Result<application::provider::ProviderStatus, application::provider::ProviderError> {
+        Ok(application::provider::ProviderStatus::Unknown)
+    }
+
+    async fn cancel(&self, _request_id: &str) -> Result<(), application::provider::ProviderError> {
+        Ok(())
+    }
+}
+
+/// A job claimed ahead of a free slot and cancelled while it waits in the worker is
+/// never sent to the provider; it is refunded once and the others run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_cancelled_while_it_waits_for_a_slot_is_not_sent_to_the_provider() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
+    crate::support::app::seed_catalog(&app).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
+    let (team_id, key) = team(&app, "enterprise", 100_000).await;
+    let model_id = ready_model(&app, &key).await;
+    let _ = stop.send(true);
+    helper.await.expect("setup worker");
+    let start = available(&app, &key).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, accepted) = generate(&app, &key, &model_id, &format!("job {n}")).await;
+        assert_eq!(status, 202, "{accepted}");
+        ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
+    }
+
+    let provider = std::sync::Arc::new(GatedProvider { asked: Default::default(), gate: tokio::sync::Semaphore::new(0) });
+    let mut config = application::jobs::worker::WorkerConfig::new("gated-worker".into());
+    config.concurrency = 1;
+    config.local_queue = 4;
+    config.poll_interval = Duration::from_millis(10);
+    let worker = application::jobs::worker::Worker::new(app.state.jobs.clone(), app.state.job_index.clone(), provider.clone(), app.state.objects.clone(), config);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(worker.run(stopped));
+    // The first job holds the only slot; the other two wait in the worker, claimed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while provider.asked.lock().expect("asked").is_empty() || statuses(&app, &key, &ids).await.iter().any(|s| s == "queued") {
+        assert!(tokio::time::Instant::now() < deadline, "the worker did not claim the jobs");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first: domain::JobId = provider.asked.lock().expect("asked")[0];
+    let waiting: Vec<&String> = ids.iter().filter(|id| **id != first.to_string()).collect();
+    let response = app.as_key(&key, reqwest::Method::DELETE, &format!("/api/jobs/{}", waiting[0])).send().await.expect("cancel");
+    assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap_or_default());
+    provider.gate.add_permits(1);
+
+    let done: Vec<String> = ids.iter().filter(|id| *id != waiting[0]).cloned().collect();
+    let mut costs = 0;
+    for id in &done {
+        let job = wait_final(&app, &key, id).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        costs += job["cost_credits"].as_i64().expect("cost");
+    }
+    let job = wait_final(&app, &key, waiting[0]).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let _ = stop.send(true);
+    running.await.expect("worker stops");
+    let asked: Vec<String> = provider.asked.lock().expect("asked").iter().map(ToString::to_string).collect();
+    assert_eq!(asked.len(), 2, "only the jobs not cancelled were sent: {asked:?}");
+    assert!(!asked.contains(waiting[0]), "the cancelled job was sent to the provider");
+    let (_, balance) = get(&app, &key, "/api/credits/balance").await;
+    assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(start - costs), Some(0)), "team {team_id}: refunded once");
 }
