@@ -28,9 +28,22 @@ use tokio::sync::watch;
 
 use crate::http;
 
-/// What request handlers share.
+/// What request handlers share: the [`Services`] behind one reference count, so the
+/// state every middleware and extractor clones per request costs one atomic increment
+/// (cloning two dozen fields showed as the API's largest item of user-space CPU).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services, stores and keys of one running Kiln.
+pub struct Services {
     pub db: Database,
     pub store: SqlEventStore,
     pub aggregates: AggregateStore,
@@ -61,8 +74,8 @@ pub struct AppState {
     pub keys: Arc<crate::queries::keys::KeyCache>,
 }
 
-impl AppState {
-    /// A job worker over this state's services, named `worker_id`.
+impl Services {
+    /// A job worker over these services, named `worker_id`.
     pub fn worker(&self, settings: &JobSettings, worker_id: String) -> Worker {
         let ms = std::time::Duration::from_millis;
         let secs = std::time::Duration::from_secs;
@@ -78,7 +91,9 @@ impl AppState {
         config.retry_backoff_max = ms(settings.retry_backoff_max_ms);
         Worker::new(self.jobs.clone(), self.job_index.clone(), self.provider.clone(), self.objects.clone(), config)
     }
+}
 
+impl AppState {
     /// Wires the store, its inline projections and the services over `db`.
     pub fn new(db: Database, settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let store = SqlEventStore::with_inline_projections(db.clone(), projections::inline_projections());
@@ -106,7 +121,7 @@ impl AppState {
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
         let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, provider.clone(), settings.jobs.queue_depth_max);
         let web = crate::web::WebKeys::load(settings).context("cannot load the dashboard's cookie key")?;
-        let mut state = Self {
+        let mut state = Services {
             db,
             store,
             aggregates,
@@ -128,7 +143,7 @@ impl AppState {
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| crate::http::fal::FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));
-        Ok(state)
+        Ok(Self(Arc::new(state)))
     }
 }
 
