@@ -170,6 +170,43 @@ pub(crate) async fn generate(app: &TestApp, key: &str, model_id: &str, prompt: &
     post(app, key, "/api/generate", json!({"model_id": model_id, "prompt": prompt, "resolution": "512x512"})).await
 }
 
+/// One Enterprise team's queued image jobs: the team, its key, the credits it had
+/// before they were reserved, and the job ids.
+pub(crate) struct QueuedJobs {
+    pub team_id: String,
+    pub key: String,
+    pub start: i64,
+    pub ids: Vec<String>,
+}
+
+/// `teams` Enterprise teams with `credits` each, a ready model each (made by an
+/// in-process worker that then stops, so no worker runs afterwards) and `jobs` image
+/// jobs queued per team.
+pub(crate) async fn queued_jobs(app: &TestApp, teams: usize, credits: i64, jobs: usize) -> Vec<QueuedJobs> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
+    let mut models = Vec::new();
+    for _ in 0..teams {
+        let (team_id, key) = team(app, "enterprise", credits).await;
+        let model_id = ready_model(app, &key).await;
+        models.push((team_id, key, model_id));
+    }
+    let _ = stop.send(true);
+    helper.await.expect("setup worker");
+    let mut queued = Vec::new();
+    for (team_id, key, model_id) in models {
+        let start = available(app, &key).await;
+        let mut ids = Vec::new();
+        for n in 0..jobs {
+            let (status, accepted) = generate(app, &key, &model_id, &format!("job {n}")).await;
+            assert_eq!(status, 202, "{accepted}");
+            ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
+        }
+        queued.push(QueuedJobs { team_id, key, start, ids });
+    }
+    queued
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn provider_failure_refunds_and_the_model_stays_usable() {
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
@@ -452,21 +489,7 @@ pub(crate) async fn statuses(app: &TestApp, key: &str, ids: &[String]) -> Vec<St
 async fn a_killed_worker_loses_no_job_and_charges_once() {
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
     crate::support::app::seed_catalog(&app).await;
-    let (team_id, key) = team(&app, "enterprise", 100_000).await;
-    // A model, made by an in-process worker that then stops.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
-    let model_id = ready_model(&app, &key).await;
-    let _ = stop.send(true);
-    helper.await.expect("setup worker");
-    let start = available(&app, &key).await;
-
-    let mut ids = Vec::new();
-    for n in 0..4 {
-        let (status, accepted) = generate(&app, &key, &model_id, &format!("job {n}")).await;
-        assert_eq!(status, 202);
-        ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
-    }
+    let QueuedJobs { team_id, key, start, ids } = queued_jobs(&app, 1, 100_000, 4).await.remove(0);
     // Worker A takes all four and is killed mid-work.
     let mut a = worker_process(&app, 30_000);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -11,7 +11,7 @@ use application::event_store::EventStore;
 use application::jobs::index::JobIndex;
 use infrastructure::db_execute;
 
-use crate::jobs::{available, generate, get, ready_model, statuses, team, wait_final, worker_process};
+use crate::jobs::{get, queued_jobs, statuses, wait_final, worker_process, QueuedJobs};
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
 
@@ -101,28 +101,7 @@ async fn by_status(app: &TestApp) -> HashMap<String, i64> {
 async fn a_worker_killed_mid_batch_loses_no_job_and_charges_once() {
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
     crate::support::app::seed_catalog(&app).await;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
-    let mut teams = Vec::new();
-    for _ in 0..3 {
-        let (team_id, key) = team(&app, "enterprise", 1_000_000).await;
-        let model_id = ready_model(&app, &key).await;
-        teams.push((team_id, key, model_id));
-    }
-    let _ = stop.send(true);
-    helper.await.expect("setup worker");
-
-    let mut jobs = Vec::new();
-    for (team_id, key, model_id) in &teams {
-        let start = available(&app, key).await;
-        let mut ids = Vec::new();
-        for n in 0..12 {
-            let (status, accepted) = generate(&app, key, model_id, &format!("job {n}")).await;
-            assert_eq!(status, 202, "{accepted}");
-            ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
-        }
-        jobs.push((team_id.clone(), key.clone(), start, ids));
-    }
+    let jobs = queued_jobs(&app, 3, 1_000_000, 12).await;
     // Worker A (4 slots and 32 claimed ahead, 300 ms per job) claims the 30 jobs its
     // teams' plans allow in one append and completes some; it is killed while others
     // are at the provider or waiting in it, claimed.
@@ -147,7 +126,7 @@ async fn a_worker_killed_mid_batch_loses_no_job_and_charges_once() {
     // Its first claim took all 30 in one append (jobs whose slots freed later were claimed
     // in further appends).
     let mut claims: HashMap<i64, usize> = HashMap::new();
-    for (_, _, _, ids) in &jobs {
+    for QueuedJobs { ids, .. } in &jobs {
         for id in ids {
             let events = app.state.store.load_stream("GenerationJob", id, 0).await.expect("job events");
             if let Some(claim) = events.iter().find(|e| e.event_type == "JobDispatched") {
@@ -158,7 +137,7 @@ async fn a_worker_killed_mid_batch_loses_no_job_and_charges_once() {
     assert_eq!(claims.values().max(), Some(&30), "worker A's claims: {claims:?}");
 
     let mut b = worker_process(&app, 0);
-    for (team_id, key, start, ids) in &jobs {
+    for QueuedJobs { team_id, key, start, ids } in &jobs {
         let mut costs = 0;
         for id in ids {
             let job = wait_final(&app, key, id).await;
@@ -229,19 +208,7 @@ impl application::provider::Provider for GatedProvider {
 async fn a_job_cancelled_while_it_waits_for_a_slot_is_not_sent_to_the_provider() {
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
     crate::support::app::seed_catalog(&app).await;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
-    let (team_id, key) = team(&app, "enterprise", 100_000).await;
-    let model_id = ready_model(&app, &key).await;
-    let _ = stop.send(true);
-    helper.await.expect("setup worker");
-    let start = available(&app, &key).await;
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let (status, accepted) = generate(&app, &key, &model_id, &format!("job {n}")).await;
-        assert_eq!(status, 202, "{accepted}");
-        ids.push(accepted["job"]["job_id"].as_str().expect("id").to_string());
-    }
+    let QueuedJobs { team_id, key, start, ids } = queued_jobs(&app, 1, 100_000, 3).await.remove(0);
 
     let provider = std::sync::Arc::new(GatedProvider { asked: Default::default(), gate: tokio::sync::Semaphore::new(0) });
     let mut config = application::jobs::worker::WorkerConfig::new("gated-worker".into());
