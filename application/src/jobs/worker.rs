@@ -315,11 +315,14 @@ impl Worker {
                             let slot = slots.clone().acquire_owned().await.ok();
                             // It waited in the local queue: if it was cancelled meanwhile,
                             // the provider is not asked (the ending refunded it already).
-                            if !self.jobs.job(job_id).await?.status.is_some_and(|s| s.is_active()) {
-                                tracing::info!(%job_id, "job ended while it waited for a slot; not sent to the provider");
-                                return Ok(());
+                            // Not known (a failed read): it is sent; its ending decides.
+                            match self.jobs.job(job_id).await {
+                                Ok(now) if !now.status.is_some_and(|s| s.is_active()) => {
+                                    tracing::info!(%job_id, "job ended while it waited for a slot; not sent to the provider");
+                                    return Ok(());
+                                }
+                                _ => slot,
                             }
-                            slot
                         }
                     },
                 };
