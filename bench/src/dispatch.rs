@@ -75,6 +75,10 @@ pub struct DispatchArgs {
     /// default is graphile-worker's local queue size here; `kiln worker` defaults to 16).
     #[arg(long, default_value_t = 500)]
     pub kiln_local_queue: usize,
+    /// Joint credit transactions Kiln keeps open (`credits.commits_in_flight`; default:
+    /// the setting's default).
+    #[arg(long)]
+    pub commits_in_flight: Option<usize>,
     /// Kiln worker `poll_interval` in ms (how long an idle dispatch loop sleeps).
     #[arg(long, default_value_t = 5)]
     pub kiln_poll_interval_ms: u64,
@@ -289,6 +293,9 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
     let mut settings = Settings::default();
     settings.database.url = url.to_string();
     settings.storage.local_root = storage.display().to_string();
+    if let Some(n) = args.commits_in_flight {
+        settings.credits.commits_in_flight = n;
+    }
     // As many connections as graphile-worker's runners get (concurrency + 2 each).
     let connections = (args.workers * (args.concurrency + 2)) as u32;
     let db = Database::connect_and_migrate(url, connections).await?;
@@ -344,8 +351,8 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
         enqueue,
         drain,
         settings: format!(
-            "{} workers × {} slots + {} claimed ahead, poll {} ms, {} connections, {} enterprise teams, {} submitters; {check}{cpu}",
-            args.workers, args.concurrency, args.kiln_local_queue, args.kiln_poll_interval_ms, connections, teams.len(), args.submitters
+            "{} workers × {} slots + {} claimed ahead, poll {} ms, {} connections, {} joint commits in flight, {} enterprise teams, {} submitters; {check}{cpu}",
+            args.workers, args.concurrency, args.kiln_local_queue, args.kiln_poll_interval_ms, connections, settings.credits.commits_in_flight, teams.len(), args.submitters
         ),
     })
 }
