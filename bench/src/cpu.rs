@@ -37,9 +37,7 @@ impl CpuSample {
     /// busy the machine's cores were with them.
     pub fn report_since(&self, earlier: &CpuSample, units: usize, unit: &str) -> String {
         let wall = self.at.duration_since(earlier.at).as_secs_f64().max(1e-9);
-        let per = |now: f64, then: f64| (now - then) * 1_000.0 / units.max(1) as f64;
-        let (bench, workers, postgres) =
-            (per(self.bench, earlier.bench), per(self.workers, earlier.workers), per(self.postgres, earlier.postgres));
+        let CpuPerUnit { bench, workers, postgres } = self.per_unit_since(earlier, units);
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
         let busy = (bench + workers + postgres) * units as f64 / 1_000.0 / (wall * cores) * 100.0;
         let workers_part = if self.separate_workers { format!("workers {workers:.2} ms, ") } else { String::new() };
@@ -48,6 +46,26 @@ impl CpuSample {
              (together {:.2} ms; {busy:.0}% of {cores} cores over {wall:.2} s)",
             bench + workers + postgres
         )
+    }
+}
+
+/// CPU milliseconds per unit of work, per party.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuPerUnit {
+    pub bench: f64,
+    pub workers: f64,
+    pub postgres: f64,
+}
+
+impl CpuSample {
+    /// CPU milliseconds per unit of work in each party since `earlier`.
+    pub fn per_unit_since(&self, earlier: &CpuSample, units: usize) -> CpuPerUnit {
+        let per = |now: f64, then: f64| (now - then) * 1_000.0 / units.max(1) as f64;
+        CpuPerUnit {
+            bench: per(self.bench, earlier.bench),
+            workers: per(self.workers, earlier.workers),
+            postgres: per(self.postgres, earlier.postgres),
+        }
     }
 }
 

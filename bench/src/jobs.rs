@@ -132,10 +132,26 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     let drained = drain_started.elapsed();
     let cpu = match (cpu_before, CpuSample::take(&worker_pids(&workers))) {
         // With separate phases the first workers stopped before the measured phase.
-        (Some(before), Some(after)) if !args.separate_phases => after.report_since(&before, total, "job"),
-        _ => String::new(),
+        (Some(before), Some(after)) if !args.separate_phases => Some((after.report_since(&before, total, "job"), after.per_unit_since(&before, total))),
+        _ => None,
     };
     stop_workers(&mut workers);
+    // The engine's own CPU per job: what the workers spent beside rendering and hashing
+    // the job's one image (measured here, on one thread, once the workers stopped), and
+    // what submitting it cost this process.
+    let engine = match &cpu {
+        Some((_, per_job)) => {
+            let rendered = crate::render::render_many(ENGINE_RENDERS, "512x512")?;
+            let render = rendered.render_ms + rendered.hash_ms;
+            format!(
+                "engine cpu per job, excluding the render: workers {:.2} ms − render and hash {render:.2} ms + submitting {:.2} ms = {:.2} ms",
+                per_job.workers,
+                per_job.bench,
+                per_job.workers - render + per_job.bench
+            )
+        }
+        None => String::new(),
+    };
 
     let check = check_log(&state, &teams).await?;
     // Commits, rollbacks and deadlocks of the whole run (setup included), as PostgreSQL
@@ -171,11 +187,15 @@ async fn measure(args: &JobsArgs, url: &str, storage: &std::path::Path) -> anyho
     }
     println!("{check}");
     println!("{counters}");
-    if !cpu.is_empty() {
-        println!("{cpu}");
+    if let Some((report, _)) = &cpu {
+        println!("{report}");
+        println!("{engine}");
     }
     Ok(())
 }
+
+/// Renders timed after a lifecycle run, to take the render out of the workers' CPU.
+const ENGINE_RENDERS: usize = 200;
 
 async fn open_teams(state: &AppState, count: usize) -> anyhow::Result<Vec<(TeamId, Plan)>> {
     let now = state.jobs.now();

@@ -19,27 +19,40 @@ pub struct RenderArgs {
     pub write_to: Option<std::path::PathBuf>,
 }
 
-pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
-    let (width, height) = parse_resolution(&args.resolution).ok_or_else(|| anyhow::anyhow!("bad resolution {:?}", args.resolution))?;
-    anyhow::ensure!(args.renders > 0, "--renders must be positive");
-    let seeds: Vec<[u8; 32]> = (0..args.renders).map(|i| seed_of(&[b"kiln-bench render", i.to_string().as_bytes()])).collect();
+/// `renders` PNGs of `resolution` rendered on this thread, and the time per render and
+/// per SHA-256 of one (the worker hashes every output it stores: its `sha256` in the
+/// job's results).
+pub struct Rendered {
+    pub pngs: Vec<Vec<u8>>,
+    pub render_ms: f64,
+    pub hash_ms: f64,
+}
+
+pub fn render_many(renders: usize, resolution: &str) -> anyhow::Result<Rendered> {
+    let (width, height) = parse_resolution(resolution).ok_or_else(|| anyhow::anyhow!("bad resolution {resolution:?}"))?;
+    anyhow::ensure!(renders > 0, "--renders must be positive");
+    let seeds: Vec<[u8; 32]> = (0..renders).map(|i| seed_of(&[b"kiln-bench render", i.to_string().as_bytes()])).collect();
     let started = Instant::now();
     let pngs = seeds.iter().map(|seed| render_png(seed, width, height)).collect::<Result<Vec<_>, _>>()?;
     let elapsed = started.elapsed();
-    let bytes: usize = pngs.iter().map(Vec::len).sum();
-    // The worker hashes every output it stores (its `sha256` in the job's results).
     let hashing = Instant::now();
     for png in &pngs {
         std::hint::black_box(Sha256::digest(png));
     }
     let hashed = hashing.elapsed();
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1000.0 / renders as f64;
+    Ok(Rendered { render_ms: per(elapsed), hash_ms: per(hashed), pngs })
+}
+
+pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
+    let Rendered { pngs, render_ms, hash_ms } = render_many(args.renders, &args.resolution)?;
+    let bytes: usize = pngs.iter().map(Vec::len).sum();
     let digest = pngs.iter().fold(Sha256::new(), |digest, png| digest.chain_update(png));
     println!(
-        "{} renders of {width}x{height}: {:.3} ms per render, {} bytes per PNG on average, SHA-256 of a PNG {:.3} ms; digest {}",
+        "{} renders of {}: {render_ms:.3} ms per render, {} bytes per PNG on average, SHA-256 of a PNG {hash_ms:.3} ms; digest {}",
         args.renders,
-        elapsed.as_secs_f64() * 1000.0 / args.renders as f64,
+        args.resolution,
         bytes / args.renders,
-        hashed.as_secs_f64() * 1000.0 / args.renders as f64,
         hex::encode(digest.finalize())
     );
     if let Some(dir) = &args.write_to {
