@@ -33,6 +33,16 @@ impl CpuSample {
         })
     }
 
+    /// CPU milliseconds per unit of work in each party since `earlier`.
+    pub fn per_unit_since(&self, earlier: &CpuSample, units: usize) -> CpuPerUnit {
+        let per = |now: f64, then: f64| (now - then) * 1_000.0 / units.max(1) as f64;
+        CpuPerUnit {
+            bench: per(self.bench, earlier.bench),
+            workers: per(self.workers, earlier.workers),
+            postgres: per(self.postgres, earlier.postgres),
+        }
+    }
+
     /// One line: CPU milliseconds per unit of work in each party since `earlier`, and how
     /// busy the machine's cores were with them.
     pub fn report_since(&self, earlier: &CpuSample, units: usize, unit: &str) -> String {
@@ -55,18 +65,6 @@ pub struct CpuPerUnit {
     pub bench: f64,
     pub workers: f64,
     pub postgres: f64,
-}
-
-impl CpuSample {
-    /// CPU milliseconds per unit of work in each party since `earlier`.
-    pub fn per_unit_since(&self, earlier: &CpuSample, units: usize) -> CpuPerUnit {
-        let per = |now: f64, then: f64| (now - then) * 1_000.0 / units.max(1) as f64;
-        CpuPerUnit {
-            bench: per(self.bench, earlier.bench),
-            workers: per(self.workers, earlier.workers),
-            postgres: per(self.postgres, earlier.postgres),
-        }
-    }
 }
 
 fn clock_ticks() -> Option<f64> {
