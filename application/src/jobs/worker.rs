@@ -69,6 +69,11 @@ impl WorkerConfig {
         }
     }
 
+    /// Jobs a worker holds at most: claimed and waiting, at the provider, or ending.
+    pub fn jobs_held_max(&self) -> usize {
+        self.concurrency.max(1) + self.local_queue
+    }
+
     /// `base × 2^(attempt−1)`, capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
@@ -108,8 +113,8 @@ pub struct Worker {
     provider: Arc<dyn Provider>,
     objects: Arc<dyn ObjectStore>,
     config: Arc<WorkerConfig>,
-    /// One per job this worker holds (claimed and waiting, at the provider, or ending):
-    /// `concurrency + local_queue`. Taken by the claim, given back when the job is done.
+    /// One per job this worker holds ([`WorkerConfig::jobs_held_max`]). Taken by the
+    /// claim, given back when the job is done.
     held: Arc<Semaphore>,
     /// One per provider request in flight: `concurrency`.
     slots: Arc<Semaphore>,
@@ -127,7 +132,7 @@ impl Worker {
         objects: Arc<dyn ObjectStore>,
         config: WorkerConfig,
     ) -> Self {
-        let held = Arc::new(Semaphore::new(config.concurrency.max(1) + config.local_queue));
+        let held = Arc::new(Semaphore::new(config.jobs_held_max()));
         let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
         Self {
             jobs,
@@ -188,7 +193,7 @@ impl Worker {
             }
         }
         // Wait for held jobs: every permit back means every job ended or was handed on.
-        let _ = self.held.acquire_many((self.config.concurrency.max(1) + self.config.local_queue) as u32).await;
+        let _ = self.held.acquire_many(self.config.jobs_held_max() as u32).await;
     }
 
     /// Claims as many dispatchable jobs as this worker may hold more of (free slots plus
