@@ -72,6 +72,9 @@ pub struct Services {
     pub web: crate::web::WebKeys,
     /// API keys recently found by hash (`queries::keys::KEY_CACHE_TTL`).
     pub keys: Arc<crate::queries::keys::KeyCache>,
+    /// Grants of recently read balances, by the version of their balance row
+    /// (`queries::credits::BalanceCache`).
+    pub balances: crate::queries::credits::BalanceCache,
 }
 
 impl Services {
@@ -140,6 +143,7 @@ impl AppState {
             fal: None,
             web,
             keys: Arc::default(),
+            balances: Default::default(),
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| crate::http::fal::FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));

@@ -26,7 +26,7 @@ pub use crate::queries::credits::{BalanceView, GrantView, LedgerEntry, Totals, E
 
 /// Reads a team's balance read model; `None` if the team does not exist.
 pub async fn load_balance(state: &AppState, team: TeamId) -> Result<Option<BalanceView>, Problem> {
-    queries::credits::balance(&state.db, team).await.map_err(|e| Problem::internal(&e))
+    state.balances.balance(&state.db, team).await.map_err(|e| Problem::internal(&e))
 }
 
 /// The caller's balance: available, reserved, per-grant remaining.

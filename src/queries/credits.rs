@@ -20,7 +20,7 @@ pub struct Totals {
 }
 
 /// One credit block (a grant or a positive adjustment) that still holds credits.
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct GrantView {
     pub grant_id: String,
     /// stripe | admin | plan | adjustment
@@ -54,14 +54,14 @@ pub struct BalanceView {
 }
 
 type BalanceRow = (String, String, i64, i64, i64, i64, i64, i64);
-/// [`BalanceRow`] and the grants as one JSON column (PostgreSQL).
-type BalanceWithGrantsRow = (String, String, i64, i64, i64, i64, i64, i64, sqlx::types::Json<Vec<GrantView>>);
 
-/// A team's balance; `None` if the team does not exist.
+/// A team's balance, uncached; `None` if the team does not exist. The API and the
+/// dashboard read it through [`BalanceCache`].
 pub async fn balance(db: &Database, team: TeamId) -> Result<Option<BalanceView>, QueryError> {
     let team_id = team.to_string();
     if let Database::Postgres(pool) = db {
-        return balance_in_one_statement(pool, team_id).await;
+        let read = balance_postgres(pool, &team_id, None).await?;
+        return Ok(read.map(|(_, row, grants)| balance_view(team_id, row, grants.unwrap_or_default())));
     }
     let row = db_fetch_optional!(
         db,
@@ -90,24 +90,97 @@ fn balance_view(team_id: String, row: BalanceRow, grants: Vec<GrantView>) -> Bal
     BalanceView { team_id, name, plan, concurrency_limit, available, reserved, totals: Totals { granted, deducted, expired, adjusted }, grants }
 }
 
-/// [`balance`] on PostgreSQL: the balance row and its grants in one round trip (the
-/// grants as a JSON array, in the order they are spent in).
-async fn balance_in_one_statement(pool: &sqlx::PgPool, team_id: String) -> Result<Option<BalanceView>, QueryError> {
-    let row: Option<BalanceWithGrantsRow> = sqlx::query_as(
-        "SELECT b.name, b.plan, b.available, b.reserved, b.granted_total, b.deducted_total, b.expired_total, b.adjusted_total, \
-           COALESCE((SELECT json_agg(json_build_object('grant_id', g.grant_id, 'origin', g.origin, 'amount', g.amount, \
-                       'remaining', g.remaining, 'reserved', g.reserved, 'deducted', g.deducted, 'expired', g.expired, \
-                       'expires_at', g.expires_at, 'granted_at', g.granted_at) \
-                     ORDER BY g.expires_at IS NULL, g.expires_at, g.granted_at, g.grant_id) \
-                     FROM credit_grants g WHERE g.team_id = b.team_id AND (g.remaining > 0 OR g.reserved > 0)), '[]'::json) \
+/// The version of a team's `team_balances` row: PostgreSQL's `xmin`, the transaction that
+/// wrote the row as it now stands.
+type RowVersion = i64;
+
+/// [`balance`] on PostgreSQL, in one round trip: the balance row, its version, and its
+/// grants — unless `known` is that version, in which case the grants are not read (`None`):
+/// the caller holds them. The grants are read by `balance_grants_json` (migration 0045)
+/// in the same snapshot as the row.
+async fn balance_postgres(
+    pool: &sqlx::PgPool,
+    team_id: &str,
+    known: Option<RowVersion>,
+) -> Result<Option<(RowVersion, BalanceRow, Option<Vec<GrantView>>)>, QueryError> {
+    type Row = (RowVersion, String, String, i64, i64, i64, i64, i64, i64, Option<sqlx::types::Json<Vec<GrantView>>>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT b.xmin::text::bigint, b.name, b.plan, b.available, b.reserved, b.granted_total, b.deducted_total, \
+           b.expired_total, b.adjusted_total, \
+           CASE WHEN b.xmin::text::bigint = $2 THEN NULL ELSE balance_grants_json(b.team_id) END \
          FROM team_balances b WHERE b.team_id = $1",
     )
-    .bind(&team_id)
+    .bind(team_id)
+    .bind(known)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(name, plan, available, reserved, granted, deducted, expired, adjusted, grants)| {
-        balance_view(team_id, (name, plan, available, reserved, granted, deducted, expired, adjusted), grants.0)
+    Ok(row.map(|(version, name, plan, available, reserved, granted, deducted, expired, adjusted, grants)| {
+        (version, (name, plan, available, reserved, granted, deducted, expired, adjusted), grants.map(|g| g.0))
     }))
+}
+
+/// How long grants read with a balance are reused while the balance row keeps the same
+/// version. Only a guard: a row version is a transaction id, and PostgreSQL reuses those
+/// after about two billion transactions.
+pub const BALANCE_GRANTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// Teams whose grants are remembered at most; the memory starts over when full.
+const BALANCE_GRANTS_CACHED_MAX: usize = 10_000;
+
+/// The grants of recently read balances (PostgreSQL), each with the version of the
+/// `team_balances` row they were read with. Every append that changes a team's grants
+/// also updates its balance row (the inline projection moves the totals in the same
+/// transaction), so while that row keeps its version the grants are the same: a balance
+/// read sends the version it holds, and PostgreSQL answers the row alone when it still
+/// matches — a point select instead of reading and sorting the grants — or the row with
+/// its grants when it does not. Each read sees the committed balance (read-your-writes,
+/// across processes); nothing is served without asking the database.
+#[derive(Default)]
+pub struct BalanceCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Remembered>>,
+}
+
+struct Remembered {
+    version: RowVersion,
+    read_at: std::time::Instant,
+    grants: std::sync::Arc<Vec<GrantView>>,
+}
+
+impl BalanceCache {
+    /// A team's balance; `None` if the team does not exist.
+    pub async fn balance(&self, db: &Database, team: TeamId) -> Result<Option<BalanceView>, QueryError> {
+        let Database::Postgres(pool) = db else {
+            return balance(db, team).await;
+        };
+        let team_id = team.to_string();
+        let held = self.fresh(&team_id);
+        let Some((version, row, read)) = balance_postgres(pool, &team_id, held.as_ref().map(|(v, _)| *v)).await? else {
+            return Ok(None);
+        };
+        let grants = match (read, held) {
+            (Some(grants), _) => {
+                self.remember(&team_id, version, &grants);
+                grants
+            }
+            (None, Some((_, grants))) => grants.as_ref().clone(),
+            (None, None) => return Err(QueryError(sqlx::Error::Protocol("balance read without its grants".into()))),
+        };
+        Ok(Some(balance_view(team_id, row, grants)))
+    }
+
+    fn fresh(&self, team_id: &str) -> Option<(RowVersion, std::sync::Arc<Vec<GrantView>>)> {
+        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = entries.get(team_id).filter(|e| e.read_at.elapsed() < BALANCE_GRANTS_TTL)?;
+        Some((entry.version, entry.grants.clone()))
+    }
+
+    fn remember(&self, team_id: &str, version: RowVersion, grants: &[GrantView]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entries.len() >= BALANCE_GRANTS_CACHED_MAX && !entries.contains_key(team_id) {
+            entries.clear();
+        }
+        let remembered = Remembered { version, read_at: std::time::Instant::now(), grants: std::sync::Arc::new(grants.to_vec()) };
+        entries.insert(team_id.to_string(), remembered);
+    }
 }
 
 pub const ENTRY_TYPES: &[&str] = &["granted", "reserved", "deducted", "refunded", "adjusted", "expired"];

@@ -13,7 +13,6 @@ use super::errors::{Notice, WebError};
 use super::layout::{time, time_opt, Layout};
 use super::session::Session;
 use crate::app::AppState;
-use crate::queries;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/credits", get(page)).route("/credits/checkout", post(checkout))
@@ -94,7 +93,7 @@ async fn page(State(state): State<AppState>, session: Session, Query(query): Que
 }
 
 async fn render(state: &AppState, session: &Session, notice: Option<Notice>) -> Result<Html<String>, WebError> {
-    let balance = queries::credits::balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
+    let balance = state.balances.balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
     let grants = balance
         .grants
         .iter()

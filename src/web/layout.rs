@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use super::errors::WebError;
 use super::session::Session;
 use crate::app::AppState;
-use crate::queries;
 
 pub struct Layout {
     pub title: String,
@@ -30,7 +29,7 @@ impl Layout {
 
     /// For a signed-in page: names the team and its spendable credits in the header.
     pub async fn load(state: &AppState, session: &Session, title: &str, nav: &'static str) -> Result<Self, WebError> {
-        let balance = queries::credits::balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
+        let balance = state.balances.balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
         Ok(Self {
             title: title.to_string(),
             nav,

@@ -35,7 +35,7 @@ struct OverviewPage {
 
 async fn page(State(state): State<AppState>, session: Session) -> Result<Html<String>, WebError> {
     let layout = Layout::load(&state, &session, "Overview", "overview").await?;
-    let balance = queries::credits::balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
+    let balance = state.balances.balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
     let usage = queries::jobs::plan_usage(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
     let jobs = queries::jobs::list(&state.db, session.team_id, &Default::default(), None, LATEST_JOBS).await?;
     let page = OverviewPage {

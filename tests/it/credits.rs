@@ -568,6 +568,14 @@ async fn random_workload_read_models_agree(app: TestApp) {
             Ok(_) | Err(CreditsError::Rejected(TeamCreditsError::InsufficientCredits { .. })) => {}
             Err(other) => panic!("step {step}: {other}"),
         }
+        // Every team's balance as the API reads it (grants remembered while the balance
+        // row keeps its version) is the balance read afresh: the unchanged teams'
+        // reads are served from memory, the changed team's is not.
+        for team in &teams {
+            let served = kiln::http::credits::load_balance(&app.state, *team).await.expect("read").expect("team");
+            let fresh = kiln::queries::credits::balance(&app.state.db, *team).await.expect("read").expect("team");
+            assert_eq!(serde_json::to_value(served).expect("json"), serde_json::to_value(fresh).expect("json"), "step {step}");
+        }
     }
     app.state.projector.catch_up_to_head(std::time::Duration::from_secs(30)).await.expect("projector");
     let mut expired_total = 0;
@@ -595,4 +603,40 @@ async fn postgres_random_workload_read_models_agree() {
 #[tokio::test]
 async fn sqlite_random_workload_read_models_agree() {
     random_workload_read_models_agree(TestApp::spawn(TestDb::sqlite().await).await).await;
+}
+
+/// The balance's grants are remembered with the version of the team's balance row and
+/// read again only when that row changed: every credit append changes it (the random
+/// workload above checks the API's reads against fresh ones after each step). Here the
+/// grants are changed behind the projection's back to see which read answers.
+#[tokio::test]
+async fn postgres_balance_grants_are_read_again_when_the_balance_row_changes() {
+    let app = TestApp::spawn(TestDb::postgres().await).await;
+    let team = team_id(&app.create_team("Remembered", "pro").await);
+    let credits = &app.state.credits;
+    let grant = |amount: i64, key: &str| TeamCreditsCommand::GrantCredits {
+        grant_id: domain::GrantId::new(uuid::Uuid::now_v7()),
+        amount: Credits::parse(amount).expect("positive"),
+        source: domain::GrantSource::Admin,
+        expires_at: None,
+        key: domain::IdempotencyKey::parse(key).expect("key"),
+        now: app.clock.now(),
+    };
+    credits.execute(team, grant(100, "first"), &json!({})).await.expect("grant");
+    let remaining = |view: &kiln::queries::credits::BalanceView| view.grants.iter().map(|g| g.remaining).collect::<Vec<_>>();
+    let read = || async { kiln::http::credits::load_balance(&app.state, team).await.expect("read").expect("team") };
+    assert_eq!(remaining(&read().await), [100]);
+
+    let Database::Postgres(pool) = &app.state.db else { unreachable!("a PostgreSQL test") };
+    sqlx::query("UPDATE credit_grants SET remaining = 99 WHERE team_id = $1").bind(team.to_string()).execute(pool).await.expect("update");
+    assert_eq!(remaining(&read().await), [100], "the balance row did not change: the grants are the remembered ones");
+    let fresh = kiln::queries::credits::balance(&app.state.db, team).await.expect("read").expect("team");
+    assert_eq!(remaining(&fresh), [99], "an uncached read sees the table");
+
+    sqlx::query("UPDATE team_balances SET updated_at = updated_at WHERE team_id = $1").bind(team.to_string()).execute(pool).await.expect("touch");
+    assert_eq!(remaining(&read().await), [99], "a new version of the balance row: the grants are read again");
+
+    app.clock.advance(Duration::seconds(1));
+    credits.execute(team, grant(5, "second"), &json!({})).await.expect("grant");
+    assert_eq!(remaining(&read().await), [99, 5], "an append: read again");
 }
