@@ -90,6 +90,10 @@ fn origin_name(origin: BlockOrigin) -> &'static str {
 }
 
 impl Changes {
+    /// The team's row changes with every event of the team that moves credits, so every
+    /// append that changes a grant writes a new version of its `team_balances` row (even
+    /// when the totals net to zero): `kiln::queries::credits::BalanceCache` relies on it
+    /// to know when the grants it remembers are out of date.
     fn team(&mut self, team: &str, at: DateTime<Utc>) -> &mut TeamDelta {
         let delta = self.teams.entry(team.to_string()).or_default();
         delta.at = Some(delta.at.map_or(at, |seen| seen.max(at)));
