@@ -44,6 +44,11 @@ pub struct HttpArgs {
     /// the balance lists.
     #[arg(long, default_value_t = 40)]
     pub grants: usize,
+    /// Log as `kiln serve` does (its default `log.filter` and format: a line per request
+    /// at `info`), to this process's stderr; without it the bench installs no log
+    /// subscriber and Kiln's log lines cost nothing. Send stderr to /dev/null or a file.
+    #[arg(long)]
+    pub log: bool,
     #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 }
@@ -82,6 +87,9 @@ async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyho
     settings.auth.operator_key = Some(OPERATOR_KEY.to_string().into());
     settings.storage.local_root = storage.display().to_string();
     settings.jobs.worker_in_serve = false;
+    if args.log {
+        infrastructure::telemetry::init(&settings.log, infrastructure::telemetry::Output::Plain);
+    }
     let app = Application::build(settings).await?;
     let kiln_addr = app.local_addr();
     let (stop_kiln, kiln_stopped) = oneshot::channel::<()>();
@@ -112,8 +120,13 @@ async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyho
     let _ = stop_kiln.send(());
     kiln_server.await??;
     lines.push(format!(
-        "{} connections, {} s measured after {} s warm-up per scenario, pool {} per server, {} grants",
-        args.connections, args.duration_secs, args.warmup_secs, args.pool, args.grants
+        "{} connections, {} s measured after {} s warm-up per scenario, pool {} per server, {} grants, {}",
+        args.connections,
+        args.duration_secs,
+        args.warmup_secs,
+        args.pool,
+        args.grants,
+        if args.log { "Kiln logging as `kiln serve` (stderr)" } else { "no log subscriber" }
     ));
     Ok(lines)
 }
