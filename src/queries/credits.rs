@@ -123,8 +123,10 @@ async fn balance_postgres(
 /// version. Only a guard: a row version is a transaction id, and PostgreSQL reuses those
 /// after about two billion transactions.
 pub const BALANCE_GRANTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-/// Teams whose grants are remembered at most; the memory starts over when full.
-const BALANCE_GRANTS_CACHED_MAX: usize = 10_000;
+/// Teams, and grants over all teams, remembered at most (≈ 25 MB of grants); the memory
+/// starts over when either is full.
+const BALANCE_TEAMS_CACHED_MAX: usize = 10_000;
+const BALANCE_GRANTS_CACHED_MAX: usize = 100_000;
 
 /// The grants of recently read balances (PostgreSQL), each with the version of the
 /// `team_balances` row they were read with. Every append that changes a team's grants
@@ -136,7 +138,14 @@ const BALANCE_GRANTS_CACHED_MAX: usize = 10_000;
 /// across processes); nothing is served without asking the database.
 #[derive(Default)]
 pub struct BalanceCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, Remembered>>,
+    entries: std::sync::Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_team: std::collections::HashMap<String, Remembered>,
+    /// Grants held over all teams.
+    grants: usize,
 }
 
 struct Remembered {
@@ -169,17 +178,24 @@ impl BalanceCache {
 
     fn fresh(&self, team_id: &str) -> Option<(RowVersion, std::sync::Arc<Vec<GrantView>>)> {
         let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = entries.get(team_id).filter(|e| e.read_at.elapsed() < BALANCE_GRANTS_TTL)?;
+        let entry = entries.by_team.get(team_id).filter(|e| e.read_at.elapsed() < BALANCE_GRANTS_TTL)?;
         Some((entry.version, entry.grants.clone()))
     }
 
     fn remember(&self, team_id: &str, version: RowVersion, grants: &[GrantView]) {
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if entries.len() >= BALANCE_GRANTS_CACHED_MAX && !entries.contains_key(team_id) {
-            entries.clear();
+        if let Some(replaced) = entries.by_team.remove(team_id) {
+            entries.grants -= replaced.grants.len();
         }
+        if grants.len() > BALANCE_GRANTS_CACHED_MAX {
+            return;
+        }
+        if entries.by_team.len() >= BALANCE_TEAMS_CACHED_MAX || entries.grants + grants.len() > BALANCE_GRANTS_CACHED_MAX {
+            *entries = Entries::default();
+        }
+        entries.grants += grants.len();
         let remembered = Remembered { version, read_at: std::time::Instant::now(), grants: std::sync::Arc::new(grants.to_vec()) };
-        entries.insert(team_id.to_string(), remembered);
+        entries.by_team.insert(team_id.to_string(), remembered);
     }
 }
 

@@ -568,9 +568,9 @@ async fn random_workload_read_models_agree(app: TestApp) {
             Ok(_) | Err(CreditsError::Rejected(TeamCreditsError::InsufficientCredits { .. })) => {}
             Err(other) => panic!("step {step}: {other}"),
         }
-        // Every team's balance as the API reads it (grants remembered while the balance
-        // row keeps its version) is the balance read afresh: the unchanged teams'
-        // reads are served from memory, the changed team's is not.
+        // Every team's balance as the API reads it (on PostgreSQL, grants remembered
+        // while the balance row keeps its version) is the balance read afresh: the
+        // unchanged teams' grants are served from memory, the changed team's are not.
         for team in &teams {
             let served = kiln::http::credits::load_balance(&app.state, *team).await.expect("read").expect("team");
             let fresh = kiln::queries::credits::balance(&app.state.db, *team).await.expect("read").expect("team");
