@@ -109,7 +109,7 @@ async fn render(state: &AppState, session: &Session, notice: Option<Notice>) -> 
     let stripe = state.stripe.checkout().is_some();
     let packs = state.stripe.catalog().packs().map(|(price_id, credits)| PackRow { price_id: price_id.to_string(), credits }).collect();
     let page = CreditsPage {
-        layout: Layout::load(state, session, "Credits", "credits").await?,
+        layout: Layout::with_balance(session, &balance, "Credits", "credits"),
         notice,
         team_id: balance.team_id,
         plan: balance.plan,

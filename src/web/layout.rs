@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use super::errors::WebError;
 use super::session::Session;
 use crate::app::AppState;
+use crate::queries::credits::BalanceView;
 
 pub struct Layout {
     pub title: String,
@@ -30,13 +31,18 @@ impl Layout {
     /// For a signed-in page: names the team and its spendable credits in the header.
     pub async fn load(state: &AppState, session: &Session, title: &str, nav: &'static str) -> Result<Self, WebError> {
         let balance = state.balances.balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
-        Ok(Self {
+        Ok(Self::with_balance(session, &balance, title, nav))
+    }
+
+    /// [`load`](Self::load) for a page that read the team's balance itself.
+    pub fn with_balance(session: &Session, balance: &BalanceView, title: &str, nav: &'static str) -> Self {
+        Self {
             title: title.to_string(),
             nav,
             signed_in: true,
             team: format!("{} · {} plan · {} credits", balance.name, balance.plan, balance.available),
             csrf: session.csrf.clone(),
-        })
+        }
     }
 }
 

@@ -34,8 +34,8 @@ struct OverviewPage {
 }
 
 async fn page(State(state): State<AppState>, session: Session) -> Result<Html<String>, WebError> {
-    let layout = Layout::load(&state, &session, "Overview", "overview").await?;
     let balance = state.balances.balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
+    let layout = Layout::with_balance(&session, &balance, "Overview", "overview");
     let usage = queries::jobs::plan_usage(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
     let jobs = queries::jobs::list(&state.db, session.team_id, &Default::default(), None, LATEST_JOBS).await?;
     let page = OverviewPage {
