@@ -89,6 +89,8 @@ impl Services {
         config.heartbeat_interval = ms(settings.heartbeat_interval_ms.max(1));
         config.worker_lost_after = secs(settings.worker_lost_after_secs.max(1));
         config.stale_after = secs(settings.stale_after_secs.max(1));
+        config.lease_ttl = secs(settings.lease_secs.max(1));
+        config.database_wait_max = secs(settings.database_wait_max_secs);
         config.attempts_max = settings.attempts_max.max(1);
         config.retry_backoff_base = ms(settings.retry_backoff_base_ms);
         config.retry_backoff_max = ms(settings.retry_backoff_max_ms);

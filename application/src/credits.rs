@@ -617,6 +617,7 @@ fn error_copy(error: &EventStoreError) -> CreditsError {
         }
         EventStoreError::InvalidAppend(reason) => EventStoreError::InvalidAppend(reason.clone()),
         EventStoreError::Unavailable(reason) => EventStoreError::Unavailable(reason.clone()),
+        EventStoreError::Database(reason) => EventStoreError::Database(reason.clone()),
     })
 }
 

@@ -95,6 +95,18 @@ pub enum EventStoreError {
     InvalidAppend(String),
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The database refused a statement (not a lost connection): retrying will not help.
+    #[error("event store database error: {0}")]
+    Database(String),
+}
+
+impl EventStoreError {
+    /// The store could not be reached or could not take the write now (a lost or
+    /// refused connection, a server shutting down or read-only after a failover): worth
+    /// trying again later. An append that failed this way may or may not have committed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, EventStoreError::Unavailable(_))
+    }
 }
 
 /// The append-only log. Implementations: `infrastructure::event_store` (PostgreSQL, SQLite).

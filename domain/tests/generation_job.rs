@@ -101,6 +101,7 @@ fn progress(request_id: Option<&str>, running: bool, at: i64) -> C {
         queue_position: Some(3),
         logs: vec!["step 1/20".into()],
         running,
+        attempt: None,
         now: t(at),
     }
 }
@@ -150,6 +151,7 @@ fn model_artifact() -> Vec<JobOutput> {
 fn complete(outputs: Vec<JobOutput>, at: i64) -> C {
     C::Complete {
         outputs,
+        attempt: None,
         now: t(at),
     }
 }
@@ -164,6 +166,7 @@ fn completed(outputs: Vec<JobOutput>, at: i64) -> E {
 fn fail(at: i64) -> C {
     C::Fail {
         reason: "provider error".into(),
+        attempt: None,
         now: t(at),
     }
 }
@@ -193,6 +196,7 @@ fn schedule_retry(at: i64) -> C {
     C::ScheduleRetry {
         reason: "provider timed out".into(),
         retry_at: t(at + 5),
+        attempt: None,
         now: t(at),
     }
 }
@@ -318,6 +322,53 @@ fn recorded_steps_survive_a_retry() {
     let job = state(&history);
     assert!(job.step_done("training-images-1"), "the next attempt resumes after it");
     assert_eq!(job.attempt, 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Fencing: a worker's commands name the attempt it works for
+// ---------------------------------------------------------------------------------------
+
+/// `command` as made by the worker of `attempt`.
+fn by_attempt(command: C, attempt: u32) -> C {
+    match command {
+        C::Progress { provider_request_id, queue_position, logs, running, now, .. } => {
+            C::Progress { provider_request_id, queue_position, logs, running, attempt: Some(attempt), now }
+        }
+        C::Complete { outputs, now, .. } => C::Complete { outputs, attempt: Some(attempt), now },
+        C::Fail { reason, now, .. } => C::Fail { reason, attempt: Some(attempt), now },
+        C::ScheduleRetry { reason, retry_at, now, .. } => C::ScheduleRetry { reason, retry_at, attempt: Some(attempt), now },
+        other => other,
+    }
+}
+
+#[test]
+fn the_current_attempt_records_as_before() {
+    given(at_dispatched()).when(by_attempt(complete(images(), 3), 1)).then_expect_events(vec![completed(images(), 3)]);
+    given(at_dispatched()).when(by_attempt(fail(3), 1)).then_expect_events(vec![failed(3)]);
+    given(at_dispatched()).when(by_attempt(schedule_retry(3), 1)).then_expect_events(vec![retry_scheduled(1, 3)]);
+    given(at_dispatched()).when(by_attempt(progress(Some("req-1"), true, 3), 1)).then_expect_events(vec![progressed(Some("req-1"), true, 3)]);
+    // The same attempt repeating its ending (a commit whose outcome it did not learn).
+    check_no_events(at_completed(), by_attempt(complete(images(), 4), 1));
+}
+
+#[test]
+fn an_attempt_whose_claim_was_taken_back_records_nothing() {
+    let taken_back = vec![queued(), dispatched(1, 1), retry_scheduled(1, 2)];
+    let claimed_again = with(taken_back.clone(), dispatched(2, 3));
+    let stale = JobError::StaleAttempt { attempt: 1, current: 2 };
+    for command in [complete(images(), 4), fail(4), schedule_retry(4), progress(Some("req-1"), true, 4)] {
+        check_error(taken_back.clone(), by_attempt(command.clone(), 1), JobError::NotInProgress("queued"));
+        check_error(claimed_again.clone(), by_attempt(command, 1), stale.clone());
+    }
+    // A cancel is the team's: it ends whatever attempt runs.
+    given(claimed_again).when(cancel(4)).then_expect_events(vec![cancelled(4)]);
+}
+
+#[test]
+fn an_unfenced_command_acts_on_the_current_attempt() {
+    let claimed_again = vec![queued(), dispatched(1, 1), retry_scheduled(1, 2), dispatched(2, 3)];
+    given(claimed_again.clone()).when(complete(images(), 4)).then_expect_events(vec![completed(images(), 4)]);
+    given(vec![queued()]).when(fail(1)).then_expect_events(vec![failed(1)]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -55,6 +55,13 @@ pub struct JobSettings {
     pub worker_lost_after_secs: u64,
     /// An active job with no news this long is checked with the provider (no timeout).
     pub stale_after_secs: u64,
+    /// A job a worker holds has a lease it renews with each heartbeat; a job with no
+    /// provider request outstanding whose lease lapsed this long ago is taken back, even
+    /// from a live worker.
+    pub lease_secs: u64,
+    /// How long a job's run waits, in all, for an unavailable database before its worker
+    /// lets the job go (it is then taken back once its lease lapses).
+    pub database_wait_max_secs: u64,
     pub attempts_max: u32,
     pub retry_backoff_base_ms: u64,
     pub retry_backoff_max_ms: u64,
@@ -77,6 +84,8 @@ impl Default for JobSettings {
             heartbeat_interval_ms: 2_000,
             worker_lost_after_secs: 10,
             stale_after_secs: 300,
+            lease_secs: 10,
+            database_wait_max_secs: 600,
             attempts_max: 5,
             retry_backoff_base_ms: 2_000,
             retry_backoff_max_ms: 300_000,

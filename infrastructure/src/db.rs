@@ -47,7 +47,17 @@ impl DbError {
 /// or is closed, the connection broke, the server is shutting down or starting up, or
 /// (SQLite) another process holds the write lock past the busy timeout — as opposed to
 /// an error in the statement or the data. Callers answer these with "try again later".
+/// Seeing one also has the pools re-check connections before lending them for a while
+/// ([`crate::db_health`]).
 pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    let unreachable = is_unreachable_kind(error);
+    if unreachable {
+        crate::db_health::connection_trouble_seen();
+    }
+    unreachable
+}
+
+fn is_unreachable_kind(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
         sqlx::Error::WorkerCrashed => true,
@@ -56,8 +66,10 @@ pub fn is_unreachable(error: &sqlx::Error) -> bool {
             // PostgreSQL: class 08 (connection exception), 57P01-57P03 (admin or crash
             // shutdown, cannot connect now), 53300 (too many connections).
             // SQLite: 5 (SQLITE_BUSY), 6 (SQLITE_LOCKED) and their extended codes.
+            // 25006 (read-only transaction): a server demoted by a failover, reached
+            // over a connection opened before it; the pool drops such connections.
             code.starts_with("08")
-                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "25006")
                 || (db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() && {
                     let primary = code.parse::<i64>().unwrap_or(0) & 0xff;
                     primary == 5 || primary == 6
@@ -65,6 +77,19 @@ pub fn is_unreachable(error: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// [`is_unreachable`] for an error or any of its causes (a `sqlx::Error` boxed inside
+/// another error, as inline projections return them).
+pub fn is_unreachable_cause(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.downcast_ref::<sqlx::Error>().is_some_and(is_unreachable) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// A connection pool to one of the two supported databases.
@@ -100,6 +125,11 @@ impl Database {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(acquire_timeout)
+                // Instead of sqlx's ping: the same round trip, and a check that the
+                // server still takes writes where it matters (see `db_health`).
+                .test_before_acquire(false)
+                .before_acquire(crate::db_health::lend_if_healthy)
+                .after_connect(crate::db_health::refuse_read_only)
                 .connect_with(options)
                 .await
                 .map_err(DbError::Connect)?;

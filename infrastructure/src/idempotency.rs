@@ -119,6 +119,24 @@ pub async fn finish(db: &Database, scope: &str, key: &str, how: Finish, now: Dat
     Ok(())
 }
 
+/// [`finish`], tried again (jittered backoff, for up to [`FINISH_RETRY_FOR`]) while the
+/// database cannot be reached: a claim left in flight makes every repeat of its request
+/// wait for [`IN_FLIGHT_LEASE_SECS`] (409), so a client retrying after a 503 would be
+/// turned away long after the database is back.
+pub async fn finish_when_reachable(db: &Database, scope: &str, key: &str, how: Finish, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(50))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_jitter()
+        .with_total_delay(Some(FINISH_RETRY_FOR))
+        .without_max_times();
+    (|| finish(db, scope, key, how, now)).retry(backoff).when(crate::db::is_unreachable).await
+}
+
+/// How long [`finish_when_reachable`] keeps trying.
+pub const FINISH_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Deletes the bindings past the retention window; returns how many.
 pub async fn forget_expired(db: &Database, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
     db_execute!(db, "DELETE FROM idempotency_keys WHERE created_at < $1", now - Duration::hours(RETENTION_HOURS))

@@ -4,12 +4,13 @@
 use application::event_store::EventStoreError;
 use std::sync::Arc;
 
-use application::jobs::index::{ActiveJob, JobIndex, PickHold, Picked};
+use application::jobs::index::{ActiveJob, JobIndex, Lost, PickHold, Picked};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{JobId, TeamId};
 
 use crate::db::Database;
+use crate::event_store::store_error;
 use crate::{db_execute, db_fetch_all, db_fetch_optional};
 
 pub struct SqlJobIndex {
@@ -70,9 +71,6 @@ impl PickHold for LocalHold {
     async fn release(self: Box<Self>) {}
 }
 
-fn unavailable(error: sqlx::Error) -> EventStoreError {
-    EventStoreError::Unavailable(error.to_string())
-}
 
 fn parse_pairs(rows: Vec<(String, String)>) -> Vec<(JobId, TeamId)> {
     rows.into_iter().filter_map(|(job, team)| Some((job.parse().ok()?, team.parse().ok()?))).collect()
@@ -104,14 +102,14 @@ impl JobIndex for SqlJobIndex {
         // held ahead of the others' (measured: a team 22–58 jobs behind in
         // `kiln-bench dispatch`); with claims of a hundred jobs, the turn is short beside
         // the work it hands out.
-        let mut tx = pool.begin().await.map_err(unavailable)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(PICK_LOCK_CLASS).execute(&mut *tx).await.map_err(unavailable)?;
+        let mut tx = pool.begin().await.map_err(store_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(PICK_LOCK_CLASS).execute(&mut *tx).await.map_err(store_error)?;
         let rows: Vec<(String, String)> = sqlx::query_as(DISPATCHABLE_POSTGRES)
             .bind(now)
             .bind(limit)
             .fetch_all(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         Ok(Picked { jobs: parse_pairs(rows), hold: Box::new(PgHold(tx)) })
     }
 
@@ -139,7 +137,7 @@ impl JobIndex for SqlJobIndex {
             .bind(limit)
             .fetch_all(pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
             return Ok(parse_pairs(rows));
         }
         let rows = db_fetch_all!(
@@ -157,7 +155,7 @@ impl JobIndex for SqlJobIndex {
             now,
             limit
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(parse_pairs(rows))
     }
 
@@ -168,13 +166,13 @@ impl JobIndex for SqlJobIndex {
             "SELECT job_id FROM jobs WHERE team_id = $1 AND status = 'queued' ORDER BY queued_at",
             team.to_string()
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(rows.into_iter().filter_map(|(job,)| job.parse().ok()).collect())
     }
 
     async fn queued_count(&self, team: TeamId) -> Result<i64, EventStoreError> {
         let row = db_fetch_optional!(&self.db, (i64,), "SELECT CAST(queued AS BIGINT) FROM team_dispatch WHERE team_id = $1", team.to_string())
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         Ok(row.map(|r| r.0).unwrap_or(0))
     }
 
@@ -186,23 +184,62 @@ impl JobIndex for SqlJobIndex {
              WHERE j.status = 'queued' AND d.running_limit = 0 ORDER BY j.queued_at LIMIT $1",
             limit
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(parse_pairs(rows))
     }
 
-    async fn orphaned(&self, heartbeat_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError> {
+    async fn orphaned(&self, lost: Lost, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError> {
+        // A lease counts for the attempt it was taken for only: a job retried and claimed
+        // again is leased afresh by its new claim.
         let rows = db_fetch_all!(
             &self.db,
             ActiveRow,
             "SELECT j.job_id, j.team_id, j.worker, j.provider_request_id FROM jobs j \
              LEFT JOIN workers w ON w.worker_id = j.worker \
-             WHERE j.status IN ('dispatched', 'running') AND (w.worker_id IS NULL OR w.heartbeat_at < $1) \
-             ORDER BY j.updated_at LIMIT $2",
-            heartbeat_before,
+             LEFT JOIN job_leases l ON l.job_id = j.job_id AND l.attempt = j.attempt \
+             WHERE j.status IN ('dispatched', 'running') AND ( \
+                w.worker_id IS NULL OR w.heartbeat_at < $1 \
+                OR (j.provider_request_id IS NULL AND ( \
+                    (l.job_id IS NULL AND j.updated_at < $2) OR l.expires_at < $3))) \
+             ORDER BY j.updated_at LIMIT $4",
+            lost.heartbeat_before,
+            lost.unleased_before,
+            lost.now,
             limit
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(parse_active(rows))
+    }
+
+    async fn renew_leases(&self, worker: &str, held: &[(JobId, u32)], until: DateTime<Utc>) -> Result<(), EventStoreError> {
+        let jobs: Vec<String> = held.iter().map(|(job, _)| job.to_string()).collect();
+        let attempts: Vec<i64> = held.iter().map(|(_, attempt)| i64::from(*attempt)).collect();
+        // The lists travel as JSON arrays: one statement text for any number of jobs, on
+        // both databases.
+        let (jobs, attempts) = (serde_json::to_string(&jobs).unwrap_or_default(), serde_json::to_string(&attempts).unwrap_or_default());
+        let (upsert, release) = match self.db {
+            Database::Postgres(_) => (
+                "INSERT INTO job_leases (job_id, worker_id, attempt, expires_at) \
+                 SELECT j.value, $1, a.value::integer, $4 FROM jsonb_array_elements_text($2::jsonb) WITH ORDINALITY j(value, n) \
+                 JOIN jsonb_array_elements_text($3::jsonb) WITH ORDINALITY a(value, n) USING (n) \
+                 ON CONFLICT (job_id) DO UPDATE SET worker_id = excluded.worker_id, attempt = excluded.attempt, expires_at = excluded.expires_at",
+                "DELETE FROM job_leases WHERE (worker_id = $1 AND job_id NOT IN (SELECT jsonb_array_elements_text($2::jsonb))) OR expires_at < $3",
+            ),
+            Database::Sqlite { .. } => (
+                "INSERT INTO job_leases (job_id, worker_id, attempt, expires_at) \
+                 SELECT j.value, $1, a.value, $4 FROM json_each($2) j JOIN json_each($3) a ON a.key = j.key WHERE true \
+                 ON CONFLICT (job_id) DO UPDATE SET worker_id = excluded.worker_id, attempt = excluded.attempt, expires_at = excluded.expires_at",
+                "DELETE FROM job_leases WHERE (worker_id = $1 AND job_id NOT IN (SELECT value FROM json_each($2))) OR expires_at < $3",
+            ),
+        };
+        if !held.is_empty() {
+            db_execute!(&self.db, upsert, worker, &jobs, &attempts, until).map_err(store_error)?;
+        }
+        // Leases of gone workers go too, long after they lapsed (a lapsed lease and none
+        // at all mean the same to `orphaned`).
+        let long_lapsed = until - chrono::Duration::hours(1);
+        db_execute!(&self.db, release, worker, &jobs, long_lapsed).map_err(store_error)?;
+        Ok(())
     }
 
     async fn without_news(&self, updated_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError> {
@@ -215,7 +252,7 @@ impl JobIndex for SqlJobIndex {
             updated_before,
             limit
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(parse_active(rows))
     }
 
@@ -227,7 +264,7 @@ impl JobIndex for SqlJobIndex {
             worker,
             now
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(())
     }
 
@@ -238,7 +275,7 @@ impl JobIndex for SqlJobIndex {
             "SELECT category, characteristics FROM reference_models WHERE id = $1",
             reference_model_id
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         // The category beside the characteristics: it decides how a trainer learns.
         Ok(row.and_then(|(category, text)| {
             let mut characteristics: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -255,13 +292,13 @@ impl JobIndex for SqlJobIndex {
             reference_model_id,
             true
         )
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(row.map(|(milli,)| milli))
     }
 
     async fn job_of_request(&self, provider_request_id: &str) -> Result<Option<JobId>, EventStoreError> {
         let row = db_fetch_optional!(&self.db, (String,), "SELECT job_id FROM jobs WHERE provider_request_id = $1", provider_request_id)
-            .map_err(unavailable)?;
+            .map_err(store_error)?;
         Ok(row.and_then(|(job,)| job.parse().ok()))
     }
 }

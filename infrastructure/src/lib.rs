@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod config_reference;
 pub mod db;
+pub mod db_health;
 pub mod event_store;
 pub mod idempotency;
 pub mod job_index;

@@ -210,10 +210,21 @@ impl ClaimGuard {
 }
 
 async fn finish(state: &AppState, scope: &str, key: &str, how: Finish) {
-    if let Err(error) = idempotency::finish(&state.db, scope, key, how, state.credits.now()).await {
+    let now = state.credits.now();
+    let Err(error) = idempotency::finish(&state.db, scope, key, how, now).await else { return };
+    if !infrastructure::db::is_unreachable(&error) {
         // The claim stays in flight until its lease runs out; repeats get 409 till then.
         tracing::warn!(%error, "idempotency key not released");
+        return;
     }
+    // The database is away (the request itself most likely answered 503): finish the
+    // claim once it is back, so the client's retry is not turned away meanwhile.
+    let (db, scope, key) = (state.db.clone(), scope.to_string(), key.to_string());
+    tokio::spawn(async move {
+        if let Err(error) = idempotency::finish_when_reachable(&db, &scope, &key, how, now).await {
+            tracing::warn!(%error, "idempotency key not released");
+        }
+    });
 }
 
 impl Drop for ClaimGuard {

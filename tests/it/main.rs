@@ -13,6 +13,7 @@ mod contract;
 mod event_store;
 mod jobs;
 mod jobs_dispatch;
+mod lost_connection;
 mod observe;
 mod rebuild;
 mod rebuild_bench;

@@ -30,6 +30,16 @@ pub struct Picked {
     pub hold: Box<dyn PickHold>,
 }
 
+/// What makes an active job lost (see [`JobIndex::orphaned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    pub now: DateTime<Utc>,
+    /// A worker silent since then is gone.
+    pub heartbeat_before: DateTime<Utc>,
+    /// A job claimed (or last changed) before then whose lease was never renewed.
+    pub unleased_before: DateTime<Utc>,
+}
+
 #[async_trait]
 pub trait JobIndex: Send + Sync + 'static {
     /// Up to `limit` jobs to claim, in the order of [`JobIndex::dispatchable`], under the
@@ -54,9 +64,16 @@ pub trait JobIndex: Send + Sync + 'static {
     /// Queued jobs of teams whose plan runs no jobs (limit 0), at most `limit`.
     async fn queued_without_plan(&self, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError>;
 
-    /// Active (dispatched or running) jobs whose worker has not beaten its heart since
-    /// `heartbeat_before`, at most `limit`.
-    async fn orphaned(&self, heartbeat_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError>;
+    /// Active (dispatched or running) jobs that nobody works on, at most `limit`: those
+    /// whose worker has not beaten its heart since `lost.heartbeat_before`, and those with
+    /// no provider request outstanding whose lease lapsed (renewed last before
+    /// `lost.now`, or never renewed and unchanged since `lost.unleased_before`), even
+    /// while their worker lives.
+    async fn orphaned(&self, lost: Lost, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError>;
+
+    /// Renews `worker`'s lease on each of `held` (job, attempt) until `until`, and drops
+    /// its leases on any other job (it let them go).
+    async fn renew_leases(&self, worker: &str, held: &[(JobId, u32)], until: DateTime<Utc>) -> Result<(), EventStoreError>;
 
     /// Active jobs with a provider request and no news since `updated_before`.
     async fn without_news(&self, updated_before: DateTime<Utc>, limit: i64) -> Result<Vec<ActiveJob>, EventStoreError>;

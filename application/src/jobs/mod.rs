@@ -5,6 +5,7 @@
 //! reservation ends exactly once, so a duplicate or racing ending changes nothing.
 
 pub mod index;
+pub mod lease;
 pub mod steps;
 pub mod submit;
 pub mod worker;
@@ -46,6 +47,18 @@ pub enum JobsError {
     QueueFull { queued: i64, max: i64 },
     #[error("changed concurrently; retry the request")]
     Conflict,
+}
+
+impl JobsError {
+    /// The database could not be reached (or answered from a server that cannot take
+    /// writes now): the same call may well succeed in a moment, and whether a write that
+    /// failed this way was committed is not known (decide again on the state as it is).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            JobsError::Store(error) | JobsError::Credits(CommandError::Store(error)) => error.is_unavailable(),
+            _ => false,
+        }
+    }
 }
 
 impl From<CreditsError> for JobsError {
@@ -290,17 +303,19 @@ impl JobsService {
         Ok(Vec::new())
     }
 
-    /// Records news from the provider (its request id, queue position, logs, start).
+    /// Records news from the provider (its request id, queue position, logs, start) for
+    /// `attempt` (`None`: whichever attempt is current; see `JobCommand::Progress`).
     pub async fn progress(
         &self,
         job_id: JobId,
+        attempt: Option<u32>,
         provider_request_id: Option<String>,
         queue_position: Option<u32>,
         logs: Vec<String>,
         running: bool,
     ) -> Result<(), JobsError> {
         let request = provider_request_id.clone();
-        let command = JobCommand::Progress { provider_request_id, queue_position, logs, running, now: self.clock.now() };
+        let command = JobCommand::Progress { provider_request_id, queue_position, logs, running, attempt, now: self.clock.now() };
         self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("provider")).await?;
         crate::observe::job_progressed(job_id, request.as_deref(), running);
         Ok(())
@@ -337,9 +352,10 @@ impl JobsService {
         }
     }
 
-    /// Puts an active job back in the queue, to start again at `retry_at`.
-    pub async fn retry_later(&self, job_id: JobId, reason: &str, retry_at: DateTime<Utc>) -> Result<(), JobsError> {
-        let command = JobCommand::ScheduleRetry { reason: reason.to_string(), retry_at, now: self.clock.now() };
+    /// Puts an active job back in the queue, to start again at `retry_at` (only while
+    /// `attempt`, when given, is still the job's current attempt).
+    pub async fn retry_later(&self, job_id: JobId, attempt: Option<u32>, reason: &str, retry_at: DateTime<Utc>) -> Result<(), JobsError> {
+        let command = JobCommand::ScheduleRetry { reason: reason.to_string(), retry_at, attempt, now: self.clock.now() };
         self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("worker")).await?;
         crate::observe::job_retry_scheduled(job_id, reason, retry_at);
         Ok(())
@@ -347,9 +363,11 @@ impl JobsService {
 
     /// Completes a job with its stored outputs and deducts its reservation, atomically.
     /// Fails with `AlreadyFinished` if the job was cancelled or failed meanwhile (the
-    /// outputs are then not the team's to keep).
-    pub async fn complete(&self, job_id: JobId, outputs: Vec<JobOutput>) -> Result<Ending, JobsError> {
-        self.end(job_id, EndKind::Complete(outputs), "worker").await
+    /// outputs are then not the team's to keep), and with `StaleAttempt` /
+    /// `NotInProgress` if `attempt` (when given) is no longer the job's (it was taken
+    /// back from this attempt's worker: the outputs belong to no ending).
+    pub async fn complete(&self, job_id: JobId, attempt: Option<u32>, outputs: Vec<JobOutput>) -> Result<Ending, JobsError> {
+        self.end(job_id, EndKind::Complete { outputs, attempt }, "worker").await
     }
 
     /// `complete`, decided first on the job as its claim left it (no load); if the job
@@ -357,12 +375,14 @@ impl JobsService {
     /// ending is decided again on the loaded job.
     pub async fn complete_claimed(&self, claimed: Loaded<GenerationJob>, outputs: Vec<JobOutput>) -> Result<Ending, JobsError> {
         let job_id = claimed.aggregate.job_id.ok_or(JobsError::NotFound)?;
-        self.end_from(job_id, Some(claimed), EndKind::Complete(outputs), "worker").await
+        let attempt = Some(claimed.aggregate.attempt);
+        self.end_from(job_id, Some(claimed), EndKind::Complete { outputs, attempt }, "worker").await
     }
 
-    /// Fails a job and refunds its reservation, atomically.
-    pub async fn fail(&self, job_id: JobId, reason: &str) -> Result<Ending, JobsError> {
-        self.end(job_id, EndKind::Fail(reason.to_string()), "worker").await
+    /// Fails a job and refunds its reservation, atomically (fenced by `attempt` as
+    /// [`complete`](Self::complete) is).
+    pub async fn fail(&self, job_id: JobId, attempt: Option<u32>, reason: &str) -> Result<Ending, JobsError> {
+        self.end(job_id, EndKind::Fail { reason: reason.to_string(), attempt }, "worker").await
     }
 
     /// Cancels a job of `team` in any non-final state and refunds it, atomically.
@@ -495,8 +515,9 @@ fn team_at_limit(reason: &str) -> Option<String> {
 
 #[derive(Debug, Clone)]
 enum EndKind {
-    Complete(Vec<JobOutput>),
-    Fail(String),
+    /// `attempt`: the attempt that made the outputs (see `JobCommand::Complete`).
+    Complete { outputs: Vec<JobOutput>, attempt: Option<u32> },
+    Fail { reason: String, attempt: Option<u32> },
     Cancel(String),
     /// Cancel only if still queued (subscription expiry never stops a running job).
     CancelQueued(String),
@@ -505,8 +526,8 @@ enum EndKind {
 impl EndKind {
     fn job_command(&self, now: DateTime<Utc>) -> JobCommand {
         match self {
-            EndKind::Complete(outputs) => JobCommand::Complete { outputs: outputs.clone(), now },
-            EndKind::Fail(reason) => JobCommand::Fail { reason: reason.clone(), now },
+            EndKind::Complete { outputs, attempt } => JobCommand::Complete { outputs: outputs.clone(), attempt: *attempt, now },
+            EndKind::Fail { reason, attempt } => JobCommand::Fail { reason: reason.clone(), attempt: *attempt, now },
             EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => JobCommand::Cancel { reason: reason.clone(), now },
         }
     }
@@ -515,22 +536,22 @@ impl EndKind {
     fn observe(&self, before: &GenerationJob, actor: &str, now: DateTime<Utc>) {
         use crate::observe::{job_ended, JobEnd};
         match self {
-            EndKind::Complete(_) => job_ended(before, JobEnd::Completed, None, actor, now),
-            EndKind::Fail(reason) => job_ended(before, JobEnd::Failed, Some(reason), actor, now),
+            EndKind::Complete { .. } => job_ended(before, JobEnd::Completed, None, actor, now),
+            EndKind::Fail { reason, .. } => job_ended(before, JobEnd::Failed, Some(reason), actor, now),
             EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => job_ended(before, JobEnd::Cancelled, Some(reason), actor, now),
         }
     }
 
     fn credit_command(&self, job_id: JobId, now: DateTime<Utc>) -> TeamCreditsCommand {
         match self {
-            EndKind::Complete(_) => TeamCreditsCommand::DeductCredits { reservation_id: job_id, now },
+            EndKind::Complete { .. } => TeamCreditsCommand::DeductCredits { reservation_id: job_id, now },
             _ => TeamCreditsCommand::RefundCredits { reservation_id: job_id, now },
         }
     }
 
     fn reservation_end(&self) -> ReservationState {
         match self {
-            EndKind::Complete(_) => ReservationState::Deducted,
+            EndKind::Complete { .. } => ReservationState::Deducted,
             _ => ReservationState::Refunded,
         }
     }
@@ -541,11 +562,11 @@ impl EndKind {
             return None;
         }
         Some(match self {
-            EndKind::Complete(outputs) => {
+            EndKind::Complete { outputs, .. } => {
                 let artifact_key = outputs.iter().find(|o| o.key.ends_with("model.json")).or(outputs.first())?.key.clone();
                 ModelCommand::RecordVersion { job_id, artifact_key, now }
             }
-            EndKind::Fail(reason) | EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => {
+            EndKind::Fail { reason, .. } | EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => {
                 ModelCommand::RecordJobFailure { job_id, reason: reason.clone(), now }
             }
         })

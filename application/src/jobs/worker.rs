@@ -9,6 +9,7 @@
 //! and refunded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ use domain::{JobId, ModelId};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::Instrument;
 
-use super::index::{ActiveJob, JobIndex};
+use super::index::{ActiveJob, JobIndex, Lost};
+use super::lease::{durably, Held, HeldJob};
 use super::steps::{self, SetFile, Step};
 use super::{JobsError, JobsService};
 use crate::aggregate_store::Loaded;
@@ -50,6 +52,13 @@ pub struct WorkerConfig {
     pub retry_backoff_max: Duration,
     /// Store writes tried per output before the attempt counts as a transient failure.
     pub storage_attempts_max: u32,
+    /// A held job's lease, renewed with each heartbeat: a job with no provider request
+    /// outstanding whose lease lapsed is taken back, even from a live worker.
+    pub lease_ttl: Duration,
+    /// How long a job's run waits, in all, for an unavailable database to answer one of
+    /// its steps before the worker lets the job go (its lease then lapses and the job is
+    /// taken back).
+    pub database_wait_max: Duration,
 }
 
 impl WorkerConfig {
@@ -66,6 +75,8 @@ impl WorkerConfig {
             retry_backoff_base: Duration::from_secs(2),
             retry_backoff_max: Duration::from_secs(300),
             storage_attempts_max: 3,
+            lease_ttl: Duration::from_secs(10),
+            database_wait_max: Duration::from_secs(600),
         }
     }
 
@@ -122,6 +133,10 @@ pub struct Worker {
     /// Signalled when one of this worker's jobs lets its slot go: the dispatch loop tries
     /// again at once instead of waiting out its poll interval.
     slot_freed: Arc<Notify>,
+    /// The jobs this worker holds, whose leases it renews (see [`super::lease`]).
+    leases: Arc<Held>,
+    /// Set when the worker stops: a job's run no longer waits for the database.
+    stopping: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -144,7 +159,43 @@ impl Worker {
             slots,
             artifacts: Arc::default(),
             slot_freed: Arc::default(),
+            leases: Arc::default(),
+            stopping: Arc::default(),
         }
+    }
+
+    /// Renews the lease of every job this worker holds, and drops its leases on jobs it
+    /// let go.
+    async fn renew_leases(&self) -> Result<(), JobsError> {
+        let until = self.now() + chrono::Duration::from_std(self.config.lease_ttl).unwrap_or(chrono::Duration::seconds(10));
+        Ok(self.index.renew_leases(&self.config.worker_id, &self.leases.all(), until).await?)
+    }
+
+    /// Holds `job_id` (for `attempt`) while the returned value lives, renewing the leases
+    /// of this worker's jobs meanwhile from a task of its own: for a run that does not
+    /// start from this worker's claim (a webhook's or a status check's result that goes
+    /// on to the job's next step), which the dispatch loop's heartbeat may not renew — the
+    /// webhook's worker has no dispatch loop.
+    fn hold_and_renew(&self, job_id: JobId, attempt: u32) -> (HeldJob, tokio::task::AbortHandle) {
+        let held = self.leases.hold(job_id, attempt);
+        let worker = self.clone();
+        let renewing = tokio::spawn(async move {
+            loop {
+                if let Err(error) = worker.renew_leases().await {
+                    tracing::warn!(%error, "renewing job leases failed");
+                }
+                tokio::time::sleep(worker.config.heartbeat_interval).await;
+            }
+        });
+        (held, renewing.abort_handle())
+    }
+
+    /// [`durably`] with this worker's bounds.
+    async fn durably<T, Fut>(&self, what: &'static str, op: impl FnMut() -> Fut) -> Result<T, JobsError>
+    where
+        Fut: std::future::Future<Output = Result<T, JobsError>>,
+    {
+        durably(what, self.config.database_wait_max, &self.stopping, op).await
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -158,6 +209,9 @@ impl Worker {
             if last_heartbeat.is_none_or(|at| at.elapsed() >= self.config.heartbeat_interval) {
                 if let Err(error) = self.index.heartbeat(&self.config.worker_id, self.now()).await {
                     tracing::warn!(%error, "heartbeat failed");
+                }
+                if let Err(error) = self.renew_leases().await {
+                    tracing::warn!(%error, "renewing job leases failed");
                 }
                 if let Err(error) = self.maintain().await {
                     tracing::warn!(%error, "queue maintenance failed");
@@ -192,6 +246,8 @@ impl Worker {
                 break;
             }
         }
+        // A job still waiting for the database is handed back rather than waited for.
+        self.stopping.store(true, Ordering::Relaxed);
         // Wait for held jobs: every permit back means every job ended or was handed on.
         let _ = self.held.acquire_many(self.config.jobs_held_max() as u32).await;
     }
@@ -224,6 +280,9 @@ impl Worker {
         for job in claimed {
             // One permit per started job; the unused rest go back when `permits` drops.
             let permit = permits.split(1).unwrap_or_else(|| unreachable!("one permit per claimed job was taken"));
+            let Some(job_id) = job.aggregate.job_id else { continue };
+            let held = self.leases.hold(job_id, job.aggregate.attempt);
+            let attempt = job.aggregate.attempt;
             let worker = self.clone();
             // The job's span: every line of its run (provider calls, ending, credit
             // movements) carries its ids.
@@ -231,8 +290,9 @@ impl Worker {
             tokio::spawn(
                 async move {
                     if let Err(error) = worker.execute(job).await {
-                        tracing::error!(%error, "job execution failed");
+                        worker.let_go(job_id, attempt, &error).await;
                     }
+                    drop(held);
                     drop(permit);
                     worker.slot_freed.notify_one();
                 }
@@ -246,8 +306,25 @@ impl Worker {
     /// on the provider, ends, or is put back for a retry.
     async fn execute(&self, claimed: Loaded<GenerationJob>) -> Result<(), JobsError> {
         let job = claimed.aggregate.clone();
-        let context = RunContext { slots: Some(self.slots.clone()), ..self.context(&job).await? };
+        let context = self.durably("reading the job's context", || self.context(&job)).await?;
+        let context = RunContext { slots: Some(self.slots.clone()), ..context };
         self.run_steps(job, Some(claimed), &context).await
+    }
+
+    /// A job's run failed with `error` and the worker lets the job go. Unless the error
+    /// says the job moved on without this attempt, it is handed back to the queue at once
+    /// (a retry of this attempt); if even that cannot be recorded (the database is still
+    /// away), its lease lapses and any worker's upkeep takes it back.
+    async fn let_go(&self, job_id: JobId, attempt: u32, error: &JobsError) {
+        if matches!(error, JobsError::Job(JobError::StaleAttempt { .. } | JobError::NotInProgress(_) | JobError::AlreadyFinished(_))) {
+            tracing::info!(%job_id, %error, "the job moved on without this attempt");
+            return;
+        }
+        tracing::error!(%job_id, %error, "job run failed; handing the job back");
+        let reason = format!("the worker's run failed: {error}");
+        if let Err(error) = self.jobs.retry_later(job_id, Some(attempt), &reason, self.now()).await {
+            tracing::warn!(%job_id, %error, "the job was not handed back; its lease will lapse");
+        }
     }
 
     /// What a job's requests need besides the job: its plan (see [`steps`]), the model
@@ -281,7 +358,7 @@ impl Worker {
             let task = match &step {
                 None => Task::Images,
                 // Recorded with the job's acceptance: never the step to run.
-                Some(Step::Uploads { .. }) => return self.jobs.fail(job_id, "the training images sent with the job were not recorded").await.map(drop),
+                Some(Step::Uploads { .. }) => return self.fail(job_id, job.attempt, "the training images sent with the job were not recorded").await,
                 Some(Step::TrainingImages { prompt, count, .. }) => Task::TrainingImages { prompt: prompt.clone(), count: *count },
                 Some(Step::TrainingSet) => {
                     let outputs = match self.zip_training_set(job_id, &job).await {
@@ -338,19 +415,26 @@ impl Worker {
                     Some(next) => job = next,
                     None => return Ok(()),
                 },
-                Ok(Submission::Accepted { request_id }) => return self.accepted(job_id, request_id).await,
+                Ok(Submission::Accepted { request_id }) => return self.accepted(job_id, job.attempt, request_id).await,
                 Err(ProviderError::Transient(message)) => return self.retry_or_fail(job_id, job.attempt, &message).await,
-                Err(ProviderError::Permanent(message)) => return self.jobs.fail(job_id, &message).await.map(drop),
+                Err(ProviderError::Permanent(message)) => return self.fail(job_id, job.attempt, &message).await,
             }
         }
     }
 
-    /// Records the request id of an accepted submission.
-    async fn accepted(&self, job_id: JobId, request_id: String) -> Result<(), JobsError> {
-        match self.jobs.progress(job_id, Some(request_id.clone()), None, Vec::new(), false).await {
-            // Cancelled while the submission was in flight: the request has no job
-            // to report to, so stop it at the provider (best effort).
-            Err(JobsError::Job(domain::jobs::JobError::NotInProgress(_))) => {
+    /// Records the request id of an accepted submission (waiting out a database outage:
+    /// the id is all that ties the paid request to its job).
+    async fn accepted(&self, job_id: JobId, attempt: u32, request_id: String) -> Result<(), JobsError> {
+        let recorded = self
+            .durably("recording the provider request", || {
+                self.jobs.progress(job_id, Some(attempt), Some(request_id.clone()), None, Vec::new(), false)
+            })
+            .await;
+        match recorded {
+            // Cancelled while the submission was in flight, or taken back from this
+            // attempt: the request has no job to report to, so stop it at the provider
+            // (best effort).
+            Err(JobsError::Job(JobError::NotInProgress(_) | JobError::StaleAttempt { .. })) => {
                 tracing::info!(%job_id, %request_id, "job ended during submission; cancelling the provider request");
                 if let Err(error) = self.provider.cancel(&request_id).await {
                     tracing::warn!(%job_id, %error, "provider cancel failed");
@@ -393,7 +477,8 @@ impl Worker {
     /// stored is deleted: the ending deleted what was there before) or was retried (the
     /// newer attempt runs the step again, over the same keys: they are left to it).
     async fn record_step(&self, job_id: JobId, attempt: u32, step: &str, outputs: Vec<JobOutput>) -> Result<Option<GenerationJob>, JobsError> {
-        match self.jobs.complete_step(job_id, attempt, step, outputs.clone()).await {
+        let recorded = self.durably("recording a step", || self.jobs.complete_step(job_id, attempt, step, outputs.clone())).await;
+        match recorded {
             Ok(job) => Ok(Some(job)),
             Err(JobsError::Job(JobError::AlreadyFinished(status))) => {
                 tracing::info!(%job_id, step, status, "job ended while its step ran; deleting what the step stored");
@@ -542,11 +627,15 @@ impl Worker {
     /// last one ends the job with its files; a step's result is recorded and the job goes
     /// on to its next step.
     pub async fn finish(&self, job_id: JobId, job: &GenerationJob, outcome: ProviderOutcome) -> Result<(), JobsError> {
+        // Held (and its lease renewed) while its result is stored and recorded, and any
+        // next step runs.
+        let (_held, renewing) = self.hold_and_renew(job_id, job.attempt);
+        let _stop_renewing = AbortOnDrop(renewing);
         // An image job is one request: its outcome ends it, with no plan to look up.
         if job.input.as_ref().and_then(steps::version_made).is_none() {
             return self.finish_claimed(job_id, job, None, outcome).await;
         }
-        let context = self.context(job).await?;
+        let context = self.durably("reading the job's context", || self.context(job)).await?;
         let step = current_step(&context.plan, job).cloned();
         match self.apply_outcome(job_id, job, step.as_ref(), None, outcome).await? {
             Some(next) => self.run_steps(next, None, &context).await,
@@ -564,15 +653,22 @@ impl Worker {
         outcome: ProviderOutcome,
     ) -> Result<(), JobsError> {
         match outcome {
-            ProviderOutcome::Failed { message } => self.jobs.fail(job_id, &message).await.map(drop),
+            ProviderOutcome::Failed { message } => self.fail(job_id, job.attempt, &message).await,
             ProviderOutcome::Completed(files) => {
                 let outputs = match self.store_outputs(job_id, job, files).await {
                     Ok(outputs) => outputs,
                     Err(message) => return self.retry_or_fail(job_id, job.attempt, &message).await,
                 };
+                let attempt = Some(job.attempt);
                 let completed = match claimed {
-                    Some(claimed) => self.jobs.complete_claimed(claimed, outputs.clone()).await,
-                    None => self.jobs.complete(job_id, outputs.clone()).await,
+                    // Decided on the claim's state first; a retry after an outage loads it.
+                    Some(claimed) => match self.jobs.complete_claimed(claimed, outputs.clone()).await {
+                        Err(error) if error.is_unavailable() => {
+                            self.durably("completing the job", || self.jobs.complete(job_id, attempt, outputs.clone())).await
+                        }
+                        other => other,
+                    },
+                    None => self.durably("completing the job", || self.jobs.complete(job_id, attempt, outputs.clone())).await,
                 };
                 match completed {
                     Ok(_) => Ok(()),
@@ -583,9 +679,24 @@ impl Worker {
                         let _ = self.objects.delete_many(&keys).await;
                         Ok(())
                     }
+                    // Taken back from this attempt (its lease lapsed): the newer attempt writes
+                    // the same keys, so nothing is deleted, and nothing is recorded.
+                    Err(JobsError::Job(error @ (JobError::StaleAttempt { .. } | JobError::NotInProgress(_)))) => {
+                        tracing::info!(%job_id, %error, "the job was taken back from this attempt; its result is not recorded");
+                        Ok(())
+                    }
                     Err(error) => Err(error),
                 }
             }
+        }
+    }
+
+    /// Fails the job for `attempt` and refunds it (waiting out a database outage); an
+    /// attempt taken back meanwhile records nothing.
+    async fn fail(&self, job_id: JobId, attempt: u32, reason: &str) -> Result<(), JobsError> {
+        match self.durably("failing the job", || self.jobs.fail(job_id, Some(attempt), reason)).await {
+            Ok(_) | Err(JobsError::Job(JobError::StaleAttempt { .. } | JobError::NotInProgress(_))) => Ok(()),
+            Err(error) => Err(error),
         }
     }
 
@@ -627,20 +738,30 @@ impl Worker {
     async fn retry_or_fail(&self, job_id: JobId, attempt: u32, message: &str) -> Result<(), JobsError> {
         if attempt >= self.config.attempts_max {
             let reason = format!("gave up after {attempt} attempts: {message}");
-            return self.jobs.fail(job_id, &reason).await.map(drop);
+            return self.fail(job_id, attempt, &reason).await;
         }
         let delay = chrono::Duration::from_std(self.config.backoff(attempt)).unwrap_or(chrono::Duration::seconds(1));
         tracing::info!(%job_id, attempt, %message, "transient failure; retrying later");
-        self.jobs.retry_later(job_id, message, self.now() + delay).await
+        let retry = || self.jobs.retry_later(job_id, Some(attempt), message, self.now() + delay);
+        match self.durably("scheduling a retry", retry).await {
+            // Ended or taken back meanwhile: nothing left for this attempt to do.
+            Err(JobsError::Job(JobError::StaleAttempt { .. } | JobError::NotInProgress(_))) => Ok(()),
+            other => other,
+        }
     }
 
     /// One pass of queue upkeep.
     pub async fn maintain(&self) -> Result<(), JobsError> {
         let now = self.now();
-        let lost = now - chrono::Duration::from_std(self.config.worker_lost_after).unwrap_or(chrono::Duration::seconds(10));
+        let ago = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::seconds(10));
+        let lost = Lost { now, heartbeat_before: ago(self.config.worker_lost_after), unleased_before: ago(self.config.lease_ttl) };
         for job in self.index.orphaned(lost, MAINTENANCE_BATCH_MAX).await? {
+            if self.leases.contains(job.job_id) {
+                // This worker holds it (its lease renewal just failed, say): not lost.
+                continue;
+            }
             let span = tracing::info_span!("job", job_id = %job.job_id);
-            self.check_with_provider(&job, "worker stopped").instrument(span).await?;
+            self.check_with_provider(&job, "its worker stopped or let it go").instrument(span).await?;
         }
         let quiet = now - chrono::Duration::from_std(self.config.stale_after).unwrap_or(chrono::Duration::seconds(300));
         for job in self.index.without_news(quiet, MAINTENANCE_BATCH_MAX).await? {
@@ -669,16 +790,28 @@ impl Worker {
         };
         match status {
             Ok(ProviderStatus::Finished(outcome)) => self.finish(active.job_id, &job, outcome).await,
-            Ok(ProviderStatus::Running { logs }) => self.jobs.progress(active.job_id, None, None, logs, true).await,
-            Ok(ProviderStatus::Queued { position }) => self.jobs.progress(active.job_id, None, position, Vec::new(), false).await,
+            Ok(ProviderStatus::Running { logs }) => self.jobs.progress(active.job_id, Some(job.attempt), None, None, logs, true).await,
+            Ok(ProviderStatus::Queued { position }) => {
+                self.jobs.progress(active.job_id, Some(job.attempt), None, position, Vec::new(), false).await
+            }
             Ok(ProviderStatus::Unknown) => {
-                tracing::warn!(job_id = %active.job_id, why, "provider does not know the job; retrying it");
-                self.retry_or_fail(active.job_id, job.attempt, &format!("{why}; provider lost the request")).await
+                let lost = if active.provider_request_id.is_some() { "the provider lost the request" } else { "no provider request was recorded" };
+                tracing::warn!(job_id = %active.job_id, why, lost, "taking the job back; retrying it");
+                self.retry_or_fail(active.job_id, job.attempt, &format!("{why}; {lost}")).await
             }
             Err(error) => {
                 tracing::warn!(job_id = %active.job_id, %error, "provider status check failed");
                 Ok(())
             }
         }
+    }
+}
+
+/// Aborts a task when dropped (the lease renewal of a run that is over).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -57,17 +57,24 @@ pub enum JobCommand {
     Queue { job_id: JobId, team_id: TeamId, input: JobInput, cost: Credits, price_version: i64, uploads: Vec<JobOutput>, now: DateTime<Utc> },
     /// A worker claimed the job for its next attempt.
     Dispatch { provider: String, worker: String, now: DateTime<Utc> },
+    /// News of the current request. `attempt` (as for `Complete`, `Fail`, `ScheduleRetry`)
+    /// fences the command: the attempt the caller works for, refused with `StaleAttempt`
+    /// once the job has moved on to another attempt (its claim was taken back) or
+    /// `NotInProgress` while it waits in the queue for that one; `None` acts on whatever
+    /// attempt is current (an operator, a provider webhook matched by its request id).
     Progress {
         provider_request_id: Option<String>,
         queue_position: Option<u32>,
         logs: Vec<String>,
         running: bool,
+        attempt: Option<u32>,
         now: DateTime<Utc>,
     },
-    Complete { outputs: Vec<JobOutput>, now: DateTime<Utc> },
-    Fail { reason: String, now: DateTime<Utc> },
+    Complete { outputs: Vec<JobOutput>, attempt: Option<u32>, now: DateTime<Utc> },
+    Fail { reason: String, attempt: Option<u32>, now: DateTime<Utc> },
+    /// Never fenced: a team or an operator may cancel whatever attempt runs.
     Cancel { reason: String, now: DateTime<Utc> },
-    ScheduleRetry { reason: String, retry_at: DateTime<Utc>, now: DateTime<Utc> },
+    ScheduleRetry { reason: String, retry_at: DateTime<Utc>, attempt: Option<u32>, now: DateTime<Utc> },
     ExpireImages { now: DateTime<Utc> },
     /// A step of a multi-step job (a model's training images, its training set) is done,
     /// with the objects it stored. A step already recorded records nothing.
@@ -205,6 +212,22 @@ impl GenerationJob {
         self.status.ok_or(JobError::NotFound)
     }
 
+    /// The job's status, for a command made by `attempt` (`None`: any attempt). A
+    /// command of an attempt that is no longer the job's is refused: the job was taken
+    /// back from that attempt's worker (its lease lapsed) and queued or claimed again,
+    /// so whatever that worker still holds is not this job's to record. An ended job is
+    /// answered as such (an ending repeated by the same attempt records nothing).
+    fn fenced(&self, attempt: Option<u32>) -> Result<JobStatus, JobError> {
+        let status = self.existing()?;
+        match attempt {
+            Some(attempt) if !status.is_final() && attempt != self.attempt => {
+                Err(JobError::StaleAttempt { attempt, current: self.attempt })
+            }
+            Some(_) if status == JobStatus::Queued => Err(JobError::NotInProgress(status.as_str())),
+            _ => Ok(status),
+        }
+    }
+
     /// Pure decision: the events `command` leads to. Repeating an ending that already
     /// happened (complete twice, cancel twice) records nothing.
     pub fn decide(&self, command: JobCommand) -> Result<Vec<JobEvent>, JobError> {
@@ -225,20 +248,20 @@ impl GenerationJob {
                 JobStatus::Queued => vec![E::JobDispatched { provider, worker, attempt: self.attempt + 1, occurred_at: now }],
                 other => return Err(JobError::NotQueued(other.as_str())),
             },
-            C::Progress { provider_request_id, queue_position, logs, running, now } => {
-                let status = self.existing()?;
+            C::Progress { provider_request_id, queue_position, logs, running, attempt, now } => {
+                let status = self.fenced(attempt)?;
                 if !status.is_active() {
                     return Err(JobError::NotInProgress(status.as_str()));
                 }
                 vec![E::JobProgressed { provider_request_id, queue_position, logs, running, occurred_at: now }]
             }
-            C::Complete { outputs, now } => match self.existing()? {
+            C::Complete { outputs, attempt, now } => match self.fenced(attempt)? {
                 JobStatus::Completed => Vec::new(),
                 s if s.is_active() => vec![E::JobCompleted { outputs, occurred_at: now }],
                 s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
                 s => return Err(JobError::NotInProgress(s.as_str())),
             },
-            C::Fail { reason, now } => match self.existing()? {
+            C::Fail { reason, attempt, now } => match self.fenced(attempt)? {
                 JobStatus::Failed => Vec::new(),
                 s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
                 _ => vec![E::JobFailed { reason, occurred_at: now }],
@@ -248,7 +271,7 @@ impl GenerationJob {
                 s if s.is_final() => return Err(JobError::AlreadyFinished(s.as_str())),
                 _ => vec![E::JobCancelled { reason, occurred_at: now }],
             },
-            C::ScheduleRetry { reason, retry_at, now } => match self.existing()? {
+            C::ScheduleRetry { reason, retry_at, attempt, now } => match self.fenced(attempt)? {
                 s if s.is_active() => vec![E::JobRetryScheduled { attempt: self.attempt, reason, retry_at, occurred_at: now }],
                 s => return Err(JobError::NotInProgress(s.as_str())),
             },

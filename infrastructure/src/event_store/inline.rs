@@ -30,10 +30,16 @@ pub(crate) async fn run_inline(
     tx: &mut Tx<'_>,
     events: &[StoredEvent],
 ) -> Result<(), application::event_store::EventStoreError> {
+    use application::event_store::EventStoreError;
     for projection in inline {
-        projection.apply(tx, events).await.map_err(|error| application::event_store::EventStoreError::Projection {
-            projection: projection.name().to_string(),
-            reason: error.to_string(),
+        projection.apply(tx, events).await.map_err(|error| {
+            // A projection's statement that lost its connection (or met a read-only
+            // server) is the store being unavailable, not the projection refusing the
+            // events: callers retry the one and report the other.
+            if crate::db::is_unreachable_cause(&*error as &(dyn std::error::Error + 'static)) {
+                return EventStoreError::Unavailable(format!("inline projection {}: {error}", projection.name()));
+            }
+            EventStoreError::Projection { projection: projection.name().to_string(), reason: error.to_string() }
         })?;
     }
     Ok(())

@@ -118,8 +118,13 @@ fn stored_event(
     }
 }
 
-fn unavailable(error: sqlx::Error) -> EventStoreError {
-    EventStoreError::Unavailable(error.to_string())
+/// A database error as the port names it: unavailable (worth trying again) or refused.
+pub(crate) fn store_error(error: sqlx::Error) -> EventStoreError {
+    if crate::db::is_unreachable(&error) {
+        EventStoreError::Unavailable(error.to_string())
+    } else {
+        EventStoreError::Database(error.to_string())
+    }
 }
 
 /// True when `error` is the unique key of a stream's sequence being taken.
@@ -214,10 +219,10 @@ impl EventStore for SqlEventStore {
                 .bind(expected)
                 .fetch_all(pool)
                 .await
-                .map_err(unavailable)
+                .map_err(store_error)
             }
             Database::Sqlite { read, .. } => {
-                let mut conn = read.acquire().await.map_err(unavailable)?;
+                let mut conn = read.acquire().await.map_err(store_error)?;
                 let mut stale = Vec::new();
                 for (aggregate_type, aggregate_id, expected) in streams {
                     let taken: Option<i64> = sqlx::query_scalar(
@@ -228,7 +233,7 @@ impl EventStore for SqlEventStore {
                     .bind(expected + 1)
                     .fetch_optional(&mut *conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(store_error)?;
                     if taken.is_some() {
                         stale.push((aggregate_type.clone(), aggregate_id.clone()));
                     }
@@ -247,15 +252,15 @@ impl EventStore for SqlEventStore {
         }
         match &self.db {
             Database::Postgres(pool) => {
-                let mut conn = pool.acquire().await.map_err(unavailable)?;
+                let mut conn = pool.acquire().await.map_err(store_error)?;
                 postgres::upsert_snapshot(&mut conn, aggregate_type, aggregate_id, snapshot.sequence, &snapshot.state).await
             }
             Database::Sqlite { write, .. } => {
-                let mut conn = write.acquire().await.map_err(unavailable)?;
+                let mut conn = write.acquire().await.map_err(store_error)?;
                 sqlite::upsert_snapshot(&mut conn, aggregate_type, aggregate_id, snapshot.sequence, &snapshot.state).await
             }
         }
-        .map_err(unavailable)
+        .map_err(store_error)
     }
 
     async fn read_log(&self, after: LogPosition, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
@@ -277,7 +282,7 @@ impl EventStore for SqlEventStore {
                 sqlx::query_as("SELECT position, position FROM events ORDER BY position DESC LIMIT 1").fetch_optional(read).await
             }
         }
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
         Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }))
     }
 }

@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::chain;
 use super::inline::{run_inline, InlineProjection, Tx};
-use super::{conflict, stored_event, unavailable};
+use super::{conflict, stored_event, store_error};
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -57,9 +57,9 @@ pub(super) async fn append(
     // rows by scanning a whole table (`events`, `credit_reservations`); plan each
     // execution for its actual arguments instead. Sent with `BEGIN` in one simple query:
     // one round trip, not two.
-    let mut tx = pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan").await.map_err(unavailable)?;
+    let mut tx = pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_custom_plan").await.map_err(store_error)?;
     let appends: Vec<&StreamAppend> = appends.iter().filter(|a| !a.events.is_empty()).collect();
-    let prev = prev_hashes(&mut tx, &appends, known_hashes).await.map_err(unavailable)?;
+    let prev = prev_hashes(&mut tx, &appends, known_hashes).await.map_err(store_error)?;
     let sealed: Vec<StreamAppend> = appends
         .iter()
         .filter(|a| chain::is_chained(&a.aggregate_type))
@@ -73,11 +73,11 @@ pub(super) async fn append(
     let stored = insert_streams(&mut tx, &appends).await?;
     for append in &appends {
         if let Some(snapshot) = &append.snapshot {
-            upsert_snapshot(&mut tx, &append.aggregate_type, &append.aggregate_id, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
+            upsert_snapshot(&mut tx, &append.aggregate_type, &append.aggregate_id, snapshot.sequence, &snapshot.state).await.map_err(store_error)?;
         }
     }
     run_inline(inline, &mut Tx::Postgres(&mut tx), &stored).await?;
-    tx.commit().await.map_err(unavailable)?;
+    tx.commit().await.map_err(store_error)?;
     Ok(stored)
 }
 
@@ -160,7 +160,7 @@ async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> R
     .bind(&metadata)
     .fetch_all(&mut *conn)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     let mut written: HashMap<(&str, &str, i64), (i64, i64, DateTime<Utc>)> = HashMap::with_capacity(rows.len());
     for (aggregate_type, aggregate_id, sequence, position, commit_order, recorded_at) in &rows {
         written.insert((aggregate_type.as_str(), aggregate_id.as_str(), *sequence), (*position, *commit_order, *recorded_at));
@@ -220,7 +220,7 @@ pub(super) async fn load_stream(
     .bind(after_sequence)
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     Ok(rows.into_iter().map(StoredEvent::from).collect())
 }
 
@@ -232,7 +232,7 @@ pub(super) async fn load_streams(pool: &PgPool, aggregate_type: &str, aggregate_
     .bind(aggregate_ids)
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     Ok(rows.into_iter().map(StoredEvent::from).collect())
 }
 
@@ -248,7 +248,7 @@ pub(super) async fn load_snapshot(
     .bind(aggregate_id)
     .fetch_optional(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     Ok(row.map(|(sequence, state)| Snapshot { sequence, state: state.0 }))
 }
 
@@ -282,7 +282,7 @@ pub(super) async fn load_latest(
     .bind(aggregate_id)
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     let mut rows = rows.into_iter().peekable();
     let snapshot = rows
         .next_if(|row| row.is_snapshot)
@@ -305,6 +305,6 @@ pub(super) async fn read_log(pool: &PgPool, after: LogPosition, limit: i64) -> R
     .bind(limit)
     .fetch_all(pool)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     Ok(rows.into_iter().map(StoredEvent::from).collect())
 }

@@ -11,7 +11,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use super::chain;
 use super::inline::{run_inline, InlineProjection, Tx};
-use super::{conflict, is_sequence_taken, stored_event, unavailable};
+use super::{conflict, is_sequence_taken, stored_event, store_error};
 
 /// Payloads are read as text and parsed here, so a corrupt one is reported with the
 /// stream and sequence it belongs to.
@@ -69,14 +69,14 @@ pub(super) async fn append(
 ) -> Result<Vec<StoredEvent>, EventStoreError> {
     // IMMEDIATE takes the write lock up front: a deferred transaction that read first
     // could fail to upgrade (SQLITE_BUSY_SNAPSHOT) when another process wrote meanwhile.
-    let mut tx = write.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+    let mut tx = write.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?;
     let mut stored = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
     for append in appends.iter().filter(|a| !a.events.is_empty()) {
         let sealed;
         let append = if chain::is_chained(&append.aggregate_type) {
             let prev = match known_hashes.get(&append.aggregate_id) {
                 Some(hash) => hash.clone(),
-                None => prev_hash(&mut tx, append).await.map_err(unavailable)?,
+                None => prev_hash(&mut tx, append).await.map_err(store_error)?,
             };
             sealed = chain::seal(append, &prev);
             &sealed
@@ -89,17 +89,17 @@ pub(super) async fn append(
                 if is_sequence_taken(&error) {
                     conflict(append)
                 } else {
-                    unavailable(error)
+                    store_error(error)
                 }
             })?;
             stored.push(stored_event(append, event, sequence, LogPosition { commit_order: position, position }, recorded_at));
         }
         if let Some(snapshot) = &append.snapshot {
-            upsert_snapshot(&mut tx, &append.aggregate_type, &append.aggregate_id, snapshot.sequence, &snapshot.state).await.map_err(unavailable)?;
+            upsert_snapshot(&mut tx, &append.aggregate_type, &append.aggregate_id, snapshot.sequence, &snapshot.state).await.map_err(store_error)?;
         }
     }
     run_inline(inline, &mut Tx::Sqlite(&mut tx), &stored).await?;
-    tx.commit().await.map_err(unavailable)?;
+    tx.commit().await.map_err(store_error)?;
     Ok(stored)
 }
 
@@ -180,7 +180,7 @@ pub(super) async fn load_stream(
     .bind(after_sequence)
     .fetch_all(read)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     rows_to_events(rows)
 }
 
@@ -195,7 +195,7 @@ pub(super) async fn load_streams(read: &SqlitePool, aggregate_type: &str, aggreg
     .bind(ids)
     .fetch_all(read)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     rows_to_events(rows)
 }
 
@@ -211,7 +211,7 @@ pub(super) async fn load_snapshot(
     .bind(aggregate_id)
     .fetch_optional(read)
     .await
-    .map_err(unavailable)?;
+    .map_err(store_error)?;
     // A snapshot is only a cache: one that does not parse is ignored and the stream is
     // replayed from its events.
     Ok(row.and_then(|(sequence, text)| {
@@ -225,6 +225,6 @@ pub(super) async fn read_log(read: &SqlitePool, after: LogPosition, limit: i64) 
         .bind(limit)
         .fetch_all(read)
         .await
-        .map_err(unavailable)?;
+        .map_err(store_error)?;
     rows_to_events(rows)
 }

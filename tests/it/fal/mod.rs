@@ -115,7 +115,7 @@ pub(crate) async fn deliver(app: &TestApp, fake: &FakeFal, request_id: &str) -> 
 
 /// A model created on fal (every request completed by webhook: the training images,
 /// then the trainer); returns (model id, job id).
-async fn fal_model(app: &TestApp, fake: &FakeFal, key: &str) -> (String, String) {
+pub(crate) async fn fal_model(app: &TestApp, fake: &FakeFal, key: &str) -> (String, String) {
     let (model_id, job_id) = steps::create_model(app, key).await;
     let requests = complete_every_request(app, fake, key, &job_id).await;
     assert_eq!(fake.request(requests.last().expect("requests")).app, TRAINER, "the last request trains");

@@ -88,6 +88,14 @@ enum Cleanup {
 }
 
 impl TestDb {
+    /// The PostgreSQL database's name (`None` on SQLite).
+    pub fn name(&self) -> Option<&str> {
+        match &self.cleanup {
+            Cleanup::Postgres { name } => Some(name),
+            Cleanup::Sqlite { .. } => None,
+        }
+    }
+
     pub async fn postgres() -> TestDb {
         let mut admin = PgConnection::connect(&admin_url())
             .await

@@ -1,0 +1,82 @@
+//! Health of pooled PostgreSQL connections: a connection that broke, or that reaches a
+//! server which can no longer take writes (a primary demoted by a failover, reached over a
+//! connection opened before it, or a new connection routed to it before the proxy in
+//! front noticed), is dropped before use instead of failing the statement it was lent for.
+//!
+//! Writable pools check each new connection once (`after_connect`), and each pooled
+//! connection before it is lent (`before_acquire`): a ping (one round trip, what sqlx does
+//! by default) while all is well, and `SHOW transaction_read_only` (also one round trip)
+//! for connections idle a while or while connection trouble was seen lately — so the check
+//! that matters after a failover costs nothing extra the rest of the time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use sqlx::pool::PoolConnectionMetadata;
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+
+/// A pooled connection idle this long is checked for writability before it is lent.
+const IDLE_RECHECK_AFTER: Duration = Duration::from_secs(5);
+/// After connection trouble is seen, every connection is checked for this long.
+const TROUBLE_RECHECK_FOR: Duration = Duration::from_secs(60);
+
+/// Milliseconds since [`epoch`] until which every lent connection is checked (0: none).
+static RECHECK_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// Records that a connection failed the way a restart or failover makes them fail: the
+/// pools check each connection's writability before lending it, for a while.
+pub fn connection_trouble_seen() {
+    RECHECK_UNTIL_MS.fetch_max(now_ms() + TROUBLE_RECHECK_FOR.as_millis() as u64, Ordering::Relaxed);
+}
+
+fn rechecking() -> bool {
+    RECHECK_UNTIL_MS.load(Ordering::Relaxed) > now_ms()
+}
+
+/// Whether the server behind `conn` takes writes now (a hot standby answers `on`; so does
+/// a server whose transactions default to read-only).
+async fn writable(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let read_only: String = sqlx::query_scalar("SHOW transaction_read_only").fetch_one(conn).await?;
+    Ok(read_only == "off")
+}
+
+/// `after_connect` of a writable pool: a new connection to a read-only server fails, so
+/// the pool tries again (until its acquire timeout: the caller then answers 503).
+pub fn refuse_read_only<'c>(conn: &'c mut PgConnection, _: PoolConnectionMetadata) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        if writable(conn).await? {
+            return Ok(());
+        }
+        connection_trouble_seen();
+        Err(sqlx::Error::Protocol("the server is read-only (a standby, or a primary being demoted)".into()))
+    })
+}
+
+/// `before_acquire` of a writable pool: `Ok(false)` or an error drops the connection
+/// (the pool then lends or opens another).
+pub fn lend_if_healthy<'c>(conn: &'c mut PgConnection, meta: PoolConnectionMetadata) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for < IDLE_RECHECK_AFTER && !rechecking() {
+            conn.ping().await?;
+            return Ok(true);
+        }
+        let writable = writable(conn).await?;
+        if !writable {
+            connection_trouble_seen();
+            tracing::warn!("a pooled connection reaches a read-only server; dropped");
+        }
+        Ok(writable)
+    })
+}
