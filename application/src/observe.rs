@@ -199,6 +199,10 @@ impl Provider for MeteredProvider {
         self.0.name()
     }
 
+    fn works_in_call(&self) -> bool {
+        self.0.works_in_call()
+    }
+
     async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError> {
         let started = Instant::now();
         let result = self.0.submit(request).await;

@@ -83,6 +83,13 @@ pub trait Provider: Send + Sync + 'static {
     /// A stable name recorded on `JobDispatched`.
     fn name(&self) -> &'static str;
 
+    /// True for a provider that does the work inside [`submit`](Self::submit) and answers
+    /// `Finished` (the local renderer); false for one that accepts a request and answers
+    /// later (fal): its acceptance is when the job starts running.
+    fn works_in_call(&self) -> bool {
+        false
+    }
+
     async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError>;
 
     async fn status(&self, request_id: &str) -> Result<ProviderStatus, ProviderError>;

@@ -715,3 +715,24 @@ async fn postgres_dispatch_order_is_fair() {
 async fn sqlite_dispatch_order_is_fair() {
     dispatch_order_is_fair(TestDb::sqlite().await).await;
 }
+
+/// A job the provider is working on says so, in the API and on its event stream:
+/// `running`, on its first attempt (counted from 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_the_provider_works_on_is_running_on_attempt_one() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
+    crate::support::app::seed_catalog(&app).await;
+    let QueuedJobs { key, ids, .. } = queued_jobs(&app, 1, 100_000, 1).await.remove(0);
+    let mut worker = worker_process(&app, 1_500);
+    let running = crate::fal::wait_job(&app, &key, &ids[0], "running", |j| j["status"] == "running").await;
+    assert_eq!(running["attempt"], 1, "{running}");
+    let job = wait_final(&app, &key, &ids[0]).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let types: Vec<&str> = job["events"].as_array().expect("events").iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(types, ["JobQueued", "JobDispatched", "JobProgressed", "JobCompleted"], "{job}");
+    let stream = app.as_key(&key, Method::GET, &format!("/api/jobs/{}/events", ids[0])).send().await.expect("events");
+    let text = stream.text().await.expect("stream");
+    assert!(text.contains("event: progress") && text.contains("\"running\":true"), "{text}");
+    let _ = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+    worker.wait().expect("worker stops");
+}

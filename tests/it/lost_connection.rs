@@ -452,6 +452,12 @@ async fn pooled_connections_on_a_read_only_server_are_dropped_before_use() {
         opened.push(pool.acquire().await.expect("a connection"));
     }
     drop(opened);
+    // A dropped connection goes back to the pool from a task of its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pool.num_idle() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "the connections never went back to the pool");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut taken = Vec::new();
     while let Some(mut conn) = pool.try_acquire() {
         sqlx::query("SET default_transaction_read_only = on").execute(&mut *conn).await.expect("make it read-only");

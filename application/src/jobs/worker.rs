@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
-use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput};
+use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput, JobStatus};
 use domain::models::{trigger_word, CustomModel};
 use domain::{JobId, ModelId};
 use tokio::sync::{watch, Notify, Semaphore};
@@ -92,6 +92,9 @@ impl WorkerConfig {
     }
 }
 
+/// How long a provider that answers in the call works on a request before its job is
+/// recorded as running (see `Worker::submit`).
+const RUNNING_AFTER: Duration = Duration::from_millis(200);
 /// Maintenance rows handled per pass.
 const MAINTENANCE_BATCH_MAX: i64 = 100;
 /// Jobs claimed in one append, at most.
@@ -353,6 +356,7 @@ impl Worker {
         let (Some(job_id), Some(team_id), Some(input)) = (job.job_id, job.team_id, job.input.clone()) else {
             return Err(JobsError::NotFound);
         };
+        let mut running = job.status == Some(JobStatus::Running);
         loop {
             let step = current_step(&context.plan, &job).cloned();
             let task = match &step {
@@ -408,7 +412,7 @@ impl Worker {
                         }
                     },
                 };
-                self.provider.submit(request).await
+                self.submit(job_id, job.attempt, &mut running, request).await
             };
             match submitted {
                 Ok(Submission::Finished(outcome)) => match self.apply_outcome(job_id, &job, step.as_ref(), claimed.take(), outcome).await? {
@@ -422,12 +426,36 @@ impl Worker {
         }
     }
 
+    /// Sends a request to the provider. The job is recorded as running once the provider
+    /// has its first request: an asynchronous provider's acceptance records it with the
+    /// request id ([`accepted`](Self::accepted)); for a provider that answers in the call
+    /// (the local renderer), once it has worked on the request for [`RUNNING_AFTER`] — a
+    /// render answered sooner ends the job (or records its step) with no event of its own.
+    async fn submit(&self, job_id: JobId, attempt: u32, running: &mut bool, request: ProviderRequest) -> Result<Submission, ProviderError> {
+        let submit = self.provider.submit(request);
+        if *running || !self.provider.works_in_call() {
+            return submit.await;
+        }
+        tokio::pin!(submit);
+        tokio::select! {
+            biased;
+            submitted = &mut submit => return submitted,
+            () = tokio::time::sleep(RUNNING_AFTER) => {}
+        }
+        *running = true;
+        if let Err(error) = self.jobs.progress(job_id, Some(attempt), None, None, Vec::new(), true).await {
+            // Only the status shown meanwhile is behind; the run goes on.
+            tracing::debug!(%job_id, %error, "the job was not recorded as running");
+        }
+        submit.await
+    }
+
     /// Records the request id of an accepted submission (waiting out a database outage:
-    /// the id is all that ties the paid request to its job).
+    /// the id is all that ties the paid request to its job); the job is running.
     async fn accepted(&self, job_id: JobId, attempt: u32, request_id: String) -> Result<(), JobsError> {
         let recorded = self
             .durably("recording the provider request", || {
-                self.jobs.progress(job_id, Some(attempt), Some(request_id.clone()), None, Vec::new(), false)
+                self.jobs.progress(job_id, Some(attempt), Some(request_id.clone()), None, Vec::new(), true)
             })
             .await;
         match recorded {

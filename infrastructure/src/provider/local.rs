@@ -256,6 +256,10 @@ impl Provider for LocalProvider {
         PROVIDER_NAME
     }
 
+    fn works_in_call(&self) -> bool {
+        true
+    }
+
     async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError> {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
