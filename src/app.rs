@@ -104,7 +104,7 @@ impl AppState {
         let store = SqlEventStore::with_inline_projections(db.clone(), projections::inline_projections());
         let aggregates = AggregateStore::new(Arc::new(store.clone()), settings.event_store.snapshot_every);
         let credits = CreditsService::new(aggregates.clone(), clock.clone()).with_commits_in_flight(settings.credits.commits_in_flight);
-        let job_index: Arc<dyn JobIndex> = Arc::new(SqlJobIndex::new(db.clone()));
+        let job_index: Arc<dyn JobIndex> = Arc::new(SqlJobIndex::with_weights(db.clone(), settings.jobs.plan_weights));
         let projector = Projector::new(store.clone(), projections::async_projections());
         let operator_key_sha256 = settings
             .auth

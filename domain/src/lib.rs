@@ -8,6 +8,7 @@
 //! - [`ids`]: uuid newtypes and idempotency keys.
 //! - [`amount`]: [`Credits`] and [`SignedCredits`], checked integer amounts.
 //! - [`plan`]: [`Plan`] and its concurrency limit.
+//! - [`share`]: plan priority in dispatch (weighted fair queuing of teams by plan).
 //! - [`operation`]: [`Operation`], what a job does and what it is priced as.
 //! - [`pricing`]: [`PricingConfig`] and the three cost formulas (rounding up).
 //! - [`credits`]: the [`TeamCredits`] aggregate, its commands, events and errors.
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod models;
 pub mod operation;
 pub mod plan;
+pub mod share;
 pub mod pricing;
 
 pub use amount::{AmountError, Credits, SignedCredits};

@@ -82,6 +82,7 @@ fn dispatch(at: i64) -> C {
     C::Dispatch {
         provider: "fal".into(),
         worker: "worker-1".into(),
+        share_tag: None,
         now: t(at),
     }
 }
@@ -91,6 +92,7 @@ fn dispatched(attempt: u32, at: i64) -> E {
         provider: "fal".into(),
         worker: "worker-1".into(),
         attempt,
+        share_tag: None,
         occurred_at: t(at),
     }
 }

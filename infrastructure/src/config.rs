@@ -71,6 +71,9 @@ pub struct JobSettings {
     pub training_images: u32,
     /// Training images asked of the provider per request (1–4).
     pub training_images_per_request: u32,
+    /// Plan priority when the workers are saturated: each ready team gets a share of the
+    /// free slots proportional to its plan's weight (`domain::share`).
+    pub plan_weights: domain::share::PlanWeights,
 }
 
 impl Default for JobSettings {
@@ -92,6 +95,7 @@ impl Default for JobSettings {
             seed_catalog_on_start: true,
             training_images: 12,
             training_images_per_request: 4,
+            plan_weights: domain::share::PlanWeights::default(),
         }
     }
 }

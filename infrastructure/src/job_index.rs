@@ -4,10 +4,11 @@
 use application::event_store::EventStoreError;
 use std::sync::Arc;
 
-use application::jobs::index::{ActiveJob, JobIndex, Lost, PickHold, Picked};
+use application::jobs::index::{ActiveJob, JobIndex, Lost, PickHold, Picked, PickedJob};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{JobId, TeamId};
+use domain::share::PlanWeights;
+use domain::{JobId, Plan, TeamId};
 
 use crate::db::Database;
 use crate::event_store::store_error;
@@ -18,11 +19,34 @@ pub struct SqlJobIndex {
     /// SQLite's dispatch turns (one process's workers take turns here; the database
     /// serializes writers anyway).
     local_turn: Arc<tokio::sync::Mutex<()>>,
+    /// The strides of basic, pro, enterprise and any other plan (`domain::share`).
+    strides: [i64; 4],
 }
 
 impl SqlJobIndex {
+    /// Dispatching with the default plan weights.
     pub fn new(db: Database) -> Self {
-        Self { db, local_turn: Arc::default() }
+        Self::with_weights(db, PlanWeights::default())
+    }
+
+    pub fn with_weights(db: Database, weights: PlanWeights) -> Self {
+        let strides = [Plan::Basic, Plan::Pro, Plan::Enterprise, Plan::Free].map(|plan| weights.stride(plan));
+        Self { db, local_turn: Arc::default(), strides }
+    }
+
+    /// The dispatch walk on PostgreSQL, in `conn`'s snapshot.
+    async fn walk_postgres(&self, conn: &mut sqlx::PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<PickedJob>, sqlx::Error> {
+        let [basic, pro, enterprise, other] = self.strides;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(DISPATCHABLE_POSTGRES)
+            .bind(now)
+            .bind(limit)
+            .bind(basic)
+            .bind(pro)
+            .bind(enterprise)
+            .bind(other)
+            .fetch_all(conn)
+            .await?;
+        Ok(picked(rows))
     }
 }
 
@@ -30,22 +54,43 @@ impl SqlJobIndex {
 /// fixed number: advisory locks are per database.
 const PICK_LOCK_CLASS: i32 = 0x6b6c_6e64; // "klnd"
 
-/// The dispatch walk on PostgreSQL (see [`SqlJobIndex::dispatchable`]): `$1` now, `$2` jobs wanted.
-const DISPATCHABLE_POSTGRES: &str = "WITH ready AS ( \
-        SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at FROM team_dispatch d \
-        CROSS JOIN LATERAL ( \
-            SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
-        ) ready_job \
+/// The dispatch walk on PostgreSQL (see [`SqlJobIndex::dispatchable`] and `domain::share`):
+/// `$1` now, `$2` jobs wanted, `$3`–`$6` the strides of basic, pro, enterprise and any
+/// other plan. Returns (job, team, share tag).
+const DISPATCHABLE_POSTGRES: &str = "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), \
+     teams AS ( \
+        SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, s.stride, \
+               GREATEST(d.share_tag, f.tag - s.stride) AS start \
+        FROM team_dispatch d CROSS JOIN front f \
+        CROSS JOIN LATERAL (SELECT (CASE d.plan WHEN 'basic' THEN $3 WHEN 'pro' THEN $4 WHEN 'enterprise' THEN $5 ELSE $6 END)::bigint AS stride) s \
         WHERE d.queued > 0 AND d.running < d.running_limit \
-        ORDER BY d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2 \
+        ORDER BY GREATEST(d.share_tag, f.tag - s.stride) + s.stride, d.last_dispatched_at NULLS FIRST, d.team_id \
+     ), \
+     ready AS ( \
+        SELECT t.* FROM teams t CROSS JOIN LATERAL ( \
+            SELECT 1 FROM jobs j WHERE j.team_id = t.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
+        ) ready_job \
+        ORDER BY t.start + t.stride, t.last_dispatched_at NULLS FIRST, t.team_id LIMIT $2 \
      ) \
-     SELECT c.job_id, r.team_id FROM ready r CROSS JOIN LATERAL ( \
-        SELECT q.job_id, q.queued_at, ROW_NUMBER() OVER (ORDER BY q.queued_at, q.job_id) AS rank FROM ( \
+     SELECT c.job_id, r.team_id, r.start + c.n * r.stride AS tag FROM ready r CROSS JOIN LATERAL ( \
+        SELECT q.job_id, q.queued_at, ROW_NUMBER() OVER (ORDER BY q.queued_at, q.job_id) AS n FROM ( \
             SELECT j.job_id, j.queued_at FROM jobs j \
             WHERE j.team_id = r.team_id AND j.status = 'queued' AND j.not_before <= $1 \
             ORDER BY j.queued_at, j.job_id LIMIT LEAST(r.free, $2)) q \
      ) c \
-     ORDER BY c.rank, r.last_dispatched_at NULLS FIRST, c.queued_at, r.team_id LIMIT $2";
+     ORDER BY tag, r.last_dispatched_at NULLS FIRST, r.team_id, c.queued_at LIMIT $2";
+
+/// The same rule on SQLite, ranking every queued job (one process's small store).
+const DISPATCHABLE_SQLITE: &str = "SELECT c.job_id, c.team_id, MAX(c.share_tag, f.tag - c.stride) + c.n * c.stride AS tag FROM ( \
+        SELECT j.job_id, j.team_id, j.queued_at, d.last_dispatched_at, d.share_tag, d.running_limit - d.running AS free, \
+               CASE d.plan WHEN 'basic' THEN $3 WHEN 'pro' THEN $4 WHEN 'enterprise' THEN $5 ELSE $6 END AS stride, \
+               ROW_NUMBER() OVER (PARTITION BY j.team_id ORDER BY j.queued_at, j.job_id) AS n \
+        FROM jobs j JOIN team_dispatch d ON d.team_id = j.team_id \
+        WHERE j.status = 'queued' AND j.not_before <= $1 AND d.running < d.running_limit \
+     ) c, (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch) f \
+     WHERE c.n <= c.free \
+     ORDER BY tag, (c.last_dispatched_at IS NOT NULL), c.last_dispatched_at, c.team_id, c.queued_at \
+     LIMIT $2";
 
 /// A PostgreSQL pick's hold: the transaction that holds the dispatch turn (a
 /// transaction-level advisory lock). It writes nothing and has no transaction id, so it
@@ -71,6 +116,12 @@ impl PickHold for LocalHold {
     async fn release(self: Box<Self>) {}
 }
 
+
+fn picked(rows: Vec<(String, String, i64)>) -> Vec<PickedJob> {
+    rows.into_iter()
+        .filter_map(|(job, team, share_tag)| Some(PickedJob { job_id: job.parse().ok()?, team_id: team.parse().ok()?, share_tag }))
+        .collect()
+}
 
 fn parse_pairs(rows: Vec<(String, String)>) -> Vec<(JobId, TeamId)> {
     rows.into_iter().filter_map(|(job, team)| Some((job.parse().ok()?, team.parse().ok()?))).collect()
@@ -104,59 +155,35 @@ impl JobIndex for SqlJobIndex {
         // the work it hands out.
         let mut tx = pool.begin().await.map_err(store_error)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(PICK_LOCK_CLASS).execute(&mut *tx).await.map_err(store_error)?;
-        let rows: Vec<(String, String)> = sqlx::query_as(DISPATCHABLE_POSTGRES)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        Ok(Picked { jobs: parse_pairs(rows), hold: Box::new(PgHold(tx)) })
+        let jobs = self.walk_postgres(&mut tx, now, limit).await.map_err(store_error)?;
+        Ok(Picked { jobs, hold: Box::new(PgHold(tx)) })
     }
 
-    async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError> {
-        // Rank each team's queued jobs by age; a team offers as many as it has free slots.
-        // Ordering by rank first serves every team's oldest job before anyone's second;
-        // among equals, the team served least recently goes first.
-        if let Database::Postgres(pool) = &self.db {
-            // The same order without ranking every queued job on each turn: the first
-            // `limit` rows of that order all come from the `limit` least recently served
-            // teams that have a job ready (each of those has a rank-1 job; when fewer
-            // teams are ready, all of them are taken). So: walk ready teams in that order
-            // (`team_dispatch_ready_idx`, in this order, holds only teams with queued
-            // jobs and a free slot; an index probe each on `jobs_queued_idx`), stop after
-            // `limit`, and rank only their oldest few jobs. Never-served teams (NULL) come
-            // first, as before; among them the order may differ from the ranking query's
-            // (by team, not by their oldest job's age). A turn costs O(limit), not
-            // O(queued jobs). The probe is a `LATERAL … LIMIT 1`, not `EXISTS`: the planner
-            // may turn an `EXISTS` into a semi-join that first collects every queued job
-            // (it did, in the lifecycle benchmark, before the tables had statistics:
-            // 12–24 ms per turn); a lateral subquery with a limit is always probed per team,
-            // in the index's order, and the walk stops at the outer `LIMIT`.
-            let rows: Vec<(String, String)> = sqlx::query_as(DISPATCHABLE_POSTGRES)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(store_error)?;
-            return Ok(parse_pairs(rows));
-        }
-        let rows = db_fetch_all!(
-            &self.db,
-            (String, String),
-            "SELECT job_id, team_id FROM ( \
-                SELECT j.job_id, j.team_id, j.queued_at, d.last_dispatched_at, \
-                       d.running_limit - d.running AS free, \
-                       ROW_NUMBER() OVER (PARTITION BY j.team_id ORDER BY j.queued_at, j.job_id) AS rank \
-                FROM jobs j JOIN team_dispatch d ON d.team_id = j.team_id \
-                WHERE j.status = 'queued' AND j.not_before <= $1 AND d.running < d.running_limit \
-             ) c WHERE c.rank <= c.free \
-             ORDER BY c.rank, (c.last_dispatched_at IS NOT NULL), c.last_dispatched_at, c.queued_at \
-             LIMIT $2",
-            now,
-            limit
-        )
-        .map_err(store_error)?;
-        Ok(parse_pairs(rows))
+    async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<PickedJob>, EventStoreError> {
+        // Each team's next jobs are tagged with virtual times by its plan's weight
+        // (`domain::share`); the lowest tags go first, ties to the team served least
+        // recently, each team's own jobs in their order, no more than its free slots.
+        let walked = match &self.db {
+            // Without ranking every queued job on each turn: the first `limit` tags all
+            // come from the `limit` teams with the lowest first tags that have a job ready
+            // (a team's later tags only grow). So: rank the teams that can take a job
+            // (`team_dispatch`'s counters: one row each, no job read), probe them in that
+            // order for a ready job, stop after `limit`, and tag only their oldest few
+            // jobs. A turn reads every ready team's row but probes and ranks O(limit)
+            // jobs, not O(queued jobs). The probe is a `LATERAL … LIMIT 1`, not `EXISTS`:
+            // the planner may turn an `EXISTS` into a semi-join that first collects every
+            // queued job (it did, in the lifecycle benchmark, before the tables had
+            // statistics: 12–24 ms per turn).
+            Database::Postgres(pool) => match pool.acquire().await {
+                Ok(mut conn) => self.walk_postgres(&mut conn, now, limit).await,
+                Err(error) => Err(error),
+            },
+            Database::Sqlite { .. } => {
+                let [basic, pro, enterprise, other] = self.strides;
+                db_fetch_all!(&self.db, (String, String, i64), DISPATCHABLE_SQLITE, now, limit, basic, pro, enterprise, other).map(picked)
+            }
+        };
+        walked.map_err(store_error)
     }
 
     async fn queued_of_team(&self, team: TeamId) -> Result<Vec<JobId>, EventStoreError> {

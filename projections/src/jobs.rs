@@ -80,23 +80,23 @@ async fn other_event(tx: &mut Tx<'_>, stored: &StoredEvent) -> Result<(), Projec
     Ok(())
 }
 
-async fn set_limit(tx: &mut Tx<'_>, team: &str, limit: u32) -> Result<(), sqlx::Error> {
+/// The team's plan and its limit (the plan also names its dispatch weight).
+async fn set_plan(tx: &mut Tx<'_>, team: &str, plan: domain::Plan) -> Result<(), sqlx::Error> {
     tx_execute!(
         tx,
-        "INSERT INTO team_dispatch (team_id, running_limit) VALUES ($1, $2) \
-         ON CONFLICT (team_id) DO UPDATE SET running_limit = excluded.running_limit",
+        "INSERT INTO team_dispatch (team_id, running_limit, plan) VALUES ($1, $2, $3) \
+         ON CONFLICT (team_id) DO UPDATE SET running_limit = excluded.running_limit, plan = excluded.plan",
         team,
-        i64::from(limit)
+        i64::from(plan.concurrency_limit()),
+        plan.as_str()
     )?;
     Ok(())
 }
 
 async fn plan_event(tx: &mut Tx<'_>, team: &str, event: TeamCreditsEvent) -> Result<(), ProjectionError> {
     match event {
-        TeamCreditsEvent::TeamOpened { plan, .. } | TeamCreditsEvent::PlanChanged { to: plan, .. } => {
-            set_limit(tx, team, plan.concurrency_limit()).await?;
-        }
-        TeamCreditsEvent::SubscriptionExpired { .. } => set_limit(tx, team, domain::Plan::Free.concurrency_limit()).await?,
+        TeamCreditsEvent::TeamOpened { plan, .. } | TeamCreditsEvent::PlanChanged { to: plan, .. } => set_plan(tx, team, plan).await?,
+        TeamCreditsEvent::SubscriptionExpired { .. } => set_plan(tx, team, domain::Plan::Free).await?,
         _ => {}
     }
     Ok(())
@@ -126,14 +126,16 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
                 &team
             )?;
         }
-        JobEvent::JobDispatched { provider, worker, attempt, occurred_at } => {
+        JobEvent::JobDispatched { provider, worker, attempt, share_tag, occurred_at } => {
             let team = team_of(tx, job).await?.0;
             let taken = tx_execute!(
                 &mut *tx,
-                "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, last_dispatched_at = $2 \
+                "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, last_dispatched_at = $2, \
+                 share_tag = CASE WHEN $3 > share_tag THEN $3 ELSE share_tag END \
                  WHERE team_id = $1 AND running < running_limit",
                 &team,
-                occurred_at
+                occurred_at,
+                share_tag
             )?;
             if taken == 0 {
                 return Err(format!("{LIMIT_REACHED} (team {team})").into());

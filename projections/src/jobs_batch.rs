@@ -112,11 +112,11 @@ async fn queue(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), Proj
 }
 
 async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
-    let claims: Vec<(&str, i64, &str, &str, DateTime<Utc>)> = events
+    let claims: Vec<(&str, i64, &str, &str, DateTime<Utc>, Option<i64>)> = events
         .iter()
         .filter_map(|(job, event)| match event {
-            JobEvent::JobDispatched { provider, worker, attempt, occurred_at } => {
-                Some((*job, i64::from(*attempt), provider.as_str(), worker.as_str(), *occurred_at))
+            JobEvent::JobDispatched { provider, worker, attempt, share_tag, occurred_at } => {
+                Some((*job, i64::from(*attempt), provider.as_str(), worker.as_str(), *occurred_at, *share_tag))
             }
             _ => None,
         })
@@ -124,21 +124,24 @@ async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<St
     if claims.is_empty() {
         return Ok(());
     }
-    let mut per_team: BTreeMap<String, (i64, DateTime<Utc>)> = BTreeMap::new();
-    for (job, _, _, _, at) in &claims {
+    // Per team: claims, the latest claim's time, the highest share tag.
+    let mut per_team: BTreeMap<String, (i64, DateTime<Utc>, Option<i64>)> = BTreeMap::new();
+    for (job, _, _, _, at, tag) in &claims {
         let row = known.get(*job).ok_or_else(|| format!("job {job} missing from the jobs read model"))?;
-        let entry = per_team.entry(row.team.clone()).or_insert((0, *at));
+        let entry = per_team.entry(row.team.clone()).or_insert((0, *at, *tag));
         entry.0 += 1;
         entry.1 = entry.1.max(*at);
+        entry.2 = entry.2.max(*tag);
     }
     // Takes each team's slots at once; a team without room for all of its claims is not
     // updated, which the RETURNING list shows.
-    let per_team: Vec<(String, (i64, DateTime<Utc>))> = per_team.into_iter().collect();
+    let per_team: Vec<(String, (i64, DateTime<Utc>, Option<i64>))> = per_team.into_iter().collect();
     let mut taken: HashSet<String> = HashSet::with_capacity(per_team.len());
     for chunk in per_team.chunks(ROWS_PER_STATEMENT_MAX) {
         let sql = infrastructure::event_store::values_sql(
-            "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, last_dispatched_at = v.column3 FROM (",
-            3,
+            "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, last_dispatched_at = v.column3, \
+             share_tag = CASE WHEN v.column4 > team_dispatch.share_tag THEN v.column4 ELSE team_dispatch.share_tag END FROM (",
+            4,
             chunk.len(),
             ") AS v WHERE team_dispatch.team_id = v.column1 AND team_dispatch.running + v.column2 <= team_dispatch.running_limit \
              RETURNING team_dispatch.team_id",
@@ -146,15 +149,15 @@ async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<St
         let returned: Vec<(String,)> = match &mut *tx {
             Tx::Postgres(conn) => {
                 let mut query = sqlx::query_as(&sql);
-                for (team, (n, at)) in chunk {
-                    query = query.bind(team).bind(*n).bind(*at);
+                for (team, (n, at, tag)) in chunk {
+                    query = query.bind(team).bind(*n).bind(*at).bind(*tag);
                 }
                 query.fetch_all(&mut **conn).await?
             }
             Tx::Sqlite(conn) => {
                 let mut query = sqlx::query_as(&sql);
-                for (team, (n, at)) in chunk {
-                    query = query.bind(team).bind(*n).bind(*at);
+                for (team, (n, at, tag)) in chunk {
+                    query = query.bind(team).bind(*n).bind(*at).bind(*tag);
                 }
                 query.fetch_all(&mut **conn).await?
             }

@@ -616,7 +616,7 @@ async fn a_claim_batch_takes_no_more_than_the_plan_allows() {
         }
         keys.push((plan, key));
     }
-    let ids: Vec<domain::JobId> = offered.iter().map(|(_, id)| *id).collect();
+    let ids: Vec<(domain::JobId, Option<i64>)> = offered.iter().map(|(_, id)| (*id, None)).collect();
     let claimed = app.state.jobs.dispatch_many(&ids, "local", "test-worker").await.expect("claim");
     let claimed_ids: Vec<domain::JobId> = claimed.iter().filter_map(|job| job.aggregate.job_id).collect();
     // The oldest of each team, up to its limit: basic 1, pro 3.
@@ -695,7 +695,7 @@ async fn dispatch_order_is_fair(db: TestDb) {
         let (index, names) = (&index, &names);
         async move {
             let jobs = index.dispatchable(now, limit).await.expect("dispatchable");
-            jobs.iter().map(|(job, _)| names[&job.to_string()].clone()).collect::<Vec<_>>()
+            jobs.iter().map(|job| names[&job.job_id.to_string()].clone()).collect::<Vec<_>>()
         }
     };
     // Rank 1 first: never-served newcomer, then older (served long ago), then busy; the

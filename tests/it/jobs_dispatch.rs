@@ -44,8 +44,8 @@ async fn postgres_a_pick_waits_for_the_turn_and_sees_the_claim_made_under_it() {
         }
     }
     let index = std::sync::Arc::new(infrastructure::job_index::SqlJobIndex::new(db.clone()));
-    let teams = |jobs: &[(domain::JobId, domain::TeamId)]| {
-        let mut teams: Vec<i32> = jobs.iter().map(|(job, _)| team_of[&job.to_string()]).collect();
+    let teams = |jobs: &[application::jobs::index::PickedJob]| {
+        let mut teams: Vec<i32> = jobs.iter().map(|job| team_of[&job.job_id.to_string()]).collect();
         teams.sort_unstable();
         teams
     };
@@ -74,10 +74,16 @@ async fn postgres_a_pick_waits_for_the_turn_and_sees_the_claim_made_under_it() {
     }
     assert!(!second.is_finished(), "the second pick ran while the first held the turn");
     // What a claim does to the read model, under the first pick's turn.
-    for (job, team) in &first.jobs {
-        db_execute!(db, "UPDATE jobs SET status = 'dispatched' WHERE job_id = $1", job.to_string()).expect("claim");
-        db_execute!(db, "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, last_dispatched_at = $2 WHERE team_id = $1", team.to_string(), now)
-            .expect("claim slot");
+    for job in &first.jobs {
+        db_execute!(db, "UPDATE jobs SET status = 'dispatched' WHERE job_id = $1", job.job_id.to_string()).expect("claim");
+        db_execute!(
+            db,
+            "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, last_dispatched_at = $2, share_tag = $3 WHERE team_id = $1",
+            job.team_id.to_string(),
+            now,
+            job.share_tag
+        )
+        .expect("claim slot");
     }
     first.hold.release().await;
     let second = second.await.expect("second pick");

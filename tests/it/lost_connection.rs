@@ -331,7 +331,7 @@ async fn lapsed_lease_is_taken_back(db: TestDb) {
     // Worker A claims the job, lives on, and never works on it.
     let app = &app;
     let alive = |worker: &'static str| async move { app.state.job_index.heartbeat(worker, app.clock.now()).await.expect("heartbeat") };
-    assert_eq!(jobs.dispatch_many(&[id], "local", "worker-a").await.expect("claim").len(), 1);
+    assert_eq!(jobs.dispatch_many(&[(id, None)], "local", "worker-a").await.expect("claim").len(), 1);
     alive("worker-a").await;
     b.maintain().await.expect("upkeep");
     assert_eq!(jobs.job(id).await.expect("job").attempt, 1, "within its claim's lease the job stays A's");
@@ -350,7 +350,7 @@ async fn lapsed_lease_is_taken_back(db: TestDb) {
     };
     stale(jobs.complete(id, Some(1), Vec::new()).await.map(drop));
     app.clock.advance(chrono::Duration::seconds(2));
-    assert_eq!(jobs.dispatch_many(&[id], "local", "worker-c").await.expect("claim").len(), 1);
+    assert_eq!(jobs.dispatch_many(&[(id, None)], "local", "worker-c").await.expect("claim").len(), 1);
     alive("worker-c").await;
     stale(jobs.complete(id, Some(1), Vec::new()).await.map(drop));
     stale(jobs.fail(id, Some(1), "late").await.map(drop));

@@ -24,9 +24,18 @@ pub trait PickHold: Send {
     async fn release(self: Box<Self>);
 }
 
+/// A job picked for a claim: its team, and its share tag (the team's virtual time after
+/// it, recorded with the claim: see `domain::share`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PickedJob {
+    pub job_id: JobId,
+    pub team_id: TeamId,
+    pub share_tag: i64,
+}
+
 /// Jobs picked for one claim, and the hold on the dispatch turn.
 pub struct Picked {
-    pub jobs: Vec<(JobId, TeamId)>,
+    pub jobs: Vec<PickedJob>,
     pub hold: Box<dyn PickHold>,
 }
 
@@ -50,10 +59,11 @@ pub trait JobIndex: Send + Sync + 'static {
     /// ahead of their free slots, so a turn hands out many jobs.
     async fn pick(&self, now: DateTime<Utc>, limit: i64) -> Result<Picked, EventStoreError>;
 
-    /// Up to `limit` queued jobs that may start now, fair across teams: every team's
-    /// oldest job before any team's second, teams served least recently first, and only
-    /// as many per team as its plan has free slots.
-    async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<(JobId, TeamId)>, EventStoreError>;
+    /// Up to `limit` queued jobs that may start now, in plan-weighted fair order
+    /// (`domain::share`: each ready team's share of the jobs proportional to its plan's
+    /// weight, ties to the team served least recently, each team's jobs in their order),
+    /// and only as many per team as its plan has free slots.
+    async fn dispatchable(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<PickedJob>, EventStoreError>;
 
     /// The team's jobs that are still queued.
     async fn queued_of_team(&self, team: TeamId) -> Result<Vec<JobId>, EventStoreError>;

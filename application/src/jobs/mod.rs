@@ -227,44 +227,29 @@ impl JobsService {
         Ok(Accepted { job, created: false })
     }
 
-    /// A worker's claim on a queued job. `Ok(None)` when someone else claimed it, the
-    /// team has no free slot, or the job is no longer queued.
-    pub async fn dispatch(&self, job_id: JobId, provider: &str, worker: &str) -> Result<Option<GenerationJob>, JobsError> {
-        let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), now: self.clock.now() };
-        match self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata(worker)).await {
-            Ok(decided) => {
-                crate::observe::job_dispatched(&decided.state.aggregate, worker);
-                Ok(Some(decided.state.aggregate))
-            }
-            Err(CommandError::Rejected(JobError::NotQueued(_)))
-            | Err(CommandError::Store(EventStoreError::Conflict { .. }))
-            | Err(CommandError::Contention { .. }) => Ok(None),
-            // The dispatch projection refuses a claim beyond the team's limit.
-            Err(CommandError::Store(EventStoreError::Projection { reason, .. })) if reason.contains(LIMIT_REACHED) => Ok(None),
-            Err(error) => Err(error.into()),
-        }
-    }
-
     /// Claims several queued jobs for `worker` in one append (one transaction). A job
     /// that someone else claimed first, or that is no longer queued, is left out, and so
     /// are a team's newest claims beyond its free slots (as the dispatch projection
     /// refuses them); the rest are claimed. Returns the claimed jobs as they now stand (state and sequence), so
     /// their endings need not load them again.
-    pub async fn dispatch_many(&self, job_ids: &[JobId], provider: &str, worker: &str) -> Result<Vec<Loaded<GenerationJob>>, JobsError> {
+    ///
+    /// Each job comes with its share tag, when the pick made one (see `domain::share`),
+    /// recorded on its `JobDispatched`.
+    pub async fn dispatch_many(&self, picks: &[(JobId, Option<i64>)], provider: &str, worker: &str) -> Result<Vec<Loaded<GenerationJob>>, JobsError> {
         let now = self.clock.now();
         // All the streams in one read (a job's stream is a handful of events).
-        let ids: Vec<String> = job_ids.iter().map(JobId::to_string).collect();
+        let ids: Vec<String> = picks.iter().map(|(job_id, _)| job_id.to_string()).collect();
         let mut loaded_all: HashMap<String, Loaded<GenerationJob>> =
             self.aggregates.load_many::<GenerationJob>(&ids).await?.into_iter().map(|loaded| (loaded.id.clone(), loaded)).collect();
-        let mut decided: Vec<Decided<GenerationJob>> = Vec::with_capacity(job_ids.len());
+        let mut decided: Vec<Decided<GenerationJob>> = Vec::with_capacity(picks.len());
         // In the order picked, each a microsecond after the one before: a team's turn is
         // its latest claim's time, so of the teams served by one claim, those whose last
         // job came later in the pick's order wait longer for the next turn (with one time
         // for the whole claim, ties would go by team id, always to the same teams).
-        for (nth, id) in ids.iter().enumerate() {
+        for (nth, (id, (_, share_tag))) in ids.iter().zip(picks).enumerate() {
             let Some(loaded) = loaded_all.remove(id) else { continue };
             let now = now + chrono::Duration::microseconds(nth as i64);
-            let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), now };
+            let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), share_tag: *share_tag, now };
             match self.aggregates.decide(loaded, command, &(), &metadata(worker)).await {
                 Ok(claim) => decided.push(claim),
                 Err(CommandError::Rejected(JobError::NotQueued(_) | JobError::NotFound)) => {}

@@ -272,8 +272,8 @@ impl Worker {
         let claimed = if picked.jobs.is_empty() {
             Ok(Vec::new())
         } else {
-            let ids: Vec<JobId> = picked.jobs.iter().map(|(job_id, _)| *job_id).collect();
-            self.jobs.dispatch_many(&ids, self.provider.name(), &self.config.worker_id).await
+            let picks: Vec<(JobId, Option<i64>)> = picked.jobs.iter().map(|job| (job.job_id, Some(job.share_tag))).collect();
+            self.jobs.dispatch_many(&picks, self.provider.name(), &self.config.worker_id).await
         };
         picked.hold.release().await;
         let claimed = claimed?;

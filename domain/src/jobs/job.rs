@@ -55,8 +55,9 @@ pub enum JobCommand {
     /// Accepts the job; `uploads` are training images the team sent with a model job,
     /// already stored: recorded as the job's first step ([`UPLOADS_STEP`]).
     Queue { job_id: JobId, team_id: TeamId, input: JobInput, cost: Credits, price_version: i64, uploads: Vec<JobOutput>, now: DateTime<Utc> },
-    /// A worker claimed the job for its next attempt.
-    Dispatch { provider: String, worker: String, now: DateTime<Utc> },
+    /// A worker claimed the job for its next attempt. `share_tag`: the team's virtual
+    /// time after this job in dispatch's weighted fair queuing (see `JobEvent::JobDispatched`).
+    Dispatch { provider: String, worker: String, share_tag: Option<i64>, now: DateTime<Utc> },
     /// News of the current request. `attempt` (as for `Complete`, `Fail`, `ScheduleRetry`)
     /// fences the command: the attempt the caller works for, refused with `StaleAttempt`
     /// once the job has moved on to another attempt (its claim was taken back) or
@@ -94,7 +95,18 @@ pub enum JobEvent {
         price_version: i64,
         occurred_at: DateTime<Utc>,
     },
-    JobDispatched { provider: String, worker: String, attempt: u32, occurred_at: DateTime<Utc> },
+    JobDispatched {
+        provider: String,
+        worker: String,
+        attempt: u32,
+        /// Dispatch's bookkeeping of plan priority: the team's virtual time after this
+        /// job (weighted fair queuing: each job of a team adds the plan's stride, the
+        /// inverse of its weight). Recorded with the claim so the dispatch read model is a
+        /// function of the log; absent on claims recorded before plan priority existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        share_tag: Option<i64>,
+        occurred_at: DateTime<Utc>,
+    },
     JobProgressed {
         provider_request_id: Option<String>,
         queue_position: Option<u32>,
@@ -244,8 +256,8 @@ impl GenerationJob {
                 }
                 events
             }
-            C::Dispatch { provider, worker, now } => match self.existing()? {
-                JobStatus::Queued => vec![E::JobDispatched { provider, worker, attempt: self.attempt + 1, occurred_at: now }],
+            C::Dispatch { provider, worker, share_tag, now } => match self.existing()? {
+                JobStatus::Queued => vec![E::JobDispatched { provider, worker, attempt: self.attempt + 1, share_tag, occurred_at: now }],
                 other => return Err(JobError::NotQueued(other.as_str())),
             },
             C::Progress { provider_request_id, queue_position, logs, running, attempt, now } => {
