@@ -75,6 +75,8 @@ pub struct Services {
     /// Grants of recently read balances, by the version of their balance row
     /// (`queries::credits::BalanceCache`).
     pub balances: crate::queries::credits::BalanceCache,
+    /// Each plan's dispatch weight (`jobs.plan_weights`), as the job index uses them.
+    pub plan_weights: domain::share::PlanWeights,
 }
 
 impl Services {
@@ -146,6 +148,7 @@ impl AppState {
             web,
             keys: Arc::default(),
             balances: Default::default(),
+            plan_weights: settings.jobs.plan_weights,
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| crate::http::fal::FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));

@@ -62,6 +62,10 @@ pub struct DispatchArgs {
     /// Kiln teams the jobs are spread over (Enterprise plan: 10 running jobs each).
     #[arg(long, default_value_t = 100)]
     pub teams: usize,
+    /// The Kiln teams' plans: all `enterprise`, or `mixed` (Basic, Pro and Enterprise in
+    /// turn, so dispatch weighs plans: `jobs.plan_weights`); `both` measures each.
+    #[arg(long, default_value = "enterprise", value_parser = ["enterprise", "mixed", "both"])]
+    pub plans: String,
     /// graphile-worker enqueue modes to measure, in order: `bulk` (addJobs) and/or `single` (addJob).
     #[arg(long, value_delimiter = ',', default_value = "bulk,single", value_parser = ["bulk", "single"])]
     pub graphile_enqueue: Vec<String>,
@@ -177,7 +181,22 @@ async fn measure(args: &DispatchArgs, script: &std::path::Path, url: &str, stora
         }
     }
     if !args.skip.iter().any(|s| s == "kiln") {
-        results.push(kiln(args, url, storage).await?);
+        let mixes: &[bool] = match args.plans.as_str() {
+            "mixed" => &[true],
+            "both" => &[false, true],
+            _ => &[false],
+        };
+        for (n, mixed) in mixes.iter().enumerate() {
+            if n > 0 {
+                // Each measurement starts from an empty log.
+                let scratch = ScratchDb::create(&args.database_url).await?;
+                let outcome = kiln(args, &scratch.url, storage, *mixed).await;
+                scratch.drop_database().await?;
+                results.push(outcome?);
+            } else {
+                results.push(kiln(args, url, storage, *mixed).await?);
+            }
+        }
     }
     Ok(results)
 }
@@ -289,7 +308,7 @@ impl Workers {
     }
 }
 
-async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Measurement> {
+async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path, mixed: bool) -> anyhow::Result<Measurement> {
     let mut settings = Settings::default();
     settings.database.url = url.to_string();
     settings.storage.local_root = storage.display().to_string();
@@ -308,8 +327,9 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
     let reference = infrastructure::db_fetch_optional!(&db, (String, i64), "SELECT id, complexity_factor_milli FROM reference_models ORDER BY id LIMIT 1")?
         .context("empty catalog")?;
 
-    eprintln!("kiln: set-up, {} enterprise teams with one ready model each", args.teams);
-    let teams = open_teams(&state, args.teams).await?;
+    let plans = if mixed { "basic, pro and enterprise" } else { "enterprise" };
+    eprintln!("kiln: set-up, {} {plans} teams with one ready model each", args.teams);
+    let teams = open_teams(&state, args.teams, mixed).await?;
     let models = crate::jobs::create_models(&state, &teams, &reference, 16).await?;
     let setup_workers = Workers::start(&state, args, "setup");
     wait_for(&counter_db, "model_creation", teams.len() as i64, POLL, Duration::from_secs(args.timeout_secs)).await?;
@@ -344,25 +364,27 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path) -> anyh
         _ => String::new(),
     };
 
-    let check = crate::dispatch_check::check(&counter, args.jobs as i64, teams.len() as i64).await?;
+    let check = crate::dispatch_check::check(&counter, args.jobs as i64, teams.len() as i64, settings.jobs.plan_weights, mixed).await?;
     Ok(Measurement {
-        system: format!("Kiln {}", env!("CARGO_PKG_VERSION")),
+        system: format!("Kiln {}{}", env!("CARGO_PKG_VERSION"), if mixed { ", mixed plans" } else { "" }),
         jobs: args.jobs,
         enqueue,
         drain,
         settings: format!(
-            "{} workers × {} slots + {} claimed ahead, poll {} ms, {} connections, {} joint commits in flight, {} enterprise teams, {} submitters; {check}{cpu}",
+            "{} workers × {} slots + {} claimed ahead, poll {} ms, {} connections, {} joint commits in flight, {} {plans} teams, {} submitters; {check}{cpu}",
             args.workers, args.concurrency, args.kiln_local_queue, args.kiln_poll_interval_ms, connections, settings.credits.commits_in_flight, teams.len(), args.submitters
         ),
     })
 }
 
-async fn open_teams(state: &AppState, count: usize) -> anyhow::Result<Vec<TeamId>> {
+async fn open_teams(state: &AppState, count: usize, mixed: bool) -> anyhow::Result<Vec<TeamId>> {
     let now = state.jobs.now();
     let teams: Vec<TeamId> = (0..count).map(|_| TeamId::new(Uuid::now_v7())).collect();
-    let results = futures::stream::iter(teams.iter().copied())
-        .map(|team| async move {
-            let open = TeamCreditsCommand::OpenTeam { team_id: team, name: format!("bench {team}"), plan: Plan::Enterprise, now };
+    let mix = [Plan::Basic, Plan::Pro, Plan::Enterprise];
+    let results = futures::stream::iter(teams.iter().copied().enumerate())
+        .map(|(n, team)| async move {
+            let plan = if mixed { mix[n % mix.len()] } else { Plan::Enterprise };
+            let open = TeamCreditsCommand::OpenTeam { team_id: team, name: format!("bench {team}"), plan, now };
             state.credits.execute(team, open, &json!({})).await?;
             let grant = TeamCreditsCommand::GrantCredits {
                 grant_id: GrantId::new(Uuid::now_v7()),

@@ -12,18 +12,20 @@
 //! - a team's next jobs start from `start = max(tag, front − stride)` — a team back from
 //!   idling (or held at its plan's limit) keeps at most one job's worth of credit, so
 //!   nobody banks service — and its `n`-th next job has tag `start + n × stride`;
-//! - a dispatch turn takes the jobs with the lowest tags (ties: the team served least
-//!   recently), each team's own jobs in their order, never more per team than its free
+//! - a dispatch turn takes the jobs with the lowest tags (ties: the team with the lower
+//!   share tag, then the one served least recently), each team's own jobs in their order, never more per team than its free
 //!   slots.
 //!
 //! Backlogged teams' tags advance together, so over time each gets jobs in proportion to
-//! its weight. **Bound**: a ready team's next job has tag at most `front + stride_t`, and
-//! every other team's next tags are at least `front` apart by its stride, so at most
-//! `Σ_{u ≠ t} ⌈stride_t / stride_u⌉ = Σ_u ⌈w_u / w_t⌉` jobs of other teams are
-//! dispatched before it (counted over claims, whatever their size): with four Enterprise
-//! and four Basic teams, a Basic team waits for at most 43 jobs, an Enterprise team for at
-//! most 7. With equal weights it is the round robin of before: every team's oldest job
-//! before anyone's second.
+//! its weight. **Bound** ([`PlanWeights::wait_bound`]): when team `t` becomes ready with
+//! the front at `F`, its next tag is fixed at no more than `F + stride_t` (until the front
+//! passes it, when it is at the floor and goes first); every other team's tags from then
+//! on are at least `F` and grow by at least its stride, so at most
+//! `Σ_{u ≠ t} (⌊stride_t / stride_u⌋ + 1) = Σ_{u ≠ t} (⌊w_u / w_t⌋ + 1)` jobs of other
+//! teams are claimed before it (counted over claims, whatever their size): with four
+//! Enterprise and four Basic teams, a Basic team waits for at most 50 claims, an
+//! Enterprise team for at most 10. With equal weights it is the round robin of before:
+//! every team's oldest job before anyone's second.
 //!
 //! The database applies the rule in one query (`infrastructure::job_index`); [`Share`] is
 //! the same rule in memory, the reference the tests hold that query to.
@@ -105,6 +107,13 @@ impl PlanWeights {
         SHARE_UNIT / i64::from(self.weight(plan).max(1))
     }
 
+    /// The most jobs of other teams claimed before a ready team on `plan` gets its next
+    /// one, when the other ready teams are on `others` (the module's bound).
+    pub fn wait_bound(&self, plan: Plan, others: impl IntoIterator<Item = Plan>) -> u64 {
+        let own = u64::from(self.weight(plan));
+        others.into_iter().map(|other| u64::from(self.weight(other)) / own + 1).sum()
+    }
+
     /// The share of the slots each plan is entitled to when `teams` teams of each plan
     /// (in `Plan::ALL` order) have ready jobs: weight × teams, normalized.
     pub fn entitled(&self, teams: [u64; 4]) -> [f64; 4] {
@@ -133,15 +142,15 @@ pub struct ShareTeam {
 /// of each (the team's index, the job's tag).
 pub fn pick(teams: &[ShareTeam], limit: usize) -> Vec<(usize, i64)> {
     let front = teams.iter().map(|t| t.tag).max().unwrap_or(0);
-    let mut candidates: Vec<(i64, usize, usize)> = Vec::new();
+    let mut candidates: Vec<(i64, i64, usize, usize)> = Vec::new();
     for (index, team) in teams.iter().enumerate() {
         let start = team.tag.max(front - team.stride);
         for n in 1..=team.ready.min(limit) {
-            candidates.push((start + n as i64 * team.stride, team.served_rank, index));
+            candidates.push((start + n as i64 * team.stride, team.tag, team.served_rank, index));
         }
     }
     candidates.sort_unstable();
-    candidates.into_iter().take(limit).map(|(tag, _, index)| (index, tag)).collect()
+    candidates.into_iter().take(limit).map(|(tag, _, _, index)| (index, tag)).collect()
 }
 
 #[cfg(test)]
@@ -189,9 +198,10 @@ mod tests {
             let enterprise: usize = got[..4].iter().sum();
             let share = enterprise as f64 / total as f64;
             assert!((share - 40.0 / 44.0).abs() < 0.02, "{per_turn} per turn: {got:?}");
-            // The stated bound: Σ_u ⌈w_u / w_t⌉ over the others.
-            assert!(waited[..4].iter().all(|&w| w <= 3 + 4), "{waited:?}");
-            assert!(waited[4..].iter().all(|&w| w <= 40 + 3), "{waited:?}");
+            // The stated bound: Σ_u (⌊w_u / w_t⌋ + 1) over the others.
+            let bound = |t: usize| PlanWeights::default().wait_bound(plans[t], (0..plans.len()).filter(|&u| u != t).map(|u| plans[u]));
+            assert_eq!((bound(0), bound(4)), (10, 50));
+            assert!(waited.iter().enumerate().all(|(t, &w)| w as u64 <= bound(t)), "{waited:?}");
         }
     }
 

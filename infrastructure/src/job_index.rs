@@ -58,19 +58,35 @@ const PICK_LOCK_CLASS: i32 = 0x6b6c_6e64; // "klnd"
 /// `$1` now, `$2` jobs wanted, `$3`–`$6` the strides of basic, pro, enterprise and any
 /// other plan. Returns (job, team, share tag).
 const DISPATCHABLE_POSTGRES: &str = "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), \
-     teams AS ( \
-        SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, s.stride, \
-               GREATEST(d.share_tag, f.tag - s.stride) AS start \
-        FROM team_dispatch d CROSS JOIN front f \
-        CROSS JOIN LATERAL (SELECT (CASE d.plan WHEN 'basic' THEN $3 WHEN 'pro' THEN $4 WHEN 'enterprise' THEN $5 ELSE $6 END)::bigint AS stride) s \
-        WHERE d.queued > 0 AND d.running < d.running_limit \
-        ORDER BY GREATEST(d.share_tag, f.tag - s.stride) + s.stride, d.last_dispatched_at NULLS FIRST, d.team_id \
+     walked AS ( \
+        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $3::bigint AS stride \
+          FROM team_dispatch d CROSS JOIN LATERAL ( \
+             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
+          ) ready_job \
+          WHERE d.plan = 'basic' AND d.queued > 0 AND d.running < d.running_limit \
+          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) UNION ALL \
+        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $4::bigint AS stride \
+          FROM team_dispatch d CROSS JOIN LATERAL ( \
+             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
+          ) ready_job \
+          WHERE d.plan = 'pro' AND d.queued > 0 AND d.running < d.running_limit \
+          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) UNION ALL \
+        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $5::bigint AS stride \
+          FROM team_dispatch d CROSS JOIN LATERAL ( \
+             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
+          ) ready_job \
+          WHERE d.plan = 'enterprise' AND d.queued > 0 AND d.running < d.running_limit \
+          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) UNION ALL \
+        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $6::bigint AS stride \
+          FROM team_dispatch d CROSS JOIN LATERAL ( \
+             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
+          ) ready_job \
+          WHERE d.plan NOT IN ('basic', 'pro', 'enterprise') AND d.queued > 0 AND d.running < d.running_limit \
+          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) \
      ), \
      ready AS ( \
-        SELECT t.* FROM teams t CROSS JOIN LATERAL ( \
-            SELECT 1 FROM jobs j WHERE j.team_id = t.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
-        ) ready_job \
-        ORDER BY t.start + t.stride, t.last_dispatched_at NULLS FIRST, t.team_id LIMIT $2 \
+        SELECT w.*, GREATEST(w.share_tag, f.tag - w.stride) AS start FROM walked w CROSS JOIN front f \
+        ORDER BY GREATEST(w.share_tag, f.tag - w.stride) + w.stride, w.share_tag, w.last_dispatched_at NULLS FIRST, w.team_id LIMIT $2 \
      ) \
      SELECT c.job_id, r.team_id, r.start + c.n * r.stride AS tag FROM ready r CROSS JOIN LATERAL ( \
         SELECT q.job_id, q.queued_at, ROW_NUMBER() OVER (ORDER BY q.queued_at, q.job_id) AS n FROM ( \
@@ -78,7 +94,7 @@ const DISPATCHABLE_POSTGRES: &str = "WITH front AS (SELECT COALESCE(MAX(share_ta
             WHERE j.team_id = r.team_id AND j.status = 'queued' AND j.not_before <= $1 \
             ORDER BY j.queued_at, j.job_id LIMIT LEAST(r.free, $2)) q \
      ) c \
-     ORDER BY tag, r.last_dispatched_at NULLS FIRST, r.team_id, c.queued_at LIMIT $2";
+     ORDER BY tag, r.share_tag, r.last_dispatched_at NULLS FIRST, r.team_id, c.queued_at LIMIT $2";
 
 /// The same rule on SQLite, ranking every queued job (one process's small store).
 const DISPATCHABLE_SQLITE: &str = "SELECT c.job_id, c.team_id, MAX(c.share_tag, f.tag - c.stride) + c.n * c.stride AS tag FROM ( \
@@ -89,7 +105,7 @@ const DISPATCHABLE_SQLITE: &str = "SELECT c.job_id, c.team_id, MAX(c.share_tag, 
         WHERE j.status = 'queued' AND j.not_before <= $1 AND d.running < d.running_limit \
      ) c, (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch) f \
      WHERE c.n <= c.free \
-     ORDER BY tag, (c.last_dispatched_at IS NOT NULL), c.last_dispatched_at, c.team_id, c.queued_at \
+     ORDER BY tag, c.share_tag, (c.last_dispatched_at IS NOT NULL), c.last_dispatched_at, c.team_id, c.queued_at \
      LIMIT $2";
 
 /// A PostgreSQL pick's hold: the transaction that holds the dispatch turn (a
@@ -166,11 +182,12 @@ impl JobIndex for SqlJobIndex {
         let walked = match &self.db {
             // Without ranking every queued job on each turn: the first `limit` tags all
             // come from the `limit` teams with the lowest first tags that have a job ready
-            // (a team's later tags only grow). So: rank the teams that can take a job
-            // (`team_dispatch`'s counters: one row each, no job read), probe them in that
-            // order for a ready job, stop after `limit`, and tag only their oldest few
-            // jobs. A turn reads every ready team's row but probes and ranks O(limit)
-            // jobs, not O(queued jobs). The probe is a `LATERAL … LIMIT 1`, not `EXISTS`:
+            // (a team's later tags only grow), and within a plan a team's first tag grows
+            // with its share tag. So: per plan, walk the teams that can take a job in
+            // share-tag order (partial index `team_dispatch_ready_idx`), probe each for a
+            // ready job, stop after `limit`; rank those few teams across plans, and tag
+            // only their oldest few jobs. A turn costs O(limit) rows per plan, not
+            // O(queued jobs) or O(teams). The probe is a `LATERAL … LIMIT 1`, not `EXISTS`:
             // the planner may turn an `EXISTS` into a semi-join that first collects every
             // queued job (it did, in the lifecycle benchmark, before the tables had
             // statistics: 12–24 ms per turn).

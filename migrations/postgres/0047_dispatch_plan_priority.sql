@@ -7,3 +7,8 @@ ALTER TABLE team_dispatch ADD COLUMN share_tag bigint NOT NULL DEFAULT 0;
 UPDATE team_dispatch d SET plan = b.plan FROM team_balances b WHERE b.team_id = d.team_id;
 -- The front of virtual time (the highest share tag) is read on every dispatch turn.
 CREATE INDEX team_dispatch_share_tag_idx ON team_dispatch (share_tag);
+-- The walk: per plan, the teams that can take a job in share-tag order (a team's next
+-- tag only grows with its own tag), so a turn reads O(jobs asked) rows per plan.
+DROP INDEX team_dispatch_ready_idx;
+CREATE INDEX team_dispatch_ready_idx ON team_dispatch (plan, share_tag, last_dispatched_at NULLS FIRST, team_id)
+    WHERE queued > 0 AND running < running_limit;

@@ -124,20 +124,32 @@ async fn record_database_gauges(state: &AppState) -> Result<(), Problem> {
     let teams = db_fetch_optional!(&state.db, (i64,), "SELECT COUNT(*) FROM team_balances").map_err(|e| Problem::internal(&e))?;
     metrics::gauge!("kiln_teams").set(teams.map_or(0, |t| t.0) as f64);
 
+    // Per plan: queued and running jobs, and the teams with jobs waiting (the ones
+    // that compete for slots).
     let by_plan = db_fetch_all!(
         &state.db,
-        (String, i64, i64),
-        "SELECT b.plan, CAST(COALESCE(SUM(d.queued), 0) AS BIGINT), CAST(COALESCE(SUM(d.running), 0) AS BIGINT) \
-         FROM team_dispatch d JOIN team_balances b ON b.team_id = d.team_id GROUP BY b.plan"
+        (String, i64, i64, i64),
+        "SELECT plan, CAST(COALESCE(SUM(queued), 0) AS BIGINT), CAST(COALESCE(SUM(running), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN queued > 0 THEN 1 ELSE 0 END), 0) AS BIGINT) FROM team_dispatch GROUP BY plan"
     )
     .map_err(|e| Problem::internal(&e))?;
-    // Every plan gets both series, so a plan whose jobs all finished reads 0, not its
+    let of_plan = |plan: domain::Plan| by_plan.iter().find(|(p, ..)| p == plan.as_str()).map_or((0, 0, 0), |(_, q, r, w)| (*q, *r, *w));
+    let running_total: i64 = by_plan.iter().map(|(_, _, running, _)| running).sum();
+    let entitled = state.plan_weights.entitled(domain::Plan::ALL.map(|plan| of_plan(plan).2.max(0) as u64));
+    // Every plan gets every series, so a plan whose jobs all finished reads 0, not its
     // last non-zero value.
-    for plan in domain::Plan::ALL {
-        let (queued, running) =
-            by_plan.iter().find(|(p, _, _)| p == plan.as_str()).map_or((0, 0), |(_, queued, running)| (*queued, *running));
+    for (plan, entitled) in domain::Plan::ALL.into_iter().zip(entitled) {
+        let (queued, running, waiting_teams) = of_plan(plan);
         metrics::gauge!("kiln_jobs_queued", "plan" => plan.as_str()).set(queued as f64);
         metrics::gauge!("kiln_jobs_running", "plan" => plan.as_str()).set(running as f64);
+        metrics::gauge!("kiln_dispatch_teams_waiting", "plan" => plan.as_str()).set(waiting_teams as f64);
+        let weight = if plan == domain::Plan::Free { 0 } else { state.plan_weights.weight(plan) };
+        metrics::gauge!("kiln_dispatch_weight", "plan" => plan.as_str()).set(f64::from(weight));
+        // The plan's share of the jobs running now, and the share its waiting teams'
+        // weights entitle it to when slots are scarce.
+        let share = if running_total > 0 { running as f64 / running_total as f64 } else { 0.0 };
+        metrics::gauge!("kiln_dispatch_share", "plan" => plan.as_str()).set(share);
+        metrics::gauge!("kiln_dispatch_entitled_share", "plan" => plan.as_str()).set(entitled);
     }
 
     let by_status = db_fetch_all!(&state.db, (String, i64), "SELECT status, COUNT(*) FROM jobs GROUP BY status")

@@ -217,7 +217,8 @@ fn status_after(event_type: &str) -> Option<&'static str> {
     })
 }
 
-/// The job's status changes as server-sent events (`event: status`, data the status),
+/// The job's status changes as server-sent events (`event: status`, data the status;
+/// `event: attempt` when a claim starts an attempt; `event: step` when a step is done),
 /// for the page's `EventSource`: the same stream as `GET /api/jobs/{id}/events`,
 /// authenticated by the session cookie instead of a Bearer key (browsers' `EventSource`
 /// cannot send headers).
@@ -227,14 +228,22 @@ async fn events(
     Path(job_id): Path<String>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, WebError> {
     let job = queries::jobs::job(&state.db, session.team_id, &job_id).await?.ok_or(WebError::NotFound)?;
-    let stream = queries::jobs::event_stream(state.store.clone(), job.job_id, 0).filter_map(|event| async move {
+    let stream = queries::jobs::event_stream(state.store.clone(), job.job_id, 0).flat_map(|event| {
         let id = event.sequence.to_string();
+        let mut out = Vec::new();
         if event.event_type == "JobStepCompleted" {
-            let step = event.payload.get("step").and_then(|s| s.as_str())?;
-            return Some(Ok(Event::default().event("step").id(id).data(step)));
+            if let Some(step) = event.payload.get("step").and_then(|s| s.as_str()) {
+                out.push(Ok(Event::default().event("step").id(id.clone()).data(step)));
+            }
         }
-        let status = status_after(&event.event_type)?;
-        Some(Ok(Event::default().event("status").id(id).data(status)))
+        // A claim starts the next attempt (counted from 1, as on the page and in the API).
+        if let Some(attempt) = event.payload.get("attempt").and_then(|a| a.as_u64()).filter(|_| event.event_type == "JobDispatched") {
+            out.push(Ok(Event::default().event("attempt").id(id.clone()).data(attempt.to_string())));
+        }
+        if let Some(status) = status_after(&event.event_type) {
+            out.push(Ok(Event::default().event("status").id(id).data(status)));
+        }
+        futures::stream::iter(out)
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -183,18 +183,25 @@ pub(crate) struct QueuedJobs {
 /// in-process worker that then stops, so no worker runs afterwards) and `jobs` image
 /// jobs queued per team.
 pub(crate) async fn queued_jobs(app: &TestApp, teams: usize, credits: i64, jobs: usize) -> Vec<QueuedJobs> {
+    queued_jobs_of(app, &vec![("enterprise", jobs); teams], credits).await
+}
+
+/// A team per `(plan, jobs)` with `credits` each and a ready model each (made by an
+/// in-process worker that then stops, so no worker runs afterwards), and `jobs` image
+/// jobs queued for it; every team's jobs are queued after every model is ready.
+pub(crate) async fn queued_jobs_of(app: &TestApp, teams: &[(&str, usize)], credits: i64) -> Vec<QueuedJobs> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let helper = tokio::spawn(app.state.worker(&app.settings.jobs, "setup-worker".into()).run(stopped));
     let mut models = Vec::new();
-    for _ in 0..teams {
-        let (team_id, key) = team(app, "enterprise", credits).await;
+    for (plan, jobs) in teams {
+        let (team_id, key) = team(app, plan, credits).await;
         let model_id = ready_model(app, &key).await;
-        models.push((team_id, key, model_id));
+        models.push((team_id, key, model_id, *jobs));
     }
     let _ = stop.send(true);
     helper.await.expect("setup worker");
     let mut queued = Vec::new();
-    for (team_id, key, model_id) in models {
+    for (team_id, key, model_id, jobs) in models {
         let start = available(app, &key).await;
         let mut ids = Vec::new();
         for n in 0..jobs {
@@ -714,6 +721,107 @@ async fn postgres_dispatch_order_is_fair() {
 #[tokio::test]
 async fn sqlite_dispatch_order_is_fair() {
     dispatch_order_is_fair(TestDb::sqlite().await).await;
+}
+
+/// The dispatch walk (both stores) is the rule of `domain::share`: over random teams of
+/// every plan (share tags, free slots, last service, ready and waiting jobs) and turn
+/// sizes, it offers the same teams' jobs, with the same tags, in the same order as the
+/// in-memory reference `share::pick`.
+async fn dispatch_follows_the_share_rule(db: TestDb) {
+    use application::jobs::index::JobIndex;
+    use domain::share::{pick, PlanWeights, ShareTeam, SHARE_UNIT};
+    use infrastructure::db_execute;
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let db = &db.db;
+    let weights = PlanWeights { basic: 1, pro: 3, enterprise: 10 };
+    let index = infrastructure::job_index::SqlJobIndex::with_weights(db.clone(), weights);
+    let now = crate::support::app::epoch() + chrono::Duration::days(1);
+    let at = |seconds: i64| now - chrono::Duration::seconds(1_000 - seconds);
+    // (plan, share tag, running, last served, ready jobs, a job in backoff?)
+    let team = (
+        prop_oneof![Just(domain::Plan::Basic), Just(domain::Plan::Pro), Just(domain::Plan::Enterprise)],
+        0..4 * SHARE_UNIT,
+        0u32..4,
+        proptest::option::of(0i64..900),
+        0usize..5,
+        any::<bool>(),
+    );
+    let case = (proptest::collection::vec(team, 1..7), 1i64..12);
+    let mut runner = TestRunner::deterministic();
+    for _ in 0..25 {
+        let (teams, limit) = case.new_tree(&mut runner).expect("case").current();
+        db_execute!(db, "DELETE FROM jobs").expect("clear jobs");
+        db_execute!(db, "DELETE FROM team_dispatch").expect("clear teams");
+        let mut ids = Vec::new();
+        let mut job_team = std::collections::HashMap::new();
+        for (plan, tag, running, served, ready, waiting) in &teams {
+            let team_id = uuid::Uuid::now_v7().to_string();
+            let running = (*running).min(plan.concurrency_limit());
+            db_execute!(
+                db,
+                "INSERT INTO team_dispatch (team_id, running, queued, running_limit, last_dispatched_at, plan, share_tag) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &team_id,
+                running as i32,
+                (*ready + usize::from(*waiting)) as i32,
+                plan.concurrency_limit() as i32,
+                served.map(at),
+                plan.as_str(),
+                *tag
+            )
+            .expect("team_dispatch row");
+            for n in 0..*ready + usize::from(*waiting) {
+                let job_id = uuid::Uuid::now_v7().to_string();
+                // The waiting job is the oldest: a backoff does not hold up the rest.
+                let not_before = if *waiting && n == 0 { now + chrono::Duration::minutes(5) } else { at(n as i64) };
+                db_execute!(
+                    db,
+                    "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at) \
+                     VALUES ($1, $2, 'image_generation', 'queued', 'm', 1, 1, '{}', $3, $4, $3)",
+                    &job_id,
+                    &team_id,
+                    at(n as i64),
+                    not_before
+                )
+                .expect("jobs row");
+                job_team.insert(job_id, ids.len());
+            }
+            ids.push((team_id, running));
+        }
+        let mut by_service: Vec<usize> = (0..teams.len()).collect();
+        by_service.sort_by_key(|&i| (teams[i].3.is_some(), teams[i].3, ids[i].0.clone()));
+        let share_teams: Vec<ShareTeam> = teams
+            .iter()
+            .enumerate()
+            .map(|(i, (plan, tag, _, _, ready, _))| ShareTeam {
+                stride: weights.stride(*plan),
+                tag: *tag,
+                ready: (*ready).min((plan.concurrency_limit() - ids[i].1) as usize),
+                served_rank: by_service.iter().position(|&j| j == i).expect("ranked"),
+            })
+            .collect();
+        let expected = pick(&share_teams, limit as usize);
+        let offered: Vec<(usize, i64)> = index
+            .dispatchable(now, limit)
+            .await
+            .expect("dispatchable")
+            .iter()
+            .map(|job| (job_team[&job.job_id.to_string()], job.share_tag))
+            .collect();
+        assert_eq!(offered, expected, "teams {teams:?}, limit {limit}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_dispatch_follows_the_share_rule() {
+    dispatch_follows_the_share_rule(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_dispatch_follows_the_share_rule() {
+    dispatch_follows_the_share_rule(TestDb::sqlite().await).await;
 }
 
 /// A job the provider is working on says so, in the API and on its event stream:

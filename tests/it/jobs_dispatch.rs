@@ -253,3 +253,82 @@ async fn a_job_cancelled_while_it_waits_for_a_slot_is_not_sent_to_the_provider()
     let (_, balance) = get(&app, &key, "/api/credits/balance").await;
     assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(start - costs), Some(0)), "team {team_id}: refunded once");
 }
+
+/// Plan priority when the workers' slots are scarce: two `kiln worker` processes of two
+/// slots each (and two claims ahead) serve Enterprise, Pro and Basic teams with deep
+/// queues. Each plan's share of the first dispatches matches its weight (10 : 3 : 1 per
+/// team, the default) within 0.05, every team's oldest job is dispatched within the
+/// bound of `domain::share`, each team's own jobs go in their order, and every job ends
+/// once, charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn saturated_workers_share_slots_by_plan_weight() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| s.jobs.worker_in_serve = false).await;
+    crate::support::app::seed_catalog(&app).await;
+    let plans = [("enterprise", 60), ("enterprise", 60), ("pro", 20), ("pro", 20), ("basic", 10), ("basic", 10)];
+    let jobs = crate::jobs::queued_jobs_of(&app, &plans, 1_000_000).await;
+    let spawn_worker = || {
+        crate::jobs::worker_command(&app, 100)
+            .env("KILN_JOBS__WORKER_CONCURRENCY", "2")
+            .env("KILN_JOBS__WORKER_LOCAL_QUEUE", "2")
+            .spawn()
+            .expect("start kiln worker")
+    };
+    let mut workers = [spawn_worker(), spawn_worker()];
+    for QueuedJobs { key, ids, .. } in &jobs {
+        for id in ids {
+            assert_eq!(wait_final(&app, key, id).await["status"], "completed");
+        }
+    }
+    for worker in &mut workers {
+        let _ = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
+        worker.wait().expect("worker stops");
+    }
+
+    // Claims in commit order (claims are made under the shared dispatch turn).
+    let claims: Vec<(String, String)> = infrastructure::db_fetch_all!(
+        &app.state.db,
+        (String, String),
+        "SELECT e.aggregate_id, j.team_id FROM events e JOIN jobs j ON j.job_id = e.aggregate_id \
+         WHERE e.event_type = 'JobDispatched' AND j.kind = 'image_generation' ORDER BY e.transaction_id, e.position"
+    )
+    .expect("claims");
+    assert_eq!(claims.len(), plans.iter().map(|(_, n)| n).sum::<usize>(), "every job claimed once");
+    let plan_of: HashMap<&str, &str> = jobs.iter().zip(plans).map(|(q, (plan, _))| (q.team_id.as_str(), plan)).collect();
+    let weights = domain::share::PlanWeights::default();
+    let weight = |plan: &str| weights.weight(plan.parse().expect("plan"));
+    let total_weight: u32 = plans.iter().map(|(plan, _)| weight(plan)).sum();
+
+    // The window: as many claims as every team's weight once over, four times (no team
+    // runs out of jobs within it: Enterprise 40 of 60, Pro 12 of 20, Basic 4 of 10).
+    let window = 4 * total_weight as usize;
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (_, team) in &claims[..window] {
+        *seen.entry(plan_of[team.as_str()]).or_default() += 1;
+    }
+    for plan in ["enterprise", "pro", "basic"] {
+        let teams = plans.iter().filter(|(p, _)| *p == plan).count() as f64;
+        let entitled = teams * f64::from(weight(plan)) / f64::from(total_weight);
+        let share = seen.get(plan).copied().unwrap_or(0) as f64 / window as f64;
+        assert!((share - entitled).abs() <= 0.05, "{plan}: share {share:.3} of the first {window} claims, entitled {entitled:.3} ({seen:?})");
+    }
+
+    // Bound (`PlanWeights::wait_bound`): before a team's first claim, at most Σ over the
+    // other teams of (⌊their weight / its weight⌋ + 1) claims of others.
+    for (q, (plan, _)) in jobs.iter().zip(plans) {
+        let others = jobs.iter().zip(plans).filter(|(other, _)| other.team_id != q.team_id).map(|(_, (other, _))| other.parse().expect("plan"));
+        let bound = weights.wait_bound(plan.parse().expect("plan"), others);
+        let first = claims.iter().position(|(_, team)| *team == q.team_id).expect("a claim");
+        assert!(first <= bound as usize, "{plan} team's first claim after {first} others, bound {bound}");
+        // Its own jobs in their order.
+        let order: Vec<&str> = claims.iter().filter(|(_, team)| *team == q.team_id).map(|(job, _)| job.as_str()).collect();
+        assert_eq!(order, q.ids.iter().map(String::as_str).collect::<Vec<_>>(), "{plan} team's jobs in order");
+    }
+    for QueuedJobs { team_id, key, start, ids } in &jobs {
+        let (_, balance) = get(&app, key, "/api/credits/balance").await;
+        let mut costs = 0;
+        for id in ids {
+            costs += get(&app, key, &format!("/api/jobs/{id}")).await.1["cost_credits"].as_i64().expect("cost");
+        }
+        assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(start - costs), Some(0)), "team {team_id}");
+    }
+}

@@ -18,6 +18,10 @@ document.addEventListener("DOMContentLoaded", () => {
         next.querySelector(".step-state").textContent = "running";
       }
     });
+    events.addEventListener("attempt", (event) => {
+      const attempt = document.getElementById("job-attempt");
+      if (attempt) { attempt.textContent = event.data; }
+    });
     events.addEventListener("status", (event) => {
       status.textContent = event.data;
       status.className = "status status-" + event.data;
