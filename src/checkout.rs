@@ -10,7 +10,7 @@ use infrastructure::stripe::{CheckoutRequest, Purchase, StripeApiError};
 use domain::TeamId;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Why a checkout could not start.
 #[derive(Debug, thiserror::Error)]

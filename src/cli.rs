@@ -166,8 +166,8 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 async fn run_worker(settings: Settings) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
-    let state = crate::app::AppState::new(db.clone(), &settings, std::sync::Arc::new(application::clock::SystemClock))?;
-    let worker_id = crate::app::worker_id("worker");
+    let state = crate::state::AppState::new(db.clone(), &settings, std::sync::Arc::new(application::clock::SystemClock))?;
+    let worker_id = crate::state::worker_id("worker");
     tracing::info!(%worker_id, backend = ?db.backend(), "kiln worker started");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(state.worker(&settings.jobs, worker_id).run(stopped));

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod queries;
 pub mod retention;
 pub mod storage_cli;
+pub mod state;
 pub mod sweeper;
 pub mod team_cli;
 pub mod web;

@@ -28,7 +28,7 @@ use infrastructure::db_fetch_all;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Image rows taken per batch (a batch is extended to finish its last job). Large
 /// batches amortise the round trips of find, load and commit.

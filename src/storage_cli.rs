@@ -8,7 +8,7 @@ use infrastructure::config::Settings;
 use infrastructure::db::Database;
 use infrastructure::storage::S3ObjectStore;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Subcommand)]
 pub enum StorageCommand {

@@ -10,7 +10,7 @@ use infrastructure::db_fetch_all;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Teams handled per pass, at most; the next pass takes the rest.
 pub const TEAMS_PER_PASS_MAX: i64 = 1_000;

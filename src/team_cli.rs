@@ -13,7 +13,7 @@ use infrastructure::db::Database;
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(Debug, Subcommand)]
 pub enum TeamCommand {

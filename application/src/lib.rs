@@ -7,5 +7,6 @@ pub mod credits;
 pub mod event_store;
 pub mod jobs;
 pub mod observe;
+pub mod payments;
 pub mod provider;
 pub mod storage;

@@ -130,7 +130,8 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
             let team = team_of(tx, job).await?.0;
             let taken = tx_execute!(
                 &mut *tx,
-                "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, last_dispatched_at = $2, \
+                "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, \
+                 last_dispatched_at = CASE WHEN last_dispatched_at IS NULL OR $2 > last_dispatched_at THEN $2 ELSE last_dispatched_at END, \
                  share_tag = CASE WHEN $3 > share_tag THEN $3 ELSE share_tag END \
                  WHERE team_id = $1 AND running < running_limit",
                 &team,

@@ -139,7 +139,9 @@ async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<St
     let mut taken: HashSet<String> = HashSet::with_capacity(per_team.len());
     for chunk in per_team.chunks(ROWS_PER_STATEMENT_MAX) {
         let sql = infrastructure::event_store::values_sql(
-            "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, last_dispatched_at = v.column3, \
+            "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, \
+             last_dispatched_at = CASE WHEN team_dispatch.last_dispatched_at IS NULL OR v.column3 > team_dispatch.last_dispatched_at \
+             THEN v.column3 ELSE team_dispatch.last_dispatched_at END, \
              share_tag = CASE WHEN v.column4 > team_dispatch.share_tag THEN v.column4 ELSE team_dispatch.share_tag END FROM (",
             4,
             chunk.len(),

@@ -19,7 +19,7 @@ use super::auth::{Operator, TeamKey};
 use super::credits::{load_balance, BalanceView};
 use super::extract::{ApiJson, IdempotencyKey};
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Namespace of the ids Kiln derives from idempotency keys (UUIDv5), so a repeated
 /// request names the same team, grant or adjustment.
@@ -377,6 +377,6 @@ async fn expire_subscription(
         None => domain::IdempotencyKey::parse(format!("expiry:{}", Uuid::now_v7())).map_err(|e| Problem::internal(&e))?,
     };
     let now = state.jobs.now();
-    let cancelled_jobs = state.jobs.expire_subscription(team_id, now, key, state.job_index.as_ref(), "operator").await?;
+    let cancelled_jobs = state.jobs.expire_subscription(team_id, now, key, state.job_index.as_ref(), &serde_json::json!({ "actor": "operator" })).await?;
     Ok(Json(SubscriptionExpired { team: team_view(&state, team_id).await?, cancelled_jobs }))
 }

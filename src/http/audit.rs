@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::TeamKey;
 use super::extract::ApiQuery;
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/audit/ledger", get(ledger)).route("/api/audit/verify", get(verify))

@@ -16,7 +16,7 @@ use domain::{ApiKeyId, TeamId};
 use sha2::{Digest, Sha256};
 
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::TeamKey;
 use super::extract::ApiQuery;
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const PAGE_LIMIT_DEFAULT: u32 = 20;
 

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::TeamKey;
 use super::extract::ApiQuery;
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 
 pub fn routes() -> Router<AppState> {

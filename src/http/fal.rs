@@ -13,9 +13,6 @@
 //! record finds no job and is dropped, and the job is then finished by the status poll
 //! after `jobs.stale_after_secs` (late, never lost).
 
-use std::sync::Arc;
-
-use application::jobs::worker::Worker;
 use application::jobs::JobsError;
 use application::provider::ProviderOutcome;
 use axum::extract::State;
@@ -24,7 +21,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use domain::jobs::JobError;
 use infrastructure::provider::fal::mapping::failure_message;
-use infrastructure::provider::fal::{Fal, FalProvider, FalWebhookVerifier, VerifyError, WebhookHeaders};
+use infrastructure::provider::fal::{VerifyError, WebhookHeaders};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
@@ -32,22 +29,9 @@ use utoipa::ToSchema;
 
 use super::extract::ApiBytes;
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
-/// What the webhook needs: the verifier, the provider (to download results) and a worker
-/// (to end jobs).
-#[derive(Clone)]
-pub struct FalWebhooks {
-    verifier: Arc<FalWebhookVerifier>,
-    provider: Arc<FalProvider>,
-    worker: Worker,
-}
-
-impl FalWebhooks {
-    pub fn new(fal: Fal, worker: Worker) -> Self {
-        Self { verifier: Arc::new(fal.webhooks), provider: fal.provider, worker }
-    }
-}
+pub use crate::state::FalWebhooks;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/webhooks/fal", post(webhook))

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::extract::ApiQuery;
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/files/{*key}", get(serve))

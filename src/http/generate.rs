@@ -18,7 +18,7 @@ use super::auth::TeamKey;
 use super::extract::{ApiJson, IdempotencyKey};
 use super::jobs::{load_job_view, parse_job_id, team_job, JobView};
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

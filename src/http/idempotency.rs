@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{body_limit, too_large_than};
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Seconds a client is asked to wait before repeating a request still in flight.
 const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
@@ -116,14 +116,9 @@ async fn scope_of(state: &AppState, headers: &axum::http::HeaderMap, path: &str)
             }));
         }
     }
-    let row = infrastructure::db_fetch_optional!(
-        &state.db,
-        (String,),
-        "SELECT team_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-        application::api_keys::hash_key(token)
-    )
-    .map_err(|e| Problem::internal(&e))?;
-    Ok(row.map(|(team,)| team))
+    // The same lookup (and its short memory) as authentication's.
+    let key = state.keys.by_hash(&state.db, &application::api_keys::hash_key(token)).await.map_err(|e| Problem::internal(&e))?;
+    Ok(key.map(|key| key.team_id.to_string()))
 }
 
 /// A multipart body with its boundary taken out: a client's retry picks a new boundary

@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sha2::{Digest, Sha256};
 
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub const HTTP_REQUESTS: &str = "kiln_http_requests_total";
 pub const HTTP_DURATION: &str = "kiln_http_request_duration_seconds";

@@ -19,7 +19,7 @@ use super::uploads;
 use super::generate::{accepted_status, accepted_view, requester, JobAccepted};
 use super::jobs::{make_cursor, page_limit, paginate, parse_cursor};
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 
 pub fn routes() -> Router<AppState> {

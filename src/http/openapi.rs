@@ -19,7 +19,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{admin, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe};
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

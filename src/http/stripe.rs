@@ -9,27 +9,23 @@
 //! an event that was applied or ignored is answered from there, and one that was kept
 //! unresolved is tried again.
 //!
-//! Subscription expiry is only recorded here (`SubscriptionExpired`); stopping the team's
-//! queued jobs is the job engine's reaction to that event.
+//! What an event does is `application::payments` (the same rules for every door); this
+//! door verifies, parses, and answers.
 
-use application::aggregate_store::CommandError;
+use application::payments::{EventStatus, Handled, PaymentsError, VerifiedEvent};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
-use domain::{TeamCreditsCommand, TeamCreditsError, TeamId};
-use infrastructure::stripe::store::{self, EventRecord, EventStatus};
-use infrastructure::stripe::{webhook, Action, Event, Interpretation, Purchase, StripeApiError, TeamHint};
+use infrastructure::stripe::{webhook, Event, Purchase, StripeApiError};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::auth::TeamKey;
 use super::extract::{ApiBytes, ApiJson, IdempotencyKey};
 use super::problem::Problem;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::checkout::CheckoutError;
 
 pub fn routes() -> Router<AppState> {
@@ -160,155 +156,56 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, ApiBytes(bod
         Problem::new(StatusCode::BAD_REQUEST, "malformed-stripe-event", "Malformed Stripe event").detail(error.to_string())
     })?;
     let span = tracing::info_span!("stripe_event", event_id = %event.id, event_type = %event.kind.escape_debug());
+    let verified = VerifiedEvent { id: &event.id, kind: &event.kind, created: event.created, body: &body };
     // A signed event whose text Kiln cannot store (a NUL or another control character)
     // is recorded as rejected and acknowledged: an error answer would only make Stripe
     // deliver it again for days.
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) {
         if let Some((field, why)) = super::text::first_violation(&value, &mut String::new()) {
-            let ack = reject_unstorable(&state, &event, &body, now, &format!("{field} {why}")).instrument(span).await?;
-            return Ok(Json(ack));
+            let why = format!("{field} {why}");
+            tracing::warn!(parent: &span, detail = why, "Stripe event holds text Kiln cannot store; recorded as rejected and acknowledged");
+            let event_type = super::text::storable(&event.kind);
+            // The raw body holds the characters only as JSON escapes (`\u0000`): storable as text.
+            let payload = String::from_utf8_lossy(&body);
+            let handled = state.payments.reject(verified, &event_type, &payload, &why).instrument(span).await?;
+            return Ok(Json(ack(&event, &handled)));
         }
     }
-    let ack = handle_event(&state, &event, &body, now).instrument(span).await?;
-    Ok(Json(ack))
+    let interpretation = webhook::interpret(&event, state.stripe.catalog());
+    let handled = state.payments.handle(verified, &interpretation).instrument(span.clone()).await?;
+    let _entered = span.enter();
+    Ok(Json(ack(&event, &logged(handled))))
 }
 
-async fn reject_unstorable(state: &AppState, event: &Event, body: &[u8], now: DateTime<Utc>, detail: &str) -> Result<WebhookAck, Problem> {
-    tracing::warn!(detail, "Stripe event holds text Kiln cannot store; recorded as rejected and acknowledged");
-    if let Some(status) = store::status_of(&state.db, event.id.as_str()).await.map_err(|e| Problem::internal(&e))? {
-        return Ok(ack(event, status, true));
+impl From<PaymentsError> for Problem {
+    fn from(error: PaymentsError) -> Self {
+        match error {
+            PaymentsError::Store(error) => Problem::internal(&error),
+            PaymentsError::Jobs(error) => Problem::from(error),
+            PaymentsError::Command(error) => Problem::from(error),
+        }
     }
-    let event_type = super::text::storable(&event.kind);
-    // The raw body holds the characters only as JSON escapes (`\u0000`): storable as text.
-    let payload = String::from_utf8_lossy(body);
-    let record = EventRecord {
-        event_id: event.id.as_str(),
-        event_type: &event_type,
-        team_id: None,
-        status: EventStatus::Rejected,
-        detail: Some(detail),
-        payload: Some(&payload),
-        created_at: event.created,
-        received_at: now,
-    };
-    store::record(&state.db, &record).await.map_err(|e| Problem::internal(&e))?;
-    Ok(ack(event, EventStatus::Rejected, false))
 }
 
-async fn handle_event(state: &AppState, event: &Event, body: &[u8], now: DateTime<Utc>) -> Result<WebhookAck, Problem> {
-    let seen = store::status_of(&state.db, event.id.as_str()).await.map_err(|e| Problem::internal(&e))?;
-    if let Some(status) = seen.filter(|status| *status != EventStatus::Unresolved) {
-        tracing::info!(status = status.as_str(), "Stripe event seen before");
+fn logged(handled: Handled) -> Handled {
+    let team = handled.team.map(|t| t.to_string()).unwrap_or_default();
+    let detail = handled.detail.as_deref().unwrap_or("");
+    if handled.duplicate {
+        tracing::info!(status = handled.status.as_str(), "Stripe event seen before");
         super::metrics::webhook_delivered("stripe", "duplicate");
-        return Ok(ack(event, status, true));
+        return handled;
     }
-    let interpretation = webhook::interpret(event, state.stripe.catalog());
-    let outcome = apply(state, event, &interpretation, now).await?;
-    let payload = outcome.status.keeps_payload().then(|| String::from_utf8_lossy(body));
-    let record = EventRecord {
-        event_id: event.id.as_str(),
-        event_type: &event.kind,
-        team_id: outcome.team,
-        status: outcome.status,
-        detail: outcome.detail.as_deref(),
-        payload: payload.as_deref(),
-        created_at: event.created,
-        received_at: now,
-    };
-    store::record(&state.db, &record).await.map_err(|e| Problem::internal(&e))?;
-    let team = outcome.team.map(|t| t.to_string()).unwrap_or_default();
-    let detail = outcome.detail.as_deref().unwrap_or("");
-    match outcome.status {
+    match handled.status {
         EventStatus::Applied => tracing::info!(%team, "Stripe event applied"),
         EventStatus::Ignored => tracing::info!(%team, detail, "Stripe event ignored"),
         EventStatus::Unresolved | EventStatus::Rejected => {
-            tracing::warn!(%team, status = outcome.status.as_str(), detail, "Stripe event kept for inspection")
+            tracing::warn!(%team, status = handled.status.as_str(), detail, "Stripe event kept for inspection")
         }
     }
-    super::metrics::webhook_delivered("stripe", outcome.status.as_str());
-    Ok(ack(event, outcome.status, false))
+    super::metrics::webhook_delivered("stripe", handled.status.as_str());
+    handled
 }
 
-fn ack(event: &Event, status: EventStatus, duplicate: bool) -> WebhookAck {
-    WebhookAck { event_id: event.id.to_string(), status: status.as_str().into(), duplicate }
-}
-
-struct Outcome {
-    status: EventStatus,
-    team: Option<TeamId>,
-    detail: Option<String>,
-}
-
-impl Outcome {
-    fn new(status: EventStatus, team: Option<TeamId>, detail: impl Into<Option<String>>) -> Self {
-        Self { status, team, detail: detail.into() }
-    }
-}
-
-/// Runs the event's command, if it has one and its team is known. Only Kiln's own
-/// failures are errors (5xx, so Stripe redelivers); everything else is an outcome.
-async fn apply(state: &AppState, event: &Event, interpretation: &Interpretation, now: DateTime<Utc>) -> Result<Outcome, Problem> {
-    let team = resolve_team(state, &interpretation.hint, now).await?;
-    let db_error = |e: sqlx::Error| Problem::internal(&e);
-    let subscription = interpretation.subscription.as_ref();
-    if let (Some(team), Some(subscription)) = (team, subscription) {
-        store::record_subscription(&state.db, &subscription.subscription_id, team, &subscription.status, event.created)
-            .await
-            .map_err(db_error)?;
-    }
-    let command = match &interpretation.action {
-        Action::Ignore(reason) => return Ok(Outcome::new(EventStatus::Ignored, team, reason.clone())),
-        Action::Unresolved(reason) => return Ok(Outcome::new(EventStatus::Unresolved, team, reason.clone())),
-        action @ Action::ExpireSubscription { .. } => {
-            // One subscription ending while another still pays (a plan bought anew
-            // before the old one was cancelled) leaves the plan to the live one.
-            if let Some(team_id) = team {
-                let this = subscription.map(|s| s.subscription_id.as_str());
-                if let Some(other) = store::live_subscription(&state.db, team_id, this).await.map_err(db_error)? {
-                    let detail = format!("subscription {other} of the team is still live");
-                    return Ok(Outcome::new(EventStatus::Ignored, team, detail));
-                }
-            }
-            action.command(event.id.clone(), now)
-        }
-        action => action.command(event.id.clone(), now),
-    };
-    let (Some(command), Some(team_id)) = (command, team) else {
-        let customer = interpretation.hint.customer.as_deref().unwrap_or("none");
-        let reason = format!("no team: no team_id in metadata, customer {customer} unknown");
-        return Ok(Outcome::new(EventStatus::Unresolved, None, reason));
-    };
-    let metadata = json!({ "actor": "stripe", "stripe_event_id": event.id.as_str(), "stripe_event_type": event.kind });
-    let expiry = matches!(command, TeamCreditsCommand::ExpireSubscription { .. });
-    match state.credits.execute(team_id, command, &metadata).await {
-        Ok(outcome) => {
-            // The job engine's policy: queued jobs of a team left without a plan are
-            // cancelled and refunded (running ones finish and are charged). Gated on the
-            // plan after the command, not on this call recording something, so a retry
-            // after a crash between the two steps still cancels.
-            if expiry && outcome.plan.concurrency_limit() == 0 {
-                state.jobs.cancel_queued(team_id, state.job_index.as_ref(), "subscription expired", "stripe").await?;
-            }
-            Ok(Outcome::new(EventStatus::Applied, team, None))
-        }
-        Err(CommandError::Rejected(TeamCreditsError::TeamNotFound)) => {
-            Ok(Outcome::new(EventStatus::Unresolved, team, format!("team {team_id} does not exist")))
-        }
-        Err(CommandError::Rejected(rejection)) => Ok(Outcome::new(EventStatus::Rejected, team, rejection.to_string())),
-        Err(failure) => Err(Problem::from(failure)),
-    }
-}
-
-/// The team named in the event's metadata (and then its customer is remembered for
-/// events without metadata), else the team the customer was first seen paying for.
-async fn resolve_team(state: &AppState, hint: &TeamHint, now: DateTime<Utc>) -> Result<Option<TeamId>, Problem> {
-    match (hint.team_id, hint.customer.as_deref()) {
-        (Some(team), Some(customer)) => {
-            store::remember_customer(&state.db, customer, team, now).await.map_err(|e| Problem::internal(&e))?;
-            Ok(Some(team))
-        }
-        (Some(team), None) => Ok(Some(team)),
-        (None, Some(customer)) => store::team_of_customer(&state.db, customer).await.map_err(|e| Problem::internal(&e)),
-        (None, None) => Ok(None),
-    }
+fn ack(event: &Event, handled: &Handled) -> WebhookAck {
+    WebhookAck { event_id: event.id.to_string(), status: handled.status.as_str().into(), duplicate: handled.duplicate }
 }

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 const STYLESHEET: &str = include_str!("static/kiln.css");
 const SCRIPT: &str = include_str!("static/kiln.js");

@@ -15,7 +15,7 @@ use super::errors::WebError;
 use super::layout::Layout;
 use super::paging::q;
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/catalog", get(page))

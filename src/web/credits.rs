@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::errors::{Notice, WebError};
 use super::layout::{time, time_opt, Layout};
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/credits", get(page)).route("/credits/checkout", post(checkout))

@@ -14,7 +14,7 @@ use rand::RngCore;
 
 use super::errors::WebError;
 use super::session::{cookie, is_https};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::multipart;
 
 pub const CSRF_COOKIE: &str = "kiln_csrf";

@@ -15,7 +15,7 @@ use super::errors::{Notice, WebError};
 use super::estimate::{request_id, EstimateView};
 use super::layout::Layout;
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 
 pub fn routes() -> Router<AppState> {

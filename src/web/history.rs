@@ -14,7 +14,7 @@ use super::jobs::JobRow;
 use super::layout::{time, Layout};
 use super::paging;
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 use crate::queries::credits::{LedgerEntry, LedgerFilter};
 use crate::queries::jobs::JobFilter;

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use super::errors::{Notice, WebError};
 use super::layout::{is_final, kind_label, time, time_opt, Layout};
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 use crate::queries::jobs::JobView;
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::errors::WebError;
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries::credits::BalanceView;
 
 pub struct Layout {

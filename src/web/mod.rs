@@ -28,7 +28,7 @@ pub mod sign_in;
 
 use axum::Router;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub use session::WebKeys;
 

@@ -20,7 +20,7 @@ use super::estimate::{request_id, EstimateView};
 use super::layout::{time, Layout};
 use super::paging;
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::multipart;
 use crate::queries;
 use crate::queries::models::ModelView;

@@ -10,7 +10,7 @@ use super::errors::WebError;
 use super::jobs::JobRow;
 use super::layout::Layout;
 use super::session::Session;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 
 pub fn routes() -> Router<AppState> {

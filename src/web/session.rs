@@ -8,38 +8,14 @@ use axum::http::request::Parts;
 use axum_extra::extract::cookie::{Cookie, Key, SameSite, SignedCookieJar};
 use domain::keys::Role;
 use domain::{ApiKeyId, TeamId};
-use infrastructure::config::Settings;
 
 use super::csrf::CsrfToken;
 use super::errors::WebError;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::queries;
 
 pub const SESSION_COOKIE: &str = "kiln_session";
-/// File in the data directory (`storage.local_root`) holding the cookie-signing key.
-pub const COOKIE_KEY_FILE: &str = ".cookie-signing-key";
-/// `Key::from` needs 64 bytes (32 to sign, 32 to encrypt).
-const COOKIE_KEY_BYTES: usize = 64;
-
-/// The dashboard's secrets and cookie policy.
-#[derive(Clone)]
-pub struct WebKeys {
-    pub cookie_key: Key,
-    /// Cookies get `Secure` when Kiln's public URL is HTTPS (or a proxy says so per request).
-    pub https: bool,
-}
-
-impl WebKeys {
-    /// The cookie key is generated on first run into the data directory (mode 0600), so
-    /// it is never in git and every process on that directory shares it.
-    pub fn load(settings: &Settings) -> std::io::Result<Self> {
-        let root = std::path::Path::new(&settings.storage.local_root);
-        let file = infrastructure::secrets::load_or_create(&root.join(COOKIE_KEY_FILE), COOKIE_KEY_BYTES, "cookie-signing key")?;
-        let bytes = file.key;
-        let https = settings.storage.public_base_url.as_deref().is_some_and(|url| url.starts_with("https://"));
-        Ok(Self { cookie_key: Key::from(&bytes), https })
-    }
-}
+pub use crate::state::{WebKeys, COOKIE_KEY_FILE};
 
 impl axum::extract::FromRef<AppState> for Key {
     fn from_ref(state: &AppState) -> Key {

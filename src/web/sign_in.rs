@@ -14,7 +14,7 @@ use super::csrf::CsrfToken;
 use super::errors::{Notice, WebError};
 use super::layout::Layout;
 use super::session::{self, Session};
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

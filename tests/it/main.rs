@@ -21,6 +21,7 @@ mod credits;
 mod serve;
 mod storage;
 mod storage_bench;
+mod structure;
 mod stripe;
 mod fal;
 mod web;

@@ -178,6 +178,9 @@ async fn a_jobs_life_and_money_are_in_the_log_and_the_metrics_move() {
     }
     assert!(text.contains("kiln_http_requests_total{method=\"POST\",route=\"/api/generate\",status=\"202\"}"), "{text}");
     assert!(text.contains("kiln_jobs_queued{plan=\"pro\"}") && text.contains("kiln_jobs_running{plan=\"pro\"}"), "{text}");
+    // Plan priority: each plan's weight and shares.
+    assert_eq!(value("kiln_dispatch_weight{plan=\"enterprise\"}"), 10.0, "{text}");
+    assert!(text.contains("kiln_dispatch_share{plan=\"pro\"}") && text.contains("kiln_dispatch_entitled_share{plan=\"pro\"}"), "{text}");
     assert!(text.contains("kiln_projection_lag_events{"), "{text}");
     assert!(!text.contains(&job), "no ids in labels");
 

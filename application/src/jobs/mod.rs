@@ -446,17 +446,18 @@ impl JobsService {
 
     /// Subscription expiry: the team's plan becomes Free; running jobs finish and are
     /// charged as usual, queued jobs are cancelled and refunded, new submissions are
-    /// refused (the plan runs no jobs).
+    /// refused (the plan runs no jobs). `metadata` names who did it (`actor`) and why.
     pub async fn expire_subscription(
         &self,
         team: TeamId,
         effective_at: DateTime<Utc>,
         key: domain::IdempotencyKey,
         queued: &dyn index::JobIndex,
-        actor: &str,
+        metadata: &Value,
     ) -> Result<usize, JobsError> {
         let command = TeamCreditsCommand::ExpireSubscription { effective_at, key, now: self.clock.now() };
-        let outcome = self.credits.execute(team, command, &metadata(actor)).await?;
+        let outcome = self.credits.execute(team, command, metadata).await?;
+        let actor = metadata.get("actor").and_then(Value::as_str).unwrap_or("system");
         // Gated on the plan now, not on this call having recorded the expiry: a stale
         // expiry (a newer plan already applies) cancels nothing, and a retry after a crash
         // between the two steps still cancels.

@@ -4,54 +4,14 @@
 use chrono::{DateTime, Utc};
 use domain::TeamId;
 
+use application::event_store::EventStoreError;
+use application::payments::SubscriptionStatus;
+
 use crate::db::Database;
+use crate::event_store::store_error;
 use crate::{db_execute, db_fetch_optional};
 
-/// What became of a webhook event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventStatus {
-    /// Its command ran (or was an idempotent repeat) on the ledger.
-    Applied,
-    /// Nothing to do: an event type or state Kiln does not act on.
-    Ignored,
-    /// Kiln could not tell which team or what to grant; payload kept, retried on redelivery.
-    Unresolved,
-    /// The ledger refused the command (e.g. a grant already expired); payload kept.
-    Rejected,
-}
-
-impl EventStatus {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            EventStatus::Applied => "applied",
-            EventStatus::Ignored => "ignored",
-            EventStatus::Unresolved => "unresolved",
-            EventStatus::Rejected => "rejected",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Applied, Self::Ignored, Self::Unresolved, Self::Rejected].into_iter().find(|s| s.as_str() == text)
-    }
-
-    /// Whether the payload is kept for an operator.
-    pub const fn keeps_payload(self) -> bool {
-        matches!(self, EventStatus::Unresolved | EventStatus::Rejected)
-    }
-}
-
-/// One row of `stripe_events`.
-#[derive(Debug, Clone)]
-pub struct EventRecord<'a> {
-    pub event_id: &'a str,
-    pub event_type: &'a str,
-    pub team_id: Option<TeamId>,
-    pub status: EventStatus,
-    pub detail: Option<&'a str>,
-    pub payload: Option<&'a str>,
-    pub created_at: DateTime<Utc>,
-    pub received_at: DateTime<Utc>,
-}
+pub use application::payments::{EventRecord, EventStatus};
 
 /// How an earlier delivery of `event_id` ended, if there was one.
 pub async fn status_of(db: &Database, event_id: &str) -> Result<Option<EventStatus>, sqlx::Error> {
@@ -153,4 +113,38 @@ pub async fn live_subscription(db: &Database, team_id: TeamId, except: Option<&s
         except.unwrap_or("")
     )?;
     Ok(row.map(|(id,)| id))
+}
+
+/// The payment bookkeeping port on these tables.
+pub struct SqlPaymentRecords(pub Database);
+
+#[async_trait::async_trait]
+impl application::payments::PaymentRecords for SqlPaymentRecords {
+    async fn status_of(&self, event_id: &str) -> Result<Option<EventStatus>, EventStoreError> {
+        status_of(&self.0, event_id).await.map_err(store_error)
+    }
+
+    async fn record(&self, record: &EventRecord<'_>) -> Result<(), EventStoreError> {
+        self::record(&self.0, record).await.map_err(store_error)
+    }
+
+    async fn team_of_customer(&self, customer: &str) -> Result<Option<TeamId>, EventStoreError> {
+        team_of_customer(&self.0, customer).await.map_err(store_error)
+    }
+
+    async fn customer_of_team(&self, team: TeamId) -> Result<Option<String>, EventStoreError> {
+        customer_of_team(&self.0, team).await.map_err(store_error)
+    }
+
+    async fn remember_customer(&self, customer: &str, team: TeamId, now: DateTime<Utc>) -> Result<(), EventStoreError> {
+        remember_customer(&self.0, customer, team, now).await.map_err(store_error)
+    }
+
+    async fn record_subscription(&self, subscription: &SubscriptionStatus, team: TeamId, at: DateTime<Utc>) -> Result<(), EventStoreError> {
+        record_subscription(&self.0, &subscription.subscription_id, team, &subscription.status, at).await.map_err(store_error)
+    }
+
+    async fn live_subscription(&self, team: TeamId, except: Option<&str>) -> Result<Option<String>, EventStoreError> {
+        live_subscription(&self.0, team, except).await.map_err(store_error)
+    }
 }

@@ -16,7 +16,7 @@
 //! `pricing`), so an endpoint's API version upgrade does not silently stop grants.
 
 use chrono::{DateTime, Utc};
-use domain::{Credits, GrantId, GrantSource, IdempotencyKey, Plan, TeamCreditsCommand, TeamId};
+use domain::{Credits, GrantId, GrantSource, IdempotencyKey, Plan, TeamId};
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -104,64 +104,7 @@ impl Catalog {
     }
 }
 
-/// Who the event is about, as far as it says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TeamHint {
-    /// From metadata Kiln set at checkout (or `client_reference_id`).
-    pub team_id: Option<TeamId>,
-    /// The Stripe customer (`cus_…`), resolved through the stored mapping.
-    pub customer: Option<String>,
-    /// The subscription (`sub_…`) the event concerns, if any.
-    pub subscription: Option<String>,
-}
-
-/// What to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    Grant { grant_id: GrantId, amount: Credits, source: GrantSource, expires_at: Option<DateTime<Utc>> },
-    ChangePlan { plan: Plan, effective_at: DateTime<Utc> },
-    ExpireSubscription { effective_at: DateTime<Utc> },
-    /// Nothing to do (not an event Kiln acts on, or not yet).
-    Ignore(String),
-    /// Something should happen but the event does not say what (e.g. a price in no
-    /// pack): kept for an operator.
-    Unresolved(String),
-}
-
-impl Action {
-    /// The ledger command, for actions that have one.
-    pub fn command(&self, key: IdempotencyKey, now: DateTime<Utc>) -> Option<TeamCreditsCommand> {
-        Some(match *self {
-            Action::Grant { grant_id, amount, source, expires_at } => {
-                TeamCreditsCommand::GrantCredits { grant_id, amount, source, expires_at, key, now }
-            }
-            Action::ChangePlan { plan, effective_at } => TeamCreditsCommand::ChangePlan { to: plan, effective_at, key, now },
-            Action::ExpireSubscription { effective_at } => TeamCreditsCommand::ExpireSubscription { effective_at, key, now },
-            Action::Ignore(_) | Action::Unresolved(_) => return None,
-        })
-    }
-}
-
-/// A subscription's status as of the event (subscription events only).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionStatus {
-    pub subscription_id: String,
-    /// Stripe's status: active, trialing, past_due, canceled, unpaid, …
-    pub status: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interpretation {
-    pub hint: TeamHint,
-    pub action: Action,
-    pub subscription: Option<SubscriptionStatus>,
-}
-
-impl Interpretation {
-    fn new(hint: TeamHint, action: Action) -> Self {
-        Self { hint, action, subscription: None }
-    }
-}
+pub use application::payments::{Action, Interpretation, SubscriptionStatus, TeamHint};
 
 pub fn interpret(event: &Event, catalog: &Catalog) -> Interpretation {
     let object = &event.object;
