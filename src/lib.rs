@@ -2,7 +2,6 @@
 //! a library so the integration tests start the real application in-process.
 
 pub mod app;
-pub mod checkout;
 pub mod cli;
 pub mod http;
 pub mod multipart;

@@ -129,7 +129,8 @@ impl AppState {
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
         let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, provider.clone(), settings.jobs.queue_depth_max);
         let records = Arc::new(infrastructure::stripe::store::SqlPaymentRecords(db.clone()));
-        let payments = PaymentsService::new(records, credits.clone(), jobs.clone(), job_index.clone());
+        let stripe = Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe));
+        let payments = PaymentsService::new(records, stripe.clone(), credits.clone(), jobs.clone(), job_index.clone());
         let web = WebKeys::load(settings).context("cannot load the dashboard's cookie key")?;
         let mut state = Services {
             db,
@@ -146,7 +147,7 @@ impl AppState {
             submit,
             job_index,
             provider,
-            stripe: Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe)),
+            stripe,
             payments,
             fal: None,
             web,

@@ -13,6 +13,13 @@
 //!   cancelled and refunded);
 //! - only Kiln's own failures are errors (so Stripe delivers again); a refusal by the
 //!   ledger, an unknown team or an event that says too little is an outcome, recorded.
+//!
+//! And starting a checkout ([`PaymentsService::start_checkout`]), behind both
+//! `POST /api/credits/checkout` and the dashboard's "Buy credits" buttons: a price must be
+//! a configured pack or plan; a plan is refused while the team has a live subscription (a
+//! second one would bill twice); the team's customer is reused; a caller's idempotency
+//! key becomes a payment-provider idempotency key scoped to the team. The credits (or the
+//! plan) arrive later through the provider's signed webhook, never from here.
 
 use std::sync::Arc;
 
@@ -153,6 +160,72 @@ pub trait PaymentRecords: Send + Sync {
     async fn live_subscription(&self, team: TeamId, except: Option<&str>) -> Result<Option<String>, EventStoreError>;
 }
 
+/// What a checkout sells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purchase {
+    /// A one-off payment (`mode=payment`) for a credit pack.
+    Pack { credits: Credits },
+    /// A subscription (`mode=subscription`) to a plan.
+    Plan { plan: Plan },
+}
+
+/// One checkout to create.
+#[derive(Debug, Clone)]
+pub struct CheckoutRequest<'a> {
+    pub team_id: TeamId,
+    pub price_id: &'a str,
+    pub purchase: Purchase,
+    /// The team's customer from an earlier purchase, reused so its invoices and payment
+    /// methods stay together.
+    pub customer: Option<&'a str>,
+    /// Forwarded as the provider's `Idempotency-Key`, so a retried request returns the
+    /// same session.
+    pub idempotency_key: Option<String>,
+}
+
+/// A created checkout session: where to send the customer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CheckoutSession {
+    pub id: String,
+    pub url: String,
+}
+
+/// The payment provider's checkout port (Stripe's API and price catalog).
+#[async_trait]
+pub trait Checkout: Send + Sync {
+    /// What checking out `price_id` buys, if it is a configured pack or plan.
+    fn purchase(&self, price_id: &str) -> Option<Purchase>;
+    /// Whether checkouts can be created at all (a secret key is configured).
+    fn configured(&self) -> bool;
+    async fn create_session(&self, request: &CheckoutRequest<'_>) -> Result<CheckoutSession, ProviderFailure>;
+}
+
+/// The payment provider failed or refused (its own error, for the log).
+pub type ProviderFailure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a checkout could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("Stripe is not configured on this server (stripe.secret_key)")]
+    NotConfigured,
+    #[error("price {0} is not a configured credit pack or plan")]
+    UnknownPrice(String),
+    #[error("the team has a live subscription ({0})")]
+    AlreadySubscribed(String),
+    #[error("the payment records could not be read")]
+    Store(#[from] EventStoreError),
+    #[error("the payment provider failed: {0}")]
+    Provider(ProviderFailure),
+}
+
+/// A checkout session to send the customer to.
+#[derive(Debug, Clone)]
+pub struct CheckoutStarted {
+    pub session_id: String,
+    pub url: String,
+    pub purchase: Purchase,
+}
+
 /// A verified payment event, as the door read it.
 #[derive(Debug, Clone, Copy)]
 pub struct VerifiedEvent<'a> {
@@ -188,14 +261,43 @@ pub enum PaymentsError {
 #[derive(Clone)]
 pub struct PaymentsService {
     records: Arc<dyn PaymentRecords>,
+    checkout: Arc<dyn Checkout>,
     credits: CreditsService,
     jobs: JobsService,
     queued: Arc<dyn JobIndex>,
 }
 
 impl PaymentsService {
-    pub fn new(records: Arc<dyn PaymentRecords>, credits: CreditsService, jobs: JobsService, queued: Arc<dyn JobIndex>) -> Self {
-        Self { records, credits, jobs, queued }
+    pub fn new(
+        records: Arc<dyn PaymentRecords>,
+        checkout: Arc<dyn Checkout>,
+        credits: CreditsService,
+        jobs: JobsService,
+        queued: Arc<dyn JobIndex>,
+    ) -> Self {
+        Self { records, checkout, credits, jobs, queued }
+    }
+
+    /// Creates a checkout session for `price_id` on behalf of `team_id` (the module's rules).
+    pub async fn start_checkout(&self, team_id: TeamId, price_id: &str, idempotency_key: Option<&str>) -> Result<CheckoutStarted, CheckoutError> {
+        use sha2::{Digest, Sha256};
+        if !self.checkout.configured() {
+            return Err(CheckoutError::NotConfigured);
+        }
+        let purchase = self.checkout.purchase(price_id).ok_or_else(|| CheckoutError::UnknownPrice(price_id.to_string()))?;
+        if let Purchase::Plan { .. } = purchase {
+            if let Some(live) = self.records.live_subscription(team_id, None).await? {
+                return Err(CheckoutError::AlreadySubscribed(live));
+            }
+        }
+        let customer = self.records.customer_of_team(team_id).await?;
+        // Stripe keys are at most 255 characters; a digest of team and key fits and keeps
+        // one team's key from naming another team's session.
+        let idempotency_key = idempotency_key.map(|k| format!("kiln-checkout-{}", hex::encode(Sha256::digest(format!("{team_id}:{k}")))));
+        let request = CheckoutRequest { team_id, price_id, purchase, customer: customer.as_deref(), idempotency_key };
+        let session = self.checkout.create_session(&request).await.map_err(CheckoutError::Provider)?;
+        tracing::info!(session_id = %session.id, %price_id, %team_id, "checkout session created");
+        Ok(CheckoutStarted { session_id: session.id, url: session.url, purchase })
     }
 
     pub fn records(&self) -> &dyn PaymentRecords {

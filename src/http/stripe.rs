@@ -12,7 +12,7 @@
 //! What an event does is `application::payments` (the same rules for every door); this
 //! door verifies, parses, and answers.
 
-use application::payments::{EventStatus, Handled, PaymentsError, VerifiedEvent};
+use application::payments::{CheckoutError, EventStatus, Handled, PaymentsError, ProviderFailure, VerifiedEvent};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -26,7 +26,6 @@ use super::auth::TeamKey;
 use super::extract::{ApiBytes, ApiJson, IdempotencyKey};
 use super::problem::Problem;
 use crate::state::AppState;
-use crate::checkout::CheckoutError;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -80,7 +79,7 @@ async fn checkout(
     ApiJson(body): ApiJson<CheckoutBody>,
 ) -> Result<(StatusCode, Json<CheckoutView>), Problem> {
     let team_id = key.writer()?.team_id;
-    let started = crate::checkout::start(&state, team_id, &body.price_id, idempotency.0.as_ref().map(|k| k.as_str())).await?;
+    let started = state.payments.start_checkout(team_id, &body.price_id, idempotency.0.as_ref().map(|k| k.as_str())).await?;
     let (mode, credits, plan) = match started.purchase {
         Purchase::Pack { credits } => ("payment", Some(credits.get()), None),
         Purchase::Plan { plan } => ("subscription", None, Some(plan.to_string())),
@@ -102,19 +101,19 @@ impl From<CheckoutError> for Problem {
                     .with("subscription_id", live)
             }
             error @ CheckoutError::Store(_) => Problem::internal(&error),
-            CheckoutError::Stripe(error) => stripe_failed(error),
+            CheckoutError::Provider(error) => stripe_failed(error),
         }
     }
 }
 
 /// Logged in full (Stripe masks keys in its messages; requests carry the key only in a
 /// header, which errors never print); the client learns only that Stripe failed.
-fn stripe_failed(error: StripeApiError) -> Problem {
-    match &error {
-        StripeApiError::Api { status, kind, code, message } => {
-            tracing::error!(%error, status, kind, ?code, ?message, "Stripe refused to create a checkout session");
+fn stripe_failed(error: ProviderFailure) -> Problem {
+    match error.downcast_ref::<StripeApiError>() {
+        Some(api @ StripeApiError::Api { status, kind, code, message }) => {
+            tracing::error!(error = %api, status, kind, ?code, ?message, "Stripe refused to create a checkout session");
         }
-        _ => tracing::error!(error = %format!("{:#}", anyhow::Error::from(error)), "Stripe checkout failed"),
+        _ => tracing::error!(error = %format!("{:#}", anyhow::anyhow!(error)), "Stripe checkout failed"),
     }
     Problem::new(StatusCode::BAD_GATEWAY, "payment-provider-error", "Payment provider error")
         .detail("Stripe could not create the checkout session; try again later")

@@ -27,11 +27,11 @@ struct CheckoutForm {
 }
 
 /// "Buy credits": starts a Stripe Checkout through the same rules as
-/// `POST /api/credits/checkout` (`crate::checkout`) and sends the browser to Stripe's
+/// `POST /api/credits/checkout` (`PaymentsService::start_checkout`) and sends the browser to Stripe's
 /// payment page; Stripe returns it to `/credits?checkout=success|cancelled`.
 async fn checkout(State(state): State<AppState>, session: Session, Form(form): Form<CheckoutForm>) -> Result<Response, WebError> {
     session.writer()?;
-    match crate::checkout::start(&state, session.team_id, form.price_id.trim(), None).await {
+    match state.payments.start_checkout(session.team_id, form.price_id.trim(), None).await {
         Ok(started) => Ok(Redirect::to(&started.url).into_response()),
         Err(error) => match WebError::from(error) {
             WebError::Refused(notice) => Ok(render(&state, &session, Some(notice)).await?.into_response()),

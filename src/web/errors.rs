@@ -170,9 +170,9 @@ where
     }
 }
 
-impl From<crate::checkout::CheckoutError> for WebError {
-    fn from(error: crate::checkout::CheckoutError) -> Self {
-        use crate::checkout::CheckoutError as E;
+impl From<application::payments::CheckoutError> for WebError {
+    fn from(error: application::payments::CheckoutError) -> Self {
+        use application::payments::CheckoutError as E;
         let refused = |title: &str, detail: &str| WebError::Refused(Notice::new(title, detail).next("/credits", "Back to credits"));
         match error {
             E::NotConfigured => refused("Payments are not set up", "This Kiln does not sell credits online; ask its operator for a grant."),
@@ -180,7 +180,7 @@ impl From<crate::checkout::CheckoutError> for WebError {
             E::AlreadySubscribed(_) => {
                 refused("Already subscribed", "Your team has a live subscription; change or cancel it at Stripe instead.")
             }
-            E::Stripe(error) => {
+            E::Provider(error) => {
                 tracing::error!(%error, "dashboard: Stripe refused or failed a checkout");
                 refused("Payment provider unavailable", "Stripe could not start the payment. Nothing was charged; try again in a moment.")
             }

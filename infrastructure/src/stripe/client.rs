@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use domain::{Credits, Plan, TeamId};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -17,34 +16,7 @@ pub const RESPONSE_BYTES_MAX: usize = 1 << 20;
 /// Longest Stripe error message kept for the log.
 const MESSAGE_CHARS_MAX: usize = 300;
 
-/// What the session sells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purchase {
-    /// A one-off payment (`mode=payment`) for a credit pack.
-    Pack { credits: Credits },
-    /// A subscription (`mode=subscription`) to a plan.
-    Plan { plan: Plan },
-}
-
-/// One checkout to create.
-#[derive(Debug, Clone)]
-pub struct CheckoutRequest<'a> {
-    pub team_id: TeamId,
-    pub price_id: &'a str,
-    pub purchase: Purchase,
-    /// The team's Stripe customer from an earlier purchase, reused so its invoices and
-    /// payment methods stay together.
-    pub customer: Option<&'a str>,
-    /// Forwarded as Stripe's `Idempotency-Key`, so a retried request returns the same session.
-    pub idempotency_key: Option<String>,
-}
-
-/// The created session: where to send the customer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct CheckoutSession {
-    pub id: String,
-    pub url: String,
-}
+pub use application::payments::{CheckoutRequest, CheckoutSession, Purchase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StripeApiError {
@@ -168,6 +140,7 @@ impl CheckoutClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::{Credits, Plan, TeamId};
 
     fn client() -> CheckoutClient {
         CheckoutClient::new(

@@ -77,3 +77,19 @@ impl Stripe {
         self.webhook.as_ref()
     }
 }
+
+#[async_trait::async_trait]
+impl application::payments::Checkout for Stripe {
+    fn purchase(&self, price_id: &str) -> Option<Purchase> {
+        self.catalog.purchase(price_id)
+    }
+
+    fn configured(&self) -> bool {
+        self.checkout.is_some()
+    }
+
+    async fn create_session(&self, request: &CheckoutRequest<'_>) -> Result<CheckoutSession, application::payments::ProviderFailure> {
+        let client = self.checkout.as_ref().ok_or("Stripe is not configured (stripe.secret_key)")?;
+        Ok(client.create_session(request).await?)
+    }
+}
