@@ -71,7 +71,7 @@ impl Application {
         let projector = tokio::spawn(self.state.projector.clone().run(stopped.clone()));
         let sweeper = tokio::spawn(crate::sweeper::run(self.state.clone(), self.expiry_interval, stopped.clone()));
         let (retention_days, retention_interval) = self.retention;
-        let retention = tokio::spawn(crate::retention::run(self.state.clone(), retention_days, retention_interval, stopped.clone()));
+        let retention = tokio::spawn(self.state.retention.clone().run(retention_days, retention_interval, stopped.clone()));
         let worker = self
             .jobs
             .worker_in_serve

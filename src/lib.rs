@@ -7,7 +7,6 @@ pub mod http;
 pub mod multipart;
 pub mod ops;
 pub mod queries;
-pub mod retention;
 pub mod storage_cli;
 pub mod state;
 pub mod sweeper;

@@ -16,6 +16,7 @@ use application::jobs::steps::TrainingConfig;
 use application::jobs::JobsService;
 use application::payments::PaymentsService;
 use application::provider::Provider;
+use application::retention::RetentionService;
 use axum_extra::extract::cookie::Key;
 use infrastructure::job_index::SqlJobIndex;
 use infrastructure::provider::fal::{Fal, FalProvider, FalWebhookVerifier};
@@ -65,8 +66,12 @@ pub struct Services {
     pub provider: Arc<dyn Provider>,
     /// Stripe checkout client, webhook verifier and price catalog.
     pub stripe: Arc<infrastructure::stripe::Stripe>,
-    /// What a verified Stripe event does to the ledger.
+    /// What a verified Stripe event does to the ledger; checkouts.
     pub payments: PaymentsService,
+    /// The image retention sweep.
+    pub retention: RetentionService,
+    /// Which teams hold expired credits (for `CreditsService::expire_due`).
+    pub due_grants: Arc<dyn application::credits::DueGrants>,
     /// fal.ai's webhook side, when `fal.key` is set (then `provider` is fal).
     pub fal: Option<FalWebhooks>,
     /// The dashboard's cookie key and cookie policy.
@@ -120,7 +125,7 @@ impl AppState {
         let url_ttl_secs = settings.storage.url_ttl_secs;
         let training = TrainingConfig { images: settings.jobs.training_images, images_per_request: settings.jobs.training_images_per_request };
         let jobs = JobsService::new(aggregates.clone(), credits.clone(), clock.clone()).with_training(objects.clone(), training);
-        let fal = fal_provider(settings, objects.clone(), clock)?;
+        let fal = fal_provider(settings, objects.clone(), clock.clone())?;
         let provider: Arc<dyn Provider> = match &fal {
             Some(fal) => fal.provider.clone(),
             None => Arc::new(LocalProvider::new(LocalProviderConfig::from(&settings.provider)).with_artifacts(objects.clone())),
@@ -131,6 +136,9 @@ impl AppState {
         let records = Arc::new(infrastructure::stripe::store::SqlPaymentRecords(db.clone()));
         let stripe = Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe));
         let payments = PaymentsService::new(records, stripe.clone(), credits.clone(), jobs.clone(), job_index.clone());
+        let expired = Arc::new(infrastructure::image_index::SqlExpiredImages(db.clone()));
+        let retention = RetentionService::new(expired, objects.clone(), aggregates.clone(), clock.clone());
+        let due_grants = Arc::new(infrastructure::due_grants::SqlDueGrants(db.clone()));
         let web = WebKeys::load(settings).context("cannot load the dashboard's cookie key")?;
         let mut state = Services {
             db,
@@ -149,6 +157,8 @@ impl AppState {
             provider,
             stripe,
             payments,
+            retention,
+            due_grants,
             fal: None,
             web,
             keys: Arc::default(),

@@ -52,7 +52,7 @@ async fn init(settings: &Settings) -> anyhow::Result<()> {
 async fn sweep(settings: &Settings) -> anyhow::Result<()> {
     let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
     let state = AppState::new(db.clone(), settings, Arc::new(SystemClock))?;
-    let report = crate::retention::sweep(&state, settings.storage.retention_days, None).await;
+    let report = state.retention.sweep(settings.storage.retention_days, None).await;
     db.close().await;
     let report = report?;
     println!("retention sweep: {} images deleted, {} jobs marked expired, {} batches", report.images, report.jobs, report.batches);

@@ -41,6 +41,16 @@ use crate::event_store::{EventStoreError, StreamAppend};
 
 pub type CreditsError = CommandError<TeamCreditsError>;
 
+/// Teams handled per credit-expiry pass, at most; the next pass takes the rest.
+pub const EXPIRY_TEAMS_PER_PASS_MAX: i64 = 1_000;
+
+/// The grants read model, as the credit-expiry pass reads it.
+#[async_trait::async_trait]
+pub trait DueGrants: Send + Sync {
+    /// Up to `limit` teams holding credits in blocks that expired at or before `now`.
+    async fn teams_with_expired_credits(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<TeamId>, EventStoreError>;
+}
+
 /// Teams with a live writer task; beyond it, the least recently used are let go.
 pub const WRITERS_MAX: usize = 10_000;
 /// Commands decided and committed together, at most.
@@ -134,6 +144,23 @@ impl CreditsService {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// One credit-expiry pass: records `CreditsExpired` (through each team's writer,
+    /// like any command) for the teams `due` names; returns how many had credits expired.
+    pub async fn expire_due(&self, due: &dyn DueGrants) -> Result<usize, CreditsError> {
+        let now = self.now();
+        let mut expired = 0;
+        for team in due.teams_with_expired_credits(now, EXPIRY_TEAMS_PER_PASS_MAX).await? {
+            let outcome = self.execute(team, TeamCreditsCommand::ExpireCredits { now }, &serde_json::json!({"actor": "expiry-sweeper"})).await?;
+            if !outcome.events.is_empty() {
+                expired += 1;
+            }
+        }
+        if expired > 0 {
+            tracing::info!(teams = expired, "expired credits");
+        }
+        Ok(expired)
     }
 
     pub fn now(&self) -> DateTime<Utc> {

@@ -71,6 +71,10 @@ pub struct Snapshot {
     pub state: Value,
 }
 
+/// What a caller is told to wait before retrying while the database is unavailable
+/// (`Retry-After`, both doors).
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventStoreError {
     /// Another writer appended to the stream first (optimistic concurrency).

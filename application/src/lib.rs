@@ -9,4 +9,5 @@ pub mod jobs;
 pub mod observe;
 pub mod payments;
 pub mod provider;
+pub mod retention;
 pub mod storage;

@@ -87,6 +87,9 @@ pub fn is_unreachable_cause(error: &(dyn std::error::Error + 'static)) -> bool {
         if error.downcast_ref::<sqlx::Error>().is_some_and(is_unreachable) {
             return true;
         }
+        if let Some(application::event_store::EventStoreError::Unavailable(_)) = error.downcast_ref() {
+            return true;
+        }
         cause = error.source();
     }
     false

@@ -33,7 +33,7 @@ pub struct Problem {
 }
 
 /// What a client is told to wait before retrying while the database is unreachable.
-pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+pub use application::event_store::UNAVAILABLE_RETRY_AFTER_SECS as DATABASE_RETRY_AFTER_SECS;
 /// The same, after too much contention on one stream.
 pub const CONTENTION_RETRY_AFTER_SECS: u64 = 1;
 
@@ -139,19 +139,7 @@ impl Problem {
 
 /// True when `error` or one of its causes says the database cannot be reached.
 fn database_unreachable(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if let Some(sqlx) = error.downcast_ref::<sqlx::Error>() {
-            if infrastructure::db::is_unreachable(sqlx) {
-                return true;
-            }
-        }
-        if let Some(application::event_store::EventStoreError::Unavailable(_)) = error.downcast_ref() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
+    infrastructure::db::is_unreachable_cause(error)
 }
 
 /// `error: cause: cause…` on one line, for the log.

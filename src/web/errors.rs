@@ -50,10 +50,18 @@ pub enum WebError {
     Refused(Notice),
     /// Not the user's fault; the cause is logged where this is made.
     Internal,
+    /// The database cannot be reached right now (503 with `Retry-After`).
+    Unavailable,
 }
 
 impl WebError {
-    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+    /// Kiln's own failure: a database that cannot be reached anywhere in the error's
+    /// causes is [`WebError::Unavailable`] (the API's 503), anything else `Internal`.
+    pub fn internal<E: std::error::Error + 'static>(error: &E) -> Self {
+        if infrastructure::db::is_unreachable_cause(error) {
+            tracing::warn!(%error, "dashboard: database unavailable");
+            return WebError::Unavailable;
+        }
         tracing::error!(%error, "dashboard: internal error");
         WebError::Internal
     }
@@ -259,6 +267,31 @@ impl IntoResponse for WebError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Notice::new("Something went wrong on our side", "It has been logged. Try again in a moment.").next("/", "Overview"),
             ),
+            WebError::Unavailable => {
+                let mut page = error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Notice::new("Kiln is briefly unavailable", "Its database cannot be reached right now. Nothing was lost; try again in a moment.")
+                        .next("/", "Overview"),
+                );
+                page.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(application::event_store::UNAVAILABLE_RETRY_AFTER_SECS));
+                page
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use application::event_store::EventStoreError;
+
+    #[test]
+    fn a_database_that_cannot_be_reached_is_a_503_page_that_says_when_to_come_back() {
+        let lost = EventStoreError::Unavailable("terminating connection due to administrator command".into());
+        let response = WebError::internal(&lost).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "5");
+        let other = EventStoreError::Database("duplicate key value violates unique constraint".into());
+        assert_eq!(WebError::internal(&other).into_response().status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

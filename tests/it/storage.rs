@@ -411,11 +411,11 @@ async fn the_sweeper_deletes_exactly_the_images_past_retention_and_the_api_answe
 
     // Day 89 for the old job: nothing is due yet.
     app.clock.advance(chrono::Duration::days(29));
-    assert_eq!(kiln::retention::sweep(&app.state, 90, None).await.expect("sweep").images, 0);
+    assert_eq!(app.state.retention.sweep(90, None).await.expect("sweep").images, 0);
 
     // Day 91: exactly the old job's images go.
     app.clock.advance(chrono::Duration::days(2));
-    let report = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep");
+    let report = app.state.retention.sweep(90, None).await.expect("sweep");
     assert_eq!((report.jobs, report.images), (1, 2), "{report:?}");
     for k in &old_keys {
         assert!(!server.has(k), "{k} deleted from the bucket");
@@ -434,7 +434,7 @@ async fn the_sweeper_deletes_exactly_the_images_past_retention_and_the_api_answe
     assert_eq!(by_model["items"].as_array().map(Vec::len), Some(1), "{by_model}");
 
     // Sweeping again finds nothing and records nothing.
-    let again = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep");
+    let again = app.state.retention.sweep(90, None).await.expect("sweep");
     assert_eq!((again.jobs, again.images), (0, 0));
     assert_eq!(images_expired_events(&app).await, [(old_id, 1)].into_iter().collect());
     app.shutdown().await.expect("shutdown");
@@ -460,18 +460,18 @@ async fn a_sweep_interrupted_mid_batch_ends_with_everything_deleted_and_recorded
     }
     app.clock.advance(chrono::Duration::days(91));
     let now = app.state.jobs.now();
-    let due = kiln::retention::find_expired(&app.state, kiln::retention::cutoff(now, 90), 1_000).await.expect("find");
+    let due = app.state.retention.find_expired(application::retention::cutoff(now, 90), 1_000).await.expect("find");
     assert_eq!(due.len(), 4);
 
     // Crash 1: objects of the first two jobs deleted, nothing recorded yet.
-    kiln::retention::delete_objects(&app.state, &due[..2]).await.expect("delete half");
+    app.state.retention.delete_objects(&due[..2]).await.expect("delete half");
     // Crash 2 (a later run): the first job recorded, then the process died.
-    assert_eq!(kiln::retention::record_expired(&app.state, &due[..1], now).await.expect("record one"), 1);
+    assert_eq!(app.state.retention.record_expired(&due[..1], now).await.expect("record one"), 1);
     assert_eq!(listed_images(&app, &key, &due[0].job_id).await.0, 410);
     assert_eq!(listed_images(&app, &key, &due[1].job_id).await.0, 200, "deleted but not yet recorded");
 
     // Batches of one job each: several in flight at once, disjoint by the cursor.
-    let report = kiln::retention::sweep_in_batches(&app.state, 90, None, 1).await.expect("sweep resumes");
+    let report = app.state.retention.sweep_in_batches(90, None, 1).await.expect("sweep resumes");
     assert_eq!((report.jobs, report.batches), (3, 3), "the three jobs not yet recorded, one batch each: {report:?}");
     for job in &due {
         assert!(job.keys.iter().all(|k| !server.has(k)), "{job:?} deleted");
@@ -480,11 +480,11 @@ async fn a_sweep_interrupted_mid_batch_ends_with_everything_deleted_and_recorded
     let recorded = images_expired_events(&app).await;
     assert_eq!(recorded.len(), 4);
     assert!(recorded.values().all(|&n| n == 1), "ImagesExpired once per job: {recorded:?}");
-    let again = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep");
+    let again = app.state.retention.sweep(90, None).await.expect("sweep");
     assert_eq!((again.jobs, again.images), (0, 0));
     // A batch found before the sweep and recorded after it (a stale finder) records
     // nothing: each job refuses a second ImagesExpired.
-    assert_eq!(kiln::retention::record_expired(&app.state, &due, now).await.expect("record again"), 0);
+    assert_eq!(app.state.retention.record_expired(&due, now).await.expect("record again"), 0);
     assert_eq!(images_expired_events(&app).await, recorded);
     assert_eq!(jobs.len(), 4);
     app.shutdown().await.expect("shutdown");
@@ -601,12 +601,12 @@ async fn sqlite_and_the_local_store_sweep_too() {
     let root = std::path::PathBuf::from(&app.settings.storage.local_root);
     assert!(old_keys.iter().chain(&new_keys).all(|k| root.join(k).is_file()));
     app.clock.advance(chrono::Duration::days(89));
-    let report = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep");
+    let report = app.state.retention.sweep(90, None).await.expect("sweep");
     assert_eq!((report.jobs, report.images), (1, 2), "{report:?}");
     assert!(old_keys.iter().all(|k| !root.join(k).exists()), "old files deleted");
     assert!(new_keys.iter().all(|k| root.join(k).is_file()), "the newer one stays");
     assert_eq!(listed_images(&app, &key, &old_id).await.0, 410);
     assert_eq!(listed_images(&app, &key, &new_id).await.0, 200);
-    assert_eq!(kiln::retention::sweep(&app.state, 90, None).await.expect("sweep").jobs, 0);
+    assert_eq!(app.state.retention.sweep(90, None).await.expect("sweep").jobs, 0);
     app.shutdown().await.expect("shutdown");
 }

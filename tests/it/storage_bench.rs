@@ -2,7 +2,7 @@
 //! against a time). Seeds `KILN_SWEEP_BENCH_IMAGES` images (default 20,000; the target
 //! is 1,000,000 in < 60 s), 4 per completed generation job, into PostgreSQL, with their
 //! objects in the loopback s3s-fs server (written straight to its directory), then
-//! advances the clock 91 days and times one `kiln::retention::sweep`.
+//! advances the clock 91 days and times one `RetentionService::sweep`.
 //!
 //! Seeding is not what is measured, so only the first jobs go through the event store and
 //! its inline projections; the rest are bulk-inserted (`UNNEST`) as the same rows: the
@@ -275,7 +275,7 @@ async fn retention_sweep_benchmark() {
     let span_days = (jobs as i64 + 86_399) / 86_400;
     app.clock.advance(chrono::Duration::days(91 + span_days));
     let started = Instant::now();
-    let report = kiln::retention::sweep(&app.state, 90, None).await.expect("sweep");
+    let report = app.state.retention.sweep(90, None).await.expect("sweep");
     let elapsed = started.elapsed();
     println!(
         "retention sweep: {} images, {} jobs, {} batches in {:.2?} = {:.0} images/s \
