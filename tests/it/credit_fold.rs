@@ -278,7 +278,7 @@ fn run(cases: u32, database: fn() -> std::pin::Pin<Box<dyn std::future::Future<O
 
 #[test]
 fn postgres_live_projections_equal_a_rebuild_for_any_batching_and_time_order() {
-    run(12, || Box::pin(TestDb::postgres()));
+    run(10, || Box::pin(TestDb::postgres()));
 }
 
 #[test]
