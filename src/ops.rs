@@ -402,7 +402,7 @@ fn print_replay(r: &audit::ReplayReport) {
     println!("grants ({}):", r.grants.len());
     for g in &r.grants {
         let expires = g.expires_at.map_or("never".to_string(), |t| t.to_rfc3339());
-        println!("  {} {:<10} amount {} remaining {} reserved {} expires {expires}", g.grant_id, g.origin, g.amount, g.remaining, g.reserved);
+        println!("  {} {:<10} amount {} remaining {} reserved {} expires {expires}", g.grant_id, g.origin, g.amount, g.money.remaining, g.money.reserved);
     }
     println!("open reservations ({}):", r.open_reservations.len());
     for o in &r.open_reservations {

@@ -4,18 +4,23 @@
 //!
 //! The events of one append (often a whole batch of commands of a busy team) are folded
 //! into net changes first and written with a fixed handful of set-based statements,
-//! whatever the batch size. CHECK constraints on the tables refuse a negative balance:
-//! a projection bug fails the append instead of showing wrong money.
+//! whatever the batch size. What each event means is [`crate::credit_fold::effect`], the
+//! fold the rebuild and the audit use too; this module only turns the summed effects into
+//! rows, keeping each row an order-independent function of the events (a team's
+//! `updated_at` is the latest event time, `GREATEST`, not the last append's). CHECK
+//! constraints on the tables refuse a negative balance: a projection bug fails the append
+//! instead of showing wrong money.
 
 use std::collections::{BTreeMap, HashMap};
 
 use application::event_store::StoredEvent;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use domain::{BlockOrigin, Plan, TeamCredits, TeamCreditsEvent};
+use domain::{Plan, TeamCredits};
 use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
-use infrastructure::{tx_execute, tx_execute_values};
+use infrastructure::tx_execute_values;
 
+use crate::credit_fold::{self, latest, Balance, BlockMoney, Effect, End, NewBlock, NewReservation, ReservationChange, TeamChange};
 use crate::decode;
 
 pub struct TeamBalances;
@@ -25,189 +30,70 @@ pub const NAME: &str = "team_balances";
 /// Tables this projection owns.
 pub const TABLES: &[&str] = &["credit_reservation_allocations", "credit_reservations", "credit_grants", "team_balances"];
 
+/// The net change of one team's row in an append.
 #[derive(Default)]
 struct TeamDelta {
-    available: i64,
-    reserved: i64,
-    granted: i64,
-    deducted: i64,
-    expired: i64,
-    adjusted: i64,
+    balance: Balance,
+    /// The plan of the append's last plan event (stream order).
+    plan: Option<Plan>,
+    /// The latest time of the append's events: the row keeps the latest of these over
+    /// all appends (`GREATEST`), the same whatever the batching.
     at: Option<DateTime<Utc>>,
 }
 
-#[derive(Default)]
-struct GrantDelta {
-    remaining: i64,
-    reserved: i64,
-    deducted: i64,
-    expired: i64,
-    adjusted_out: i64,
-}
+/// How a reservation ended: its id, how, and when.
+type Ended = (String, End, DateTime<Utc>);
 
-struct NewGrant {
-    grant_id: String,
-    team: String,
-    origin: &'static str,
-    amount: i64,
-    expires_at: Option<DateTime<Utc>>,
-    at: DateTime<Utc>,
-}
-
-struct NewReservation {
-    id: String,
-    team: String,
-    amount: i64,
-    operation: &'static str,
-    price_version: i64,
-    at: DateTime<Utc>,
-}
-
-/// How a reservation ended: its id, `deducted` or `refunded`, and when.
-type Ended = (String, &'static str, DateTime<Utc>);
-
-/// The net effect of one append's TeamCredits events.
+/// The net effect of one append's TeamCredits events (their [`credit_fold::effect`]s summed).
 #[derive(Default)]
 struct Changes {
     opened: Vec<(String, String, String, DateTime<Utc>)>,
-    plans: Vec<(String, String, DateTime<Utc>)>,
     teams: BTreeMap<String, TeamDelta>,
-    new_grants: Vec<NewGrant>,
-    grants: BTreeMap<String, GrantDelta>,
-    new_reservations: Vec<NewReservation>,
+    new_grants: Vec<(String, NewBlock)>,
+    grants: BTreeMap<String, BlockMoney>,
+    new_reservations: Vec<(String, NewReservation)>,
     /// Allocations of reservations made in this append: (reservation, grant, amount).
     new_allocations: Vec<(String, String, i64)>,
     ended: Vec<Ended>,
 }
 
-fn origin_name(origin: BlockOrigin) -> &'static str {
-    match origin {
-        BlockOrigin::Stripe => "stripe",
-        BlockOrigin::Admin => "admin",
-        BlockOrigin::Plan => "plan",
-        BlockOrigin::Adjustment => "adjustment",
-    }
-}
-
 impl Changes {
-    /// The team's row changes with every event of the team that moves credits, so every
-    /// append that changes a grant writes a new version of its `team_balances` row (even
-    /// when the totals net to zero): `kiln::queries::credits::BalanceCache` relies on it
-    /// to know when the grants it remembers are out of date.
-    fn team(&mut self, team: &str, at: DateTime<Utc>) -> &mut TeamDelta {
+    /// Every event of a team changes its row (its `updated_at` at least), so every append
+    /// that changes a grant writes a new version of its `team_balances` row (even when
+    /// the totals net to zero): `kiln::queries::credits::BalanceCache` relies on it to
+    /// know when the grants it remembers are out of date.
+    fn add(&mut self, team: &str, effect: Effect) {
         let delta = self.teams.entry(team.to_string()).or_default();
-        delta.at = Some(delta.at.map_or(at, |seen| seen.max(at)));
-        delta
-    }
-
-    fn grant(&mut self, grant_id: String) -> &mut GrantDelta {
-        self.grants.entry(grant_id).or_default()
-    }
-
-    fn add(&mut self, team: &str, event: TeamCreditsEvent) {
-        match event {
-            TeamCreditsEvent::TeamOpened { name, plan, occurred_at, .. } => {
-                self.opened.push((team.to_string(), name, plan.to_string(), occurred_at));
-            }
-            // A plan event also counts towards `updated_at` (the latest event of the batch),
-            // so the row does not depend on how events are grouped into appends: a rebuild
-            // applies them in larger batches and must produce the same row.
-            TeamCreditsEvent::PlanChanged { to, occurred_at, .. } => {
-                self.plans.push((team.to_string(), to.to_string(), occurred_at));
-                self.team(team, occurred_at);
-            }
-            TeamCreditsEvent::SubscriptionExpired { occurred_at, .. } => {
-                self.plans.push((team.to_string(), Plan::Free.to_string(), occurred_at));
-                self.team(team, occurred_at);
-            }
-            TeamCreditsEvent::CreditsGranted { grant_id, amount, source, expires_at, occurred_at, .. } => {
-                let delta = self.team(team, occurred_at);
-                delta.available += amount.get();
-                delta.granted += amount.get();
-                let origin = origin_name(BlockOrigin::from(source));
-                self.new_grants.push(NewGrant {
-                    grant_id: grant_id.to_string(),
-                    team: team.to_string(),
-                    origin,
-                    amount: amount.get(),
-                    expires_at,
-                    at: occurred_at,
-                });
-            }
-            TeamCreditsEvent::CreditsReserved { reservation_id, amount, operation, price_version, allocations, occurred_at } => {
-                let delta = self.team(team, occurred_at);
-                delta.available -= amount.get();
-                delta.reserved += amount.get();
-                let id = reservation_id.to_string();
-                for allocation in allocations {
-                    let grant = self.grant(allocation.grant_id.to_string());
-                    grant.remaining -= allocation.amount.get();
-                    grant.reserved += allocation.amount.get();
-                    self.new_allocations.push((id.clone(), allocation.grant_id.to_string(), allocation.amount.get()));
+        delta.at = Some(latest(delta.at, effect.occurred_at));
+        delta.balance += effect.balance;
+        match effect.team {
+            Some(TeamChange::Opened { name, plan }) => self.opened.push((team.to_string(), name, plan.to_string(), effect.occurred_at)),
+            Some(TeamChange::Plan(plan)) => delta.plan = Some(plan),
+            None => {}
+        }
+        self.new_grants.extend(effect.opens.into_iter().map(|block| (team.to_string(), block)));
+        for (grant, into, amount) in effect.draws {
+            self.grants.entry(grant.to_string()).or_default().draw(into, amount);
+        }
+        match effect.reservation {
+            Some(ReservationChange::Begins(reservation)) => {
+                let id = reservation.id.to_string();
+                for (grant, amount) in &reservation.allocations {
+                    self.new_allocations.push((id.clone(), grant.to_string(), *amount));
                 }
-                self.new_reservations.push(NewReservation {
-                    id,
-                    team: team.to_string(),
-                    amount: amount.get(),
-                    operation: operation.as_str(),
-                    price_version,
-                    at: occurred_at,
-                });
+                self.new_reservations.push((team.to_string(), reservation));
             }
-            TeamCreditsEvent::CreditsDeducted { reservation_id, amount, occurred_at } => {
-                let delta = self.team(team, occurred_at);
-                delta.reserved -= amount.get();
-                delta.deducted += amount.get();
-                self.ended.push((reservation_id.to_string(), "deducted", occurred_at));
-            }
-            TeamCreditsEvent::CreditsRefunded { reservation_id, amount, occurred_at } => {
-                let delta = self.team(team, occurred_at);
-                delta.available += amount.get();
-                delta.reserved -= amount.get();
-                self.ended.push((reservation_id.to_string(), "refunded", occurred_at));
-            }
-            TeamCreditsEvent::CreditsAdjusted { amount, allocations, occurred_at, .. } => {
-                let delta = self.team(team, occurred_at);
-                delta.available += amount.get();
-                delta.adjusted += amount.get();
-                for allocation in allocations {
-                    let (id, moved) = (allocation.grant_id.to_string(), allocation.amount.get());
-                    if amount.is_negative() {
-                        let grant = self.grant(id);
-                        grant.remaining -= moved;
-                        grant.adjusted_out += moved;
-                    } else {
-                        // A positive adjustment opens its own non-expiring block.
-                        let origin = origin_name(BlockOrigin::Adjustment);
-                        let grant = NewGrant { grant_id: id, team: team.to_string(), origin, amount: moved, expires_at: None, at: occurred_at };
-                        self.new_grants.push(grant);
-                    }
-                }
-            }
-            TeamCreditsEvent::CreditsExpired { grant_id, amount, occurred_at } => {
-                let delta = self.team(team, occurred_at);
-                delta.available -= amount.get();
-                delta.expired += amount.get();
-                let grant = self.grant(grant_id.to_string());
-                grant.remaining -= amount.get();
-                grant.expired += amount.get();
-            }
+            Some(ReservationChange::Ends { id, end, at, .. }) => self.ended.push((id.to_string(), end, at)),
+            None => {}
         }
     }
 
-    /// Moves the allocations of ended reservations out of `reserved` of their blocks.
+    /// Releases the allocations of ended reservations from their blocks.
     fn end_allocations(&mut self, allocations: &HashMap<String, Vec<(String, i64)>>) -> Result<(), ProjectionError> {
-        let ended: Vec<(String, &'static str)> = self.ended.iter().map(|(id, how, _)| (id.clone(), *how)).collect();
-        for (reservation, how) in ended {
-            let held = allocations.get(&reservation).ok_or_else(|| format!("allocations of reservation {reservation} not found"))?;
+        for (reservation, end, _) in &self.ended {
+            let held = allocations.get(reservation).ok_or_else(|| format!("allocations of reservation {reservation} not found"))?;
             for (grant_id, amount) in held {
-                let grant = self.grant(grant_id.clone());
-                grant.reserved -= amount;
-                if how == "deducted" {
-                    grant.deducted += amount;
-                } else {
-                    grant.remaining += amount;
-                }
+                self.grants.entry(grant_id.clone()).or_default().release(*end, *amount);
             }
         }
         Ok(())
@@ -223,9 +109,9 @@ impl InlineProjection for TeamBalances {
     async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
         let mut changes = Changes::default();
         for stored in events.iter().filter(|e| e.aggregate_type == <TeamCredits as cqrs_es::Aggregate>::TYPE) {
-            changes.add(&stored.aggregate_id, decode::<TeamCredits>(stored)?);
+            changes.add(&stored.aggregate_id, credit_fold::effect(decode::<TeamCredits>(stored)?));
         }
-        if changes.opened.is_empty() && changes.plans.is_empty() && changes.teams.is_empty() {
+        if changes.teams.is_empty() {
             return Ok(());
         }
         write(tx, changes).await
@@ -258,14 +144,6 @@ async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> 
         .execute(&mut *conn)
         .await?;
     }
-    for (team, plan, at) in &changes.plans {
-        sqlx::query("UPDATE team_balances SET plan = $2, updated_at = $3 WHERE team_id = $1")
-            .bind(team)
-            .bind(plan)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-    }
     if !changes.new_grants.is_empty() {
         let g = &changes.new_grants;
         sqlx::query(
@@ -273,12 +151,12 @@ async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> 
              SELECT g, t, o, a, a, e, at FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], \
              $6::timestamptz[]) AS u(g, t, o, a, e, at)",
         )
-        .bind(g.iter().map(|g| g.grant_id.as_str()).collect::<Vec<_>>())
-        .bind(g.iter().map(|g| g.team.as_str()).collect::<Vec<_>>())
-        .bind(g.iter().map(|g| g.origin).collect::<Vec<_>>())
-        .bind(g.iter().map(|g| g.amount).collect::<Vec<_>>())
-        .bind(g.iter().map(|g| g.expires_at).collect::<Vec<_>>())
-        .bind(g.iter().map(|g| g.at).collect::<Vec<_>>())
+        .bind(g.iter().map(|(_, g)| g.grant_id.to_string()).collect::<Vec<_>>())
+        .bind(g.iter().map(|(team, _)| team.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|(_, g)| g.origin).collect::<Vec<_>>())
+        .bind(g.iter().map(|(_, g)| g.amount).collect::<Vec<_>>())
+        .bind(g.iter().map(|(_, g)| g.expires_at).collect::<Vec<_>>())
+        .bind(g.iter().map(|(_, g)| g.granted_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -289,12 +167,12 @@ async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> 
              SELECT i, t, a, o, v, at, 'pending' FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], \
              $6::timestamptz[]) AS u(i, t, a, o, v, at)",
         )
-        .bind(r.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-        .bind(r.iter().map(|r| r.team.as_str()).collect::<Vec<_>>())
-        .bind(r.iter().map(|r| r.amount).collect::<Vec<_>>())
-        .bind(r.iter().map(|r| r.operation).collect::<Vec<_>>())
-        .bind(r.iter().map(|r| r.price_version).collect::<Vec<_>>())
-        .bind(r.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.id.to_string()).collect::<Vec<_>>())
+        .bind(r.iter().map(|(team, _)| team.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.amount).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.operation.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.price_version).collect::<Vec<_>>())
+        .bind(r.iter().map(|(_, r)| r.reserved_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -331,7 +209,7 @@ async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> 
              FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS u(i, s, at) WHERE credit_reservations.reservation_id = u.i",
         )
         .bind(e.iter().map(|e| e.0.as_str()).collect::<Vec<_>>())
-        .bind(e.iter().map(|e| e.1).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
         .bind(e.iter().map(|e| e.2).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
@@ -358,18 +236,20 @@ async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> 
         sqlx::query(
             "UPDATE team_balances SET available = available + u.av, reserved = reserved + u.rs, \
              granted_total = granted_total + u.g, deducted_total = deducted_total + u.d, expired_total = expired_total + u.e, \
-             adjusted_total = adjusted_total + u.ad, updated_at = u.at \
+             adjusted_total = adjusted_total + u.ad, plan = COALESCE(u.p, team_balances.plan), \
+             updated_at = GREATEST(team_balances.updated_at, u.at) \
              FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
-             $8::timestamptz[]) AS u(t, av, rs, g, d, e, ad, at) WHERE team_balances.team_id = u.t",
+             $8::timestamptz[], $9::text[]) AS u(t, av, rs, g, d, e, ad, at, p) WHERE team_balances.team_id = u.t",
         )
         .bind(t.keys().map(String::as_str).collect::<Vec<_>>())
-        .bind(t.values().map(|d| d.available).collect::<Vec<_>>())
-        .bind(t.values().map(|d| d.reserved).collect::<Vec<_>>())
-        .bind(t.values().map(|d| d.granted).collect::<Vec<_>>())
-        .bind(t.values().map(|d| d.deducted).collect::<Vec<_>>())
-        .bind(t.values().map(|d| d.expired).collect::<Vec<_>>())
-        .bind(t.values().map(|d| d.adjusted).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.balance.available).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.balance.reserved).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.balance.totals.granted).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.balance.totals.deducted).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.balance.totals.expired).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.balance.totals.adjusted).collect::<Vec<_>>())
         .bind(t.values().map(|d| d.at).collect::<Vec<_>>())
+        .bind(t.values().map(|d| d.plan.map(|p| p.to_string())).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -407,16 +287,20 @@ async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), Pro
         changes.opened,
         |q, row| q.bind(&row.0).bind(&row.1).bind(&row.2).bind(row.3).bind(row.3).bind(0i64).bind(0i64)
     )?;
-    for (team, plan, at) in &changes.plans {
-        tx_execute!(&mut *tx, "UPDATE team_balances SET plan = $2, updated_at = $3 WHERE team_id = $1", team, plan, at)?;
-    }
     tx_execute_values!(
         tx,
         "INSERT INTO credit_grants (grant_id, team_id, origin, amount, remaining, expires_at, granted_at)",
         "",
         7,
         changes.new_grants,
-        |q, g| q.bind(&g.grant_id).bind(&g.team).bind(g.origin).bind(g.amount).bind(g.amount).bind(g.expires_at).bind(g.at)
+        |q, g| q
+            .bind(g.1.grant_id.to_string())
+            .bind(&g.0)
+            .bind(g.1.origin)
+            .bind(g.1.amount)
+            .bind(g.1.amount)
+            .bind(g.1.expires_at)
+            .bind(g.1.granted_at)
     )?;
     tx_execute_values!(
         tx,
@@ -424,7 +308,14 @@ async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), Pro
         "",
         7,
         changes.new_reservations,
-        |q, r| q.bind(&r.id).bind(&r.team).bind(r.amount).bind(r.operation).bind(r.price_version).bind(r.at).bind("pending")
+        |q, r| q
+            .bind(r.1.id.to_string())
+            .bind(&r.0)
+            .bind(r.1.amount)
+            .bind(r.1.operation.as_str())
+            .bind(r.1.price_version)
+            .bind(r.1.reserved_at)
+            .bind("pending")
     )?;
     tx_execute_values!(
         tx,
@@ -443,10 +334,10 @@ async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), Pro
             ") AS v WHERE credit_reservations.reservation_id = v.column1",
             3,
             changes.ended,
-            |q, e| q.bind(&e.0).bind(e.1).bind(e.2)
+            |q, e| q.bind(&e.0).bind(e.1.as_str()).bind(e.2)
         )?;
     }
-    let grants: Vec<(String, GrantDelta)> = changes.grants.into_iter().collect();
+    let grants: Vec<(String, BlockMoney)> = changes.grants.into_iter().collect();
     tx_execute_values!(
         tx,
         "UPDATE credit_grants SET remaining = remaining + v.column2, reserved = reserved + v.column3, \
@@ -456,24 +347,29 @@ async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), Pro
         grants,
         |q, g| q.bind(&g.0).bind(g.1.remaining).bind(g.1.reserved).bind(g.1.deducted).bind(g.1.expired).bind(g.1.adjusted_out)
     )?;
+    // `MAX` of two times as text is the later one: sqlx writes every time of these
+    // columns in one RFC 3339 form (UTC offset, fraction digits in groups of three, none
+    // when zero), in which text order is time order.
     let teams: Vec<(String, TeamDelta)> = changes.teams.into_iter().collect();
     tx_execute_values!(
         tx,
         "UPDATE team_balances SET available = available + v.column2, reserved = reserved + v.column3, \
          granted_total = granted_total + v.column4, deducted_total = deducted_total + v.column5, \
-         expired_total = expired_total + v.column6, adjusted_total = adjusted_total + v.column7, updated_at = v.column8 FROM (",
+         expired_total = expired_total + v.column6, adjusted_total = adjusted_total + v.column7, \
+         plan = COALESCE(v.column9, plan), updated_at = MAX(updated_at, v.column8) FROM (",
         ") AS v WHERE team_balances.team_id = v.column1",
-        8,
+        9,
         teams,
         |q, t| q
             .bind(&t.0)
-            .bind(t.1.available)
-            .bind(t.1.reserved)
-            .bind(t.1.granted)
-            .bind(t.1.deducted)
-            .bind(t.1.expired)
-            .bind(t.1.adjusted)
+            .bind(t.1.balance.available)
+            .bind(t.1.balance.reserved)
+            .bind(t.1.balance.totals.granted)
+            .bind(t.1.balance.totals.deducted)
+            .bind(t.1.balance.totals.expired)
+            .bind(t.1.balance.totals.adjusted)
             .bind(t.1.at)
+            .bind(t.1.plan.map(|p| p.to_string()))
     )?;
     Ok(())
 }

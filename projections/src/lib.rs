@@ -1,5 +1,6 @@
 //! Kiln's read models and the projector that keeps the async ones current.
 //!
+//! - what a credit event means for every read model, once: [`credit_fold`];
 //! - inline (in the append transaction): [`balances`], [`api_keys`], [`jobs`];
 //! - async (projector, from checkpoints): [`history`];
 //! - operations: [`catalog`] (names, tables, status), [`rebuild`] (shadow rebuild, swap,
@@ -9,6 +10,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod balances;
 pub mod catalog;
+pub mod credit_fold;
 pub mod history;
 pub mod images;
 pub mod jobs;

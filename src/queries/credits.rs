@@ -9,15 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::QueryError;
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Totals {
-    pub granted: i64,
-    pub deducted: i64,
-    pub expired: i64,
-    /// Net of positive and negative adjustments.
-    pub adjusted: i64,
-}
+/// The one `Totals` and `LedgerEntry`: what the projections fold from the events.
+pub use projections::credit_fold::{LedgerEntry, Totals, ENTRY_TYPES};
 
 /// One credit block (a grant or a positive adjustment) that still holds credits.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
@@ -199,28 +192,8 @@ impl BalanceCache {
     }
 }
 
-pub const ENTRY_TYPES: &[&str] = &["granted", "reserved", "deducted", "refunded", "adjusted", "expired"];
-
-/// One ledger entry and the balance it left.
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct LedgerEntry {
-    /// Position in the team's ledger, from 1.
-    pub entry_no: i64,
-    pub entry_type: String,
-    /// Credits moved (signed for adjustments).
-    pub amount: i64,
-    pub available_after: i64,
-    pub reserved_after: i64,
-    /// Grant, reservation (job) or adjustment id.
-    pub reference: Option<String>,
-    pub operation: Option<String>,
-    /// Grant source or adjustment reason.
-    pub detail: Option<String>,
-    pub occurred_at: DateTime<Utc>,
-}
-
 const ENTRY_COLUMNS: &str =
-    "entry_no, entry_type, amount, available_after, reserved_after, reference, operation, detail, occurred_at";
+    "entry_no, sequence, entry_type, amount, available_after, reserved_after, reference, operation, detail, occurred_at";
 
 /// Which ledger entries a history shows (values already validated by the caller).
 #[derive(Debug, Default, Clone)]

@@ -10,6 +10,7 @@ mod audit;
 mod catalog;
 mod cli;
 mod contract;
+mod credit_fold;
 mod event_store;
 mod jobs;
 mod jobs_dispatch;

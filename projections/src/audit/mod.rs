@@ -5,7 +5,8 @@
 //! - [`verify`]: every ledger invariant over the whole store (or one team), plus the hash
 //!   chain of every TeamCredits stream, naming each violating event.
 //!
-//! The folding is pure ([`ledger::TeamLedger`]); this module only reads events, in one
+//! The folding is pure ([`ledger::TeamLedger`], over [`crate::credit_fold`]'s effects, the
+//! read models' own); this module only reads events, in one
 //! consistent snapshot (PostgreSQL `REPEATABLE READ`, a SQLite read transaction), so a
 //! job completed with its deduction in one append is never seen half-way.
 
@@ -226,9 +227,9 @@ pub async fn replay(db: &Database, team: &str, as_of: Option<DateTime<Utc>>) -> 
         plan: ledger.plan.clone(),
         events: folded,
         last_sequence: ledger.last_sequence,
-        available: ledger.available,
-        reserved: ledger.reserved,
-        totals: ledger.totals.clone(),
+        available: ledger.balance.available,
+        reserved: ledger.balance.reserved,
+        totals: ledger.balance.totals,
         grants: ledger.open_blocks(),
         open_reservations: ledger.open_reservations(),
         entries: std::mem::take(&mut ledger.entries),

@@ -2,7 +2,8 @@
 //! bulk pass of a rebuild on PostgreSQL (sans-I/O: events in, columns of rows out).
 //!
 //! Each fold produces exactly the rows its projection's `apply` writes (`balances.rs`,
-//! `history.rs`) — the rebuild tests diff the result against the live tables. Rows whose
+//! `history.rs`): both fold the same [`credit_fold::effect`] of each event, this one into
+//! whole rows in memory — the rebuild tests diff the result against the live tables. Rows whose
 //! content is final (a ledger entry, an allocation, an ended reservation) leave memory as
 //! soon as they are known; only the state still open (teams, blocks, pending reservations)
 //! is held, which is what the live tables hold anyway.
@@ -10,9 +11,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use domain::{BlockOrigin, GrantId, JobId, Plan, TeamCreditsEvent};
+use domain::{GrantId, JobId, TeamCreditsEvent};
 
 use super::columns::{Column, Insert};
+use crate::credit_fold::{self, latest, Balance, BlockMoney, End, OpenReservations, ReservationChange, Running, TeamChange};
 use crate::{balances, history};
 
 /// A projection whose bulk pass is a fold over the TeamCredits streams.
@@ -38,10 +40,10 @@ pub(super) fn for_projection(name: &str) -> Option<Box<dyn Fold>> {
 
 #[derive(Default)]
 struct Ledger {
-    /// Each team's last entry: (entry_no, available_after, reserved_after).
-    running: HashMap<String, (i64, i64, i64)>,
+    /// Where each team's ledger stands.
+    running: HashMap<String, Running>,
     /// Deductions and refunds take the operation of their reservation from here.
-    open: crate::history::OpenReservations,
+    open: OpenReservations,
     rows: LedgerRows,
 }
 
@@ -83,24 +85,26 @@ impl LedgerRows {
 
 impl Fold for Ledger {
     fn fold(&mut self, team: &str, sequence: i64, event: TeamCreditsEvent) -> Result<(), String> {
-        let Some(entry) = self.open.entry_of(&event) else { return Ok(()) };
+        let mut effect = credit_fold::effect(event);
+        self.open.name_operation(&mut effect);
+        let Some(entry) = effect.entry else { return Ok(()) };
         let running = match self.running.get_mut(team) {
             Some(running) => running,
             None => self.running.entry(team.to_string()).or_default(),
         };
-        *running = (running.0 + 1, running.1 + entry.available_delta, running.2 + entry.reserved_delta);
+        *running = running.next(&effect.balance);
         let rows = &mut self.rows;
         rows.team_id.push(team.to_string());
-        rows.entry_no.push(running.0);
+        rows.entry_no.push(running.entry_no);
         rows.sequence.push(sequence);
         rows.entry_type.push(entry.entry_type);
         rows.amount.push(entry.amount);
-        rows.available_after.push(running.1);
-        rows.reserved_after.push(running.2);
-        rows.reference.push(entry.reference);
+        rows.available_after.push(running.available);
+        rows.reserved_after.push(running.reserved);
+        rows.reference.push(Some(entry.reference));
         rows.operation.push(entry.operation);
         rows.detail.push(entry.detail);
-        rows.occurred_at.push(entry.occurred_at);
+        rows.occurred_at.push(effect.occurred_at);
         Ok(())
     }
 
@@ -121,27 +125,17 @@ impl Fold for Ledger {
 struct Team {
     name: String,
     plan: String,
-    available: i64,
-    reserved: i64,
-    granted: i64,
-    deducted: i64,
-    expired: i64,
-    adjusted: i64,
+    balance: Balance,
     opened_at: DateTime<Utc>,
-    /// The latest `occurred_at` of the events after `TeamOpened` (the live projection sets
-    /// `updated_at` from them; a team with none keeps `opened_at`).
-    touched_at: Option<DateTime<Utc>>,
+    /// The latest `occurred_at` of the team's events (like the live row's `GREATEST`).
+    updated_at: DateTime<Utc>,
 }
 
 struct Grant {
     team: String,
     origin: &'static str,
     amount: i64,
-    remaining: i64,
-    reserved: i64,
-    deducted: i64,
-    expired: i64,
-    adjusted_out: i64,
+    money: BlockMoney,
     expires_at: Option<DateTime<Utc>>,
     granted_at: DateTime<Utc>,
 }
@@ -227,24 +221,7 @@ impl AllocationRows {
     }
 }
 
-fn origin_name(origin: BlockOrigin) -> &'static str {
-    match origin {
-        BlockOrigin::Stripe => "stripe",
-        BlockOrigin::Admin => "admin",
-        BlockOrigin::Plan => "plan",
-        BlockOrigin::Adjustment => "adjustment",
-    }
-}
-
 impl Balances {
-    /// The team's row, once opened, marked as touched at `at`. Like the live `UPDATE`, an
-    /// event of a team without a row changes nothing.
-    fn team(&mut self, team: &str, at: DateTime<Utc>) -> Option<&mut Team> {
-        let row = self.teams.get_mut(team)?;
-        row.touched_at = Some(row.touched_at.map_or(at, |seen| seen.max(at)));
-        Some(row)
-    }
-
     /// A block's row; like the live `UPDATE`, a block without a row changes nothing.
     fn grant(&mut self, id: GrantId) -> Option<&mut Grant> {
         let index = *self.grant_index.get(&id)?;
@@ -259,134 +236,78 @@ impl Balances {
         Ok(())
     }
 
-    fn end(&mut self, id: JobId, deducted: bool, at: DateTime<Utc>) -> Result<(), String> {
+    fn end(&mut self, id: JobId, end: End, at: DateTime<Utc>) -> Result<(), String> {
         let reservation = self.pending.remove(&id).ok_or_else(|| format!("allocations of reservation {id} not found"))?;
         for (grant_id, amount) in &reservation.allocations {
             if let Some(grant) = self.grant(*grant_id) {
-                grant.reserved -= amount;
-                if deducted {
-                    grant.deducted += amount;
-                } else {
-                    grant.remaining += amount;
-                }
+                grant.money.release(end, *amount);
             }
         }
-        let state = if deducted { "deducted" } else { "refunded" };
-        self.reservations.push(id, reservation, state, Some(at));
+        self.reservations.push(id, reservation, end.as_str(), Some(at));
         Ok(())
     }
 }
 
 impl Fold for Balances {
     fn fold(&mut self, team: &str, _sequence: i64, event: TeamCreditsEvent) -> Result<(), String> {
-        use TeamCreditsEvent as E;
-        match event {
-            E::TeamOpened { name, plan, occurred_at, .. } => {
-                // `ON CONFLICT (team_id) DO NOTHING`: the first opening stands.
-                self.teams.entry(team.to_string()).or_insert_with(|| Team {
-                    name,
-                    plan: plan.to_string(),
-                    available: 0,
-                    reserved: 0,
-                    granted: 0,
-                    deducted: 0,
-                    expired: 0,
-                    adjusted: 0,
-                    opened_at: occurred_at,
-                    touched_at: None,
-                });
+        let effect = credit_fold::effect(event);
+        let at = effect.occurred_at;
+        let plan = match effect.team {
+            // `ON CONFLICT (team_id) DO NOTHING`: the first opening stands.
+            Some(TeamChange::Opened { name, plan }) => {
+                let opened = || Team { name, plan: plan.to_string(), balance: Balance::default(), opened_at: at, updated_at: at };
+                self.teams.entry(team.to_string()).or_insert_with(opened);
+                None
             }
-            E::PlanChanged { to, occurred_at, .. } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.plan = to.to_string();
-                }
+            Some(TeamChange::Plan(plan)) => Some(plan),
+            None => None,
+        };
+        // Like the live `UPDATE`, an event of a team without a row changes no row.
+        if let Some(row) = self.teams.get_mut(team) {
+            row.updated_at = latest(Some(row.updated_at), at);
+            row.balance += effect.balance;
+            if let Some(plan) = plan {
+                row.plan = plan.to_string();
             }
-            E::SubscriptionExpired { occurred_at, .. } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.plan = Plan::Free.to_string();
-                }
+        }
+        for block in effect.opens {
+            let grant = Grant {
+                team: team.to_string(),
+                origin: block.origin,
+                amount: block.amount,
+                money: BlockMoney::opened(block.amount),
+                expires_at: block.expires_at,
+                granted_at: block.granted_at,
+            };
+            self.open_grant(block.grant_id, grant)?;
+        }
+        for (grant_id, into, amount) in effect.draws {
+            if let Some(grant) = self.grant(grant_id) {
+                grant.money.draw(into, amount);
             }
-            E::CreditsGranted { grant_id, amount, source, expires_at, occurred_at, .. } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.available += amount.get();
-                    row.granted += amount.get();
-                }
-                let origin = origin_name(BlockOrigin::from(source));
-                self.open_grant(grant_id, new_grant(team, origin, amount.get(), expires_at, occurred_at))?;
-            }
-            E::CreditsReserved { reservation_id, amount, operation, price_version, allocations, occurred_at } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.available -= amount.get();
-                    row.reserved += amount.get();
-                }
-                let id = reservation_id.to_string();
-                let mut held = Vec::with_capacity(allocations.len());
-                for allocation in allocations {
-                    let part = allocation.amount.get();
-                    if let Some(grant) = self.grant(allocation.grant_id) {
-                        grant.remaining -= part;
-                        grant.reserved += part;
-                    }
+        }
+        match effect.reservation {
+            Some(ReservationChange::Begins(r)) => {
+                let id = r.id.to_string();
+                for (grant_id, part) in &r.allocations {
                     self.allocations.reservation_id.push(id.clone());
-                    self.allocations.grant_id.push(allocation.grant_id.to_string());
-                    self.allocations.amount.push(part);
-                    held.push((allocation.grant_id, part));
+                    self.allocations.grant_id.push(grant_id.to_string());
+                    self.allocations.amount.push(*part);
                 }
                 let pending = Pending {
                     team: team.to_string(),
-                    amount: amount.get(),
-                    operation: operation.as_str(),
-                    price_version,
-                    reserved_at: occurred_at,
-                    allocations: held,
+                    amount: r.amount,
+                    operation: r.operation.as_str(),
+                    price_version: r.price_version,
+                    reserved_at: r.reserved_at,
+                    allocations: r.allocations,
                 };
-                if self.pending.insert(reservation_id, pending).is_some() {
+                if self.pending.insert(r.id, pending).is_some() {
                     return Err(format!("reservation {id} begins twice"));
                 }
             }
-            E::CreditsDeducted { reservation_id, amount, occurred_at } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.reserved -= amount.get();
-                    row.deducted += amount.get();
-                }
-                self.end(reservation_id, true, occurred_at)?;
-            }
-            E::CreditsRefunded { reservation_id, amount, occurred_at } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.available += amount.get();
-                    row.reserved -= amount.get();
-                }
-                self.end(reservation_id, false, occurred_at)?;
-            }
-            E::CreditsAdjusted { amount, allocations, occurred_at, .. } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.available += amount.get();
-                    row.adjusted += amount.get();
-                }
-                for allocation in allocations {
-                    let moved = allocation.amount.get();
-                    if amount.is_negative() {
-                        if let Some(grant) = self.grant(allocation.grant_id) {
-                            grant.remaining -= moved;
-                            grant.adjusted_out += moved;
-                        }
-                    } else {
-                        // A positive adjustment opens its own non-expiring block.
-                        let grant = new_grant(team, origin_name(BlockOrigin::Adjustment), moved, None, occurred_at);
-                        self.open_grant(allocation.grant_id, grant)?;
-                    }
-                }
-            }
-            E::CreditsExpired { grant_id, amount, occurred_at } => {
-                if let Some(row) = self.team(team, occurred_at) {
-                    row.available -= amount.get();
-                    row.expired += amount.get();
-                }
-                if let Some(grant) = self.grant(grant_id) {
-                    grant.remaining -= amount.get();
-                    grant.expired += amount.get();
-                }
-            }
+            Some(ReservationChange::Ends { id, end, at, .. }) => self.end(id, end, at)?,
+            None => {}
         }
         Ok(())
     }
@@ -414,21 +335,6 @@ impl Fold for Balances {
     }
 }
 
-fn new_grant(team: &str, origin: &'static str, amount: i64, expires_at: Option<DateTime<Utc>>, at: DateTime<Utc>) -> Grant {
-    Grant {
-        team: team.to_string(),
-        origin,
-        amount,
-        remaining: amount,
-        reserved: 0,
-        deducted: 0,
-        expired: 0,
-        adjusted_out: 0,
-        expires_at,
-        granted_at: at,
-    }
-}
-
 fn grants_insert(grants: Vec<(GrantId, Grant)>) -> Option<Insert> {
     if grants.is_empty() {
         return None;
@@ -443,11 +349,11 @@ fn grants_insert(grants: Vec<(GrantId, Grant)>) -> Option<Insert> {
         team.push(g.team);
         origin.push(g.origin);
         amount.push(g.amount);
-        remaining.push(g.remaining);
-        reserved.push(g.reserved);
-        deducted.push(g.deducted);
-        expired.push(g.expired);
-        adjusted_out.push(g.adjusted_out);
+        remaining.push(g.money.remaining);
+        reserved.push(g.money.reserved);
+        deducted.push(g.money.deducted);
+        expired.push(g.money.expired);
+        adjusted_out.push(g.money.adjusted_out);
         expires_at.push(g.expires_at);
         granted_at.push(g.granted_at);
     }
@@ -482,14 +388,14 @@ fn teams_insert(teams: HashMap<String, Team>) -> Option<Insert> {
         id.push(team_id);
         name.push(t.name);
         plan.push(t.plan);
-        available.push(t.available);
-        reserved.push(t.reserved);
-        granted.push(t.granted);
-        deducted.push(t.deducted);
-        expired.push(t.expired);
-        adjusted.push(t.adjusted);
+        available.push(t.balance.available);
+        reserved.push(t.balance.reserved);
+        granted.push(t.balance.totals.granted);
+        deducted.push(t.balance.totals.deducted);
+        expired.push(t.balance.totals.expired);
+        adjusted.push(t.balance.totals.adjusted);
         opened_at.push(t.opened_at);
-        updated_at.push(t.touched_at.unwrap_or(t.opened_at));
+        updated_at.push(t.updated_at);
     }
     Some(Insert::new(
         "team_balances",
