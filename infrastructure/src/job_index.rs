@@ -55,8 +55,8 @@ impl SqlJobIndex {
 const PICK_LOCK_CLASS: i32 = 0x6b6c_6e64; // "klnd"
 
 /// The dispatch walk on PostgreSQL (see [`SqlJobIndex::dispatchable`] and `domain::share`):
-/// `$1` now, `$2` jobs wanted, `$3`–`$6` the strides of basic, pro, enterprise and any
-/// other plan. Returns (job, team, share tag).
+/// `$1` now, `$2` jobs wanted, `$3`–`$6` the strides of basic, pro, enterprise and free
+/// (free teams have no slots; only rows written by hand with a limit reach that walk). Returns (job, team, share tag).
 const DISPATCHABLE_POSTGRES: &str = "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), \
      walked AS ( \
         (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $3::bigint AS stride \
@@ -81,7 +81,7 @@ const DISPATCHABLE_POSTGRES: &str = "WITH front AS (SELECT COALESCE(MAX(share_ta
           FROM team_dispatch d CROSS JOIN LATERAL ( \
              SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
           ) ready_job \
-          WHERE d.plan NOT IN ('basic', 'pro', 'enterprise') AND d.queued > 0 AND d.running < d.running_limit \
+          WHERE d.plan = 'free' AND d.queued > 0 AND d.running < d.running_limit \
           ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) \
      ), \
      ready AS ( \
