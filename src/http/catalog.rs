@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use infrastructure::catalog::{self, CatalogError, CatalogSort, Category, ReferenceModel};
+use crate::queries::catalog::{self, CatalogError, CatalogSort, Category, ReferenceModel};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

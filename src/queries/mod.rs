@@ -5,6 +5,7 @@
 //! Pagination stays with the callers (cursor formats are a door's contract): list
 //! queries take the position after which to read and how many rows to fetch.
 
+pub mod catalog;
 pub mod credits;
 pub mod jobs;
 pub mod keys;

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
-use infrastructure::catalog::{self, CatalogError, CatalogSort, Category, ReferenceModel};
+use crate::queries::catalog::{self, CatalogError, CatalogSort, Category, ReferenceModel};
 use serde::Deserialize;
 
 use super::errors::WebError;

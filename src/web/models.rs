@@ -11,7 +11,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use infrastructure::catalog::{self, CatalogSort};
+use crate::queries::catalog::{self, CatalogSort};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
