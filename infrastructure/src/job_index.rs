@@ -54,36 +54,37 @@ impl SqlJobIndex {
 /// fixed number: advisory locks are per database.
 const PICK_LOCK_CLASS: i32 = 0x6b6c_6e64; // "klnd"
 
+/// One plan's walk in [`DISPATCHABLE_POSTGRES`]: its teams that can take a job, in
+/// share-tag order (`team_dispatch_ready_idx`), each probed for a ready job, at most `$2`.
+macro_rules! plan_walk {
+    ($plan:literal, $stride:literal) => {
+        concat!(
+            "(SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, ",
+            $stride,
+            "::bigint AS stride FROM team_dispatch d CROSS JOIN LATERAL ( \
+                SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
+             ) ready_job WHERE d.plan = '",
+            $plan,
+            "' AND d.queued > 0 AND d.running < d.running_limit \
+             ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2)"
+        )
+    };
+}
+
 /// The dispatch walk on PostgreSQL (see [`SqlJobIndex::dispatchable`] and `domain::share`):
 /// `$1` now, `$2` jobs wanted, `$3`–`$6` the strides of basic, pro, enterprise and free
-/// (free teams have no slots; only rows written by hand with a limit reach that walk). Returns (job, team, share tag).
-const DISPATCHABLE_POSTGRES: &str = "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), \
-     walked AS ( \
-        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $3::bigint AS stride \
-          FROM team_dispatch d CROSS JOIN LATERAL ( \
-             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
-          ) ready_job \
-          WHERE d.plan = 'basic' AND d.queued > 0 AND d.running < d.running_limit \
-          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) UNION ALL \
-        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $4::bigint AS stride \
-          FROM team_dispatch d CROSS JOIN LATERAL ( \
-             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
-          ) ready_job \
-          WHERE d.plan = 'pro' AND d.queued > 0 AND d.running < d.running_limit \
-          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) UNION ALL \
-        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $5::bigint AS stride \
-          FROM team_dispatch d CROSS JOIN LATERAL ( \
-             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
-          ) ready_job \
-          WHERE d.plan = 'enterprise' AND d.queued > 0 AND d.running < d.running_limit \
-          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) UNION ALL \
-        (SELECT d.team_id, d.running_limit - d.running AS free, d.last_dispatched_at, d.share_tag, $6::bigint AS stride \
-          FROM team_dispatch d CROSS JOIN LATERAL ( \
-             SELECT 1 FROM jobs j WHERE j.team_id = d.team_id AND j.status = 'queued' AND j.not_before <= $1 LIMIT 1 \
-          ) ready_job \
-          WHERE d.plan = 'free' AND d.queued > 0 AND d.running < d.running_limit \
-          ORDER BY d.share_tag, d.last_dispatched_at NULLS FIRST, d.team_id LIMIT $2) \
-     ), \
+/// (free teams have no slots; only rows written by hand with a limit reach that walk).
+/// Returns (job, team, share tag).
+const DISPATCHABLE_POSTGRES: &str = concat!(
+    "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), walked AS (",
+    plan_walk!("basic", "$3"),
+    " UNION ALL ",
+    plan_walk!("pro", "$4"),
+    " UNION ALL ",
+    plan_walk!("enterprise", "$5"),
+    " UNION ALL ",
+    plan_walk!("free", "$6"),
+    "), \
      ready AS ( \
         SELECT w.*, GREATEST(w.share_tag, f.tag - w.stride) AS start FROM walked w CROSS JOIN front f \
         ORDER BY GREATEST(w.share_tag, f.tag - w.stride) + w.stride, w.share_tag, w.last_dispatched_at NULLS FIRST, w.team_id LIMIT $2 \
@@ -94,7 +95,8 @@ const DISPATCHABLE_POSTGRES: &str = "WITH front AS (SELECT COALESCE(MAX(share_ta
             WHERE j.team_id = r.team_id AND j.status = 'queued' AND j.not_before <= $1 \
             ORDER BY j.queued_at, j.job_id LIMIT LEAST(r.free, $2)) q \
      ) c \
-     ORDER BY tag, r.share_tag, r.last_dispatched_at NULLS FIRST, r.team_id, c.queued_at LIMIT $2";
+     ORDER BY tag, r.share_tag, r.last_dispatched_at NULLS FIRST, r.team_id, c.queued_at LIMIT $2"
+);
 
 /// The same rule on SQLite, ranking every queued job (one process's small store).
 const DISPATCHABLE_SQLITE: &str = "SELECT c.job_id, c.team_id, MAX(c.share_tag, f.tag - c.stride) + c.n * c.stride AS tag FROM ( \

@@ -170,6 +170,28 @@ pub(crate) async fn generate(app: &TestApp, key: &str, model_id: &str, prompt: &
     post(app, key, "/api/generate", json!({"model_id": model_id, "prompt": prompt, "resolution": "512x512"})).await
 }
 
+/// A queued image job of `team_id` written straight into the `jobs` read model (the
+/// dispatch walk's tests); returns its id.
+pub(crate) async fn insert_queued_job(
+    db: &infrastructure::db::Database,
+    team_id: &str,
+    queued_at: chrono::DateTime<chrono::Utc>,
+    not_before: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let job_id = uuid::Uuid::now_v7().to_string();
+    infrastructure::db_execute!(
+        db,
+        "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at) \
+         VALUES ($1, $2, 'image_generation', 'queued', 'm', 1, 1, '{}', $3, $4, $3)",
+        &job_id,
+        team_id,
+        queued_at,
+        not_before
+    )
+    .expect("jobs row");
+    job_id
+}
+
 /// One Enterprise team's queued image jobs: the team, its key, the credits it had
 /// before they were reserved, and the job ids.
 pub(crate) struct QueuedJobs {
@@ -682,19 +704,9 @@ async fn dispatch_order_is_fair(db: TestDb) {
         )
         .expect("team_dispatch row");
         for (name, queued, ready) in jobs {
-            let job_id = uuid::Uuid::now_v7().to_string();
-            names.insert(job_id.clone(), name.to_string());
             let not_before = if *ready { at(*queued) } else { now + chrono::Duration::minutes(5) };
-            db_execute!(
-                db,
-                "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at) \
-                 VALUES ($1, $2, 'image_generation', 'queued', 'm', 1, 1, '{}', $3, $4, $3)",
-                &job_id,
-                &team_id,
-                at(*queued),
-                not_before
-            )
-            .expect("jobs row");
+            let job_id = insert_queued_job(db, &team_id, at(*queued), not_before).await;
+            names.insert(job_id, name.to_string());
         }
     }
     let index = infrastructure::job_index::SqlJobIndex::new(db.clone());
@@ -773,19 +785,9 @@ async fn dispatch_follows_the_share_rule(db: TestDb) {
             )
             .expect("team_dispatch row");
             for n in 0..*ready + usize::from(*waiting) {
-                let job_id = uuid::Uuid::now_v7().to_string();
                 // The waiting job is the oldest: a backoff does not hold up the rest.
                 let not_before = if *waiting && n == 0 { now + chrono::Duration::minutes(5) } else { at(n as i64) };
-                db_execute!(
-                    db,
-                    "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at) \
-                     VALUES ($1, $2, 'image_generation', 'queued', 'm', 1, 1, '{}', $3, $4, $3)",
-                    &job_id,
-                    &team_id,
-                    at(n as i64),
-                    not_before
-                )
-                .expect("jobs row");
+                let job_id = insert_queued_job(db, &team_id, at(n as i64), not_before).await;
                 job_team.insert(job_id, ids.len());
             }
             ids.push((team_id, running));

@@ -29,18 +29,9 @@ async fn postgres_a_pick_waits_for_the_turn_and_sees_the_claim_made_under_it() {
         db_execute!(db, "INSERT INTO team_dispatch (team_id, running, queued, running_limit) VALUES ($1, 0, 2, 3)", &team_id)
             .expect("team_dispatch row");
         for n in 0..2 {
-            let job_id = uuid::Uuid::now_v7().to_string();
-            team_of.insert(job_id.clone(), team);
             let queued_at = now - chrono::Duration::seconds(100 - n);
-            db_execute!(
-                db,
-                "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at) \
-                 VALUES ($1, $2, 'image_generation', 'queued', 'm', 1, 1, '{}', $3, $3, $3)",
-                &job_id,
-                &team_id,
-                queued_at
-            )
-            .expect("jobs row");
+            let job_id = crate::jobs::insert_queued_job(db, &team_id, queued_at, queued_at).await;
+            team_of.insert(job_id, team);
         }
     }
     let index = std::sync::Arc::new(infrastructure::job_index::SqlJobIndex::new(db.clone()));
