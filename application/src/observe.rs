@@ -203,6 +203,10 @@ impl Provider for MeteredProvider {
         self.0.works_in_call()
     }
 
+    fn images_per_request_max(&self) -> Option<u32> {
+        self.0.images_per_request_max()
+    }
+
     async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError> {
         let started = Instant::now();
         let result = self.0.submit(request).await;

@@ -23,8 +23,10 @@ pub struct ProviderRequest {
 /// The request's part of its job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Task {
-    /// An image generation job's images (its only request).
-    Images,
+    /// Images `first..first + count` of an image generation job: all of them in one
+    /// request, or one part of a generation larger than the provider draws per request
+    /// ([`Provider::images_per_request_max`]; see `crate::jobs::steps::image_parts`).
+    Images { first: u32, count: u32 },
     /// Training images for a model job: `count` images of `prompt` (square), made with
     /// the LoRA of `model_artifact_key` when refining. Files named `0.png`, `1.png`, …
     TrainingImages { prompt: String, count: u32 },
@@ -88,6 +90,12 @@ pub trait Provider: Send + Sync + 'static {
     /// later (fal): its acceptance is when the job starts running.
     fn works_in_call(&self) -> bool {
         false
+    }
+
+    /// Most images one request may ask for; `None`: no limit (the local renderer). A
+    /// generation of more is sent as several requests, each recorded as a step of its job.
+    fn images_per_request_max(&self) -> Option<u32> {
+        None
     }
 
     async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError>;

@@ -306,6 +306,10 @@ pub enum ConfigError {
     /// run Kiln on its defaults (another database) without a word.
     #[error("configuration file {} does not exist", .0.display())]
     FileMissing(PathBuf),
+    /// A value of the right type outside what its consumer takes (e.g. `fal.trainer_steps`
+    /// beyond fal's 1–10000): refused at start rather than by the first request using it.
+    #[error("invalid configuration: {key} = {value} is out of range ({expected})")]
+    OutOfRange { key: &'static str, value: String, expected: String },
 }
 
 /// Environment variables that start with `KILN_` but are not settings: `KILN_CONFIG`
@@ -321,7 +325,9 @@ impl Settings {
                 return Err(ConfigError::FileMissing(file.to_path_buf()));
             }
         }
-        Self::figment(file).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))
+        let settings: Self = Self::figment(file).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        settings.fal.check()?;
+        Ok(settings)
     }
 
     pub fn figment(file: Option<&Path>) -> Figment {

@@ -89,7 +89,7 @@ pub struct StepRow {
     pub state: &'static str,
 }
 
-/// A model job's steps with where each stands.
+/// A model job's steps (or a split generation's parts) with where each stands.
 fn step_rows(job: &GenerationJob, plan: &[Step]) -> Vec<StepRow> {
     let batches = plan.iter().filter(|s| matches!(s, Step::TrainingImages { .. })).count();
     let status = job.status.unwrap_or(JobStatus::Queued);
@@ -102,8 +102,12 @@ fn step_rows(job: &GenerationJob, plan: &[Step]) -> Vec<StepRow> {
                 Step::Uploads { count } => format!("Training images sent with the job: {count}"),
                 Step::TrainingSet => "Training set: images and captions zipped".to_string(),
                 Step::Training => "Training the new version".to_string(),
+                Step::Images { part, first, count, .. } => {
+                    format!("Images {}–{}: request {part} of {}", first + 1, first + count, plan.len())
+                }
             };
-            let done = job.step_done(&name) || (matches!(step, Step::Training) && status == JobStatus::Completed);
+            let last = matches!(step, Step::Training | Step::Images { last: true, .. });
+            let done = job.step_done(&name) || (last && status == JobStatus::Completed);
             let state = if done {
                 "done"
             } else if status.is_final() {
@@ -153,7 +157,7 @@ async fn render(state: &AppState, session: &Session, job_id: &str, notice: Optio
     let aggregate = state.jobs.job(id).await?;
     let request = aggregate.input.as_ref().map(describe).unwrap_or_default();
     let uploaded = steps::uploaded_images(&aggregate);
-    let plan = aggregate.input.as_ref().map(|input| steps::plan(input, None, state.jobs.training(), uploaded)).unwrap_or_default();
+    let plan = aggregate.input.as_ref().map(|input| steps::plan(input, None, state.jobs.training(), uploaded, state.provider.images_per_request_max())).unwrap_or_default();
     let steps = step_rows(&aggregate, &plan);
     let mut images = Vec::new();
     if job.status == "completed" && job.kind == "image_generation" && !job.images_expired {

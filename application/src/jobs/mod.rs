@@ -307,24 +307,31 @@ impl JobsService {
     }
 
     /// Records a finished step of a multi-step job, run by `attempt`, with the objects it
-    /// stored; returns the job as it now stands. A job that ended meanwhile refuses
+    /// stored; returns the job as it now stands, and whether this call recorded the step
+    /// (false: it was recorded already). A job that ended meanwhile refuses
     /// (`AlreadyFinished`: the caller deletes what it stored), and so does one that was
     /// put back in the queue or retried since (`NotInProgress`, `StaleAttempt`: the step
     /// is the newer attempt's to run, over the same objects).
-    pub async fn complete_step(&self, job_id: JobId, attempt: u32, step: &str, outputs: Vec<JobOutput>) -> Result<GenerationJob, JobsError> {
+    pub async fn complete_step(&self, job_id: JobId, attempt: u32, step: &str, outputs: Vec<JobOutput>) -> Result<(GenerationJob, bool), JobsError> {
         let command = JobCommand::CompleteStep { step: step.to_string(), outputs, attempt, now: self.clock.now() };
         let decided = self.aggregates.execute::<GenerationJob>(&job_id.to_string(), command, &(), &metadata("worker")).await?;
-        crate::observe::job_step_completed(job_id, step);
-        Ok(decided.state.aggregate)
+        let recorded = !decided.events.is_empty();
+        if recorded {
+            crate::observe::job_step_completed(job_id, step);
+        }
+        Ok((decided.state.aggregate, recorded))
     }
 
-    /// Deletes what a failed or cancelled model job's steps wrote, or may have written
-    /// before a crash (its training images, captions and set): its version was never
-    /// made, so nothing else points at them. Best effort: a failure is logged.
+    /// Deletes what a failed or cancelled job's steps wrote, or may have written before a
+    /// crash (a model job's training images, captions and set; a split generation's
+    /// images): its version was never made, its images never shown, so nothing else
+    /// points at them. Best effort: a failure is logged.
     async fn discard_steps(&self, job: &GenerationJob) {
-        let (Some(objects), Some(team), Some(input)) = (&self.objects, job.team_id, &job.input) else { return };
-        // Planned as if nothing was sent: the most images a plan can draw.
-        let mut keys = steps::step_keys(team, input, &steps::plan(input, None, &self.training, 0));
+        let (Some(objects), Some(team), Some(input), Some(job_id)) = (&self.objects, job.team_id, &job.input, job.job_id) else { return };
+        // Planned as if nothing was sent (the most images a model plan can draw) and one
+        // image per request (every image a generation's parts can store, whatever the
+        // provider's limit).
+        let mut keys = steps::step_keys(team, input, job_id, &steps::plan(input, None, &self.training, 0, Some(1)));
         keys.extend(job.step_output_keys());
         keys.sort_unstable();
         keys.dedup();

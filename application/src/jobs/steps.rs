@@ -11,20 +11,29 @@
 //! 3. `training`: the trainer gets a signed URL of the zip; its result (the LoRA weights
 //!    and the `model.json` pointer) becomes the version, and the job completes.
 //!
+//! Image generation is one request, with no steps — unless it asks for more images than
+//! the provider draws per request ([`Provider::images_per_request_max`], fal: 4): then
+//! it is parts `images-1` … `images-N` (see [`image_parts`]), each a request of at most
+//! that many, run one after another; every part but the last is recorded with the images
+//! it stored (`generated-images/{job}/{i}.png`, numbered across the parts), and the last
+//! part's result completes the job with all of them — one deduction for the whole job.
+//!
 //! Each step is recorded (`JobStepCompleted`, with the objects it stored) before the next
 //! one starts, so a job retried after a crash or an outage resumes at its first step not
-//! recorded and never asks the provider again for a recorded one. Image generation is one
-//! request: it has no steps. The plan is a pure function of the job's input, the reference
-//! model and the configuration.
+//! recorded and never asks the provider again for a recorded one. The plan is a pure
+//! function of the job's input, the reference model, the configuration and the
+//! provider's per-request limit.
+//!
+//! [`Provider::images_per_request_max`]: crate::provider::Provider::images_per_request_max
 
 use std::io::{Cursor, Read, Write};
 
 use domain::jobs::{GenerationJob, JobInput, UPLOADS_STEP};
 use domain::models::trigger_word;
-use domain::TeamId;
+use domain::{JobId, TeamId};
 use serde_json::Value;
 
-use crate::storage::model_asset_key;
+use crate::storage::{image_key, model_asset_key};
 
 /// The step that zips the training set.
 pub const TRAINING_SET_STEP: &str = "training-set";
@@ -61,11 +70,15 @@ pub enum Step {
     TrainingImages { batch: u32, prompt: String, caption: String, count: u32 },
     TrainingSet,
     Training,
+    /// Part `part` of a generation split into requests: images `first..first + count`.
+    /// The `last` part's result completes the job; the others are recorded as steps.
+    Images { part: u32, first: u32, count: u32, last: bool },
 }
 
 impl Step {
     pub fn name(&self) -> String {
         match self {
+            Step::Images { part, .. } => format!("images-{part}"),
             Step::TrainingImages { batch, .. } => format!("training-images-{batch}"),
             Step::Uploads { .. } => UPLOADS_STEP.into(),
             Step::TrainingSet => TRAINING_SET_STEP.into(),
@@ -94,11 +107,29 @@ const VIEWS: [&str; 12] = [
 /// The characteristics of a reference model worth saying in a prompt, in a fixed order.
 const TRAITS: [&str; 7] = ["age_range", "gender_presentation", "ethnicity", "style", "lighting", "framing", "mood"];
 
-/// The job's steps; empty for image generation. `uploaded` images the team sent count
-/// towards the set: only the rest are generated.
-pub fn plan(input: &JobInput, reference: Option<&Value>, config: &TrainingConfig, uploaded: u32) -> Vec<Step> {
+/// The parts of a generation of `count` images for a provider that draws at most
+/// `per_request_max` per request (`None`: any number): none when one request does it,
+/// else as many parts as needed, all full but the last.
+pub fn image_parts(count: u32, per_request_max: Option<u32>) -> Vec<Step> {
+    let per_request = match per_request_max {
+        Some(max) if count > max.max(1) => max.max(1),
+        _ => return Vec::new(),
+    };
+    let parts = count.div_ceil(per_request);
+    (0..parts)
+        .map(|index| {
+            let first = index * per_request;
+            Step::Images { part: index + 1, first, count: per_request.min(count - first), last: index + 1 == parts }
+        })
+        .collect()
+}
+
+/// The job's steps: a model job's (`uploaded` images the team sent count towards the set:
+/// only the rest are generated), or the parts of a generation larger than
+/// `images_per_request_max` (none for one that fits one request).
+pub fn plan(input: &JobInput, reference: Option<&Value>, config: &TrainingConfig, uploaded: u32, images_per_request_max: Option<u32>) -> Vec<Step> {
     let (subject, with_traits) = match input {
-        JobInput::ImageGeneration { .. } => return Vec::new(),
+        JobInput::ImageGeneration { count, .. } => return image_parts(*count, images_per_request_max),
         JobInput::ModelCreation { description, .. } => (description.trim().to_string(), true),
         JobInput::ModelRefinement { prompt, .. } => (prompt.trim().to_string(), false),
     };
@@ -162,9 +193,15 @@ pub fn training_set_key(team: TeamId, input: &JobInput, version: u32) -> String 
     model_asset_key(&team.to_string(), &input.model_id().to_string(), version, TRAINING_SET_FILE)
 }
 
-/// Every object a model job's steps may write (images, captions, the set): what a failed
-/// or cancelled job deletes — written or not, so nothing written before a crash is left.
-pub fn step_keys(team: TeamId, input: &JobInput, plan: &[Step]) -> Vec<String> {
+/// Where image `index` of generation `job_id` is stored (numbered across its parts).
+pub fn generated_image_key(team: TeamId, input: &JobInput, job_id: JobId, index: u32) -> Option<String> {
+    matches!(input, JobInput::ImageGeneration { .. }).then(|| image_key(&team.to_string(), &job_id.to_string(), index))
+}
+
+/// Every object a job's steps may write (a model job's images, captions and set; a split
+/// generation's images): what a failed or cancelled job deletes — written or not, so
+/// nothing written before a crash is left.
+pub fn step_keys(team: TeamId, input: &JobInput, job_id: JobId, plan: &[Step]) -> Vec<String> {
     let mut keys = Vec::new();
     for step in plan {
         match step {
@@ -174,6 +211,9 @@ pub fn step_keys(team: TeamId, input: &JobInput, plan: &[Step]) -> Vec<String> {
                 }
             }
             Step::TrainingSet => keys.extend(version_made(input).map(|v| training_set_key(team, input, v))),
+            Step::Images { first, count, .. } => {
+                keys.extend((*first..first + count).filter_map(|index| generated_image_key(team, input, job_id, index)))
+            }
             // Recorded with the job: deleted from its record.
             Step::Uploads { .. } | Step::Training => {}
         }
@@ -347,7 +387,7 @@ mod tests {
     fn a_creation_plans_batches_then_the_set_then_training() {
         let reference = json!({"age_range": "30s", "style": "trail running", "setting": "forest single-track", "category": "fitness"});
         let input = creation();
-        let steps = plan(&input, Some(&reference), &TrainingConfig { images: 10, images_per_request: 4 }, 0);
+        let steps = plan(&input, Some(&reference), &TrainingConfig { images: 10, images_per_request: 4 }, 0, Some(4));
         let names: Vec<String> = steps.iter().map(Step::name).collect();
         assert_eq!(names, ["training-images-1", "training-images-2", "training-images-3", "training-set", "training"]);
         let counts: Vec<u32> = steps.iter().filter_map(|s| if let Step::TrainingImages { count, .. } = s { Some(*count) } else { None }).collect();
@@ -357,18 +397,48 @@ mod tests {
         assert!(caption.starts_with(&trigger_word(input.model_id())), "captions carry the trigger word: {caption}");
         assert!(plan(&JobInput::ImageGeneration {
             model_id: ModelId::new(uuid::Uuid::now_v7()), model_version: 1, prompt: "p".into(), resolution: "512x512".into(), quality: "standard".into(), count: 1
-        }, None, &TrainingConfig::default(), 0).is_empty());
+        }, None, &TrainingConfig::default(), 0, Some(4)).is_empty());
+    }
+
+    #[test]
+    fn a_generation_larger_than_a_request_is_split_into_full_parts_but_the_last() {
+        #[track_caller]
+        fn check(count: u32, max: Option<u32>, expected: &[(u32, u32, u32, bool)]) {
+            let parts: Vec<(u32, u32, u32, bool)> = image_parts(count, max)
+                .into_iter()
+                .map(|s| match s {
+                    Step::Images { part, first, count, last } => (part, first, count, last),
+                    other => panic!("not a part: {other:?}"),
+                })
+                .collect();
+            assert_eq!(parts, expected, "{count} images, {max:?} per request");
+        }
+        check(4, Some(4), &[]);
+        check(8, None, &[]);
+        check(1, Some(4), &[]);
+        check(5, Some(4), &[(1, 0, 4, false), (2, 4, 1, true)]);
+        check(8, Some(4), &[(1, 0, 4, false), (2, 4, 4, true)]);
+        check(8, Some(3), &[(1, 0, 3, false), (2, 3, 3, false), (3, 6, 2, true)]);
+        let input = JobInput::ImageGeneration {
+            model_id: ModelId::new(uuid::Uuid::now_v7()), model_version: 1, prompt: "p".into(), resolution: "512x512".into(), quality: "standard".into(), count: 8
+        };
+        let steps = plan(&input, None, &TrainingConfig::default(), 0, Some(4));
+        assert_eq!(steps.iter().map(Step::name).collect::<Vec<_>>(), ["images-1", "images-2"]);
+        let (team, job) = (TeamId::new(uuid::Uuid::now_v7()), JobId::new(uuid::Uuid::now_v7()));
+        let keys = step_keys(team, &input, job, &steps);
+        assert_eq!(keys.len(), 8, "every image either part may write: {keys:?}");
+        assert!(keys[7].ends_with(&format!("{job}/7.png")), "{keys:?}");
     }
 
     #[test]
     fn a_refinement_prompts_through_its_lora_and_makes_the_next_version() {
         let input = JobInput::ModelRefinement { model_id: ModelId::new(uuid::Uuid::now_v7()), prompt: "wearing red".into(), iteration: 1, from_version: 2 };
-        let steps = plan(&input, None, &TrainingConfig::default(), 0);
+        let steps = plan(&input, None, &TrainingConfig::default(), 0, None);
         let Step::TrainingImages { prompt, .. } = &steps[0] else { panic!("images first") };
         assert!(prompt.starts_with(&format!("{} wearing red", trigger_word(input.model_id()))), "{prompt}");
         assert_eq!(version_made(&input), Some(3));
         let team = TeamId::new(uuid::Uuid::now_v7());
-        let keys = step_keys(team, &input, &steps);
+        let keys = step_keys(team, &input, JobId::new(uuid::Uuid::now_v7()), &steps);
         assert_eq!(keys.len(), 12 * 2 + 1, "an image and a caption each, and the set");
         assert!(keys.iter().all(|k| k.contains("/v3/")), "{keys:?}");
     }
@@ -395,9 +465,9 @@ mod tests {
         assert!(training_images(vec![Upload { file_name: "e.zip".into(), bytes: empty }]).unwrap_err().contains("no image"));
 
         let input = creation();
-        let names: Vec<String> = plan(&input, None, &TrainingConfig { images: 12, images_per_request: 4 }, 5).iter().map(Step::name).collect();
+        let names: Vec<String> = plan(&input, None, &TrainingConfig { images: 12, images_per_request: 4 }, 5, None).iter().map(Step::name).collect();
         assert_eq!(names, ["uploads", "training-images-1", "training-images-2", "training-set", "training"], "seven more images to draw");
-        let names: Vec<String> = plan(&input, None, &TrainingConfig::default(), 20).iter().map(Step::name).collect();
+        let names: Vec<String> = plan(&input, None, &TrainingConfig::default(), 20, None).iter().map(Step::name).collect();
         assert_eq!(names, ["uploads", "training-set", "training"], "enough images sent: none drawn");
     }
 

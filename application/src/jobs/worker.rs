@@ -115,9 +115,19 @@ struct RunContext {
     reference: Option<serde_json::Value>,
 }
 
-/// The job's first step not recorded; `None` for a job without steps (image generation).
+/// The job's first step not recorded; `None` for a job without steps (a generation in
+/// one request).
 fn current_step<'a>(plan: &'a [Step], job: &GenerationJob) -> Option<&'a Step> {
     plan.iter().find(|step| !job.step_done(&step.name()))
+}
+
+/// The request of a generation that fits one: all its images.
+fn whole_generation(input: &JobInput) -> Task {
+    match input {
+        JobInput::ImageGeneration { count, .. } => Task::Images { first: 0, count: *count },
+        // A model job always has a step left until its last one ends it.
+        _ => Task::Images { first: 0, count: 0 },
+    }
 }
 
 #[derive(Clone)]
@@ -346,7 +356,7 @@ impl Worker {
             }
             JobInput::ImageGeneration { .. } => None,
         };
-        let plan = steps::plan(input, reference.as_ref(), self.jobs.training(), steps::uploaded_images(job));
+        let plan = steps::plan(input, reference.as_ref(), self.jobs.training(), steps::uploaded_images(job), self.provider.images_per_request_max());
         Ok(RunContext { slots: None, plan, model_artifact_key, reference })
     }
 
@@ -360,7 +370,8 @@ impl Worker {
         loop {
             let step = current_step(&context.plan, &job).cloned();
             let task = match &step {
-                None => Task::Images,
+                None => whole_generation(&input),
+                Some(Step::Images { first, count, .. }) => Task::Images { first: *first, count: *count },
                 // Recorded with the job's acceptance: never the step to run.
                 Some(Step::Uploads { .. }) => return self.fail(job_id, job.attempt, "the training images sent with the job were not recorded").await,
                 Some(Step::TrainingImages { prompt, count, .. }) => Task::TrainingImages { prompt: prompt.clone(), count: *count },
@@ -485,6 +496,14 @@ impl Worker {
         outcome: ProviderOutcome,
     ) -> Result<Option<GenerationJob>, JobsError> {
         match (step, outcome) {
+            // A part of a split generation before the last: its images are stored where
+            // the job's numbering puts them and the part recorded; the next part goes on.
+            (Some(step @ Step::Images { first, last: false, .. }), ProviderOutcome::Completed(files)) => {
+                match self.store_outputs(job_id, job, files, *first).await {
+                    Ok(outputs) => self.record_step(job_id, job.attempt, &step.name(), outputs).await,
+                    Err(message) => self.retry_or_fail(job_id, job.attempt, &message).await.map(|()| None),
+                }
+            }
             (Some(step @ Step::TrainingImages { batch, caption, .. }), ProviderOutcome::Completed(files)) => {
                 match self.store_training_images(job_id, job, *batch, caption, files).await {
                     Ok(outputs) => self.record_step(job_id, job.attempt, &step.name(), outputs).await,
@@ -497,17 +516,39 @@ impl Worker {
                 tracing::warn!(%job_id, "a provider result arrived while the training set is made; ignored");
                 Ok(None)
             }
-            (_, outcome) => self.finish_claimed(job_id, job, claimed, outcome).await.map(|()| None),
+            (step, outcome) => {
+                let first = match step {
+                    Some(Step::Images { first, .. }) => *first,
+                    _ => 0,
+                };
+                self.finish_claimed(job_id, job, claimed, outcome, first).await.map(|()| None)
+            }
         }
     }
 
     /// Records a step run by `attempt`; `None` when the job ended meanwhile (what the step
     /// stored is deleted: the ending deleted what was there before) or was retried (the
-    /// newer attempt runs the step again, over the same keys: they are left to it).
+    /// newer attempt runs the step again, over the same keys: they are left to it), or when
+    /// another delivery of the same result recorded the step first (fal may deliver a
+    /// webhook twice at once, and a status check may race it): that one goes on to the
+    /// next step, so the next request is made, and paid, once.
     async fn record_step(&self, job_id: JobId, attempt: u32, step: &str, outputs: Vec<JobOutput>) -> Result<Option<GenerationJob>, JobsError> {
-        let recorded = self.durably("recording a step", || self.jobs.complete_step(job_id, attempt, step, outputs.clone())).await;
+        // A try after one whose outcome was lost (the database went away) may find the
+        // step recorded by that try: it is still this call's to go on from.
+        let tried = AtomicBool::new(false);
+        let recorded = self
+            .durably("recording a step", || {
+                let retried = tried.swap(true, Ordering::Relaxed);
+                let outputs = outputs.clone();
+                async move { self.jobs.complete_step(job_id, attempt, step, outputs).await.map(|(job, recorded)| (job, recorded || retried)) }
+            })
+            .await;
         match recorded {
-            Ok(job) => Ok(Some(job)),
+            Ok((job, true)) => Ok(Some(job)),
+            Ok((_, false)) => {
+                tracing::info!(%job_id, step, "the step was recorded by another delivery of its result; that one goes on");
+                Ok(None)
+            }
             Err(JobsError::Job(JobError::AlreadyFinished(status))) => {
                 tracing::info!(%job_id, step, status, "job ended while its step ran; deleting what the step stored");
                 let keys: Vec<String> = outputs.into_iter().map(|o| o.key).collect();
@@ -659,9 +700,11 @@ impl Worker {
         // next step runs.
         let (_held, renewing) = self.hold_and_renew(job_id, job.attempt);
         let _stop_renewing = AbortOnDrop(renewing);
-        // An image job is one request: its outcome ends it, with no plan to look up.
-        if job.input.as_ref().and_then(steps::version_made).is_none() {
-            return self.finish_claimed(job_id, job, None, outcome).await;
+        // A generation in one request: its outcome ends it, with no plan to look up.
+        if let Some(JobInput::ImageGeneration { count, .. }) = &job.input {
+            if steps::image_parts(*count, self.provider.images_per_request_max()).is_empty() {
+                return self.finish_claimed(job_id, job, None, outcome, 0).await;
+            }
         }
         let context = self.durably("reading the job's context", || self.context(job)).await?;
         let step = current_step(&context.plan, job).cloned();
@@ -672,20 +715,29 @@ impl Worker {
     }
 
     /// `finish`, with the job as this worker's claim left it when known (its ending is
-    /// then decided without loading it first).
+    /// then decided without loading it first). `first`: the number of the request's
+    /// first image in its job (the last part of a split generation).
     async fn finish_claimed(
         &self,
         job_id: JobId,
         job: &GenerationJob,
         claimed: Option<Loaded<GenerationJob>>,
         outcome: ProviderOutcome,
+        first: u32,
     ) -> Result<(), JobsError> {
         match outcome {
             ProviderOutcome::Failed { message } => self.fail(job_id, job.attempt, &message).await,
             ProviderOutcome::Completed(files) => {
-                let outputs = match self.store_outputs(job_id, job, files).await {
+                let stored = match self.store_outputs(job_id, job, files, first).await {
                     Ok(outputs) => outputs,
                     Err(message) => return self.retry_or_fail(job_id, job.attempt, &message).await,
+                };
+                // A split generation completes with the images of every part, in order.
+                let outputs: Vec<JobOutput> = match &job.input {
+                    Some(JobInput::ImageGeneration { .. }) => {
+                        job.steps.iter().flat_map(|s| s.outputs.iter().cloned()).chain(stored.iter().cloned()).collect()
+                    }
+                    _ => stored.clone(),
                 };
                 let attempt = Some(job.attempt);
                 let completed = match claimed {
@@ -701,9 +753,10 @@ impl Worker {
                 match completed {
                     Ok(_) => Ok(()),
                     Err(JobsError::Job(domain::jobs::JobError::AlreadyFinished(how))) => {
-                        // Cancelled (or failed) while it ran: the outputs are not kept.
+                        // Cancelled (or failed) while it ran: the outputs are not kept (the
+                        // ending deleted the recorded parts' images).
                         tracing::info!(%job_id, how, "job ended before its result arrived; discarding outputs");
-                        let keys: Vec<String> = outputs.into_iter().map(|o| o.key).collect();
+                        let keys: Vec<String> = stored.into_iter().map(|o| o.key).collect();
                         let _ = self.objects.delete_many(&keys).await;
                         Ok(())
                     }
@@ -729,8 +782,9 @@ impl Worker {
     }
 
     /// Writes every file (retrying each a few times) before the job may complete: a job
-    /// never completes pointing at an object that was not written.
-    async fn store_outputs(&self, job_id: JobId, job: &GenerationJob, files: Vec<ProducedFile>) -> Result<Vec<JobOutput>, String> {
+    /// never completes pointing at an object that was not written. A generation's images
+    /// are numbered from `first` (a part's place in its job).
+    async fn store_outputs(&self, job_id: JobId, job: &GenerationJob, files: Vec<ProducedFile>, first: u32) -> Result<Vec<JobOutput>, String> {
         let (Some(team), Some(input)) = (job.team_id, job.input.as_ref()) else {
             return Err("job has no team".into());
         };
@@ -738,7 +792,7 @@ impl Worker {
         let mut outputs = Vec::with_capacity(files.len());
         for (index, file) in files.into_iter().enumerate() {
             let key = match input {
-                JobInput::ImageGeneration { .. } => image_key(&team, &job_text, index as u32),
+                JobInput::ImageGeneration { .. } => image_key(&team, &job_text, first + index as u32),
                 JobInput::ModelCreation { model_id, .. } => model_asset_key(&team, &model_id.to_string(), 1, &file.name),
                 JobInput::ModelRefinement { model_id, from_version, .. } => {
                     model_asset_key(&team, &model_id.to_string(), from_version + 1, &file.name)

@@ -102,15 +102,16 @@ impl LocalProvider {
 
     async fn produce(&self, request: &ProviderRequest) -> Result<ProviderOutcome, ProviderError> {
         match (&request.task, &request.input) {
-            (Task::Images, JobInput::ImageGeneration { model_id, model_version, prompt, resolution, quality, count }) => {
+            (Task::Images { first, count }, JobInput::ImageGeneration { model_id, model_version, prompt, resolution, quality, .. }) => {
                 let Some((width, height)) = parse_resolution(resolution) else {
                     return Ok(failed(format!("unsupported resolution {resolution:?} (expected WxH, e.g. 512x512)")));
                 };
                 if *count == 0 || *count > IMAGES_PER_JOB_MAX {
                     return Ok(failed(format!("count must be 1 to {IMAGES_PER_JOB_MAX}")));
                 }
+                // Seeded by the image's place in the job: a part renders the images it names.
                 let seeds: Vec<[u8; 32]> =
-                    (0..*count).map(|i| image_seed(&model_id.to_string(), *model_version, prompt, quality, i)).collect();
+                    (*first..first + count).map(|i| image_seed(&model_id.to_string(), *model_version, prompt, quality, i)).collect();
                 render_images(seeds, width, height).await
             }
             (Task::TrainingImages { prompt, count }, input) => {

@@ -20,7 +20,7 @@ fn model() -> ModelId {
 /// The request of `input`'s last step: its images, or a model job's training.
 fn request(job_id: JobId, attempt: u32, input: JobInput) -> ProviderRequest {
     let task = match input {
-        JobInput::ImageGeneration { .. } => Task::Images,
+        JobInput::ImageGeneration { count, .. } => Task::Images { first: 0, count },
         _ => Task::Training { images_url: "http://kiln/files/set.zip".into(), trigger_word: "kiln".into(), is_style: false },
     };
     ProviderRequest {
@@ -92,7 +92,7 @@ async fn training_images_are_square_pngs_one_per_count() {
     assert_eq!((image.width(), image.height()), (512, 512));
     let other = files(&provider, ProviderRequest { task: task("a runner, full body"), ..request(job(1), 1, input.clone()) }).await;
     assert_ne!(made[0].bytes, other[0].bytes, "each batch's prompt draws its own images");
-    let wrong = ProviderRequest { task: Task::Images, ..request(job(1), 1, input) };
+    let wrong = ProviderRequest { task: Task::Images { first: 0, count: 1 }, ..request(job(1), 1, input) };
     assert!(failure_message(&provider, wrong).await.contains("cannot do"));
 }
 

@@ -201,7 +201,10 @@ impl FakeFal {
             let images: Vec<Value> = (0..count)
                 .map(|n| {
                     let name = format!("{id}-{n}.png");
-                    let seed = [n as u8; 32];
+                    // Each request's images differ from another's (a split generation's
+                    // parts are told apart by their bytes).
+                    let mut seed = [n as u8; 32];
+                    seed.iter_mut().zip(id.bytes()).for_each(|(s, b)| *s ^= b);
                     let png = infrastructure::provider::render::render_png(&seed, w.min(64), h.min(64)).expect("png");
                     self.with(|i| i.files.insert(name.clone(), png));
                     json!({"url": format!("{base}/files/{name}"), "width": w, "height": h, "content_type": "image/png"})

@@ -4,6 +4,7 @@
 //! webhooks refused, duplicates harmless, cancels sent to fal with exact credits.
 
 pub mod fake;
+mod parts;
 mod schema;
 mod steps;
 
@@ -80,7 +81,7 @@ pub(crate) async fn wait_final(app: &TestApp, key: &str, job_id: &str) -> Value 
 }
 
 /// The fal request id the worker recorded for the job (waits for the submission).
-async fn request_of(app: &TestApp, key: &str, job_id: &str) -> String {
+pub(crate) async fn request_of(app: &TestApp, key: &str, job_id: &str) -> String {
     let view = wait_job(app, key, job_id, "a fal request", |j| request_id_in(j).is_some()).await;
     request_id_in(&view).expect("request id")
 }
@@ -157,7 +158,7 @@ pub(crate) fn current_request(view: &Value) -> Option<String> {
     None
 }
 
-async fn generate(app: &TestApp, key: &str, model_id: &str, count: u32) -> (String, i64) {
+pub(crate) async fn generate(app: &TestApp, key: &str, model_id: &str, count: u32) -> (String, i64) {
     let request = json!({"model_id": model_id, "prompt": "on a beach", "resolution": "512x512", "count": count});
     let (status, accepted) = call(app, key, Method::POST, "/api/generate", Some(request)).await;
     assert_eq!(status, 202, "{accepted}");

@@ -63,6 +63,8 @@ async fn flux_lora_bodies_outside_fals_input_schema_are_refused_as_fal_refuses_t
         "output_format": "jpeg", "acceleration": "regular",
     });
     assert_eq!(submit(&base, "fal-ai/flux-lora", &every_field).await.0, 200);
+    // fal's schema takes a null seed (a random one).
+    assert_eq!(submit(&base, "fal-ai/flux-lora", &with(generation(), "seed", Value::Null)).await.0, 200);
     assert_eq!(fake.violations(), vec![], "valid bodies pass");
     let request = fake.request(accepted["request_id"].as_str().expect("request id"));
     assert_eq!((request.input, request.training_files), (generation(), vec![]));
@@ -73,7 +75,9 @@ async fn flux_lora_bodies_outside_fals_input_schema_are_refused_as_fal_refuses_t
         (with(generation(), "output_format", json!("gif")), json!(["body", "output_format"]), "literal_error"),
         (with(generation(), "num_inference_steps", json!("28")), json!(["body", "num_inference_steps"]), "int_type"),
         (with(generation(), "loras", json!([{"path": "x", "scale": 5}])), json!(["body", "loras", 0, "scale"]), "less_than_equal"),
-        (with(generation(), "image_size", json!({"width": 0, "height": 512})), json!(["body", "image_size"]), "value_error"),
+        (with(generation(), "image_size", json!({"width": 14_143, "height": 512})), json!(["body", "image_size"]), "value_error"),
+        (with(generation(), "seed", json!("7")), json!(["body", "seed"]), "value_error"),
+        (with(generation(), "acceleration", json!("high")), json!(["body", "acceleration"]), "literal_error"),
     ];
     for (body, loc, kind) in &cases {
         let detail = refusal(submit(&base, "fal-ai/flux-lora", body).await);
@@ -91,7 +95,7 @@ async fn flux_lora_bodies_outside_fals_input_schema_are_refused_as_fal_refuses_t
     assert!(violations.iter().all(|v| v.app == "fal-ai/flux-lora"));
     assert_eq!((violations[0].loc.clone(), violations[0].kind.as_str()), (vec![json!("body"), json!("negative_prompt")], "extra_forbidden"));
     let answered: Vec<u16> = fake.submits().iter().map(|(_, status)| *status).collect();
-    assert_eq!(answered, [[200, 200].as_slice(), &[422; 8]].concat());
+    assert_eq!(answered, [[200, 200, 200].as_slice(), &[422; 10]].concat());
 }
 
 #[tokio::test]
@@ -162,6 +166,11 @@ async fn trainer_bodies_need_a_downloadable_zip_holding_images() {
     locs.sort();
     assert_eq!(locs, [r#"["body","description"]"#, r#"["body","images_data_url"]"#], "{body}");
     let detail = refusal(submit(&base, trainer, &with(training(format!("{files}/set.zip")), "steps", json!(0))).await);
-    assert_eq!(detail["loc"], json!(["body", "steps"]));
-    assert_eq!(fake.violations().len(), 3 + 2 + 1);
+    assert_eq!((detail["loc"].clone(), detail["type"].clone()), (json!(["body", "steps"]), json!("greater_than_equal")));
+    let detail = refusal(submit(&base, trainer, &with(training(format!("{files}/set.zip")), "steps", json!(10_001))).await);
+    assert_eq!((detail["loc"].clone(), detail["type"].clone()), (json!(["body", "steps"]), json!("less_than_equal")));
+    // fal takes null steps (its default) and names the archive's format when asked.
+    let named = with(with(training(format!("{files}/set.zip")), "steps", Value::Null), "data_archive_format", json!("zip"));
+    assert_eq!(submit(&base, trainer, &named).await.0, 200);
+    assert_eq!(fake.violations().len(), 3 + 2 + 2);
 }

@@ -18,7 +18,7 @@ use crate::support::db::TestDb;
 
 /// A `kiln worker` process on the test's database and storage, running jobs on the fake
 /// fal at `fal_base`, signing its URLs as the app does.
-fn fal_worker(app: &TestApp, fal_base: &str) -> Child {
+pub(crate) fn fal_worker(app: &TestApp, fal_base: &str) -> Child {
     crate::jobs::worker_command(app, 0)
         .env("KILN_STORAGE__PUBLIC_BASE_URL", app.url(""))
         .env("KILN_FAL__KEY", FAL_KEY)
@@ -41,13 +41,13 @@ pub(crate) async fn create_model(app: &TestApp, key: &str) -> (String, String) {
 }
 
 /// Waits for the job's next fal request (one not in `seen`).
-async fn next_request(app: &TestApp, key: &str, job_id: &str, seen: &[String]) -> String {
+pub(crate) async fn next_request(app: &TestApp, key: &str, job_id: &str, seen: &[String]) -> String {
     let view = wait_job(app, key, job_id, "a new fal request", |j| current_request(j).is_some_and(|r| !seen.contains(&r))).await;
     current_request(&view).expect("request")
 }
 
 /// The stored files whose path names `model_id`.
-fn stored_files_of(root: &Path, model_id: &str) -> Vec<String> {
+pub(crate) fn stored_files_of(root: &Path, model_id: &str) -> Vec<String> {
     fn walk(dir: &Path, model_id: &str, found: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
         for entry in entries.flatten() {
@@ -65,7 +65,7 @@ fn stored_files_of(root: &Path, model_id: &str) -> Vec<String> {
 }
 
 /// The team's credit events about the job's reservation, by type.
-async fn ledger_of(app: &TestApp, team_id: &str, job_id: &str) -> Vec<String> {
+pub(crate) async fn ledger_of(app: &TestApp, team_id: &str, job_id: &str) -> Vec<String> {
     use application::event_store::EventStore;
     let events = app.state.store.load_stream("TeamCredits", team_id, 0).await.expect("team events");
     events.into_iter().filter(|e| e.payload["reservation_id"] == job_id).map(|e| e.event_type).collect()

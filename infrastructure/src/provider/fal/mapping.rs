@@ -94,20 +94,28 @@ fn steps_of(quality: &str) -> u32 {
 
 /// Side of the square training images asked of the text-to-image app.
 const TRAINING_IMAGE_SIDE: u32 = 1024;
+/// Most images fal's text-to-image apps draw per request (`fal-ai/flux-lora`:
+/// `num_images` 1–4); a generation of more is split into parts (see
+/// `application::jobs::steps::image_parts`).
+pub const IMAGES_PER_REQUEST_MAX: u32 = 4;
 /// Training steps asked of the trainer when the settings do not say.
 pub const TRAINER_STEPS_DEFAULT: u32 = 1_000;
 
 /// The JSON input of `request` for its fal app (see the README's fal section):
 /// - images (`image_generation_app`, e.g. `fal-ai/flux-lora`): the prompt after the
-///   model's trigger word, with `lora_url` (the version's weights) as the LoRA;
+///   model's trigger word, with `lora_url` (the version's weights) as the LoRA, the
+///   task's `count` (one part of a larger generation, at most [`IMAGES_PER_REQUEST_MAX`]);
 /// - training images (`training_images_app`, the same kind of app): the step's prompt at
 ///   1024², with the refined version's LoRA when there is one;
 /// - training (`model_creation_app` / `model_refinement_app`, e.g.
 ///   `fal-ai/flux-lora-fast-training`): `images_data_url` (the signed URL of the zipped
-///   set), the trigger word, `steps`, `is_style`, and face masks for a subject.
+///   set) named a zip, the trigger word, `steps`, `is_style`, and face masks for a subject.
 pub fn request_body(request: &ProviderRequest, lora_url: Option<&str>, trainer_steps: u32) -> Result<Value, String> {
     match (&request.task, &request.input) {
-        (Task::Images, JobInput::ImageGeneration { model_id, prompt, resolution, quality, count, .. }) => {
+        (Task::Images { count, .. }, JobInput::ImageGeneration { model_id, prompt, resolution, quality, .. }) => {
+            if !(1..=IMAGES_PER_REQUEST_MAX).contains(count) {
+                return Err(format!("fal draws 1 to {IMAGES_PER_REQUEST_MAX} images per request, not {count}"));
+            }
             let (width, height) =
                 parse_resolution(resolution).ok_or_else(|| format!("unsupported resolution {resolution:?} (expected WxH)"))?;
             let lora = lora_url.ok_or("the model version has no LoRA weights from fal (was it created by the local provider?)")?;
@@ -145,6 +153,9 @@ pub fn request_body(request: &ProviderRequest, lora_url: Option<&str>, trainer_s
             "steps": trainer_steps,
             "is_style": is_style,
             "create_masks": !is_style,
+            // A signed URL ends in its query (`?X-Amz-…`), not `.zip`: fal infers the
+            // archive's format from the URL unless it is named.
+            "data_archive_format": "zip",
         })),
         (task, input) => Err(format!("no fal request for {task:?} of a {} job", input.operation().as_str())),
     }

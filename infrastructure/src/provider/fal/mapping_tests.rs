@@ -19,7 +19,7 @@ fn generation(resolution: &str) -> ProviderRequest {
             quality: "hd".into(),
             count: 2,
         },
-        task: Task::Images,
+        task: Task::Images { first: 0, count: 2 },
         model_artifact_key: Some("model-assets/t/m/v1/model.json".into()),
         reference: None,
     }
@@ -35,6 +35,10 @@ fn generation_input_names_size_count_and_lora() {
     assert!(body["prompt"].as_str().is_some_and(|p| p.ends_with("on a beach")));
     assert!(request_body(&generation("big"), Some("u"), 1_000).is_err());
     assert!(request_body(&generation("512x512"), None, 1_000).is_err(), "no LoRA, no generation");
+    let part = ProviderRequest { task: Task::Images { first: 4, count: 4 }, ..generation("512x512") };
+    assert_eq!(request_body(&part, Some("u"), 1_000).expect("a part of four")["num_images"], 4);
+    let too_many = ProviderRequest { task: Task::Images { first: 0, count: 5 }, ..generation("512x512") };
+    assert!(request_body(&too_many, Some("u"), 1_000).is_err(), "fal draws at most four per request");
 }
 
 fn model_job(input: JobInput, task: Task) -> ProviderRequest {
@@ -58,9 +62,12 @@ fn training_images_and_training_carry_what_the_apps_need() {
     let body = request_body(&model_job(refinement, training), None, 750).expect("valid");
     assert_eq!(
         body,
-        json!({"images_data_url": "https://kiln/files/set.zip", "trigger_word": "kilnabc", "steps": 750, "is_style": false, "create_masks": true})
+        json!({
+            "images_data_url": "https://kiln/files/set.zip", "trigger_word": "kilnabc", "steps": 750, "is_style": false,
+            "create_masks": true, "data_archive_format": "zip",
+        })
     );
-    assert!(request_body(&model_job(creation, Task::Images), None, 1_000).is_err(), "no image task for a model job");
+    assert!(request_body(&model_job(creation, Task::Images { first: 0, count: 1 }), None, 1_000).is_err(), "no image task for a model job");
 }
 
 #[test]

@@ -33,7 +33,7 @@ use serde_json::Value;
 
 use self::client::{CancelAnswer, FalClient, FalError};
 use self::mapping::{queue_app, FileRef, QueueStatus, ResultFiles, LORA_FILE, MODEL_POINTER_FILE};
-pub use self::settings::FalSettings;
+pub use self::settings::{FalSettings, TRAINER_STEPS_RANGE};
 pub use self::webhook::{FalWebhookVerifier, VerifyError, WebhookHeaders};
 
 /// The name recorded on `JobDispatched`.
@@ -97,7 +97,8 @@ impl FalProvider {
             refinement_app: settings.model_refinement_app.clone(),
             generation_app: settings.image_generation_app.clone(),
             training_images_app: settings.training_images_app.clone(),
-            trainer_steps: settings.trainer_steps.max(1),
+            // Checked when the configuration loads; settings built in code are held to it too.
+            trainer_steps: settings.trainer_steps.clamp(*TRAINER_STEPS_RANGE.start(), *TRAINER_STEPS_RANGE.end()),
             webhook_url,
             objects,
             clock,
@@ -107,7 +108,7 @@ impl FalProvider {
 
     fn app_of(&self, request: &ProviderRequest) -> &str {
         match (&request.task, &request.input) {
-            (Task::Images, _) => &self.generation_app,
+            (Task::Images { .. }, _) => &self.generation_app,
             (Task::TrainingImages { .. }, _) => &self.training_images_app,
             (Task::Training { .. }, JobInput::ModelRefinement { .. }) => &self.refinement_app,
             (Task::Training { .. }, _) => &self.creation_app,
@@ -223,6 +224,10 @@ fn provider_error(error: FalError) -> ProviderError {
 impl Provider for FalProvider {
     fn name(&self) -> &'static str {
         PROVIDER_NAME
+    }
+
+    fn images_per_request_max(&self) -> Option<u32> {
+        Some(mapping::IMAGES_PER_REQUEST_MAX)
     }
 
     async fn submit(&self, request: ProviderRequest) -> Result<Submission, ProviderError> {

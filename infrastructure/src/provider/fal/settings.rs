@@ -4,6 +4,11 @@
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ConfigError;
+
+/// Training steps fal's trainer takes (`fal-ai/flux-lora-fast-training`: `steps` 1–10000).
+pub const TRAINER_STEPS_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FalSettings {
@@ -40,6 +45,20 @@ pub struct FalSettings {
     pub retry_backoff_ms: u64,
     /// Largest result file downloaded (images, LoRA weights).
     pub download_bytes_max: u64,
+}
+
+impl FalSettings {
+    /// The values fal would refuse, found when the configuration loads.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !TRAINER_STEPS_RANGE.contains(&self.trainer_steps) {
+            return Err(ConfigError::OutOfRange {
+                key: "fal.trainer_steps",
+                value: self.trainer_steps.to_string(),
+                expected: format!("{} to {}, fal's range", TRAINER_STEPS_RANGE.start(), TRAINER_STEPS_RANGE.end()),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Default for FalSettings {
@@ -87,6 +106,21 @@ mod tests {
             assert_eq!(settings.fal.webhook_base_url.as_deref(), Some("https://kiln.example"));
             assert!(!format!("{settings:?}").contains("fal-secret-key"));
             assert!(!serde_json::to_string(&settings.fal).expect("json").contains("fal-secret-key"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn trainer_steps_outside_fals_range_are_refused_naming_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[fal]\ntrainer_steps = 10000\n")?;
+            assert_eq!(Settings::load(Some(Path::new("k.toml"))).expect("the largest fal takes").fal.trainer_steps, 10_000);
+            for (steps, shown) in [("0", "0"), ("10001", "10001")] {
+                jail.set_env("KILN_FAL__TRAINER_STEPS", steps);
+                let error = Settings::load(Some(Path::new("k.toml"))).expect_err("out of range").to_string();
+                assert!(error.contains(&format!("fal.trainer_steps = {shown}")) && error.contains("1 to 10000"), "{error}");
+            }
             Ok(())
         });
     }
