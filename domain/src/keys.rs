@@ -46,8 +46,7 @@ impl Role {
     }
 }
 
-/// Key names are labels for humans ("ci", "dashboard").
-pub const KEY_NAME_CHARS_MAX: usize = 100;
+pub use crate::text::KEY_NAME_CHARS_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiKeyCommand {
@@ -90,8 +89,9 @@ pub enum ApiKeyError {
     NotFound,
     #[error("API key already issued")]
     AlreadyIssued,
-    #[error("key name must be 1 to {KEY_NAME_CHARS_MAX} characters")]
-    InvalidName,
+    /// The name breaks the text rule (`crate::text::KeyName`).
+    #[error("key name {0}")]
+    InvalidName(crate::text::TextError),
     #[error("key hash must be 64 lower-case hex digits")]
     InvalidHash,
 }
@@ -112,10 +112,7 @@ impl ApiKey {
                 if self.key_id.is_some() {
                     return Err(ApiKeyError::AlreadyIssued);
                 }
-                let name = name.trim().to_string();
-                if name.is_empty() || name.chars().count() > KEY_NAME_CHARS_MAX {
-                    return Err(ApiKeyError::InvalidName);
-                }
+                let name = crate::text::KeyName::parse(&name).map_err(ApiKeyError::InvalidName)?.into_string();
                 let hex = key_hash.len() == 64 && key_hash.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
                 if !hex {
                     return Err(ApiKeyError::InvalidHash);
@@ -212,7 +209,7 @@ mod tests {
     fn rejections() {
         let (key_id, _) = ids();
         TestFramework::<ApiKey>::with(()).given(vec![issued()]).when(issue("ci", &"a".repeat(64))).then_expect_error(ApiKeyError::AlreadyIssued);
-        TestFramework::<ApiKey>::with(()).given_no_previous_events().when(issue(" ", &"a".repeat(64))).then_expect_error(ApiKeyError::InvalidName);
+        TestFramework::<ApiKey>::with(()).given_no_previous_events().when(issue(" ", &"a".repeat(64))).then_expect_error(ApiKeyError::InvalidName(crate::text::TextError::Empty { chars_max: KEY_NAME_CHARS_MAX }));
         TestFramework::<ApiKey>::with(()).given_no_previous_events().when(issue("ci", "secret")).then_expect_error(ApiKeyError::InvalidHash);
         TestFramework::<ApiKey>::with(())
             .given_no_previous_events()

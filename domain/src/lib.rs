@@ -15,6 +15,8 @@
 //! - [`jobs`]: the [`jobs::GenerationJob`] aggregate, job input and outputs.
 //! - [`models`]: the [`models::CustomModel`] aggregate.
 //! - [`keys`]: the [`keys::ApiKey`] aggregate and key [`keys::Role`]s.
+//! - [`text`]: the text rule (no control characters, bounded lengths) and the value
+//!   types of free text ([`text::Prompt`], [`text::ModelName`], …).
 
 pub mod amount;
 pub mod credits;
@@ -26,6 +28,7 @@ pub mod operation;
 pub mod plan;
 pub mod share;
 pub mod pricing;
+pub mod text;
 
 pub use amount::{AmountError, Credits, SignedCredits};
 pub use credits::{

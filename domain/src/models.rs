@@ -8,9 +8,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{JobId, ModelId, TeamId};
-use crate::jobs::PROMPT_CHARS_MAX;
+use crate::text::{Description, ModelName, Prompt, TextError};
 
-pub const MODEL_NAME_CHARS_MAX: usize = 200;
+pub use crate::text::MODEL_NAME_CHARS_MAX;
 
 /// The word a model's LoRA is trained with (in every caption of its training set) and
 /// prompted with: `kiln` and the first 8 letters or digits of its id.
@@ -130,8 +130,9 @@ pub enum ModelError {
     NotReady(&'static str),
     #[error("a refinement of this model is already in progress")]
     RefinementInProgress,
-    #[error("{field} must be 1 to {chars_max} characters")]
-    InvalidText { field: &'static str, chars_max: usize },
+    /// A text field breaks the text rule (`crate::text`).
+    #[error("{field} {reason}")]
+    InvalidText { field: &'static str, reason: TextError },
     #[error("job {0} is not this model's pending job")]
     UnknownJob(JobId),
 }
@@ -154,12 +155,9 @@ pub struct CustomModel {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-fn text(field: &'static str, value: &str, chars_max: usize) -> Result<String, ModelError> {
-    let value = value.trim();
-    if value.is_empty() || value.chars().count() > chars_max {
-        return Err(ModelError::InvalidText { field, chars_max });
-    }
-    Ok(value.to_string())
+/// A text field checked by its value type (`crate::text`), the refusal naming the field.
+fn text<T: Into<String>>(field: &'static str, parsed: Result<T, TextError>) -> Result<String, ModelError> {
+    parsed.map(Into::into).map_err(|reason| ModelError::InvalidText { field, reason })
 }
 
 impl CustomModel {
@@ -184,14 +182,16 @@ impl CustomModel {
         use ModelEvent as E;
         Ok(match command {
             C::RequestCreation { model_id, team_id, name, description, reference_model_id, complexity_milli, job_id, now } => {
+                let name = text("name", ModelName::parse(&name))?;
+                let description = text("description", Description::parse(&description))?;
                 if self.status.is_some() {
                     return Err(ModelError::AlreadyExists);
                 }
                 vec![E::ModelCreationRequested {
                     model_id,
                     team_id,
-                    name: text("name", &name, MODEL_NAME_CHARS_MAX)?,
-                    description: text("description", &description, PROMPT_CHARS_MAX)?,
+                    name,
+                    description,
                     reference_model_id,
                     complexity_milli,
                     job_id,
@@ -199,11 +199,13 @@ impl CustomModel {
                 }]
             }
             C::RequestRefinement { job_id, prompt, now } => {
+                // The request's own fault first: a bad prompt is refused whatever the
+                // model's state.
+                let prompt = text("prompt", Prompt::parse(&prompt))?;
                 let current = self.usable()?;
                 if self.pending_job.is_some() {
                     return Err(ModelError::RefinementInProgress);
                 }
-                let prompt = text("prompt", &prompt, PROMPT_CHARS_MAX)?;
                 vec![E::ModelRefinementRequested {
                     job_id,
                     prompt,
@@ -243,11 +245,11 @@ impl CustomModel {
                     return Err(ModelError::Archived);
                 }
                 let name = match name {
-                    Some(name) => text("name", &name, MODEL_NAME_CHARS_MAX)?,
+                    Some(name) => text("name", ModelName::parse(&name))?,
                     None => self.name.clone(),
                 };
                 let description = match description {
-                    Some(description) => text("description", &description, PROMPT_CHARS_MAX)?,
+                    Some(description) => text("description", Description::parse(&description))?,
                     None => self.description.clone(),
                 };
                 if name == self.name && description == self.description {

@@ -6,6 +6,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use cqrs_es::test::{AggregateTestExecutor, TestFramework};
 use cqrs_es::Aggregate;
 use domain::jobs::PROMPT_CHARS_MAX;
+use domain::text::TextError;
 use domain::models::{
     CustomModel, ModelCommand as C, ModelError, ModelEvent as E, ModelStatus, ModelVersion,
     MODEL_NAME_CHARS_MAX,
@@ -214,18 +215,20 @@ fn check_no_events(history: Vec<E>, command: C) {
     given(history).when(command).then_expect_events(vec![]);
 }
 
-fn name_error() -> ModelError {
-    ModelError::InvalidText {
-        field: "name",
-        chars_max: MODEL_NAME_CHARS_MAX,
-    }
+fn name_error(reason: TextError) -> ModelError {
+    ModelError::InvalidText { field: "name", reason }
 }
 
-fn description_error() -> ModelError {
-    ModelError::InvalidText {
-        field: "description",
-        chars_max: PROMPT_CHARS_MAX,
-    }
+fn description_error(reason: TextError) -> ModelError {
+    ModelError::InvalidText { field: "description", reason }
+}
+
+fn empty(chars_max: usize) -> TextError {
+    TextError::Empty { chars_max }
+}
+
+fn too_long(chars_max: usize) -> TextError {
+    TextError::TooLong { chars: chars_max + 1, chars_max }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -260,12 +263,14 @@ fn request_creation_with_invalid_text_is_refused() {
     let long_name = "n".repeat(MODEL_NAME_CHARS_MAX + 1);
     let long_description = "d".repeat(PROMPT_CHARS_MAX + 1);
     let cases = [
-        ("", "fine", name_error()),
-        ("   ", "fine", name_error()),
-        (long_name.as_str(), "fine", name_error()),
-        ("Fine", "", description_error()),
-        ("Fine", " \n\t", description_error()),
-        ("Fine", long_description.as_str(), description_error()),
+        ("", "fine", name_error(empty(MODEL_NAME_CHARS_MAX))),
+        ("   ", "fine", name_error(empty(MODEL_NAME_CHARS_MAX))),
+        (long_name.as_str(), "fine", name_error(too_long(MODEL_NAME_CHARS_MAX))),
+        ("A\u{0}B", "fine", name_error(TextError::Control('\u{0}'))),
+        ("Fine", "", description_error(empty(PROMPT_CHARS_MAX))),
+        ("Fine", " \n\t", description_error(empty(PROMPT_CHARS_MAX))),
+        ("Fine", long_description.as_str(), description_error(too_long(PROMPT_CHARS_MAX))),
+        ("Fine", "soft\u{7} light", description_error(TextError::Control('\u{7}'))),
     ];
     for (name, description, error) in cases {
         check_error(vec![], request_creation(name, description), error);
@@ -404,18 +409,29 @@ fn request_refinement_trims_and_validates_the_prompt() {
     given(ready())
         .when(padded)
         .then_expect_events(vec![refinement_requested(2, 1, 1, 20)]);
-    let error = ModelError::InvalidText {
-        field: "prompt",
-        chars_max: PROMPT_CHARS_MAX,
-    };
-    for text in [String::new(), "  ".into(), "p".repeat(PROMPT_CHARS_MAX + 1)] {
+    let prompt_error = |reason| ModelError::InvalidText { field: "prompt", reason };
+    let cases = [
+        (String::new(), empty(PROMPT_CHARS_MAX)),
+        ("  ".into(), empty(PROMPT_CHARS_MAX)),
+        ("p".repeat(PROMPT_CHARS_MAX + 1), too_long(PROMPT_CHARS_MAX)),
+        ("a\u{0}b".into(), TextError::Control('\u{0}')),
+    ];
+    for (text, reason) in cases {
         let command = C::RequestRefinement {
             job_id: job(2),
             prompt: text,
             now: t(20),
         };
-        check_error(ready(), command, error.clone());
+        check_error(ready(), command, prompt_error(reason));
     }
+}
+
+#[test]
+fn a_refinement_s_own_fault_comes_before_the_model_s_state() {
+    // Still training, and the prompt is empty: the prompt is what the caller can fix.
+    let command = C::RequestRefinement { job_id: job(2), prompt: " ".into(), now: t(20) };
+    check_error(training(), command, ModelError::InvalidText { field: "prompt", reason: empty(PROMPT_CHARS_MAX) });
+    check_error(training(), request_refinement(2, 20), ModelError::NotReady("training"));
 }
 
 #[test]
@@ -524,12 +540,13 @@ fn update_details_without_a_change_records_nothing() {
 
 #[test]
 fn update_details_with_invalid_text_is_refused() {
-    check_error(ready(), update(Some("  "), None, 30), name_error());
+    check_error(ready(), update(Some("  "), None, 30), name_error(empty(MODEL_NAME_CHARS_MAX)));
+    check_error(ready(), update(Some("x\u{1b}[31m"), None, 30), name_error(TextError::Control('\u{1b}')));
     let long_description = "d".repeat(PROMPT_CHARS_MAX + 1);
     check_error(
         ready(),
         update(None, Some(&long_description), 30),
-        description_error(),
+        description_error(too_long(PROMPT_CHARS_MAX)),
     );
 }
 

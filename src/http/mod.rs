@@ -33,10 +33,11 @@ use crate::state::AppState;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The API's routes plus `pages` (the dashboard, handed in by the caller: `http` does
-/// not know `web`), under one set of middleware.
+/// not know `web`), under one set of middleware. The pages bring their own text guard
+/// (HTML answers) and their own fallback: a URL under `/api` that no route answers is a
+/// problem+json 404, any other unknown URL is the pages' (an HTML 404).
 pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     let routes = Router::new()
-        .merge(pages)
         .merge(health::routes())
         .merge(credits::routes())
         .merge(admin::routes())
@@ -50,11 +51,14 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(audit::routes())
         .merge(metrics::routes())
         .merge(openapi::routes())
+        .route("/api", axum::routing::any(problem::not_found))
+        .route("/api/{*rest}", axum::routing::any(problem::not_found))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent_requests))
-        // Every route's path parameters and query follow the text rule before any
+        // Every API route's path parameters and query follow the text rule before any
         // extractor reads them (or a key is bound to the request).
         .route_layer(axum::middleware::from_fn(text::check_path_and_query))
-        .fallback(problem::not_found)
+        // Added after the route layers: the pages answer in HTML, not problem+json.
+        .merge(pages)
         .layer(axum::middleware::from_fn(metrics::track_requests))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_BYTES_MAX));

@@ -206,7 +206,7 @@ impl From<ApiKeyError> for Problem {
         match error {
             ApiKeyError::NotFound => Problem::not_found().detail("no such API key"),
             ApiKeyError::AlreadyIssued => Problem::new(StatusCode::CONFLICT, "key-exists", "API key exists"),
-            ApiKeyError::InvalidName | ApiKeyError::InvalidHash => Problem::invalid(error.to_string()),
+            ApiKeyError::InvalidName(_) | ApiKeyError::InvalidHash => Problem::invalid(error.to_string()),
         }
     }
 }

@@ -1,7 +1,9 @@
-//! One rule for the text that comes in, checked at the edge before anything is parsed
-//! further or stored: no NUL and no other C0 control character except tab, newline and
-//! carriage return (PostgreSQL's `text` and `jsonb` cannot hold NUL, and controls do harm
-//! in logs, headers and the dashboard), and a bound on every length.
+//! The REST door's generic guard for the text that comes in, checked before anything is
+//! parsed further or stored. The rule itself — no NUL and no other C0 control character
+//! except tab, newline and carriage return, and a bound on every length — is
+//! `domain::text`, the same the value types (`Prompt`, `ModelName`, …) hold at every
+//! door; here it is applied to *every* string of a request, fields without a value type
+//! of their own (ids, options, unknown fields) included, with the door's wide bounds.
 //!
 //! JSON bodies are checked whole by [`check_json`] (from `ApiJson`, so no endpoint can
 //! miss it): a violation is a 422 naming the field by its JSON path. Path parameters and
@@ -11,44 +13,34 @@
 //! ([`first_violation`]).
 //!
 //! The bounds are public so the OpenAPI document can state them (`maxLength`). Fields
-//! with a tighter domain rule (names, prompts, reasons) are bounded again there.
+//! with a value type (names, prompts, reasons) are bounded again, tighter, by it.
 
 use axum::extract::{Query, RawPathParams, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use domain::text;
 use serde_json::Value;
 
 use super::problem::Problem;
+
+pub use domain::text::{refused_char, storable, REFERENCE_MODEL_ID_CHARS_MAX};
 
 /// Longest string anywhere in a JSON body (characters). Prompts and descriptions, the
 /// longest fields, are bounded at `domain::jobs::PROMPT_CHARS_MAX` (4,000).
 pub const JSON_STRING_CHARS_MAX: usize = 10_000;
 /// Longest value of a query parameter (characters); cursors are far shorter.
-pub const QUERY_VALUE_CHARS_MAX: usize = 1_000;
+pub const QUERY_VALUE_CHARS_MAX: usize = text::TOKEN_CHARS_MAX;
 /// Longest path parameter (characters): ids are UUIDs or slugs, storage keys a few
 /// hundred characters at most.
-pub const PATH_PARAM_CHARS_MAX: usize = 1_000;
+pub const PATH_PARAM_CHARS_MAX: usize = text::TOKEN_CHARS_MAX;
 // Fields whose values come from a closed list: any value longer than these is not on
-// the list and is refused (422) as unknown, so the document may state them as maxLength.
-/// Longest reference-model id (a slug such as `fashion-editorial-01`).
-pub const REFERENCE_MODEL_ID_CHARS_MAX: usize = 100;
+// the list and is refused (422) as unknown, so the document may state them as maxLength
+// (the reference-model id's bound is the domain's, re-exported above).
 /// Longest Stripe price id accepted by checkout.
 pub const PRICE_ID_CHARS_MAX: usize = 255;
 /// Longest resolution or quality name (`1024x1024`, `standard`).
 pub const OPTION_CHARS_MAX: usize = 32;
-
-/// The first character the rule refuses, if any: C0 controls other than tab, newline
-/// and carriage return.
-pub fn refused_char(text: &str) -> Option<char> {
-    text.chars().find(|c| (*c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r'))
-}
-
-/// `text` with every refused character replaced by U+FFFD, for text from a signed
-/// webhook that must be kept although it breaks the rule.
-pub fn storable(text: &str) -> String {
-    text.chars().map(|c| if refused_char(c.encode_utf8(&mut [0; 4])).is_some() { '\u{FFFD}' } else { c }).collect()
-}
 
 /// Replaces refused characters in every string and key of `value` (see [`storable`]).
 pub fn make_storable(value: &mut Value) {
@@ -70,13 +62,9 @@ pub fn make_storable(value: &mut Value) {
     }
 }
 
-/// Why `text` breaks the rule, if it does.
+/// Why `text` breaks the rule (`domain::text::check`), if it does.
 fn violation(text: &str, chars_max: usize) -> Option<String> {
-    if let Some(c) = refused_char(text) {
-        return Some(format!("contains the control character U+{:04X}; text may not contain NUL or control characters other than tab and newline", c as u32));
-    }
-    let chars = text.chars().count();
-    (chars > chars_max).then(|| format!("is {chars} characters long; at most {chars_max} are accepted"))
+    text::check(text, chars_max).err().map(|error| error.to_string())
 }
 
 /// Checks every string (and object key) of a JSON document: a 422 naming the first

@@ -6,9 +6,10 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use serde::Deserialize;
 
+use super::form::PageForm;
 use super::errors::{Notice, WebError};
 use super::layout::{time, time_opt, Layout};
 use super::session::Session;
@@ -29,7 +30,7 @@ struct CheckoutForm {
 /// "Buy credits": starts a Stripe Checkout through the same rules as
 /// `POST /api/credits/checkout` (`PaymentsService::start_checkout`) and sends the browser to Stripe's
 /// payment page; Stripe returns it to `/credits?checkout=success|cancelled`.
-async fn checkout(State(state): State<AppState>, session: Session, Form(form): Form<CheckoutForm>) -> Result<Response, WebError> {
+async fn checkout(State(state): State<AppState>, session: Session, PageForm(form): PageForm<CheckoutForm>) -> Result<Response, WebError> {
     session.writer()?;
     match state.payments.start_checkout(session.team_id, form.price_id.trim(), None).await {
         Ok(started) => Ok(Redirect::to(&started.url).into_response()),

@@ -7,12 +7,13 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use domain::jobs::IMAGES_PER_JOB_MAX;
 use serde::Deserialize;
 
 use super::errors::{Notice, WebError};
 use super::estimate::{request_id, EstimateView};
+use super::form::PageForm;
 use super::layout::Layout;
 use super::session::Session;
 use crate::state::AppState;
@@ -42,21 +43,40 @@ pub struct GenerateForm {
     prompt: String,
     resolution: Option<String>,
     quality: Option<String>,
-    count: Option<u32>,
+    /// As sent: read in [`GenerateForm::request`], so that a value that is not a number
+    /// of images is a message on the form, not a rejected body.
+    count: Option<String>,
     /// `estimate` (the no-script "Show cost" button) or absent (submit).
     action: Option<String>,
     request_id: Option<String>,
 }
 
 impl GenerateForm {
-    fn request(&self) -> GenerationRequest {
-        GenerationRequest {
+    /// The use case's request, or the message for a field the page cannot read as what
+    /// it is (a count that is not a whole number). The rules — the count's and the
+    /// prompt's bounds, the text rule — are the use case's.
+    fn request(&self) -> Result<GenerationRequest, Notice> {
+        let count = match self.count.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some(text.parse::<u32>().map_err(|_| {
+                Notice::new(
+                    "Check the number of images",
+                    format!("The number of images must be a whole number from 1 to {IMAGES_PER_JOB_MAX}."),
+                )
+            })?),
+        };
+        Ok(GenerationRequest {
             model_id: self.model_id.clone(),
             prompt: self.prompt.clone(),
             resolution: self.resolution.clone(),
             quality: self.quality.clone(),
-            count: self.count,
-        }
+            count,
+        })
+    }
+
+    /// The count to show as chosen (1 when the one sent cannot be read).
+    fn count_shown(&self) -> u32 {
+        self.count.as_deref().and_then(|c| c.trim().parse().ok()).unwrap_or(1)
     }
 }
 
@@ -107,9 +127,15 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
         // The price does not depend on the prompt: an empty one (a fresh form) still
         // gets a price rather than "check the prompt".
         let prompt = if form.prompt.trim().is_empty() { "(prompt)".to_string() } else { form.prompt.clone() };
-        let request = GenerationRequest { model_id: model_id.clone(), prompt, ..form.request() };
-        EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?
+        match form.request() {
+            Ok(request) => {
+                let request = GenerationRequest { model_id: model_id.clone(), prompt, ..request };
+                EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?
+            }
+            Err(notice) => EstimateView::problem(notice),
+        }
     };
+    let count = form.count_shown();
     let page = GeneratePage {
         layout: Layout::load(state, session, "Generate", "generate").await?,
         notice,
@@ -119,7 +145,7 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
         prompt: form.prompt,
         resolution: form.resolution.unwrap_or_else(|| "1024x1024".into()),
         quality: form.quality.unwrap_or_else(|| "standard".into()),
-        count: form.count.unwrap_or(1),
+        count,
         counts: (1..=IMAGES_PER_JOB_MAX).collect(),
         resolutions: RESOLUTIONS,
         qualities: QUALITIES,
@@ -142,26 +168,36 @@ async fn page(State(state): State<AppState>, session: Session, Query(query): Que
     render(&state, &session, form, None).await
 }
 
-async fn estimate(State(state): State<AppState>, session: Session, Form(form): Form<GenerateForm>) -> Result<Html<String>, WebError> {
-    EstimateView::from_result(state.submit.estimate_generation(session.team_id, &form.request()).await)?.fragment()
+async fn estimate(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Html<String>, WebError> {
+    match form.request() {
+        Ok(request) => EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?.fragment(),
+        Err(notice) => EstimateView::problem(notice).fragment(),
+    }
 }
 
-async fn submit(State(state): State<AppState>, session: Session, Form(form): Form<GenerateForm>) -> Result<Response, WebError> {
+async fn submit(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Response, WebError> {
     if form.action.as_deref() == Some("estimate") {
         return Ok(render(&state, &session, form, None).await?.into_response());
     }
     session.writer()?;
     let who = Requester { team: session.team_id, actor: session.actor() };
     let key = form.request_id.as_deref().and_then(|id| domain::IdempotencyKey::parse(id).ok());
-    match state.submit.submit_generation(&who, key.as_ref(), form.request()).await {
+    let request = match form.request() {
+        Ok(request) => request,
+        Err(notice) => return refused(&state, &session, form, notice).await,
+    };
+    match state.submit.submit_generation(&who, key.as_ref(), request).await {
         Ok(submitted) => Ok(Redirect::to(&format!("/jobs/{}", submitted.job_id)).into_response()),
         Err(error) => match WebError::from(error) {
-            WebError::Refused(notice) => {
-                // A fresh request id: the refused attempt recorded nothing.
-                let form = GenerateForm { request_id: None, ..form };
-                Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, render(&state, &session, form, Some(notice)).await?).into_response())
-            }
+            WebError::Refused(notice) => refused(&state, &session, form, notice).await,
             other => Err(other),
         },
     }
+}
+
+/// The form again, as it was filled in, with why it was refused (nothing recorded).
+async fn refused(state: &AppState, session: &Session, form: GenerateForm, notice: Notice) -> Result<Response, WebError> {
+    // A fresh request id: the refused attempt recorded nothing.
+    let form = GenerateForm { request_id: None, ..form };
+    Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, render(state, session, form, Some(notice)).await?).into_response())
 }

@@ -7,8 +7,10 @@
 //!
 //! Shared pieces: `session` (signed cookie after an API-key sign-in, re-checked on every
 //! request), `csrf` (token + Origin check on every POST, as a layer), `errors`, `layout`
-//! (the frame every page is drawn in), `assets` (stylesheet and script, compiled in).
-//! One file per page or area for the rest.
+//! (the frame every page is drawn in), `assets` (stylesheet and script, compiled in),
+//! `form` (forms and URLs read as pages: the text rule on path and query, form bodies
+//! whose rejections are pages, the HTML 404 for an unknown URL). One file per page or
+//! area for the rest.
 
 pub mod assets;
 pub mod catalog;
@@ -16,6 +18,7 @@ pub mod credits;
 pub mod csrf;
 pub mod errors;
 pub mod estimate;
+pub mod form;
 pub mod generate;
 pub mod history;
 pub mod jobs;
@@ -32,7 +35,9 @@ use crate::state::AppState;
 
 pub use session::WebKeys;
 
-/// Every page and form of the dashboard; POSTs pass the CSRF layer first.
+/// Every page and form of the dashboard; POSTs pass the CSRF layer first, and every
+/// page's path and query the text rule. A URL nothing answers (outside `/api`, which
+/// the API answers) gets the dashboard's 404 page.
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(sign_in::routes())
@@ -44,5 +49,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(history::routes())
         .merge(credits::routes())
         .layer(axum::middleware::from_fn_with_state(state, csrf::protect))
+        .route_layer(axum::middleware::from_fn(form::check_path_and_query))
         .merge(assets::routes())
+        .fallback(form::not_found)
 }

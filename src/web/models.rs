@@ -10,13 +10,14 @@ use askama::Template;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Router;
 use crate::queries::catalog::{self, CatalogSort};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::errors::{Notice, WebError};
 use super::estimate::{request_id, EstimateView};
+use super::form::PageForm;
 use super::layout::{time, Layout};
 use super::paging;
 use super::session::Session;
@@ -143,7 +144,7 @@ async fn new_page(State(state): State<AppState>, session: Session, Query(form): 
     render_new(&state, &session, CreateForm { request_id: None, ..form }, None).await
 }
 
-async fn creation_estimate(State(state): State<AppState>, session: Session, Form(form): Form<CreateForm>) -> Result<Html<String>, WebError> {
+async fn creation_estimate(State(state): State<AppState>, session: Session, PageForm(form): PageForm<CreateForm>) -> Result<Html<String>, WebError> {
     EstimateView::from_result(state.submit.estimate_model_creation(session.team_id, &form.reference_model_id).await)?.fragment()
 }
 
@@ -151,7 +152,7 @@ async fn creation_estimate(State(state): State<AppState>, session: Session, Form
 /// `enctype`), else urlencoded.
 async fn form_and_images<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<(T, Vec<Upload>), WebError> {
     if !multipart::is_upload(request.method(), request.uri().path(), request.headers()) {
-        let Form(form) = Form::<T>::from_request(request, state).await.map_err(|e| WebError::BadForm(e.body_text()))?;
+        let PageForm(form) = PageForm::<T>::from_request(request, state).await?;
         return Ok((form, Vec::new()));
     }
     let parts = multipart::read(request, state).await.map_err(|e| WebError::BadForm(e.to_string()))?;

@@ -6,11 +6,12 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
+use axum::{Extension, Router};
 use axum_extra::extract::cookie::SignedCookieJar;
 use serde::Deserialize;
 
 use super::csrf::CsrfToken;
+use super::form::PageForm;
 use super::errors::{Notice, WebError};
 use super::layout::Layout;
 use super::session::{self, Session};
@@ -50,7 +51,7 @@ async fn submit(
     headers: HeaderMap,
     jar: SignedCookieJar,
     Extension(csrf): Extension<CsrfToken>,
-    Form(form): Form<SignInForm>,
+    PageForm(form): PageForm<SignInForm>,
 ) -> Result<Response, WebError> {
     let https = session::is_https(&state, &headers);
     match session::sign_in(&state, jar, &form.api_key, https).await? {

@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
+use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput, IMAGES_PER_JOB_MAX};
 use domain::models::{trigger_word, ModelCommand, ModelError};
 use domain::pricing::PricingError;
+use domain::text::{self, Description, ModelName, Prompt, TextError, REFERENCE_MODEL_ID_CHARS_MAX};
 use domain::{IdempotencyKey, JobId, ModelId, Plan, PriceRequest, PricingConfig, Quote, TeamCreditsError, TeamId};
 use uuid::Uuid;
 
@@ -74,9 +75,7 @@ impl From<JobsError> for SubmitError {
         match error {
             JobsError::Credits(CommandError::Rejected(rejection)) => SubmitError::from(rejection),
             JobsError::Model(ModelError::NotFound) => SubmitError::ModelNotFound,
-            JobsError::Model(ModelError::InvalidText { field, chars_max }) => {
-                SubmitError::Invalid { field, reason: format!("must be 1 to {chars_max} characters") }
-            }
+            JobsError::Model(ModelError::InvalidText { field, reason }) => invalid_text(field, reason),
             JobsError::Model(rejection) => SubmitError::ModelNotUsable(rejection),
             JobsError::QueueFull { queued, max } => SubmitError::QueueFull { queued, max },
             JobsError::NotFound | JobsError::Job(JobError::NotFound) => SubmitError::JobNotFound,
@@ -273,25 +272,31 @@ impl SubmitService {
         Ok((id, model))
     }
 
-    fn generation_price(request: &GenerationRequest, complexity_milli: i64) -> Result<(PriceRequest, String), SubmitError> {
+    /// The request's own checks (prompt, count), made before anything about the model
+    /// is looked at: a fault the caller can fix comes before a state conflict.
+    fn checked_generation(request: &GenerationRequest) -> Result<(Prompt, u32), SubmitError> {
+        let prompt = checked_prompt(&request.prompt)?;
         let count = request.count.unwrap_or(1);
         if !(1..=IMAGES_PER_JOB_MAX).contains(&count) {
             return Err(SubmitError::Invalid { field: "count", reason: format!("must be 1 to {IMAGES_PER_JOB_MAX}") });
         }
-        let prompt = checked_prompt(&request.prompt)?;
-        let price = PriceRequest::ImageGeneration {
+        Ok((prompt, count))
+    }
+
+    fn generation_price(request: &GenerationRequest, count: u32, complexity_milli: i64) -> PriceRequest {
+        PriceRequest::ImageGeneration {
             resolution: request.resolution.clone().unwrap_or_else(|| RESOLUTION_DEFAULT.into()),
             quality: request.quality.clone().unwrap_or_else(|| QUALITY_DEFAULT.into()),
             model_complexity_milli: complexity_milli,
             count,
-        };
-        Ok((price, prompt))
+        }
     }
 
     /// What generating `request` would cost; nothing is spent.
     pub async fn estimate_generation(&self, team: TeamId, request: &GenerationRequest) -> Result<Estimate, SubmitError> {
+        let (_, count) = Self::checked_generation(request)?;
         let (_, model) = self.usable_model(team, &request.model_id).await?;
-        let (price, _) = Self::generation_price(request, model.complexity_milli)?;
+        let price = Self::generation_price(request, count, model.complexity_milli);
         let quote = self.quote(&price).await?;
         self.estimate(team, quote).await
     }
@@ -307,20 +312,26 @@ impl SubmitService {
         if let Some(repeat) = self.repeat(who.team, job_id).await? {
             return Ok(repeat);
         }
+        let (prompt, count) = Self::checked_generation(&request)?;
         let (model_id, model) = self.usable_model(who.team, &request.model_id).await?;
         let version = model.usable().map_err(|e| SubmitError::from(JobsError::Model(e)))?.version;
-        let (price, prompt) = Self::generation_price(&request, model.complexity_milli)?;
+        let price = Self::generation_price(&request, count, model.complexity_milli);
         let quote = self.quote(&price).await?;
         let PriceRequest::ImageGeneration { resolution, quality, count, .. } = price else {
             unreachable!("generation_price builds an image generation price");
         };
-        let input = JobInput::ImageGeneration { model_id, model_version: version, prompt, resolution, quality, count };
+        let input = JobInput::ImageGeneration { model_id, model_version: version, prompt: prompt.into_string(), resolution, quality, count };
         self.accept(who, Priced { job_id, model_id, input, quote, model_change: None, uploads: Vec::new() }).await
     }
 
-    /// The active reference model's complexity factor (milli-units).
+    /// The active reference model's complexity factor (milli-units). An id the text
+    /// rule refuses names no reference model, and is not looked up.
     async fn reference_complexity(&self, reference_model_id: &str) -> Result<i64, SubmitError> {
-        self.index.reference_complexity(reference_model_id.trim()).await?.ok_or(SubmitError::UnknownReferenceModel)
+        let id = reference_model_id.trim();
+        if text::check(id, REFERENCE_MODEL_ID_CHARS_MAX).is_err() {
+            return Err(SubmitError::UnknownReferenceModel);
+        }
+        self.index.reference_complexity(id).await?.ok_or(SubmitError::UnknownReferenceModel)
     }
 
     /// What creating a model from `reference_model_id` would cost; nothing is spent.
@@ -343,6 +354,9 @@ impl SubmitService {
             return Ok(repeat);
         }
         let uploads = checked_uploads(request.uploads)?;
+        // The request's own text first (the model aggregate holds the same rule).
+        let name = ModelName::parse(&request.name).map_err(|e| invalid_text("name", e))?;
+        let description = Description::parse(&request.description).map_err(|e| invalid_text("description", e))?;
         let reference_model_id = request.reference_model_id.trim().to_string();
         let complexity_milli = self.reference_complexity(&reference_model_id).await?;
         let quote = self.quote(&PriceRequest::ModelCreation { complexity_factor_milli: complexity_milli }).await?;
@@ -350,8 +364,8 @@ impl SubmitService {
         let command = ModelCommand::RequestCreation {
             model_id,
             team_id: who.team,
-            name: request.name,
-            description: request.description.clone(),
+            name: name.into_string(),
+            description: description.as_str().to_string(),
             reference_model_id: reference_model_id.clone(),
             complexity_milli,
             job_id,
@@ -364,7 +378,7 @@ impl SubmitService {
             Err(JobsError::Model(ModelError::AlreadyExists)) => None,
             Err(error) => return Err(error.into()),
         };
-        let input = JobInput::ModelCreation { model_id, description: request.description, reference_model_id };
+        let input = JobInput::ModelCreation { model_id, description: description.into_string(), reference_model_id };
         self.accept(who, Priced { job_id, model_id, input, quote, model_change, uploads }).await
     }
 
@@ -392,13 +406,14 @@ impl SubmitService {
             return Ok(repeat);
         }
         let uploads = checked_uploads(request.uploads)?;
+        let prompt = checked_prompt(&request.prompt)?;
         let (model_id, model) = self.usable_model(who.team, &request.model_id).await?;
         let from_version = model.usable().map_err(|e| SubmitError::from(JobsError::Model(e)))?.version;
         let iteration = model.refinements_requested + 1;
         let quote = self.quote(&Self::refinement_price(&model)).await?;
-        let command = ModelCommand::RequestRefinement { job_id, prompt: request.prompt.clone(), now: self.jobs.now() };
+        let command = ModelCommand::RequestRefinement { job_id, prompt: prompt.as_str().to_string(), now: self.jobs.now() };
         let model_change = self.jobs.decide_model(model_id, command, &who.actor).await?;
-        let input = JobInput::ModelRefinement { model_id, prompt: request.prompt, iteration, from_version };
+        let input = JobInput::ModelRefinement { model_id, prompt: prompt.into_string(), iteration, from_version };
         self.accept(who, Priced { job_id, model_id, input, quote, model_change: Some(model_change), uploads }).await
     }
 
@@ -497,13 +512,14 @@ fn price_field(error: &PricingError) -> &'static str {
     }
 }
 
-/// A prompt trimmed and within its bounds.
-fn checked_prompt(prompt: &str) -> Result<String, SubmitError> {
-    let prompt = prompt.trim();
-    if prompt.is_empty() || prompt.chars().count() > PROMPT_CHARS_MAX {
-        return Err(SubmitError::Invalid { field: "prompt", reason: format!("must be 1 to {PROMPT_CHARS_MAX} characters") });
-    }
-    Ok(prompt.to_string())
+/// A text field the rule refused, as the submission's refusal naming it.
+fn invalid_text(field: &'static str, reason: TextError) -> SubmitError {
+    SubmitError::Invalid { field, reason: reason.to_string() }
+}
+
+/// The prompt as its value type (trimmed, bounded, no control characters).
+fn checked_prompt(prompt: &str) -> Result<Prompt, SubmitError> {
+    Prompt::parse(prompt).map_err(|e| invalid_text("prompt", e))
 }
 
 #[cfg(test)]
@@ -522,10 +538,11 @@ mod tests {
     }
 
     #[test]
-    fn prompts_are_trimmed_and_bounded() {
-        assert_eq!(checked_prompt("  a cat ").expect("valid"), "a cat");
-        assert!(matches!(checked_prompt("   "), Err(SubmitError::Invalid { field: "prompt", .. })));
-        assert!(checked_prompt(&"x".repeat(PROMPT_CHARS_MAX)).is_ok());
-        assert!(checked_prompt(&"x".repeat(PROMPT_CHARS_MAX + 1)).is_err());
+    fn prompts_are_refused_naming_the_field() {
+        assert_eq!(checked_prompt("  a cat ").expect("valid").as_str(), "a cat");
+        for bad in ["   ".to_string(), "a\u{0}b".into(), "x".repeat(domain::text::PROMPT_CHARS_MAX + 1)] {
+            let error = checked_prompt(&bad).expect_err("refused");
+            assert!(matches!(error, SubmitError::Invalid { field: "prompt", .. }), "{error}");
+        }
     }
 }

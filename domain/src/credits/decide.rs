@@ -12,6 +12,7 @@ use crate::amount::{AmountError, Credits, SignedCredits};
 use crate::ids::{AdjustmentId, GrantId, IdempotencyKey, JobId, TeamId};
 use crate::operation::Operation;
 use crate::plan::Plan;
+use crate::text::{Actor, Reason, TeamName, TextError};
 
 use super::burn_down::allocate;
 use super::commands::TeamCreditsCommand;
@@ -19,12 +20,7 @@ use super::error::TeamCreditsError;
 use super::events::{Allocation, GrantSource, TeamCreditsEvent as E};
 use super::state::{BlockOrigin, Reservation, ReservationState, TeamCredits, TeamProfile};
 
-/// Longest team name, in characters.
-pub const TEAM_NAME_CHARS_MAX: usize = 200;
-/// Longest adjustment reason, in characters.
-pub const ADJUSTMENT_REASON_CHARS_MAX: usize = 1_000;
-/// Longest adjustment actor, in characters.
-pub const ADJUSTMENT_ACTOR_CHARS_MAX: usize = 200;
+pub use crate::text::{ADJUSTMENT_ACTOR_CHARS_MAX, ADJUSTMENT_REASON_CHARS_MAX, TEAM_NAME_CHARS_MAX};
 
 type Decision = Result<Vec<E>, TeamCreditsError>;
 
@@ -95,7 +91,7 @@ impl TeamCredits {
         plan: Plan,
         now: DateTime<Utc>,
     ) -> Decision {
-        let name = bounded_text("name", name, TEAM_NAME_CHARS_MAX)?;
+        let name = free_text("name", TeamName::parse(&name))?;
         if let Some(team) = &self.team {
             let same = team.team_id == team_id && team.name == name;
             return if same {
@@ -243,8 +239,8 @@ impl TeamCredits {
         if let Some(previous) = self.adjustment(adjustment_id) {
             return repeat_or_conflict(previous == amount, adjustment_id);
         }
-        let reason = bounded_text("reason", reason, ADJUSTMENT_REASON_CHARS_MAX)?;
-        let actor = bounded_text("actor", actor, ADJUSTMENT_ACTOR_CHARS_MAX)?;
+        let reason = free_text("reason", Reason::parse(&reason))?;
+        let actor = free_text("actor", Actor::parse(&actor))?;
         let allocations = if amount.is_negative() {
             allocate(&self.blocks, amount.magnitude(), now)?
         } else {
@@ -327,16 +323,8 @@ fn conflict(key: impl Display) -> TeamCreditsError {
     }
 }
 
-/// Trims and bounds free text that ends up in events, logs and the dashboard.
-fn bounded_text(
-    field: &'static str,
-    text: String,
-    chars_max: usize,
-) -> Result<String, TeamCreditsError> {
-    let trimmed = text.trim();
-    let chars = trimmed.chars().count();
-    if chars == 0 || chars > chars_max {
-        return Err(TeamCreditsError::InvalidText { field, chars_max });
-    }
-    Ok(trimmed.to_owned())
+/// Free text that ends up in events, logs and the dashboard, checked by its value type
+/// (`crate::text`): the refusal names the field.
+fn free_text<T: Into<String>>(field: &'static str, parsed: Result<T, TextError>) -> Result<String, TeamCreditsError> {
+    parsed.map(Into::into).map_err(|reason| TeamCreditsError::InvalidText { field, reason })
 }

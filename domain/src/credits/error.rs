@@ -15,13 +15,14 @@ pub enum TeamCreditsError {
     /// `OpenTeam` on a team already opened with different details.
     #[error("team is already open")]
     TeamAlreadyOpened,
-    /// A text field (team name, adjustment reason or actor) is empty or too long.
-    #[error("{field} must be 1 to {chars_max} characters")]
+    /// A text field (team name, adjustment reason or actor) breaks the text rule
+    /// (`crate::text`): empty, too long, or holding a control character.
+    #[error("{field} {reason}")]
     InvalidText {
         /// Which field.
         field: &'static str,
-        /// Its limit, in characters.
-        chars_max: usize,
+        /// Which part of the rule it breaks.
+        reason: crate::text::TextError,
     },
     /// Spending or removing more than the spendable balance.
     #[error("insufficient credits: {available} available, {requested} requested")]

@@ -4,8 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::ModelId;
 
-/// Longest accepted prompt or description, in characters.
-pub const PROMPT_CHARS_MAX: usize = 4_000;
+pub use crate::text::PROMPT_CHARS_MAX;
 /// Most images one generation job may ask for.
 pub const IMAGES_PER_JOB_MAX: u32 = 8;
 

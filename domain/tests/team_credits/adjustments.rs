@@ -127,7 +127,7 @@ fn reason_and_actor_are_required() {
         .when(blank_reason)
         .then_expect_error(TeamCreditsError::InvalidText {
             field: "reason",
-            chars_max: 1_000,
+            reason: domain::text::TextError::Empty { chars_max: 1_000 },
         });
     let blank_actor = C::AdjustCredits {
         adjustment_id: adjustment_id(1),
@@ -140,7 +140,20 @@ fn reason_and_actor_are_required() {
         .when(blank_actor)
         .then_expect_error(TeamCreditsError::InvalidText {
             field: "actor",
-            chars_max: 200,
+            reason: domain::text::TextError::Empty { chars_max: 200 },
+        });
+    let bell_reason = C::AdjustCredits {
+        adjustment_id: adjustment_id(1),
+        amount: signed(5),
+        reason: "goodwill\u{7}".into(),
+        actor: "ops@kiln".into(),
+        now: t(5),
+    };
+    given(vec![opened()])
+        .when(bell_reason)
+        .then_expect_error(TeamCreditsError::InvalidText {
+            field: "reason",
+            reason: domain::text::TextError::Control('\u{7}'),
         });
 }
 

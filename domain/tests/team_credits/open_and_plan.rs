@@ -1,6 +1,7 @@
 //! Opening a team, plan changes and subscription expiry, and TeamNotFound for everything
 //! else on an unopened team.
 
+use domain::text::TextError;
 use domain::{Plan, TeamCreditsCommand as C, TeamCreditsError, TeamCreditsEvent as E};
 
 use crate::support::*;
@@ -71,16 +72,16 @@ fn opening_again_with_other_details_is_refused() {
 
 #[test]
 fn blank_or_overlong_team_names_are_refused() {
-    let invalid = TeamCreditsError::InvalidText {
-        field: "name",
-        chars_max: 200,
-    };
+    let invalid = |reason| TeamCreditsError::InvalidText { field: "name", reason };
     given(vec![])
         .when(open("   "))
-        .then_expect_error(invalid.clone());
+        .then_expect_error(invalid(TextError::Empty { chars_max: 200 }));
     given(vec![])
         .when(open(&"x".repeat(201)))
-        .then_expect_error(invalid);
+        .then_expect_error(invalid(TextError::TooLong { chars: 201, chars_max: 200 }));
+    given(vec![])
+        .when(open("Acme\u{0}"))
+        .then_expect_error(invalid(TextError::Control('\u{0}')));
 }
 
 #[test]
