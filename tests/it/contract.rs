@@ -200,6 +200,52 @@ async fn sqlite_control_characters_in_paths_and_queries() {
     control_characters_in_paths_and_queries(TestDb::sqlite().await).await;
 }
 
+/// A request's own faults come before state conflicts: an empty prompt (or a count out
+/// of bounds) for a model still training is a 422 naming the field, not a 409
+/// `model-not-ready`; with a good prompt the model's state is what is refused.
+async fn own_faults_come_before_the_model_s_state(db: TestDb) {
+    // No worker: the model stays `training`.
+    let app = TestApp::spawn_with(db, |s| s.jobs.worker_in_serve = false).await;
+    seed_catalog(&app).await;
+    let (_, key) = team(&app).await;
+    let reference = reference(&app, &key).await;
+    let body = json!({"name": "Ava", "description": "a runner", "reference_model_id": reference});
+    let (status, _, created) = read(app.as_key(&key, Method::POST, "/api/models").json(&body).send().await.expect("request")).await;
+    assert_eq!(status, 202, "{created}");
+    let model = created["model"]["model_id"].as_str().expect("model").to_string();
+    let before = event_count(&app).await;
+    let refine = format!("/api/models/{model}/refine");
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("/api/generate", json!({"model_id": model, "prompt": ""}), "prompt"),
+        ("/api/generate", json!({"model_id": model, "prompt": "  \n "}), "prompt"),
+        ("/api/generate", json!({"model_id": model, "prompt": "a cat", "count": 0}), "count"),
+        ("/api/generate/estimate", json!({"model_id": model, "prompt": ""}), "prompt"),
+        (refine.as_str(), json!({"prompt": " "}), "prompt"),
+    ];
+    for (path, body, field) in cases {
+        let answer = read(app.as_key(&key, Method::POST, path).json(&body).send().await.expect("request")).await;
+        let problem = problem(&answer, 422, "/problems/invalid-request", &format!("{path} {body}"));
+        assert_eq!(problem["field"], field, "{path} {body}");
+    }
+    // The request is fine: now the model's state answers.
+    for (path, body) in [("/api/generate", json!({"model_id": model, "prompt": "a cat"})), (refine.as_str(), json!({"prompt": "warmer"}))] {
+        let answer = read(app.as_key(&key, Method::POST, path).json(&body).send().await.expect("request")).await;
+        problem(&answer, 409, "/problems/model-not-ready", path);
+    }
+    assert_eq!(event_count(&app).await, before, "nothing recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_own_faults_come_before_the_model_s_state() {
+    own_faults_come_before_the_model_s_state(TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_own_faults_come_before_the_model_s_state() {
+    own_faults_come_before_the_model_s_state(TestDb::sqlite().await).await;
+}
+
 // ---------------------------------------------------------------- every error a problem
 
 async fn every_error_is_a_problem(db: TestDb) {

@@ -4,6 +4,7 @@
 //! page shows is deterministic.
 
 mod flows;
+mod forms;
 mod submit;
 
 use reqwest::Method;
