@@ -182,3 +182,17 @@ fn the_url_signing_key_is_made_on_first_run_private_and_logged_with_its_path() {
     assert!(!first.contains(key.trim()) && !second.contains(key.trim()), "the key itself is never logged");
     assert_eq!(std::fs::read_to_string(&key_file).expect("key"), key, "kept across restarts");
 }
+
+/// The CLI is a door like the others: `kiln team create` with a control character in the
+/// name gets the domain's text rule (nothing opened), a clean name opens the team.
+#[test]
+fn team_create_holds_the_text_rule() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = kiln(dir.path()).args(["team", "create", "--name", "Acme\u{1}Studio", "--credits", "0"]).output().expect("run kiln");
+    assert!(!output.status.success(), "a control character is refused");
+    let text = stderr(&output);
+    assert!(text.contains("name contains the control character U+0001"), "{text}");
+    assert!(output.stdout.is_empty(), "no team, no key: {}", String::from_utf8_lossy(&output.stdout));
+    let output = kiln(dir.path()).args(["team", "create", "--name", "Acme\tStudio", "--credits", "0"]).output().expect("run kiln");
+    assert!(output.status.success(), "a tab is text: {}", stderr(&output));
+}
