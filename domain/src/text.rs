@@ -215,7 +215,8 @@ mod tests {
 
     #[test]
     fn each_kind_has_its_bound() {
-        let kinds: [(fn(&str) -> bool, usize); 7] = [
+        type Accepts = fn(&str) -> bool;
+        let kinds: [(Accepts, usize); 7] = [
             (|t| Prompt::parse(t).is_ok(), PROMPT_CHARS_MAX),
             (|t| Description::parse(t).is_ok(), DESCRIPTION_CHARS_MAX),
             (|t| ModelName::parse(t).is_ok(), MODEL_NAME_CHARS_MAX),
@@ -287,7 +288,7 @@ mod tests {
         /// The lengths are counted in characters, not bytes.
         #[test]
         fn bounds_count_characters(n in 1usize..=MODEL_NAME_CHARS_MAX + 5, c in prop_oneof![Just('x'), Just('é'), Just('🔥')]) {
-            let text: String = std::iter::repeat(c).take(n).collect();
+            let text: String = std::iter::repeat_n(c, n).collect();
             prop_assert_eq!(ModelName::parse(&text).is_ok(), n <= MODEL_NAME_CHARS_MAX);
         }
     }
