@@ -103,9 +103,12 @@ async fn an_ordinary_flow_with_a_killed_worker_ends_with_rebuild_verify_and_audi
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     for team in &teams {
         let mut costs = 0;
-        let credits = app.state.store.load_stream("TeamCredits", &team.team_id, 0).await.expect("team events");
+        let mut jobs = Vec::new();
         for id in &team.ids {
-            let job = wait_final(&app, &team.key, id).await;
+            jobs.push((id, wait_final(&app, &team.key, id).await));
+        }
+        let credits = app.state.store.load_stream("TeamCredits", &team.team_id, 0).await.expect("team events");
+        for (id, job) in jobs {
             let status = job["status"].as_str().expect("status").to_string();
             let events = app.state.store.load_stream("GenerationJob", id, 0).await.expect("job events");
             let endings = events.iter().filter(|e| matches!(e.event_type.as_str(), "JobCompleted" | "JobFailed" | "JobCancelled")).count();
