@@ -23,6 +23,20 @@ async fn completed_count(app: &TestApp) -> i64 {
         .0
 }
 
+/// Image jobs that `worker` holds (claimed or at the provider).
+async fn held_by(app: &TestApp, worker: &str) -> Vec<String> {
+    infrastructure::db_fetch_all!(
+        &app.state.db,
+        (String,),
+        "SELECT job_id FROM jobs WHERE kind = 'image_generation' AND status IN ('dispatched', 'running') AND worker LIKE $1",
+        format!("{worker}%")
+    )
+    .expect("held")
+    .into_iter()
+    .map(|(id,)| id)
+    .collect()
+}
+
 fn output(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -75,12 +89,18 @@ async fn an_ordinary_flow_with_a_killed_worker_ends_with_rebuild_verify_and_audi
         assert_eq!(deliver(&app, &paid).await["status"], "applied");
     }
 
-    // Kill -9 worker A once something has completed; more jobs arrive meanwhile.
+    // Kill -9 worker A once something has completed and A holds jobs; more jobs arrive
+    // meanwhile.
+    let worker_a = format!("worker-{}-", a.id());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while completed_count(&app).await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing completed");
+    let orphaned = loop {
+        let held = held_by(&app, &worker_a).await;
+        if completed_count(&app).await > 0 && !held.is_empty() {
+            break held;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "worker A never held a job while others completed");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    };
     a.kill().expect("kill -9 worker A");
     a.wait().expect("reap worker A");
     for (team, model) in teams.iter_mut().zip(&model_of).take(3) {
@@ -130,6 +150,16 @@ async fn an_ordinary_flow_with_a_killed_worker_ends_with_rebuild_verify_and_audi
         );
         let (_, concurrency) = get(&app, &team.key, "/api/jobs/concurrency").await;
         assert_eq!((concurrency["running"].as_i64(), concurrency["queued"].as_i64()), (Some(0), Some(0)), "nothing stuck");
+    }
+    // What A held when killed ended once (above), taken over by B unless cancelled.
+    for id in &orphaned {
+        let events = app.state.store.load_stream("GenerationJob", id, 0).await.expect("job events");
+        let workers: Vec<&str> = events.iter().filter(|e| e.event_type == "JobDispatched").filter_map(|e| e.payload["worker"].as_str()).collect();
+        assert!(workers[0].starts_with(&worker_a), "{id}: {workers:?}");
+        let cancelled = events.iter().any(|e| e.event_type == "JobCancelled");
+        if !cancelled {
+            assert!(workers.iter().any(|w| !w.starts_with(&worker_a)), "{id} finished by another worker: {workers:?}");
+        }
     }
     assert!(statuses.get("completed").copied().unwrap_or(0) > 0 && statuses.get("cancelled").copied().unwrap_or(0) > 0, "{statuses:?}");
     let _ = std::process::Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
