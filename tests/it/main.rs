@@ -12,6 +12,7 @@ mod cli;
 mod contract;
 mod credit_fold;
 mod event_store;
+mod flow;
 mod jobs;
 mod jobs_dispatch;
 mod lost_connection;

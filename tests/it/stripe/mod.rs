@@ -49,7 +49,7 @@ async fn post_webhook(app: &TestApp, body: Vec<u8>, signature: Option<String>) -
 }
 
 /// Delivers `event` as Stripe does: signed now, with the test secret.
-async fn deliver(app: &TestApp, event: &Value) -> Value {
+pub(crate) async fn deliver(app: &TestApp, event: &Value) -> Value {
     let body = serde_json::to_vec_pretty(event).expect("json");
     let signature = sign(WEBHOOK_SECRET.as_bytes(), app.clock.now().timestamp(), &body);
     let response = post_webhook(app, body, Some(signature)).await;
