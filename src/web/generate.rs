@@ -2,7 +2,7 @@
 //! submit — then the job's page. Submission and estimate are the application's
 //! `SubmitService` use cases, the same the REST API calls.
 
-use application::jobs::submit::{GenerationRequest, Requester};
+use application::jobs::submit::{GenerationRequest, Requester, QUALITY_DEFAULT, RESOLUTION_DEFAULT};
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -25,8 +25,6 @@ pub fn routes() -> Router<AppState> {
         .route("/generate/estimate", post(estimate))
 }
 
-pub const RESOLUTIONS: [&str; 3] = ["512x512", "768x768", "1024x1024"];
-pub const QUALITIES: [&str; 2] = ["standard", "hd"];
 /// Ready models offered in the picker (newest first).
 const MODELS_MAX: i64 = 200;
 
@@ -99,8 +97,9 @@ struct GeneratePage {
     quality: String,
     count: u32,
     counts: Vec<u32>,
-    resolutions: [&'static str; 3],
-    qualities: [&'static str; 2],
+    /// From the current price list: what can be priced can be asked for.
+    resolutions: Vec<String>,
+    qualities: Vec<String>,
     estimate: EstimateView,
     request_id: String,
 }
@@ -136,6 +135,7 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
         }
     };
     let count = form.count_shown();
+    let prices = state.submit.prices().await?.image_generation;
     let page = GeneratePage {
         layout: Layout::load(state, session, "Generate", "generate").await?,
         notice,
@@ -143,12 +143,12 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
         models,
         model_id,
         prompt: form.prompt,
-        resolution: form.resolution.unwrap_or_else(|| "1024x1024".into()),
-        quality: form.quality.unwrap_or_else(|| "standard".into()),
+        resolution: form.resolution.unwrap_or_else(|| RESOLUTION_DEFAULT.into()),
+        quality: form.quality.unwrap_or_else(|| QUALITY_DEFAULT.into()),
         count,
         counts: (1..=IMAGES_PER_JOB_MAX).collect(),
-        resolutions: RESOLUTIONS,
-        qualities: QUALITIES,
+        resolutions: prices.resolutions(),
+        qualities: prices.qualities(),
         estimate,
         request_id: form.request_id.unwrap_or_else(request_id),
     };

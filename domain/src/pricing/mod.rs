@@ -96,6 +96,24 @@ pub struct ImageGenerationPricing {
     pub quality_multipliers_milli: BTreeMap<String, i64>,
 }
 
+impl ImageGenerationPricing {
+    /// The resolutions offered, cheapest first (ties by name).
+    pub fn resolutions(&self) -> Vec<String> {
+        by_price(&self.resolution_multipliers_milli)
+    }
+
+    /// The qualities offered, cheapest first (ties by name).
+    pub fn qualities(&self) -> Vec<String> {
+        by_price(&self.quality_multipliers_milli)
+    }
+}
+
+fn by_price(multipliers: &BTreeMap<String, i64>) -> Vec<String> {
+    let mut offered: Vec<(&String, &i64)> = multipliers.iter().collect();
+    offered.sort_by_key(|(name, milli)| (**milli, (*name).clone()));
+    offered.into_iter().map(|(name, _)| name.clone()).collect()
+}
+
 /// One version of the price list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PricingConfig {

@@ -180,3 +180,13 @@ fn config_serializes_for_the_pricing_endpoint() {
     let back: PricingConfig = serde_json::from_value(json).unwrap();
     assert_eq!(back, config);
 }
+
+#[test]
+fn the_offered_resolutions_and_qualities_are_the_priced_ones_cheapest_first() {
+    let mut config = PricingConfig::default_v1().image_generation;
+    assert_eq!(config.resolutions(), ["512x512", "768x768", "1024x1024"]);
+    assert_eq!(config.qualities(), ["standard", "hd"]);
+    // A price list that adds a resolution offers it, in its price's place.
+    config.resolution_multipliers_milli.insert("640x640".into(), 1_200);
+    assert_eq!(config.resolutions(), ["512x512", "640x640", "768x768", "1024x1024"]);
+}
