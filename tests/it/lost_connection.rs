@@ -426,7 +426,10 @@ async fn a_renewed_lease_keeps_a_long_job_with_its_worker() {
     app.state.job_index.heartbeat("worker-c", now).await.expect("heartbeat");
     c.maintain().await.expect("upkeep");
     let job = app.state.jobs.job(id).await.expect("job");
-    assert_eq!((job.status.map(|s| s.as_str()), job.attempt), (Some("dispatched"), 1), "the job stays with the worker renewing its lease");
+    // Still its first attempt, not handed back to the queue (it may be running by now, or
+    // even done, on a loaded machine).
+    let status = job.status.map(|s| s.as_str());
+    assert!(job.attempt == 1 && matches!(status, Some("dispatched" | "running" | "completed")), "the job stays with the worker renewing its lease: {status:?}, attempt {}", job.attempt);
 
     let job = wait_final(&app, &queued.key, &queued.ids[0]).await;
     assert_eq!((job["status"].as_str(), job["attempt"].as_i64()), (Some("completed"), Some(1)), "{job}");

@@ -78,12 +78,20 @@ async fn tour(app: TestApp, screenshots: bool) {
         browser.screenshot("history").await;
     }
     browser.assert_fits_width(375).await;
-    let csv = browser
-        .client
-        .execute_async("const done = arguments[0]; fetch('/history/credits.csv').then(r => r.text()).then(done);", Vec::new())
-        .await
-        .expect("csv");
-    let csv = csv.as_str().expect("csv text");
+    // The page's "deducted" may be the job list's; the ledger (async) may follow a moment later.
+    let started = std::time::Instant::now();
+    let csv = loop {
+        let csv = browser
+            .client
+            .execute_async("const done = arguments[0]; fetch('/history/credits.csv').then(r => r.text()).then(done);", Vec::new())
+            .await
+            .expect("csv");
+        let csv = csv.as_str().expect("csv text").to_string();
+        if csv.lines().any(|l| l.contains(",deducted,") && l.contains(&job_id)) || started.elapsed() > std::time::Duration::from_secs(30) {
+            break csv;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert!(csv.starts_with("entry_no,occurred_at,entry_type"), "{csv}");
     assert!(csv.lines().any(|l| l.contains(",deducted,") && l.contains(&job_id)), "{csv}");
 
