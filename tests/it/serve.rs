@@ -12,7 +12,10 @@ async fn health_and_readiness(app: TestApp) {
     assert_eq!(health.status(), 200);
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
-    let unknown = app.get("/no/such/thing").await;
+    // An unknown API URL is a problem; an unknown page URL, the dashboard's HTML 404.
+    let page = app.get("/no/such/thing").await;
+    assert_eq!((page.status().as_u16(), page.headers()["content-type"].to_str().expect("type")), (404, "text/html; charset=utf-8"));
+    let unknown = app.get("/api/no/such/thing").await;
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.headers()["content-type"], "application/problem+json");
     let body: serde_json::Value = unknown.json().await.expect("json");

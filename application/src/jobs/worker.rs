@@ -549,6 +549,12 @@ impl Worker {
                 tracing::info!(%job_id, step, "the step was recorded by another delivery of its result; that one goes on");
                 Ok(None)
             }
+            // Completed meanwhile (another delivery went on and finished it): the step's
+            // keys are the recorded ones; keep them.
+            Err(JobsError::Job(JobError::AlreadyFinished("completed"))) => {
+                tracing::info!(%job_id, step, "the job was completed by another delivery; nothing to do");
+                Ok(None)
+            }
             Err(JobsError::Job(JobError::AlreadyFinished(status))) => {
                 tracing::info!(%job_id, step, status, "job ended while its step ran; deleting what the step stored");
                 let keys: Vec<String> = outputs.into_iter().map(|o| o.key).collect();
@@ -752,6 +758,12 @@ impl Worker {
                 };
                 match completed {
                     Ok(_) => Ok(()),
+                    // Completed by another delivery of the same result (a webhook racing a
+                    // status check): it stored the same keys and recorded them; keep them.
+                    Err(JobsError::Job(domain::jobs::JobError::AlreadyFinished("completed"))) => {
+                        tracing::info!(%job_id, "another delivery of the result completed the job; nothing to do");
+                        Ok(())
+                    }
                     Err(JobsError::Job(domain::jobs::JobError::AlreadyFinished(how))) => {
                         // Cancelled (or failed) while it ran: the outputs are not kept (the
                         // ending deleted the recorded parts' images).
