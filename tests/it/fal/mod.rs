@@ -22,17 +22,23 @@ use crate::support::db::TestDb;
 // ---------------------------------------------------------------- app and helpers
 
 pub(crate) async fn spawn(fake: &FakeFal, stale_after_secs: u64) -> TestApp {
+    spawn_with(fake, |s| s.jobs.stale_after_secs = stale_after_secs).await.0
+}
+
+/// Kiln on PostgreSQL with fal pointed at the started `fake` (then `customize`), the
+/// catalog seeded; returns it and the fake's base URL.
+pub(crate) async fn spawn_with(fake: &FakeFal, customize: impl FnOnce(&mut infrastructure::config::Settings)) -> (TestApp, String) {
     let base = fake.start().await;
     let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
         s.fal.key = Some(FAL_KEY.to_string().into());
         s.fal.queue_base_url = base.clone();
         s.fal.jwks_url = format!("{base}/.well-known/jwks.json");
         s.fal.retry_backoff_ms = 10;
-        s.jobs.stale_after_secs = stale_after_secs;
+        customize(s);
     })
     .await;
     crate::support::app::seed_catalog(&app).await;
-    app
+    (app, base)
 }
 
 pub(crate) async fn body(response: reqwest::Response) -> Value {

@@ -11,14 +11,13 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::fake::{FakeFal, Stage, FAL_KEY};
+use super::fake::{FakeFal, Stage};
 use super::steps::{fal_worker, ledger_of, next_request, stored_files_of};
 use super::{
     balance, call, deliver, events_of, fal_model, generate, held, job, pro_team, request_of, requests_of, spawn, wait_final,
     TRAINER,
 };
 use crate::support::app::TestApp;
-use crate::support::db::TestDb;
 
 const TEXT_TO_IMAGE: &str = "fal-ai/flux-lora";
 
@@ -89,16 +88,7 @@ async fn eight_images_are_two_fal_requests_stored_as_eight_and_charged_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_between_the_parts_resumes_without_paying_a_part_twice() {
     let fake = FakeFal::default();
-    let base = fake.start().await;
-    let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
-        s.fal.key = Some(FAL_KEY.to_string().into());
-        s.fal.queue_base_url = base.clone();
-        s.fal.jwks_url = format!("{base}/.well-known/jwks.json");
-        s.fal.retry_backoff_ms = 10;
-        s.jobs.worker_in_serve = false;
-    })
-    .await;
-    crate::support::app::seed_catalog(&app).await;
+    let (app, base) = super::spawn_with(&fake, |s| s.jobs.worker_in_serve = false).await;
     let (team_id, key) = pro_team(&app, 10_000).await;
     let mut worker = fal_worker(&app, &base);
     let (model_id, _) = fal_model(&app, &fake, &key).await;
