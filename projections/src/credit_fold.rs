@@ -358,6 +358,14 @@ pub struct LedgerEntry {
     pub hash: Option<String>,
 }
 
+impl LedgerEntry {
+    /// The job an entry is about: a reservation's id is its job's (reserved, deducted,
+    /// refunded); other entries name grants or adjustments.
+    pub fn job_id(&self) -> Option<&str> {
+        matches!(self.entry_type.as_str(), "reserved" | "deducted" | "refunded").then_some(self.reference.as_deref()).flatten()
+    }
+}
+
 /// Where a team's ledger stands: its last entry's number and the balance it left.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Running {

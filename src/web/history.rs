@@ -57,13 +57,9 @@ pub struct EntryView {
     pub occurred_at: String,
 }
 
-fn is_job_entry(entry_type: &str) -> bool {
-    matches!(entry_type, "reserved" | "deducted" | "refunded")
-}
-
 impl From<LedgerEntry> for EntryView {
     fn from(e: LedgerEntry) -> Self {
-        let job_id = if is_job_entry(&e.entry_type) { e.reference.clone() } else { None };
+        let job_id = e.job_id().map(str::to_string);
         EntryView {
             entry_no: e.entry_no,
             entry_type: e.entry_type,
