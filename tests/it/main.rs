@@ -17,6 +17,7 @@ mod jobs;
 mod jobs_dispatch;
 mod lost_connection;
 mod observe;
+mod operators;
 mod rebuild;
 mod rebuild_bench;
 mod credits;
