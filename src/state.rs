@@ -139,7 +139,7 @@ impl AppState {
         let provider: Arc<dyn Provider> = Arc::new(application::observe::MeteredProvider(provider));
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
         let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices.clone(), provider.clone(), settings.jobs.queue_depth_max);
-        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices);
+        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices, submit.clone());
         let records = Arc::new(infrastructure::stripe::store::SqlPaymentRecords(db.clone()));
         let stripe = Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe));
         let payments = PaymentsService::new(records, stripe.clone(), credits.clone(), jobs.clone(), job_index.clone());

@@ -18,7 +18,7 @@ use domain::{AdjustmentId, ApiKeyId, Credits, GrantId, GrantSource, IdempotencyK
 use crate::aggregate_store::{AggregateStore, CommandError};
 use crate::api_keys::ApiKeyCommandError;
 use crate::credits::{CreditsError, CreditsService, Outcome};
-use crate::jobs::submit::PriceList;
+use crate::jobs::submit::{PriceList, Requester, SubmitError, SubmitService, Submitted};
 use crate::jobs::{Ending, JobsError, JobsService};
 use crate::operators::{ActError, OperatorIdentity};
 use crate::provider::Provider;
@@ -39,6 +39,8 @@ pub enum ActionError {
     Dispatch(#[from] CommandError<DispatchError>),
     #[error(transparent)]
     Prices(#[from] CommandError<PriceBookError>),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
 }
 
 /// A grant as an operator gives it.
@@ -68,11 +70,22 @@ pub struct OperatorActions {
     provider: Arc<dyn Provider>,
     /// The stored price versions (to number a new one).
     prices: Arc<dyn PriceList>,
+    /// Retries are submissions (priced now, checked, reserved).
+    submit: SubmitService,
 }
 
 impl OperatorActions {
-    pub fn new(credits: CreditsService, aggregates: AggregateStore, jobs: JobsService, provider: Arc<dyn Provider>, prices: Arc<dyn PriceList>) -> Self {
-        Self { credits, aggregates, jobs, provider, prices }
+    pub fn new(credits: CreditsService, aggregates: AggregateStore, jobs: JobsService, provider: Arc<dyn Provider>, prices: Arc<dyn PriceList>, submit: SubmitService) -> Self {
+        Self { credits, aggregates, jobs, provider, prices, submit }
+    }
+
+    /// Retries an ended (failed or cancelled) image generation of the team as a new job
+    /// with its own reservation at the prices in effect now (see
+    /// `SubmitService::retry_generation`); the reservation and the act are one append.
+    pub async fn retry_job(&self, who: &OperatorIdentity, team: TeamId, job_id: JobId, reason: Option<&str>, rule: ReasonRule) -> Result<Submitted, ActionError> {
+        let act = who.act(reason, rule == ReasonRule::Required)?;
+        let requester = Requester { team, actor: format!("operator:{}", who.name) };
+        Ok(self.submit.retry_generation(&requester, job_id, act).await?)
     }
 
     /// Adds a price version: `config` (its version set here, the next after the newest

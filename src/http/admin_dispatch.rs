@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/admin/teams/{team_id}/dispatch/pause", post(pause_team))
         .route("/api/admin/teams/{team_id}/dispatch/resume", post(resume_team))
         .route("/api/admin/teams/{team_id}/jobs/{job_id}/cancel", post(cancel_job))
+        .route("/api/admin/teams/{team_id}/jobs/{job_id}/retry", post(retry_job))
 }
 
 fn parse_team(text: &str) -> Result<domain::TeamId, Problem> {
@@ -104,4 +105,27 @@ pub async fn cancel_job(State(state): State<AppState>, operator: Operator, Path(
         return Err(Problem::new(StatusCode::CONFLICT, "job-already-finished", "Job already finished").detail("the job already ended; nothing was refunded again"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetriedJob {
+    /// The new job: same model, prompt and options, priced now, its own reservation.
+    pub job_id: String,
+    pub retry_of: String,
+    /// False when the job had been retried already (this is that retry).
+    pub created: bool,
+}
+
+/// Retries a failed or cancelled image generation of the team as a new job with its own
+/// reservation at the prices in effect now (a job is retried once).
+#[utoipa::path(post, path = "/api/admin/teams/{team_id}/jobs/{job_id}/retry", tag = "admin", operation_id = "retryTeamJob",
+    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("job_id" = uuid::Uuid, Path, description = "The ended job's id"), ReasonQuery),
+    responses((status = 202, body = RetriedJob), (status = 404, description = "No such job of the team"),
+        (status = 409, description = "Not failed or cancelled, or not an image generation (`/problems/job-not-retryable`)"),
+        (status = 402, description = "Not enough credits for the new attempt (`/problems/insufficient-credits`)")),
+    security(("operator_key" = [])))]
+pub async fn retry_job(State(state): State<AppState>, operator: Operator, Path((team, job)): Path<(String, String)>, Query(query): Query<ReasonQuery>) -> Result<(StatusCode, Json<RetriedJob>), Problem> {
+    let job: domain::JobId = job.parse().map_err(|_| Problem::not_found().detail("no such job"))?;
+    let retried = state.operator_actions.retry_job(&operator.0, parse_team(&team)?, job, query.reason.as_deref(), ReasonRule::Optional).await?;
+    Ok((StatusCode::ACCEPTED, Json(RetriedJob { job_id: retried.job_id.to_string(), retry_of: job.to_string(), created: retried.created })))
 }

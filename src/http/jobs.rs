@@ -78,6 +78,7 @@ impl From<SubmitError> for Problem {
             SubmitError::JobAlreadyEnded(_) => {
                 Problem::new(StatusCode::CONFLICT, "job-already-finished", "Job already finished").detail(error.to_string())
             }
+            SubmitError::NotRetryable(why) => Problem::new(StatusCode::CONFLICT, "job-not-retryable", "Job cannot be retried").detail(why),
             SubmitError::Jobs(error) => Problem::from(error),
         }
     }

@@ -34,7 +34,7 @@ use crate::state::AppState;
         admin::revoke_key, admin::grant, admin::adjust, admin::issue_own_key, admin::list_own_keys,
         admin::revoke_own_key, admin::expire_subscription, admin_reads::list_teams, admin_reads::list_operators,
         admin_dispatch::dispatch_state, admin_dispatch::pause_all, admin_dispatch::resume_all, admin_dispatch::pause_team,
-        admin_dispatch::resume_team, admin_dispatch::cancel_job,
+        admin_dispatch::resume_team, admin_dispatch::cancel_job, admin_dispatch::retry_job,
         models::list, models::create, models::get_one, models::update, models::archive, models::refine,
         models::versions, models::images,
         generate::submit, generate::estimate, generate::status, generate::images,

@@ -223,6 +223,7 @@ impl From<application::operator_actions::ActionError> for Problem {
             E::Jobs(error) => error.into(),
             E::Dispatch(error) => error.into(),
             E::Prices(error) => error.into(),
+            E::Submit(error) => error.into(),
         }
     }
 }

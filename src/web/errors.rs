@@ -220,6 +220,7 @@ impl From<application::operator_actions::ActionError> for WebError {
             E::Jobs(error) => error.into(),
             E::Dispatch(error) => error.into(),
             E::Prices(error) => error.into(),
+            E::Submit(error) => error.into(),
         }
     }
 }
@@ -260,6 +261,7 @@ impl From<SubmitError> for WebError {
                 "The job already ended",
                 format!("It is {status}: a job that has ended cannot be cancelled, and its credits were already deducted or refunded."),
             )),
+            SubmitError::NotRetryable(why) => WebError::Refused(Notice::new("This job cannot be retried", format!("{why}."))),
             SubmitError::Jobs(error) => error.into(),
         }
     }

@@ -21,7 +21,8 @@ async fn body(response: reqwest::Response) -> Value {
 }
 
 /// Opens a team and records a short history on it: grant, two reservations, a deduction,
-/// a refund, an adjustment (TeamOpened is #1; 7 events in all).
+/// a refund, an adjustment (TeamOpened is #1; the operator's grant and adjustment each
+/// record an `OperatorActed` beside them: 9 events in all).
 async fn team_with_history(app: &TestApp, name: &str) -> TeamId {
     let team = app.create_team(name, "pro").await;
     assert_eq!(app.grant(&team, 100, &format!("{name}-g")).await.status(), 200);
@@ -221,14 +222,14 @@ async fn verify_names_broken_ledger_rules_in_well_chained_events() {
             occurred_at: now,
         }),
     ];
-    let append = StreamAppend { aggregate_type: "TeamCredits".into(), aggregate_id: team.to_string(), expected_sequence: 7, events, snapshot: None };
+    let append = StreamAppend { aggregate_type: "TeamCredits".into(), aggregate_id: team.to_string(), expected_sequence: 9, events, snapshot: None };
     // The inline projection refuses a negative balance, so the bad events go in without it.
     let bare = infrastructure::event_store::SqlEventStore::new(app.state.db.clone());
     bare.append(vec![append]).await.expect("append");
     let report = audit::verify(&app.state.db, Some(&team.to_string())).await.expect("verify");
-    assert_named(&report, team, 8, "ended-before-begun");
-    assert_named(&report, team, 9, "unknown-block");
-    assert_named(&report, team, 9, "negative-available");
+    assert_named(&report, team, 10, "ended-before-begun");
+    assert_named(&report, team, 11, "unknown-block");
+    assert_named(&report, team, 11, "negative-available");
     assert!(report.violations.iter().all(|v| !v.kind.starts_with("hash") && v.kind != "chain-broken"), "{:#?}", report.violations);
 }
 
@@ -264,11 +265,12 @@ async fn cli_replay_and_export() {
     assert_eq!(jsonl.status.code(), Some(0));
     let lines: Vec<Value> = String::from_utf8_lossy(&jsonl.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     let types: Vec<&str> = lines.iter().map(|l| l["entry_type"].as_str().expect("type")).collect();
-    assert_eq!(types, ["granted", "reserved", "reserved", "deducted", "refunded", "adjusted"]);
+    // The operator's grant and adjustment each have their `operator` entry (who, why).
+    assert_eq!(types, ["granted", "operator", "reserved", "reserved", "deducted", "refunded", "adjusted", "operator"]);
     let csv = kiln(&url, &["audit", "export", "--team", &team.to_string(), "--format", "csv"]);
     let text = String::from_utf8_lossy(&csv.stdout);
     assert!(text.starts_with("team_id,entry_no,"), "{text}");
-    assert_eq!(text.lines().count(), 7);
+    assert_eq!(text.lines().count(), 9);
     let future = (app.clock.now() + Duration::days(1)).to_rfc3339();
     let none = kiln(&url, &["audit", "export", "--team", &team.to_string(), "--from", &future]);
     assert_eq!(String::from_utf8_lossy(&none.stdout).lines().count(), 0);

@@ -272,6 +272,8 @@ async fn history_lists_every_entry_with_running_balance_filters_and_pages() {
         ("deducted".to_string(), 30, 50, 20),
         ("reserved".to_string(), 20, 50, 50),
         ("reserved".to_string(), 30, 70, 30),
+        // The operator's grant: who granted and why, moving nothing.
+        ("operator".to_string(), 0, 100, 0),
         ("granted".to_string(), 100, 100, 0),
     ];
     assert_eq!(rows, expected, "newest first, with running balances");
@@ -293,7 +295,7 @@ async fn history_lists_every_entry_with_running_balance_filters_and_pages() {
             None => break,
         }
     }
-    assert_eq!(seen, vec![5, 4, 3, 2, 1], "pages cover every entry once");
+    assert_eq!(seen, vec![6, 5, 4, 3, 2, 1], "pages cover every entry once");
 
     // Another team sees none of it.
     let other = app.create_team("O", "pro").await;

@@ -186,6 +186,12 @@ impl JobsService {
     /// Accepts a job: records it (with `model_change`, the model's side of it) and reserves
     /// its cost in one append. A repeat of the same job id returns the job as it is.
     pub async fn submit(&self, job: NewJob, actor: &str) -> Result<Accepted, JobsError> {
+        self.submit_as(job, actor, None).await
+    }
+
+    /// [`submit`](Self::submit) by an operator (a retry): `by` is recorded on the team's
+    /// ledger with the reservation, in the same append.
+    pub async fn submit_as(&self, job: NewJob, actor: &str, by: Option<OperatorAct>) -> Result<Accepted, JobsError> {
         let NewJob { team, job_id, input, cost, price_version, model_change, uploads } = job;
         // Decided on an empty stream without loading it first: a repeat either finds the
         // reservation already made (nothing is recorded, the extras are dropped) or
@@ -203,7 +209,11 @@ impl JobsService {
                 return Err(CommandError::Rejected(TeamCreditsError::PlanDoesNotAllowJobs { plan }));
             }
             let reserve = TeamCreditsCommand::ReserveCredits { reservation_id: job_id, amount: cost, operation, price_version, now };
-            Ok((reserve, extras.clone()))
+            let command = match &by {
+                Some(act) => TeamCreditsCommand::ByOperator { act: act.clone(), subject: Some(job_id.to_string()), command: Box::new(reserve) },
+                None => reserve,
+            };
+            Ok((command, extras.clone()))
         };
         match self.credits.execute_with(team, &metadata(actor), Box::new(build)).await {
             Ok(outcome) if !outcome.events.is_empty() => {

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput, IMAGES_PER_JOB_MAX};
+use domain::jobs::{GenerationJob, JobError, JobInput, JobOutput, JobStatus, IMAGES_PER_JOB_MAX};
+use domain::operators::OperatorAct;
 use domain::models::{trigger_word, ModelCommand, ModelError};
 use domain::pricing::PricingError;
 use domain::text::{self, Description, ModelName, Prompt, TextError, REFERENCE_MODEL_ID_CHARS_MAX};
@@ -68,6 +69,10 @@ pub enum SubmitError {
     /// Cancelling a job that has already ended (completed, failed or cancelled).
     #[error("the job has already ended ({0})")]
     JobAlreadyEnded(&'static str),
+    /// Retrying a job that has not failed or been cancelled, or that no retry can
+    /// repeat (model jobs: their model moved on).
+    #[error("the job cannot be retried: {0}")]
+    NotRetryable(&'static str),
     /// Anything else the engine refused or failed with (store unavailable, contention).
     #[error(transparent)]
     Jobs(JobsError),
@@ -215,6 +220,8 @@ struct Priced {
     model_change: Option<crate::event_store::StreamAppend>,
     /// Checked training images the team sent, to store before the job is accepted.
     uploads: Vec<TrainingImage>,
+    /// The operator who submitted it (a retry), recorded with its reservation.
+    by: Option<OperatorAct>,
 }
 
 /// The team's training images, checked before anything is stored or reserved.
@@ -316,6 +323,31 @@ impl SubmitService {
         key: Option<&IdempotencyKey>,
         request: GenerationRequest,
     ) -> Result<Submitted, SubmitError> {
+        self.generation_by(who, key, request, None).await
+    }
+
+    /// An operator's retry of an ended (failed or cancelled) image generation of the
+    /// team: a new job with the same model, prompt and options, priced at the prices in
+    /// effect now and reserving its own credits, its reservation recorded with `by`. A
+    /// job is retried once: retrying it again returns the same new job. Model jobs are
+    /// not retried (their model has moved on; the team submits again).
+    pub async fn retry_generation(&self, who: &Requester, job_id: JobId, by: OperatorAct) -> Result<Submitted, SubmitError> {
+        let job = self.jobs.job(job_id).await?;
+        if job.team_id != Some(who.team) {
+            return Err(SubmitError::JobNotFound);
+        }
+        if !matches!(job.status, Some(JobStatus::Failed | JobStatus::Cancelled)) {
+            return Err(SubmitError::NotRetryable("only a failed or cancelled job is retried"));
+        }
+        let Some(JobInput::ImageGeneration { model_id, prompt, resolution, quality, count, .. }) = job.input else {
+            return Err(SubmitError::NotRetryable("only image generations are retried"));
+        };
+        let request = GenerationRequest { model_id: model_id.to_string(), prompt, resolution: Some(resolution), quality: Some(quality), count: Some(count) };
+        let key = IdempotencyKey::parse(format!("retry-of:{job_id}")).map_err(|_| SubmitError::JobNotFound)?;
+        self.generation_by(who, Some(&key), request, Some(by)).await
+    }
+
+    async fn generation_by(&self, who: &Requester, key: Option<&IdempotencyKey>, request: GenerationRequest, by: Option<OperatorAct>) -> Result<Submitted, SubmitError> {
         let (job_id, _) = derive_ids(who.team, "generate", key);
         if let Some(repeat) = self.repeat(who.team, job_id).await? {
             return Ok(repeat);
@@ -329,7 +361,7 @@ impl SubmitService {
             unreachable!("generation_price builds an image generation price");
         };
         let input = JobInput::ImageGeneration { model_id, model_version: version, prompt: prompt.into_string(), resolution, quality, count };
-        self.accept(who, Priced { job_id, model_id, input, quote, model_change: None, uploads: Vec::new() }).await
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change: None, uploads: Vec::new(), by }).await
     }
 
     /// The active reference model's complexity factor (milli-units). An id the text
@@ -387,7 +419,7 @@ impl SubmitService {
             Err(error) => return Err(error.into()),
         };
         let input = JobInput::ModelCreation { model_id, description: description.into_string(), reference_model_id };
-        self.accept(who, Priced { job_id, model_id, input, quote, model_change, uploads }).await
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change, uploads, by: None }).await
     }
 
     fn refinement_price(model: &domain::models::CustomModel) -> PriceRequest {
@@ -422,7 +454,7 @@ impl SubmitService {
         let command = ModelCommand::RequestRefinement { job_id, prompt: prompt.as_str().to_string(), now: self.jobs.now() };
         let model_change = self.jobs.decide_model(model_id, command, &who.actor).await?;
         let input = JobInput::ModelRefinement { model_id, prompt: prompt.into_string(), iteration, from_version };
-        self.accept(who, Priced { job_id, model_id, input, quote, model_change: Some(model_change), uploads }).await
+        self.accept(who, Priced { job_id, model_id, input, quote, model_change: Some(model_change), uploads, by: None }).await
     }
 
     /// The job accepted earlier under this id, if it is the team's: a repeated request.
@@ -444,7 +476,7 @@ impl SubmitService {
         if queued >= self.queue_depth_max {
             return Err(SubmitError::QueueFull { queued, max: self.queue_depth_max });
         }
-        let Priced { job_id, model_id, input, quote, model_change, uploads } = priced;
+        let Priced { job_id, model_id, input, quote, model_change, uploads, by } = priced;
         let uploads = self.store_uploads(who.team, &input, uploads).await?;
         let stored: Vec<String> = uploads.iter().map(|o| o.key.clone()).collect();
         let job = NewJob {
@@ -456,7 +488,7 @@ impl SubmitService {
             model_change,
             uploads,
         };
-        match self.jobs.submit(job, &who.actor).await {
+        match self.jobs.submit_as(job, &who.actor, by).await {
             Ok(accepted) => Ok(Submitted { job_id, model_id, created: accepted.created }),
             Err(error) => {
                 // Not accepted: the images stored for it belong to no job.

@@ -1,6 +1,6 @@
 //! `/ops/jobs`: jobs across every team, filtered by status, kind, team, age and error
 //! text; the stuck jobs (active and silent past a threshold, or held by a worker gone);
-//! bulk cancel of a selection, each with the reason (through `OperatorActions`, so
+//! bulk cancel or retry of a selection, each with the reason (through `OperatorActions`, so
 //! each cancel refunds and lands on its team's ledger with the operator).
 
 use application::operator_actions::ReasonRule;
@@ -28,7 +28,7 @@ const BULK_MAX: usize = 200;
 const STUCK_AFTER_MINUTES_DEFAULT: i64 = 15;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/ops/jobs", get(page)).route("/ops/jobs/cancel", post(bulk_cancel))
+    Router::new().route("/ops/jobs", get(page)).route("/ops/jobs/bulk", post(bulk))
 }
 
 #[derive(Deserialize, Default)]
@@ -42,15 +42,17 @@ struct JobsQuery {
     /// `1`: only stuck jobs.
     stuck: Option<String>,
     stuck_after_minutes: Option<String>,
-    /// How many a bulk cancel just cancelled.
+    /// How many a bulk action just cancelled or retried.
     cancelled: Option<String>,
+    retried: Option<String>,
 }
 
 struct JobLine {
     row: OpsJobRow,
     queued: String,
     updated: String,
-    active: bool,
+    /// Active (cancellable) or ended badly (retryable): the bulk form offers it.
+    pickable: bool,
 }
 
 #[derive(Template)]
@@ -97,13 +99,20 @@ async fn page(State(state): State<AppState>, session: OpsSession, Query(query): 
         stuck: stuck.then(|| (now - Duration::minutes(stuck_after), now - state.worker_lost_after)),
     };
     let rows = ops::jobs(&state.db, &filter, JOBS_MAX).await?;
-    let notice = blank(&query.cancelled).map(|n| Notice::new("Jobs cancelled", format!("{n} jobs cancelled and refunded; each is on its team's ledger with your reason.")));
+    let notice = blank(&query.cancelled)
+        .map(|n| Notice::new("Jobs cancelled", format!("{n} jobs cancelled and refunded; each is on its team's ledger with your reason.")))
+        .or_else(|| blank(&query.retried).map(|n| Notice::new("Jobs retried", format!("{n} new jobs queued at today's prices, each with its own reservation and your reason on its team's ledger."))));
     let page = JobsPage {
         layout: OpsLayout::new(&session, if stuck { "Stuck jobs" } else { "Jobs" }, "jobs"),
         notice,
         jobs: rows
             .into_iter()
-            .map(|row| JobLine { queued: time(row.queued_at), updated: time(row.updated_at), active: !crate::web::layout::is_final(&row.status), row })
+            .map(|row| JobLine {
+                queued: time(row.queued_at),
+                updated: time(row.updated_at),
+                pickable: row.status != "completed",
+                row,
+            })
             .collect(),
         status: status.unwrap_or_default().to_string(),
         kind: kind.unwrap_or_default().to_string(),
@@ -118,11 +127,13 @@ async fn page(State(state): State<AppState>, session: OpsSession, Query(query): 
     Ok(Html(page.render()?))
 }
 
-/// Cancels the selected jobs (`job` fields, each `{team_id}:{job_id}`) with one reason.
-/// Jobs that ended meanwhile are skipped.
-async fn bulk_cancel(State(state): State<AppState>, session: OpsSession, body: axum::body::Bytes) -> Result<Response, WebError> {
+/// Cancels or retries (`action`) the selected jobs (`job` fields, each
+/// `{team_id}:{job_id}`) with one reason. Jobs that ended meanwhile (cancel) or cannot be
+/// retried are skipped; the count says how many were done.
+async fn bulk(State(state): State<AppState>, session: OpsSession, body: axum::body::Bytes) -> Result<Response, WebError> {
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).map_err(|_| WebError::BadForm("The form could not be read.".into()))?;
-    let reason = fields.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.as_str());
+    let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let (reason, retry) = (field("reason"), field("action") == Some("retry"));
     let picked: Vec<(TeamId, JobId)> = fields
         .iter()
         .filter(|(k, _)| k == "job")
@@ -131,17 +142,25 @@ async fn bulk_cancel(State(state): State<AppState>, session: OpsSession, body: a
         .take(BULK_MAX)
         .collect();
     if picked.is_empty() {
-        return Err(WebError::Refused(Notice::new("Nothing selected", "Tick the jobs to cancel, then send the form again.").next("/ops/jobs", "Jobs")));
+        return Err(WebError::Refused(Notice::new("Nothing selected", "Tick the jobs first, then send the form again.").next("/ops/jobs", "Jobs")));
     }
-    let mut cancelled = 0;
+    use application::operator_actions::ActionError;
+    let mut done = 0;
     for (team, job) in picked {
-        match state.operator_actions.cancel_job(&session.operator, team, job, reason, ReasonRule::Required).await {
-            Ok((_, application::jobs::Ending::Recorded)) => cancelled += 1,
-            Ok(_) => {}
-            // Ended meanwhile: nothing to cancel.
-            Err(application::operator_actions::ActionError::Jobs(application::jobs::JobsError::Job(domain::jobs::JobError::AlreadyFinished(_)))) => {}
+        let outcome = if retry {
+            state.operator_actions.retry_job(&session.operator, team, job, reason, ReasonRule::Required).await.map(|s| s.created)
+        } else {
+            state.operator_actions.cancel_job(&session.operator, team, job, reason, ReasonRule::Required).await.map(|(_, e)| e == application::jobs::Ending::Recorded)
+        };
+        match outcome {
+            Ok(true) => done += 1,
+            Ok(false) => {}
+            // Ended meanwhile, or not a job a retry can repeat: skipped.
+            Err(ActionError::Jobs(application::jobs::JobsError::Job(domain::jobs::JobError::AlreadyFinished(_))))
+            | Err(ActionError::Submit(application::jobs::submit::SubmitError::NotRetryable(_))) => {}
             Err(error) => return Err(error.into()),
         }
     }
-    Ok(Redirect::to(&format!("/ops/jobs?cancelled={cancelled}")).into_response())
+    let what = if retry { "retried" } else { "cancelled" };
+    Ok(Redirect::to(&format!("/ops/jobs?{what}={done}")).into_response())
 }

@@ -36,6 +36,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/teams/{team_id}/plan", post(change_plan))
         .route("/ops/teams/{team_id}/keys/{key_id}/revoke", post(revoke_key))
         .route("/ops/teams/{team_id}/jobs/{job_id}/cancel", post(cancel_job))
+        .route("/ops/teams/{team_id}/jobs/{job_id}/retry", post(retry_job))
         .route("/ops/teams/{team_id}/dispatch/pause", post(pause_dispatch))
         .route("/ops/teams/{team_id}/dispatch/resume", post(resume_dispatch))
         .route("/ops/teams/{team_id}/verify", get(verify))
@@ -53,6 +54,7 @@ fn done_notice(done: &str) -> Option<Notice> {
         "plan" => ("Plan changed", "The new plan applies now; the change and your reason are on the team's ledger."),
         "revoke" => ("Key revoked", "It stopped working at once; the revocation and your reason are on the team's ledger."),
         "cancel" => ("Job cancelled", "Its credits were refunded; the cancel and your reason are on the team's ledger."),
+        "retry" => ("Job retried", "A new job with the same request was queued at today's prices, with its own reservation; the retry and your reason are on the team's ledger."),
         "pause" => ("Dispatch paused", "The team's jobs are accepted and reserved but not started until you resume; its pages say so."),
         "resume" => ("Dispatch resumed", "The team's queued jobs are handed to workers again."),
         _ => return None,
@@ -69,6 +71,8 @@ struct JobLine {
     job: JobView,
     queued: String,
     active: bool,
+    /// Failed or cancelled image generation: an operator may retry it.
+    retryable: bool,
 }
 
 struct KeyLine {
@@ -119,7 +123,12 @@ async fn render(state: &AppState, session: &OpsSession, team: TeamId, notice: Op
         ledger: ledger.into_iter().map(|entry| LedgerLine { at: time(entry.occurred_at), entry }).collect(),
         jobs: jobs
             .into_iter()
-            .map(|job| JobLine { queued: time(job.queued_at), active: !crate::web::layout::is_final(&job.status), job })
+            .map(|job| JobLine {
+                queued: time(job.queued_at),
+                active: !crate::web::layout::is_final(&job.status),
+                retryable: matches!(job.status.as_str(), "failed" | "cancelled") && job.kind == domain::Operation::ImageGeneration.as_str(),
+                job,
+            })
             .collect(),
         models,
         keys: keys.into_iter().map(|key| KeyLine { created: time(key.created_at), revoked: time_opt(key.revoked_at), key }).collect(),
@@ -212,6 +221,13 @@ async fn cancel_job(State(state): State<AppState>, session: OpsSession, Path((te
     let job: JobId = job.parse().map_err(|_| WebError::NotFound)?;
     state.operator_actions.cancel_job(&session.operator, team, job, Some(&form.reason), ReasonRule::Required).await?;
     Ok(done(team, "cancel"))
+}
+
+async fn retry_job(State(state): State<AppState>, session: OpsSession, Path((team, job)): Path<(String, String)>, PageForm(form): PageForm<ReasonForm>) -> Result<Response, WebError> {
+    let team = parse_team(&team)?;
+    let job: JobId = job.parse().map_err(|_| WebError::NotFound)?;
+    state.operator_actions.retry_job(&session.operator, team, job, Some(&form.reason), ReasonRule::Required).await?;
+    Ok(done(team, "retry"))
 }
 
 async fn pause_dispatch(State(state): State<AppState>, session: OpsSession, Path(team): Path<String>, PageForm(form): PageForm<ReasonForm>) -> Result<Response, WebError> {

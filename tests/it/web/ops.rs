@@ -88,6 +88,27 @@ async fn an_admin_operator_steers_a_team(app: TestApp) {
     assert_eq!(job_view["status"], "cancelled");
     let (_, balance) = api(&app, &key, Method::GET, "/api/credits/balance", None).await;
     assert_eq!(balance["reserved"], 0, "the cancelled job was refunded: {balance}");
+    let available = balance["available"].as_i64().expect("available");
+
+    // Retry the cancelled job: a new job, its own reservation at today's price, charged
+    // once when it completes; retrying again names the same new job.
+    browser.goto(&team_path).await;
+    act(&browser, &format!("#job-{job} .retry-form"), None, "outage over").await;
+    browser.wait_text("#notice h2", "Job retried").await;
+    let retry_path = format!("/api/admin/teams/{team_id}/jobs/{job}/retry?reason=again");
+    let (status, retried) = api(&app, crate::support::app::OPERATOR_KEY, Method::POST, &retry_path, None).await;
+    assert_eq!((status, retried["created"].as_bool()), (202, Some(false)), "{retried}");
+    let new_job = retried["job_id"].as_str().expect("new job").to_string();
+    assert_ne!(new_job, job);
+    let worker = super::start_worker(&app);
+    wait_status(&app, &key, &new_job, "completed").await;
+    super::stop_worker(worker).await;
+    let (_, new_view) = api(&app, &key, Method::GET, &format!("/api/jobs/{new_job}"), None).await;
+    let (_, balance) = api(&app, &key, Method::GET, "/api/credits/balance", None).await;
+    let cost = new_view["cost_credits"].as_i64().expect("cost");
+    assert_eq!((balance["available"].as_i64(), balance["reserved"].as_i64()), (Some(available - cost), Some(0)), "charged once: {balance}");
+    let (_, old_view) = api(&app, &key, Method::GET, &format!("/api/jobs/{job}"), None).await;
+    assert_eq!(old_view["status"], "cancelled", "the old job stays as it ended");
 
     // The ledger (async) shows every act with who and why.
     for detail in [
@@ -96,6 +117,7 @@ async fn an_admin_operator_steers_a_team(app: TestApp) {
         "change_plan by Alice: contract signed",
         "revoke_key by Alice: key pasted in a ticket",
         "cancel_job by Alice: stuck behind the outage",
+        "retry_job by Alice: outage over",
     ] {
         browser.wait_page_contains(&team_path, detail).await;
     }
@@ -286,6 +308,49 @@ async fn a_price_version_applies_from_its_effective_time() {
     assert!(after["cost_credits"].as_i64() > before["cost_credits"].as_i64(), "the new price: {before} {after}");
     browser.goto("/ops/pricing").await;
     assert_eq!(browser.text("#current-version").await, "2");
+    browser.close().await;
+    app.shutdown().await.expect("shutdown");
+}
+
+/// Jobs across teams: filtered by team, the stuck view (queued jobs are not stuck), a
+/// bulk cancel of the picked jobs with one reason; the workers page lists the worker that
+/// ran the model job; the whole-log audit runs from its page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_across_teams_are_filtered_and_cancelled_in_bulk() {
+    let app = app(TestDb::sqlite().await).await;
+    let (team_a, key_a) = team(&app, "Team A", "pro", 5_000).await;
+    let (_, key_b) = team(&app, "Team B", "pro", 5_000).await;
+    let model_a = ready_model(&app, &key_a).await;
+    let model_b = ready_model(&app, &key_b).await;
+    let job_a = queue_generation(&app, &key_a, &model_a, "a red kite").await;
+    let job_b = queue_generation(&app, &key_b, &model_b, "a blue kite").await;
+    let alice = operator(&app, "Alice", OperatorRole::Admin).await;
+    let browser = browser(&app).await;
+    ops_sign_in(&browser, &alice.secret).await;
+
+    browser.goto(&format!("/ops/jobs?status=queued&team={team_a}")).await;
+    let rows = browser.run("return Array.from(document.querySelectorAll('#jobs tbody tr')).map(r => r.id);").await;
+    assert_eq!(rows, json!([format!("job-{job_a}")]), "filtered by team and status");
+    browser.goto("/ops/jobs?stuck=1&stuck_after_minutes=0").await;
+    browser.wait_text("#no-jobs", "No job matches.").await;
+
+    browser.goto("/ops/jobs?status=queued").await;
+    browser.screenshot("ops-jobs").await;
+    browser.assert_fits_width(390).await;
+    browser.run("document.querySelectorAll('#jobs input[name=job]').forEach(c => c.checked = true);").await;
+    browser.fill("#bulk-reason", "provider incident").await;
+    browser.click("#bulk-cancel").await;
+    browser.wait_text("#notice h2", "Jobs cancelled").await;
+    for (key, job) in [(&key_a, &job_a), (&key_b, &job_b)] {
+        let (_, view) = api(&app, key, Method::GET, &format!("/api/jobs/{job}"), None).await;
+        assert_eq!(view["status"], "cancelled", "{view}");
+    }
+
+    browser.goto("/ops/workers").await;
+    let workers = browser.text("#workers tbody").await;
+    assert!(workers.contains("web-test-"), "the worker that ran the model jobs: {workers}");
+    browser.goto("/ops/audit?run=1").await;
+    browser.wait_text("#verify-result h2", "Log sound").await;
     browser.close().await;
     app.shutdown().await.expect("shutdown");
 }
