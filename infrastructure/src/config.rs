@@ -262,6 +262,10 @@ pub struct S3Settings {
     /// Static credentials. Unset: the usual AWS sources (environment, profile, web
     /// identity, ECS/EC2 metadata). The key id is not secret: every presigned URL shows it.
     pub access_key_id: Option<String>,
+    /// A request whose answer has not begun this long after it was sent (a stalled
+    /// server) fails, and is tried again like any failed request; connecting is given
+    /// 3 s. Unbounded, a stalled store would hold a worker's job forever.
+    pub request_timeout_secs: u64,
     #[serde(skip_serializing)]
     pub secret_access_key: Option<SecretString>,
 }
@@ -274,6 +278,7 @@ impl Default for S3Settings {
             endpoint_url: None,
             force_path_style: false,
             access_key_id: None,
+            request_timeout_secs: 30,
             secret_access_key: None,
         }
     }
