@@ -1,7 +1,9 @@
 //! Outages of what Kiln depends on, under load, on the real services (issue 29): the
 //! single PostgreSQL server stopped for 5 s and started again (a private instance, never
 //! the suite's shared server). Afterwards: no request got a 500, every job ended once and
-//! was charged or refunded once, nothing stays reserved, the audit is clean.
+//! was charged or refunded once, nothing stays reserved, the audit is clean, and job
+//! event streams opened before the outage went on through it to the job's end, each event
+//! once. (S3 and fal outages: `storage.rs`, `fal/mod.rs`; a changing primary: `ha.rs`.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +33,9 @@ async fn postgres_stopped_for_five_seconds_under_load_loses_and_doubles_nothing(
     // Two `kiln worker` processes, on the system clock (a claim whose commit outcome was
     // lost is taken back once its lease lapses).
     let spawn_worker = || {
-        worker_command(&app, 100)
+        // Each job takes 600 ms at the provider: the jobs followed below cannot end
+        // before the outage starts.
+        worker_command(&app, 600)
             .env("KILN_JOBS__LEASE_SECS", "2")
             .env("KILN_DATABASE__ACQUIRE_TIMEOUT_MS", "1000")
             .spawn()
@@ -43,6 +47,15 @@ async fn postgres_stopped_for_five_seconds_under_load_loses_and_doubles_nothing(
         let (team_id, key) = team(&app, "pro", 1_000_000).await;
         let model_id = ready_model(&app, &key).await;
         teams.push((team_id, key, model_id));
+    }
+    // Event streams of jobs submitted just before the outage.
+    let mut followed = Vec::new();
+    for n in 0..2 {
+        let (_, key, model_id) = &teams[n];
+        let job_id = submit(&app, key, model_id, &format!("followed {n}")).await;
+        let response = app.as_key(key, Method::GET, &format!("/api/jobs/{job_id}/events")).send().await.expect("event stream");
+        assert_eq!(response.status(), 200);
+        followed.push((teams[n].0.clone(), key.clone(), job_id, tokio::spawn(read_event_stream(response))));
     }
     let app = Arc::new(app);
     let (outage_started, outage_seen) = tokio::sync::watch::channel(false);
@@ -71,7 +84,7 @@ async fn postgres_stopped_for_five_seconds_under_load_loses_and_doubles_nothing(
         }));
     }
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     server.stop();
     let _ = outage_started.send(true);
     // The fault itself is a duration: the server stays down this long.
@@ -79,15 +92,43 @@ async fn postgres_stopped_for_five_seconds_under_load_loses_and_doubles_nothing(
     let (status, problem) = crate::jobs::get(&app, &teams[0].1, "/api/credits/balance").await;
     assert_eq!((status, problem["type"].as_str()), (503, Some("/problems/database-unavailable")), "{problem}");
     server.start_again();
+    let restarted = tokio::time::Instant::now();
 
     let mut jobs: HashMap<String, (String, Vec<String>)> = HashMap::new();
     for client in clients {
         let (team_id, key, ids) = client.await.expect("client");
         jobs.entry(team_id).or_insert_with(|| (key, Vec::new())).1.extend(ids);
     }
+    for (team_id, key, job_id, stream) in followed {
+        let (events, ended_at) = tokio::time::timeout(Duration::from_secs(60), stream).await.expect("the stream ends").expect("reader");
+        let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "{job_id}: each event once, in order: {events:?}");
+        let last = events.last().map(|(_, name)| name.as_str());
+        assert!(matches!(last, Some("completed" | "failed" | "cancelled")), "{job_id}: the stream ends with the job: {events:?}");
+        assert!(ended_at > restarted, "{job_id}: the stream was open across the outage");
+        jobs.entry(team_id).or_insert_with(|| (key, Vec::new())).1.push(job_id);
+    }
     assert_each_ended_once(&app, &jobs).await;
     for worker in &mut workers {
         let _ = std::process::Command::new("kill").args(["-TERM", &worker.id().to_string()]).status();
         worker.wait().expect("worker stops");
     }
+}
+
+/// Reads a job's server-sent events to their end: `(id, event name)` of each, and when
+/// the stream ended.
+async fn read_event_stream(mut response: reqwest::Response) -> (Vec<(i64, String)>, tokio::time::Instant) {
+    let mut text = String::new();
+    while let Some(chunk) = response.chunk().await.expect("event stream chunk") {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let ended_at = tokio::time::Instant::now();
+    let mut events = Vec::new();
+    for block in text.split("\n\n") {
+        let field = |name: &str| block.lines().find_map(|line| line.strip_prefix(name).map(|v| v.trim().to_string()));
+        if let (Some(id), Some(event)) = (field("id:"), field("event:")) {
+            events.push((id.parse().expect("numeric id"), event));
+        }
+    }
+    (events, ended_at)
 }
