@@ -135,6 +135,13 @@ pub struct DatabaseSettings {
     /// it to come back; on SQLite also for another process's write lock) before it is
     /// answered 503.
     pub acquire_timeout_ms: u64,
+    /// A PostgreSQL replica for reads that allow it (history, job lists, the catalog,
+    /// the dashboard's lists): HAProxy's read port in front of Patroni's replicas.
+    /// Unset: every read goes to `url`.
+    pub read_url: Option<String>,
+    /// How long a read presenting a consistency token (a write's `Kiln-Consistency-Token`)
+    /// waits for the replica to have replayed it before it reads the primary instead.
+    pub read_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -187,7 +194,7 @@ impl Default for Settings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: "sqlite:kiln.db".into(), connections_max: 16, acquire_timeout_ms: 10_000 }
+        Self { url: "sqlite:kiln.db".into(), connections_max: 16, acquire_timeout_ms: 10_000, read_url: None, read_wait_ms: 200 }
     }
 }
 

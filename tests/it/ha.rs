@@ -211,3 +211,59 @@ async fn under_load(fault: Fault) {
     // The next test finds the cluster whole (the old primary back as a replica).
     cluster.wait_healthy(Duration::from_secs(60)).await;
 }
+
+/// Reads from the replicas (`database.read_url` = HAProxy's read port): every write
+/// answers with a consistency token, and a job list read with it shows the job just
+/// submitted, served by the replica (or, if it had not replayed the write in time, the
+/// primary); a token the replica cannot reach in time falls back to the primary; a
+/// malformed one is a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_reads_see_the_clients_own_writes_through_the_consistency_token() {
+    let Some(cluster) = Cluster::up() else { return };
+    let db = TestDb::postgres_on(&cluster.write_url).await;
+    let read_url = cluster.read_url_of(db.name().expect("a PostgreSQL database"));
+    let app = TestApp::spawn_with(db, |s| {
+        s.database.read_url = Some(read_url);
+        s.jobs.worker_in_serve = false;
+    })
+    .await;
+    crate::support::app::seed_catalog(&app).await;
+    let (_, key) = team(&app, "pro", 1_000_000).await;
+    let (_, page) = crate::jobs::get(&app, &key, "/api/reference-models?limit=1").await;
+    let reference = page["items"][0]["id"].as_str().expect("a reference model").to_string();
+
+    for n in 0..10 {
+        let response = app
+            .as_key(&key, Method::POST, "/api/models")
+            .header("Idempotency-Key", format!("replica-{n}"))
+            .json(&json!({"name": format!("Model {n}"), "description": "a runner", "reference_model_id": reference}))
+            .send()
+            .await
+            .expect("create a model");
+        assert_eq!(response.status(), 202);
+        let token = response.headers().get("kiln-consistency-token").expect("a write carries a token").to_str().expect("ascii").to_string();
+        let created: serde_json::Value = response.json().await.expect("json");
+        let job_id = created["job"]["job_id"].as_str().expect("job id").to_string();
+        let listed = app.as_key(&key, Method::GET, "/api/jobs?limit=100").header("Kiln-Consistency-Token", &token).send().await.expect("list");
+        assert_eq!(listed.status(), 200);
+        let listed: serde_json::Value = listed.json().await.expect("json");
+        let ids: Vec<&str> = listed["items"].as_array().expect("items").iter().filter_map(|j| j["job_id"].as_str()).collect();
+        assert!(ids.contains(&job_id.as_str()), "read-your-writes: job {job_id} in {ids:?}");
+    }
+    // A position the replica will not reach in time: the primary answers.
+    let far = app.as_key(&key, Method::GET, "/api/jobs").header("Kiln-Consistency-Token", "FFFFFFFF/0").send().await.expect("list");
+    assert_eq!(far.status(), 200);
+    let malformed = app.as_key(&key, Method::GET, "/api/jobs").header("Kiln-Consistency-Token", "yesterday").send().await.expect("list");
+    assert_eq!(malformed.status(), 422);
+
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let reads = |from: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|line| line.starts_with("kiln_reads_total") && line.contains(&format!("from=\"{from}\"")))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(reads("replica") >= 5.0, "most token reads were served by the replica: {}", reads("replica"));
+    assert!(reads("primary") >= 1.0, "the unreachable token fell back to the primary");
+}

@@ -18,6 +18,8 @@ pub const TTL: Duration = Duration::from_secs(20);
 pub struct Cluster {
     /// HAProxy's write port, database `postgres`: where tests create their databases.
     pub write_url: String,
+    /// HAProxy's read port (replicas), database `postgres`.
+    pub read_url: String,
     dir: PathBuf,
     rest_ports: [u16; 3],
 }
@@ -54,9 +56,16 @@ impl Cluster {
         let base: u16 = std::env::var("KILN_HA_PORT_BASE").ok().and_then(|b| b.parse().ok()).unwrap_or(55400);
         Some(Cluster {
             write_url: url("write:"),
+            read_url: url("read:"),
             dir: std::env::var_os("KILN_HA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/kiln-ha")),
             rest_ports: [base + 21, base + 22, base + 23],
         })
+    }
+
+    /// The read port's URL of database `name`.
+    pub fn read_url_of(&self, name: &str) -> String {
+        let server = self.read_url.rsplit_once('/').map_or(self.read_url.as_str(), |(server, _)| server);
+        format!("{server}/{name}")
     }
 
     /// The members as the first node's REST API that answers reports them.
