@@ -246,6 +246,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The subscription a door received as text.
+    pub fn parse(event_types: &[String], credits_low_threshold: Option<i64>) -> Result<Subscription, WebhookError> {
+        let parsed = event_types
+            .iter()
+            .map(|text| EventType::parse(text.trim()).ok_or_else(|| WebhookError::UnknownEventType(text.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Subscription::new(parsed, credits_low_threshold)
+    }
+
     pub fn new(mut event_types: Vec<EventType>, credits_low_threshold: Option<i64>) -> Result<Subscription, WebhookError> {
         event_types.sort();
         event_types.dedup();
@@ -324,6 +333,8 @@ pub enum WebhookError {
     AlreadyExists,
     #[error("url {0}")]
     InvalidUrl(UrlError),
+    #[error("unknown event type {0:?}")]
+    UnknownEventType(String),
     #[error("subscribe to at least one event type")]
     NoEventTypes,
     #[error("credits.low needs a threshold of at least 1 credit (credits_low_threshold)")]
