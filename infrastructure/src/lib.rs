@@ -17,3 +17,4 @@ pub mod secrets;
 pub mod storage;
 pub mod stripe;
 pub mod telemetry;
+pub mod webhooks;
