@@ -10,6 +10,7 @@ pub mod credits;
 pub mod jobs;
 pub mod keys;
 pub mod models;
+pub mod webhooks;
 
 /// A read-model query failed (the database, not the caller, is at fault).
 #[derive(Debug, thiserror::Error)]
