@@ -27,3 +27,4 @@ mod structure;
 mod stripe;
 mod fal;
 mod web;
+mod webhooks;
