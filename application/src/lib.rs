@@ -11,3 +11,4 @@ pub mod payments;
 pub mod provider;
 pub mod retention;
 pub mod storage;
+pub mod webhooks;

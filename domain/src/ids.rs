@@ -99,6 +99,10 @@ uuid_id!(
     /// A manual credit adjustment; its idempotency key.
     AdjustmentId
 );
+uuid_id!(
+    /// A team's webhook endpoint (also the WebhookEndpoint aggregate id).
+    WebhookEndpointId
+);
 
 impl From<AdjustmentId> for GrantId {
     /// A positive adjustment opens a credit block of its own; the block is named by the

@@ -29,6 +29,7 @@ pub mod plan;
 pub mod share;
 pub mod pricing;
 pub mod text;
+pub mod webhooks;
 
 pub use amount::{AmountError, Credits, SignedCredits};
 pub use credits::{
@@ -37,7 +38,7 @@ pub use credits::{
 };
 pub use ids::{
     AdjustmentId, ApiKeyId, GrantId, IdParseError, IdempotencyKey, IdempotencyKeyError, JobId,
-    ModelId, TeamId,
+    ModelId, TeamId, WebhookEndpointId,
 };
 pub use operation::{Operation, UnknownOperation};
 pub use plan::{Plan, UnknownPlan};

@@ -22,6 +22,7 @@ pub mod problem;
 pub mod stripe;
 pub mod text;
 pub mod uploads;
+pub mod webhooks;
 
 use axum::http::{HeaderName, Request};
 use axum::Router;
@@ -51,6 +52,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(fal::routes())
         .merge(audit::routes())
         .merge(metrics::routes())
+        .merge(webhooks::routes())
         .merge(openapi::routes())
         .route("/api", axum::routing::any(problem::not_found))
         .route("/api/{*rest}", axum::routing::any(problem::not_found))

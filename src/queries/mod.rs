@@ -10,6 +10,7 @@ pub mod credits;
 pub mod jobs;
 pub mod keys;
 pub mod models;
+pub mod webhooks;
 
 /// The database a read that allows a replica goes to (`database.read_url`): the
 /// replica, or — for a read presenting a write's consistency token that the replica has

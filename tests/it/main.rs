@@ -29,3 +29,4 @@ mod stripe;
 mod fal;
 mod ha;
 mod web;
+mod webhooks;
