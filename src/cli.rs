@@ -167,7 +167,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
-/// `kiln worker`: the job engine without the HTTP API.
+/// `kiln worker`: the job engine and the webhook sender, without the HTTP API.
 async fn run_worker(settings: Settings) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
@@ -175,10 +175,12 @@ async fn run_worker(settings: Settings) -> anyhow::Result<()> {
     let worker_id = crate::state::worker_id("worker");
     tracing::info!(%worker_id, backend = ?db.backend(), "kiln worker started");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let webhooks = tokio::spawn(state.webhook_sender.clone().run(stopped.clone()));
     let worker = tokio::spawn(state.worker(&settings.jobs, worker_id).run(stopped));
     shutdown.await;
     let _ = stop.send(true);
     let _ = worker.await;
+    let _ = webhooks.await;
     db.close().await;
     tracing::info!("kiln worker stopped");
     Ok(())

@@ -26,6 +26,10 @@ use infrastructure::config::{JobSettings, Settings};
 use infrastructure::db::Database;
 use infrastructure::event_store::SqlEventStore;
 use projections::projector::Projector;
+use application::webhooks::sender::{SenderConfig, WebhookSender};
+use application::webhooks::{WebhookDeliveries, WebhookSecrets, WebhookService};
+use domain::webhooks::AddressPolicy;
+use infrastructure::config::WebhookSettings;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -46,6 +50,8 @@ impl std::ops::Deref for AppState {
 /// The services, stores and keys of one running Kiln.
 pub struct Services {
     pub db: Database,
+    /// Where reads that allow a replica go (`database.read_url`; else `db`).
+    pub reads: infrastructure::replica::ReadSide,
     pub store: SqlEventStore,
     pub aggregates: AggregateStore,
     pub credits: CreditsService,
@@ -89,6 +95,9 @@ pub struct Services {
     /// A worker silent this long is gone (`jobs.worker_lost_after_secs`): the console
     /// flags it and counts its jobs as stuck.
     pub worker_lost_after: chrono::Duration,
+    /// Webhooks out: the endpoint use cases, and this process's sender.
+    pub webhooks: WebhookService,
+    pub webhook_sender: WebhookSender,
 }
 
 impl Services {
@@ -110,6 +119,16 @@ impl Services {
         config.retry_backoff_max = ms(settings.retry_backoff_max_ms);
         Worker::new(self.jobs.clone(), self.job_index.clone(), self.provider.clone(), self.objects.clone(), config)
     }
+}
+
+/// The read side: a replica when `database.read_url` is set, else the primary alone.
+fn read_side(db: &Database, settings: &Settings) -> anyhow::Result<infrastructure::replica::ReadSide> {
+    use infrastructure::replica::ReadSide;
+    let Some(read_url) = &settings.database.read_url else { return Ok(ReadSide::primary_only(db.clone())) };
+    let database = &settings.database;
+    let ms = std::time::Duration::from_millis;
+    ReadSide::with_replica(db.clone(), read_url, database.connections_max, ms(database.acquire_timeout_ms.max(1)), ms(database.read_wait_ms))
+        .context("database.read_url: a PostgreSQL replica, beside a PostgreSQL database.url")
 }
 
 impl AppState {
@@ -147,8 +166,11 @@ impl AppState {
         let retention = RetentionService::new(expired, objects.clone(), aggregates.clone(), clock.clone());
         let due_grants = Arc::new(infrastructure::due_grants::SqlDueGrants(db.clone()));
         let web = WebKeys::load(settings).context("cannot load the dashboard's cookie key")?;
+        let reads = read_side(&db, settings)?;
+        let (webhooks, webhook_sender) = webhooks(&db, aggregates.clone(), clock.clone(), settings)?;
         let mut state = Services {
             db,
+            reads,
             store,
             aggregates,
             credits,
@@ -173,11 +195,40 @@ impl AppState {
             balances: Default::default(),
             plan_weights: settings.jobs.plan_weights,
             worker_lost_after: chrono::Duration::seconds(i64::try_from(settings.jobs.worker_lost_after_secs.max(1)).unwrap_or(i64::MAX / 1000)),
+            webhooks,
+            webhook_sender,
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));
         Ok(Self(Arc::new(state)))
     }
+}
+
+/// The webhook use cases and this process's sender, from `webhooks.*`.
+fn webhooks(
+    db: &Database,
+    aggregates: AggregateStore,
+    clock: Arc<dyn Clock>,
+    settings: &Settings,
+) -> anyhow::Result<(WebhookService, WebhookSender)> {
+    let w: &WebhookSettings = &settings.webhooks;
+    let key = infrastructure::webhooks::signing_key(settings).context("cannot load the webhook signing key")?;
+    let policy = AddressPolicy { allow_http: w.allow_http, allow_private: w.allow_private_addresses };
+    let deliveries: Arc<dyn WebhookDeliveries> = Arc::new(infrastructure::webhooks::SqlWebhookDeliveries(db.clone()));
+    let overlap = chrono::Duration::hours(i64::from(w.rotation_overlap_hours));
+    let service = WebhookService::new(aggregates, clock.clone(), WebhookSecrets::new(key), policy, overlap, deliveries.clone());
+    let transport = Arc::new(infrastructure::webhooks::HttpTransport {
+        timeout: std::time::Duration::from_millis(w.request_timeout_ms.max(1)),
+        answer_bytes_max: w.answer_bytes_max,
+    });
+    let mut config = SenderConfig::new(worker_id("webhooks"), policy);
+    config.batch = i64::from(w.batch.max(1));
+    config.poll_interval = std::time::Duration::from_millis(w.poll_interval_ms.max(1));
+    config.backoff_min = std::time::Duration::from_millis(w.backoff_min_ms.max(1));
+    config.retry_window = chrono::Duration::hours(i64::from(w.retry_window_hours));
+    config.disable_after = chrono::Duration::hours(i64::from(w.disable_after_hours));
+    let sender = WebhookSender::new(deliveries, transport, service.clone(), clock, config);
+    Ok((service, sender))
 }
 
 /// fal.ai when `fal.key` is configured. Its webhooks come to Kiln's public URL.

@@ -13,3 +13,4 @@ pub mod payments;
 pub mod provider;
 pub mod retention;
 pub mod storage;
+pub mod webhooks;

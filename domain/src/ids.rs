@@ -110,6 +110,10 @@ impl OperatorId {
     /// "bootstrap", recorded under the nil uuid since it has no Operator stream.
     pub const BOOTSTRAP: OperatorId = OperatorId(Uuid::nil());
 }
+uuid_id!(
+    /// A team's webhook endpoint (also the WebhookEndpoint aggregate id).
+    WebhookEndpointId
+);
 
 impl From<AdjustmentId> for GrantId {
     /// A positive adjustment opens a credit block of its own; the block is named by the

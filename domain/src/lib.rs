@@ -36,6 +36,7 @@ pub mod price_book;
 pub mod share;
 pub mod pricing;
 pub mod text;
+pub mod webhooks;
 
 pub use amount::{AmountError, Credits, SignedCredits};
 pub use credits::{
@@ -44,7 +45,7 @@ pub use credits::{
 };
 pub use ids::{
     AdjustmentId, ApiKeyId, GrantId, IdParseError, IdempotencyKey, IdempotencyKeyError, JobId,
-    ModelId, OperatorId, TeamId,
+    ModelId, OperatorId, TeamId, WebhookEndpointId,
 };
 pub use operation::{Operation, UnknownOperation};
 pub use plan::{Plan, UnknownPlan};

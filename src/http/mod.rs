@@ -6,6 +6,7 @@ pub mod admin_reads;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod consistency;
 pub mod credits;
 pub mod cursor;
 pub mod extract;
@@ -23,6 +24,7 @@ pub mod problem;
 pub mod stripe;
 pub mod text;
 pub mod uploads;
+pub mod webhooks;
 
 use axum::http::{HeaderName, Request};
 use axum::Router;
@@ -54,10 +56,12 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(fal::routes())
         .merge(audit::routes())
         .merge(metrics::routes())
+        .merge(webhooks::routes())
         .merge(openapi::routes())
         .route("/api", axum::routing::any(problem::not_found))
         .route("/api/{*rest}", axum::routing::any(problem::not_found))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent_requests))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), consistency::token_on_writes))
         // Every API route's path parameters and query follow the text rule before any
         // extractor reads them (or a key is bound to the request).
         .route_layer(axum::middleware::from_fn(text::check_path_and_query))

@@ -4,7 +4,6 @@
 //! operator and the reason on the team's ledger, in `kiln audit replay` and the export;
 //! `GET /api/admin/teams` searched and paged.
 
-use application::clock::Clock;
 use application::operators::{create, CreatedOperator};
 use domain::operators::OperatorRole;
 use reqwest::Method;
