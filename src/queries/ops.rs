@@ -231,3 +231,41 @@ pub async fn workers(db: &Database, limit: i64) -> Result<Vec<WorkerRow>, QueryE
         limit
     )?)
 }
+
+/// One recorded event of a job, as its timeline shows it.
+#[derive(Debug, Clone)]
+pub struct TimelineEntry {
+    pub sequence: i64,
+    pub event_type: String,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub worker: Option<String>,
+    pub attempt: Option<i64>,
+    pub provider_request_id: Option<String>,
+    pub step: Option<String>,
+    /// A failure's, cancel's or retry's reason.
+    pub reason: Option<String>,
+    /// Who recorded it (`actor` of the metadata: a key, an operator, a worker).
+    pub actor: Option<String>,
+}
+
+/// Job `job_id`'s whole event timeline, oldest first (the caller checked the job is the
+/// team's it names).
+pub async fn job_timeline(store: &infrastructure::event_store::SqlEventStore, job_id: &str) -> Result<Vec<TimelineEntry>, application::event_store::EventStoreError> {
+    use application::event_store::EventStore;
+    let events = store.load_stream("GenerationJob", job_id, 0).await?;
+    let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|x| x.as_str()).map(str::to_string);
+    Ok(events
+        .into_iter()
+        .map(|e| TimelineEntry {
+            sequence: e.sequence,
+            occurred_at: text(&e.payload, "occurred_at").and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)),
+            worker: text(&e.payload, "worker"),
+            attempt: e.payload.get("attempt").and_then(|a| a.as_i64()),
+            provider_request_id: text(&e.payload, "provider_request_id"),
+            step: text(&e.payload, "step"),
+            reason: text(&e.payload, "reason"),
+            actor: text(&e.metadata, "actor"),
+            event_type: e.event_type,
+        })
+        .collect())
+}

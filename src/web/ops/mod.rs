@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod charts;
 pub mod dispatch;
+pub mod job;
 pub mod jobs;
 pub mod layout;
 pub mod overview;
@@ -33,6 +34,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(team::routes())
         .merge(dispatch::routes())
         .merge(jobs::routes())
+        .merge(job::routes())
         .merge(workers::routes())
         .merge(audit::routes())
         .merge(pricing::routes())

@@ -346,6 +346,13 @@ async fn jobs_across_teams_are_filtered_and_cancelled_in_bulk() {
         assert_eq!(view["status"], "cancelled", "{view}");
     }
 
+    // The job's page: its whole timeline, with who cancelled it and why.
+    browser.goto(&format!("/ops/teams/{team_a}/jobs/{job_a}")).await;
+    let timeline = browser.text("#timeline tbody").await;
+    assert!(timeline.contains("JobQueued") && timeline.contains("JobCancelled"), "{timeline}");
+    assert!(timeline.contains("provider incident") && timeline.contains("operator:Alice"), "{timeline}");
+    browser.screenshot("ops-job").await;
+
     browser.goto("/ops/workers").await;
     let workers = browser.text("#workers tbody").await;
     assert!(workers.contains("web-test-"), "the worker that ran the model jobs: {workers}");
