@@ -71,6 +71,10 @@ pub enum Command {
     /// Teams: open one (printing its API key, the way into the dashboard), grant credits.
     #[command(subcommand)]
     Team(crate::team_cli::TeamCommand),
+    /// Operators (the console under /ops and /api/admin): create one (printing its key),
+    /// revoke one, list them.
+    #[command(subcommand)]
+    Operator(crate::operator_cli::OperatorCommand),
 }
 
 pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -118,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections(command) => crate::ops::projections(settings, command).await,
         Command::Audit(command) => crate::ops::audit(settings, command).await,
         Command::Team(command) => crate::team_cli::run(settings, command).await,
+        Command::Operator(command) => crate::operator_cli::run(settings, command).await,
         Command::Seed => {
             let db = Database::connect_and_migrate(&settings.database.url, 2).await?;
             let (objects, _) = infrastructure::storage::open(&settings)?;

@@ -14,6 +14,7 @@ use application::jobs::worker::{Worker, WorkerConfig};
 use application::jobs::submit::SubmitService;
 use application::jobs::steps::TrainingConfig;
 use application::jobs::JobsService;
+use application::operator_actions::OperatorActions;
 use application::payments::PaymentsService;
 use application::provider::Provider;
 use application::retention::RetentionService;
@@ -68,6 +69,8 @@ pub struct Services {
     pub jobs: JobsService,
     /// The submission use cases (price, check, accept) shared by the API and the dashboard.
     pub submit: SubmitService,
+    /// What an operator may do to a team (the admin API and the console).
+    pub operator_actions: OperatorActions,
     pub job_index: Arc<dyn JobIndex>,
     pub provider: Arc<dyn Provider>,
     /// Stripe checkout client, webhook verifier and price catalog.
@@ -92,6 +95,9 @@ pub struct Services {
     /// Webhooks out: the endpoint use cases, and this process's sender.
     pub webhooks: WebhookService,
     pub webhook_sender: WebhookSender,
+    /// A worker silent this long is gone (`jobs.worker_lost_after_secs`): the console
+    /// flags it and counts its jobs as stuck.
+    pub worker_lost_after: chrono::Duration,
 }
 
 impl Services {
@@ -151,7 +157,8 @@ impl AppState {
         };
         let provider: Arc<dyn Provider> = Arc::new(application::observe::MeteredProvider(provider));
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
-        let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, provider.clone(), settings.jobs.queue_depth_max);
+        let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices.clone(), provider.clone(), settings.jobs.queue_depth_max);
+        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices);
         let records = Arc::new(infrastructure::stripe::store::SqlPaymentRecords(db.clone()));
         let stripe = Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe));
         let payments = PaymentsService::new(records, stripe.clone(), credits.clone(), jobs.clone(), job_index.clone());
@@ -175,6 +182,7 @@ impl AppState {
             url_ttl_secs,
             jobs,
             submit,
+            operator_actions,
             job_index,
             provider,
             stripe,
@@ -188,6 +196,7 @@ impl AppState {
             plan_weights: settings.jobs.plan_weights,
             webhooks,
             webhook_sender,
+            worker_lost_after: chrono::Duration::seconds(i64::try_from(settings.jobs.worker_lost_after_secs.max(1)).unwrap_or(i64::MAX / 1000)),
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));

@@ -7,6 +7,8 @@ pub mod credits;
 pub mod event_store;
 pub mod jobs;
 pub mod observe;
+pub mod operator_actions;
+pub mod operators;
 pub mod payments;
 pub mod provider;
 pub mod retention;

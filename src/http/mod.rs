@@ -1,6 +1,8 @@
 //! HTTP wiring: the router, its middleware, and the endpoint modules.
 
 pub mod admin;
+pub mod admin_dispatch;
+pub mod admin_reads;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
@@ -43,6 +45,8 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(health::routes())
         .merge(credits::routes())
         .merge(admin::routes())
+        .merge(admin_reads::routes())
+        .merge(admin_dispatch::routes())
         .merge(models::routes())
         .merge(generate::routes())
         .merge(jobs::routes())
@@ -84,7 +88,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
                         .and_then(|id| id.header_value().to_str().ok())
                         .unwrap_or("-");
                     tracing::info_span!("request", method = %request.method(), path = %request.uri().path(),
-                        request_id, team_id = tracing::field::Empty)
+                        request_id, team_id = tracing::field::Empty, operator = tracing::field::Empty)
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )

@@ -18,7 +18,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe, webhooks};
+use super::{admin, admin_dispatch, admin_reads, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe, webhooks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -32,7 +32,9 @@ use crate::state::AppState;
         stripe::checkout, stripe::webhook, fal::webhook,
         admin::create_team, admin::get_team, admin::change_plan, admin::issue_key, admin::list_keys,
         admin::revoke_key, admin::grant, admin::adjust, admin::issue_own_key, admin::list_own_keys,
-        admin::revoke_own_key, admin::expire_subscription,
+        admin::revoke_own_key, admin::expire_subscription, admin_reads::list_teams, admin_reads::list_operators,
+        admin_dispatch::dispatch_state, admin_dispatch::pause_all, admin_dispatch::resume_all, admin_dispatch::pause_team,
+        admin_dispatch::resume_team, admin_dispatch::cancel_job,
         models::list, models::create, models::get_one, models::update, models::archive, models::refine,
         models::versions, models::images,
         generate::submit, generate::estimate, generate::status, generate::images,
@@ -77,7 +79,10 @@ impl Modify for Contract {
             "api_key",
             bearer("A team's API key (`kiln_…`), issued by the operator or by an admin key of the team."),
         );
-        components.add_security_scheme("operator_key", bearer("The operator key of the server's configuration (`auth.operator_key`)."));
+        components.add_security_scheme(
+            "operator_key",
+            bearer("An operator's key (`kiln_op_…`, from `kiln operator create`; viewers only read) or the operator key of the server's configuration (`auth.operator_key`, the bootstrap admin)."),
+        );
         components.schemas.insert("Problem".into(), RefOr::T(problem_schema()));
         components.schemas.insert("JobStreamEvent".into(), RefOr::T(job_stream_event_schema()));
         for item in openapi.paths.paths.values_mut() {

@@ -30,6 +30,8 @@ struct OverviewPage {
     running: i64,
     limit: i64,
     queued: i64,
+    /// An operator paused the team's dispatch.
+    paused: bool,
     jobs: Vec<JobRow>,
 }
 
@@ -46,6 +48,7 @@ async fn page(State(state): State<AppState>, session: Session) -> Result<Html<St
         running: usage.running,
         limit: usage.limit,
         queued: usage.queued,
+        paused: usage.paused,
         jobs: jobs.iter().map(JobRow::from).collect(),
     };
     Ok(Html(page.render()?))

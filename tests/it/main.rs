@@ -18,6 +18,7 @@ mod jobs_dispatch;
 mod lost_connection;
 mod observe;
 mod outage;
+mod operators;
 mod rebuild;
 mod rebuild_bench;
 mod credits;
