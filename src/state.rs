@@ -92,12 +92,12 @@ pub struct Services {
     pub balances: crate::queries::credits::BalanceCache,
     /// Each plan's dispatch weight (`jobs.plan_weights`), as the job index uses them.
     pub plan_weights: domain::share::PlanWeights,
-    /// A worker silent this long is gone (`jobs.worker_lost_after_secs`): the console
-    /// flags it and counts its jobs as stuck.
-    pub worker_lost_after: chrono::Duration,
     /// Webhooks out: the endpoint use cases, and this process's sender.
     pub webhooks: WebhookService,
     pub webhook_sender: WebhookSender,
+    /// A worker silent this long is gone (`jobs.worker_lost_after_secs`): the console
+    /// flags it and counts its jobs as stuck.
+    pub worker_lost_after: chrono::Duration,
 }
 
 impl Services {
@@ -194,9 +194,9 @@ impl AppState {
             keys: Arc::default(),
             balances: Default::default(),
             plan_weights: settings.jobs.plan_weights,
-            worker_lost_after: chrono::Duration::seconds(i64::try_from(settings.jobs.worker_lost_after_secs.max(1)).unwrap_or(i64::MAX / 1000)),
             webhooks,
             webhook_sender,
+            worker_lost_after: chrono::Duration::seconds(i64::try_from(settings.jobs.worker_lost_after_secs.max(1)).unwrap_or(i64::MAX / 1000)),
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));

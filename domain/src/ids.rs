@@ -100,6 +100,10 @@ uuid_id!(
     AdjustmentId
 );
 uuid_id!(
+    /// A team's webhook endpoint (also the WebhookEndpoint aggregate id).
+    WebhookEndpointId
+);
+uuid_id!(
     /// A person who runs Kiln (the operator console, `/api/admin`). Also the Operator
     /// aggregate id. [`OperatorId::BOOTSTRAP`] is the configured operator key.
     OperatorId
@@ -110,10 +114,6 @@ impl OperatorId {
     /// "bootstrap", recorded under the nil uuid since it has no Operator stream.
     pub const BOOTSTRAP: OperatorId = OperatorId(Uuid::nil());
 }
-uuid_id!(
-    /// A team's webhook endpoint (also the WebhookEndpoint aggregate id).
-    WebhookEndpointId
-);
 
 impl From<AdjustmentId> for GrantId {
     /// A positive adjustment opens a credit block of its own; the block is named by the

@@ -1,9 +1,8 @@
 //! Kiln's read models and the projector that keeps the async ones current.
 //!
 //! - what a credit event means for every read model, once: [`credit_fold`];
-//! - inline (in the append transaction): [`balances`], [`api_keys`], [`operators`],
-//!   [`dispatch`], [`price_book`] (appends only; not in the rebuild catalog), [`jobs`], the
-//!   webhook endpoints ([`webhooks`]);
+//! - inline (in the append transaction): [`balances`], [`api_keys`], [`operators`], [`dispatch`], [`price_book`] (appends only;
+//!   not in the rebuild catalog), [`jobs`], the webhook endpoints ([`webhooks`]);
 //! - async (projector, from checkpoints): [`history`], the webhook deliveries
 //!   ([`webhooks`]: a work queue, not rebuilt); the public job events ([`public_events`]);
 //! - operations: [`catalog`] (names, tables, status), [`rebuild`] (shadow rebuild, swap,
