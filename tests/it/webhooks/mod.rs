@@ -320,6 +320,7 @@ async fn a_lapsed_claim_is_delivered_by_another_sender(db: TestDb) {
     let (team, key) = team(&app, "Crash").await;
     let (endpoint_id, secret) = endpoint(&app, &key, &receiver.url(), &["credits.granted"]).await;
     receiver.control(json!({ "secrets": [secret] })).await;
+    tell_time(&app, &receiver).await;
     // The app's own sender must not win the race: a far-future claim by a dead sender.
     let deliveries_port = infrastructure::webhooks::SqlWebhookDeliveries(app.state.db.clone());
     grant(&app, &team, 100, "g").await;
