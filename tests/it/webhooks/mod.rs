@@ -421,3 +421,38 @@ async fn another_team_cannot_see_or_change_an_endpoint() {
     assert!(mine.get("secret").is_none(), "the secret is shown only when made");
     app.shutdown().await.expect("clean shutdown");
 }
+
+/// Jobs, models and credits notify through the log: a model created through the API
+/// (the app's own worker runs it) makes `credits.low` (its reservation crosses the
+/// threshold), `model.ready` and `job.completed` (the job stream's public event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_models_and_credits_notify_from_the_log() {
+    let app = spawn(TestDb::postgres().await, true).await;
+    crate::support::app::seed_catalog(&app).await;
+    let receiver = Receiver::start(0).await;
+    let (team, key) = team(&app, "Busy").await;
+    grant(&app, &team, 1000, "seed").await;
+    let body = json!({ "url": receiver.url(), "event_types": ["job.completed", "model.ready", "credits.low"], "credits_low_threshold": 1000 });
+    let response = app.as_key(&key, Method::POST, "/api/webhook-endpoints").json(&body).send().await.expect("create");
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("json");
+    receiver.control(json!({ "secrets": [created["secret"]] })).await;
+    tell_time(&app, &receiver).await;
+
+    let model_id = crate::jobs::ready_model(&app, &key).await;
+    deliver(&app).await;
+    let log = eventually("three notifications", async || Some(receiver.log().await).filter(|l| l.len() >= 3)).await;
+    let of = |kind: &str| log.iter().find(|r| r["body"]["type"] == kind).unwrap_or_else(|| panic!("no {kind} in {log:?}")).clone();
+    let completed = of("job.completed");
+    assert_eq!(completed["body"]["data"]["type"], "completed", "the job event stream's event: {completed}");
+    assert!(completed["body"]["data"]["job_id"].is_string());
+    assert_eq!(of("model.ready")["body"]["data"]["model_id"], model_id.as_str());
+    let low = of("credits.low");
+    assert_eq!(low["body"]["data"]["threshold_credits"], 1000);
+    assert!(low["body"]["data"]["available_credits"].as_i64().unwrap() < 1000);
+    assert_eq!(log.len(), 3, "one delivery per event and endpoint: {log:?}");
+    for record in &log {
+        assert_eq!(record["verified"], json!([0]), "{record}");
+    }
+    app.shutdown().await.expect("clean shutdown");
+}
