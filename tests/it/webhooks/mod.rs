@@ -456,3 +456,58 @@ async fn jobs_models_and_credits_notify_from_the_log() {
     }
     app.shutdown().await.expect("clean shutdown");
 }
+
+fn sender_process(app: &TestApp) -> std::process::Command {
+    let mut command = crate::jobs::worker_command(app, 0);
+    command
+        .env("KILN_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("KILN_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
+        .env("KILN_WEBHOOKS__REQUEST_TIMEOUT_MS", "2000")
+        .env("KILN_WEBHOOKS__POLL_INTERVAL_MS", "20");
+    command
+}
+
+/// `kill -9` of the process that is sending a delivery loses nothing: its claim lapses
+/// (twice the request time), another `kiln worker` sends it, with the same `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_mid_delivery_loses_nothing() {
+    // The app makes deliveries (projector); its own sender sleeps (woken by nothing here).
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
+        s.webhooks.allow_http = true;
+        s.webhooks.allow_private_addresses = true;
+        s.webhooks.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    let receiver = Receiver::start(0).await;
+    let (team, key) = team(&app, "Killed").await;
+    let (endpoint_id, secret) = endpoint(&app, &key, &receiver.url(), &["credits.granted"]).await;
+    // The processes sign with the wall clock, which the receiver checks by default.
+    receiver.control(json!({ "secrets": [secret], "delay_ms": 1500 })).await;
+    grant(&app, &team, 100, "g").await;
+    app.state.projector.catch_up().await.expect("projector");
+
+    let mut a = sender_process(&app).spawn().expect("start sender A");
+    let arrived = eventually("A's request at the receiver", async || {
+        let response = receiver.client.get(format!("http://127.0.0.1:{}/_arrived", receiver.port)).send().await.ok()?;
+        Some(response.json::<Vec<Value>>().await.ok()?).filter(|a| !a.is_empty())
+    })
+    .await;
+    a.kill().expect("kill -9 sender A");
+    let _ = a.wait();
+    receiver.control(json!({ "delay_ms": 0 })).await;
+    let mut b = sender_process(&app).spawn().expect("start sender B");
+    let detail = eventually("the delivery made by B", async || {
+        let listed = deliveries(&app, &key, &endpoint_id).await;
+        let id = listed.first()?["id"].as_str()?.to_string();
+        Some(delivery(&app, &key, &endpoint_id, &id).await).filter(|d| d["state"] == "delivered")
+    })
+    .await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
+    let _ = b.wait();
+    assert_eq!(detail["attempts"], 1, "A recorded nothing; B's attempt is the first recorded: {detail}");
+    assert_eq!(arrived[0], detail["id"]);
+    let received = receiver.log().await;
+    assert!(received.iter().all(|r| r["id"] == detail["id"]), "every request carried the same webhook-id: {received:?}");
+    assert!(received.iter().any(|r| r["verified"] == json!([0])), "{received:?}");
+    app.shutdown().await.expect("clean shutdown");
+}
