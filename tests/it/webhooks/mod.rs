@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod pages;
+
 use crate::api_contract::python_tool;
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
