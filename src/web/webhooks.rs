@@ -246,7 +246,7 @@ async fn redeliver(
 ) -> Result<Response, WebError> {
     session.writer()?;
     let id: WebhookEndpointId = endpoint_id.parse().map_err(|_| WebError::NotFound)?;
-    q::endpoint_of(&state.db, session.team_id, &id.to_string()).await?.ok_or(WebError::NotFound)?;
+    q::delivery_of(&state.db, session.team_id, &id.to_string(), &delivery_id).await?.ok_or(WebError::NotFound)?;
     state.webhooks.redeliver(session.team_id, &delivery_id).await?;
     state.webhook_sender.wake();
     let notice = Notice::new("Redelivery queued", format!("Delivery {delivery_id} is sent again, with the same webhook-id."));

@@ -199,6 +199,10 @@ async fn signed_deliveries_verify_with_the_reference_library(db: TestDb) {
     let log = eventually("the redelivery", async || Some(receiver.log().await).filter(|l| l.len() == 5)).await;
     assert_eq!(log[4]["id"], first["id"]);
     assert_eq!(log[4]["verified"], json!([1]));
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    for name in ["kiln_webhook_attempts_total{outcome=\"delivered\"}", "kiln_webhook_attempt_seconds_bucket"] {
+        assert!(metrics.contains(name), "/metrics has {name}");
+    }
     app.shutdown().await.expect("clean shutdown");
 }
 
