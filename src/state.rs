@@ -49,6 +49,8 @@ impl std::ops::Deref for AppState {
 /// The services, stores and keys of one running Kiln.
 pub struct Services {
     pub db: Database,
+    /// Where reads that allow a replica go (`database.read_url`; else `db`).
+    pub reads: infrastructure::replica::ReadSide,
     pub store: SqlEventStore,
     pub aggregates: AggregateStore,
     pub credits: CreditsService,
@@ -113,6 +115,16 @@ impl Services {
     }
 }
 
+/// The read side: a replica when `database.read_url` is set, else the primary alone.
+fn read_side(db: &Database, settings: &Settings) -> anyhow::Result<infrastructure::replica::ReadSide> {
+    use infrastructure::replica::ReadSide;
+    let Some(read_url) = &settings.database.read_url else { return Ok(ReadSide::primary_only(db.clone())) };
+    let database = &settings.database;
+    let ms = std::time::Duration::from_millis;
+    ReadSide::with_replica(db.clone(), read_url, database.connections_max, ms(database.acquire_timeout_ms.max(1)), ms(database.read_wait_ms))
+        .context("database.read_url: a PostgreSQL replica, beside a PostgreSQL database.url")
+}
+
 impl AppState {
     /// Wires the store, its inline projections and the services over `db`.
     pub fn new(db: Database, settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
@@ -147,9 +159,11 @@ impl AppState {
         let retention = RetentionService::new(expired, objects.clone(), aggregates.clone(), clock.clone());
         let due_grants = Arc::new(infrastructure::due_grants::SqlDueGrants(db.clone()));
         let web = WebKeys::load(settings).context("cannot load the dashboard's cookie key")?;
+        let reads = read_side(&db, settings)?;
         let (webhooks, webhook_sender) = webhooks(&db, aggregates.clone(), clock.clone(), settings)?;
         let mut state = Services {
             db,
+            reads,
             store,
             aggregates,
             credits,

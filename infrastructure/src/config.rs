@@ -185,6 +185,13 @@ pub struct DatabaseSettings {
     /// it to come back; on SQLite also for another process's write lock) before it is
     /// answered 503.
     pub acquire_timeout_ms: u64,
+    /// A PostgreSQL replica for reads that allow it (history, job lists, the catalog,
+    /// the dashboard's lists): HAProxy's read port in front of Patroni's replicas.
+    /// Unset: every read goes to `url`.
+    pub read_url: Option<String>,
+    /// How long a read presenting a consistency token (a write's `Kiln-Consistency-Token`)
+    /// waits for the replica to have replayed it before it reads the primary instead.
+    pub read_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,7 +245,7 @@ impl Default for Settings {
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: "sqlite:kiln.db".into(), connections_max: 16, acquire_timeout_ms: 10_000 }
+        Self { url: "sqlite:kiln.db".into(), connections_max: 16, acquire_timeout_ms: 10_000, read_url: None, read_wait_ms: 200 }
     }
 }
 
@@ -313,6 +320,10 @@ pub struct S3Settings {
     /// Static credentials. Unset: the usual AWS sources (environment, profile, web
     /// identity, ECS/EC2 metadata). The key id is not secret: every presigned URL shows it.
     pub access_key_id: Option<String>,
+    /// A request whose answer has not begun this long after it was sent (a stalled
+    /// server) fails, and is tried again like any failed request; connecting is given
+    /// 3 s. Unbounded, a stalled store would hold a worker's job forever.
+    pub request_timeout_secs: u64,
     #[serde(skip_serializing)]
     pub secret_access_key: Option<SecretString>,
 }
@@ -325,6 +336,7 @@ impl Default for S3Settings {
             endpoint_url: None,
             force_path_style: false,
             access_key_id: None,
+            request_timeout_secs: 30,
             secret_access_key: None,
         }
     }

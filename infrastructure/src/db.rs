@@ -165,6 +165,22 @@ impl Database {
         }
     }
 
+    /// Connects to a PostgreSQL read replica (`database.read_url`): a pool that lends
+    /// connections to a read-only server (the writable pool's checks would refuse them),
+    /// pinged before each lending as sqlx does by default. Lazy: no connection is made
+    /// until a read asks for one, so a replica that is down does not stop Kiln starting.
+    pub fn connect_replica(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, DbError> {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(DbError::UnsupportedUrl);
+        }
+        let options = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Ok(Database::Postgres(pool))
+    }
+
     /// Connects to a store that exists and is fully migrated, creating and migrating
     /// nothing: for read-only commands (audit, projections). A SQLite file that does not
     /// exist, a PostgreSQL database that does not exist, or any pending migration is an

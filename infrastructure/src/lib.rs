@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod image_index;
 pub mod job_index;
 pub mod pricing;
+pub mod replica;
 pub mod provider;
 pub mod secrets;
 pub mod storage;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::TeamKey;
+use super::consistency::ReadToken;
 use super::extract::ApiQuery;
 use super::problem::Problem;
 use crate::state::AppState;
@@ -107,6 +108,7 @@ fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, P
 async fn list(
     State(state): State<AppState>,
     _key: TeamKey,
+    ReadToken(token): ReadToken,
     ApiQuery(query): ApiQuery<CatalogQuery>,
 ) -> Result<Json<ReferenceModelPage>, Problem> {
     let category = match query.category.as_deref() {
@@ -122,7 +124,8 @@ async fn list(
         return Err(Problem::invalid(format!("limit must be 1 to {}", catalog::PAGE_LIMIT_MAX)));
     }
     let position = super::cursor::decode("reference-models", query.cursor.as_deref())?;
-    let page = catalog::list(&state.db, category, sort, limit, position.as_deref()).await.map_err(catalog_problem)?;
+    let db = crate::queries::read_db(&state.reads, token).await;
+    let page = catalog::list(db, category, sort, limit, position.as_deref()).await.map_err(catalog_problem)?;
     let items = page.items.into_iter().map(|model| view(&state, model)).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = page.next_cursor.map(|position| super::cursor::encode("reference-models", &position));
     Ok(Json(ReferenceModelPage { items, next_cursor }))
@@ -133,8 +136,14 @@ async fn list(
     params(("id" = String, Path, description = "reference model id, e.g. fashion-editorial-01")),
     responses((status = 200, body = ReferenceModelView), (status = 404, description = "Unknown or inactive (`/problems/not-found`)")),
     security(("api_key" = [])))]
-async fn get_one(State(state): State<AppState>, _key: TeamKey, Path(id): Path<String>) -> Result<Json<ReferenceModelView>, Problem> {
-    let model = catalog::get(&state.db, &id)
+async fn get_one(
+    State(state): State<AppState>,
+    _key: TeamKey,
+    ReadToken(token): ReadToken,
+    Path(id): Path<String>,
+) -> Result<Json<ReferenceModelView>, Problem> {
+    let db = crate::queries::read_db(&state.reads, token).await;
+    let model = catalog::get(db, &id)
         .await
         .map_err(catalog_problem)?
         .filter(|model| model.active)

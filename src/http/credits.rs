@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::TeamKey;
+use super::consistency::ReadToken;
 use super::extract::ApiQuery;
 use super::problem::Problem;
 use crate::state::AppState;
@@ -76,6 +77,7 @@ pub struct LedgerPage {
 async fn history(
     State(state): State<AppState>,
     key: TeamKey,
+    ReadToken(token): ReadToken,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<LedgerPage>, Problem> {
     if let Some(entry_type) = &query.entry_type {
@@ -92,7 +94,8 @@ async fn history(
         None => None,
     };
     let filter = queries::credits::LedgerFilter { from: query.from, to: query.to, entry_type: query.entry_type.as_deref() };
-    let items = queries::credits::history(&state.db, key.team_id, &filter, before, i64::from(limit) + 1)
+    let db = queries::read_db(&state.reads, token).await;
+    let items = queries::credits::history(db, key.team_id, &filter, before, i64::from(limit) + 1)
         .await
         .map_err(|e| Problem::internal(&e))?;
     let (items, next_cursor) = super::jobs::paginate(items, limit, |last| super::cursor::encode("credit-history", &last.entry_no.to_string()));

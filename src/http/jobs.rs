@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::TeamKey;
+use super::consistency::ReadToken;
 use super::extract::ApiQuery;
 use super::problem::Problem;
 use crate::state::AppState;
@@ -196,7 +197,12 @@ pub fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> Stri
 /// The team's jobs, newest first, filtered by status and kind.
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "listJobs", params(JobsQuery),
     responses((status = 200, body = JobPage)), security(("api_key" = [])))]
-async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<JobsQuery>) -> Result<Json<JobPage>, Problem> {
+async fn list(
+    State(state): State<AppState>,
+    key: TeamKey,
+    ReadToken(token): ReadToken,
+    ApiQuery(query): ApiQuery<JobsQuery>,
+) -> Result<Json<JobPage>, Problem> {
     if let Some(status) = &query.status {
         domain::jobs::JobStatus::parse(status).ok_or_else(|| Problem::invalid("unknown status"))?;
     }
@@ -206,7 +212,8 @@ async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQ
     let limit = page_limit(query.limit)?;
     let cursor = parse_cursor("jobs", query.cursor.as_deref())?;
     let filter = queries::jobs::JobFilter { status: query.status.as_deref(), kind: query.kind.as_deref() };
-    let items = queries::jobs::list(&state.db, key.team_id, &filter, cursor, i64::from(limit) + 1)
+    let db = queries::read_db(&state.reads, token).await;
+    let items = queries::jobs::list(db, key.team_id, &filter, cursor, i64::from(limit) + 1)
         .await
         .map_err(|e| Problem::internal(&e))?;
     let (items, next_cursor) = paginate(items, limit, |last| make_cursor("jobs", last.queued_at, &last.job_id));

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod consistency;
 pub mod credits;
 pub mod cursor;
 pub mod extract;
@@ -56,6 +57,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route("/api", axum::routing::any(problem::not_found))
         .route("/api/{*rest}", axum::routing::any(problem::not_found))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::idempotent_requests))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), consistency::token_on_writes))
         // Every API route's path parameters and query follow the text rule before any
         // extractor reads them (or a key is bound to the request).
         .route_layer(axum::middleware::from_fn(text::check_path_and_query))

@@ -97,9 +97,15 @@ pub const FINAL_EVENTS: [&str; 3] = ["JobCompleted", "JobFailed", "JobCancelled"
 /// other processes do not wake it).
 const EVENTS_POLL: Duration = Duration::from_millis(500);
 
+/// How long the event stream waits out a database that cannot be reached (a restart, a
+/// failover) before it ends; the client then reconnects with `Last-Event-ID`.
+const EVENTS_DATABASE_WAIT_MAX: Duration = Duration::from_secs(60);
+
 /// The recorded events of job `job_id` after sequence `after`, then each new one as it
 /// is committed; the stream ends after the job's final event. The caller has checked
-/// that the job is the team's.
+/// that the job is the team's. A database that cannot be reached for a while (a
+/// failover) does not end it: it reads again once the database answers, from where it
+/// was, so the client sees each event once and nothing missed.
 pub fn event_stream(store: SqlEventStore, job_id: String, after: i64) -> impl futures::Stream<Item = StoredEvent> + Send {
     use futures::StreamExt;
     let commits = store.subscribe_commits();
@@ -110,10 +116,21 @@ pub fn event_stream(store: SqlEventStore, job_id: String, after: i64) -> impl fu
             if done {
                 return None;
             }
+            let mut unavailable_since: Option<tokio::time::Instant> = None;
             loop {
-                let Ok(events) = store.load_stream("GenerationJob", &job_id, after).await else {
-                    return None;
+                let events = match store.load_stream("GenerationJob", &job_id, after).await {
+                    Ok(events) => events,
+                    Err(error) if error.is_unavailable() => {
+                        let since = *unavailable_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= EVENTS_DATABASE_WAIT_MAX {
+                            return None;
+                        }
+                        tokio::time::sleep(EVENTS_POLL).await;
+                        continue;
+                    }
+                    Err(_) => return None,
                 };
+                unavailable_since = None;
                 if !events.is_empty() {
                     let last = events.last().map(|e| e.sequence).unwrap_or(after);
                     let finished = events.iter().any(|e| FINAL_EVENTS.contains(&e.event_type.as_str()));

@@ -12,6 +12,20 @@ pub mod keys;
 pub mod models;
 pub mod webhooks;
 
+/// The database a read that allows a replica goes to (`database.read_url`): the
+/// replica, or — for a read presenting a write's consistency token that the replica has
+/// not replayed within `database.read_wait_ms` — the primary. Counted by where it went
+/// (`kiln_reads_total{from}`). Reads that must be exact (the balance, a job being
+/// acted on) keep reading the primary.
+pub async fn read_db(
+    reads: &infrastructure::replica::ReadSide,
+    token: Option<infrastructure::replica::ConsistencyToken>,
+) -> &infrastructure::db::Database {
+    let (db, from) = reads.for_read(token).await;
+    metrics::counter!("kiln_reads_total", "from" => from.as_str()).increment(1);
+    db
+}
+
 /// A read-model query failed (the database, not the caller, is at fault).
 #[derive(Debug, thiserror::Error)]
 #[error("read model query failed: {0}")]

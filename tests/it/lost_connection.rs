@@ -91,7 +91,7 @@ async fn terminate_all_backends(admin: &sqlx::PgPool, database: &str) -> i64 {
 
 /// Every job of `jobs` (team → job ids) ended once, its reservation ended once and the
 /// way its ending says; nothing is reserved, no plan slot is taken, the audit is clean.
-async fn assert_each_ended_once(app: &TestApp, jobs: &HashMap<String, (String, Vec<String>)>) {
+pub(crate) async fn assert_each_ended_once(app: &TestApp, jobs: &HashMap<String, (String, Vec<String>)>) {
     for (team_id, (key, ids)) in jobs {
         let mut ended = Vec::new();
         for id in ids {
@@ -120,7 +120,7 @@ async fn assert_each_ended_once(app: &TestApp, jobs: &HashMap<String, (String, V
 /// A request that a lost connection may answer with 503 + Retry-After (never a 500): sent
 /// again, with the same Idempotency-Key where it has one, until it is answered otherwise.
 /// Returns the answer and how many 503s came first.
-async fn until_served(request: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value, usize) {
+pub(crate) async fn until_served(request: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value, usize) {
     let mut unavailable = 0;
     loop {
         let response = request().send().await.expect("request");
@@ -139,7 +139,7 @@ async fn until_served(request: impl Fn() -> reqwest::RequestBuilder) -> (u16, Va
     }
 }
 
-async fn submit(app: &TestApp, key: &str, model_id: &str, prompt: &str) -> String {
+pub(crate) async fn submit(app: &TestApp, key: &str, model_id: &str, prompt: &str) -> String {
     let idempotency_key = format!("submit-{prompt}");
     let request = || {
         app.as_key(key, Method::POST, "/api/generate")

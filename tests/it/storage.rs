@@ -1,12 +1,14 @@
 //! S3 storage and image retention against a real S3-protocol server on loopback (s3s +
 //! s3s-fs in process, SigV4 checked): put/get/delete, batch deletes, presigned URLs
 //! fetched with a plain HTTP client, the lifecycle rule, the retention sweeper 91 days
-//! later (and after a crash mid-sweep), and a store that refuses writes.
+//! later (and after a crash mid-sweep), a store that refuses writes, and a server that
+//! stalls, then refuses connections, under running jobs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use application::event_store::EventStore;
 use application::storage::ObjectStore;
 use chrono::Utc;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,7 +33,18 @@ pub(crate) struct S3Server {
     /// `(method, path and query)` of every request received.
     requests: Arc<Mutex<Vec<(String, String)>>>,
     refuse_writes: Arc<AtomicBool>,
+    fault: tokio::sync::watch::Sender<S3Fault>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// An outage of the whole S3 server ([`S3Server::set_fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum S3Fault {
+    None,
+    /// Connections are accepted and requests read, but nothing is answered.
+    Stall,
+    /// Nothing listens: connections are refused.
+    Refuse,
 }
 
 impl Drop for S3Server {
@@ -170,17 +183,50 @@ impl S3Server {
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let address = listener.local_addr().expect("address");
+        let endpoint = format!("http://{address}");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let refuse_writes = Arc::new(AtomicBool::new(false));
+        let (fault, faults) = tokio::sync::watch::channel(S3Fault::None);
         let (log, refuse) = (requests.clone(), refuse_writes.clone());
         let task = tokio::spawn(async move {
+            let mut faults = faults;
+            let mut listener = Some(listener);
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let (service, log, refuse) = (service.clone(), log.clone(), refuse.clone());
+                // Refusing connections: nothing listens on the port until the fault ends.
+                if *faults.borrow() == S3Fault::Refuse {
+                    listener = None;
+                    if faults.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let bound = match &listener {
+                    Some(bound) => bound,
+                    None => listener.insert(tokio::net::TcpListener::bind(address).await.expect("bind again")),
+                };
+                let stream = tokio::select! {
+                    accepted = bound.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => return,
+                    },
+                    changed = faults.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let (service, log, refuse, faults) = (service.clone(), log.clone(), refuse.clone(), faults.clone());
                 let handler = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (service, log, refuse) = (service.clone(), log.clone(), refuse.clone());
+                    let (service, log, refuse, mut faults) = (service.clone(), log.clone(), refuse.clone(), faults.clone());
                     async move {
+                        // Stalled: the request is read and not answered while the stall
+                        // lasts; refusing: a connection kept from before is dropped.
+                        let _ = faults.wait_for(|fault| *fault != S3Fault::Stall).await;
+                        if *faults.borrow() == S3Fault::Refuse {
+                            return Err::<hyper::Response<s3s::Body>, s3s::HttpError>(s3s::HttpError::new(Box::new(std::io::Error::other("refused"))));
+                        }
                         let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
                         log.lock().expect("log").push((request.method().to_string(), path));
                         if refuse.load(Ordering::SeqCst) && request.method() == hyper::Method::PUT {
@@ -199,7 +245,12 @@ impl S3Server {
                 });
             }
         });
-        S3Server { endpoint, root, requests, refuse_writes, task }
+        S3Server { endpoint, root, requests, refuse_writes, fault, task }
+    }
+
+    /// Starts (or ends, with [`S3Fault::None`]) an outage of the whole server.
+    pub(crate) fn set_fault(&self, fault: S3Fault) {
+        self.fault.send_replace(fault);
     }
 
     pub(crate) fn settings(&self) -> S3Settings {
@@ -210,6 +261,7 @@ impl S3Server {
             force_path_style: true,
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(SECRET_KEY.to_string().into()),
+            ..S3Settings::default()
         }
     }
 
@@ -573,6 +625,7 @@ async fn the_lifecycle_rule_reads_back_from_a_server_that_implements_it() {
         force_path_style: true,
         access_key_id: Some("testing".into()),
         secret_access_key: Some("testing".to_string().into()),
+        ..S3Settings::default()
     });
     let done = store.init_bucket(90).await.expect("init");
     assert_eq!(done, infrastructure::storage::s3::BucketInit { bucket_created: true, lifecycle_applied: true });
@@ -608,5 +661,72 @@ async fn sqlite_and_the_local_store_sweep_too() {
     assert_eq!(listed_images(&app, &key, &old_id).await.0, 410);
     assert_eq!(listed_images(&app, &key, &new_id).await.0, 200);
     assert_eq!(app.state.retention.sweep(90, None).await.expect("sweep").jobs, 0);
+    app.shutdown().await.expect("shutdown");
+}
+
+/// An S3 server that stalls (requests read, never answered), then refuses connections,
+/// then comes back: the jobs whose outputs could not be stored are put back in the queue
+/// (a request times out after `storage.s3.request_timeout_secs`, a refused connect at
+/// once), and complete once the server is back, each charged once, with every image in
+/// the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_then_refusing_s3_server_delays_jobs_and_loses_nothing() {
+    let server = S3Server::start().await;
+    let (app, key, model) = s3_app(&server, |settings| {
+        settings.storage.s3.request_timeout_secs = 1;
+        settings.jobs.attempts_max = 10;
+    })
+    .await;
+    let retries = |job_id: String| {
+        let app = &app;
+        async move {
+            infrastructure::db_fetch_all!(
+                &app.state.db,
+                (i64,),
+                "SELECT COUNT(*) FROM events WHERE aggregate_id = $1 AND event_type = 'JobRetryScheduled'",
+                job_id
+            )
+            .expect("query")[0]
+                .0
+        }
+    };
+    // Waits (bounded) until every job was put back in the queue at least `times` times.
+    let put_back = |ids: Vec<String>, times: i64| {
+        let retries = &retries;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            for id in ids {
+                while retries(id.clone()).await < times {
+                    assert!(tokio::time::Instant::now() < deadline, "job {id} was not put back {times} times");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    };
+
+    server.set_fault(S3Fault::Stall);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (status, accepted) = crate::jobs::generate(&app, &key, &model, &format!("stalled store {n}")).await;
+        assert_eq!(status, 202, "{accepted}");
+        ids.push(accepted["job"]["job_id"].as_str().expect("job").to_string());
+    }
+    put_back(ids.clone(), 1).await;
+
+    server.set_fault(S3Fault::Refuse);
+    // The retries' backoff runs on the app's clock.
+    app.clock.advance(chrono::Duration::seconds(60));
+    put_back(ids.clone(), 2).await;
+
+    server.set_fault(S3Fault::None);
+    app.clock.advance(chrono::Duration::seconds(600));
+    let team = app.state.store.load_stream("GenerationJob", &ids[0], 0).await.expect("job")[0].payload["team_id"].as_str().expect("team").to_string();
+    crate::lost_connection::assert_each_ended_once(&app, &std::collections::HashMap::from([(team, (key.clone(), ids.clone()))])).await;
+    for id in &ids {
+        let job = wait_final(&app, &key, id).await;
+        assert_eq!(job["status"], "completed", "{job}");
+        let keys = generated_keys(&app, id).await;
+        assert!(!keys.is_empty() && keys.iter().all(|k| server.has(k)), "{id}: {keys:?}");
+    }
     app.shutdown().await.expect("shutdown");
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 use application::storage::{validate_key, ObjectStore, StorageError};
 use async_trait::async_trait;
 use aws_credential_types::provider::future::ProvideCredentials as ProvideCredentialsFuture;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, ProvideCredentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -31,6 +32,8 @@ use secrecy::ExposeSecret;
 
 use crate::config::S3Settings;
 
+/// How long connecting to the S3 endpoint may take (a refused or unreachable endpoint).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Keys per `DeleteObjects` request: S3's own limit.
 pub const DELETE_BATCH_KEYS_MAX: usize = 1_000;
 /// `DeleteObjects` requests in flight at once for one `delete_many`: a server deletes the
@@ -67,7 +70,13 @@ impl S3ObjectStore {
             .force_path_style(settings.force_path_style)
             // Checksums only where S3 requires them (DeleteObjects): several
             // S3-compatible servers reject the SDK's default aws-chunked trailers.
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired);
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(Duration::from_secs(settings.request_timeout_secs.max(1)))
+                    .build(),
+            );
         if let Some(endpoint) = &settings.endpoint_url {
             config = config.endpoint_url(endpoint);
         }

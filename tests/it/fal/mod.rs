@@ -370,6 +370,63 @@ async fn a_submission_refused_with_503_is_retried_and_succeeds() {
     assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("completed"), Some(1)), "{done}");
 }
 
+/// fal timing out (no answer within `fal.request_timeout_secs`, every try), then
+/// answering 503 (every try): each time the job goes back to the queue with its
+/// reservation held; once fal answers, it runs and is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_timing_out_then_answering_5xx_delays_the_job_and_charges_it_once() {
+    let fake = FakeFal::default();
+    let (app, _) = spawn_with(&fake, |s| {
+        s.jobs.stale_after_secs = 300;
+        s.fal.request_timeout_secs = 1;
+        s.fal.attempts_max = 2;
+    })
+    .await;
+    let (team_id, key) = pro_team(&app, 10_000).await;
+    let (model_id, _) = fal_model(&app, &fake, &key).await;
+    let put_back = |job_id: String, times: i64| {
+        let app = &app;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let (retries,): (i64,) = infrastructure::db_fetch_optional!(
+                    &app.state.db,
+                    (i64,),
+                    "SELECT COUNT(*) FROM events WHERE aggregate_id = $1 AND event_type = 'JobRetryScheduled'",
+                    job_id.as_str()
+                )
+                .expect("query")
+                .expect("a count");
+                if retries >= times {
+                    return;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "job {job_id} was not put back {times} times");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    fake.delay_submits(Duration::from_secs(3));
+    let (generation, _) = generate(&app, &key, &model_id, 1).await;
+    put_back(generation.clone(), 1).await;
+    let (_, reserved) = held(&balance(&app, &key).await);
+    assert!(reserved > 0, "the reservation is held while the job waits");
+
+    fake.delay_submits(Duration::ZERO);
+    fake.fail_next_submits(2);
+    // The retry's backoff runs on the app's clock.
+    app.clock.advance(chrono::Duration::seconds(60));
+    put_back(generation.clone(), 2).await;
+
+    app.clock.advance(chrono::Duration::seconds(600));
+    let request_id = request_of(&app, &key, &generation).await;
+    fake.complete(&request_id);
+    deliver(&app, &fake, &request_id).await;
+    let done = wait_final(&app, &key, &generation).await;
+    assert_eq!((done["status"].as_str(), done["attempt"].as_i64()), (Some("completed"), Some(3)), "{done}");
+    crate::lost_connection::assert_each_ended_once(&app, &std::collections::HashMap::from([(team_id, (key, vec![generation]))])).await;
+}
+
 // ---------------------------------------------------------------- webhook security and idempotency
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

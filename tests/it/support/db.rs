@@ -17,9 +17,9 @@ pub fn admin_url() -> String {
     std::env::var("KILN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string())
 }
 
-/// `admin_url` with its database name replaced.
-fn url_for(database: &str) -> String {
-    let admin = admin_url();
+/// `admin` (a server's URL) with its database name replaced.
+fn url_for(admin: &str, database: &str) -> String {
+    let admin = admin.to_string();
     let (base, query) = match admin.split_once('?') {
         Some((base, query)) => (base.to_string(), format!("?{query}")),
         None => (admin.clone(), String::new()),
@@ -38,7 +38,7 @@ fn template_name() -> String {
     format!("kiln_template_{:016x}", hasher.finish())
 }
 
-async fn ensure_template(admin: &mut PgConnection) -> String {
+async fn ensure_template(admin: &mut PgConnection, admin_url: &str) -> String {
     let template = template_name();
     // Any constant works as the lock key as long as every test process uses the same.
     admin.execute("SELECT pg_advisory_lock(74203)").await.expect("advisory lock");
@@ -53,7 +53,7 @@ async fn ensure_template(admin: &mut PgConnection) -> String {
         let building = format!("{template}_building");
         admin.execute(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)").as_str()).await.expect("drop scratch");
         admin.execute(format!("CREATE DATABASE {building}").as_str()).await.expect("create template");
-        let db = Database::connect(&url_for(&building), 2).await.expect("connect to template");
+        let db = Database::connect(&url_for(admin_url, &building), 2).await.expect("connect to template");
         db.migrate().await.expect("migrate template");
         db.close().await;
         // A closed connection's server process may still be exiting: a rename needs the
@@ -83,7 +83,7 @@ pub struct TestDb {
 }
 
 enum Cleanup {
-    Postgres { name: String },
+    Postgres { name: String, admin_url: String },
     Sqlite { _dir: tempfile::TempDir },
 }
 
@@ -91,25 +91,31 @@ impl TestDb {
     /// The PostgreSQL database's name (`None` on SQLite).
     pub fn name(&self) -> Option<&str> {
         match &self.cleanup {
-            Cleanup::Postgres { name } => Some(name),
+            Cleanup::Postgres { name, .. } => Some(name),
             Cleanup::Sqlite { .. } => None,
         }
     }
 
     pub async fn postgres() -> TestDb {
-        let mut admin = PgConnection::connect(&admin_url())
+        Self::postgres_on(&admin_url()).await
+    }
+
+    /// A fresh database on the server `admin_url` names (another server than the
+    /// suite's: a Patroni cluster's write port, a private instance).
+    pub async fn postgres_on(admin_url: &str) -> TestDb {
+        let mut admin = PgConnection::connect(admin_url)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed for this test: {e}", admin_url()));
-        let template = ensure_template(&mut admin).await;
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is needed for this test: {e}"));
+        let template = ensure_template(&mut admin, admin_url).await;
         let name = format!("kiln_test_{}", uuid::Uuid::new_v4().simple());
         admin
             .execute(format!("CREATE DATABASE {name} TEMPLATE {template}").as_str())
             .await
             .expect("create test database");
         admin.close().await.ok();
-        let url = url_for(&name);
+        let url = url_for(admin_url, &name);
         let db = Database::connect(&url, 16).await.expect("connect to test database");
-        TestDb { db, url, cleanup: Cleanup::Postgres { name } }
+        TestDb { db, url, cleanup: Cleanup::Postgres { name, admin_url: admin_url.to_string() } }
     }
 
     pub async fn sqlite() -> TestDb {
@@ -122,15 +128,15 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Cleanup::Postgres { name } = &self.cleanup else { return };
-        let name = name.clone();
+        let Cleanup::Postgres { name, admin_url } = &self.cleanup else { return };
+        let (name, admin_url) = (name.clone(), admin_url.clone());
         // Drop runs inside the test's runtime, which cannot be blocked on; a short-lived
         // runtime on its own thread does the async cleanup. FORCE ends the test's own
         // pooled connections.
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
                     let _ = admin.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
                 }
             });

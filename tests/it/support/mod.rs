@@ -3,3 +3,5 @@
 pub mod app;
 pub mod browser;
 pub mod db;
+pub mod ha;
+pub mod pg_instance;
