@@ -222,6 +222,10 @@ fn webhooks(
         answer_bytes_max: w.answer_bytes_max,
     });
     let mut config = SenderConfig::new(worker_id("webhooks"), policy);
+    // A claim outlives any attempt of its holder, so no second sender takes a delivery
+    // that is still being sent; a killed holder's claims come back after this.
+    let timeout_ms = i64::try_from(w.request_timeout_ms.max(1)).unwrap_or(i64::MAX / 4);
+    config.lease = chrono::Duration::milliseconds(timeout_ms.saturating_mul(2)).max(chrono::Duration::seconds(1));
     config.batch = i64::from(w.batch.max(1));
     config.poll_interval = std::time::Duration::from_millis(w.poll_interval_ms.max(1));
     config.backoff_min = std::time::Duration::from_millis(w.backoff_min_ms.max(1));

@@ -7,6 +7,7 @@
 //! - `dispatch`: bare dispatch of no-op jobs, Kiln against graphile-worker (see [`dispatch`]).
 //! - `http`: the read path under a bounded load, Kiln against a bare axum + sqlx server (see [`http`]).
 //! - `render`: the local provider's renderer alone (see [`render`]).
+//! - `webhooks`: deliveries per second through the webhook sender to a local receiver (see [`webhooks`]).
 //!
 //! Every run that needs a database works in a scratch database it creates and drops, and
 //! stops by itself.
@@ -23,6 +24,7 @@ mod load;
 mod render;
 mod report;
 mod scratch;
+mod webhooks;
 
 use std::time::Duration;
 
@@ -50,6 +52,8 @@ enum Command {
     Http(http::HttpArgs),
     /// The local provider's PNG renderer alone, one thread (ms per image, digest of the bytes).
     Render(render::RenderArgs),
+    /// Webhook deliveries per second to a local receiver (sign, send, record).
+    Webhooks(webhooks::WebhooksArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -120,5 +124,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Dispatch(args) => dispatch::run(args).await,
         Command::Http(args) => http::run(args).await,
         Command::Render(args) => render::run(&args),
+        Command::Webhooks(args) => webhooks::run(args).await,
     }
 }

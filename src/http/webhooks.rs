@@ -248,7 +248,8 @@ async fn delivery(State(state): State<AppState>, key: TeamKey, Path((endpoint_id
 async fn redeliver(State(state): State<AppState>, key: TeamKey, Path((endpoint_id, delivery_id)): Path<(String, String)>) -> Result<(StatusCode, Json<Queued>), Problem> {
     let key = key.writer()?;
     let id = parse_endpoint(&endpoint_id)?.to_string();
-    view(&state, key.team_id, &id).await?;
+    let found = q::delivery_of(&state.db, key.team_id, &id, &delivery_id).await.map_err(|e| Problem::internal(&e))?;
+    found.ok_or_else(|| Problem::not_found().detail("no such delivery"))?;
     state.webhooks.redeliver(key.team_id, &delivery_id).await?;
     state.webhook_sender.wake();
     Ok((StatusCode::ACCEPTED, Json(Queued { delivery_id })))

@@ -29,6 +29,7 @@ pub mod overview;
 pub mod paging;
 pub mod session;
 pub mod sign_in;
+pub mod webhooks;
 
 use axum::Router;
 
@@ -50,6 +51,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(jobs::routes())
         .merge(history::routes())
         .merge(credits::routes())
+        .merge(webhooks::routes())
         .layer(axum::middleware::from_fn_with_state(state, csrf::protect))
         .route_layer(axum::middleware::from_fn(form::check_path_and_query))
         .merge(ops::routes(state_for_ops))

@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod pages;
+
 use crate::api_contract::python_tool;
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
@@ -118,7 +120,7 @@ async fn deliver(app: &TestApp) {
 }
 
 async fn grant(app: &TestApp, team: &str, amount: i64, key: &str) {
-    assert_eq!(app.grant(team, amount, key).await.status(), 201);
+    assert_eq!(app.grant(team, amount, key).await.status(), 200);
 }
 
 async fn deliveries(app: &TestApp, key: &str, endpoint: &str) -> Vec<Value> {
@@ -197,6 +199,10 @@ async fn signed_deliveries_verify_with_the_reference_library(db: TestDb) {
     let log = eventually("the redelivery", async || Some(receiver.log().await).filter(|l| l.len() == 5)).await;
     assert_eq!(log[4]["id"], first["id"]);
     assert_eq!(log[4]["verified"], json!([1]));
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    for name in ["kiln_webhook_attempts_total{outcome=\"delivered\"}", "kiln_webhook_attempt_seconds_bucket"] {
+        assert!(metrics.contains(name), "/metrics has {name}");
+    }
     app.shutdown().await.expect("clean shutdown");
 }
 
@@ -320,6 +326,7 @@ async fn a_lapsed_claim_is_delivered_by_another_sender(db: TestDb) {
     let (team, key) = team(&app, "Crash").await;
     let (endpoint_id, secret) = endpoint(&app, &key, &receiver.url(), &["credits.granted"]).await;
     receiver.control(json!({ "secrets": [secret] })).await;
+    tell_time(&app, &receiver).await;
     // The app's own sender must not win the race: a far-future claim by a dead sender.
     let deliveries_port = infrastructure::webhooks::SqlWebhookDeliveries(app.state.db.clone());
     grant(&app, &team, 100, "g").await;
@@ -418,5 +425,95 @@ async fn another_team_cannot_see_or_change_an_endpoint() {
     let mine: Value = app.as_key(&key, Method::GET, &base).send().await.expect("get").json().await.expect("json");
     assert_eq!(mine["enabled"], true, "the owner's endpoint is untouched");
     assert!(mine.get("secret").is_none(), "the secret is shown only when made");
+    app.shutdown().await.expect("clean shutdown");
+}
+
+/// Jobs, models and credits notify through the log: a model created through the API
+/// (the app's own worker runs it) makes `credits.low` (its reservation crosses the
+/// threshold), `model.ready` and `job.completed` (the job stream's public event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_models_and_credits_notify_from_the_log() {
+    let app = spawn(TestDb::postgres().await, true).await;
+    crate::support::app::seed_catalog(&app).await;
+    let receiver = Receiver::start(0).await;
+    let (team, key) = team(&app, "Busy").await;
+    grant(&app, &team, 1000, "seed").await;
+    let body = json!({ "url": receiver.url(), "event_types": ["job.completed", "model.ready", "credits.low"], "credits_low_threshold": 1000 });
+    let response = app.as_key(&key, Method::POST, "/api/webhook-endpoints").json(&body).send().await.expect("create");
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("json");
+    receiver.control(json!({ "secrets": [created["secret"]] })).await;
+    tell_time(&app, &receiver).await;
+
+    let model_id = crate::jobs::ready_model(&app, &key).await;
+    deliver(&app).await;
+    let log = eventually("three notifications", async || Some(receiver.log().await).filter(|l| l.len() >= 3)).await;
+    let of = |kind: &str| log.iter().find(|r| r["body"]["type"] == kind).unwrap_or_else(|| panic!("no {kind} in {log:?}")).clone();
+    let completed = of("job.completed");
+    assert_eq!(completed["body"]["data"]["type"], "completed", "the job event stream's event: {completed}");
+    assert!(completed["body"]["data"]["job_id"].is_string());
+    assert_eq!(of("model.ready")["body"]["data"]["model_id"], model_id.as_str());
+    let low = of("credits.low");
+    assert_eq!(low["body"]["data"]["threshold_credits"], 1000);
+    assert!(low["body"]["data"]["available_credits"].as_i64().unwrap() < 1000);
+    assert_eq!(log.len(), 3, "one delivery per event and endpoint: {log:?}");
+    for record in &log {
+        assert_eq!(record["verified"], json!([0]), "{record}");
+    }
+    app.shutdown().await.expect("clean shutdown");
+}
+
+fn sender_process(app: &TestApp) -> std::process::Command {
+    let mut command = crate::jobs::worker_command(app, 0);
+    command
+        .env("KILN_WEBHOOKS__ALLOW_HTTP", "true")
+        .env("KILN_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
+        .env("KILN_WEBHOOKS__REQUEST_TIMEOUT_MS", "2000")
+        .env("KILN_WEBHOOKS__POLL_INTERVAL_MS", "20");
+    command
+}
+
+/// `kill -9` of the process that is sending a delivery loses nothing: its claim lapses
+/// (twice the request time), another `kiln worker` sends it, with the same `webhook-id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_killed_mid_delivery_loses_nothing() {
+    // The app makes deliveries (projector); its own sender sleeps (woken by nothing here).
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
+        s.webhooks.allow_http = true;
+        s.webhooks.allow_private_addresses = true;
+        s.webhooks.poll_interval_ms = 3_600_000;
+    })
+    .await;
+    let receiver = Receiver::start(0).await;
+    let (team, key) = team(&app, "Killed").await;
+    let (endpoint_id, secret) = endpoint(&app, &key, &receiver.url(), &["credits.granted"]).await;
+    // The processes sign with the wall clock, which the receiver checks by default.
+    receiver.control(json!({ "secrets": [secret], "delay_ms": 1500 })).await;
+    grant(&app, &team, 100, "g").await;
+    app.state.projector.catch_up().await.expect("projector");
+
+    let mut a = sender_process(&app).spawn().expect("start sender A");
+    let arrived = eventually("A's request at the receiver", async || {
+        let response = receiver.client.get(format!("http://127.0.0.1:{}/_arrived", receiver.port)).send().await.ok()?;
+        Some(response.json::<Vec<Value>>().await.ok()?).filter(|a| !a.is_empty())
+    })
+    .await;
+    a.kill().expect("kill -9 sender A");
+    let _ = a.wait();
+    receiver.control(json!({ "delay_ms": 0 })).await;
+    let mut b = sender_process(&app).spawn().expect("start sender B");
+    let detail = eventually("the delivery made by B", async || {
+        let listed = deliveries(&app, &key, &endpoint_id).await;
+        let id = listed.first()?["id"].as_str()?.to_string();
+        Some(delivery(&app, &key, &endpoint_id, &id).await).filter(|d| d["state"] == "delivered")
+    })
+    .await;
+    let _ = std::process::Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
+    let _ = b.wait();
+    assert_eq!(detail["attempts"], 1, "A recorded nothing; B's attempt is the first recorded: {detail}");
+    assert_eq!(arrived[0], detail["id"]);
+    let received = receiver.log().await;
+    assert!(received.iter().all(|r| r["id"] == detail["id"]), "every request carried the same webhook-id: {received:?}");
+    assert!(received.iter().any(|r| r["verified"] == json!([0])), "{received:?}");
     app.shutdown().await.expect("clean shutdown");
 }

@@ -5,7 +5,8 @@ against each secret it was given, records what came, and answers as told.
 Prints `PORT <n>` once listening. Control: `POST /_control` with any of
 `{"secrets": [...], "status": 200, "delay_ms": 0, "now": <unix seconds>}` (`now` is the
 test's clock: the library checks the timestamp against it); `GET /_log` returns every
-delivery received: headers, body, and which secrets verified it.
+delivery answered: headers, body, and which secrets verified it; `GET /_arrived` the
+`webhook-id` of every request as it arrived (before any delay).
 """
 
 import json
@@ -36,6 +37,8 @@ library.datetime = TestClock
 lock = threading.Lock()
 state = {"secrets": [], "status": 200, "delay_ms": 0}
 received = []
+# Deliveries as they arrive, before any delay: a test sees a request in flight.
+arrived = []
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -52,7 +55,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         with lock:
-            self.answer(200, received)
+            self.answer(200, arrived if self.path == "/_arrived" else received)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
@@ -66,6 +69,7 @@ class Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         with lock:
             secrets, status, delay_ms = list(state["secrets"]), state["status"], state["delay_ms"]
+            arrived.append(headers.get("webhook-id"))
         verified, errors = [], []
         for index, secret in enumerate(secrets):
             try:
