@@ -1,5 +1,5 @@
 //! Start-up: from settings to a bound, running server (zero2prod's `Application`), with
-//! the projector, the sweepers and a worker running beside it. The only module that
+//! the projector, the sweepers, the webhook sender and a worker running beside it. The only module that
 //! knows every door: it wires the REST API's and the dashboard's routers onto one port.
 //! The state they share lives in [`crate::state`].
 
@@ -72,6 +72,7 @@ impl Application {
         let sweeper = tokio::spawn(crate::sweeper::run(self.state.clone(), self.expiry_interval, stopped.clone()));
         let (retention_days, retention_interval) = self.retention;
         let retention = tokio::spawn(self.state.retention.clone().run(retention_days, retention_interval, stopped.clone()));
+        let webhooks = tokio::spawn(self.state.webhook_sender.clone().run(stopped.clone()));
         let worker = self
             .jobs
             .worker_in_serve
@@ -84,6 +85,7 @@ impl Application {
         let _ = projector.await;
         let _ = sweeper.await;
         let _ = retention.await;
+        let _ = webhooks.await;
         if let Some(worker) = worker {
             let _ = worker.await;
         }

@@ -71,6 +71,10 @@ pub enum Command {
     /// Teams: open one (printing its API key, the way into the dashboard), grant credits.
     #[command(subcommand)]
     Team(crate::team_cli::TeamCommand),
+    /// Operators (the console under /ops and /api/admin): create one (printing its key),
+    /// revoke one, list them.
+    #[command(subcommand)]
+    Operator(crate::operator_cli::OperatorCommand),
 }
 
 pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -118,6 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections(command) => crate::ops::projections(settings, command).await,
         Command::Audit(command) => crate::ops::audit(settings, command).await,
         Command::Team(command) => crate::team_cli::run(settings, command).await,
+        Command::Operator(command) => crate::operator_cli::run(settings, command).await,
         Command::Seed => {
             let db = Database::connect_and_migrate(&settings.database.url, 2).await?;
             let (objects, _) = infrastructure::storage::open(&settings)?;
@@ -162,7 +167,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
-/// `kiln worker`: the job engine without the HTTP API.
+/// `kiln worker`: the job engine and the webhook sender, without the HTTP API.
 async fn run_worker(settings: Settings) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     let db = Database::connect_and_migrate(&settings.database.url, settings.database.connections_max).await?;
@@ -170,10 +175,12 @@ async fn run_worker(settings: Settings) -> anyhow::Result<()> {
     let worker_id = crate::state::worker_id("worker");
     tracing::info!(%worker_id, backend = ?db.backend(), "kiln worker started");
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let webhooks = tokio::spawn(state.webhook_sender.clone().run(stopped.clone()));
     let worker = tokio::spawn(state.worker(&settings.jobs, worker_id).run(stopped));
     shutdown.await;
     let _ = stop.send(true);
     let _ = worker.await;
+    let _ = webhooks.await;
     db.close().await;
     tracing::info!("kiln worker stopped");
     Ok(())

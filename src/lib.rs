@@ -5,6 +5,7 @@ pub mod app;
 pub mod cli;
 pub mod http;
 pub mod multipart;
+pub mod operator_cli;
 pub mod ops;
 pub mod queries;
 pub mod storage_cli;

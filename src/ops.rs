@@ -411,7 +411,7 @@ fn print_replay(r: &audit::ReplayReport) {
     println!("ledger entries ({}):", r.entries.len());
     for e in &r.entries {
         println!(
-            "  {:>5} #{:<5} {:<9} {:>8}  available {:>8}  reserved {:>8}  {}  {}",
+            "  {:>5} #{:<5} {:<9} {:>8}  available {:>8}  reserved {:>8}  {}  {}  {}",
             e.entry_no,
             e.sequence,
             e.entry_type,
@@ -419,7 +419,8 @@ fn print_replay(r: &audit::ReplayReport) {
             e.available_after,
             e.reserved_after,
             e.reference.as_deref().unwrap_or("-"),
-            e.occurred_at.to_rfc3339()
+            e.occurred_at.to_rfc3339(),
+            e.detail.as_deref().unwrap_or("")
         );
     }
     for v in &r.violations {

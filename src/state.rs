@@ -14,6 +14,7 @@ use application::jobs::worker::{Worker, WorkerConfig};
 use application::jobs::submit::SubmitService;
 use application::jobs::steps::TrainingConfig;
 use application::jobs::JobsService;
+use application::operator_actions::OperatorActions;
 use application::payments::PaymentsService;
 use application::provider::Provider;
 use application::retention::RetentionService;
@@ -25,6 +26,10 @@ use infrastructure::config::{JobSettings, Settings};
 use infrastructure::db::Database;
 use infrastructure::event_store::SqlEventStore;
 use projections::projector::Projector;
+use application::webhooks::sender::{SenderConfig, WebhookSender};
+use application::webhooks::{WebhookDeliveries, WebhookSecrets, WebhookService};
+use domain::webhooks::AddressPolicy;
+use infrastructure::config::WebhookSettings;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -66,6 +71,8 @@ pub struct Services {
     pub jobs: JobsService,
     /// The submission use cases (price, check, accept) shared by the API and the dashboard.
     pub submit: SubmitService,
+    /// What an operator may do to a team (the admin API and the console).
+    pub operator_actions: OperatorActions,
     pub job_index: Arc<dyn JobIndex>,
     pub provider: Arc<dyn Provider>,
     /// Stripe checkout client, webhook verifier and price catalog.
@@ -87,6 +94,12 @@ pub struct Services {
     pub balances: crate::queries::credits::BalanceCache,
     /// Each plan's dispatch weight (`jobs.plan_weights`), as the job index uses them.
     pub plan_weights: domain::share::PlanWeights,
+    /// Webhooks out: the endpoint use cases, and this process's sender.
+    pub webhooks: WebhookService,
+    pub webhook_sender: WebhookSender,
+    /// A worker silent this long is gone (`jobs.worker_lost_after_secs`): the console
+    /// flags it and counts its jobs as stuck.
+    pub worker_lost_after: chrono::Duration,
 }
 
 impl Services {
@@ -146,7 +159,8 @@ impl AppState {
         };
         let provider: Arc<dyn Provider> = Arc::new(application::observe::MeteredProvider(provider));
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
-        let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices, provider.clone(), settings.jobs.queue_depth_max);
+        let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices.clone(), provider.clone(), settings.jobs.queue_depth_max);
+        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices);
         let records = Arc::new(infrastructure::stripe::store::SqlPaymentRecords(db.clone()));
         let stripe = Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe));
         let payments = PaymentsService::new(records, stripe.clone(), credits.clone(), jobs.clone(), job_index.clone());
@@ -155,6 +169,7 @@ impl AppState {
         let due_grants = Arc::new(infrastructure::due_grants::SqlDueGrants(db.clone()));
         let web = WebKeys::load(settings).context("cannot load the dashboard's cookie key")?;
         let reads = read_side(&db, settings)?;
+        let (webhooks, webhook_sender) = webhooks(&db, aggregates.clone(), clock.clone(), settings)?;
         let mut state = Services {
             db,
             reads,
@@ -170,6 +185,7 @@ impl AppState {
             url_ttl_secs,
             jobs,
             submit,
+            operator_actions,
             job_index,
             provider,
             stripe,
@@ -181,11 +197,41 @@ impl AppState {
             keys: Arc::default(),
             balances: Default::default(),
             plan_weights: settings.jobs.plan_weights,
+            webhooks,
+            webhook_sender,
+            worker_lost_after: chrono::Duration::seconds(i64::try_from(settings.jobs.worker_lost_after_secs.max(1)).unwrap_or(i64::MAX / 1000)),
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));
         Ok(Self(Arc::new(state)))
     }
+}
+
+/// The webhook use cases and this process's sender, from `webhooks.*`.
+fn webhooks(
+    db: &Database,
+    aggregates: AggregateStore,
+    clock: Arc<dyn Clock>,
+    settings: &Settings,
+) -> anyhow::Result<(WebhookService, WebhookSender)> {
+    let w: &WebhookSettings = &settings.webhooks;
+    let key = infrastructure::webhooks::signing_key(settings).context("cannot load the webhook signing key")?;
+    let policy = AddressPolicy { allow_http: w.allow_http, allow_private: w.allow_private_addresses };
+    let deliveries: Arc<dyn WebhookDeliveries> = Arc::new(infrastructure::webhooks::SqlWebhookDeliveries(db.clone()));
+    let overlap = chrono::Duration::hours(i64::from(w.rotation_overlap_hours));
+    let service = WebhookService::new(aggregates, clock.clone(), WebhookSecrets::new(key), policy, overlap, deliveries.clone());
+    let transport = Arc::new(infrastructure::webhooks::HttpTransport {
+        timeout: std::time::Duration::from_millis(w.request_timeout_ms.max(1)),
+        answer_bytes_max: w.answer_bytes_max,
+    });
+    let mut config = SenderConfig::new(worker_id("webhooks"), policy);
+    config.batch = i64::from(w.batch.max(1));
+    config.poll_interval = std::time::Duration::from_millis(w.poll_interval_ms.max(1));
+    config.backoff_min = std::time::Duration::from_millis(w.backoff_min_ms.max(1));
+    config.retry_window = chrono::Duration::hours(i64::from(w.retry_window_hours));
+    config.disable_after = chrono::Duration::hours(i64::from(w.disable_after_hours));
+    let sender = WebhookSender::new(deliveries, transport, service.clone(), clock, config);
+    Ok((service, sender))
 }
 
 /// fal.ai when `fal.key` is configured. Its webhooks come to Kiln's public URL.

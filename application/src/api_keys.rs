@@ -23,6 +23,13 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// A new random key starting with `prefix` (team keys, operator keys).
+pub fn new_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; KEY_SECRET_BYTES];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
 /// A freshly issued key: `secret` is shown to its owner once and never stored.
 #[derive(Debug, Clone)]
 pub struct IssuedKey {
@@ -40,9 +47,7 @@ pub async fn issue(
     name: String,
     metadata: &Value,
 ) -> Result<IssuedKey, ApiKeyCommandError> {
-    let mut bytes = [0u8; KEY_SECRET_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
+    let secret = new_secret(KEY_PREFIX);
     let key_id = ApiKeyId::new(uuid::Uuid::now_v7());
     let command = ApiKeyCommand::Issue { team_id, role, name, key_hash: hash_key(&secret), now: clock.now() };
     aggregates

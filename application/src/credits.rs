@@ -85,7 +85,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn of(state: &TeamCredits, command: &TeamCreditsCommand, events: Vec<TeamCreditsEvent>) -> Self {
-        let reservation_id = match command {
+        let reservation_id = match command.inner() {
             TeamCreditsCommand::ReserveCredits { reservation_id, .. }
             | TeamCreditsCommand::DeductCredits { reservation_id, .. }
             | TeamCreditsCommand::RefundCredits { reservation_id, .. } => Some(*reservation_id),

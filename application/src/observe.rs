@@ -163,6 +163,19 @@ pub fn credits_recorded(team_id: TeamId, events: &[TeamCreditsEvent], available:
                 tracing::info!(%team_id, %grant_id, amount = amount.get(), available, "credits expired");
                 Some(amount.get())
             }
+            E::DispatchPaused { .. } => {
+                tracing::info!(%team_id, "dispatch paused");
+                None
+            }
+            E::DispatchResumed { .. } => {
+                tracing::info!(%team_id, "dispatch resumed");
+                None
+            }
+            E::OperatorActed { act, action, subject, .. } => {
+                let reason = act.reason.as_deref().unwrap_or("");
+                tracing::info!(%team_id, operator_id = %act.operator_id, operator = act.operator.as_str(), action = action.as_str(), subject = subject.as_deref(), reason, "operator acted");
+                None
+            }
         };
         if let Some(amount) = amount {
             metrics::counter!(names::CREDIT_OPERATIONS, "type" => kind).increment(1);

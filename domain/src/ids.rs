@@ -99,6 +99,21 @@ uuid_id!(
     /// A manual credit adjustment; its idempotency key.
     AdjustmentId
 );
+uuid_id!(
+    /// A team's webhook endpoint (also the WebhookEndpoint aggregate id).
+    WebhookEndpointId
+);
+uuid_id!(
+    /// A person who runs Kiln (the operator console, `/api/admin`). Also the Operator
+    /// aggregate id. [`OperatorId::BOOTSTRAP`] is the configured operator key.
+    OperatorId
+);
+
+impl OperatorId {
+    /// The operator key from configuration (`auth.operator_key`): an admin named
+    /// "bootstrap", recorded under the nil uuid since it has no Operator stream.
+    pub const BOOTSTRAP: OperatorId = OperatorId(Uuid::nil());
+}
 
 impl From<AdjustmentId> for GrantId {
     /// A positive adjustment opens a credit block of its own; the block is named by the

@@ -48,6 +48,12 @@ impl Role {
 
 pub use crate::text::KEY_NAME_CHARS_MAX;
 
+/// Whether `text` is a SHA-256 as recorded for keys: 64 lower-case hex digits (so a
+/// key itself can never be recorded by mistake).
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiKeyCommand {
     Issue { team_id: TeamId, role: Role, name: String, key_hash: String, now: DateTime<Utc> },
@@ -113,8 +119,7 @@ impl ApiKey {
                     return Err(ApiKeyError::AlreadyIssued);
                 }
                 let name = crate::text::KeyName::parse(&name).map_err(ApiKeyError::InvalidName)?.into_string();
-                let hex = key_hash.len() == 64 && key_hash.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
-                if !hex {
+                if !is_sha256_hex(&key_hash) {
                     return Err(ApiKeyError::InvalidHash);
                 }
                 Ok(vec![ApiKeyEvent::ApiKeyIssued { key_id, team_id, role, name, key_hash, occurred_at: now }])

@@ -29,6 +29,8 @@ pub const KEY_NAME_CHARS_MAX: usize = 100;
 pub const ADJUSTMENT_REASON_CHARS_MAX: usize = 1_000;
 /// Longest actor recorded with a manual adjustment.
 pub const ADJUSTMENT_ACTOR_CHARS_MAX: usize = 200;
+/// An operator's name.
+pub const OPERATOR_NAME_CHARS_MAX: usize = 100;
 /// Longest other short text a request names — an id in a path, a filter or cursor in a
 /// query — at any door. Real ones are far shorter; the bound keeps junk out of lookups.
 pub const TOKEN_CHARS_MAX: usize = 1_000;
@@ -178,6 +180,11 @@ free_text!(
     ADJUSTMENT_REASON_CHARS_MAX
 );
 free_text!(
+    /// An operator's name (who the console and the audit say acted).
+    OperatorName,
+    OPERATOR_NAME_CHARS_MAX
+);
+free_text!(
     /// Who made a manual change (`operator`, `key:{id}`).
     Actor,
     ADJUSTMENT_ACTOR_CHARS_MAX
@@ -216,7 +223,7 @@ mod tests {
     #[test]
     fn each_kind_has_its_bound() {
         type Accepts = fn(&str) -> bool;
-        let kinds: [(Accepts, usize); 7] = [
+        let kinds: [(Accepts, usize); 8] = [
             (|t| Prompt::parse(t).is_ok(), PROMPT_CHARS_MAX),
             (|t| Description::parse(t).is_ok(), DESCRIPTION_CHARS_MAX),
             (|t| ModelName::parse(t).is_ok(), MODEL_NAME_CHARS_MAX),
@@ -224,6 +231,7 @@ mod tests {
             (|t| KeyName::parse(t).is_ok(), KEY_NAME_CHARS_MAX),
             (|t| Reason::parse(t).is_ok(), ADJUSTMENT_REASON_CHARS_MAX),
             (|t| Actor::parse(t).is_ok(), ADJUSTMENT_ACTOR_CHARS_MAX),
+            (|t| OperatorName::parse(t).is_ok(), OPERATOR_NAME_CHARS_MAX),
         ];
         for (accepts, max) in kinds {
             assert!(accepts(&"x".repeat(max)), "{max}");

@@ -27,6 +27,56 @@ pub struct Settings {
     pub provider: ProviderSettings,
     pub fal: crate::provider::fal::FalSettings,
     pub metrics: MetricsSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Webhooks out (`application::webhooks`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Key the endpoints' signing secrets are derived from (≥ 32 bytes). Unset: generated
+    /// on first run into `{storage.local_root}/.webhook-signing-key` (mode 0600).
+    /// Several hosts sending webhooks must share it.
+    #[serde(skip_serializing)]
+    pub signing_key: Option<SecretString>,
+    /// Accept `http://` endpoint URLs (otherwise https only).
+    pub allow_http: bool,
+    /// Accept endpoints on loopback, private, link-local and metadata addresses.
+    pub allow_private_addresses: bool,
+    /// Whole-request time of one attempt (connect, send, answer).
+    pub request_timeout_ms: u64,
+    /// Bytes of an endpoint's answer read (the rest is dropped).
+    pub answer_bytes_max: usize,
+    /// How long the previous secret is still sent after a rotation.
+    pub rotation_overlap_hours: u32,
+    /// A delivery is retried while its next attempt falls within this of the event.
+    pub retry_window_hours: u32,
+    /// First retry delay (then ×3 each time, up to 8 h, plus jitter).
+    pub backoff_min_ms: u64,
+    /// An endpoint whose attempts all failed this long is disabled.
+    pub disable_after_hours: u32,
+    /// How often a sender looks for due deliveries.
+    pub poll_interval_ms: u64,
+    /// Deliveries a sender claims and sends at once.
+    pub batch: u32,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            signing_key: None,
+            allow_http: false,
+            allow_private_addresses: false,
+            request_timeout_ms: 10_000,
+            answer_bytes_max: 4096,
+            rotation_overlap_hours: 24,
+            retry_window_hours: 72,
+            backoff_min_ms: 5_000,
+            disable_after_hours: 120,
+            poll_interval_ms: 500,
+            batch: 32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -188,6 +238,7 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             fal: crate::provider::fal::FalSettings::default(),
             metrics: MetricsSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::config::Settings;
 
 /// Keys whose values are secrets: `#[serde(skip_serializing)]`, so absent from the
 /// serialized defaults. Each is `Option<SecretString>`, unset by default.
-pub const SECRET_KEYS: [&str; 7] = [
+pub const SECRET_KEYS: [&str; 8] = [
     "auth.operator_key",
     "storage.url_signing_key",
     "storage.s3.secret_access_key",
@@ -19,6 +19,7 @@ pub const SECRET_KEYS: [&str; 7] = [
     "stripe.webhook_secret",
     "fal.key",
     "metrics.bearer_token",
+    "webhooks.signing_key",
 ];
 
 /// One configuration key.

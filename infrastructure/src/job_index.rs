@@ -155,12 +155,23 @@ fn parse_active(rows: Vec<ActiveRow>) -> Vec<ActiveJob> {
         .collect()
 }
 
+/// Whether an operator paused dispatch for everyone (`dispatch_control`, the Dispatch
+/// stream's read model).
+const PAUSED_FOR_ALL: &str = "SELECT paused FROM dispatch_control WHERE id = 'global'";
+
+impl SqlJobIndex {
+    async fn paused_for_all(&self) -> Result<bool, EventStoreError> {
+        let row = db_fetch_optional!(&self.db, (bool,), PAUSED_FOR_ALL).map_err(store_error)?;
+        Ok(row.is_some_and(|(paused,)| paused))
+    }
+}
+
 #[async_trait]
 impl JobIndex for SqlJobIndex {
     async fn pick(&self, now: DateTime<Utc>, limit: i64) -> Result<Picked, EventStoreError> {
         let Database::Postgres(pool) = &self.db else {
             let hold = LocalHold(self.local_turn.clone().lock_owned().await);
-            let jobs = self.dispatchable(now, limit).await?;
+            let jobs = if self.paused_for_all().await? { Vec::new() } else { self.dispatchable(now, limit).await? };
             return Ok(Picked { jobs, hold: Box::new(hold) });
         };
         // One picker at a time per database: the turn is a transaction-level advisory
@@ -173,7 +184,10 @@ impl JobIndex for SqlJobIndex {
         // the work it hands out.
         let mut tx = pool.begin().await.map_err(store_error)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(PICK_LOCK_CLASS).execute(&mut *tx).await.map_err(store_error)?;
-        let jobs = self.walk_postgres(&mut tx, now, limit).await.map_err(store_error)?;
+        // An operator paused dispatch for everyone: no job is handed out this turn.
+        let paused: Option<(bool,)> =
+            sqlx::query_as(PAUSED_FOR_ALL).fetch_optional(&mut *tx).await.map_err(store_error)?;
+        let jobs = if paused.is_some_and(|(p,)| p) { Vec::new() } else { self.walk_postgres(&mut tx, now, limit).await.map_err(store_error)? };
         Ok(Picked { jobs, hold: Box::new(PgHold(tx)) })
     }
 
@@ -227,7 +241,7 @@ impl JobIndex for SqlJobIndex {
             &self.db,
             (String, String),
             "SELECT j.job_id, j.team_id FROM jobs j JOIN team_dispatch d ON d.team_id = j.team_id \
-             WHERE j.status = 'queued' AND d.running_limit = 0 ORDER BY j.queued_at LIMIT $1",
+             WHERE j.status = 'queued' AND d.running_limit = 0 AND NOT d.paused ORDER BY j.queued_at LIMIT $1",
             limit
         )
         .map_err(store_error)?;

@@ -18,3 +18,4 @@ pub mod secrets;
 pub mod storage;
 pub mod stripe;
 pub mod telemetry;
+pub mod webhooks;

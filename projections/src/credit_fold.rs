@@ -212,7 +212,7 @@ pub struct Entry {
     /// which the event does not carry: the consumer fills it from the reservation it
     /// knows ([`OpenReservations`], or its table).
     pub operation: Option<&'static str>,
-    /// Grant source or adjustment reason.
+    /// Grant source or adjustment reason; for an operator's entry, who and why.
     pub detail: Option<String>,
 }
 
@@ -326,12 +326,23 @@ pub fn effect(event: TeamCreditsEvent) -> Effect {
             effect.draws.push((grant_id, Draw::Expire, a));
             effect.entry = entry("expired", a, grant_id.to_string());
         }
+        // Dispatch is the job engine's (`jobs` projection): no money, no entry; the
+        // operator's act beside it makes the ledger entry.
+        E::DispatchPaused { .. } | E::DispatchResumed { .. } => {}
+        E::OperatorActed { act, action, subject, .. } => {
+            // Moves no credits: an entry of 0 that says who did what and why, right after
+            // the entries of the action itself.
+            effect.entry = entry("operator", 0, subject.unwrap_or_default());
+            if let Some(entry) = effect.entry.as_mut() {
+                entry.detail = Some(format!("{} by {}", action.as_str(), act.describe()));
+            }
+        }
     }
     effect
 }
 
 /// Every type of ledger entry.
-pub const ENTRY_TYPES: &[&str] = &["granted", "reserved", "deducted", "refunded", "adjusted", "expired"];
+pub const ENTRY_TYPES: &[&str] = &["granted", "reserved", "deducted", "refunded", "adjusted", "expired", "operator"];
 
 /// One ledger entry and the balance it left (a row of `credit_ledger`; the audit adds the
 /// event's chain hash).

@@ -85,7 +85,8 @@ async fn set_plan(tx: &mut Tx<'_>, team: &str, plan: domain::Plan) -> Result<(),
     tx_execute!(
         tx,
         "INSERT INTO team_dispatch (team_id, running_limit, plan) VALUES ($1, $2, $3) \
-         ON CONFLICT (team_id) DO UPDATE SET running_limit = excluded.running_limit, plan = excluded.plan",
+         ON CONFLICT (team_id) DO UPDATE SET running_limit = CASE WHEN team_dispatch.paused THEN 0 ELSE excluded.running_limit END, \
+         plan = excluded.plan",
         team,
         i64::from(plan.concurrency_limit()),
         plan.as_str()
@@ -97,6 +98,21 @@ async fn plan_event(tx: &mut Tx<'_>, team: &str, event: TeamCreditsEvent) -> Res
     match event {
         TeamCreditsEvent::TeamOpened { plan, .. } | TeamCreditsEvent::PlanChanged { to: plan, .. } => set_plan(tx, team, plan).await?,
         TeamCreditsEvent::SubscriptionExpired { .. } => set_plan(tx, team, domain::Plan::Free).await?,
+        // A paused team takes no slot: its limit is 0 until resumed (see 0050_dispatch_pause).
+        TeamCreditsEvent::DispatchPaused { .. } => {
+            tx_execute!(
+                &mut *tx,
+                "INSERT INTO team_dispatch (team_id, paused, running_limit) VALUES ($1, $2, 0) \
+                 ON CONFLICT (team_id) DO UPDATE SET paused = $2, running_limit = 0",
+                team,
+                true
+            )?;
+        }
+        TeamCreditsEvent::DispatchResumed { .. } => {
+            let plan = infrastructure::tx_fetch_optional!(&mut *tx, (String,), "SELECT plan FROM team_dispatch WHERE team_id = $1", team)?;
+            let limit = plan.and_then(|(plan,)| plan.parse::<domain::Plan>().ok()).map_or(0, |plan| i64::from(plan.concurrency_limit()));
+            tx_execute!(&mut *tx, "UPDATE team_dispatch SET paused = $2, running_limit = $3 WHERE team_id = $1", team, false, limit)?;
+        }
         _ => {}
     }
     Ok(())

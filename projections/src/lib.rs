@@ -1,8 +1,10 @@
 //! Kiln's read models and the projector that keeps the async ones current.
 //!
 //! - what a credit event means for every read model, once: [`credit_fold`];
-//! - inline (in the append transaction): [`balances`], [`api_keys`], [`jobs`];
-//! - async (projector, from checkpoints): [`history`];
+//! - inline (in the append transaction): [`balances`], [`api_keys`], [`operators`], [`dispatch`], [`price_book`] (appends only;
+//!   not in the rebuild catalog), [`jobs`], the webhook endpoints ([`webhooks`]);
+//! - async (projector, from checkpoints): [`history`], the webhook deliveries
+//!   ([`webhooks`]: a work queue, not rebuilt); the public job events ([`public_events`]);
 //! - operations: [`catalog`] (names, tables, status), [`rebuild`] (shadow rebuild, swap,
 //!   verify), [`audit`] (replay, invariants and hash chain, from events alone).
 
@@ -11,11 +13,16 @@ pub mod audit;
 pub mod balances;
 pub mod catalog;
 pub mod credit_fold;
+pub mod dispatch;
 pub mod history;
 pub mod images;
 pub mod jobs;
+pub mod operators;
+pub mod price_book;
 pub mod projector;
+pub mod public_events;
 pub mod rebuild;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -25,12 +32,13 @@ use infrastructure::event_store::{InlineProjection, ProjectionError};
 
 /// The projections every append runs in its transaction.
 pub fn inline_projections() -> Vec<Arc<dyn InlineProjection>> {
-    vec![Arc::new(balances::TeamBalances), Arc::new(api_keys::ApiKeys), Arc::new(jobs::Jobs)]
+    vec![Arc::new(balances::TeamBalances), Arc::new(api_keys::ApiKeys), Arc::new(operators::Operators), Arc::new(dispatch::DispatchControl), Arc::new(price_book::PriceVersions), Arc::new(jobs::Jobs), Arc::new(webhooks::WebhookEndpoints)]
 }
 
-/// The projections the projector runs behind the log.
+/// The projections the projector runs behind the log, in this order (the webhook
+/// deliveries read the credit history's balances).
 pub fn async_projections() -> Vec<Arc<dyn InlineProjection>> {
-    vec![Arc::new(history::CreditHistory)]
+    vec![Arc::new(history::CreditHistory), Arc::new(webhooks::WebhookDeliveriesProjection)]
 }
 
 fn decode<A: cqrs_es::Aggregate>(stored: &StoredEvent) -> Result<A::Event, ProjectionError> {

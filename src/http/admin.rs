@@ -2,14 +2,14 @@
 //! plans, API keys, grants and adjustments. Also `/api/keys` for a team's admin keys.
 
 use application::api_keys;
-use axum::extract::{Path, State};
+use application::operator_actions::{Grant, ReasonRule};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use domain::keys::Role;
 use domain::{AdjustmentId, ApiKeyId, Credits, GrantId, GrantSource, Plan, SignedCredits, TeamCreditsCommand, TeamId};
-use infrastructure::db_fetch_all;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -31,7 +31,7 @@ fn derived_id(scope: &str, key: &domain::IdempotencyKey) -> Uuid {
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/admin/teams", post(create_team))
+        .route("/api/admin/teams", post(create_team).get(super::admin_reads::list_teams))
         .route("/api/admin/teams/{team_id}", get(get_team))
         .route("/api/admin/teams/{team_id}/plan", put(change_plan))
         .route("/api/admin/teams/{team_id}/api-keys", post(issue_key).get(list_keys))
@@ -86,14 +86,14 @@ fn role_schema() -> utoipa::openapi::schema::Object {
     security(("operator_key" = [])))]
 async fn create_team(
     State(state): State<AppState>,
-    _: Operator,
+    operator: Operator,
     key: IdempotencyKey,
     ApiJson(body): ApiJson<CreateTeam>,
 ) -> Result<(StatusCode, Json<BalanceView>), Problem> {
     let plan = parse_plan(body.plan.as_deref().unwrap_or("free"))?;
     let team_id = TeamId::new(key.0.as_ref().map(|k| derived_id("team", k)).unwrap_or_else(Uuid::now_v7));
     let command = TeamCreditsCommand::OpenTeam { team_id, name: body.name, plan, now: state.credits.now() };
-    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    state.credits.execute(team_id, command, &operator.metadata()).await?;
     Ok((StatusCode::CREATED, Json(team_view(&state, team_id).await?)))
 }
 
@@ -108,6 +108,9 @@ async fn get_team(State(state): State<AppState>, _: Operator, Path(team): Path<S
 pub struct ChangePlan {
     #[schema(schema_with = plan_schema)]
     pub plan: String,
+    /// Why (recorded with the operator on the team's ledger).
+    #[schema(min_length = 1, max_length = 1000)]
+    pub reason: Option<String>,
 }
 
 /// Changes a team's plan, effective now.
@@ -117,20 +120,18 @@ pub struct ChangePlan {
     responses((status = 200, body = BalanceView)), security(("operator_key" = [])))]
 async fn change_plan(
     State(state): State<AppState>,
-    _: Operator,
+    operator: Operator,
     Path(team): Path<String>,
     key: IdempotencyKey,
     ApiJson(body): ApiJson<ChangePlan>,
 ) -> Result<Json<BalanceView>, Problem> {
     let team_id = parse_team(&team)?;
     let to = parse_plan(&body.plan)?;
-    let now = state.credits.now();
     let key = match key.0 {
         Some(key) => key,
         None => domain::IdempotencyKey::parse(format!("plan:{}", Uuid::now_v7())).map_err(|e| Problem::internal(&e))?,
     };
-    let command = TeamCreditsCommand::ChangePlan { to, effective_at: now, key, now };
-    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    state.operator_actions.change_plan(&operator.0, team_id, to, key, body.reason.as_deref(), ReasonRule::Optional).await?;
     Ok(Json(team_view(&state, team_id).await?))
 }
 
@@ -154,21 +155,14 @@ pub struct IssuedKeyView {
     pub api_key: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct KeyView {
-    pub key_id: String,
-    pub role: String,
-    pub name: String,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
+pub use crate::queries::keys::KeyView;
 
-async fn issue_for(state: &AppState, team_id: TeamId, body: IssueKey, actor: &str) -> Result<IssuedKeyView, Problem> {
+async fn issue_for(state: &AppState, team_id: TeamId, body: IssueKey, metadata: &serde_json::Value) -> Result<IssuedKeyView, Problem> {
     let role = Role::parse(&body.role).ok_or_else(|| Problem::invalid("role must be member, auditor or admin"))?;
     if !state.credits.state(team_id).await?.is_open() {
         return Err(Problem::not_found().detail("no such team"));
     }
-    let issued = api_keys::issue(&state.aggregates, state.credits.clock().as_ref(), team_id, role, body.name, &actor_metadata(actor)).await?;
+    let issued = api_keys::issue(&state.aggregates, state.credits.clock().as_ref(), team_id, role, body.name, metadata).await?;
     Ok(IssuedKeyView {
         key_id: issued.key_id.to_string(),
         team_id: issued.team_id.to_string(),
@@ -178,18 +172,12 @@ async fn issue_for(state: &AppState, team_id: TeamId, body: IssueKey, actor: &st
 }
 
 async fn keys_of(state: &AppState, team_id: TeamId) -> Result<Vec<KeyView>, Problem> {
-    db_fetch_all!(
-        &state.db,
-        KeyView,
-        "SELECT key_id, role, name, created_at, revoked_at FROM api_keys WHERE team_id = $1 ORDER BY created_at, key_id",
-        team_id.to_string()
-    )
-    .map_err(|e| Problem::internal(&e))
+    crate::queries::keys::of_team(&state.db, team_id).await.map_err(|e| Problem::internal(&e))
 }
 
-async fn revoke_for(state: &AppState, team_id: TeamId, key_id: &str, actor: &str) -> Result<StatusCode, Problem> {
+async fn revoke_for(state: &AppState, team_id: TeamId, key_id: &str, metadata: &serde_json::Value) -> Result<StatusCode, Problem> {
     let key_id: ApiKeyId = key_id.parse().map_err(|_| Problem::not_found().detail("no such API key"))?;
-    api_keys::revoke(&state.aggregates, state.credits.clock().as_ref(), team_id, key_id, &actor_metadata(actor)).await?;
+    api_keys::revoke(&state.aggregates, state.credits.clock().as_ref(), team_id, key_id, metadata).await?;
     state.keys.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -200,11 +188,11 @@ async fn revoke_for(state: &AppState, team_id: TeamId, key_id: &str, actor: &str
     responses((status = 201, body = IssuedKeyView)), security(("operator_key" = [])))]
 async fn issue_key(
     State(state): State<AppState>,
-    _: Operator,
+    operator: Operator,
     Path(team): Path<String>,
     ApiJson(body): ApiJson<IssueKey>,
 ) -> Result<(StatusCode, Json<IssuedKeyView>), Problem> {
-    Ok((StatusCode::CREATED, Json(issue_for(&state, parse_team(&team)?, body, "operator").await?)))
+    Ok((StatusCode::CREATED, Json(issue_for(&state, parse_team(&team)?, body, &operator.metadata()).await?)))
 }
 
 #[utoipa::path(get, path = "/api/admin/teams/{team_id}/api-keys", tag = "admin", operation_id = "listTeamApiKeys", params(("team_id" = uuid::Uuid, Path, description = "The team's id")),
@@ -217,13 +205,26 @@ async fn list_keys(State(state): State<AppState>, _: Operator, Path(team): Path<
 
 /// Revokes a key; it stops working at once.
 #[utoipa::path(delete, path = "/api/admin/teams/{team_id}/api-keys/{key_id}", tag = "admin", operation_id = "revokeTeamApiKey",
-    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("key_id" = uuid::Uuid, Path, description = "The key's id (`key_id`, not the key itself)")), responses((status = 204, description = "Revoked")), security(("operator_key" = [])))]
+    params(("team_id" = uuid::Uuid, Path, description = "The team's id"), ("key_id" = uuid::Uuid, Path, description = "The key's id (`key_id`, not the key itself)"), ReasonQuery), responses((status = 204, description = "Revoked")), security(("operator_key" = [])))]
 async fn revoke_key(
     State(state): State<AppState>,
-    _: Operator,
+    operator: Operator,
     Path((team, key_id)): Path<(String, String)>,
+    Query(query): Query<ReasonQuery>,
 ) -> Result<StatusCode, Problem> {
-    revoke_for(&state, parse_team(&team)?, &key_id, "operator").await
+    let team_id = parse_team(&team)?;
+    let key_id: ApiKeyId = key_id.parse().map_err(|_| Problem::not_found().detail("no such API key"))?;
+    state.operator_actions.revoke_key(&operator.0, team_id, key_id, query.reason.as_deref(), ReasonRule::Optional).await?;
+    state.keys.forget_all();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An optional reason for an operator's action without a body.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReasonQuery {
+    /// Why (recorded with the operator on the team's ledger).
+    pub reason: Option<String>,
 }
 
 /// Issues a key for the caller's own team (admin keys only).
@@ -237,8 +238,7 @@ async fn issue_own_key(
     ApiJson(body): ApiJson<IssueKey>,
 ) -> Result<(StatusCode, Json<IssuedKeyView>), Problem> {
     let key = key.admin()?;
-    let actor = format!("key:{}", key.key_id);
-    Ok((StatusCode::CREATED, Json(issue_for(&state, key.team_id, body, &actor).await?)))
+    Ok((StatusCode::CREATED, Json(issue_for(&state, key.team_id, body, &actor_metadata(&format!("key:{}", key.key_id))).await?)))
 }
 
 #[utoipa::path(get, path = "/api/keys", tag = "keys", operation_id = "listApiKeys",
@@ -253,7 +253,7 @@ async fn list_own_keys(State(state): State<AppState>, key: TeamKey) -> Result<Js
     security(("api_key" = [])))]
 async fn revoke_own_key(State(state): State<AppState>, key: TeamKey, Path(key_id): Path<String>) -> Result<StatusCode, Problem> {
     let key = key.admin()?;
-    revoke_for(&state, key.team_id, &key_id, &format!("key:{}", key.key_id)).await
+    revoke_for(&state, key.team_id, &key_id, &actor_metadata(&format!("key:{}", key.key_id))).await
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -267,6 +267,9 @@ pub struct GrantRequest {
     /// Where the credits come from (default admin; Stripe grants come from Stripe).
     #[schema(schema_with = source_schema)]
     pub source: Option<String>,
+    /// Why (optional; recorded with the operator on the team's ledger).
+    #[schema(min_length = 1, max_length = 1000)]
+    pub reason: Option<String>,
 }
 
 fn source_schema() -> utoipa::openapi::schema::Object {
@@ -284,7 +287,7 @@ fn source_schema() -> utoipa::openapi::schema::Object {
     security(("operator_key" = [])))]
 async fn grant(
     State(state): State<AppState>,
-    _: Operator,
+    operator: Operator,
     Path(team): Path<String>,
     key: IdempotencyKey,
     ApiJson(body): ApiJson<GrantRequest>,
@@ -298,15 +301,8 @@ async fn grant(
         _ => return Err(Problem::invalid("source must be admin or plan (Stripe grants come from Stripe)")),
     };
     let grant_id = GrantId::new(derived_id(&format!("grant:{team_id}"), &key));
-    let command = TeamCreditsCommand::GrantCredits {
-        grant_id,
-        amount,
-        source,
-        expires_at: body.expires_at,
-        key,
-        now: state.credits.now(),
-    };
-    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    let grant = Grant { grant_id, amount, source, expires_at: body.expires_at, key };
+    state.operator_actions.grant(&operator.0, team_id, grant, body.reason.as_deref(), ReasonRule::Optional).await?;
     Ok(Json(team_view(&state, team_id).await?))
 }
 
@@ -331,7 +327,7 @@ pub struct AdjustRequest {
     security(("operator_key" = [])))]
 async fn adjust(
     State(state): State<AppState>,
-    _: Operator,
+    operator: Operator,
     Path(team): Path<String>,
     key: IdempotencyKey,
     ApiJson(body): ApiJson<AdjustRequest>,
@@ -340,14 +336,7 @@ async fn adjust(
     let key = key.required()?;
     let amount = SignedCredits::parse(body.amount).map_err(|e| Problem::from(domain::TeamCreditsError::Amount(e)))?;
     let adjustment_id = AdjustmentId::new(derived_id(&format!("adjustment:{team_id}"), &key));
-    let command = TeamCreditsCommand::AdjustCredits {
-        adjustment_id,
-        amount,
-        reason: body.reason,
-        actor: "operator".into(),
-        now: state.credits.now(),
-    };
-    state.credits.execute(team_id, command, &actor_metadata("operator")).await?;
+    state.operator_actions.adjust(&operator.0, team_id, adjustment_id, amount, &body.reason).await?;
     Ok(Json(team_view(&state, team_id).await?))
 }
 
@@ -366,7 +355,7 @@ pub struct SubscriptionExpired {
     responses((status = 200, body = SubscriptionExpired)), security(("operator_key" = [])))]
 async fn expire_subscription(
     State(state): State<AppState>,
-    _: Operator,
+    operator: Operator,
     Path(team): Path<String>,
     key: IdempotencyKey,
 ) -> Result<Json<SubscriptionExpired>, Problem> {
@@ -377,6 +366,6 @@ async fn expire_subscription(
         None => domain::IdempotencyKey::parse(format!("expiry:{}", Uuid::now_v7())).map_err(|e| Problem::internal(&e))?,
     };
     let now = state.jobs.now();
-    let cancelled_jobs = state.jobs.expire_subscription(team_id, now, key, state.job_index.as_ref(), &serde_json::json!({ "actor": "operator" })).await?;
+    let cancelled_jobs = state.jobs.expire_subscription(team_id, now, key, state.job_index.as_ref(), &operator.metadata()).await?;
     Ok(Json(SubscriptionExpired { team: team_view(&state, team_id).await?, cancelled_jobs }))
 }

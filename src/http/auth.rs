@@ -3,17 +3,18 @@
 //! - [`TeamKey`]: `Authorization: Bearer kiln_…`, a team's API key, looked up by its
 //!   SHA-256 among unrevoked keys. Everything a handler does with it is scoped to
 //!   `team_id`.
-//! - [`Operator`]: the operator key from configuration, for `/api/admin/*`.
+//! - [`Operator`]: an operator's key (or the configured bootstrap key), for
+//!   `/api/admin/*`; viewers only read.
 
 use application::api_keys::hash_key;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
+use application::operators::OperatorIdentity;
 use axum_extra::headers::authorization::{Authorization, Bearer};
 use axum_extra::headers::HeaderMapExt;
 use domain::keys::Role;
 use domain::{ApiKeyId, TeamId};
-use sha2::{Digest, Sha256};
 
 use super::problem::Problem;
 use crate::state::AppState;
@@ -74,24 +75,36 @@ impl FromRequestParts<AppState> for TeamKey {
     }
 }
 
-/// The operator, authenticated by the configured operator key.
-#[derive(Debug, Clone, Copy)]
-pub struct Operator;
+/// An operator, authenticated by an operator key (`kiln operator create`) or the
+/// configured bootstrap key. Requests that change something (any method but GET and
+/// HEAD) are refused to viewers here, so no admin handler can forget it.
+#[derive(Debug, Clone)]
+pub struct Operator(pub OperatorIdentity);
+
+impl Operator {
+    /// The event metadata of this operator's actions.
+    pub fn metadata(&self) -> serde_json::Value {
+        self.0.metadata()
+    }
+}
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let Some(expected) = &state.operator_key_sha256 else {
-            return Err(Problem::new(StatusCode::FORBIDDEN, "admin-disabled", "Admin API disabled")
-                .detail("no operator key is configured (auth.operator_key)"));
+        let token = bearer(parts)?;
+        let found = queries::operators::authenticate(&state.db, state.operator_key_sha256.as_ref(), &token).await.map_err(|e| Problem::internal(&e))?;
+        let Some(operator) = found else {
+            if state.operator_key_sha256.is_none() && !token.starts_with(application::operators::OPERATOR_KEY_PREFIX) {
+                return Err(Problem::new(StatusCode::FORBIDDEN, "admin-disabled", "Admin API disabled")
+                    .detail("no operator key is configured (auth.operator_key) and this is no operator's key"));
+            }
+            return Err(Problem::unauthorized("not an operator key"));
         };
-        // Comparing digests, not keys: the comparison's timing says nothing about the key.
-        let presented: [u8; 32] = Sha256::digest(bearer(parts)?.as_bytes()).into();
-        if &presented == expected {
-            Ok(Operator)
-        } else {
-            Err(Problem::unauthorized("not the operator key"))
+        if !matches!(parts.method, Method::GET | Method::HEAD) {
+            operator.writer().map_err(|e| Problem::forbidden(&e.to_string()))?;
         }
+        tracing::Span::current().record("operator", tracing::field::display(&operator.name));
+        Ok(Operator(operator))
     }
 }

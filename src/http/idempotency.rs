@@ -125,11 +125,13 @@ async fn scope_of(state: &AppState, headers: &axum::http::HeaderMap, path: &str)
     else {
         return Ok(None);
     };
-    if let Some(operator) = &state.operator_key_sha256 {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if &presented == operator {
-            // The operator acts for many teams: its keys are per team it acts on, as the
-            // ids it derives from them are (`grant:{team}:{key}`).
+    // Operators act for many teams: their keys are per team acted on, as the ids they
+    // derive from them are (`grant:{team}:{key}`), shared by all operators.
+    if path.starts_with("/api/admin/") {
+        let operator = crate::queries::operators::authenticate(&state.db, state.operator_key_sha256.as_ref(), token)
+            .await
+            .map_err(|e| Problem::internal(&e))?;
+        if operator.is_some() {
             let team = path.strip_prefix("/api/admin/teams/").and_then(|rest| rest.split('/').next()).filter(|t| !t.is_empty());
             return Ok(Some(match team {
                 Some(team) => format!("operator:{team}"),

@@ -277,6 +277,9 @@ pub struct Concurrency {
     pub queued: i64,
     /// Queued jobs allowed to wait; beyond it submissions get 429.
     pub queue_depth_max: i64,
+    /// An operator paused the team's dispatch: jobs are accepted and reserved but none
+    /// starts until it resumes.
+    pub dispatch_paused: bool,
 }
 
 /// Running, queued and the plan's limit for the caller's team.
@@ -284,8 +287,8 @@ pub struct Concurrency {
     responses((status = 200, body = Concurrency)), security(("api_key" = [])))]
 async fn concurrency(State(state): State<AppState>, key: TeamKey) -> Result<Json<Concurrency>, Problem> {
     let usage = queries::jobs::plan_usage(&state.db, key.team_id).await.map_err(|e| Problem::internal(&e))?;
-    let queries::jobs::PlanUsage { plan, limit, running, queued } = usage.ok_or_else(|| Problem::not_found().detail("no such team"))?;
-    Ok(Json(Concurrency { plan, limit, running, queued, queue_depth_max: state.submit.queue_depth_max() }))
+    let queries::jobs::PlanUsage { plan, limit, running, queued, paused } = usage.ok_or_else(|| Problem::not_found().detail("no such team"))?;
+    Ok(Json(Concurrency { plan, limit, running, queued, queue_depth_max: state.submit.queue_depth_max(), dispatch_paused: paused }))
 }
 
 

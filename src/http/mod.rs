@@ -1,6 +1,8 @@
 //! HTTP wiring: the router, its middleware, and the endpoint modules.
 
 pub mod admin;
+pub mod admin_dispatch;
+pub mod admin_reads;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
@@ -22,6 +24,7 @@ pub mod problem;
 pub mod stripe;
 pub mod text;
 pub mod uploads;
+pub mod webhooks;
 
 use axum::http::{HeaderName, Request};
 use axum::Router;
@@ -42,6 +45,8 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(health::routes())
         .merge(credits::routes())
         .merge(admin::routes())
+        .merge(admin_reads::routes())
+        .merge(admin_dispatch::routes())
         .merge(models::routes())
         .merge(generate::routes())
         .merge(jobs::routes())
@@ -51,6 +56,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(fal::routes())
         .merge(audit::routes())
         .merge(metrics::routes())
+        .merge(webhooks::routes())
         .merge(openapi::routes())
         .route("/api", axum::routing::any(problem::not_found))
         .route("/api/{*rest}", axum::routing::any(problem::not_found))
@@ -82,7 +88,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
                         .and_then(|id| id.header_value().to_str().ok())
                         .unwrap_or("-");
                     tracing::info_span!("request", method = %request.method(), path = %request.uri().path(),
-                        request_id, team_id = tracing::field::Empty)
+                        request_id, team_id = tracing::field::Empty, operator = tracing::field::Empty)
                 })
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )

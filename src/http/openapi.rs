@@ -18,7 +18,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe};
+use super::{admin, admin_dispatch, admin_reads, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe, webhooks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -32,15 +32,19 @@ use crate::state::AppState;
         stripe::checkout, stripe::webhook, fal::webhook,
         admin::create_team, admin::get_team, admin::change_plan, admin::issue_key, admin::list_keys,
         admin::revoke_key, admin::grant, admin::adjust, admin::issue_own_key, admin::list_own_keys,
-        admin::revoke_own_key, admin::expire_subscription,
+        admin::revoke_own_key, admin::expire_subscription, admin_reads::list_teams, admin_reads::list_operators,
+        admin_dispatch::dispatch_state, admin_dispatch::pause_all, admin_dispatch::resume_all, admin_dispatch::pause_team,
+        admin_dispatch::resume_team, admin_dispatch::cancel_job,
         models::list, models::create, models::get_one, models::update, models::archive, models::refine,
         models::versions, models::images,
         generate::submit, generate::estimate, generate::status, generate::images,
         jobs::list, jobs::get_one, jobs::cancel, jobs::events, jobs::concurrency,
         catalog::list, catalog::get_one,
         health::healthz, health::readyz, metrics::metrics,
+        webhooks::create, webhooks::list, webhooks::get_one, webhooks::update, webhooks::remove, webhooks::rotate,
+        webhooks::send_test, webhooks::deliveries, webhooks::delivery, webhooks::redeliver,
     ),
-    components(schemas(job_events::PublicJobEvent)),
+    components(schemas(job_events::PublicJobEvent, projections::webhooks::WebhookMessage)),
     modifiers(&Contract),
     tags(
         (name = "billing", description = "Credits of the caller's team: balance, history, prices, and buying more"),
@@ -53,6 +57,7 @@ use crate::state::AppState;
         (name = "jobs", description = "All jobs of the team: list, inspect, cancel, follow"),
         (name = "catalog", description = "Reference models a custom model is created from"),
         (name = "operations", description = "Liveness, readiness and metrics (no key)"),
+        (name = "webhook-endpoints", description = "Where Kiln sends the team's notifications (Standard Webhooks): endpoints, secrets, delivery log. The notifications themselves are in `webhooks`"),
     )
 )]
 pub struct ApiDoc;
@@ -74,7 +79,10 @@ impl Modify for Contract {
             "api_key",
             bearer("A team's API key (`kiln_…`), issued by the operator or by an admin key of the team."),
         );
-        components.add_security_scheme("operator_key", bearer("The operator key of the server's configuration (`auth.operator_key`)."));
+        components.add_security_scheme(
+            "operator_key",
+            bearer("An operator's key (`kiln_op_…`, from `kiln operator create`; viewers only read) or the operator key of the server's configuration (`auth.operator_key`, the bootstrap admin)."),
+        );
         components.schemas.insert("Problem".into(), RefOr::T(problem_schema()));
         components.schemas.insert("JobStreamEvent".into(), RefOr::T(job_stream_event_schema()));
         for item in openapi.paths.paths.values_mut() {
@@ -262,6 +270,37 @@ pub fn one_of<'a>(values: impl IntoIterator<Item = &'a str>) -> utoipa::openapi:
     ObjectBuilder::new().schema_type(Type::String).enum_values(Some(values)).build()
 }
 
+/// The document served: utoipa's, plus the OpenAPI 3.1 `webhooks` section (which
+/// utoipa 5 does not model): one entry per notification type Kiln sends.
+pub fn document() -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let mut webhooks = serde_json::Map::new();
+    let types = domain::webhooks::EventType::ALL.map(|t| t.as_str()).into_iter().chain([application::webhooks::TEST_EVENT_TYPE]);
+    for event_type in types {
+        webhooks.insert(event_type.to_string(), webhook_item(event_type));
+    }
+    if let Some(object) = document.as_object_mut() {
+        object.insert("webhooks".into(), serde_json::Value::Object(webhooks));
+    }
+    document
+}
+
+fn webhook_item(event_type: &str) -> serde_json::Value {
+    serde_json::json!({ "post": {
+        "operationId": format!("webhook_{}", event_type.replace('.', "_")),
+        "summary": format!("`{event_type}`, sent to each enabled endpoint subscribed to it"),
+        "description": "Signed per Standard Webhooks: verify `webhook-signature` (`v1,<base64 HMAC-SHA256>` of             `{webhook-id}.{webhook-timestamp}.{body}` with the endpoint's `whsec_` secret; during a rotation's overlap two             signatures, space-separated) with any Standard Webhooks library. Retries carry the same `webhook-id`: use it to             drop repeats. Answer 2xx within the request time; anything else is retried with backoff for about three days.",
+        "tags": ["webhook-endpoints"],
+        "parameters": [
+            { "name": "webhook-id", "in": "header", "required": true, "description": "The delivery's id, the same on every retry", "schema": { "type": "string" } },
+            { "name": "webhook-timestamp", "in": "header", "required": true, "description": "Unix seconds of the attempt", "schema": { "type": "string" } },
+            { "name": "webhook-signature", "in": "header", "required": true, "description": "`v1,<base64>` signature(s), space-separated", "schema": { "type": "string" } },
+        ],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/WebhookMessage" } } } },
+        "responses": { "2XX": { "description": "Received; nothing is sent again" }, "default": { "description": "Not received: retried later" } },
+    }})
+}
+
 pub fn routes() -> Router<AppState> {
-    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+    Router::new().merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document()))
 }

@@ -211,6 +211,38 @@ impl From<ApiKeyError> for Problem {
     }
 }
 
+impl From<application::operator_actions::ActionError> for Problem {
+    fn from(error: application::operator_actions::ActionError) -> Self {
+        use application::operator_actions::ActionError as E;
+        use application::operators::ActError;
+        match error {
+            E::Act(ActError::ReadOnly(read_only)) => Problem::forbidden(&read_only.to_string()),
+            E::Act(ActError::Reason(_)) => Problem::invalid_field("reason", error.to_string()),
+            E::Credits(error) => error.into(),
+            E::Key(error) => error.into(),
+            E::Jobs(error) => error.into(),
+            E::Dispatch(error) => error.into(),
+            E::Prices(error) => error.into(),
+        }
+    }
+}
+
+impl From<domain::price_book::PriceBookError> for Problem {
+    fn from(error: domain::price_book::PriceBookError) -> Self {
+        use domain::price_book::PriceBookError as E;
+        match error {
+            E::VersionOutOfOrder { .. } => Problem::new(StatusCode::CONFLICT, "price-version-conflict", "Price version conflict").detail(error.to_string()),
+            E::Invalid(_) | E::EffectiveInPast => Problem::invalid(error.to_string()),
+        }
+    }
+}
+
+impl From<domain::dispatch::DispatchError> for Problem {
+    fn from(never: domain::dispatch::DispatchError) -> Self {
+        match never {}
+    }
+}
+
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 impl IntoResponse for Problem {

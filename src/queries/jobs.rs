@@ -76,18 +76,27 @@ pub struct PlanUsage {
     pub limit: i64,
     pub running: i64,
     pub queued: i64,
+    /// An operator paused the team's dispatch: jobs wait in the queue until resumed.
+    pub paused: bool,
 }
 
 pub async fn plan_usage(db: &Database, team: TeamId) -> Result<Option<PlanUsage>, QueryError> {
     let row = db_fetch_optional!(
         db,
-        (String, i64, i64, i64),
+        (String, i64, i64, i64, bool),
         "SELECT b.plan, CAST(COALESCE(d.running_limit, 0) AS BIGINT), CAST(COALESCE(d.running, 0) AS BIGINT), \
-                CAST(COALESCE(d.queued, 0) AS BIGINT) \
+                CAST(COALESCE(d.queued, 0) AS BIGINT), COALESCE(d.paused, false) \
          FROM team_balances b LEFT JOIN team_dispatch d ON d.team_id = b.team_id WHERE b.team_id = $1",
         team.to_string()
     )?;
-    Ok(row.map(|(plan, limit, running, queued)| PlanUsage { plan, limit, running, queued }))
+    Ok(row.map(|(plan, limit, running, queued, paused)| {
+        // While paused the slots read 0: the plan's own limit is what the team has.
+        let limit = match plan.parse::<domain::Plan>() {
+            Ok(p) if paused => i64::from(p.concurrency_limit()),
+            _ => limit,
+        };
+        PlanUsage { plan, limit, running, queued, paused }
+    }))
 }
 
 /// Event types after which a job records nothing more.

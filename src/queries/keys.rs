@@ -88,3 +88,23 @@ pub async fn active(db: &Database, team: TeamId, key_id: ApiKeyId) -> Result<Opt
     )?;
     parse(row)
 }
+
+/// One of a team's API keys as listed (never the key itself).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct KeyView {
+    pub key_id: String,
+    pub role: String,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Every key of `team`, revoked ones too, oldest first.
+pub async fn of_team(db: &Database, team: TeamId) -> Result<Vec<KeyView>, QueryError> {
+    Ok(infrastructure::db_fetch_all!(
+        db,
+        KeyView,
+        "SELECT key_id, role, name, created_at, revoked_at FROM api_keys WHERE team_id = $1 ORDER BY created_at, key_id",
+        team.to_string()
+    )?)
+}

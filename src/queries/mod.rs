@@ -10,6 +10,7 @@ pub mod credits;
 pub mod jobs;
 pub mod keys;
 pub mod models;
+pub mod webhooks;
 
 /// The database a read that allows a replica goes to (`database.read_url`): the
 /// replica, or — for a read presenting a write's consistency token that the replica has
@@ -24,6 +25,8 @@ pub async fn read_db(
     metrics::counter!("kiln_reads_total", "from" => from.as_str()).increment(1);
     db
 }
+pub mod operators;
+pub mod ops;
 
 /// A read-model query failed (the database, not the caller, is at fault).
 #[derive(Debug, thiserror::Error)]

@@ -13,11 +13,13 @@ use axum_extra::extract::cookie::SignedCookieJar;
 use rand::RngCore;
 
 use super::errors::WebError;
-use super::session::{cookie, is_https};
+use super::session::{cookie_at, is_https};
 use crate::state::AppState;
 use crate::multipart;
 
 pub const CSRF_COOKIE: &str = "kiln_csrf";
+/// The operator console's own token cookie (path `/ops`), apart from the team pages'.
+pub const OPS_CSRF_COOKIE: &str = "kiln_ops_csrf";
 /// The form field carrying the token.
 pub const CSRF_FIELD: &str = "csrf";
 /// Largest form body read (forms carry a prompt or a description; those with training
@@ -34,15 +36,36 @@ fn new_token() -> String {
     hex::encode(bytes)
 }
 
-/// The layer: checks POSTs, hands the token to the handlers, and sets the cookie the
-/// first time a browser comes.
+/// Where a set of pages keeps its token: the cookie's name and path.
+#[derive(Debug, Clone, Copy)]
+pub struct CsrfCookie {
+    pub name: &'static str,
+    pub path: &'static str,
+}
+
+/// The team pages' token.
+pub const TEAM_PAGES: CsrfCookie = CsrfCookie { name: CSRF_COOKIE, path: "/" };
+/// The operator console's token.
+pub const OPS_PAGES: CsrfCookie = CsrfCookie { name: OPS_CSRF_COOKIE, path: "/ops" };
+
+/// The layer of the team pages: checks POSTs, hands the token to the handlers, and sets
+/// the cookie the first time a browser comes.
 pub async fn protect(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    guard(&state, TEAM_PAGES, request, next).await
+}
+
+/// The same layer for the operator console, with its own cookie.
+pub async fn protect_ops(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    guard(&state, OPS_PAGES, request, next).await
+}
+
+async fn guard(state: &AppState, pages: CsrfCookie, request: Request, next: Next) -> Response {
     let jar = SignedCookieJar::from_headers(request.headers(), state.web.cookie_key.clone());
-    let (token, fresh) = match jar.get(CSRF_COOKIE) {
+    let (token, fresh) = match jar.get(pages.name) {
         Some(existing) if !existing.value().is_empty() => (existing.value().to_string(), false),
         _ => (new_token(), true),
     };
-    let https = is_https(&state, request.headers());
+    let https = is_https(state, request.headers());
     let mut request = if request.method() == Method::POST {
         match checked(request, &token).await {
             Ok(request) => request,
@@ -54,7 +77,7 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
     request.extensions_mut().insert(CsrfToken(token.clone()));
     let response = next.run(request).await;
     if fresh {
-        (jar.add(cookie(CSRF_COOKIE, token, https)), response).into_response()
+        (jar.add(cookie_at(pages.name, token, https, pages.path)), response).into_response()
     } else {
         response
     }

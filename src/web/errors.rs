@@ -41,6 +41,8 @@ impl Notice {
 pub enum WebError {
     /// No valid session: go and sign in.
     SignedOut,
+    /// No valid operator session: go to the console's sign-in.
+    OpsSignedOut,
     NotFound,
     Forbidden(String),
     /// A POST without this site's Origin or CSRF token.
@@ -197,6 +199,43 @@ impl From<application::payments::CheckoutError> for WebError {
     }
 }
 
+impl From<domain::keys::ApiKeyError> for WebError {
+    fn from(error: domain::keys::ApiKeyError) -> Self {
+        match error {
+            domain::keys::ApiKeyError::NotFound => WebError::NotFound,
+            other => WebError::BadForm(other.to_string()),
+        }
+    }
+}
+
+impl From<application::operator_actions::ActionError> for WebError {
+    fn from(error: application::operator_actions::ActionError) -> Self {
+        use application::operator_actions::ActionError as E;
+        use application::operators::ActError;
+        match error {
+            E::Act(ActError::ReadOnly(_)) => WebError::Forbidden("Viewers see everything and change nothing. Ask an admin operator.".into()),
+            E::Act(ActError::Reason(reason)) => WebError::Refused(Notice::new("Say why", format!("The reason {reason}: every operator action records one."))),
+            E::Credits(error) => error.into(),
+            E::Key(error) => error.into(),
+            E::Jobs(error) => error.into(),
+            E::Dispatch(error) => error.into(),
+            E::Prices(error) => error.into(),
+        }
+    }
+}
+
+impl From<domain::price_book::PriceBookError> for WebError {
+    fn from(error: domain::price_book::PriceBookError) -> Self {
+        WebError::Refused(Notice::new("Check the new prices", format!("{error}.")).next("/ops/pricing", "Pricing"))
+    }
+}
+
+impl From<domain::dispatch::DispatchError> for WebError {
+    fn from(never: domain::dispatch::DispatchError) -> Self {
+        match never {}
+    }
+}
+
 impl From<SubmitError> for WebError {
     fn from(error: SubmitError) -> Self {
         match error {
@@ -248,6 +287,7 @@ impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         match self {
             WebError::SignedOut => Redirect::to("/sign-in").into_response(),
+            WebError::OpsSignedOut => Redirect::to("/ops/sign-in").into_response(),
             WebError::NotFound => error_page(
                 StatusCode::NOT_FOUND,
                 Notice::new("Not found", "There is no such page, or it belongs to another team.").next("/", "Overview"),

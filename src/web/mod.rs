@@ -10,7 +10,7 @@
 //! (the frame every page is drawn in), `assets` (stylesheet and script, compiled in),
 //! `form` (forms and URLs read as pages: the text rule on path and query, form bodies
 //! whose rejections are pages, the HTML 404 for an unknown URL). One file per page or
-//! area for the rest.
+//! area for the rest. The operator console (`ops`) is its own tree under `/ops`.
 
 pub mod assets;
 pub mod catalog;
@@ -25,6 +25,7 @@ pub mod history;
 pub mod jobs;
 pub mod layout;
 pub mod models;
+pub mod ops;
 pub mod overview;
 pub mod paging;
 pub mod session;
@@ -40,6 +41,7 @@ pub use session::WebKeys;
 /// page's path and query the text rule. A URL nothing answers (outside `/api`, which
 /// the API answers) gets the dashboard's 404 page.
 pub fn routes(state: AppState) -> Router<AppState> {
+    let state_for_ops = state.clone();
     Router::new()
         .merge(sign_in::routes())
         .merge(overview::routes())
@@ -52,6 +54,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .layer(axum::middleware::from_fn_with_state(state.clone(), consistency::remember_writes))
         .layer(axum::middleware::from_fn_with_state(state, csrf::protect))
         .route_layer(axum::middleware::from_fn(form::check_path_and_query))
+        .merge(ops::routes(state_for_ops))
         .merge(assets::routes())
         .fallback(form::not_found)
 }

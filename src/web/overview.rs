@@ -31,6 +31,8 @@ struct OverviewPage {
     running: i64,
     limit: i64,
     queued: i64,
+    /// An operator paused the team's dispatch.
+    paused: bool,
     jobs: Vec<JobRow>,
 }
 
@@ -49,6 +51,7 @@ async fn page(State(state): State<AppState>, session: Session, PageReadToken(tok
         running: usage.running,
         limit: usage.limit,
         queued: usage.queued,
+        paused: usage.paused,
         jobs: jobs.iter().map(JobRow::from).collect(),
     };
     Ok(Html(page.render()?))

@@ -30,7 +30,12 @@ pub fn is_https(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
 
 /// A cookie with the dashboard's attributes.
 pub fn cookie(name: &'static str, value: String, https: bool) -> Cookie<'static> {
-    Cookie::build((name, value)).path("/").http_only(true).same_site(SameSite::Lax).secure(https).build()
+    cookie_at(name, value, https, "/")
+}
+
+/// [`cookie`] sent only under `path` (the operator console's cookies: `/ops`).
+pub fn cookie_at(name: &'static str, value: String, https: bool, path: &'static str) -> Cookie<'static> {
+    Cookie::build((name, value)).path(path).http_only(true).same_site(SameSite::Lax).secure(https).build()
 }
 
 /// The signed-in team, its key re-checked against revocation.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::jobs::{GenerationJob, JobCommand, JobError, JobInput, JobOutput, JobStatus};
 use domain::models::{CustomModel, ModelCommand, ModelError};
+use domain::operators::OperatorAct;
 use domain::{Credits, JobId, ReservationState, TeamCredits, TeamCreditsCommand, TeamCreditsError, TeamId};
 use serde_json::{json, Value};
 
@@ -380,11 +381,17 @@ impl JobsService {
     /// Cancels a job of `team` in any non-final state and refunds it, atomically.
     /// Returns the job as it was before (its provider request may need cancelling).
     pub async fn cancel(&self, team: TeamId, job_id: JobId, reason: &str, actor: &str) -> Result<(GenerationJob, Ending), JobsError> {
+        self.cancel_as(team, job_id, reason, actor, None).await
+    }
+
+    /// [`cancel`](Self::cancel) by an operator: `by` (who, why) is recorded on the team's
+    /// ledger in the same append as the refund.
+    pub async fn cancel_as(&self, team: TeamId, job_id: JobId, reason: &str, actor: &str, by: Option<OperatorAct>) -> Result<(GenerationJob, Ending), JobsError> {
         let before = self.job(job_id).await?;
         if before.team_id != Some(team) {
             return Err(JobsError::NotFound);
         }
-        let ending = self.end(job_id, EndKind::Cancel(reason.to_string()), actor).await?;
+        let ending = self.end(job_id, EndKind::Cancel { reason: reason.to_string(), by }, actor).await?;
         Ok((before, ending))
     }
 
@@ -511,7 +518,8 @@ enum EndKind {
     /// `attempt`: the attempt that made the outputs (see `JobCommand::Complete`).
     Complete { outputs: Vec<JobOutput>, attempt: Option<u32> },
     Fail { reason: String, attempt: Option<u32> },
-    Cancel(String),
+    /// `by`: the operator who cancelled it (recorded on the team's ledger with the refund).
+    Cancel { reason: String, by: Option<OperatorAct> },
     /// Cancel only if still queued (subscription expiry never stops a running job).
     CancelQueued(String),
 }
@@ -521,7 +529,7 @@ impl EndKind {
         match self {
             EndKind::Complete { outputs, attempt } => JobCommand::Complete { outputs: outputs.clone(), attempt: *attempt, now },
             EndKind::Fail { reason, attempt } => JobCommand::Fail { reason: reason.clone(), attempt: *attempt, now },
-            EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => JobCommand::Cancel { reason: reason.clone(), now },
+            EndKind::Cancel { reason, .. } | EndKind::CancelQueued(reason) => JobCommand::Cancel { reason: reason.clone(), now },
         }
     }
 
@@ -531,13 +539,18 @@ impl EndKind {
         match self {
             EndKind::Complete { .. } => job_ended(before, JobEnd::Completed, None, actor, now),
             EndKind::Fail { reason, .. } => job_ended(before, JobEnd::Failed, Some(reason), actor, now),
-            EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => job_ended(before, JobEnd::Cancelled, Some(reason), actor, now),
+            EndKind::Cancel { reason, .. } | EndKind::CancelQueued(reason) => job_ended(before, JobEnd::Cancelled, Some(reason), actor, now),
         }
     }
 
     fn credit_command(&self, job_id: JobId, now: DateTime<Utc>) -> TeamCreditsCommand {
         match self {
             EndKind::Complete { .. } => TeamCreditsCommand::DeductCredits { reservation_id: job_id, now },
+            EndKind::Cancel { by: Some(act), .. } => TeamCreditsCommand::ByOperator {
+                act: act.clone(),
+                subject: Some(job_id.to_string()),
+                command: Box::new(TeamCreditsCommand::RefundCredits { reservation_id: job_id, now }),
+            },
             _ => TeamCreditsCommand::RefundCredits { reservation_id: job_id, now },
         }
     }
@@ -559,7 +572,7 @@ impl EndKind {
                 let artifact_key = outputs.iter().find(|o| o.key.ends_with("model.json")).or(outputs.first())?.key.clone();
                 ModelCommand::RecordVersion { job_id, artifact_key, now }
             }
-            EndKind::Fail { reason, .. } | EndKind::Cancel(reason) | EndKind::CancelQueued(reason) => {
+            EndKind::Fail { reason, .. } | EndKind::Cancel { reason, .. } | EndKind::CancelQueued(reason) => {
                 ModelCommand::RecordJobFailure { job_id, reason: reason.clone(), now }
             }
         })

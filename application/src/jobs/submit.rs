@@ -34,7 +34,10 @@ pub const QUALITY_DEFAULT: &str = "standard";
 /// Implemented in `infrastructure::pricing`.
 #[async_trait]
 pub trait PriceList: Send + Sync + 'static {
-    async fn current(&self) -> Result<PricingConfig, EventStoreError>;
+    /// The newest version in effect at `now`.
+    async fn current(&self, now: chrono::DateTime<chrono::Utc>) -> Result<PricingConfig, EventStoreError>;
+    /// The newest version stored, in effect or still ahead (0: none).
+    async fn latest_version(&self) -> Result<i64, EventStoreError>;
 }
 
 /// Why a submission (or its estimate) was refused. Every variant a user can cause is
@@ -181,6 +184,16 @@ pub fn derive_ids(team: TeamId, scope: &str, key: Option<&IdempotencyKey>) -> (J
     }
 }
 
+/// Asks the provider to stop the request a cancelled job (as it was before the cancel)
+/// holds, if any. The refund is recorded: a result that still arrives is discarded.
+pub async fn stop_at_provider(provider: &dyn Provider, before: &GenerationJob, job_id: JobId) {
+    if let Some(request_id) = before.provider_request_id.as_deref() {
+        if let Err(error) = provider.cancel(request_id).await {
+            tracing::warn!(%job_id, %error, "provider cancel failed; the result will be discarded when it arrives");
+        }
+    }
+}
+
 /// The submission use cases over the job engine and its read-side ports.
 #[derive(Clone)]
 pub struct SubmitService {
@@ -229,12 +242,7 @@ impl SubmitService {
             let status = before.status.map(|s| s.as_str()).unwrap_or("cancelled");
             return Err(SubmitError::JobAlreadyEnded(status));
         }
-        if let Some(request_id) = before.provider_request_id.as_deref() {
-            // The refund is recorded: a result that still arrives is discarded.
-            if let Err(error) = self.provider.cancel(request_id).await {
-                tracing::warn!(%job_id, %error, "provider cancel failed; the result will be discarded when it arrives");
-            }
-        }
+        stop_at_provider(self.provider.as_ref(), &before, job_id).await;
         Ok(before)
     }
 
@@ -244,11 +252,11 @@ impl SubmitService {
 
     /// The current price configuration (shown before anything is spent).
     pub async fn prices(&self) -> Result<PricingConfig, SubmitError> {
-        Ok(self.prices.current().await?)
+        Ok(self.prices.current(self.jobs.now()).await?)
     }
 
     async fn quote(&self, request: &PriceRequest) -> Result<Quote, SubmitError> {
-        let config = self.prices.current().await?;
+        let config = self.prices.current(self.jobs.now()).await?;
         config.quote(request).map_err(|e| SubmitError::Invalid { field: price_field(&e), reason: e.to_string() })
     }
 

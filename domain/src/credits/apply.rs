@@ -83,6 +83,10 @@ impl TeamCredits {
             E::CreditsExpired {
                 grant_id, amount, ..
             } => self.expire(grant_id, amount),
+            E::DispatchPaused { .. } => self.dispatch_paused = true,
+            E::DispatchResumed { .. } => self.dispatch_paused = false,
+            // A record of who acted and why: the action's own events changed the state.
+            E::OperatorActed { .. } => {}
         }
         self.debug_assert_ledger();
     }

@@ -14,6 +14,7 @@ use crate::operation::Operation;
 use crate::plan::Plan;
 
 use super::events::GrantSource;
+use crate::operators::OperatorAct;
 
 /// A request to the TeamCredits aggregate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,4 +80,78 @@ pub enum TeamCreditsCommand {
     },
     /// Expire the unspent, unreserved part of every block with `expires_at <= now`.
     ExpireCredits { now: DateTime<Utc> },
+    /// Stop handing the team's jobs to workers (submissions are still accepted and
+    /// reserved). Pausing a paused team records nothing.
+    PauseDispatch { now: DateTime<Utc> },
+    /// Hand the team's jobs to workers again. Resuming a running team records nothing.
+    ResumeDispatch { now: DateTime<Utc> },
+    /// An operator's action on the team's credits or plan: `command` is decided as it
+    /// would be alone, and if it records anything, an `OperatorActed` naming the
+    /// operator, the action and the reason is recorded with it (a repeat records
+    /// neither). `subject` names what was acted on (a grant, an adjustment).
+    ByOperator { act: OperatorAct, subject: Option<String>, command: Box<TeamCreditsCommand> },
+    /// An operator acted on something of the team kept on another stream (a job, an API
+    /// key, dispatch): the act is recorded on the team's ledger, appended atomically
+    /// with that stream's events (`CreditsService::execute_with`).
+    RecordOperatorAct { act: OperatorAct, action: OperatorAction, subject: Option<String>, now: DateTime<Utc> },
+}
+
+impl TeamCreditsCommand {
+    /// The command itself, out of any operator's wrapping (`ByOperator`).
+    pub fn inner(&self) -> &TeamCreditsCommand {
+        match self {
+            TeamCreditsCommand::ByOperator { command, .. } => command.inner(),
+            other => other,
+        }
+    }
+}
+
+/// What an operator did, as the ledger names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAction {
+    Grant,
+    Adjust,
+    ChangePlan,
+    ExpireSubscription,
+    CancelJob,
+    RetryJob,
+    RevokeKey,
+    PauseDispatch,
+    ResumeDispatch,
+    /// Anything else (a command without an operator-facing name).
+    Other,
+}
+
+impl OperatorAction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Grant => "grant",
+            Self::Adjust => "adjust",
+            Self::ChangePlan => "change_plan",
+            Self::ExpireSubscription => "expire_subscription",
+            Self::CancelJob => "cancel_job",
+            Self::RetryJob => "retry_job",
+            Self::RevokeKey => "revoke_key",
+            Self::PauseDispatch => "pause_dispatch",
+            Self::ResumeDispatch => "resume_dispatch",
+            Self::Other => "other",
+        }
+    }
+
+    /// The action a credit command is, when an operator gives it.
+    pub const fn of(command: &TeamCreditsCommand) -> Self {
+        match command {
+            TeamCreditsCommand::GrantCredits { .. } => Self::Grant,
+            TeamCreditsCommand::AdjustCredits { .. } => Self::Adjust,
+            TeamCreditsCommand::ChangePlan { .. } => Self::ChangePlan,
+            TeamCreditsCommand::ExpireSubscription { .. } => Self::ExpireSubscription,
+            TeamCreditsCommand::RefundCredits { .. } => Self::CancelJob,
+            TeamCreditsCommand::ReserveCredits { .. } => Self::RetryJob,
+            TeamCreditsCommand::PauseDispatch { .. } => Self::PauseDispatch,
+            TeamCreditsCommand::ResumeDispatch { .. } => Self::ResumeDispatch,
+            TeamCreditsCommand::RecordOperatorAct { action, .. } => *action,
+            _ => Self::Other,
+        }
+    }
 }

@@ -15,7 +15,7 @@ use crate::plan::Plan;
 use crate::text::{Actor, Reason, TeamName, TextError};
 
 use super::burn_down::allocate;
-use super::commands::TeamCreditsCommand;
+use super::commands::{OperatorAction, TeamCreditsCommand};
 use super::error::TeamCreditsError;
 use super::events::{Allocation, GrantSource, TeamCreditsEvent as E};
 use super::state::{BlockOrigin, Reservation, ReservationState, TeamCredits, TeamProfile};
@@ -81,6 +81,18 @@ impl TeamCredits {
                 now,
             } => self.decide_adjust(adjustment_id, amount, reason, actor, now),
             C::ExpireCredits { now } => Ok(self.decide_expire(now)),
+            C::ByOperator { act, subject, command } => {
+                let action = OperatorAction::of(&command);
+                let mut events = self.decide(*command)?;
+                // A repeat (nothing recorded) records no act either.
+                if let Some(occurred_at) = events.first().map(E::occurred_at) {
+                    events.push(E::OperatorActed { act, action, subject, occurred_at });
+                }
+                Ok(events)
+            }
+            C::PauseDispatch { now } => Ok(if self.dispatch_paused { vec![] } else { vec![E::DispatchPaused { occurred_at: now }] }),
+            C::ResumeDispatch { now } => Ok(if self.dispatch_paused { vec![E::DispatchResumed { occurred_at: now }] } else { vec![] }),
+            C::RecordOperatorAct { act, action, subject, now } => Ok(vec![E::OperatorActed { act, action, subject, occurred_at: now }]),
         }
     }
 

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::amount::{Credits, SignedCredits};
 use crate::ids::{AdjustmentId, GrantId, IdempotencyKey, JobId, TeamId};
 use crate::operation::Operation;
+use crate::operators::OperatorAct;
+
+use super::commands::OperatorAction;
 use crate::plan::Plan;
 
 /// Where granted credits came from.
@@ -112,6 +115,18 @@ pub enum TeamCreditsEvent {
         amount: Credits,
         occurred_at: DateTime<Utc>,
     },
+    /// The team's jobs are no longer handed to workers (an operator paused its dispatch).
+    DispatchPaused { occurred_at: DateTime<Utc> },
+    /// The team's jobs are handed to workers again.
+    DispatchResumed { occurred_at: DateTime<Utc> },
+    /// An operator acted on the team (who, why, what, on which subject); recorded with
+    /// the events of the action itself, in the same append. Moves no credits.
+    OperatorActed {
+        act: OperatorAct,
+        action: OperatorAction,
+        subject: Option<String>,
+        occurred_at: DateTime<Utc>,
+    },
 }
 
 impl TeamCreditsEvent {
@@ -127,6 +142,9 @@ impl TeamCreditsEvent {
             Self::CreditsRefunded { .. } => "CreditsRefunded",
             Self::CreditsAdjusted { .. } => "CreditsAdjusted",
             Self::CreditsExpired { .. } => "CreditsExpired",
+            Self::DispatchPaused { .. } => "DispatchPaused",
+            Self::DispatchResumed { .. } => "DispatchResumed",
+            Self::OperatorActed { .. } => "OperatorActed",
         }
     }
 
@@ -141,7 +159,10 @@ impl TeamCreditsEvent {
             | Self::CreditsDeducted { occurred_at, .. }
             | Self::CreditsRefunded { occurred_at, .. }
             | Self::CreditsAdjusted { occurred_at, .. }
-            | Self::CreditsExpired { occurred_at, .. } => *occurred_at,
+            | Self::CreditsExpired { occurred_at, .. }
+            | Self::DispatchPaused { occurred_at }
+            | Self::DispatchResumed { occurred_at }
+            | Self::OperatorActed { occurred_at, .. } => *occurred_at,
         }
     }
 }

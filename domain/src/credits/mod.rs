@@ -32,7 +32,7 @@ mod state;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 
-pub use commands::TeamCreditsCommand;
+pub use commands::{OperatorAction, TeamCreditsCommand};
 pub use decide::{ADJUSTMENT_ACTOR_CHARS_MAX, ADJUSTMENT_REASON_CHARS_MAX, TEAM_NAME_CHARS_MAX};
 pub use error::TeamCreditsError;
 pub use events::{Allocation, GrantSource, TeamCreditsEvent};

@@ -166,9 +166,18 @@ pub struct TeamCredits {
     /// Amounts of handled adjustments, to recognise repeats.
     pub(super) adjustments: BTreeMap<AdjustmentId, SignedCredits>,
     pub(super) totals: LedgerTotals,
+    /// An operator paused the team's dispatch: its jobs are accepted and reserved but
+    /// not handed to workers until resumed.
+    #[serde(default)]
+    pub(super) dispatch_paused: bool,
 }
 
 impl TeamCredits {
+    /// Whether an operator paused the team's dispatch.
+    pub fn dispatch_paused(&self) -> bool {
+        self.dispatch_paused
+    }
+
     /// Whether `OpenTeam` has happened.
     pub fn is_open(&self) -> bool {
         self.team.is_some()

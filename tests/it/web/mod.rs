@@ -5,6 +5,7 @@
 
 mod flows;
 mod forms;
+mod ops;
 mod submit;
 
 use reqwest::Method;
