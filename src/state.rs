@@ -52,6 +52,8 @@ pub struct Services {
     pub db: Database,
     /// Where reads that allow a replica go (`database.read_url`; else `db`).
     pub reads: infrastructure::replica::ReadSide,
+    /// Idempotency-Key claims this process could not finish while the database was away.
+    pub unfinished_claims: infrastructure::idempotency::Unfinished,
     pub store: SqlEventStore,
     pub aggregates: AggregateStore,
     pub credits: CreditsService,
@@ -171,6 +173,7 @@ impl AppState {
         let mut state = Services {
             db,
             reads,
+            unfinished_claims: Default::default(),
             store,
             aggregates,
             credits,

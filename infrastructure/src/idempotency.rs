@@ -134,6 +134,26 @@ pub async fn finish_when_reachable(db: &Database, scope: &str, key: &str, how: F
     (|| finish(db, scope, key, how, now)).retry(backoff).when(crate::db::is_unreachable).await
 }
 
+/// Claims this process could not finish because the database was away (or whose claim
+/// may have committed with its answer lost), with how each is to be finished. They are
+/// finished in the background once the database is back; a repeat of the request that
+/// reaches this process first, and finds its claim still in flight, finishes it at once
+/// instead of being turned away with 409 (`take`). Finishing is always safe to do twice.
+#[derive(Debug, Clone, Default)]
+pub struct Unfinished(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(String, String), Finish>>>);
+
+impl Unfinished {
+    pub fn add(&self, scope: &str, key: &str, how: Finish) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert((scope.to_string(), key.to_string()), how);
+    }
+
+    /// How the claim of `(scope, key)` is to be finished, if this process holds it
+    /// unfinished; it is no longer held afterwards.
+    pub fn take(&self, scope: &str, key: &str) -> Option<Finish> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&(scope.to_string(), key.to_string()))
+    }
+}
+
 /// How long [`finish_when_reachable`] keeps trying.
 pub const FINISH_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 

@@ -63,7 +63,20 @@ pub async fn idempotent_requests(State(state): State<AppState>, request: Request
         path: parts.uri.path(),
         now: state.credits.now(),
     };
-    let claimed = match idempotency::claim(&state.db, &keyed).await {
+    let mut claim = idempotency::claim(&state.db, &keyed).await;
+    if matches!(claim, Ok(Claim::InFlight)) {
+        // This process's own claim, left unfinished while the database was away (a
+        // failover, a restart): the request it was for has ended, so finish it now and
+        // claim again, rather than answer the client's retry with 409.
+        if let Some(how) = state.unfinished_claims.take(&scope, key.as_str()) {
+            if let Err(error) = idempotency::finish(&state.db, &scope, key.as_str(), how, keyed.now).await {
+                state.unfinished_claims.add(&scope, key.as_str(), how);
+                return Problem::internal(&error).into_response();
+            }
+            claim = idempotency::claim(&state.db, &keyed).await;
+        }
+    }
+    let claimed = match claim {
         Ok(Claim::Claimed) => true,
         Ok(Claim::Repeat) => false,
         Ok(Claim::InFlight) => {
@@ -80,7 +93,15 @@ pub async fn idempotent_requests(State(state): State<AppState>, request: Request
                 .with("field", "Idempotency-Key")
                 .into_response()
         }
-        Err(error) => return Problem::internal(&error).into_response(),
+        Err(error) => {
+            if infrastructure::db::is_unreachable(&error) {
+                // The claim may have committed with its answer lost: bind it as done
+                // once the database is back (a repeat runs the request again, which is
+                // idempotent), so it does not hold the key for the in-flight lease.
+                finish_later(&state, &scope, key.as_str(), Finish::Done);
+            }
+            return Problem::internal(&error).into_response();
+        }
     };
     let request = Request::from_parts(parts, Body::from(bytes));
     if !claimed {
@@ -216,10 +237,21 @@ async fn finish(state: &AppState, scope: &str, key: &str, how: Finish) {
     }
     // The database is away (the request itself most likely answered 503): finish the
     // claim once it is back, so the client's retry is not turned away meanwhile.
-    let (db, scope, key) = (state.db.clone(), scope.to_string(), key.to_string());
+    finish_later(state, scope, key, how);
+}
+
+/// Finishes a claim once the database is back, in the background; until then a repeat
+/// reaching this process finishes it itself (`Unfinished`).
+fn finish_later(state: &AppState, scope: &str, key: &str, how: Finish) {
+    state.unfinished_claims.add(scope, key, how);
+    let (db, unfinished, now) = (state.db.clone(), state.unfinished_claims.clone(), state.credits.now());
+    let (scope, key) = (scope.to_string(), key.to_string());
     tokio::spawn(async move {
-        if let Err(error) = idempotency::finish_when_reachable(&db, &scope, &key, how, now).await {
-            tracing::warn!(%error, "idempotency key not released");
+        match idempotency::finish_when_reachable(&db, &scope, &key, how, now).await {
+            Ok(()) => {
+                unfinished.take(&scope, &key);
+            }
+            Err(error) => tracing::warn!(%error, "idempotency key not released"),
         }
     });
 }

@@ -11,6 +11,7 @@ use axum::Router;
 use crate::queries::catalog::{self, CatalogError, CatalogSort, Category, ReferenceModel};
 use serde::Deserialize;
 
+use super::consistency::PageReadToken;
 use super::errors::WebError;
 use super::layout::Layout;
 use super::paging::q;
@@ -88,10 +89,15 @@ fn catalog_error(error: CatalogError) -> WebError {
     }
 }
 
-async fn page(State(state): State<AppState>, session: Session, Query(query): Query<CatalogQuery>) -> Result<Html<String>, WebError> {
+async fn page(
+    State(state): State<AppState>,
+    session: Session,
+    PageReadToken(token): PageReadToken,
+    Query(query): Query<CatalogQuery>,
+) -> Result<Html<String>, WebError> {
     let category = query.category.as_deref().and_then(|c| c.parse::<Category>().ok());
     let search = query.q.unwrap_or_default();
-    let found = catalog::search(&state.db, category, Some(&search), CatalogSort::Popularity, PER_PAGE, query.cursor.as_deref())
+    let found = catalog::search(crate::queries::read_db(&state.reads, token).await, category, Some(&search), CatalogSort::Popularity, PER_PAGE, query.cursor.as_deref())
         .await
         .map_err(catalog_error)?;
     let cards = found.items.iter().map(|m| ReferenceCard::new(&state, m)).collect::<Result<Vec<_>, _>>()?;

@@ -9,6 +9,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 
+use super::consistency::PageReadToken;
 use super::errors::WebError;
 use super::jobs::JobRow;
 use super::layout::{time, Layout};
@@ -88,18 +89,24 @@ struct HistoryPage {
     next_entries: Option<String>,
 }
 
-async fn page(State(state): State<AppState>, session: Session, Query(query): Query<HistoryQuery>) -> Result<Html<String>, WebError> {
+async fn page(
+    State(state): State<AppState>,
+    session: Session,
+    PageReadToken(token): PageReadToken,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Html<String>, WebError> {
+    let db = queries::read_db(&state.reads, token).await;
     // Unknown filter values are ignored (a page, unlike the API, just shows everything).
     let kind = query.kind.filter(|k| KINDS.iter().any(|(value, _)| value == k)).unwrap_or_default();
     let status = query.status.filter(|s| STATUSES.contains(&s.as_str())).unwrap_or_default();
     let filter = JobFilter { status: Some(status.as_str()).filter(|s| !s.is_empty()), kind: Some(kind.as_str()).filter(|k| !k.is_empty()) };
     let after = paging::decode(query.cursor.as_deref());
-    let mut jobs = queries::jobs::list(&state.db, session.team_id, &filter, after, JOBS_PER_PAGE as i64 + 1).await?;
+    let mut jobs = queries::jobs::list(db, session.team_id, &filter, after, JOBS_PER_PAGE as i64 + 1).await?;
     let filters = format!("kind={}&status={}", paging::q(&kind), paging::q(&status));
     let next_jobs = paging::cut(&mut jobs, JOBS_PER_PAGE)
         .then(|| jobs.last().map(|last| format!("/history?{filters}&cursor={}", paging::q(&paging::encode(last.queued_at, &last.job_id)))))
         .flatten();
-    let mut entries = queries::credits::history(&state.db, session.team_id, &LedgerFilter::default(), query.before, ENTRIES_PER_PAGE as i64 + 1).await?;
+    let mut entries = queries::credits::history(db, session.team_id, &LedgerFilter::default(), query.before, ENTRIES_PER_PAGE as i64 + 1).await?;
     let next_entries = paging::cut(&mut entries, ENTRIES_PER_PAGE)
         .then(|| entries.last().map(|last| format!("/history?{filters}&before={}#credit-history", last.entry_no)))
         .flatten();

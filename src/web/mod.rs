@@ -15,6 +15,7 @@
 pub mod assets;
 pub mod catalog;
 pub mod credits;
+pub mod consistency;
 pub mod csrf;
 pub mod errors;
 pub mod estimate;
@@ -52,6 +53,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(history::routes())
         .merge(credits::routes())
         .merge(webhooks::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), consistency::remember_writes))
         .layer(axum::middleware::from_fn_with_state(state, csrf::protect))
         .route_layer(axum::middleware::from_fn(form::check_path_and_query))
         .merge(ops::routes(state_for_ops))

@@ -15,6 +15,7 @@ use crate::queries::catalog::{self, CatalogSort};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::consistency::PageReadToken;
 use super::errors::{Notice, WebError};
 use super::estimate::{request_id, EstimateView};
 use super::form::PageForm;
@@ -77,9 +78,14 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, session: Session, Query(query): Query<ListQuery>) -> Result<Html<String>, WebError> {
+async fn list(
+    State(state): State<AppState>,
+    session: Session,
+    PageReadToken(token): PageReadToken,
+    Query(query): Query<ListQuery>,
+) -> Result<Html<String>, WebError> {
     let after = paging::decode(query.cursor.as_deref());
-    let mut models = queries::models::list(&state.db, session.team_id, false, after, MODELS_PER_PAGE as i64 + 1).await?;
+    let mut models = queries::models::list(queries::read_db(&state.reads, token).await, session.team_id, false, after, MODELS_PER_PAGE as i64 + 1).await?;
     let next = paging::cut(&mut models, MODELS_PER_PAGE)
         .then(|| models.last().map(|m| format!("/models?cursor={}", paging::q(&paging::encode(m.created_at, &m.model_id)))))
         .flatten();

@@ -6,6 +6,7 @@ use axum::response::Html;
 use axum::routing::get;
 use axum::Router;
 
+use super::consistency::PageReadToken;
 use super::errors::WebError;
 use super::jobs::JobRow;
 use super::layout::Layout;
@@ -35,11 +36,13 @@ struct OverviewPage {
     jobs: Vec<JobRow>,
 }
 
-async fn page(State(state): State<AppState>, session: Session) -> Result<Html<String>, WebError> {
+async fn page(State(state): State<AppState>, session: Session, PageReadToken(token): PageReadToken) -> Result<Html<String>, WebError> {
     let balance = state.balances.balance(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
     let layout = Layout::with_balance(&session, &balance, "Overview", "overview");
     let usage = queries::jobs::plan_usage(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
-    let jobs = queries::jobs::list(&state.db, session.team_id, &Default::default(), None, LATEST_JOBS).await?;
+    // The balance and plan usage above are exact (the primary); the latest jobs may come
+    // from a replica.
+    let jobs = queries::jobs::list(queries::read_db(&state.reads, token).await, session.team_id, &Default::default(), None, LATEST_JOBS).await?;
     let page = OverviewPage {
         layout,
         available: balance.available,
