@@ -68,6 +68,14 @@ async fn an_ordinary_flow_with_a_killed_worker_ends_with_rebuild_verify_and_audi
         .env("KILN_JOBS__WORKER_LOCAL_QUEUE", "6")
         .spawn()
         .expect("start worker A");
+    // B starts once A holds jobs: a start of A slowed by a loaded machine could otherwise
+    // leave B every job, and A nothing to hold when it is killed.
+    let worker_a = format!("worker-{}-", a.id());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while held_by(&app, &worker_a).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "worker A never claimed a job");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut b = worker_command(&app, 150).env("KILN_JOBS__WORKER_CONCURRENCY", "2").spawn().expect("start worker B");
 
     // Cancels: the last two jobs of the Enterprise and Pro teams (queued, claimed or
@@ -91,7 +99,6 @@ async fn an_ordinary_flow_with_a_killed_worker_ends_with_rebuild_verify_and_audi
 
     // Kill -9 worker A once something has completed and A holds jobs; more jobs arrive
     // meanwhile.
-    let worker_a = format!("worker-{}-", a.id());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let orphaned = loop {
         let held = held_by(&app, &worker_a).await;
