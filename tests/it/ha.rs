@@ -21,8 +21,8 @@ use application::event_store::{EventStore, LogPosition};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::jobs::{ready_model, team, worker_command};
-use crate::lost_connection::{assert_each_ended_once, submit, until_served};
+use crate::jobs::{team, worker_command};
+use crate::lost_connection::{assert_each_ended_once, pro_teams_with_models, submit, until_served};
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
 use crate::support::ha::{Cluster, TTL};
@@ -88,12 +88,7 @@ async fn under_load(fault: Fault) {
             .expect("start kiln worker")
     };
     let mut workers = [spawn_worker(), spawn_worker()];
-    let mut teams = Vec::new();
-    for _ in 0..2 {
-        let (team_id, key) = team(&app, "pro", 1_000_000).await;
-        let model_id = ready_model(&app, &key).await;
-        teams.push((team_id, key, model_id));
-    }
+    let teams = pro_teams_with_models(&app, 2).await;
     let app = Arc::new(app);
     let stop_reading = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(follow_log(app.clone(), stop_reading.clone()));

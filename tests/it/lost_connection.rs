@@ -139,6 +139,18 @@ pub(crate) async fn until_served(request: impl Fn() -> reqwest::RequestBuilder) 
     }
 }
 
+/// `count` Pro teams with a million credits and a ready model each: (team id, key, model id),
+/// the load of the fault tests.
+pub(crate) async fn pro_teams_with_models(app: &TestApp, count: usize) -> Vec<(String, String, String)> {
+    let mut teams = Vec::new();
+    for _ in 0..count {
+        let (team_id, key) = team(app, "pro", 1_000_000).await;
+        let model_id = ready_model(app, &key).await;
+        teams.push((team_id, key, model_id));
+    }
+    teams
+}
+
 pub(crate) async fn submit(app: &TestApp, key: &str, model_id: &str, prompt: &str) -> String {
     let idempotency_key = format!("submit-{prompt}");
     let request = || {
@@ -239,12 +251,7 @@ async fn every_connection_lost_repeatedly_under_load_abandons_no_job() {
             .expect("start kiln worker")
     };
     let mut workers = [spawn_worker(), spawn_worker()];
-    let mut teams = Vec::new();
-    for _ in 0..3 {
-        let (team_id, key) = team(&app, "pro", 1_000_000).await;
-        let model_id = ready_model(&app, &key).await;
-        teams.push((team_id, key, model_id));
-    }
+    let teams = pro_teams_with_models(&app, 3).await;
 
     let admin = sqlx::PgPool::connect(&crate::support::db::admin_url()).await.expect("admin connection");
     let database = app.db.name().expect("a PostgreSQL database").to_string();

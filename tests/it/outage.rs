@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::jobs::{ready_model, team, worker_command};
-use crate::lost_connection::{assert_each_ended_once, submit, until_served};
+use crate::jobs::worker_command;
+use crate::lost_connection::{assert_each_ended_once, pro_teams_with_models, submit, until_served};
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
 use crate::support::pg_instance::PgInstance;
@@ -42,12 +42,7 @@ async fn postgres_stopped_for_five_seconds_under_load_loses_and_doubles_nothing(
             .expect("start kiln worker")
     };
     let mut workers = [spawn_worker(), spawn_worker()];
-    let mut teams = Vec::new();
-    for _ in 0..2 {
-        let (team_id, key) = team(&app, "pro", 1_000_000).await;
-        let model_id = ready_model(&app, &key).await;
-        teams.push((team_id, key, model_id));
-    }
+    let teams = pro_teams_with_models(&app, 2).await;
     // Event streams of jobs submitted just before the outage.
     let mut followed = Vec::new();
     for n in 0..2 {
