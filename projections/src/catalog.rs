@@ -83,19 +83,27 @@ pub async fn events_after(db: &Database, position: LogPosition) -> Result<i64, s
     Ok(count)
 }
 
+/// What the projector runs that no rebuild replaces, so not in [`catalog`]: the webhook
+/// deliveries' rows carry their sending state (attempts, next try), which a fold of the
+/// log would lose — rebuilt, every notification would be sent again. Shown by `status`.
+const NOT_REBUILT: &[(&str, &[&str])] = &[(webhooks::DELIVERIES_NAME, &["webhook_deliveries", "webhook_attempts"])];
+
+/// Where every projection stands: the catalog's, then the projector's that are not rebuilt.
 pub async fn status(store: &SqlEventStore) -> Result<Vec<ProjectionStatus>, StatusError> {
     let head = store.head().await?.unwrap_or(LogPosition::START);
+    let kinds = catalog().into_iter().map(|info| (info.name, info.kind, info.tables));
+    let kinds = kinds.chain(NOT_REBUILT.iter().map(|&(name, tables)| (name, Kind::Async, tables)));
     let mut statuses = Vec::new();
-    for info in catalog() {
-        let (position, lag_events) = match info.kind {
+    for (name, kind, tables) in kinds {
+        let (position, lag_events) = match kind {
             Kind::Inline => (head, 0),
             Kind::Async => {
-                let checkpoint = projector::load_checkpoint(store.database(), info.name).await?;
+                let checkpoint = projector::load_checkpoint(store.database(), name).await?;
                 let lag = if checkpoint >= head { 0 } else { events_after(store.database(), checkpoint).await? };
                 (checkpoint, lag)
             }
         };
-        statuses.push(ProjectionStatus { name: info.name, kind: info.kind, tables: info.tables, position, head, lag_events });
+        statuses.push(ProjectionStatus { name, kind, tables, position, head, lag_events });
     }
     Ok(statuses)
 }

@@ -101,7 +101,7 @@ fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, P
 }
 
 /// Active reference models, most popular first, optionally of one category.
-#[utoipa::path(get, path = "/api/reference-models", tag = "catalog", operation_id = "listReferenceModels", params(CatalogQuery),
+#[utoipa::path(get, path = "/api/reference-models", tag = "catalog", operation_id = "listReferenceModels", params(CatalogQuery, ReadToken),
     responses((status = 200, body = ReferenceModelPage),
         (status = 422, description = "A bad category, sort, limit or cursor (`/problems/invalid-request`)")),
     security(("api_key" = [])))]
@@ -133,7 +133,7 @@ async fn list(
 
 /// One active reference model.
 #[utoipa::path(get, path = "/api/reference-models/{id}", tag = "catalog", operation_id = "getReferenceModel",
-    params(("id" = String, Path, description = "reference model id, e.g. fashion-editorial-01")),
+    params(("id" = String, Path, description = "reference model id, e.g. fashion-editorial-01"), ReadToken),
     responses((status = 200, body = ReferenceModelView), (status = 404, description = "Unknown or inactive (`/problems/not-found`)")),
     security(("api_key" = [])))]
 async fn get_one(

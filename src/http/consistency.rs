@@ -24,10 +24,39 @@ impl<S: Send + Sync> FromRequestParts<S> for ReadToken {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
         let Some(value) = parts.headers.get(HEADER) else { return Ok(ReadToken(None)) };
-        const FIELD: &str = "Kiln-Consistency-Token";
-        let text = value.to_str().map_err(|_| Problem::invalid_field(FIELD, "Kiln-Consistency-Token must be visible ASCII"))?;
-        ConsistencyToken::parse(text).map(|token| ReadToken(Some(token))).map_err(|error| Problem::invalid_field(FIELD, error.to_string()))
+        let text = value.to_str().map_err(|_| Problem::invalid_field(NAME, "Kiln-Consistency-Token must be visible ASCII"))?;
+        ConsistencyToken::parse(text).map(|token| ReadToken(Some(token))).map_err(|error| Problem::invalid_field(NAME, error.to_string()))
     }
+}
+
+/// In the OpenAPI document: the optional request header of the reads that honour it.
+impl utoipa::IntoParams for ReadToken {
+    fn into_params(_: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        vec![ParameterBuilder::new()
+            .name(NAME)
+            .parameter_in(ParameterIn::Header)
+            .required(utoipa::openapi::Required::False)
+            .description(Some(
+                "The `Kiln-Consistency-Token` of an earlier write's answer: with a read replica configured, the read \
+                 waits a bounded time for the replica to have replayed that write, else is served by the primary \
+                 (read-your-writes). Malformed: 422.",
+            ))
+            .schema(Some(token_schema()))
+            .build()]
+    }
+}
+
+/// The name of the header as the OpenAPI document spells it.
+pub const NAME: &str = "Kiln-Consistency-Token";
+
+/// A WAL position as PostgreSQL writes it: two hexadecimal numbers of up to 8 digits.
+pub fn token_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some("^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"))
+        .examples(["0/16B3748"])
+        .build()
 }
 
 /// Adds the token to the answer of every successful write (any method but GET, HEAD and

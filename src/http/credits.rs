@@ -71,7 +71,7 @@ pub struct LedgerPage {
 }
 
 /// The caller's credit history, newest first, with the running balance.
-#[utoipa::path(get, path = "/api/credits/history", tag = "billing", operation_id = "listCreditHistory", params(HistoryQuery),
+#[utoipa::path(get, path = "/api/credits/history", tag = "billing", operation_id = "listCreditHistory", params(HistoryQuery, ReadToken),
     responses((status = 200, body = LedgerPage), (status = 422, description = "Bad filter, limit or cursor (`/problems/invalid-request`)")),
     security(("api_key" = [])))]
 async fn history(

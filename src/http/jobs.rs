@@ -196,7 +196,7 @@ pub fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> Stri
 }
 
 /// The team's jobs, newest first, filtered by status and kind.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "listJobs", params(JobsQuery),
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "listJobs", params(JobsQuery, ReadToken),
     responses((status = 200, body = JobPage)), security(("api_key" = [])))]
 async fn list(
     State(state): State<AppState>,

@@ -86,6 +86,9 @@ impl Modify for Contract {
         components.schemas.insert("Problem".into(), RefOr::T(problem_schema()));
         components.schemas.insert("JobStreamEvent".into(), RefOr::T(job_stream_event_schema()));
         for item in openapi.paths.paths.values_mut() {
+            for operation in [&mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten() {
+                add_consistency_token(operation);
+            }
             let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
             for operation in operations.into_iter().flatten() {
                 add_common_errors(operation);
@@ -160,6 +163,23 @@ fn job_stream_event_schema() -> Schema {
         .into()
 }
 
+/// A write's success carries `Kiln-Consistency-Token` when a read replica is configured
+/// (`consistency::token_on_writes`).
+fn add_consistency_token(operation: &mut Operation) {
+    for (status, response) in operation.responses.responses.iter_mut() {
+        if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
+            let header = HeaderBuilder::new()
+                .schema(super::consistency::token_schema())
+                .description(Some(
+                    "With a read replica configured: this write's position; send it back as the \
+                     `Kiln-Consistency-Token` header of a read to see the write there.",
+                ))
+                .build();
+            response.headers.insert(super::consistency::NAME.into(), header);
+        }
+    }
+}
+
 fn is_error(status: &str) -> bool {
     status.starts_with('4') || status.starts_with('5')
 }
@@ -210,11 +230,12 @@ fn add_common_errors(operation: &mut Operation) {
     let schemes = schemes(operation);
     let has_json_body = operation.request_body.as_ref().is_some_and(|body| body.content.contains_key("application/json"));
     let parameters = operation.parameters.iter().flatten();
-    let (mut has_query, mut has_path, mut has_idempotency_key) = (false, false, false);
+    let (mut has_query, mut has_path, mut has_idempotency_key, mut has_token) = (false, false, false, false);
     for parameter in parameters {
         has_query |= parameter.parameter_in == ParameterIn::Query;
         has_path |= parameter.parameter_in == ParameterIn::Path;
         has_idempotency_key |= parameter.parameter_in == ParameterIn::Header && parameter.name == "Idempotency-Key";
+        has_token |= parameter.parameter_in == ParameterIn::Header && parameter.name == super::consistency::NAME;
     }
     let mut common: Vec<(&str, &str)> = Vec::new();
     if schemes.iter().any(|s| s == "api_key") {
@@ -248,6 +269,9 @@ fn add_common_errors(operation: &mut Operation) {
             "The Idempotency-Key was used with another request (`/problems/idempotency-key-reused`), or is empty, too \
              long or not visible ASCII (`/problems/invalid-request`).",
         ));
+    }
+    if has_token {
+        common.push(("422", "The Kiln-Consistency-Token is malformed (`/problems/invalid-request`)."));
     }
     if has_path {
         common.push(("400", "The path is not valid UTF-8 (`/problems/malformed-path`)."));

@@ -102,7 +102,9 @@ pub struct EndpointWithSecret {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EndpointList {
+    /// Oldest first.
     pub items: Vec<EndpointView>,
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,12 +137,15 @@ async fn create(
     Ok((StatusCode::CREATED, Json(EndpointWithSecret { endpoint, secret })))
 }
 
-/// The team's endpoints (at most 100), oldest first.
+/// The team's endpoints, oldest first.
 #[utoipa::path(get, path = "/api/webhook-endpoints", tag = "webhook-endpoints", operation_id = "listWebhookEndpoints",
-    responses((status = 200, body = EndpointList)), security(("api_key" = [])))]
-async fn list(State(state): State<AppState>, key: TeamKey) -> Result<Json<EndpointList>, Problem> {
-    let items = q::endpoints(&state.db, key.team_id).await.map_err(|e| Problem::internal(&e))?;
-    Ok(Json(EndpointList { items }))
+    params(PageQuery), responses((status = 200, body = EndpointList)), security(("api_key" = [])))]
+async fn list(State(state): State<AppState>, key: TeamKey, ApiQuery(query): ApiQuery<PageQuery>) -> Result<Json<EndpointList>, Problem> {
+    let limit = page_limit(query.limit)?;
+    let cursor = parse_cursor("webhook-endpoints", query.cursor.as_deref())?;
+    let items = q::endpoints(&state.db, key.team_id, cursor, i64::from(limit) + 1).await.map_err(|e| Problem::internal(&e))?;
+    let (items, next_cursor) = paginate(items, limit, |last| make_cursor("webhook-endpoints", last.created_at, &last.id));
+    Ok(Json(EndpointList { items, next_cursor }))
 }
 
 #[utoipa::path(get, path = "/api/webhook-endpoints/{endpoint_id}", tag = "webhook-endpoints", operation_id = "getWebhookEndpoint",

@@ -55,12 +55,15 @@ fn endpoint(row: EndpointRow) -> EndpointView {
     }
 }
 
-/// Endpoints a team may have: the list is not paginated.
-pub const ENDPOINTS_PER_TEAM_SHOWN: i64 = 100;
 
-pub async fn endpoints(db: &Database, team: TeamId) -> Result<Vec<EndpointView>, QueryError> {
-    let sql = format!("{ENDPOINT_COLUMNS} WHERE e.team_id = $1 AND e.deleted_at IS NULL ORDER BY e.created_at, e.endpoint_id LIMIT $2");
-    let rows = db_fetch_all!(db, EndpointRow, &sql, team.to_string(), ENDPOINTS_PER_TEAM_SHOWN)?;
+/// The team's endpoints, oldest first, after `after` (`created_at`, id) when given.
+pub async fn endpoints(db: &Database, team: TeamId, after: Option<(DateTime<Utc>, String)>, limit: i64) -> Result<Vec<EndpointView>, QueryError> {
+    let (at, id) = after.unwrap_or((DateTime::<Utc>::UNIX_EPOCH, String::new()));
+    let sql = format!(
+        "{ENDPOINT_COLUMNS} WHERE e.team_id = $1 AND e.deleted_at IS NULL AND (e.created_at > $2 OR (e.created_at = $2 AND e.endpoint_id > $3) OR $3 = '') \
+         ORDER BY e.created_at, e.endpoint_id LIMIT $4"
+    );
+    let rows = db_fetch_all!(db, EndpointRow, &sql, team.to_string(), at, id, limit)?;
     Ok(rows.into_iter().map(endpoint).collect())
 }
 

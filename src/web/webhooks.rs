@@ -5,7 +5,7 @@
 
 use application::webhooks::EndpointInput;
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -15,6 +15,7 @@ use domain::WebhookEndpointId;
 use super::errors::{Notice, WebError};
 use super::form::PageForm;
 use super::layout::{time, time_opt, Layout};
+use super::paging;
 use super::session::Session;
 use crate::queries::webhooks::{self as q, DeliveryView, EndpointView};
 use crate::state::AppState;
@@ -81,19 +82,35 @@ struct ListPage {
     /// A secret just made: shown this once.
     secret: Option<String>,
     endpoints: Vec<EndpointRow>,
+    /// The next page of endpoints, if there are more.
+    next: Option<String>,
     types: Vec<TypeChoice>,
     url: String,
     threshold: String,
 }
 
-async fn render_list(state: &AppState, session: &Session, notice: Option<Notice>, secret: Option<String>, typed: Option<&Typed>) -> Result<Html<String>, WebError> {
-    let endpoints = q::endpoints(&state.db, session.team_id).await?;
+/// Endpoints shown on one page of the list.
+const ENDPOINTS_PER_PAGE: usize = 50;
+
+async fn render_list(
+    state: &AppState,
+    session: &Session,
+    notice: Option<Notice>,
+    secret: Option<String>,
+    typed: Option<&Typed>,
+    cursor: Option<&str>,
+) -> Result<Html<String>, WebError> {
+    let mut endpoints = q::endpoints(&state.db, session.team_id, paging::decode(cursor), ENDPOINTS_PER_PAGE as i64 + 1).await?;
+    let next = paging::cut(&mut endpoints, ENDPOINTS_PER_PAGE)
+        .then(|| endpoints.last().map(|last| format!("/webhooks?cursor={}", paging::q(&paging::encode(last.created_at, &last.id)))))
+        .flatten();
     let chosen = |t: EventType| typed.is_some_and(|typed| typed.event_types.iter().any(|c| c == t.as_str()));
     let page = ListPage {
         layout: Layout::load(state, session, "Webhooks", "webhooks").await?,
         notice,
         secret,
         endpoints: endpoints.iter().map(row).collect(),
+        next,
         types: EventType::ALL.iter().map(|t| TypeChoice { name: t.as_str(), checked: chosen(*t) }).collect(),
         url: typed.map(|t| t.url.clone()).unwrap_or_default(),
         threshold: typed.map(|t| t.threshold.clone()).unwrap_or_default(),
@@ -101,8 +118,13 @@ async fn render_list(state: &AppState, session: &Session, notice: Option<Notice>
     Ok(Html(page.render()?))
 }
 
-async fn list(State(state): State<AppState>, session: Session) -> Result<Html<String>, WebError> {
-    render_list(&state, &session, None, None, None).await
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    cursor: Option<String>,
+}
+
+async fn list(State(state): State<AppState>, session: Session, Query(query): Query<ListQuery>) -> Result<Html<String>, WebError> {
+    render_list(&state, &session, None, None, None, query.cursor.as_deref()).await
 }
 
 /// What the create form carried, kept to show again after a refusal.
@@ -131,7 +153,7 @@ async fn create(State(state): State<AppState>, session: Session, PageForm(fields
             Ok(n) => Some(n),
             Err(_) => {
                 let notice = Notice::new("Not saved", "The credits.low threshold must be a whole number of credits.");
-                return Ok(render_list(&state, &session, Some(notice), None, Some(&typed)).await?.into_response());
+                return Ok(render_list(&state, &session, Some(notice), None, Some(&typed), None).await?.into_response());
             }
         },
     };
@@ -139,10 +161,10 @@ async fn create(State(state): State<AppState>, session: Session, PageForm(fields
     match state.webhooks.create(session.team_id, input, &metadata(&session)).await {
         Ok((_, secret)) => {
             let notice = Notice::new("Endpoint created", "Copy its secret now: it is shown only this once.");
-            Ok(render_list(&state, &session, Some(notice), Some(secret), None).await?.into_response())
+            Ok(render_list(&state, &session, Some(notice), Some(secret), None, None).await?.into_response())
         }
         Err(error) => match WebError::from(error) {
-            WebError::Refused(notice) => Ok(render_list(&state, &session, Some(notice), None, Some(&typed)).await?.into_response()),
+            WebError::Refused(notice) => Ok(render_list(&state, &session, Some(notice), None, Some(&typed), None).await?.into_response()),
             other => Err(other),
         },
     }

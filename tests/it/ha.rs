@@ -26,6 +26,7 @@ use crate::lost_connection::{assert_each_ended_once, pro_teams_with_models, subm
 use crate::support::app::TestApp;
 use crate::support::db::TestDb;
 use crate::support::ha::{Cluster, TTL};
+use crate::webhooks::{eventually, Receiver};
 
 /// Service is back this long after the fault at the latest: the leader key's ttl (a
 /// failover waits for it at worst) plus HAProxy's checks and the pool's reconnect.
@@ -36,13 +37,11 @@ enum Fault {
     KillPrimary,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_patroni_switchover_under_load_loses_and_doubles_nothing() {
+pub(crate) async fn a_patroni_switchover_under_load_loses_and_doubles_nothing() {
     under_load(Fault::Switchover).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_primary_under_load_fails_over_losing_and_doubling_nothing() {
+pub(crate) async fn a_killed_primary_under_load_fails_over_losing_and_doubling_nothing() {
     under_load(Fault::KillPrimary).await;
 }
 
@@ -78,17 +77,42 @@ async fn follow_log(app: Arc<TestApp>, stop: Arc<AtomicBool>) -> Vec<(String, St
 
 async fn under_load(fault: Fault) {
     let Some(cluster) = Cluster::up() else { return };
-    let app = TestApp::spawn_with(TestDb::postgres_on(&cluster.write_url).await, |s| s.jobs.worker_in_serve = false).await;
+    let app = TestApp::spawn_with(TestDb::postgres_on(&cluster.write_url).await, |s| {
+        s.jobs.worker_in_serve = false;
+        s.webhooks.allow_http = true;
+        s.webhooks.allow_private_addresses = true;
+        s.webhooks.poll_interval_ms = 50;
+        s.webhooks.backoff_min_ms = 200;
+    })
+    .await;
+    // The workers sign webhooks by the wall clock; the app's senders by its clock: one time.
+    app.clock.set(chrono::Utc::now());
     crate::support::app::seed_catalog(&app).await;
     let spawn_worker = || {
         worker_command(&app, 100)
             .env("KILN_JOBS__LEASE_SECS", "2")
             .env("KILN_JOBS__WORKER_CONCURRENCY", "4")
+            .env("KILN_WEBHOOKS__ALLOW_HTTP", "true")
+            .env("KILN_WEBHOOKS__ALLOW_PRIVATE_ADDRESSES", "true")
+            .env("KILN_WEBHOOKS__POLL_INTERVAL_MS", "50")
+            .env("KILN_WEBHOOKS__BACKOFF_MIN_MS", "200")
             .spawn()
             .expect("start kiln worker")
     };
     let mut workers = [spawn_worker(), spawn_worker()];
     let teams = pro_teams_with_models(&app, 2).await;
+    // The first team's webhook endpoint hears its jobs end and its grants, through the fault.
+    let receiver = Receiver::start(0).await;
+    let hooks_key = app.issue_key(&teams[0].0, "admin").await;
+    let created = app
+        .as_key(&hooks_key, Method::POST, "/api/webhook-endpoints")
+        .json(&json!({"url": receiver.url(), "event_types": ["job.completed", "job.failed", "job.cancelled", "credits.granted"]}))
+        .send()
+        .await
+        .expect("create a webhook endpoint");
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.expect("json");
+    receiver.control(json!({"secrets": [created["secret"]]})).await;
     let app = Arc::new(app);
     let stop_reading = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(follow_log(app.clone(), stop_reading.clone()));
@@ -203,6 +227,33 @@ async fn under_load(fault: Fault) {
     let rebuild = crate::rebuild::kiln(&url, &["projections", "rebuild", "--verify"]);
     assert!(rebuild.status.success(), "rebuild --verify: {}", output(&rebuild));
 
+    // Every job of the first team and each of its acknowledged grants was called back:
+    // one webhook-id per event (a delivery sent again across the fault keeps its id),
+    // each request signed as the reference library verifies.
+    let team_jobs: HashSet<String> = jobs[&teams[0].0].1.iter().cloned().collect();
+    app.state.webhook_sender.wake();
+    let log = eventually("a webhook for every job and grant of the first team", async || {
+        let log = receiver.log().await;
+        let ids = |kind: &str| log.iter().filter(|d| d["body"]["type"].as_str().is_some_and(|t| t.starts_with(kind))).filter_map(|d| d["id"].as_str()).collect::<HashSet<_>>().len();
+        (ids("job.") == team_jobs.len() && ids("credits.granted") >= grant_keys.len()).then_some(log)
+    })
+    .await;
+    let mut events_by_id: HashMap<&str, &serde_json::Value> = HashMap::new();
+    let mut calls_by_job: HashMap<&str, HashSet<&str>> = HashMap::new();
+    for delivery in &log {
+        assert!(!delivery["verified"].as_array().expect("verified").is_empty(), "a delivery the library refused: {delivery}");
+        let id = delivery["id"].as_str().expect("webhook-id");
+        let first = events_by_id.entry(id).or_insert(&delivery["body"]);
+        assert_eq!(*first, &delivery["body"], "webhook-id {id} sent with two bodies");
+        if let Some(job_id) = delivery["body"]["data"]["job_id"].as_str() {
+            assert!(team_jobs.contains(job_id), "a call for a job not of this team: {job_id}");
+            calls_by_job.entry(job_id).or_default().insert(id);
+        }
+    }
+    assert_eq!(calls_by_job.len(), team_jobs.len(), "every job of the team called back");
+    assert!(calls_by_job.values().all(|ids| ids.len() == 1), "a job ended in two webhooks: {calls_by_job:?}");
+    eprintln!("webhooks: {} requests, {} events", log.len(), events_by_id.len());
+
     // The next test finds the cluster whole (the old primary back as a replica).
     cluster.wait_healthy(Duration::from_secs(60)).await;
 }
@@ -212,8 +263,7 @@ async fn under_load(fault: Fault) {
 /// submitted, served by the replica (or, if it had not replayed the write in time, the
 /// primary); a token the replica cannot reach in time falls back to the primary; a
 /// malformed one is a 422.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replica_reads_see_the_clients_own_writes_through_the_consistency_token() {
+pub(crate) async fn replica_reads_see_the_clients_own_writes_through_the_consistency_token() {
     let Some(cluster) = Cluster::up() else { return };
     let db = TestDb::postgres_on(&cluster.write_url).await;
     let read_url = cluster.read_url_of(db.name().expect("a PostgreSQL database"));

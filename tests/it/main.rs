@@ -28,6 +28,7 @@ mod storage_bench;
 mod structure;
 mod stripe;
 mod fal;
+mod faults;
 mod ha;
 mod web;
 mod webhooks;

@@ -21,8 +21,7 @@ use crate::support::pg_instance::PgInstance;
 /// below, so requests meet the outage as 503s, not only as waits.
 const OUTAGE: Duration = Duration::from_secs(5);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_stopped_for_five_seconds_under_load_loses_and_doubles_nothing() {
+pub(crate) async fn postgres_stopped_for_five_seconds_under_load_loses_and_doubles_nothing() {
     let Some(server) = PgInstance::start() else { return };
     let app = TestApp::spawn_with(TestDb::postgres_on(&server.admin_url()).await, |s| {
         s.database.acquire_timeout_ms = 1_000;

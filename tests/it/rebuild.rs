@@ -309,6 +309,8 @@ async fn cli_lists_reports_status_verifies_and_exits_non_zero_on_a_difference() 
     let statuses: Value = serde_json::from_slice(&status.stdout).expect("json");
     let history = statuses.as_array().expect("array").iter().find(|s| s["name"] == "credit_history").expect("credit_history");
     assert_eq!(history["lag_events"], 0, "{statuses}");
+    let deliveries = statuses.as_array().expect("array").iter().find(|s| s["name"] == "webhook_deliveries").expect("webhook_deliveries");
+    assert_eq!((deliveries["kind"].as_str(), deliveries["lag_events"].as_i64()), (Some("async"), Some(0)), "{statuses}");
 
     let verify = kiln(&url, &["projections", "rebuild", "--verify", "--json"]);
     assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stderr));

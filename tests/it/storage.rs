@@ -669,8 +669,7 @@ async fn sqlite_and_the_local_store_sweep_too() {
 /// (a request times out after `storage.s3.request_timeout_secs`, a refused connect at
 /// once), and complete once the server is back, each charged once, with every image in
 /// the bucket.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stalled_then_refusing_s3_server_delays_jobs_and_loses_nothing() {
+pub(crate) async fn a_stalled_then_refusing_s3_server_delays_jobs_and_loses_nothing() {
     let server = S3Server::start().await;
     let (app, key, model) = s3_app(&server, |settings| {
         settings.storage.s3.request_timeout_secs = 1;

@@ -373,8 +373,7 @@ async fn a_submission_refused_with_503_is_retried_and_succeeds() {
 /// fal timing out (no answer within `fal.request_timeout_secs`, every try), then
 /// answering 503 (every try): each time the job goes back to the queue with its
 /// reservation held; once fal answers, it runs and is charged once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_provider_timing_out_then_answering_5xx_delays_the_job_and_charges_it_once() {
+pub(crate) async fn a_provider_timing_out_then_answering_5xx_delays_the_job_and_charges_it_once() {
     let fake = FakeFal::default();
     let (app, _) = spawn_with(&fake, |s| {
         s.jobs.stale_after_secs = 300;

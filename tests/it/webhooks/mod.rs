@@ -20,14 +20,14 @@ use crate::support::app::TestApp;
 use crate::support::db::TestDb;
 
 /// The receiver process and where it listens.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     port: u16,
     client: reqwest::Client,
 }
 
 impl Receiver {
-    async fn start(port: u16) -> Receiver {
+    pub(crate) async fn start(port: u16) -> Receiver {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/webhooks/receiver.py");
         let mut child = Command::new(python_tool("python"))
             .arg(script)
@@ -46,16 +46,16 @@ impl Receiver {
         Receiver { child, port, client: reqwest::Client::new() }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
-    async fn control(&self, body: Value) {
+    pub(crate) async fn control(&self, body: Value) {
         let response = self.client.post(format!("http://127.0.0.1:{}/_control", self.port)).json(&body).send().await.expect("control");
         assert_eq!(response.status(), 200);
     }
 
-    async fn log(&self) -> Vec<Value> {
+    pub(crate) async fn log(&self) -> Vec<Value> {
         let response = self.client.get(format!("http://127.0.0.1:{}/_log", self.port)).send().await.expect("log");
         response.json().await.expect("json")
     }
@@ -68,7 +68,7 @@ impl Receiver {
 }
 
 /// Polls `check` until it holds (the sender works in the background); no fixed sleeps.
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(found) = check().await {
@@ -426,6 +426,49 @@ async fn another_team_cannot_see_or_change_an_endpoint() {
     assert_eq!(mine["enabled"], true, "the owner's endpoint is untouched");
     assert!(mine.get("secret").is_none(), "the secret is shown only when made");
     app.shutdown().await.expect("clean shutdown");
+}
+
+/// The endpoint list pages by cursor, oldest first, on both stores; a cursor of another
+/// list is refused.
+async fn endpoints_page_by_cursor(db: TestDb) {
+    let app = spawn(db, true).await;
+    let (_, key) = team(&app, "Pager").await;
+    let mut made = Vec::new();
+    for n in 0..5 {
+        made.push(endpoint(&app, &key, &format!("http://127.0.0.1:9/hook-{n}"), &["job.completed"]).await.0);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/webhook-endpoints?limit=2".to_string();
+    for pages in 1.. {
+        let page: Value = app.as_key(&key, Method::GET, &path).send().await.expect("list").json().await.expect("json");
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|e| e["id"].as_str().expect("id").to_string()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/webhook-endpoints?limit=2&cursor={cursor}"),
+            None => {
+                assert_eq!(pages, 3, "five endpoints in pages of two");
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, made, "every endpoint once, oldest first");
+    let deliveries: Value = app.as_key(&key, Method::GET, &format!("/api/webhook-endpoints/{}/deliveries?limit=1", made[0])).send().await.expect("list").json().await.expect("json");
+    assert!(deliveries["next_cursor"].is_null());
+    let foreign = kiln::http::cursor::encode("webhook-deliveries", "2026-01-01T00:00:00Z|x");
+    let refused = app.as_key(&key, Method::GET, &format!("/api/webhook-endpoints?cursor={foreign}")).send().await.expect("list");
+    assert_eq!(refused.status(), 422);
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn endpoints_page_by_cursor_postgres() {
+    endpoints_page_by_cursor(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn endpoints_page_by_cursor_sqlite() {
+    endpoints_page_by_cursor(TestDb::sqlite().await).await;
 }
 
 /// Jobs, models and credits notify through the log: a model created through the API
