@@ -53,7 +53,7 @@ impl Cluster {
         let url = |label: &str| {
             stdout.lines().find_map(|line| line.strip_prefix(label)).map(|url| url.trim().to_string()).expect("ha-up prints its URLs")
         };
-        let base: u16 = std::env::var("KILN_HA_PORT_BASE").ok().and_then(|b| b.parse().ok()).unwrap_or(55400);
+        let base: u16 = std::env::var("KILN_HA_PORT_BASE").ok().and_then(|b| b.parse().ok()).unwrap_or(25400);
         Some(Cluster {
             write_url: url("write:"),
             read_url: url("read:"),
