@@ -109,11 +109,17 @@ async fn the_document_keeps_its_own_rules() {
     for id in ["listModels", "createModel", "createGenerationJob", "estimateGeneration", "getJob", "cancelJob", "listJobs", "getCreditBalance"] {
         assert!(ids.contains(id), "operationId {id}");
     }
-    // Query filters are optional query parameters, not required path parameters.
+    // Query filters are optional query parameters, not required path parameters; the
+    // consistency token an optional header.
     let list_jobs = &document["paths"]["/api/jobs"]["get"]["parameters"];
     for parameter in list_jobs.as_array().expect("parameters") {
-        assert_eq!((parameter["in"].as_str(), parameter["required"].as_bool()), (Some("query"), Some(false)), "{parameter}");
+        let place = if parameter["name"] == "Kiln-Consistency-Token" { "header" } else { "query" };
+        assert_eq!((parameter["in"].as_str(), parameter["required"].as_bool()), (Some(place), Some(false)), "{parameter}");
     }
+    // Writes say they answer with the token, and a malformed one is a documented 422.
+    let created = &document["paths"]["/api/generate"]["post"]["responses"]["202"]["headers"]["Kiln-Consistency-Token"];
+    assert!(created["schema"]["pattern"].is_string(), "{created}");
+    assert!(document["paths"]["/api/jobs"]["get"]["responses"]["422"].is_object());
 }
 
 /// The job event stream's data is documented, one schema per public event type, and
