@@ -6,8 +6,10 @@
 //! replica (it may be a moment behind); without a replica configured, everything reads
 //! the primary and no token is made.
 //!
-//! A replica that fails a read (unreachable, no replica healthy behind the proxy) is
-//! left alone for a few seconds: reads go to the primary meanwhile.
+//! A replica that does not answer (unreachable, no replica healthy behind the proxy) is
+//! left alone for a few seconds: reads go to the primary meanwhile. It is found out by a
+//! read with a token, or by a probe every second (reads without a token go straight to
+//! the replica and would otherwise fail until it is back).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +21,9 @@ use crate::db::{Database, DbError};
 const CATCH_UP_POLL: Duration = Duration::from_millis(5);
 /// After a replica fails, reads go to the primary this long.
 const REPLICA_REST: Duration = Duration::from_secs(5);
+/// How often the replica is asked whether it answers (`SELECT 1`), so that reads without a
+/// token, which go straight to it, stop going there soon after it fails.
+const REPLICA_PROBE: Duration = Duration::from_secs(1);
 
 /// A position in the primary's write-ahead log (`pg_lsn`, e.g. `16/B374D848`), as a
 /// write's response hands it out and a read presents it back.
@@ -90,6 +95,9 @@ impl ReadSide {
         }
         let db = Database::connect_replica(read_url, max_connections, acquire_timeout)?;
         let replica = Replica { db, wait_max, resting_until_ms: Arc::new(AtomicU64::new(0)), epoch: Instant::now() };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(probe(replica.db.clone(), Arc::downgrade(&replica.resting_until_ms), replica.epoch, acquire_timeout));
+        }
         Ok(Self { primary, replica: Some(replica) })
     }
 
@@ -124,11 +132,19 @@ impl ReadSide {
         }
     }
 
-    /// Called when a read from the replica failed in a way the replica may be to blame
-    /// for (unreachable): reads go to the primary for a while.
-    pub fn replica_failed(&self) {
-        if let Some(replica) = &self.replica {
-            replica.rest();
+}
+
+/// Asks the replica every [`REPLICA_PROBE`] whether it answers; while it does not, it is
+/// left alone (reads go to the primary). Ends once the [`ReadSide`] is gone.
+async fn probe(db: Database, resting_until_ms: std::sync::Weak<AtomicU64>, epoch: Instant, timeout: Duration) {
+    let Database::Postgres(pool) = db else { return };
+    loop {
+        tokio::time::sleep(REPLICA_PROBE).await;
+        let Some(resting_until_ms) = resting_until_ms.upgrade() else { return };
+        let answer = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&pool)).await;
+        if !matches!(answer, Ok(Ok(_))) {
+            tracing::warn!("the read replica does not answer; reading the primary");
+            resting_until_ms.store(epoch.elapsed().as_millis() as u64 + REPLICA_REST.as_millis() as u64, Ordering::Relaxed);
         }
     }
 }

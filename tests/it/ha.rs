@@ -312,3 +312,31 @@ pub(crate) async fn replica_reads_see_the_clients_own_writes_through_the_consist
     assert!(reads("replica") >= 5.0, "most token reads were served by the replica: {}", reads("replica"));
     assert!(reads("primary") >= 1.0, "the unreachable token fell back to the primary");
 }
+
+/// A replica that cannot be reached (nothing listens at `database.read_url`): reads
+/// without a token go straight to the replica, so until the replica's probe finds it
+/// silent they answer 503 with Retry-After (never 500); then the primary serves them.
+/// Runs in the main suite: it needs no cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_replica_leaves_reads_to_the_primary() {
+    let app = TestApp::spawn_with(TestDb::postgres().await, |s| {
+        s.database.read_url = Some("postgres://postgres@127.0.0.1:9/nowhere".to_string());
+        s.database.acquire_timeout_ms = 300;
+    })
+    .await;
+    let (_, key) = team(&app, "pro", 1_000).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = app.as_key(&key, Method::GET, "/api/jobs").send().await.expect("list");
+        match response.status().as_u16() {
+            200 => break,
+            503 => assert!(response.headers().contains_key("retry-after"), "a 503 says when to retry"),
+            other => panic!("a read while the replica is away answered {other}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "reads never turned to the primary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, from) = app.state.reads.for_read(None).await;
+    assert_eq!(from, infrastructure::replica::ReadFrom::Primary);
+    app.shutdown().await.expect("clean shutdown");
+}
