@@ -7,6 +7,7 @@
 //! - `dispatch`: bare dispatch of no-op jobs, Kiln against graphile-worker (see [`dispatch`]).
 //! - `http`: the read path under a bounded load, Kiln against a bare axum + sqlx server (see [`http`]).
 //! - `render`: the local provider's renderer alone (see [`render`]).
+//! - `latency`: open-loop latency at fixed arrival rates against the seed's targets (see [`latency`]).
 //! - `webhooks`: deliveries per second through the webhook sender to a local receiver (see [`webhooks`]).
 //!
 //! Every run that needs a database works in a scratch database it creates and drops, and
@@ -20,6 +21,7 @@ mod dispatch_check;
 mod http;
 mod jobs;
 mod kiln;
+mod latency;
 mod load;
 mod render;
 mod report;
@@ -54,6 +56,8 @@ enum Command {
     Render(render::RenderArgs),
     /// Webhook deliveries per second to a local receiver (sign, send, record).
     Webhooks(webhooks::WebhooksArgs),
+    /// Open-loop latency at fixed arrival rates: balance, history, submit, cancel and credit operations.
+    Latency(latency::LatencyArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -125,5 +129,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Http(args) => http::run(args).await,
         Command::Render(args) => render::run(&args),
         Command::Webhooks(args) => webhooks::run(args).await,
+        Command::Latency(args) => latency::run(args).await,
     }
 }
