@@ -14,7 +14,7 @@ use application::jobs::worker::{Worker, WorkerConfig};
 use application::jobs::submit::SubmitService;
 use application::jobs::steps::TrainingConfig;
 use application::jobs::JobsService;
-use application::operator_actions::OperatorActions;
+use application::operator_actions::{OperatorActions, OperatorPorts};
 use application::payments::PaymentsService;
 use application::provider::Provider;
 use application::retention::RetentionService;
@@ -160,7 +160,12 @@ impl AppState {
         let provider: Arc<dyn Provider> = Arc::new(application::observe::MeteredProvider(provider));
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
         let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices.clone(), provider.clone(), settings.jobs.queue_depth_max);
-        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices, submit.clone());
+        let ports = OperatorPorts {
+            objects: objects.clone(),
+            catalog: Arc::new(infrastructure::catalog::SqlCatalogListing::new(db.clone())),
+            index: job_index.clone(),
+        };
+        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices, submit.clone(), ports);
         let records = Arc::new(infrastructure::stripe::store::SqlPaymentRecords(db.clone()));
         let stripe = Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe));
         let payments = PaymentsService::new(records, stripe.clone(), credits.clone(), jobs.clone(), job_index.clone());

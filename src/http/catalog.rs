@@ -54,6 +54,8 @@ pub struct ReferenceModelView {
     /// A slug, e.g. `fashion-editorial-01`.
     pub id: String,
     pub name: String,
+    /// What the model is for (empty for the seed models).
+    pub description: String,
     /// fashion | fitness | beauty | lifestyle | business
     pub category: String,
     /// Age range, ethnicity, gender presentation, style, setting, lighting, framing, mood.
@@ -91,6 +93,7 @@ fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, P
     Ok(ReferenceModelView {
         id: model.id,
         name: model.name,
+        description: model.description,
         category: model.category.as_str().to_string(),
         characteristics: model.characteristics,
         complexity_factor_milli: model.complexity_factor_milli,
