@@ -19,7 +19,7 @@ use crate::operators::OperatorIdentity;
 use crate::storage::StorageError;
 
 /// Largest preview image an operator may store.
-pub const PREVIEW_BYTES_MAX: usize = 2 * 1024 * 1024;
+pub const PREVIEW_BYTES_MAX: usize = 1024 * 1024;
 
 /// What the catalog lists for an id now (the read model; a seeded model has no events).
 #[async_trait]

@@ -75,14 +75,14 @@ pub struct ReferenceModelPage {
     pub next_cursor: Option<String>,
 }
 
-fn catalog_problem(error: CatalogError) -> Problem {
+pub(crate) fn catalog_problem(error: CatalogError) -> Problem {
     match error {
         CatalogError::InvalidCursor => super::cursor::invalid(),
         other => Problem::internal(&other),
     }
 }
 
-fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, Problem> {
+pub(crate) fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, Problem> {
     let (ttl, now) = (Duration::from_secs(state.url_ttl_secs), state.credits.now());
     let preview_urls = model
         .preview_keys

@@ -7,6 +7,7 @@
 //! key or team session opens nothing here. One file per page.
 
 pub mod audit;
+pub mod catalog;
 pub mod charts;
 pub mod dispatch;
 pub mod job;
@@ -38,6 +39,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(workers::routes())
         .merge(audit::routes())
         .merge(pricing::routes())
+        .merge(catalog::routes())
         .layer(axum::middleware::from_fn_with_state(state, csrf::protect_ops))
         .route_layer(axum::middleware::from_fn(form::check_path_and_query))
 }
