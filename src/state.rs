@@ -100,6 +100,8 @@ pub struct Services {
     /// A worker silent this long is gone (`jobs.worker_lost_after_secs`): the console
     /// flags it and counts its jobs as stuck.
     pub worker_lost_after: chrono::Duration,
+    /// Whole-log verifications started from the console, and the last one's result.
+    pub audit_runs: Arc<crate::audit_runs::AuditRuns>,
 }
 
 impl Services {
@@ -205,6 +207,7 @@ impl AppState {
             webhooks,
             webhook_sender,
             worker_lost_after: chrono::Duration::seconds(i64::try_from(settings.jobs.worker_lost_after_secs.max(1)).unwrap_or(i64::MAX / 1000)),
+            audit_runs: Arc::default(),
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));
