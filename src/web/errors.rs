@@ -309,10 +309,20 @@ struct ErrorPage {
     notice: Notice,
 }
 
+/// An error page's message, kept on its response so a door with a frame of its own (the
+/// operator console: `web::ops::frame`) can draw the same message in that frame.
+#[derive(Debug, Clone)]
+pub struct ErrorShown(pub Notice);
+
 fn error_page(status: StatusCode, notice: Notice) -> Response {
+    let shown = ErrorShown(notice.clone());
     let page = ErrorPage { layout: Layout::bare(&notice.title), notice };
     match page.render() {
-        Ok(html) => (status, Html(html)).into_response(),
+        Ok(html) => {
+            let mut response = (status, Html(html)).into_response();
+            response.extensions_mut().insert(shown);
+            response
+        }
         Err(error) => {
             tracing::error!(%error, "dashboard: the error page did not render");
             (status, "Something went wrong.").into_response()
