@@ -172,13 +172,19 @@ pub async fn edit_reference(State(state): State<AppState>, operator: Operator, P
     Ok(Json(admin_view(&state, &id).await?))
 }
 
-/// Stores a new preview image (the body: PNG, JPEG or WebP, at most 1 MiB) and shows it.
+/// An image's bytes, as the body of a request.
+#[derive(ToSchema)]
+pub struct ImageBytes(#[schema(value_type = String, format = Binary)] pub Vec<u8>);
+
+/// Stores a new preview image (the body: PNG, JPEG or WebP, at most 1 MiB) and shows it
+/// from now on.
 #[utoipa::path(put, path = "/api/admin/reference-models/{id}/preview", tag = "admin", operation_id = "putReferenceModelPreview",
     params(("id" = String, Path, description = "reference model id"), ReasonQuery),
-    request_body(content = Vec<u8>, content_type = "image/png", description = "The image's bytes (PNG, JPEG or WebP)"),
+    request_body(content = ImageBytes, content_type = "application/octet-stream", description = "The image's bytes: PNG, JPEG or WebP (known by their content)"),
     responses((status = 200, body = AdminReferenceView), (status = 404, description = "No such model (`/problems/not-found`)"),
         (status = 409, description = "Retired (`/problems/reference-model-retired`)"),
-        (status = 422, description = "Not an image, empty or too large (`field`: `preview`)")),
+        (status = 413, description = "The body is larger than the server accepts (`/problems/payload-too-large`)"),
+        (status = 422, description = "Not an image, empty or larger than 1 MiB (`field`: `preview`)")),
     security(("operator_key" = [])))]
 pub async fn put_preview(State(state): State<AppState>, operator: Operator, Path(id): Path<String>, Query(query): Query<ReasonQuery>, body: Bytes) -> Result<Json<AdminReferenceView>, Problem> {
     state.operator_actions.edit_reference(&operator.0, &id, ReferenceEdit::default(), Some(body.to_vec()), query.reason.as_deref(), ReasonRule::Optional).await?;

@@ -25,7 +25,7 @@ struct OpsErrorPage {
 
 /// The operator signed in on this browser, if any (for the frame's navigation).
 async fn signed_in(state: &AppState, headers: &axum::http::HeaderMap) -> Option<OpsSession> {
-    let (mut parts, ()) = Request::get("/ops").body(()).ok()?.into_parts();
+    let (mut parts, ()) = axum::http::Request::builder().uri("/ops").body(()).ok()?.into_parts();
     parts.headers = headers.clone();
     let jar = SignedCookieJar::from_headers(headers, state.web.cookie_key.clone());
     let token = jar.get(OPS_CSRF_COOKIE).map(|c| c.value().to_string()).unwrap_or_default();

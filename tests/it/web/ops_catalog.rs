@@ -52,6 +52,9 @@ async fn an_admin_curates_the_catalog_from_the_console() {
     sign_in(&team_browser, &key).await;
     team_browser.goto("/catalog?q=rain").await;
     assert!(team_browser.text("#catalog").await.contains("Rain editorial, now with umbrellas"));
+    let offered_js = "return document.querySelectorAll('#reference_model_id option[value=\"fashion-rain-01\"]').length;";
+    team_browser.goto("/models/new").await;
+    assert_eq!(team_browser.run(offered_js).await.as_i64(), Some(1), "offered while active");
 
     // Retire: no longer offered in the team's create form nor accepted by the API.
     browser.fill("#retire-reason", "campaign over").await;
@@ -59,8 +62,7 @@ async fn an_admin_curates_the_catalog_from_the_console() {
     browser.wait_text("#notice h2", "Reference model retired").await;
     assert_eq!(browser.text("#reference-state").await, "retired");
     team_browser.goto("/models/new").await;
-    let offered = team_browser.run("return document.querySelectorAll('#reference_model_id option[value=\"fashion-rain-01\"]').length;").await;
-    assert_eq!(offered.as_i64(), Some(0), "a retired reference is not offered");
+    assert_eq!(team_browser.run(offered_js).await.as_i64(), Some(0), "a retired reference is not offered");
     let body = json!({"name": "Rainy", "description": "in the rain", "reference_model_id": "fashion-rain-01"});
     let (status, problem) = api(&app, &key, Method::POST, "/api/models", Some(body)).await;
     assert!((400..500).contains(&status), "refused: {status} {problem}");
