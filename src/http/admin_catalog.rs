@@ -174,7 +174,8 @@ pub async fn edit_reference(State(state): State<AppState>, operator: Operator, P
 
 /// An image's bytes, as the body of a request.
 #[derive(ToSchema)]
-pub struct ImageBytes(#[schema(value_type = String, format = Binary)] pub Vec<u8>);
+#[schema(value_type = String, format = Binary)]
+pub struct ImageBytes(pub Vec<u8>);
 
 /// Stores a new preview image (the body: PNG, JPEG or WebP, at most 1 MiB) and shows it
 /// from now on.
