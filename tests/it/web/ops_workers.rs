@@ -48,14 +48,16 @@ async fn a_drained_worker_finishes_its_job_and_claims_nothing_new() {
     let alice = operator(&app, "Alice", OperatorRole::Admin).await;
 
     // Worker A, slow, takes the first job and holds it.
-    let a = crate::jobs::worker_process(&app, 4_000);
+    let logs = tempfile::tempdir().expect("log dir");
+    let a_log = logs.path().join("worker-a.log");
+    let a = crate::jobs::worker_command(&app, 4_000).stderr(std::fs::File::create(&a_log).expect("log")).spawn().expect("start worker A");
     let first = queue_generation(&app, &key, &model, "a slow first job").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let a_id = loop {
         if let Some(worker) = claimed_by(&app, &first).await.pop() {
             break worker;
         }
-        assert!(std::time::Instant::now() < deadline, "worker A never claimed the first job");
+        assert!(std::time::Instant::now() < deadline, "worker A never claimed the first job: {}", std::fs::read_to_string(&a_log).unwrap_or_default());
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
 
