@@ -80,7 +80,7 @@ async fn a_drained_worker_finishes_its_job_and_claims_nothing_new() {
     for job in later.iter().chain([&first]) {
         wait_status(&app, &key, job, "completed").await;
     }
-    assert_eq!(claimed_by(&app, &first).await, [a_id.clone()], "A finished the job it held (it was {}), once", held["status"]);
+    assert_eq!(claimed_by(&app, &first).await, std::slice::from_ref(&a_id), "A finished the job it held (it was {}), once", held["status"]);
     let mut b_id = None;
     for job in &later {
         let claims = claimed_by(&app, job).await;
