@@ -100,10 +100,22 @@ async fn a_drained_worker_finishes_its_job_and_claims_nothing_new() {
     stop(a);
     stop(b);
 
+    // The same through the API: a viewer is refused, an unknown worker is not found, an
+    // admin lets A claim again.
+    let vera = operator(&app, "Vera", OperatorRole::Viewer).await;
+    let (status, problem) = api(&app, &vera.secret, Method::POST, &format!("/api/admin/workers/{a_id}/undrain?reason=x"), None).await;
+    assert_eq!((status, problem["type"].as_str()), (403, Some("/problems/forbidden")), "{problem}");
+    let (status, problem) = api(&app, &alice.secret, Method::POST, "/api/admin/workers/no-such-worker/drain?reason=x", None).await;
+    assert_eq!((status, problem["type"].as_str()), (404, Some("/problems/not-found")), "{problem}");
+    let (status, _) = api(&app, &alice.secret, Method::POST, &format!("/api/admin/workers/{a_id}/undrain?reason=patched"), None).await;
+    assert_eq!(status, 204);
+    worker_row(&app, &a_id, |row| row["draining"] == false && row["drain_reason"] == "patched").await;
+
     // The drain is an operator act with who and why, from events alone.
     browser.goto("/ops/audit").await;
     let acts = browser.text("#acts tbody").await;
     assert!(acts.contains("drain_worker") && acts.contains("kernel update") && acts.contains("Alice"), "{acts}");
+    assert!(acts.contains("undrain_worker") && acts.contains("patched"), "{acts}");
     browser.close().await;
     app.shutdown().await.expect("shutdown");
 }
