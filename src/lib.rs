@@ -2,6 +2,7 @@
 //! a library so the integration tests start the real application in-process.
 
 pub mod app;
+pub mod audit_runs;
 pub mod cli;
 pub mod http;
 pub mod multipart;

@@ -13,6 +13,8 @@ use serde_json::{Map, Value};
 
 /// The part that carries training images.
 pub const IMAGES_PART: &str = "images";
+/// The part that carries a reference model's preview image (the console's catalog forms).
+pub const PREVIEW_PART: &str = "preview";
 /// Largest body that sends training images: at most 20 images of at most 10 MiB (or a
 /// zip of them), and the text fields.
 pub const UPLOAD_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
@@ -43,11 +45,13 @@ fn is_multipart(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"))
 }
 
-/// Whether the request sends training images: a multipart POST to a route that takes
-/// them (API or dashboard).
+/// Whether the request sends images: a multipart POST to a route that takes them (API
+/// or dashboard: training images; the console's catalog: a preview).
 pub fn is_upload(method: &Method, path: &str, headers: &HeaderMap) -> bool {
     let path = path.strip_prefix("/api").unwrap_or(path);
     let takes_images = path == "/models" || (path.starts_with("/models/") && path.ends_with("/refine"));
+    // The console's catalog forms carry a preview image.
+    let takes_images = takes_images || path == "/ops/catalog" || path.starts_with("/ops/catalog/");
     method == Method::POST && takes_images && is_multipart(headers)
 }
 
@@ -62,7 +66,7 @@ pub async fn read<S: Send + Sync>(request: Request, state: &S) -> Result<Parts, 
             return Err(PartsError::TooMany);
         }
         let name = field.name().unwrap_or_default().to_string();
-        if name == IMAGES_PART {
+        if name == IMAGES_PART || name == PREVIEW_PART {
             let file_name = field.file_name().unwrap_or("image").to_string();
             let bytes = field.bytes().await.map_err(refused)?.to_vec();
             // A browser sends an empty part for a file input left empty.

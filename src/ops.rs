@@ -99,6 +99,15 @@ pub enum AuditCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Write the operators' acts outside any team's ledger (dispatch for everyone, price
+    /// versions, catalog changes, worker drains), each with who and why, from events alone.
+    Acts {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<Database> {
@@ -327,10 +336,7 @@ async fn run_audit(db: &Database, command: AuditCommand) -> anyhow::Result<bool>
                 .iter()
                 .filter(|e| from.is_none_or(|from| e.occurred_at >= from) && to.is_none_or(|to| e.occurred_at < to))
                 .collect();
-            let mut out: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
-                None => Box::new(std::io::stdout().lock()),
-            };
+            let mut out = output_to(output.as_ref())?;
             match format {
                 ExportFormat::Jsonl => {
                     for entry in entries {
@@ -344,7 +350,35 @@ async fn run_audit(db: &Database, command: AuditCommand) -> anyhow::Result<bool>
             out.flush()?;
             Ok(false)
         }
+        AuditCommand::Acts { format, output } => {
+            let acts = audit::operator_acts(db).await?;
+            let mut out = output_to(output.as_ref())?;
+            match format {
+                ExportFormat::Jsonl => {
+                    for act in &acts {
+                        writeln!(out, "{}", serde_json::to_string(act)?)?;
+                    }
+                }
+                ExportFormat::Csv => {
+                    let mut csv = csv::Writer::from_writer(&mut out);
+                    for act in &acts {
+                        csv.serialize(act)?;
+                    }
+                    csv.flush()?;
+                }
+            }
+            out.flush()?;
+            Ok(false)
+        }
     }
+}
+
+/// The file at `output`, or stdout.
+fn output_to(output: Option<&PathBuf>) -> anyhow::Result<Box<dyn Write>> {
+    Ok(match output {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?),
+        None => Box::new(std::io::stdout().lock()),
+    })
 }
 
 const CSV_HEADER: [&str; 12] = [

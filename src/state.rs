@@ -14,7 +14,7 @@ use application::jobs::worker::{Worker, WorkerConfig};
 use application::jobs::submit::SubmitService;
 use application::jobs::steps::TrainingConfig;
 use application::jobs::JobsService;
-use application::operator_actions::OperatorActions;
+use application::operator_actions::{OperatorActions, OperatorPorts};
 use application::payments::PaymentsService;
 use application::provider::Provider;
 use application::retention::RetentionService;
@@ -100,6 +100,8 @@ pub struct Services {
     /// A worker silent this long is gone (`jobs.worker_lost_after_secs`): the console
     /// flags it and counts its jobs as stuck.
     pub worker_lost_after: chrono::Duration,
+    /// Whole-log verifications started from the console, and the last one's result.
+    pub audit_runs: Arc<crate::audit_runs::AuditRuns>,
 }
 
 impl Services {
@@ -160,7 +162,12 @@ impl AppState {
         let provider: Arc<dyn Provider> = Arc::new(application::observe::MeteredProvider(provider));
         let prices = Arc::new(infrastructure::pricing::SqlPriceList::new(db.clone()));
         let submit = SubmitService::new(jobs.clone(), job_index.clone(), prices.clone(), provider.clone(), settings.jobs.queue_depth_max);
-        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices, submit.clone());
+        let ports = OperatorPorts {
+            objects: objects.clone(),
+            catalog: Arc::new(infrastructure::catalog::SqlCatalogListing::new(db.clone())),
+            index: job_index.clone(),
+        };
+        let operator_actions = OperatorActions::new(credits.clone(), aggregates.clone(), jobs.clone(), provider.clone(), prices, submit.clone(), ports);
         let records = Arc::new(infrastructure::stripe::store::SqlPaymentRecords(db.clone()));
         let stripe = Arc::new(infrastructure::stripe::Stripe::new(&settings.stripe));
         let payments = PaymentsService::new(records, stripe.clone(), credits.clone(), jobs.clone(), job_index.clone());
@@ -200,6 +207,7 @@ impl AppState {
             webhooks,
             webhook_sender,
             worker_lost_after: chrono::Duration::seconds(i64::try_from(settings.jobs.worker_lost_after_secs.max(1)).unwrap_or(i64::MAX / 1000)),
+            audit_runs: Arc::default(),
         };
         // Webhook results end jobs through a worker, exactly as polled results do.
         state.fal = fal.map(|fal| FalWebhooks::new(fal, state.worker(&settings.jobs, worker_id("fal-webhook"))));

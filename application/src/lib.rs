@@ -2,6 +2,7 @@
 
 pub mod aggregate_store;
 pub mod api_keys;
+pub mod catalog;
 pub mod clock;
 pub mod credits;
 pub mod event_store;

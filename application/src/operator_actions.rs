@@ -1,5 +1,7 @@
-//! What an operator may do to a team, one use case per action: grant, adjust, change
-//! plan, revoke an API key, cancel a job. Each checks the operator's role and reason
+//! What an operator may do, one use case per action: to a team (grant, adjust, change
+//! plan, revoke an API key, cancel or retry a job, pause its dispatch), and to Kiln
+//! (pause all dispatch, add a price version, drain a worker; the catalog's actions are
+//! in `crate::catalog`). Each checks the operator's role and reason
 //! (`OperatorIdentity::act`) and records the action together with an `OperatorActed`
 //! on the team's credit stream, in one append: the team's history, `kiln audit replay`
 //! and the export then say who did what and why. The REST door (`/api/admin`) and the
@@ -15,7 +17,12 @@ use domain::PricingConfig;
 use domain::keys::{ApiKey, ApiKeyCommand, ApiKeyError, ApiKeyRequest};
 use domain::{AdjustmentId, ApiKeyId, Credits, GrantId, GrantSource, IdempotencyKey, JobId, OperatorAction, Plan, SignedCredits, TeamCreditsCommand, TeamId};
 
+use domain::workers::{WorkerDrain, WorkerDrainCommand, WorkerDrainError};
+
 use crate::aggregate_store::{AggregateStore, CommandError};
+use crate::catalog::{CatalogActionError, CatalogListing};
+use crate::jobs::index::JobIndex;
+use crate::storage::ObjectStore;
 use crate::api_keys::ApiKeyCommandError;
 use crate::credits::{CreditsError, CreditsService, Outcome};
 use crate::jobs::submit::{PriceList, Requester, SubmitError, SubmitService, Submitted};
@@ -41,6 +48,10 @@ pub enum ActionError {
     Prices(#[from] CommandError<PriceBookError>),
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogActionError),
+    #[error(transparent)]
+    Drain(#[from] CommandError<WorkerDrainError>),
 }
 
 /// A grant as an operator gives it.
@@ -61,10 +72,21 @@ pub enum ReasonRule {
     Optional,
 }
 
+/// The ports the console's catalog and worker actions need besides the services.
+#[derive(Clone)]
+pub struct OperatorPorts {
+    /// Where reference models' preview images are stored.
+    pub objects: Arc<dyn ObjectStore>,
+    /// What the catalog lists (a seeded reference model has no events).
+    pub catalog: Arc<dyn CatalogListing>,
+    /// Which workers have sent a heartbeat.
+    pub index: Arc<dyn JobIndex>,
+}
+
 #[derive(Clone)]
 pub struct OperatorActions {
-    credits: CreditsService,
-    aggregates: AggregateStore,
+    pub(crate) credits: CreditsService,
+    pub(crate) aggregates: AggregateStore,
     jobs: JobsService,
     /// Told to stop a cancelled job's request.
     provider: Arc<dyn Provider>,
@@ -72,11 +94,34 @@ pub struct OperatorActions {
     prices: Arc<dyn PriceList>,
     /// Retries are submissions (priced now, checked, reserved).
     submit: SubmitService,
+    pub(crate) objects: Arc<dyn ObjectStore>,
+    pub(crate) catalog: Arc<dyn CatalogListing>,
+    index: Arc<dyn JobIndex>,
 }
 
 impl OperatorActions {
-    pub fn new(credits: CreditsService, aggregates: AggregateStore, jobs: JobsService, provider: Arc<dyn Provider>, prices: Arc<dyn PriceList>, submit: SubmitService) -> Self {
-        Self { credits, aggregates, jobs, provider, prices, submit }
+    pub fn new(credits: CreditsService, aggregates: AggregateStore, jobs: JobsService, provider: Arc<dyn Provider>, prices: Arc<dyn PriceList>, submit: SubmitService, ports: OperatorPorts) -> Self {
+        let OperatorPorts { objects, catalog, index } = ports;
+        Self { credits, aggregates, jobs, provider, prices, submit, objects, catalog, index }
+    }
+
+    /// Drains a worker: it claims no new job and finishes those it holds (it reads the
+    /// drain with its next heartbeat). Draining a draining worker records nothing; an
+    /// id that never sent a heartbeat is not found.
+    pub async fn drain_worker(&self, who: &OperatorIdentity, worker_id: &str, reason: Option<&str>, rule: ReasonRule) -> Result<(), ActionError> {
+        let act = who.act(reason, rule == ReasonRule::Required)?;
+        let seen = self.index.worker_seen(worker_id).await.map_err(CommandError::<WorkerDrainError>::Store)?;
+        let command = WorkerDrainCommand::Drain { seen, act, now: self.credits.now() };
+        self.aggregates.execute::<WorkerDrain>(worker_id, (worker_id.to_string(), command), &(), &who.metadata()).await?;
+        Ok(())
+    }
+
+    /// Lets a drained worker claim jobs again.
+    pub async fn undrain_worker(&self, who: &OperatorIdentity, worker_id: &str, reason: Option<&str>, rule: ReasonRule) -> Result<(), ActionError> {
+        let act = who.act(reason, rule == ReasonRule::Required)?;
+        let command = WorkerDrainCommand::Undrain { act, now: self.credits.now() };
+        self.aggregates.execute::<WorkerDrain>(worker_id, (worker_id.to_string(), command), &(), &who.metadata()).await?;
+        Ok(())
     }
 
     /// Retries an ended (failed or cancelled) image generation of the team as a new job

@@ -16,6 +16,9 @@
 //! - [`jobs`]: the [`jobs::GenerationJob`] aggregate, job input and outputs.
 //! - [`models`]: the [`models::CustomModel`] aggregate.
 //! - [`keys`]: the [`keys::ApiKey`] aggregate and key [`keys::Role`]s.
+//! - [`catalog`]: the [`catalog::CatalogEntry`] aggregate (operators add, edit, retire
+//!   reference models) and the rules of a reference model's fields.
+//! - [`workers`]: the [`workers::WorkerDrain`] aggregate (an operator drains a worker).
 //! - [`dispatch`]: the [`dispatch::Dispatch`] aggregate (pausing every team's dispatch).
 //! - [`operators`]: the [`operators::Operator`] aggregate (people who run Kiln), their
 //!   [`operators::OperatorRole`]s and what an operator's act records ([`operators::OperatorAct`]).
@@ -23,6 +26,7 @@
 //!   types of free text ([`text::Prompt`], [`text::ModelName`], …).
 
 pub mod amount;
+pub mod catalog;
 pub mod credits;
 pub mod dispatch;
 pub mod ids;
@@ -37,6 +41,7 @@ pub mod share;
 pub mod pricing;
 pub mod text;
 pub mod webhooks;
+pub mod workers;
 
 pub use amount::{AmountError, Credits, SignedCredits};
 pub use credits::{

@@ -4,7 +4,7 @@
 use application::event_store::EventStoreError;
 use std::sync::Arc;
 
-use application::jobs::index::{ActiveJob, JobIndex, Lost, PickHold, Picked, PickedJob};
+use application::jobs::index::{ActiveJob, JobIndex, Lost, PickHold, Picked, PickedJob, WorkerOrders, WorkerReport};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::share::PlanWeights;
@@ -326,6 +326,29 @@ impl JobIndex for SqlJobIndex {
         )
         .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn report(&self, worker: &str, now: DateTime<Utc>, report: &WorkerReport) -> Result<WorkerOrders, EventStoreError> {
+        let (last_error, last_error_at) = report.last_error.clone().map_or((None, None), |(e, at)| (Some(e), Some(at)));
+        db_execute!(
+            &self.db,
+            "INSERT INTO workers (worker_id, started_at, heartbeat_at, jobs_done, last_error, last_error_at) VALUES ($1, $2, $2, $3, $4, $5) \
+             ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, jobs_done = excluded.jobs_done, \
+             last_error = COALESCE(excluded.last_error, workers.last_error), last_error_at = COALESCE(excluded.last_error_at, workers.last_error_at)",
+            worker,
+            now,
+            i64::try_from(report.jobs_done).unwrap_or(i64::MAX),
+            last_error,
+            last_error_at
+        )
+        .map_err(store_error)?;
+        let drained = db_fetch_optional!(&self.db, (bool,), "SELECT draining FROM worker_drains WHERE worker_id = $1", worker).map_err(store_error)?;
+        Ok(WorkerOrders { draining: drained.is_some_and(|(draining,)| draining) })
+    }
+
+    async fn worker_seen(&self, worker: &str) -> Result<bool, EventStoreError> {
+        let row = db_fetch_optional!(&self.db, (String,), "SELECT worker_id FROM workers WHERE worker_id = $1", worker).map_err(store_error)?;
+        Ok(row.is_some())
     }
 
     async fn reference_characteristics(&self, reference_model_id: &str) -> Result<Option<serde_json::Value>, EventStoreError> {

@@ -8,7 +8,7 @@ use infrastructure::db::Database;
 use infrastructure::event_store::{InlineProjection, SqlEventStore};
 use serde::Serialize;
 
-use crate::{api_keys, balances, dispatch, history, jobs, operators, projector, webhooks};
+use crate::{api_keys, balances, dispatch, history, jobs, operators, projector, webhooks, workers};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -36,6 +36,7 @@ pub fn catalog() -> Vec<ProjectionInfo> {
         info(api_keys::NAME, Kind::Inline, api_keys::TABLES, Arc::new(api_keys::ApiKeys)),
         info(operators::NAME, Kind::Inline, operators::TABLES, Arc::new(operators::Operators)),
         info(dispatch::NAME, Kind::Inline, dispatch::TABLES, Arc::new(dispatch::DispatchControl)),
+        info(workers::NAME, Kind::Inline, workers::TABLES, Arc::new(workers::WorkerDrains)),
         info(jobs::NAME, Kind::Inline, jobs::TABLES, Arc::new(jobs::Jobs)),
         info(webhooks::ENDPOINTS_NAME, Kind::Inline, webhooks::ENDPOINTS_TABLES, Arc::new(webhooks::WebhookEndpoints)),
         info(history::NAME, Kind::Async, history::TABLES, Arc::new(history::CreditHistory)),

@@ -2,7 +2,8 @@
 //!
 //! - what a credit event means for every read model, once: [`credit_fold`];
 //! - inline (in the append transaction): [`balances`], [`api_keys`], [`operators`], [`dispatch`], [`price_book`] (appends only;
-//!   not in the rebuild catalog), [`jobs`], the webhook endpoints ([`webhooks`]);
+//!   not in the rebuild catalog), [`reference_models`] (operators' catalog changes; not
+//!   rebuilt either: the seed is not events), [`workers`] (worker drains), [`jobs`], the webhook endpoints ([`webhooks`]);
 //! - async (projector, from checkpoints): [`history`], the webhook deliveries
 //!   ([`webhooks`]: a work queue, not rebuilt); the public job events ([`public_events`]);
 //! - operations: [`catalog`] (names, tables, status), [`rebuild`] (shadow rebuild, swap,
@@ -22,7 +23,9 @@ pub mod price_book;
 pub mod projector;
 pub mod public_events;
 pub mod rebuild;
+pub mod reference_models;
 pub mod webhooks;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -32,7 +35,7 @@ use infrastructure::event_store::{InlineProjection, ProjectionError};
 
 /// The projections every append runs in its transaction.
 pub fn inline_projections() -> Vec<Arc<dyn InlineProjection>> {
-    vec![Arc::new(balances::TeamBalances), Arc::new(api_keys::ApiKeys), Arc::new(operators::Operators), Arc::new(dispatch::DispatchControl), Arc::new(price_book::PriceVersions), Arc::new(jobs::Jobs), Arc::new(webhooks::WebhookEndpoints)]
+    vec![Arc::new(balances::TeamBalances), Arc::new(api_keys::ApiKeys), Arc::new(operators::Operators), Arc::new(dispatch::DispatchControl), Arc::new(price_book::PriceVersions), Arc::new(reference_models::ReferenceModels), Arc::new(workers::WorkerDrains), Arc::new(jobs::Jobs), Arc::new(webhooks::WebhookEndpoints)]
 }
 
 /// The projections the projector runs behind the log, in this order (the webhook

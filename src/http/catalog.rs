@@ -54,6 +54,8 @@ pub struct ReferenceModelView {
     /// A slug, e.g. `fashion-editorial-01`.
     pub id: String,
     pub name: String,
+    /// What the model is for (empty for the seed models).
+    pub description: String,
     /// fashion | fitness | beauty | lifestyle | business
     pub category: String,
     /// Age range, ethnicity, gender presentation, style, setting, lighting, framing, mood.
@@ -73,14 +75,14 @@ pub struct ReferenceModelPage {
     pub next_cursor: Option<String>,
 }
 
-fn catalog_problem(error: CatalogError) -> Problem {
+pub(crate) fn catalog_problem(error: CatalogError) -> Problem {
     match error {
         CatalogError::InvalidCursor => super::cursor::invalid(),
         other => Problem::internal(&other),
     }
 }
 
-fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, Problem> {
+pub(crate) fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, Problem> {
     let (ttl, now) = (Duration::from_secs(state.url_ttl_secs), state.credits.now());
     let preview_urls = model
         .preview_keys
@@ -91,6 +93,7 @@ fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceModelView, P
     Ok(ReferenceModelView {
         id: model.id,
         name: model.name,
+        description: model.description,
         category: model.category.as_str().to_string(),
         characteristics: model.characteristics,
         complexity_factor_milli: model.complexity_factor_milli,

@@ -1,6 +1,7 @@
 //! HTTP wiring: the router, its middleware, and the endpoint modules.
 
 pub mod admin;
+pub mod admin_catalog;
 pub mod admin_dispatch;
 pub mod admin_reads;
 pub mod audit;
@@ -47,6 +48,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(admin::routes())
         .merge(admin_reads::routes())
         .merge(admin_dispatch::routes())
+        .merge(admin_catalog::routes())
         .merge(models::routes())
         .merge(generate::routes())
         .merge(jobs::routes())

@@ -18,7 +18,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, admin_dispatch, admin_reads, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe, webhooks};
+use super::{admin, admin_catalog, admin_dispatch, admin_reads, audit, catalog, credits, fal, generate, health, job_events, jobs, metrics, models, stripe, webhooks};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -35,6 +35,9 @@ use crate::state::AppState;
         admin::revoke_own_key, admin::expire_subscription, admin_reads::list_teams, admin_reads::list_operators,
         admin_dispatch::dispatch_state, admin_dispatch::pause_all, admin_dispatch::resume_all, admin_dispatch::pause_team,
         admin_dispatch::resume_team, admin_dispatch::cancel_job, admin_dispatch::retry_job,
+        admin_catalog::list_references, admin_catalog::get_reference, admin_catalog::add_reference, admin_catalog::edit_reference,
+        admin_catalog::put_preview, admin_catalog::retire_reference, admin_catalog::restore_reference,
+        admin_catalog::list_workers, admin_catalog::drain_worker, admin_catalog::undrain_worker,
         models::list, models::create, models::get_one, models::update, models::archive, models::refine,
         models::versions, models::images,
         generate::submit, generate::estimate, generate::status, generate::images,

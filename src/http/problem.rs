@@ -224,6 +224,54 @@ impl From<application::operator_actions::ActionError> for Problem {
             E::Dispatch(error) => error.into(),
             E::Prices(error) => error.into(),
             E::Submit(error) => error.into(),
+            E::Catalog(error) => error.into(),
+            E::Drain(error) => error.into(),
+        }
+    }
+}
+
+impl From<application::catalog::CatalogActionError> for Problem {
+    fn from(error: application::catalog::CatalogActionError) -> Self {
+        use application::catalog::CatalogActionError as E;
+        match error {
+            E::Reference(error) => error.into(),
+            E::Preview(error) => Problem::invalid_field("preview", error.to_string()),
+            E::Storage(error) => {
+                tracing::warn!(%error, "object store unavailable");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "storage-unavailable", "Storage unavailable")
+                    .detail("the image could not be stored; nothing was changed, try again")
+                    .retry_after(CONTENTION_RETRY_AFTER_SECS)
+            }
+        }
+    }
+}
+
+impl From<domain::catalog::ReferenceError> for Problem {
+    fn from(error: domain::catalog::ReferenceError) -> Self {
+        use domain::catalog::ReferenceError as E;
+        let field = match &error {
+            E::InvalidId(_) => "id",
+            E::InvalidText { field, .. } => *field,
+            E::InvalidCategory(_) => "category",
+            E::InvalidTraits(_) => "characteristics",
+            E::ComplexityOutOfRange { .. } => "complexity_factor_milli",
+            E::AlreadyExists => {
+                return Problem::new(StatusCode::CONFLICT, "reference-model-exists", "Reference model exists").detail(error.to_string())
+            }
+            E::NotFound => return Problem::not_found().detail("no such reference model"),
+            E::Retired => {
+                return Problem::new(StatusCode::CONFLICT, "reference-model-retired", "Reference model retired").detail(error.to_string())
+            }
+            E::NothingToChange => return Problem::invalid(error.to_string()),
+        };
+        Problem::invalid_field(field, error.to_string())
+    }
+}
+
+impl From<domain::workers::WorkerDrainError> for Problem {
+    fn from(error: domain::workers::WorkerDrainError) -> Self {
+        match error {
+            domain::workers::WorkerDrainError::UnknownWorker => Problem::not_found().detail("no such worker"),
         }
     }
 }

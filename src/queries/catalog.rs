@@ -11,6 +11,7 @@ use infrastructure::{db_fetch_all, db_fetch_optional};
 struct Row {
     id: String,
     name: String,
+    description: String,
     category: String,
     characteristics: String,
     complexity_factor_milli: i64,
@@ -18,10 +19,13 @@ struct Row {
     active: bool,
     preview_keys: String,
     created_at: DateTime<Utc>,
+    changed_at: Option<DateTime<Utc>>,
+    changed_by: Option<String>,
+    change_reason: Option<String>,
 }
 
-const COLUMNS: &str =
-    "id, name, category, characteristics, complexity_factor_milli, popularity, active, preview_keys, created_at";
+const COLUMNS: &str = "id, name, description, category, characteristics, complexity_factor_milli, popularity, active, preview_keys, \
+     created_at, changed_at, changed_by, change_reason";
 
 impl TryFrom<Row> for ReferenceModel {
     type Error = CatalogError;
@@ -34,6 +38,7 @@ impl TryFrom<Row> for ReferenceModel {
         Ok(ReferenceModel {
             id: row.id,
             name: row.name,
+            description: row.description,
             category,
             characteristics,
             complexity_factor_milli: row.complexity_factor_milli,
@@ -41,6 +46,9 @@ impl TryFrom<Row> for ReferenceModel {
             active: row.active,
             preview_keys,
             created_at: row.created_at,
+            changed_at: row.changed_at,
+            changed_by: row.changed_by,
+            change_reason: row.change_reason,
         })
     }
 }
@@ -80,13 +88,32 @@ pub async fn search(
     limit: u32,
     cursor: Option<&str>,
 ) -> Result<CatalogPage, CatalogError> {
+    find(db, Some(true), category, name_contains, sort, limit, cursor).await
+}
+
+/// Like [`search`], retired models included: the operators' view.
+pub async fn search_all(db: &Database, name_contains: Option<&str>, limit: u32, cursor: Option<&str>) -> Result<CatalogPage, CatalogError> {
+    find(db, None, None, name_contains, CatalogSort::Popularity, limit, cursor).await
+}
+
+/// Models that are `active` (any when `None`), of `category`, whose name contains
+/// `name_contains`, in `sort` order.
+async fn find(
+    db: &Database,
+    active: Option<bool>,
+    category: Option<Category>,
+    name_contains: Option<&str>,
+    sort: CatalogSort,
+    limit: u32,
+    cursor: Option<&str>,
+) -> Result<CatalogPage, CatalogError> {
     let pattern = name_contains.map(str::trim).filter(|t| !t.is_empty()).map(like_pattern);
     let limit = limit.clamp(1, PAGE_LIMIT_MAX);
     let CatalogSort::Popularity = sort;
     let after = cursor.map(parse_popularity_cursor).transpose()?;
     let (after_popularity, after_id) = after.map_or((None, None), |(p, id)| (Some(p), Some(id)));
     let sql = format!(
-        "SELECT {COLUMNS} FROM reference_models WHERE active = $1 AND ($2 IS NULL OR category = $2) \
+        "SELECT {COLUMNS} FROM reference_models WHERE ($1 IS NULL OR active = $1) AND ($2 IS NULL OR category = $2) \
          AND ($3 IS NULL OR popularity < $3 OR (popularity = $3 AND id > $4)) \
          AND ($6 IS NULL OR LOWER(name) LIKE $6 ESCAPE '\\') \
          ORDER BY popularity DESC, id LIMIT $5"
@@ -95,7 +122,7 @@ pub async fn search(
         db,
         Row,
         &sql,
-        true,
+        active,
         category.map(Category::as_str),
         after_popularity,
         after_id,

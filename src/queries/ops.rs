@@ -208,16 +208,25 @@ pub async fn jobs(db: &Database, filter: &OpsJobFilter<'_>, limit: i64) -> Resul
     )?)
 }
 
-/// A worker process as its heartbeats and leases show it.
+/// A worker process as its heartbeats, leases and drain show it.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct WorkerRow {
     pub worker_id: String,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
-    /// Jobs it holds now (claimed ahead, at the provider, ending): its leases. (Jobs
-    /// done and the last error are not shown: `jobs.worker` has no index, and one would
-    /// cost every dispatch its HOT update.)
+    /// Jobs it holds now (claimed ahead, at the provider, ending): its leases.
     pub jobs_held: i64,
+    /// Jobs it completed since it started, and the last error one of its jobs met, as
+    /// its last heartbeat reported them (the worker counts: `jobs.worker` has no index,
+    /// and one would cost every dispatch its HOT update).
+    pub jobs_done: i64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// An operator drained it: it claims nothing new and finishes what it holds.
+    pub draining: bool,
+    /// Who drained it (or let it claim again) last, and why.
+    pub drain_changed_by: Option<String>,
+    pub drain_reason: Option<String>,
 }
 
 /// Every worker that has sent a heartbeat, latest heartbeat first, at most `limit`.
@@ -226,9 +235,12 @@ pub async fn workers(db: &Database, limit: i64) -> Result<Vec<WorkerRow>, QueryE
         db,
         WorkerRow,
         "SELECT w.worker_id, w.started_at, w.heartbeat_at, \
-                (SELECT CAST(COUNT(*) AS BIGINT) FROM job_leases l WHERE l.worker_id = w.worker_id) AS jobs_held \
-         FROM workers w ORDER BY w.heartbeat_at DESC LIMIT $1",
-        limit
+                (SELECT CAST(COUNT(*) AS BIGINT) FROM job_leases l WHERE l.worker_id = w.worker_id) AS jobs_held, \
+                w.jobs_done, w.last_error, w.last_error_at, COALESCE(d.draining, $2) AS draining, \
+                d.changed_by AS drain_changed_by, d.reason AS drain_reason \
+         FROM workers w LEFT JOIN worker_drains d ON d.worker_id = w.worker_id ORDER BY w.heartbeat_at DESC LIMIT $1",
+        limit,
+        false
     )?)
 }
 

@@ -34,6 +34,8 @@ struct CatalogQuery {
 pub struct ReferenceCard {
     pub id: String,
     pub name: String,
+    /// The operator's description (empty for the seed models).
+    pub description: String,
     pub category: &'static str,
     /// "style: editorial · setting: studio · …"
     pub traits: String,
@@ -62,6 +64,7 @@ impl ReferenceCard {
         Ok(Self {
             id: model.id.clone(),
             name: model.name.clone(),
+            description: model.description.clone(),
             category: model.category.as_str(),
             traits,
             complexity: format!("{:.1}", model.complexity_factor_milli as f64 / 1000.0),

@@ -221,6 +221,41 @@ impl From<application::operator_actions::ActionError> for WebError {
             E::Dispatch(error) => error.into(),
             E::Prices(error) => error.into(),
             E::Submit(error) => error.into(),
+            E::Catalog(error) => error.into(),
+            E::Drain(error) => error.into(),
+        }
+    }
+}
+
+impl From<application::catalog::CatalogActionError> for WebError {
+    fn from(error: application::catalog::CatalogActionError) -> Self {
+        use application::catalog::CatalogActionError as E;
+        match error {
+            E::Reference(error) => error.into(),
+            E::Preview(error) => WebError::Refused(Notice::new("Check the preview image", format!("{error}."))),
+            E::Storage(error) => {
+                tracing::warn!(%error, "object store unavailable");
+                WebError::Refused(Notice::new("Storage unavailable", "The image could not be stored and nothing was changed. Try again in a moment."))
+            }
+        }
+    }
+}
+
+impl From<domain::catalog::ReferenceError> for WebError {
+    fn from(error: domain::catalog::ReferenceError) -> Self {
+        use domain::catalog::ReferenceError as E;
+        match error {
+            E::NotFound => WebError::NotFound,
+            E::AlreadyExists | E::Retired => WebError::Refused(Notice::new("The catalog changed", format!("{error}.")).next("/ops/catalog", "Catalog")),
+            other => WebError::Refused(Notice::new("Check the reference model", format!("The {other}."))),
+        }
+    }
+}
+
+impl From<domain::workers::WorkerDrainError> for WebError {
+    fn from(error: domain::workers::WorkerDrainError) -> Self {
+        match error {
+            domain::workers::WorkerDrainError::UnknownWorker => WebError::NotFound,
         }
     }
 }
@@ -274,10 +309,20 @@ struct ErrorPage {
     notice: Notice,
 }
 
+/// An error page's message, kept on its response so a door with a frame of its own (the
+/// operator console: `web::ops::frame`) can draw the same message in that frame.
+#[derive(Debug, Clone)]
+pub struct ErrorShown(pub Notice);
+
 fn error_page(status: StatusCode, notice: Notice) -> Response {
+    let shown = ErrorShown(notice.clone());
     let page = ErrorPage { layout: Layout::bare(&notice.title), notice };
     match page.render() {
-        Ok(html) => (status, Html(html)).into_response(),
+        Ok(html) => {
+            let mut response = (status, Html(html)).into_response();
+            response.extensions_mut().insert(shown);
+            response
+        }
         Err(error) => {
             tracing::error!(%error, "dashboard: the error page did not render");
             (status, "Something went wrong.").into_response()

@@ -501,6 +501,8 @@ pub(crate) fn worker_command(app: &TestApp, latency_ms: u64) -> std::process::Co
         .env("KILN_JOBS__RETRY_BACKOFF_BASE_MS", "10")
         .env("KILN_LOG__FORMAT", "json")
         .env_remove("RUST_LOG")
+        // The browser tests' switch is not a setting; the worker's config refuses it.
+        .env_remove("KILN_SCREENSHOTS")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     command

@@ -49,6 +49,21 @@ pub struct Lost {
     pub unleased_before: DateTime<Utc>,
 }
 
+/// What a worker reports with each heartbeat: jobs it completed since it started, and
+/// the last error one of its jobs met (with when).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub jobs_done: u64,
+    pub last_error: Option<(String, DateTime<Utc>)>,
+}
+
+/// What a heartbeat answers the worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerOrders {
+    /// An operator drained the worker: it claims nothing new, finishes what it holds.
+    pub draining: bool,
+}
+
 #[async_trait]
 pub trait JobIndex: Send + Sync + 'static {
     /// Up to `limit` jobs to claim, in the order of [`JobIndex::dispatchable`], under the
@@ -90,6 +105,12 @@ pub trait JobIndex: Send + Sync + 'static {
 
     /// Records that `worker` is alive at `now`.
     async fn heartbeat(&self, worker: &str, now: DateTime<Utc>) -> Result<(), EventStoreError>;
+
+    /// A heartbeat with the worker's report; answers whether it is drained.
+    async fn report(&self, worker: &str, now: DateTime<Utc>, report: &WorkerReport) -> Result<WorkerOrders, EventStoreError>;
+
+    /// Whether `worker` has ever sent a heartbeat.
+    async fn worker_seen(&self, worker: &str) -> Result<bool, EventStoreError>;
 
     /// A reference model's characteristics (JSON), for model creation requests.
     async fn reference_characteristics(&self, reference_model_id: &str) -> Result<Option<serde_json::Value>, EventStoreError>;

@@ -21,7 +21,7 @@ use domain::{JobId, ModelId};
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::Instrument;
 
-use super::index::{ActiveJob, JobIndex, Lost};
+use super::index::{ActiveJob, JobIndex, Lost, WorkerReport};
 use super::lease::{durably, Held, HeldJob};
 use super::steps::{self, SetFile, Step};
 use super::{JobsError, JobsService};
@@ -150,6 +150,34 @@ pub struct Worker {
     leases: Arc<Held>,
     /// Set when the worker stops: a job's run no longer waits for the database.
     stopping: Arc<AtomicBool>,
+    /// What it reports with its heartbeats, and whether an operator drained it.
+    stats: Arc<WorkerStats>,
+}
+
+/// A worker's own record for the console: jobs it completed since it started, the last
+/// error one of its jobs met, and whether it was drained (as its last heartbeat heard).
+#[derive(Default)]
+struct WorkerStats {
+    jobs_done: std::sync::atomic::AtomicU64,
+    last_error: Mutex<Option<(String, DateTime<Utc>)>>,
+    draining: AtomicBool,
+}
+
+/// Longest error a worker reports (the full one is in its log).
+const REPORTED_ERROR_CHARS_MAX: usize = 500;
+
+impl WorkerStats {
+    fn report(&self) -> WorkerReport {
+        let last_error = self.last_error.lock().map(|e| e.clone()).unwrap_or_default();
+        WorkerReport { jobs_done: self.jobs_done.load(Ordering::Relaxed), last_error }
+    }
+
+    fn error(&self, message: &str, at: DateTime<Utc>) {
+        let message: String = message.chars().take(REPORTED_ERROR_CHARS_MAX).collect();
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((message, at));
+        }
+    }
 }
 
 impl Worker {
@@ -174,6 +202,7 @@ impl Worker {
             slot_freed: Arc::default(),
             leases: Arc::default(),
             stopping: Arc::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -220,8 +249,13 @@ impl Worker {
         let mut last_heartbeat: Option<std::time::Instant> = None;
         loop {
             if last_heartbeat.is_none_or(|at| at.elapsed() >= self.config.heartbeat_interval) {
-                if let Err(error) = self.index.heartbeat(&self.config.worker_id, self.now()).await {
-                    tracing::warn!(%error, "heartbeat failed");
+                match self.index.report(&self.config.worker_id, self.now(), &self.stats.report()).await {
+                    Ok(orders) => {
+                        if self.stats.draining.swap(orders.draining, Ordering::Relaxed) != orders.draining {
+                            tracing::info!(draining = orders.draining, "an operator changed this worker's drain");
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "heartbeat failed"),
                 }
                 if let Err(error) = self.renew_leases().await {
                     tracing::warn!(%error, "renewing job leases failed");
@@ -231,12 +265,18 @@ impl Worker {
                 }
                 last_heartbeat = Some(std::time::Instant::now());
             }
-            let asked = self.held.available_permits().min(CLAIM_BATCH_MAX);
-            let started = match self.dispatch_once().await {
-                Ok(started) => started,
-                Err(error) => {
-                    tracing::warn!(%error, "dispatch failed");
-                    0
+            // Drained: claim nothing new; the jobs held run to their end.
+            let draining = self.stats.draining.load(Ordering::Relaxed);
+            let asked = if draining { 0 } else { self.held.available_permits().min(CLAIM_BATCH_MAX) };
+            let started = if draining {
+                0
+            } else {
+                match self.dispatch_once().await {
+                    Ok(started) => started,
+                    Err(error) => {
+                        tracing::warn!(%error, "dispatch failed");
+                        0
+                    }
                 }
             };
             // Fewer jobs than asked: nothing more is dispatchable now. Nothing to ask:
@@ -335,6 +375,7 @@ impl Worker {
         }
         tracing::error!(%job_id, %error, "job run failed; handing the job back");
         let reason = format!("the worker's run failed: {error}");
+        self.stats.error(&reason, self.now());
         if let Err(error) = self.jobs.retry_later(job_id, Some(attempt), &reason, self.now()).await {
             tracing::warn!(%job_id, %error, "the job was not handed back; its lease will lapse");
         }
@@ -757,7 +798,10 @@ impl Worker {
                     None => self.durably("completing the job", || self.jobs.complete(job_id, attempt, outputs.clone())).await,
                 };
                 match completed {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        self.stats.jobs_done.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
                     // Completed by another delivery of the same result (a webhook racing a
                     // status check): it stored the same keys and recorded them; keep them.
                     Err(JobsError::Job(domain::jobs::JobError::AlreadyFinished("completed"))) => {
@@ -787,6 +831,7 @@ impl Worker {
     /// Fails the job for `attempt` and refunds it (waiting out a database outage); an
     /// attempt taken back meanwhile records nothing.
     async fn fail(&self, job_id: JobId, attempt: u32, reason: &str) -> Result<(), JobsError> {
+        self.stats.error(reason, self.now());
         match self.durably("failing the job", || self.jobs.fail(job_id, Some(attempt), reason)).await {
             Ok(_) | Err(JobsError::Job(JobError::StaleAttempt { .. } | JobError::NotInProgress(_))) => Ok(()),
             Err(error) => Err(error),
@@ -836,6 +881,7 @@ impl Worker {
         }
         let delay = chrono::Duration::from_std(self.config.backoff(attempt)).unwrap_or(chrono::Duration::seconds(1));
         tracing::info!(%job_id, attempt, %message, "transient failure; retrying later");
+        self.stats.error(message, self.now());
         let retry = || self.jobs.retry_later(job_id, Some(attempt), message, self.now() + delay);
         match self.durably("scheduling a retry", retry).await {
             // Ended or taken back meanwhile: nothing left for this attempt to do.

@@ -3,7 +3,10 @@
 //! `kiln::queries::catalog` (the types are here, with the seed that writes them).
 //!
 //! `popularity` and `active` are operational state: seeding sets them on insert and
-//! leaves them alone afterwards; everything else is refreshed from the seed data.
+//! leaves them alone afterwards; everything else is refreshed from the seed data, unless
+//! an operator changed the model (`changed_at` set): operators' changes are events of
+//! the `CatalogEntry` streams (`domain::catalog`), projected into the same table by
+//! `projections::reference_models`, and a later seed leaves those rows alone.
 
 mod data;
 
@@ -24,41 +27,8 @@ pub const PAGE_LIMIT_MAX: u32 = 100;
 /// Side of a rendered preview, in pixels.
 pub const PREVIEW_SIDE_PIXELS: u32 = 384;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Category {
-    Fashion,
-    Fitness,
-    Beauty,
-    Lifestyle,
-    Business,
-}
-
-impl Category {
-    pub const ALL: [Category; 5] = [Category::Fashion, Category::Fitness, Category::Beauty, Category::Lifestyle, Category::Business];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Category::Fashion => "fashion",
-            Category::Fitness => "fitness",
-            Category::Beauty => "beauty",
-            Category::Lifestyle => "lifestyle",
-            Category::Business => "business",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown category {0:?} (expected fashion, fitness, beauty, lifestyle or business)")]
-pub struct UnknownCategory(pub String);
-
-impl FromStr for Category {
-    type Err = UnknownCategory;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Category::ALL.into_iter().find(|c| c.as_str() == text).ok_or_else(|| UnknownCategory(text.to_string()))
-    }
-}
+/// The category rule is the domain's (`domain::catalog`), shared by every door.
+pub use domain::catalog::{Category, UnknownCategory};
 
 /// The orders a catalog listing offers. Each has its own cursor format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,6 +54,8 @@ pub struct ReferenceModel {
     /// A slug, e.g. `fashion-editorial-01`.
     pub id: String,
     pub name: String,
+    /// Empty for the seed models.
+    pub description: String,
     pub category: Category,
     /// JSON object: `age_range`, `ethnicity`, `gender_presentation`, `style`, `setting`, …
     pub characteristics: serde_json::Value,
@@ -94,6 +66,10 @@ pub struct ReferenceModel {
     /// Object-store keys of the preview images.
     pub preview_keys: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// The latest operator change: when, by whom, why (`None`: as seeded).
+    pub changed_at: Option<DateTime<Utc>>,
+    pub changed_by: Option<String>,
+    pub change_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,7 +108,32 @@ pub fn preview_key(id: &str) -> String {
     format!("reference-models/{id}/preview.png")
 }
 
-/// Inserts the seed catalog, refreshes rows that exist, and renders previews missing
+/// What the catalog lists for `id` (the `CatalogListing` port: operators' catalog
+/// commands name it, as a seeded model has no events).
+pub struct SqlCatalogListing {
+    db: Database,
+}
+
+impl SqlCatalogListing {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait::async_trait]
+impl application::catalog::CatalogListing for SqlCatalogListing {
+    async fn listed(&self, id: &str) -> Result<domain::catalog::Listed, application::event_store::EventStoreError> {
+        let row = crate::db_fetch_optional!(&self.db, (bool,), "SELECT active FROM reference_models WHERE id = $1", id)
+            .map_err(crate::event_store::store_error)?;
+        Ok(match row {
+            None => domain::catalog::Listed::Absent,
+            Some((true,)) => domain::catalog::Listed::Active,
+            Some((false,)) => domain::catalog::Listed::Retired,
+        })
+    }
+}
+
+/// Inserts the seed catalog, refreshes rows that exist (and no operator changed), and renders previews missing
 /// from `objects`. Safe to run any number of times, by several processes at once.
 pub async fn seed(db: &Database, objects: &dyn ObjectStore, now: DateTime<Utc>) -> Result<SeedReport, CatalogError> {
     let models = seed_models();
@@ -171,7 +172,7 @@ pub async fn seed(db: &Database, objects: &dyn ObjectStore, now: DateTime<Utc>) 
         db_execute!(
             db,
             "UPDATE reference_models SET name = $2, category = $3, characteristics = $4, complexity_factor_milli = $5, \
-             preview_keys = $6 WHERE id = $1",
+             preview_keys = $6 WHERE id = $1 AND changed_at IS NULL",
             &model.id,
             &model.name,
             model.category.as_str(),

@@ -3,18 +3,25 @@
 //! - [`replay`]: one team's balance, open reservations, blocks and ledger entries as of
 //!   an instant (folding the stream's prefix of events that occurred at or before it);
 //! - [`verify`]: every ledger invariant over the whole store (or one team), plus the hash
-//!   chain of every TeamCredits stream, naming each violating event.
+//!   chain of every TeamCredits stream, naming each violating event ([`verify_observed`]
+//!   reports its progress);
+//! - [`operator_acts`]: operators' acts outside any team's ledger (dispatch for everyone,
+//!   price versions, catalog changes, worker drains), each with who and why.
 //!
 //! The folding is pure ([`ledger::TeamLedger`], over [`crate::credit_fold`]'s effects, the
 //! read models' own); this module only reads events, in one
 //! consistent snapshot (PostgreSQL `REPEATABLE READ`, a SQLite read transaction), so a
 //! job completed with its deduction in one append is never seen half-way.
 
+mod acts;
 pub mod ledger;
 mod read;
 
+pub use acts::{operator_acts, GlobalAct};
+
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -38,6 +45,8 @@ pub enum AuditError {
     TeamNotFound(String),
     #[error("the checking thread failed: {0}")]
     Checker(String),
+    #[error("an event does not decode: {0}")]
+    Undecodable(String),
 }
 
 /// One broken rule, naming the event where it shows.
@@ -323,9 +332,33 @@ enum Page {
 /// Pages read ahead of the checking thread.
 const PAGES_AHEAD: usize = 4;
 
+/// How far a whole-log [`verify_observed`] has come: events checked of those to check
+/// (counted in its snapshot first), for a page to show while it runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    events_total: AtomicU64,
+    events_checked: AtomicU64,
+}
+
+impl Progress {
+    /// Events the run checks in all (0 until counted).
+    pub fn events_total(&self) -> u64 {
+        self.events_total.load(Ordering::Relaxed)
+    }
+
+    pub fn events_checked(&self) -> u64 {
+        self.events_checked.load(Ordering::Relaxed)
+    }
+}
+
 /// Checks every ledger invariant and every hash chain over the whole store, or over one
 /// team (its stream and the jobs its reservations name).
 pub async fn verify(db: &Database, team: Option<&str>) -> Result<VerifyReport, AuditError> {
+    verify_observed(db, team, None).await
+}
+
+/// [`verify`], reporting its progress over the whole store into `progress`.
+pub async fn verify_observed(db: &Database, team: Option<&str>, progress: Option<Arc<Progress>>) -> Result<VerifyReport, AuditError> {
     let started = std::time::Instant::now();
     let mut snapshot = Snapshot::begin(db).await?;
     let mut checker = Checker::default();
@@ -342,16 +375,25 @@ pub async fn verify(db: &Database, team: Option<&str>) -> Result<VerifyReport, A
             }
         }
         None => {
+            const TYPES: [(&str, Page); 2] = [(CHAINED_AGGREGATE_TYPE, Page::Team), ("GenerationJob", Page::Job)];
+            if let Some(progress) = &progress {
+                let total = snapshot.count_events(&TYPES.map(|(t, _)| t)).await?;
+                progress.events_total.store(total, Ordering::Relaxed);
+            }
             // Reading (this task, and the database) and checking (parse, hash, fold: a
             // thread of its own) overlap, a bounded number of pages apart.
             let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(Page, Vec<AuditEvent>)>(PAGES_AHEAD);
             let worker = tokio::task::spawn_blocking(move || {
                 while let Some((kind, page)) = pages_rx.blocking_recv() {
+                    let events = page.len() as u64;
                     checker.page(kind, page);
+                    if let Some(progress) = &progress {
+                        progress.events_checked.fetch_add(events, Ordering::Relaxed);
+                    }
                 }
                 checker
             });
-            for (n, (aggregate_type, kind)) in [(CHAINED_AGGREGATE_TYPE, Page::Team), ("GenerationJob", Page::Job)].into_iter().enumerate() {
+            for (n, (aggregate_type, kind)) in TYPES.into_iter().enumerate() {
                 let mut pages = Pages::new(aggregate_type, n);
                 while let Some(page) = snapshot.next_page(&mut pages).await? {
                     if pages_tx.send((kind, page)).await.is_err() {

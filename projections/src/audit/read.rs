@@ -78,6 +78,19 @@ impl Snapshot {
         }
     }
 
+    /// Events of these aggregate types in the snapshot.
+    pub(super) async fn count_events(&mut self, aggregate_types: &[&str]) -> Result<u64, sqlx::Error> {
+        let mut total = 0i64;
+        for aggregate_type in aggregate_types {
+            let sql = "SELECT COUNT(*) FROM events WHERE aggregate_type = $1";
+            total += match self {
+                Snapshot::Postgres(tx) => sqlx::query_scalar::<_, i64>(sql).bind(aggregate_type).fetch_one(&mut **tx).await?,
+                Snapshot::Sqlite(tx) => sqlx::query_scalar::<_, i64>(sql).bind(aggregate_type).fetch_one(&mut **tx).await?,
+            };
+        }
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+
     /// One stream, in sequence order.
     pub(super) async fn stream(&mut self, aggregate_type: &str, aggregate_id: &str) -> Result<Vec<AuditEvent>, sqlx::Error> {
         let sql = "SELECT {COLUMNS} FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";

@@ -7,8 +7,10 @@
 //! key or team session opens nothing here. One file per page.
 
 pub mod audit;
+pub mod catalog;
 pub mod charts;
 pub mod dispatch;
+pub mod frame;
 pub mod job;
 pub mod jobs;
 pub mod layout;
@@ -25,7 +27,8 @@ use axum::Router;
 use super::{csrf, form};
 use crate::state::AppState;
 
-/// Every console page; POSTs pass the console's CSRF layer, paths and queries the text rule.
+/// Every console page; POSTs pass the console's CSRF layer, paths and queries the text
+/// rule; error pages are drawn in the console's frame (`frame`).
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(sign_in::routes())
@@ -38,6 +41,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(workers::routes())
         .merge(audit::routes())
         .merge(pricing::routes())
-        .layer(axum::middleware::from_fn_with_state(state, csrf::protect_ops))
+        .merge(catalog::routes())
+        // An unknown URL under `/ops` is the console's 404, in its frame.
+        .route("/ops/{*rest}", axum::routing::any(form::not_found))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), csrf::protect_ops))
         .route_layer(axum::middleware::from_fn(form::check_path_and_query))
+        // Outermost: every error page of the console (CSRF refusals too) in its frame.
+        .layer(axum::middleware::from_fn_with_state(state, frame::errors_in_frame))
 }

@@ -39,11 +39,13 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
   // The operator console's live sections: their server-rendered HTML again, by
-  // server-sent events (`charts` events replace the section's content).
+  // server-sent events (`charts` and `fragment` events replace the section's content).
   document.querySelectorAll("[data-live]").forEach((section) => {
     if (!window.EventSource) { return; }
     const events = new EventSource(section.dataset.live);
-    events.addEventListener("charts", (event) => { if (event.data) { section.innerHTML = event.data; } });
+    const replace = (event) => { if (event.data) { section.innerHTML = event.data; } };
+    events.addEventListener("charts", replace);
+    events.addEventListener("fragment", replace);
   });
   const form = document.querySelector("form[data-estimate]");
   if (form) {

@@ -6,6 +6,8 @@
 mod flows;
 mod forms;
 mod ops;
+mod ops_catalog;
+mod ops_workers;
 mod submit;
 
 use reqwest::Method;

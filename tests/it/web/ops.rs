@@ -15,13 +15,13 @@ use crate::support::app::TestApp;
 use crate::support::browser::Browser;
 use crate::support::db::TestDb;
 
-async fn operator(app: &TestApp, name: &str, role: OperatorRole) -> CreatedOperator {
+pub(super) async fn operator(app: &TestApp, name: &str, role: OperatorRole) -> CreatedOperator {
     let clock = app.state.credits.clock().clone();
     create(&app.state.aggregates, clock.as_ref(), name, role, &json!({"actor": "test"})).await.expect("operator created")
 }
 
 /// Signs the browser in to the console with `key`; lands on the console's overview.
-async fn ops_sign_in(browser: &Browser, key: &str) {
+pub(super) async fn ops_sign_in(browser: &Browser, key: &str) {
     browser.goto("/ops/sign-in").await;
     browser.fill("#operator_key", key).await;
     browser.click("main button[type=submit]").await;
@@ -29,7 +29,7 @@ async fn ops_sign_in(browser: &Browser, key: &str) {
 }
 
 /// Fills the form `form` (its reason and, if given, its amount) and sends it.
-async fn act(browser: &Browser, form: &str, amount: Option<&str>, reason: &str) {
+pub(super) async fn act(browser: &Browser, form: &str, amount: Option<&str>, reason: &str) {
     if let Some(amount) = amount {
         browser.fill(&format!("{form} input[name=amount]"), amount).await;
     }
@@ -204,7 +204,7 @@ async fn the_console_refuses_viewers_teams_and_forms_without_csrf() {
 }
 
 /// Waits until the team's job `job` shows `status` (through the API).
-async fn wait_status(app: &TestApp, key: &str, job: &str, status: &str) {
+pub(super) async fn wait_status(app: &TestApp, key: &str, job: &str, status: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let (_, view) = api(app, key, Method::GET, &format!("/api/jobs/{job}"), None).await;
