@@ -14,6 +14,7 @@
 
 pub mod assets;
 pub mod catalog;
+pub mod charts;
 pub mod credits;
 pub mod consistency;
 pub mod csrf;

@@ -7,7 +7,8 @@
 //! key or team session opens nothing here. One file per page.
 
 pub mod audit;
-pub mod charts;
+/// The charts are drawn by the module the team pages share (`web::charts`).
+pub use super::charts;
 pub mod dispatch;
 pub mod job;
 pub mod jobs;
