@@ -123,7 +123,8 @@ fn lines_over(title: &str, x_desc: &str, x_label: &dyn Fn(i32) -> String, y_desc
             .disable_x_mesh()
             .x_desc(x_desc)
             .y_desc(y_desc)
-            .x_labels(count.clamp(2, 8) as usize)
+            .x_labels(count.clamp(2, 14) as usize)
+            .x_label_style(("sans-serif", 11))
             .x_label_formatter(&|x| x_label(*x))
             .draw()
             .map_err(|e| e.to_string())?;
@@ -166,7 +167,8 @@ pub fn stacked_bars(title: &str, labels: &[String], y_desc: &str, layers: &[Line
             .configure_mesh()
             .disable_x_mesh()
             .y_desc(y_desc)
-            .x_labels(n.clamp(1, 8))
+            .x_labels(n.clamp(1, 14))
+            .x_label_style(("sans-serif", 11))
             .x_label_formatter(&label)
             .draw()
             .map_err(|e| e.to_string())?;
