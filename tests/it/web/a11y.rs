@@ -6,7 +6,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use super::{api, app, browser, queue_generation, ready_model, sign_in, start_worker, stop_worker, team};
+use super::{api, app, browser, queue_generation, ready_model, sign_in, team};
 use crate::support::browser::Browser;
 use crate::support::db::TestDb;
 
@@ -51,14 +51,7 @@ async fn every_team_page_passes_axe_and_fits_a_390_px_screen() {
     let admin_key = app.issue_key(&team_id, "admin").await;
     // Something on every page: a model, a completed generation, a queued one, a webhook endpoint.
     let model_id = ready_model(&app, &member_key).await;
-    let done = queue_generation(&app, &member_key, &model_id, "a lighthouse in fog, wide shot").await;
-    let worker = start_worker(&app);
-    let started = std::time::Instant::now();
-    while api(&app, &member_key, Method::GET, &format!("/api/jobs/{done}"), None).await.1["status"] != "completed" {
-        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the generation never completed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    stop_worker(worker).await;
+    let done = super::manage::completed_generation(&app, &member_key, &model_id, "a lighthouse in fog, wide shot").await;
     let queued = queue_generation(&app, &member_key, &model_id, "the same lighthouse at night").await;
     let (status, endpoint) = api(
         &app,

@@ -10,6 +10,19 @@ use crate::support::app::TestApp;
 use crate::support::browser::Browser;
 use crate::support::db::TestDb;
 
+/// A generation of `model_id` run by a worker until it completed; its job id.
+pub async fn completed_generation(app: &TestApp, key: &str, model_id: &str, prompt: &str) -> String {
+    let job_id = queue_generation(app, key, model_id, prompt).await;
+    let worker = start_worker(app);
+    let started = std::time::Instant::now();
+    while api(app, key, Method::GET, &format!("/api/jobs/{job_id}"), None).await.1["status"] != "completed" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the generation never completed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop_worker(worker).await;
+    job_id
+}
+
 /// The id of the key named `name` in the keys table.
 async fn key_row(browser: &Browser, name: &str) -> String {
     let script = format!(
@@ -191,14 +204,7 @@ async fn the_credits_page_charts_spending_per_day_by_operation_and_the_balance()
     let app = app(TestDb::sqlite().await).await;
     let (_team, key) = team(&app, "Charts team", "pro", 5_000).await;
     let model_id = ready_model(&app, &key).await;
-    let job_id = queue_generation(&app, &key, &model_id, "on a pier at noon").await;
-    let worker = start_worker(&app);
-    let started = std::time::Instant::now();
-    while api(&app, &key, Method::GET, &format!("/api/jobs/{job_id}"), None).await.1["status"] != "completed" {
-        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the generation never completed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    stop_worker(worker).await;
+    completed_generation(&app, &key, &model_id, "on a pier at noon").await;
     let (_, balance) = api(&app, &key, Method::GET, "/api/credits/balance", None).await;
     let spent = balance["totals"]["deducted"].as_i64().expect("deducted");
     let available = balance["available"].as_i64().expect("available");
