@@ -39,15 +39,15 @@ async fn team_admins_manage_keys_that_stop_working_once_revoked() {
     let admin_key = app.issue_key(&team_id, "admin").await;
 
     // A member neither sees the page in the navigation nor reaches it.
-    let browser = browser(&app).await;
-    sign_in(&browser, &member_key).await;
-    let link = browser.run("return document.querySelectorAll('nav a[href=\"/keys\"]').length;").await;
+    let member = browser(&app).await;
+    sign_in(&member, &member_key).await;
+    let link = member.run("return document.querySelectorAll('nav a[href=\"/keys\"]').length;").await;
     assert_eq!(link.as_i64(), Some(0), "no Keys link for a member");
-    browser.goto("/keys").await;
-    assert_eq!(browser.text("h1").await, "Not allowed");
+    member.goto("/keys").await;
+    assert_eq!(member.text("h1").await, "Not allowed");
     let signed_out = app.client.get(app.url("/keys")).send().await.expect("get");
     assert_eq!(signed_out.url().path(), "/sign-in", "signed out, the page sends to the sign-in");
-    browser.close().await;
+    member.close().await;
 
     // An admin creates a named auditor key: shown once, then only listed.
     let browser = browser(&app).await;
