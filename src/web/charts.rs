@@ -264,6 +264,11 @@ mod tests {
         assert_eq!(window.quantiles(&values, 0.95), [0.0, 0.0, 19.0]);
     }
 
+    /// The text of every `<text>` element of an SVG, trimmed.
+    fn texts(svg: &str) -> Vec<&str> {
+        svg.split("<text").skip(1).filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim())).collect()
+    }
+
     #[test]
     fn charts_are_svg_with_their_labels() {
         let svg = lines("jobs", "jobs", &[Line { name: "completed", color: GREEN_LINE, values: vec![0.0, 2.0, 1.0] }]).expect("drawn");
@@ -278,8 +283,11 @@ mod tests {
             &[Line { name: "image_generation", color: BLUE_LINE, values: vec![0.0, 120.0] }, Line { name: "model_creation", color: GREEN_LINE, values: vec![0.0, 311.0] }],
         )
         .expect("drawn");
-        assert!(svg.contains(">431<") && svg.contains("12-06") && svg.contains("model_creation"), "the day's total above its bar: {svg}");
+        let texts = texts(&svg);
+        assert!(texts.contains(&"431") && texts.contains(&"12-06") && texts.contains(&"model_creation"), "the day's total above its bar: {texts:?}");
+        assert!(!texts.contains(&"0"), "no total over a day without spending: {texts:?}");
         let svg = lines_by("balance", &days, "credits", &[Line { name: "available", color: BLUE_LINE, values: vec![5000.0, 4569.0] }]).expect("drawn");
-        assert!(svg.contains("12-05") && svg.contains("available"), "{svg}");
+        let texts = self::texts(&svg);
+        assert!(texts.contains(&"12-05") && texts.contains(&"12-06") && texts.contains(&"available"), "{texts:?}");
     }
 }
