@@ -38,7 +38,12 @@ async fn check(browser: &Browser, axe: &str, path: &str, failures: &mut Vec<Stri
     browser.client.set_window_size(390, 900).await.expect("resize");
     let overflow = browser.run("return document.documentElement.scrollWidth - document.documentElement.clientWidth;").await;
     if overflow.as_i64().unwrap_or(1) > 0 {
-        failures.push(format!("{path}: {overflow} px wider than a 390 px screen"));
+        // The innermost elements that stick out, to say where to look.
+        let wide = browser
+            .run("return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1) \
+                  .slice(0, 4).map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className ? '.' + e.className : ''));")
+            .await;
+        failures.push(format!("{path}: {overflow} px wider than a 390 px screen ({wide})"));
     }
     browser.client.set_window_size(1200, 900).await.expect("resize");
 }
