@@ -33,8 +33,17 @@ async fn key_row(browser: &Browser, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn team_admins_manage_keys_that_stop_working_once_revoked() {
-    let app = app(TestDb::sqlite().await).await;
+async fn sqlite_team_admins_manage_keys_that_stop_working_once_revoked() {
+    team_admins_manage_keys_that_stop_working_once_revoked(TestDb::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_team_admins_manage_keys_that_stop_working_once_revoked() {
+    team_admins_manage_keys_that_stop_working_once_revoked(TestDb::postgres().await).await;
+}
+
+async fn team_admins_manage_keys_that_stop_working_once_revoked(db: TestDb) {
+    let app = app(db).await;
     let (team_id, member_key) = team(&app, "Keys team", "pro", 1_000).await;
     let admin_key = app.issue_key(&team_id, "admin").await;
 
@@ -200,8 +209,17 @@ async fn the_catalog_sorts_pages_back_and_names_unknown_filters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_credits_page_charts_spending_per_day_by_operation_and_the_balance() {
-    let app = app(TestDb::sqlite().await).await;
+async fn sqlite_the_credits_page_charts_spending_per_day_by_operation_and_the_balance() {
+    the_credits_page_charts_spending_per_day_by_operation_and_the_balance(TestDb::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_the_credits_page_charts_spending_per_day_by_operation_and_the_balance() {
+    the_credits_page_charts_spending_per_day_by_operation_and_the_balance(TestDb::postgres().await).await;
+}
+
+async fn the_credits_page_charts_spending_per_day_by_operation_and_the_balance(db: TestDb) {
+    let app = app(db).await;
     let (_team, key) = team(&app, "Charts team", "pro", 5_000).await;
     let model_id = ready_model(&app, &key).await;
     completed_generation(&app, &key, &model_id, "on a pier at noon").await;
