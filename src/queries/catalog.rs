@@ -87,9 +87,13 @@ impl Position {
             CatalogSort::Name => model.name.clone(),
             CatalogSort::Newest => model.created_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         };
-        let position = Position { direction, sort: sort.as_str().to_string(), key, id: model.id.clone() };
+        Position { direction, sort: sort.as_str().to_string(), key, id: model.id.clone() }.text()
+    }
+
+    /// The cursor text.
+    fn text(&self) -> String {
         // Serializing four plain strings cannot fail.
-        serde_json::to_string(&position).unwrap_or_default()
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     /// The position a cursor names, if it is one of `sort`'s.
@@ -202,32 +206,23 @@ pub async fn get(db: &Database, id: &str) -> Result<Option<ReferenceModel>, Cata
 mod tests {
     use super::*;
 
-    fn model(id: &str, name: &str, popularity: i64) -> ReferenceModel {
-        ReferenceModel {
-            id: id.into(),
-            name: name.into(),
-            category: Category::Fashion,
-            characteristics: serde_json::json!({}),
-            complexity_factor_milli: 1000,
-            popularity,
-            active: true,
-            preview_keys: Vec::new(),
-            created_at: DateTime::from_timestamp(1_790_000_000, 123_000).expect("instant"),
-        }
-    }
-
     #[test]
     fn cursors_round_trip_within_their_sort_and_reject_garbage() {
-        let m = model("fashion-editorial-01", "Ava: editorial", 1234);
-        for sort in CatalogSort::ALL {
+        let created_at = DateTime::from_timestamp(1_790_000_000, 123_000).expect("instant");
+        let keys = [
+            (CatalogSort::Popularity, "1234".to_string()),
+            (CatalogSort::Name, "Ava: editorial".to_string()),
+            (CatalogSort::Newest, created_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        ];
+        for (sort, key) in keys {
             for direction in [Direction::After, Direction::Before] {
-                let cursor = Position::of(direction, sort, &m);
-                let (d, key, id) = Position::parse(&cursor, sort).expect("valid");
+                let cursor = Position { direction, sort: sort.as_str().into(), key: key.clone(), id: "fashion-editorial-01".into() }.text();
+                let (d, parsed, id) = Position::parse(&cursor, sort).expect("valid");
                 assert_eq!((d, id.as_str()), (direction, "fashion-editorial-01"));
-                match key {
+                match parsed {
                     Key::Popularity(p) => assert_eq!((sort, p), (CatalogSort::Popularity, 1234)),
                     Key::Name(n) => assert_eq!((sort, n.as_str()), (CatalogSort::Name, "Ava: editorial")),
-                    Key::Newest(at) => assert_eq!((sort, at), (CatalogSort::Newest, m.created_at)),
+                    Key::Newest(at) => assert_eq!((sort, at), (CatalogSort::Newest, created_at)),
                 }
                 let other = CatalogSort::ALL.into_iter().find(|s| *s != sort).expect("another sort");
                 assert!(Position::parse(&cursor, other).is_err(), "a {sort:?} cursor is not a {other:?} one");
