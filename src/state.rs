@@ -123,6 +123,31 @@ impl Services {
         config.retry_backoff_max = ms(settings.retry_backoff_max_ms);
         Worker::new(self.jobs.clone(), self.job_index.clone(), self.provider.clone(), self.objects.clone(), config)
     }
+
+    /// Issues a key of `team_id` (the API's `/api/keys`, the admin API, the keys page).
+    pub async fn issue_key(
+        &self,
+        team_id: domain::TeamId,
+        role: domain::keys::Role,
+        name: String,
+        metadata: &serde_json::Value,
+    ) -> Result<application::api_keys::IssuedKey, application::api_keys::ApiKeyCommandError> {
+        application::api_keys::issue(&self.aggregates, self.credits.clock().as_ref(), team_id, role, name, metadata).await
+    }
+
+    /// Revokes a key of `team_id` (another team's is "not found"). It stops working at
+    /// once: this process forgets the keys it trusted from memory, and other processes
+    /// within `queries::keys::KEY_CACHE_TTL`.
+    pub async fn revoke_key(
+        &self,
+        team_id: domain::TeamId,
+        key_id: domain::ApiKeyId,
+        metadata: &serde_json::Value,
+    ) -> Result<(), application::api_keys::ApiKeyCommandError> {
+        let revoked = application::api_keys::revoke(&self.aggregates, self.credits.clock().as_ref(), team_id, key_id, metadata).await;
+        self.keys.forget_all();
+        revoked
+    }
 }
 
 /// The read side: a replica when `database.read_url` is set, else the primary alone.

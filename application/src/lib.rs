@@ -7,6 +7,7 @@ pub mod clock;
 pub mod credits;
 pub mod event_store;
 pub mod jobs;
+pub mod models;
 pub mod observe;
 pub mod operator_actions;
 pub mod operators;

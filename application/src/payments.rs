@@ -197,6 +197,9 @@ pub trait Checkout: Send + Sync {
     fn purchase(&self, price_id: &str) -> Option<Purchase>;
     /// Whether checkouts can be created at all (a secret key is configured).
     fn configured(&self) -> bool;
+    /// The grant a paid checkout session's credits arrive as, once the provider confirms
+    /// the payment (the id its confirmation's grant is given).
+    fn session_grant(&self, session_id: &str) -> GrantId;
     async fn create_session(&self, request: &CheckoutRequest<'_>) -> Result<CheckoutSession, ProviderFailure>;
 }
 
@@ -298,6 +301,18 @@ impl PaymentsService {
         let session = self.checkout.create_session(&request).await.map_err(CheckoutError::Provider)?;
         tracing::info!(session_id = %session.id, %price_id, %team_id, "checkout session created");
         Ok(CheckoutStarted { session_id: session.id, url: session.url, purchase })
+    }
+
+    /// Whether credits can be bought here at all.
+    pub fn configured(&self) -> bool {
+        self.checkout.configured()
+    }
+
+    /// The grant a paid checkout session's credits arrive as; `None` when payments are
+    /// not configured (nothing can arrive). A customer back from paying is told it is
+    /// pending until this grant exists, then the grant.
+    pub fn session_grant(&self, session_id: &str) -> Option<GrantId> {
+        self.checkout.configured().then(|| self.checkout.session_grant(session_id))
     }
 
     pub fn records(&self) -> &dyn PaymentRecords {

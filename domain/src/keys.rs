@@ -44,6 +44,15 @@ impl Role {
     pub const fn can_write(self) -> bool {
         matches!(self, Role::Member | Role::Admin)
     }
+
+    /// Whether the role may issue, list and revoke the team's API keys (the API's
+    /// `/api/keys` and the dashboard's keys page): team admins only.
+    pub const fn can_manage_keys(self) -> bool {
+        matches!(self, Role::Admin)
+    }
+
+    /// Every role, in the order forms offer them.
+    pub const ALL: [Role; 3] = [Role::Member, Role::Auditor, Role::Admin];
 }
 
 pub use crate::text::KEY_NAME_CHARS_MAX;
@@ -208,6 +217,16 @@ mod tests {
             .then_expect_events(vec![ApiKeyEvent::ApiKeyRevoked { key_id, team_id, occurred_at: now() }]);
         let revoked = ApiKeyEvent::ApiKeyRevoked { key_id, team_id, occurred_at: now() };
         TestFramework::<ApiKey>::with(()).given(vec![issued(), revoked]).when(revoke).then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn only_admins_manage_keys_and_auditors_only_read() {
+        for (role, write, manage) in [(Role::Member, true, false), (Role::Auditor, false, false), (Role::Admin, true, true)] {
+            assert_eq!((role.can_write(), role.can_manage_keys()), (write, manage), "{role:?}");
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::ALL.len(), 3);
+        assert_eq!(Role::parse("owner"), None);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! `/api/admin/*`: the operator's endpoints (operator key from configuration): teams,
 //! plans, API keys, grants and adjustments. Also `/api/keys` for a team's admin keys.
 
-use application::api_keys;
 use application::operator_actions::{Grant, ReasonRule};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -162,7 +161,7 @@ async fn issue_for(state: &AppState, team_id: TeamId, body: IssueKey, metadata: 
     if !state.credits.state(team_id).await?.is_open() {
         return Err(Problem::not_found().detail("no such team"));
     }
-    let issued = api_keys::issue(&state.aggregates, state.credits.clock().as_ref(), team_id, role, body.name, metadata).await?;
+    let issued = state.issue_key(team_id, role, body.name, metadata).await?;
     Ok(IssuedKeyView {
         key_id: issued.key_id.to_string(),
         team_id: issued.team_id.to_string(),
@@ -177,8 +176,7 @@ async fn keys_of(state: &AppState, team_id: TeamId) -> Result<Vec<KeyView>, Prob
 
 async fn revoke_for(state: &AppState, team_id: TeamId, key_id: &str, metadata: &serde_json::Value) -> Result<StatusCode, Problem> {
     let key_id: ApiKeyId = key_id.parse().map_err(|_| Problem::not_found().detail("no such API key"))?;
-    api_keys::revoke(&state.aggregates, state.credits.clock().as_ref(), team_id, key_id, metadata).await?;
-    state.keys.forget_all();
+    state.revoke_key(team_id, key_id, metadata).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

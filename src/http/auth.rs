@@ -37,8 +37,9 @@ impl TeamKey {
         }
     }
 
+    /// Refuses keys whose role may not manage the team's keys (`Role::can_manage_keys`).
     pub fn admin(self) -> Result<Self, Problem> {
-        if self.role == Role::Admin {
+        if self.role.can_manage_keys() {
             Ok(self)
         } else {
             Err(Problem::forbidden("this needs an admin key of the team"))
@@ -66,7 +67,7 @@ impl FromRequestParts<AppState> for TeamKey {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let key_hash = hash_key(&bearer(parts)?);
-        let found = state.keys.by_hash(&state.db, &key_hash).await.map_err(|e| Problem::internal(&e))?;
+        let found = state.keys.authenticate(&state.db, &key_hash, state.credits.now()).await.map_err(|e| Problem::internal(&e))?;
         let queries::keys::ActiveKey { team_id, key_id, role } =
             found.ok_or_else(|| Problem::unauthorized("unknown or revoked API key"))?;
         let key = TeamKey { team_id, key_id, role };

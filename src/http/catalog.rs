@@ -31,13 +31,14 @@ pub struct CatalogQuery {
     /// Only models of this category.
     #[param(schema_with = category_schema)]
     pub category: Option<String>,
-    /// `popularity` (the default): most popular first.
+    /// `popularity` (the default): most popular first; `name`: A to Z; `newest`: most
+    /// recently added first. Ties by id.
     #[param(schema_with = sort_schema)]
     pub sort: Option<String>,
     /// Page size, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` (or `prev_cursor`) of a page of the same sort.
     pub cursor: Option<String>,
 }
 
@@ -46,7 +47,7 @@ fn category_schema() -> utoipa::openapi::schema::Object {
 }
 
 fn sort_schema() -> utoipa::openapi::schema::Object {
-    super::openapi::one_of(["popularity"])
+    super::openapi::one_of(CatalogSort::ALL.map(|s| s.as_str()))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -73,6 +74,8 @@ pub struct ReferenceModelView {
 pub struct ReferenceModelPage {
     pub items: Vec<ReferenceModelView>,
     pub next_cursor: Option<String>,
+    /// The page before this one (absent on the first page).
+    pub prev_cursor: Option<String>,
 }
 
 pub(crate) fn catalog_problem(error: CatalogError) -> Problem {
@@ -103,7 +106,8 @@ pub(crate) fn view(state: &AppState, model: ReferenceModel) -> Result<ReferenceM
     })
 }
 
-/// Active reference models, most popular first, optionally of one category.
+/// Active reference models in the chosen order (most popular first by default),
+/// optionally of one category; paged both ways.
 #[utoipa::path(get, path = "/api/reference-models", tag = "catalog", operation_id = "listReferenceModels", params(CatalogQuery, ReadToken),
     responses((status = 200, body = ReferenceModelPage),
         (status = 422, description = "A bad category, sort, limit or cursor (`/problems/invalid-request`)")),
@@ -119,7 +123,7 @@ async fn list(
         None => None,
     };
     let sort = match query.sort.as_deref() {
-        Some(text) => text.parse::<CatalogSort>().map_err(Problem::invalid)?,
+        Some(text) => text.parse::<CatalogSort>().map_err(|e| Problem::invalid(e.to_string()))?,
         None => CatalogSort::default(),
     };
     let limit = query.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
@@ -130,8 +134,8 @@ async fn list(
     let db = crate::queries::read_db(&state.reads, token).await;
     let page = catalog::list(db, category, sort, limit, position.as_deref()).await.map_err(catalog_problem)?;
     let items = page.items.into_iter().map(|model| view(&state, model)).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = page.next_cursor.map(|position| super::cursor::encode("reference-models", &position));
-    Ok(Json(ReferenceModelPage { items, next_cursor }))
+    let cursor = |position: String| super::cursor::encode("reference-models", &position);
+    Ok(Json(ReferenceModelPage { items, next_cursor: page.next_cursor.map(cursor), prev_cursor: page.prev_cursor.map(cursor) }))
 }
 
 /// One active reference model.

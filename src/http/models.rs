@@ -8,7 +8,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use application::jobs::submit::{ModelCreationRequest, RefinementRequest};
-use domain::models::{CustomModel, ModelCommand};
 use domain::{ModelId, TeamId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -42,15 +41,6 @@ pub async fn load_model_view(state: &AppState, team: TeamId, model_id: &str) -> 
         .await
         .map_err(|e| Problem::internal(&e))?
         .ok_or_else(|| Problem::not_found().detail("no such model"))
-}
-
-/// The caller's model aggregate, or 404.
-pub async fn team_model(state: &AppState, team: TeamId, model_id: ModelId) -> Result<CustomModel, Problem> {
-    let model = state.jobs.model(model_id).await?.aggregate;
-    if model.team_id != Some(team) {
-        return Err(Problem::not_found().detail("no such model"));
-    }
-    Ok(model)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -206,10 +196,9 @@ async fn update(
 ) -> Result<Json<ModelView>, Problem> {
     let key = key.writer()?;
     let id = parse_model(&model_id)?;
-    team_model(&state, key.team_id, id).await?;
-    let command = ModelCommand::UpdateDetails { name: body.name, description: body.description, now: state.jobs.now() };
-    let actor = serde_json::json!({ "actor": format!("key:{}", key.key_id) });
-    state.aggregates.execute::<CustomModel>(&model_id, command, &(), &actor).await?;
+    let change = application::models::DetailsChange { name: body.name, description: body.description };
+    let clock = state.credits.clock().as_ref();
+    application::models::update_details(&state.aggregates, clock, key.team_id, id, change, &format!("key:{}", key.key_id)).await?;
     Ok(Json(load_model_view(&state, key.team_id, &model_id).await?))
 }
 
@@ -221,9 +210,7 @@ async fn update(
 async fn archive(State(state): State<AppState>, key: TeamKey, Path(model_id): Path<String>) -> Result<StatusCode, Problem> {
     let key = key.writer()?;
     let id = parse_model(&model_id)?;
-    team_model(&state, key.team_id, id).await?;
-    let actor = serde_json::json!({ "actor": format!("key:{}", key.key_id) });
-    state.aggregates.execute::<CustomModel>(&model_id, ModelCommand::Archive { now: state.jobs.now() }, &(), &actor).await?;
+    application::models::archive(&state.aggregates, state.credits.clock().as_ref(), key.team_id, id, &format!("key:{}", key.key_id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

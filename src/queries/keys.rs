@@ -1,9 +1,10 @@
 //! API keys as authentication sees them: unrevoked keys by hash (REST `Bearer`) or by
 //! id (the dashboard's session re-checks its key on every request).
 
+use chrono::{DateTime, Utc};
 use domain::keys::Role;
 use domain::{ApiKeyId, TeamId};
-use infrastructure::{db::Database, db_fetch_optional};
+use infrastructure::{db::Database, db_execute, db_fetch_optional};
 
 use super::QueryError;
 
@@ -41,8 +42,30 @@ impl KeyCache {
     /// The unrevoked key whose SHA-256 (hex) is `key_hash`, from memory when it was found
     /// less than [`KEY_CACHE_TTL`] ago.
     pub async fn by_hash(&self, db: &Database, key_hash: &str) -> Result<Option<ActiveKey>, QueryError> {
+        Ok(self.lookup(db, key_hash).await?.0)
+    }
+
+    /// [`by_hash`](Self::by_hash) for a request the key authenticates: when the key was
+    /// looked up in the database (at most once per [`KEY_CACHE_TTL`] per key and
+    /// process), its last use is recorded as `now`, in the background, so the request
+    /// does not wait for the write. The keys page shows it.
+    pub async fn authenticate(&self, db: &Database, key_hash: &str, now: DateTime<Utc>) -> Result<Option<ActiveKey>, QueryError> {
+        let (found, looked_up) = self.lookup(db, key_hash).await?;
+        if let (Some(key), true) = (found, looked_up) {
+            let db = db.clone();
+            tokio::spawn(async move {
+                if let Err(error) = record_use(&db, key, now).await {
+                    tracing::warn!(%error, key_id = %key.key_id, "the key's last use was not recorded");
+                }
+            });
+        }
+        Ok(found)
+    }
+
+    /// The key, and whether it was read from the database (not from memory).
+    async fn lookup(&self, db: &Database, key_hash: &str) -> Result<(Option<ActiveKey>, bool), QueryError> {
         if let Some(key) = self.fresh(key_hash) {
-            return Ok(Some(key));
+            return Ok((Some(key), false));
         }
         let found = by_hash(db, key_hash).await?;
         if let Some(key) = found {
@@ -52,7 +75,7 @@ impl KeyCache {
             }
             entries.insert(key_hash.to_string(), (key, std::time::Instant::now()));
         }
-        Ok(found)
+        Ok((found, true))
     }
 
     fn fresh(&self, key_hash: &str) -> Option<ActiveKey> {
@@ -89,14 +112,32 @@ pub async fn active(db: &Database, team: TeamId, key_id: ApiKeyId) -> Result<Opt
     parse(row)
 }
 
+/// Records that `key` authenticated a request at `at` (a later time only ever replaces
+/// an earlier one, whatever order concurrent writes land in).
+pub async fn record_use(db: &Database, key: ActiveKey, at: DateTime<Utc>) -> Result<(), QueryError> {
+    db_execute!(
+        db,
+        "INSERT INTO api_key_last_use (key_id, team_id, last_used_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (key_id) DO UPDATE SET last_used_at = excluded.last_used_at \
+         WHERE api_key_last_use.last_used_at < excluded.last_used_at",
+        key.key_id.to_string(),
+        key.team_id.to_string(),
+        at
+    )?;
+    Ok(())
+}
+
 /// One of a team's API keys as listed (never the key itself).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct KeyView {
     pub key_id: String,
     pub role: String,
     pub name: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key last authenticated an API request (to within a second or so); absent
+    /// if it never has.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// Every key of `team`, revoked ones too, oldest first.
@@ -104,7 +145,9 @@ pub async fn of_team(db: &Database, team: TeamId) -> Result<Vec<KeyView>, QueryE
     Ok(infrastructure::db_fetch_all!(
         db,
         KeyView,
-        "SELECT key_id, role, name, created_at, revoked_at FROM api_keys WHERE team_id = $1 ORDER BY created_at, key_id",
+        "SELECT k.key_id, k.role, k.name, k.created_at, k.revoked_at, u.last_used_at \
+         FROM api_keys k LEFT JOIN api_key_last_use u ON u.key_id = k.key_id \
+         WHERE k.team_id = $1 ORDER BY k.created_at, k.key_id",
         team.to_string()
     )?)
 }

@@ -16,12 +16,15 @@ pub struct Layout {
     /// "Acme · pro · 4880 credits"
     pub team: String,
     pub csrf: String,
+    /// Whether the signed-in key may manage the team's keys: the keys page is in the
+    /// navigation only then.
+    pub manage_keys: bool,
 }
 
 impl Layout {
     /// For pages seen without a session (sign-in, errors).
     pub fn bare(title: &str) -> Self {
-        Self { title: title.to_string(), nav: "", signed_in: false, team: String::new(), csrf: String::new() }
+        Self { title: title.to_string(), nav: "", signed_in: false, team: String::new(), csrf: String::new(), manage_keys: false }
     }
 
     pub fn signed_out(title: &str, csrf: &str) -> Self {
@@ -42,6 +45,7 @@ impl Layout {
             signed_in: true,
             team: format!("{} · {} plan · {} credits", balance.name, balance.plan, balance.available),
             csrf: session.csrf.clone(),
+            manage_keys: session.role.can_manage_keys(),
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod assets;
 pub mod catalog;
+pub mod charts;
 pub mod credits;
 pub mod consistency;
 pub mod csrf;
@@ -23,6 +24,7 @@ pub mod form;
 pub mod generate;
 pub mod history;
 pub mod jobs;
+pub mod keys;
 pub mod layout;
 pub mod models;
 pub mod ops;
@@ -53,6 +55,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(history::routes())
         .merge(credits::routes())
         .merge(webhooks::routes())
+        .merge(keys::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), consistency::remember_writes))
         .layer(axum::middleware::from_fn_with_state(state, csrf::protect))
         .route_layer(axum::middleware::from_fn(form::check_path_and_query))

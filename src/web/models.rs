@@ -35,6 +35,8 @@ pub fn routes() -> Router<AppState> {
         .route("/models/{model_id}", get(model_page))
         .route("/models/{model_id}/refine", post(refine).layer(DefaultBodyLimit::max(multipart::UPLOAD_BODY_BYTES_MAX)))
         .route("/models/{model_id}/refine/estimate", post(refinement_estimate))
+        .route("/models/{model_id}/details", post(update_details))
+        .route("/models/{model_id}/archive", post(archive))
 }
 
 const MODELS_PER_PAGE: usize = 25;
@@ -210,6 +212,8 @@ struct ModelPage {
     versions: Vec<VersionRow>,
     images: Vec<(String, String)>,
     ready: bool,
+    /// Whether the model's details can still change (not archived).
+    editable: bool,
     prompt: String,
     estimate: EstimateView,
     request_id: String,
@@ -229,6 +233,7 @@ async fn render_model(state: &AppState, session: &Session, model_id: &str, promp
         .map(|row| Ok((state.objects.signed_url(&row.key, ttl, state.jobs.now()).map_err(|e| WebError::internal(&e))?, row.job_id)))
         .collect::<Result<Vec<_>, WebError>>()?;
     let ready = model.status == "ready" && !model.archived;
+    let editable = !model.archived;
     let estimate = EstimateView::from_result(state.submit.estimate_refinement(session.team_id, model_id).await)?;
     let page = ModelPage {
         layout: Layout::load(state, session, &model.name, "models").await?,
@@ -239,6 +244,7 @@ async fn render_model(state: &AppState, session: &Session, model_id: &str, promp
         versions,
         images,
         ready,
+        editable,
         prompt,
         estimate,
         request_id: request_id(),
@@ -275,5 +281,51 @@ async fn refine(State(state): State<AppState>, session: Session, Path(model_id):
             }
             other => Err(other),
         },
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DetailsForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+/// The model page's answer to a refused edit: the page again, with the reason on it.
+async fn refused(state: &AppState, session: &Session, model_id: &str, error: WebError) -> Result<Response, WebError> {
+    let notice = match error {
+        WebError::Refused(notice) => notice,
+        WebError::BadForm(detail) => Notice::new("Check the details", format!("The model's {detail}.")),
+        other => return Err(other),
+    };
+    Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, render_model(state, session, model_id, String::new(), Some(notice)).await?).into_response())
+}
+
+/// Renames a model and edits its description (`application::models::update_details`,
+/// as `PATCH /api/models/{id}`).
+async fn update_details(
+    State(state): State<AppState>,
+    session: Session,
+    Path(model_id): Path<String>,
+    PageForm(form): PageForm<DetailsForm>,
+) -> Result<Response, WebError> {
+    session.writer()?;
+    let id: domain::ModelId = model_id.parse().map_err(|_| WebError::NotFound)?;
+    let change = application::models::DetailsChange { name: Some(form.name), description: Some(form.description) };
+    let clock = state.credits.clock().as_ref();
+    match application::models::update_details(&state.aggregates, clock, session.team_id, id, change, &session.actor()).await {
+        Ok(()) => Ok(Redirect::to(&format!("/models/{model_id}")).into_response()),
+        Err(error) => refused(&state, &session, &model_id, error.into()).await,
+    }
+}
+
+/// Archives a model (`application::models::archive`, as `DELETE /api/models/{id}`).
+async fn archive(State(state): State<AppState>, session: Session, Path(model_id): Path<String>) -> Result<Response, WebError> {
+    session.writer()?;
+    let id: domain::ModelId = model_id.parse().map_err(|_| WebError::NotFound)?;
+    match application::models::archive(&state.aggregates, state.credits.clock().as_ref(), session.team_id, id, &session.actor()).await {
+        Ok(()) => Ok(Redirect::to(&format!("/models/{model_id}")).into_response()),
+        Err(error) => refused(&state, &session, &model_id, error.into()).await,
     }
 }

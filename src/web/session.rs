@@ -64,6 +64,17 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Refuses keys that may not manage the team's keys (`Role::can_manage_keys`).
+    pub fn key_admin(&self) -> Result<&Self, WebError> {
+        if self.role.can_manage_keys() {
+            Ok(self)
+        } else {
+            Err(WebError::Forbidden("Only a team admin manages API keys: sign in with an admin key of the team to do this.".into()))
+        }
+    }
+}
+
 fn parse(value: &str) -> Option<(TeamId, ApiKeyId)> {
     let (team, key) = value.split_once(':')?;
     Some((team.parse().ok()?, key.parse().ok()?))

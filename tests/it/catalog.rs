@@ -119,13 +119,83 @@ async fn listing_filters_pages_and_sorts_by_popularity() {
     let (_, explicit) = get_json(&app, &key, "/api/reference-models?sort=popularity").await;
     assert_eq!(ids(first_page["items"].as_array().expect("items")), ids(explicit["items"].as_array().expect("items")));
 
-    for bad in ["category=sports", "sort=name", "limit=0", "limit=101", "cursor=nonsense"] {
+    for bad in ["category=sports", "sort=price", "sort=Name", "limit=0", "limit=101", "cursor=nonsense"] {
         let (status, problem) = get_json(&app, &key, &format!("/api/reference-models?{bad}")).await;
         assert_eq!(status, 422, "{bad}: {problem}");
         let expected = if bad.starts_with("cursor") { "/problems/invalid-cursor" } else { "/problems/invalid-request" };
         assert_eq!(problem["type"], expected);
     }
     app.shutdown().await.expect("clean shutdown");
+}
+
+/// Every sort, walked forward to the end and back to the start through `prev_cursor`:
+/// the same models in the same order both ways, and a cursor of one sort is refused by
+/// another.
+async fn sorts_page_both_ways(db: TestDb) {
+    let (app, key) = seeded(db).await;
+    // One model added later than the seed: first when newest, not when by name.
+    let later = epoch() + chrono::Duration::days(1);
+    infrastructure::db_execute!(
+        &app.state.db,
+        "INSERT INTO reference_models (id, name, category, characteristics, complexity_factor_milli, popularity, active, preview_keys, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "zz-late-arrival",
+        "Zora late arrival",
+        "beauty",
+        "{}",
+        1000_i64,
+        0_i64,
+        true,
+        "[]",
+        later
+    )
+    .expect("insert a newer model");
+    for (sort, key_of) in [
+        ("popularity", (|m: &Value| format!("{:020}", i64::MAX - m["popularity"].as_i64().expect("popularity"))) as fn(&Value) -> String),
+        ("name", |m: &Value| m["name"].as_str().expect("name").to_string()),
+        ("newest", |m: &Value| format!("{:020}", i64::MAX - chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().expect("time")).expect("rfc3339").timestamp_micros())),
+    ] {
+        let everything = all_pages(&app, &key, &format!("/api/reference-models?sort={sort}&limit=100")).await;
+        let order: Vec<(String, String)> = everything.iter().map(|m| (key_of(m), m["id"].as_str().expect("id").to_string())).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "{sort}: in order, ties by id");
+        if sort == "newest" {
+            assert_eq!(everything[0]["id"], "zz-late-arrival");
+        }
+
+        // Forward by 7, then back by prev_cursor from the last page.
+        let mut pages: Vec<Vec<String>> = Vec::new();
+        let (_, mut page) = get_json(&app, &key, &format!("/api/reference-models?sort={sort}&limit=7")).await;
+        assert!(page["prev_cursor"].is_null(), "the first page has none before it");
+        loop {
+            pages.push(ids(page["items"].as_array().expect("items")));
+            let Some(next) = page["next_cursor"].as_str() else { break };
+            page = get_json(&app, &key, &format!("/api/reference-models?sort={sort}&limit=7&cursor={next}")).await.1;
+        }
+        assert_eq!(pages.concat(), ids(&everything), "{sort}: the pages cover the list once");
+        for expected in pages.iter().rev().skip(1) {
+            let prev = page["prev_cursor"].as_str().expect("a page before").to_string();
+            page = get_json(&app, &key, &format!("/api/reference-models?sort={sort}&limit=7&cursor={prev}")).await.1;
+            assert_eq!(&ids(page["items"].as_array().expect("items")), expected, "{sort}: back one page");
+        }
+        assert!(page["prev_cursor"].is_null(), "{sort}: back at the first page");
+        let next = page["next_cursor"].as_str().expect("a page after").to_string();
+        let other = if sort == "name" { "newest" } else { "name" };
+        let (status, problem) = get_json(&app, &key, &format!("/api/reference-models?sort={other}&cursor={next}")).await;
+        assert_eq!((status, problem["type"].as_str()), (422, Some("/problems/invalid-cursor")), "a {sort} cursor under {other}");
+    }
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn sorts_page_both_ways_postgres() {
+    sorts_page_both_ways(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sorts_page_both_ways_sqlite() {
+    sorts_page_both_ways(TestDb::sqlite().await).await;
 }
 
 #[tokio::test]

@@ -30,22 +30,41 @@ pub const PREVIEW_SIDE_PIXELS: u32 = 384;
 /// The category rule is the domain's (`domain::catalog`), shared by every door.
 pub use domain::catalog::{Category, UnknownCategory};
 
-/// The orders a catalog listing offers. Each has its own cursor format.
+/// The orders a catalog listing offers (the API's `sort`, the catalog page's control).
+/// Ties are broken by id, so every order is total and a cursor names one place in it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CatalogSort {
-    /// Most popular first; ties by id.
+    /// Most popular first.
     #[default]
     Popularity,
+    /// By name, A to Z (byte order, the same on both databases).
+    Name,
+    /// Most recently added first.
+    Newest,
 }
 
+impl CatalogSort {
+    pub const ALL: [CatalogSort; 3] = [CatalogSort::Popularity, CatalogSort::Name, CatalogSort::Newest];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CatalogSort::Popularity => "popularity",
+            CatalogSort::Name => "name",
+            CatalogSort::Newest => "newest",
+        }
+    }
+}
+
+/// A sort no listing offers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sort {0:?} (expected popularity, name or newest)")]
+pub struct UnknownSort(pub String);
+
 impl FromStr for CatalogSort {
-    type Err = String;
+    type Err = UnknownSort;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "popularity" => Ok(CatalogSort::Popularity),
-            other => Err(format!("unknown sort {other:?} (expected popularity)")),
-        }
+        CatalogSort::ALL.into_iter().find(|s| s.as_str() == text).ok_or_else(|| UnknownSort(text.to_string()))
     }
 }
 
@@ -75,7 +94,10 @@ pub struct ReferenceModel {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogPage {
     pub items: Vec<ReferenceModel>,
+    /// Where the page after this one starts, if there is one.
     pub next_cursor: Option<String>,
+    /// Where the page before this one ends, unless this is the first page.
+    pub prev_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -196,7 +218,10 @@ mod tests {
         }
         assert!("Fashion".parse::<Category>().is_err());
         assert!("sports".parse::<Category>().is_err());
-        assert_eq!("popularity".parse::<CatalogSort>(), Ok(CatalogSort::Popularity));
-        assert!("name".parse::<CatalogSort>().is_err());
+        for sort in CatalogSort::ALL {
+            assert_eq!(sort.as_str().parse::<CatalogSort>(), Ok(sort));
+        }
+        assert!("price".parse::<CatalogSort>().is_err());
+        assert!("Name".parse::<CatalogSort>().is_err());
     }
 }

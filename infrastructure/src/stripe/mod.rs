@@ -88,6 +88,10 @@ impl application::payments::Checkout for Stripe {
         self.checkout.is_some()
     }
 
+    fn session_grant(&self, session_id: &str) -> domain::GrantId {
+        webhook::checkout_grant(session_id)
+    }
+
     async fn create_session(&self, request: &CheckoutRequest<'_>) -> Result<CheckoutSession, application::payments::ProviderFailure> {
         let client = self.checkout.as_ref().ok_or("Stripe is not configured (stripe.secret_key)")?;
         Ok(client.create_session(request).await?)

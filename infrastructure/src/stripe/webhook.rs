@@ -140,7 +140,7 @@ fn checkout(event: &Event, catalog: &Catalog) -> Interpretation {
             (None, _) => Action::Unresolved("session without an id".into()),
             (_, None) => Action::Unresolved("session names no configured credit pack".into()),
             (Some(session_id), Some(amount)) => Action::Grant {
-                grant_id: derived_grant("checkout-session", &session_id),
+                grant_id: checkout_grant(&session_id),
                 amount,
                 source: GrantSource::Stripe,
                 expires_at: None,
@@ -245,6 +245,12 @@ fn subscription_status(subscription: &Value, default_status: &str) -> Option<Sub
         subscription_id: id_at(subscription, "id")?,
         status: text(subscription, &["status"]).unwrap_or(default_status).to_owned(),
     })
+}
+
+/// The grant a paid Checkout Session's credits arrive as (so the customer's return page
+/// can tell whether they have).
+pub fn checkout_grant(session_id: &str) -> GrantId {
+    derived_grant("checkout-session", session_id)
 }
 
 fn derived_grant(scope: &str, stripe_id: &str) -> GrantId {

@@ -8,7 +8,8 @@
 
 pub mod audit;
 pub mod catalog;
-pub mod charts;
+/// The charts are drawn by the module the team pages share (`web::charts`).
+pub use super::charts;
 pub mod dispatch;
 pub mod frame;
 pub mod job;

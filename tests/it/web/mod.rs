@@ -3,8 +3,10 @@
 //! Jobs wait for a worker the test starts when it wants them to run, so every status a
 //! page shows is deterministic.
 
+mod a11y;
 mod flows;
 mod forms;
+mod manage;
 mod ops;
 mod ops_catalog;
 mod ops_workers;
