@@ -28,9 +28,15 @@ pub fn routes() -> Router<AppState> {
 /// Ready models offered in the picker (newest first).
 const MODELS_MAX: i64 = 200;
 
+/// The form's first values: a model (from its page), or all of a job's settings (its
+/// "generate again" link).
 #[derive(Debug, Default, Deserialize)]
 struct PageQuery {
     model: Option<String>,
+    prompt: Option<String>,
+    resolution: Option<String>,
+    quality: Option<String>,
+    count: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,20 +126,7 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
     } else {
         None
     };
-    let estimate = if model_id.is_empty() {
-        EstimateView::problem(Notice::new("No ready model", "Create a model first; when its training completes you can generate with it.").next("/models/new", "Create a model"))
-    } else {
-        // The price does not depend on the prompt: an empty one (a fresh form) still
-        // gets a price rather than "check the prompt".
-        let prompt = if form.prompt.trim().is_empty() { "(prompt)".to_string() } else { form.prompt.clone() };
-        match form.request() {
-            Ok(request) => {
-                let request = GenerationRequest { model_id: model_id.clone(), prompt, ..request };
-                EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?
-            }
-            Err(notice) => EstimateView::problem(notice),
-        }
-    };
+    let estimate = estimate_view(state, session, &form, &model_id).await?;
     let count = form.count_shown();
     let prices = state.submit.prices().await?.image_generation;
     let page = GeneratePage {
@@ -158,21 +151,41 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
 async fn page(State(state): State<AppState>, session: Session, Query(query): Query<PageQuery>) -> Result<Html<String>, WebError> {
     let form = GenerateForm {
         model_id: query.model.unwrap_or_default(),
-        prompt: String::new(),
-        resolution: None,
-        quality: None,
-        count: None,
+        prompt: query.prompt.unwrap_or_default(),
+        resolution: query.resolution,
+        quality: query.quality,
+        count: query.count,
         action: None,
         request_id: None,
     };
     render(&state, &session, form, None).await
 }
 
-async fn estimate(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Html<String>, WebError> {
-    match form.request() {
-        Ok(request) => EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?.fragment(),
-        Err(notice) => EstimateView::problem(notice).fragment(),
+/// Why a team cannot generate yet: it has no ready model.
+fn no_model() -> Notice {
+    Notice::new("No ready model yet", "Images are generated with one of your custom models: create one, and once its training completes you can generate with it.")
+        .next("/models/new", "Create a model")
+}
+
+/// The price of the form as it stands. The price does not depend on the prompt: an
+/// empty one (a fresh form, before anything is typed) still gets a price rather than
+/// "check the prompt"; the submission checks it.
+async fn estimate_view(state: &AppState, session: &Session, form: &GenerateForm, model_id: &str) -> Result<EstimateView, WebError> {
+    if model_id.trim().is_empty() {
+        return Ok(EstimateView::problem(no_model()));
     }
+    let prompt = if form.prompt.trim().is_empty() { "(prompt)".to_string() } else { form.prompt.clone() };
+    match form.request() {
+        Ok(request) => {
+            let request = GenerationRequest { model_id: model_id.to_string(), prompt, ..request };
+            EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)
+        }
+        Err(notice) => Ok(EstimateView::problem(notice)),
+    }
+}
+
+async fn estimate(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Html<String>, WebError> {
+    estimate_view(&state, &session, &form, &form.model_id).await?.fragment()
 }
 
 async fn submit(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Response, WebError> {
@@ -182,6 +195,9 @@ async fn submit(State(state): State<AppState>, session: Session, PageForm(form):
     session.writer()?;
     let who = Requester { team: session.team_id, actor: session.actor() };
     let key = form.request_id.as_deref().and_then(|id| domain::IdempotencyKey::parse(id).ok());
+    if form.model_id.trim().is_empty() {
+        return refused(&state, &session, form, no_model()).await;
+    }
     let request = match form.request() {
         Ok(request) => request,
         Err(notice) => return refused(&state, &session, form, notice).await,

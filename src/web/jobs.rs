@@ -18,11 +18,11 @@ use domain::JobId;
 use futures::StreamExt;
 
 use super::errors::{Notice, WebError};
-use super::layout::{is_final, kind_label, time, time_opt, Layout};
+use super::layout::{duration_opt, is_final, kind_label, shortened, time, time_opt, Layout};
 use super::session::Session;
 use crate::state::AppState;
 use crate::queries;
-use crate::queries::jobs::JobView;
+use crate::queries::jobs::{JobListItem, JobView};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -34,22 +34,44 @@ pub fn routes() -> Router<AppState> {
 /// A job in a list.
 pub struct JobRow {
     pub job_id: String,
-    pub short_id: String,
     pub kind: &'static str,
     pub status: String,
+    pub model_id: String,
+    /// The model's name (its id's end when its row is gone).
+    pub model: String,
+    /// The prompt, shortened to fit a row; the whole of it in `prompt_full`.
+    pub prompt: String,
+    pub prompt_full: String,
     pub cost: i64,
     pub queued_at: String,
+    /// From queued to its end ("—" until it ends).
+    pub duration: String,
+    pub error: String,
+    /// Not ended: the page follows it live.
+    pub live: bool,
 }
 
-impl From<&JobView> for JobRow {
-    fn from(job: &JobView) -> Self {
+/// How much of a prompt a row shows.
+const ROW_PROMPT_CHARS: usize = 60;
+
+impl From<&JobListItem> for JobRow {
+    fn from(item: &JobListItem) -> Self {
+        let job = &item.job;
+        let short_id: String = job.model_id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        let prompt_full = item.prompt.clone().unwrap_or_default();
         JobRow {
             job_id: job.job_id.clone(),
-            short_id: job.job_id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect(),
             kind: kind_label(&job.kind),
             status: job.status.clone(),
+            model_id: job.model_id.clone(),
+            model: item.model_name.clone().unwrap_or_else(|| format!("model …{short_id}")),
+            prompt: shortened(&prompt_full, ROW_PROMPT_CHARS),
+            prompt_full,
             cost: job.cost_credits,
             queued_at: time(job.queued_at),
+            duration: duration_opt(item.duration()),
+            error: job.error.as_deref().filter(|_| job.status == "failed" || job.status == "cancelled").map(|e| shortened(e, ROW_PROMPT_CHARS)).unwrap_or_default(),
+            live: !is_final(&job.status),
         }
     }
 }

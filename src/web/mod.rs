@@ -24,6 +24,7 @@ pub mod generate;
 pub mod history;
 pub mod jobs;
 pub mod layout;
+pub mod live;
 pub mod models;
 pub mod ops;
 pub mod overview;
@@ -51,6 +52,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(generate::routes())
         .merge(jobs::routes())
         .merge(history::routes())
+        .merge(live::routes())
         .merge(credits::routes())
         .merge(webhooks::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), consistency::remember_writes))

@@ -1,5 +1,6 @@
 // Kiln dashboard: the only script. Pages work without it; it adds live job status
-// (EventSource on the job's event stream) and the live cost estimate.
+// (EventSource on the job's event stream), the team's live numbers and job rows
+// (EventSource on /events), and the live cost estimate.
 "use strict";
 document.addEventListener("DOMContentLoaded", () => {
   const live = document.querySelector("[data-job-events]");
@@ -36,6 +37,30 @@ document.addEventListener("DOMContentLoaded", () => {
             if (fresh) { fresh.removeAttribute("data-job-events"); live.replaceWith(fresh); }
           });
       }
+    });
+  }
+  // The team's live stream on every signed-in page: the header's credits, the
+  // overview's cards, and the rows of listed jobs that have not ended.
+  const summary = document.getElementById("team-summary");
+  if (summary && window.EventSource) {
+    const follow = Array.from(document.querySelectorAll("tr[data-job-id][data-live]")).map((row) => row.dataset.jobId);
+    const team = new EventSource("/events" + (follow.length ? "?jobs=" + encodeURIComponent(follow.join(",")) : ""));
+    team.addEventListener("team", (event) => {
+      const news = JSON.parse(event.data);
+      summary.textContent = news.summary;
+      for (const id of ["available", "reserved", "running", "queued"]) {
+        const card = document.getElementById(id);
+        if (card) { card.textContent = news[id]; }
+      }
+    });
+    team.addEventListener("job", (event) => {
+      const news = JSON.parse(event.data);
+      document.querySelectorAll("tr[data-job-id]").forEach((row) => {
+        if (row.dataset.jobId !== news.job_id) { return; }
+        const fresh = document.createElement("tbody");
+        fresh.innerHTML = news.html.trim();
+        if (fresh.firstElementChild) { row.replaceWith(fresh.firstElementChild); }
+      });
     });
   }
   // The operator console's live sections: their server-rendered HTML again, by
