@@ -196,6 +196,15 @@ pub async fn plan_usage(db: &Database, team: TeamId) -> Result<Option<PlanUsage>
     }))
 }
 
+/// When job `job_id`'s phases happened, from its recorded events (the caller has
+/// checked that the job is the team's).
+pub async fn timeline(store: &SqlEventStore, job_id: &str) -> Result<domain::jobs::Timeline, application::event_store::EventStoreError> {
+    let stored = store.load_stream("GenerationJob", job_id, 0).await?;
+    // Every stored event decodes (the store refuses to load what does not).
+    let events: Vec<domain::jobs::JobEvent> = stored.into_iter().filter_map(|e| serde_json::from_value(e.payload).ok()).collect();
+    Ok(domain::jobs::Timeline::of(&events))
+}
+
 /// Event types after which a job records nothing more.
 pub const FINAL_EVENTS: [&str; 3] = ["JobCompleted", "JobFailed", "JobCancelled"];
 

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use domain::jobs::IMAGES_PER_JOB_MAX;
+use domain::jobs::{JobInput, IMAGES_PER_JOB_MAX};
 use serde::Deserialize;
 
 use super::errors::{Notice, WebError};
@@ -28,15 +28,13 @@ pub fn routes() -> Router<AppState> {
 /// Ready models offered in the picker (newest first).
 const MODELS_MAX: i64 = 200;
 
-/// The form's first values: a model (from its page), or all of a job's settings (its
-/// "generate again" link).
+/// The form's first values: a model (from its page), or all the settings of one of the
+/// team's generation jobs (its "generate again" link; by id, since a prompt is longer
+/// than an address's values may be).
 #[derive(Debug, Default, Deserialize)]
 struct PageQuery {
     model: Option<String>,
-    prompt: Option<String>,
-    resolution: Option<String>,
-    quality: Option<String>,
-    count: Option<String>,
+    again: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,15 +147,29 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
 }
 
 async fn page(State(state): State<AppState>, session: Session, Query(query): Query<PageQuery>) -> Result<Html<String>, WebError> {
-    let form = GenerateForm {
+    let mut form = GenerateForm {
         model_id: query.model.unwrap_or_default(),
-        prompt: query.prompt.unwrap_or_default(),
-        resolution: query.resolution,
-        quality: query.quality,
-        count: query.count,
+        prompt: String::new(),
+        resolution: None,
+        quality: None,
+        count: None,
         action: None,
         request_id: None,
     };
+    if let Some(job_id) = query.again.as_deref().and_then(|id| id.parse::<domain::JobId>().ok()) {
+        let job = state.jobs.job(job_id).await?;
+        // Another team's job prefills nothing (and says nothing of it).
+        if let (Some(JobInput::ImageGeneration { model_id, prompt, resolution, quality, count, .. }), true) = (job.input, job.team_id == Some(session.team_id)) {
+            form = GenerateForm {
+                model_id: model_id.to_string(),
+                prompt,
+                resolution: Some(resolution),
+                quality: Some(quality),
+                count: Some(count.to_string()),
+                ..form
+            };
+        }
+    }
     render(&state, &session, form, None).await
 }
 

@@ -22,6 +22,7 @@ pub mod estimate;
 pub mod form;
 pub mod generate;
 pub mod history;
+pub mod job_zip;
 pub mod jobs;
 pub mod layout;
 pub mod live;
