@@ -174,10 +174,10 @@ async fn page(
         (None, None) => Page::First,
     };
     let filters = filter.as_ref().map(JobFilter::query_pairs).unwrap_or_default();
-    let link = |name: &str, position: Option<Position>| {
+    let link = |name: &'static str, position: Option<Position>| {
         position.map(|p| {
             let mut pairs = filters.clone();
-            pairs.push((if name == "older" { "older" } else { "newer" }, p.to_text()));
+            pairs.push((name, p.to_text()));
             format!("/history?{}#jobs-heading", query_string(&pairs))
         })
     };

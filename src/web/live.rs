@@ -17,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::errors::WebError;
@@ -155,13 +155,12 @@ async fn events(
             }
             match watch.look().await {
                 Ok(events) if events.is_empty() => continue,
-                Ok(events) => return Some((futures::stream::iter(events.into_iter().map(Ok)), watch)),
+                Ok(events) => return Some((futures::stream::iter(events.into_iter().map(Ok::<Event, Infallible>)), watch)),
                 // The database is away or the key revoked: end; the browser reconnects
                 // (and a signed-out session gets no stream).
                 Err(_) => return None,
             }
         }
     });
-    use futures::StreamExt;
     Ok(Sse::new(stream.flatten()).keep_alive(KeepAlive::default()))
 }
