@@ -168,11 +168,15 @@ async fn small_faults_are_fixed(app: TestApp) {
     assert!(browser.text("#estimate").await.contains("No ready model yet"));
     let fragment = scripted_estimate(&browser).await;
     assert!(fragment.contains("No ready model yet") && fragment.contains("/models/new"), "{fragment}");
-    browser.fill("#prompt", "anything").await;
-    browser.click("#generate").await;
-    browser.wait_text("#notice h2", "No ready model yet").await;
-    assert!(!browser.page_text().await.contains("does not exist in your team"));
-    assert_eq!(attribute(&browser, "#notice a", "href").await, "/models/new");
+    assert_eq!(attribute(&browser, "#no-models a", "href").await, "/models/new");
+    // Sent anyway (the form has no model to pick): the same invitation.
+    let script = "const done = arguments[0]; const form = document.querySelector('form[data-estimate]'); \
+        const body = new URLSearchParams(new FormData(form)); body.set('prompt', 'anything'); \
+        fetch('/generate', {method: 'POST', body, credentials: 'same-origin'}).then(r => r.text().then(t => done([r.status, t])));";
+    let answer = browser.client.execute_async(script, Vec::new()).await.expect("submit");
+    let page = answer[1].as_str().expect("page");
+    assert_eq!(answer[0], 422);
+    assert!(page.contains("No ready model yet") && !page.contains("does not exist in your team"), "{page}");
 
     // A model with a long name: the empty form prices the job (nothing typed is no
     // error yet) and fits a 390 px screen.
