@@ -9,8 +9,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
-use super::super::errors::WebError;
-use super::super::session::Session;
+use crate::web::errors::WebError;
+use crate::web::session::Session;
 use super::{defused, JobsQuery};
 use crate::queries;
 use crate::queries::jobs::{JobFilter, JobListItem, Page};

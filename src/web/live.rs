@@ -37,7 +37,7 @@ const LOOK_EVERY: Duration = Duration::from_millis(700);
 /// How long one connection lasts.
 const STREAM_FOR: Duration = Duration::from_secs(300);
 /// Most jobs one page follows.
-const FOLLOWED_MAX: usize = 50;
+const FOLLOWED_MAX: usize = 25;
 
 #[derive(Debug, Deserialize)]
 struct EventsQuery {

@@ -43,7 +43,8 @@ document.addEventListener("DOMContentLoaded", () => {
   // overview's cards, and the rows of listed jobs that have not ended.
   const summary = document.getElementById("team-summary");
   if (summary && window.EventSource) {
-    const follow = Array.from(document.querySelectorAll("tr[data-job-id][data-live]")).map((row) => row.dataset.jobId);
+    // At most 25 (a page of the history): the stream follows no more.
+    const follow = Array.from(document.querySelectorAll("tr[data-job-id][data-live]")).map((row) => row.dataset.jobId).slice(0, 25);
     const team = new EventSource("/events" + (follow.length ? "?jobs=" + encodeURIComponent(follow.join(",")) : ""));
     team.addEventListener("team", (event) => {
       const news = JSON.parse(event.data);
