@@ -63,9 +63,6 @@ async fn job_page_times_again_zip_and_cancel(app: TestApp, screenshots: bool) {
     browser.goto(&format!("/jobs/{job}")).await;
     assert!(browser.text("#job-elapsed").await.ends_with(" s"));
     assert_eq!(browser.text("#download-zip").await, "Download all 2 images (zip)");
-    if screenshots {
-        browser.screenshot("job-done").await;
-    }
     browser.assert_fits_width(390).await;
     let (status, zip_bytes) = fetch_bytes(&browser, &attribute(&browser, "#download-zip", "href").await).await;
     assert_eq!(status, 200);
