@@ -117,7 +117,12 @@ async fn job_page_times_again_zip_and_cancel(app: TestApp, screenshots: bool) {
     browser.run("document.getElementById('cancel-job').focus();").await;
     press_enter(&browser).await;
     browser.wait_text("h1", "Cancel this job?").await;
-    assert_eq!(browser.run("return document.activeElement.id;").await, "confirm-cancel", "the confirmation has the focus");
+    // The confirmation takes the focus as the page opens (autofocus).
+    let started = std::time::Instant::now();
+    while browser.run("return document.activeElement && document.activeElement.id;").await != "confirm-cancel" {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the confirmation never had the focus");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     press_enter(&browser).await;
     browser.wait_text("#job-status", "cancelled").await;
     let words = browser.text("#job-failure").await;
