@@ -74,10 +74,13 @@ document.addEventListener("DOMContentLoaded", () => {
   const form = document.querySelector("form[data-estimate]");
   if (form) {
     const output = document.getElementById("estimate");
+    // Answers can come back out of order: only the latest request's is shown.
+    let asked = 0;
     const update = () => {
+      const mine = ++asked;
       fetch(form.dataset.estimate, { method: "POST", body: new URLSearchParams(new FormData(form)), credentials: "same-origin" })
         .then((response) => response.ok ? response.text() : null)
-        .then((text) => { if (text !== null) output.innerHTML = text; });
+        .then((text) => { if (text !== null && mine === asked) output.innerHTML = text; });
     };
     form.addEventListener("change", update);
     let typing;
