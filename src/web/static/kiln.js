@@ -7,6 +7,7 @@ document.addEventListener("DOMContentLoaded", () => {
   if (live && window.EventSource) {
     const status = document.getElementById("job-status");
     const events = new EventSource(live.dataset.jobEvents);
+    window.addEventListener("pagehide", () => events.close());
     // A model job's step is done: mark it, and the next one as running.
     events.addEventListener("step", (event) => {
       const done = Array.from(document.querySelectorAll("#job-steps [data-step]")).find((li) => li.dataset.step === event.data);
@@ -46,6 +47,9 @@ document.addEventListener("DOMContentLoaded", () => {
     // At most 25 (a page of the history): the stream follows no more.
     const follow = Array.from(document.querySelectorAll("tr[data-job-id][data-live]")).map((row) => row.dataset.jobId).slice(0, 25);
     const team = new EventSource("/events" + (follow.length ? "?jobs=" + encodeURIComponent(follow.join(",")) : ""));
+    // A page left (even one the browser keeps to go back to) holds no connection:
+    // browsers open only a few per site, and a held stream would starve the next page.
+    window.addEventListener("pagehide", () => team.close());
     team.addEventListener("team", (event) => {
       const news = JSON.parse(event.data);
       summary.textContent = news.summary;
