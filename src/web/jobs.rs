@@ -355,3 +355,40 @@ async fn events(
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: &str, error: Option<&str>) -> JobView {
+        let at = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("instant");
+        JobView {
+            job_id: "j".into(),
+            kind: "image_generation".into(),
+            status: status.into(),
+            model_id: "m".into(),
+            cost_credits: 12,
+            price_version: 1,
+            attempt: 1,
+            error: error.map(str::to_string),
+            images_expired: false,
+            queued_at: at,
+            dispatched_at: None,
+            finished_at: None,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn an_ended_job_says_why_in_words_and_what_became_of_its_credits() {
+        let failed = failure(&job("failed", Some("Provider error: the prompt was refused."))).expect("words");
+        assert_eq!(failed, "This job failed: provider error: the prompt was refused. Its 12 credits were refunded; nothing was charged.");
+        let silent = failure(&job("failed", None)).expect("words");
+        assert!(silent.contains("the provider gave no reason"), "{silent}");
+        let cancelled = failure(&job("cancelled", Some("cancelled by the team"))).expect("words");
+        assert_eq!(cancelled, "This job was cancelled (cancelled by the team). Its 12 credits were refunded; nothing was charged.");
+        // A queued job may carry the last attempt's error while it waits to retry: not a failure.
+        assert_eq!(failure(&job("queued", Some("busy, retrying"))), None);
+        assert_eq!(failure(&job("completed", None)), None);
+    }
+}
