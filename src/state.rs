@@ -278,15 +278,10 @@ fn fal_provider(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Option<infrastructure::provider::fal::Fal>> {
     // `fal.webhook_base_url` wins (inside `from_settings`); this is the fallback.
-    let public_base = match &settings.storage.public_base_url {
-        Some(base) => base.clone(),
-        None => {
-            if settings.fal.key.is_some() && settings.fal.webhook_base_url.is_none() {
-                tracing::warn!("fal.webhook_base_url is unset: fal's webhooks go to the listen address; set it to Kiln's public URL");
-            }
-            format!("http://{}:{}", settings.http.host, settings.http.port)
-        }
-    };
+    if settings.storage.public_base_url.is_none() && settings.fal.key.is_some() && settings.fal.webhook_base_url.is_none() {
+        tracing::warn!("fal.webhook_base_url is unset: fal's webhooks go to the listen address; set it to Kiln's public URL");
+    }
+    let public_base = settings.public_base_url();
     let ttl = std::time::Duration::from_secs(settings.storage.url_ttl_secs);
     let fal = infrastructure::provider::fal::Fal::from_settings(&settings.fal, &public_base, objects, clock, ttl)
         .context("cannot build the fal.ai client")?;

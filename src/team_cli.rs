@@ -47,7 +47,7 @@ pub async fn run(settings: Settings, command: TeamCommand) -> anyhow::Result<()>
     let db = Database::connect_and_migrate(&settings.database.url, 2).await?;
     let state = AppState::new(db.clone(), &settings, std::sync::Arc::new(application::clock::SystemClock))?;
     let result = match command {
-        TeamCommand::Create { name, plan, credits, role } => create(&state, name, &plan, credits, &role).await,
+        TeamCommand::Create { name, plan, credits, role } => create(&state, name, &plan, credits, &role, &settings.public_base_url()).await,
         TeamCommand::Grant { team, credits, expires_at } => {
             let team: TeamId = team.parse().map_err(|_| anyhow::anyhow!("--team is not a team id"))?;
             grant(&state, team, credits, expires_at).await?;
@@ -59,7 +59,9 @@ pub async fn run(settings: Settings, command: TeamCommand) -> anyhow::Result<()>
     result
 }
 
-async fn create(state: &AppState, name: String, plan: &str, credits: i64, role: &str) -> anyhow::Result<()> {
+/// Opens the team and prints its key and where to sign in (`sign_in_base`: this Kiln's
+/// public URL, see `Settings::public_base_url`).
+async fn create(state: &AppState, name: String, plan: &str, credits: i64, role: &str, sign_in_base: &str) -> anyhow::Result<()> {
     let plan: Plan = plan.parse().map_err(|_| anyhow::anyhow!("--plan must be free, basic, pro or enterprise"))?;
     let role = Role::parse(role).ok_or_else(|| anyhow::anyhow!("--role must be member, auditor or admin"))?;
     let team_id = TeamId::new(Uuid::now_v7());
@@ -74,7 +76,7 @@ async fn create(state: &AppState, name: String, plan: &str, credits: i64, role: 
         .context("cannot issue the API key")?;
     println!("team     {team_id}  ({name}, {plan} plan, {credits} credits)");
     println!("api key  {}", issued.secret);
-    println!("The key is shown this once (Kiln keeps only its hash). Sign in with it at http://127.0.0.1:8080/,");
+    println!("The key is shown this once (Kiln keeps only its hash). Sign in with it at {sign_in_base}/,");
     println!("or send it as `Authorization: Bearer <key>` to the API.");
     Ok(())
 }

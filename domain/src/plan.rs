@@ -40,6 +40,11 @@ impl Plan {
         }
     }
 
+    /// Whether the plan runs jobs at all (the free plan runs none).
+    pub const fn runs_jobs(self) -> bool {
+        self.concurrency_limit() > 0
+    }
+
     /// The snake_case name used in JSON, config and the CLI.
     pub const fn as_str(self) -> &'static str {
         match self {

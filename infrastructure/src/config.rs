@@ -380,6 +380,22 @@ pub enum ConfigError {
 const NOT_SETTINGS: [&str; 1] = ["config"];
 
 impl Settings {
+    /// Where people and callbacks reach this Kiln: `storage.public_base_url`, else the
+    /// listen address (`http.host`, `http.port`) — a wildcard host (`0.0.0.0`, `::`)
+    /// named as loopback, since no browser can open it.
+    pub fn public_base_url(&self) -> String {
+        if let Some(base) = &self.storage.public_base_url {
+            return base.trim_end_matches('/').to_string();
+        }
+        let host = match self.http.host.as_str() {
+            "0.0.0.0" | "" => "127.0.0.1".to_string(),
+            "::" | "[::]" => "[::1]".to_string(),
+            host if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
+            host => host.to_string(),
+        };
+        format!("http://{host}:{}", self.http.port)
+    }
+
     /// Defaults < the TOML file < `KILN_*` environment variables. `file` is a file the
     /// operator named (it must exist); `None` reads `./kiln.toml` when present.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {

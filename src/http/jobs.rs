@@ -136,10 +136,21 @@ pub struct JobsQuery {
     /// Only jobs of this kind.
     #[param(schema_with = kind_schema)]
     pub kind: Option<String>,
+    /// Only jobs of this custom model.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub model_id: Option<String>,
+    /// Only jobs whose prompt (a model creation's description) contains this text, in any case.
+    pub q: Option<String>,
+    /// Only jobs queued on or after this day (UTC).
+    #[param(value_type = Option<String>, format = Date, example = "2026-12-01")]
+    pub from: Option<String>,
+    /// Only jobs queued on or before this day (UTC).
+    #[param(value_type = Option<String>, format = Date, example = "2026-12-31")]
+    pub to: Option<String>,
     /// Page size, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` (older jobs) or `prev_cursor` (newer jobs) of another page.
     pub cursor: Option<String>,
 }
 
@@ -154,9 +165,12 @@ fn kind_schema() -> utoipa::openapi::schema::Object {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct JobPage {
-    /// Newest first.
-    pub items: Vec<JobView>,
+    /// Newest first, each with its model's name and its prompt.
+    pub items: Vec<queries::jobs::JobListItem>,
+    /// The page of older jobs; none on the last page.
     pub next_cursor: Option<String>,
+    /// The page of newer jobs; none on the first page.
+    pub prev_cursor: Option<String>,
 }
 
 pub const PAGE_LIMIT_MAX: u32 = 200;
@@ -195,30 +209,37 @@ pub fn paginate<T>(mut items: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> Stri
     (items, next)
 }
 
-/// The team's jobs, newest first, filtered by status and kind.
+/// The team's jobs, newest first, filtered by status, kind, model, prompt text and the
+/// day they were queued; paged both ways.
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "listJobs", params(JobsQuery, ReadToken),
-    responses((status = 200, body = JobPage)), security(("api_key" = [])))]
+    responses((status = 200, body = JobPage),
+        (status = 422, description = "A filter that cannot be read, named in `field` (`/problems/invalid-request`), or a cursor not issued for this list (`/problems/invalid-cursor`)")),
+    security(("api_key" = [])))]
 async fn list(
     State(state): State<AppState>,
     key: TeamKey,
     ReadToken(token): ReadToken,
     ApiQuery(query): ApiQuery<JobsQuery>,
 ) -> Result<Json<JobPage>, Problem> {
-    if let Some(status) = &query.status {
-        domain::jobs::JobStatus::parse(status).ok_or_else(|| Problem::invalid("unknown status"))?;
-    }
-    if let Some(kind) = &query.kind {
-        kind.parse::<domain::Operation>().map_err(|_| Problem::invalid("unknown kind"))?;
-    }
+    let input = queries::jobs::JobFilterInput {
+        status: query.status.as_deref(),
+        kind: query.kind.as_deref(),
+        model_id: query.model_id.as_deref(),
+        search: query.q.as_deref(),
+        from: query.from.as_deref(),
+        to: query.to.as_deref(),
+    };
+    let filter = queries::jobs::JobFilter::parse(&input).map_err(|e| Problem::invalid_field(e.field, e.to_string()))?;
     let limit = page_limit(query.limit)?;
-    let cursor = parse_cursor("jobs", query.cursor.as_deref())?;
-    let filter = queries::jobs::JobFilter { status: query.status.as_deref(), kind: query.kind.as_deref() };
+    let page = match super::cursor::decode("jobs", query.cursor.as_deref())? {
+        None => queries::jobs::Page::First,
+        Some(text) => queries::jobs::Page::from_text(&text).ok_or_else(super::cursor::invalid)?,
+    };
     let db = queries::read_db(&state.reads, token).await;
-    let items = queries::jobs::list(db, key.team_id, &filter, cursor, i64::from(limit) + 1)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
-    let (items, next_cursor) = paginate(items, limit, |last| make_cursor("jobs", last.queued_at, &last.job_id));
-    Ok(Json(JobPage { items, next_cursor }))
+    let found = queries::jobs::page(db, key.team_id, &filter, &page, limit as usize).await.map_err(|e| Problem::internal(&e))?;
+    let cursor = |page: Option<queries::jobs::Page>| page.and_then(|p| p.to_text()).map(|text| super::cursor::encode("jobs", &text));
+    let (next_cursor, prev_cursor) = (cursor(found.older_page()), cursor(found.newer_page()));
+    Ok(Json(JobPage { items: found.items, next_cursor, prev_cursor }))
 }
 
 /// One recorded event of a job.

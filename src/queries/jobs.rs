@@ -44,28 +44,125 @@ pub async fn job(db: &Database, team: TeamId, job_id: &str) -> Result<Option<Job
     Ok(db_fetch_optional!(db, JobView, &sql, job_id, team.to_string())?)
 }
 
-/// Which of the team's jobs a list shows (values already validated by the caller).
-#[derive(Debug, Default, Clone)]
-pub struct JobFilter<'a> {
-    pub status: Option<&'a str>,
-    pub kind: Option<&'a str>,
+#[path = "jobs_filter.rs"]
+mod filter;
+pub use filter::{FilterError, JobFilter, JobFilterInput, JobsPage, Page, Position};
+
+/// One job in a list: the job, and what a person finds it by — its model's name and
+/// its prompt (a model creation's description).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct JobListItem {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub job: JobView,
+    /// The custom model's name (none once its row is gone).
+    pub model_name: Option<String>,
+    /// The prompt of a generation or refinement, the description of a model creation.
+    pub prompt: Option<String>,
+}
+
+impl JobListItem {
+    /// From queued to its end; `None` while it has not ended.
+    pub fn duration(&self) -> Option<chrono::Duration> {
+        self.job.finished_at.map(|end| end - self.job.queued_at)
+    }
+}
+
+/// The prompt of a job's stored input, in the store's own JSON dialect.
+fn prompt_sql(db: &Database) -> &'static str {
+    match db.backend() {
+        infrastructure::db::Backend::Postgres => {
+            "COALESCE(CAST(input AS jsonb) ->> 'prompt', CAST(input AS jsonb) ->> 'description')"
+        }
+        infrastructure::db::Backend::Sqlite => "COALESCE(json_extract(input, '$.prompt'), json_extract(input, '$.description'))",
+    }
+}
+
+/// The columns of a [`JobListItem`], from `jobs`.
+fn select_items(db: &Database) -> String {
+    format!(
+        "SELECT {JOB_COLUMNS}, (SELECT m.name FROM custom_models m WHERE m.model_id = jobs.model_id) AS model_name, \
+         {} AS prompt FROM jobs",
+        prompt_sql(db)
+    )
+}
+
+/// Most jobs [`items`] reads at once.
+pub const ITEMS_MAX: usize = 100;
+
+/// The team's jobs among `job_ids` (at most [`ITEMS_MAX`]; another team's are left out).
+pub async fn items(db: &Database, team: TeamId, job_ids: &[String]) -> Result<Vec<JobListItem>, QueryError> {
+    let ids = serde_json::to_string(&job_ids[..job_ids.len().min(ITEMS_MAX)]).unwrap_or_else(|_| "[]".into());
+    let listed = match db.backend() {
+        infrastructure::db::Backend::Postgres => "SELECT jsonb_array_elements_text(CAST($2 AS jsonb))",
+        infrastructure::db::Backend::Sqlite => "SELECT value FROM json_each($2)",
+    };
+    let sql = format!("{} WHERE team_id = $1 AND job_id IN ({listed})", select_items(db));
+    Ok(db_fetch_all!(db, JobListItem, &sql, team.to_string(), ids)?)
+}
+
+/// One page of the team's jobs that `filter` lets through, newest first: the first
+/// page, the `rows` older than a position, or the `rows` newer than one. Says whether
+/// there are older and newer rows beyond it, and where they start.
+pub async fn page(db: &Database, team: TeamId, filter: &JobFilter, page: &Page, rows: usize) -> Result<JobsPage, QueryError> {
+    let prompt = prompt_sql(db);
+    let (newer, position) = match page {
+        Page::First => (false, None),
+        Page::Older(position) => (false, Some(position)),
+        Page::Newer(position) => (true, Some(position)),
+    };
+    let (cursor_at, cursor_id) = position.map(|p| (Some(p.at), Some(p.job_id.clone()))).unwrap_or((None, None));
+    let (compare, order) = if newer { (">", "ASC") } else { ("<", "DESC") };
+    let select = select_items(db);
+    let sql = format!(
+        "{select} WHERE team_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
+         AND ($4 IS NULL OR model_id = $4) AND ($5 IS NULL OR LOWER({prompt}) LIKE $5 ESCAPE '\\') \
+         AND ($6 IS NULL OR queued_at >= $6) AND ($7 IS NULL OR queued_at < $7) \
+         AND ($8 IS NULL OR queued_at {compare} $8 OR (queued_at = $8 AND job_id {compare} $9)) \
+         ORDER BY queued_at {order}, job_id {order} LIMIT $10"
+    );
+    let mut items = db_fetch_all!(
+        db,
+        JobListItem,
+        &sql,
+        team.to_string(),
+        filter.status.map(|s| s.as_str()),
+        filter.kind.map(|k| k.as_str()),
+        filter.model_id.as_deref(),
+        filter.like_pattern(),
+        filter.from_instant(),
+        filter.until_instant(),
+        cursor_at,
+        cursor_id,
+        rows as i64 + 1
+    )?;
+    let more = items.len() > rows;
+    items.truncate(rows);
+    if newer {
+        items.reverse();
+    }
+    let first = items.first().map(|i| Position::of(&i.job));
+    let last = items.last().map(|i| Position::of(&i.job));
+    // Rows exist on the side the page came from (the position's own row at least).
+    let (older, newer) = match page {
+        Page::First => (more.then_some(last).flatten(), None),
+        Page::Older(_) => (more.then_some(last).flatten(), first),
+        Page::Newer(_) => (last, more.then_some(first).flatten()),
+    };
+    Ok(JobsPage { items, older, newer })
 }
 
 /// Up to `rows_max` of the team's jobs, newest first, after `(queued_at, job_id)`.
 pub async fn list(
     db: &Database,
     team: TeamId,
-    filter: &JobFilter<'_>,
+    filter: &JobFilter,
     after: Option<(DateTime<Utc>, String)>,
     rows_max: i64,
 ) -> Result<Vec<JobView>, QueryError> {
-    let (cursor_at, cursor_id) = after.map(|(at, id)| (Some(at), Some(id))).unwrap_or((None, None));
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE team_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
-         AND ($4 IS NULL OR queued_at < $4 OR (queued_at = $4 AND job_id < $5)) \
-         ORDER BY queued_at DESC, job_id DESC LIMIT $6"
-    );
-    Ok(db_fetch_all!(db, JobView, &sql, team.to_string(), filter.status, filter.kind, cursor_at, cursor_id, rows_max)?)
+    let at = after.map(|(at, job_id)| Page::Older(Position { at, job_id })).unwrap_or(Page::First);
+    let page = page(db, team, filter, &at, rows_max.max(0) as usize).await?;
+    Ok(page.items.into_iter().map(|item| item.job).collect())
 }
 
 /// The team's plan and how much of its concurrency it uses.
@@ -97,6 +194,15 @@ pub async fn plan_usage(db: &Database, team: TeamId) -> Result<Option<PlanUsage>
         };
         PlanUsage { plan, limit, running, queued, paused }
     }))
+}
+
+/// When job `job_id`'s phases happened, from its recorded events (the caller has
+/// checked that the job is the team's).
+pub async fn timeline(store: &SqlEventStore, job_id: &str) -> Result<domain::jobs::Timeline, application::event_store::EventStoreError> {
+    let stored = store.load_stream("GenerationJob", job_id, 0).await?;
+    // Every stored event decodes (the store refuses to load what does not).
+    let events: Vec<domain::jobs::JobEvent> = stored.into_iter().filter_map(|e| serde_json::from_value(e.payload).ok()).collect();
+    Ok(domain::jobs::Timeline::of(&events))
 }
 
 /// Event types after which a job records nothing more.

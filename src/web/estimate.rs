@@ -16,6 +16,9 @@ pub struct EstimateView {
     pub available: i64,
     pub after: i64,
     pub affordable: bool,
+    /// The team's plan runs no jobs (the free plan): the price is shown, and that the
+    /// plan must change first, not a balance after a job that cannot run.
+    pub no_jobs_plan: Option<String>,
     /// Why no price can be given yet (e.g. no model picked, a refused field).
     pub problem: Option<Notice>,
 }
@@ -25,7 +28,9 @@ impl EstimateView {
         match result {
             Ok(estimate) => {
                 let cost = estimate.quote.amount.get();
-                Ok(Self { cost, available: estimate.available, after: estimate.available - cost, affordable: estimate.affordable(), problem: None })
+                let no_jobs_plan = (!estimate.plan.runs_jobs()).then(|| estimate.plan.as_str().to_string());
+                let (available, affordable) = (estimate.available, estimate.affordable());
+                Ok(Self { cost, available, after: available - cost, affordable, no_jobs_plan, problem: None })
             }
             Err(error) => match WebError::from(error) {
                 WebError::Refused(notice) => Ok(Self::problem(notice)),
@@ -36,7 +41,7 @@ impl EstimateView {
     }
 
     pub fn problem(notice: Notice) -> Self {
-        Self { cost: 0, available: 0, after: 0, affordable: false, problem: Some(notice) }
+        Self { cost: 0, available: 0, after: 0, affordable: false, no_jobs_plan: None, problem: Some(notice) }
     }
 
     /// The fragment alone, for the script.

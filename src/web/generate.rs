@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use domain::jobs::IMAGES_PER_JOB_MAX;
+use domain::jobs::{JobInput, IMAGES_PER_JOB_MAX};
 use serde::Deserialize;
 
 use super::errors::{Notice, WebError};
@@ -28,9 +28,13 @@ pub fn routes() -> Router<AppState> {
 /// Ready models offered in the picker (newest first).
 const MODELS_MAX: i64 = 200;
 
+/// The form's first values: a model (from its page), or all the settings of one of the
+/// team's generation jobs (its "generate again" link; by id, since a prompt is longer
+/// than an address's values may be).
 #[derive(Debug, Default, Deserialize)]
 struct PageQuery {
     model: Option<String>,
+    again: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,20 +124,7 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
     } else {
         None
     };
-    let estimate = if model_id.is_empty() {
-        EstimateView::problem(Notice::new("No ready model", "Create a model first; when its training completes you can generate with it.").next("/models/new", "Create a model"))
-    } else {
-        // The price does not depend on the prompt: an empty one (a fresh form) still
-        // gets a price rather than "check the prompt".
-        let prompt = if form.prompt.trim().is_empty() { "(prompt)".to_string() } else { form.prompt.clone() };
-        match form.request() {
-            Ok(request) => {
-                let request = GenerationRequest { model_id: model_id.clone(), prompt, ..request };
-                EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?
-            }
-            Err(notice) => EstimateView::problem(notice),
-        }
-    };
+    let estimate = estimate_view(state, session, &form, &model_id).await?;
     let count = form.count_shown();
     let prices = state.submit.prices().await?.image_generation;
     let page = GeneratePage {
@@ -156,7 +147,7 @@ async fn render(state: &AppState, session: &Session, form: GenerateForm, notice:
 }
 
 async fn page(State(state): State<AppState>, session: Session, Query(query): Query<PageQuery>) -> Result<Html<String>, WebError> {
-    let form = GenerateForm {
+    let mut form = GenerateForm {
         model_id: query.model.unwrap_or_default(),
         prompt: String::new(),
         resolution: None,
@@ -165,14 +156,48 @@ async fn page(State(state): State<AppState>, session: Session, Query(query): Que
         action: None,
         request_id: None,
     };
+    if let Some(job_id) = query.again.as_deref().and_then(|id| id.parse::<domain::JobId>().ok()) {
+        let job = state.jobs.job(job_id).await?;
+        // Another team's job prefills nothing (and says nothing of it).
+        if let (Some(JobInput::ImageGeneration { model_id, prompt, resolution, quality, count, .. }), true) = (job.input, job.team_id == Some(session.team_id)) {
+            form = GenerateForm {
+                model_id: model_id.to_string(),
+                prompt,
+                resolution: Some(resolution),
+                quality: Some(quality),
+                count: Some(count.to_string()),
+                ..form
+            };
+        }
+    }
     render(&state, &session, form, None).await
 }
 
-async fn estimate(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Html<String>, WebError> {
-    match form.request() {
-        Ok(request) => EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)?.fragment(),
-        Err(notice) => EstimateView::problem(notice).fragment(),
+/// Why a team cannot generate yet: it has no ready model.
+fn no_model() -> Notice {
+    Notice::new("No ready model yet", "Images are generated with one of your custom models: create one, and once its training completes you can generate with it.")
+        .next("/models/new", "Create a model")
+}
+
+/// The price of the form as it stands. The price does not depend on the prompt: an
+/// empty one (a fresh form, before anything is typed) still gets a price rather than
+/// "check the prompt"; the submission checks it.
+async fn estimate_view(state: &AppState, session: &Session, form: &GenerateForm, model_id: &str) -> Result<EstimateView, WebError> {
+    if model_id.trim().is_empty() {
+        return Ok(EstimateView::problem(no_model()));
     }
+    let prompt = if form.prompt.trim().is_empty() { "(prompt)".to_string() } else { form.prompt.clone() };
+    match form.request() {
+        Ok(request) => {
+            let request = GenerationRequest { model_id: model_id.to_string(), prompt, ..request };
+            EstimateView::from_result(state.submit.estimate_generation(session.team_id, &request).await)
+        }
+        Err(notice) => Ok(EstimateView::problem(notice)),
+    }
+}
+
+async fn estimate(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Html<String>, WebError> {
+    estimate_view(&state, &session, &form, &form.model_id).await?.fragment()
 }
 
 async fn submit(State(state): State<AppState>, session: Session, PageForm(form): PageForm<GenerateForm>) -> Result<Response, WebError> {
@@ -182,6 +207,9 @@ async fn submit(State(state): State<AppState>, session: Session, PageForm(form):
     session.writer()?;
     let who = Requester { team: session.team_id, actor: session.actor() };
     let key = form.request_id.as_deref().and_then(|id| domain::IdempotencyKey::parse(id).ok());
+    if form.model_id.trim().is_empty() {
+        return refused(&state, &session, form, no_model()).await;
+    }
     let request = match form.request() {
         Ok(request) => request,
         Err(notice) => return refused(&state, &session, form, notice).await,

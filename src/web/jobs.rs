@@ -11,45 +11,71 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
-use domain::jobs::{GenerationJob, JobInput, JobStatus};
+use chrono::{DateTime, Utc};
+use domain::jobs::{GenerationJob, JobInput, JobStatus, Timeline};
+use serde::Deserialize;
 use domain::JobId;
 use futures::StreamExt;
 
 use super::errors::{Notice, WebError};
-use super::layout::{is_final, kind_label, time, time_opt, Layout};
+use super::form::PageForm;
+use super::layout::{duration_opt, is_final, kind_label, shortened, time, time_opt, Layout};
 use super::session::Session;
 use crate::state::AppState;
 use crate::queries;
-use crate::queries::jobs::JobView;
+use crate::queries::jobs::{JobListItem, JobView};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/jobs/{job_id}", get(page))
-        .route("/jobs/{job_id}/cancel", post(cancel))
+        .route("/jobs/{job_id}/cancel", get(confirm_cancel).post(cancel))
+        .route("/jobs/{job_id}/images.zip", get(super::job_zip::download))
         .route("/jobs/{job_id}/events", get(events))
 }
 
 /// A job in a list.
 pub struct JobRow {
     pub job_id: String,
-    pub short_id: String,
     pub kind: &'static str,
     pub status: String,
+    pub model_id: String,
+    /// The model's name (its id's end when its row is gone).
+    pub model: String,
+    /// The prompt, shortened to fit a row; the whole of it in `prompt_full`.
+    pub prompt: String,
+    pub prompt_full: String,
     pub cost: i64,
     pub queued_at: String,
+    /// From queued to its end ("—" until it ends).
+    pub duration: String,
+    pub error: String,
+    /// Not ended: the page follows it live.
+    pub live: bool,
 }
 
-impl From<&JobView> for JobRow {
-    fn from(job: &JobView) -> Self {
+/// How much of a prompt a row shows.
+const ROW_PROMPT_CHARS: usize = 60;
+
+impl From<&JobListItem> for JobRow {
+    fn from(item: &JobListItem) -> Self {
+        let job = &item.job;
+        let short_id: String = job.model_id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+        let prompt_full = item.prompt.clone().unwrap_or_default();
         JobRow {
             job_id: job.job_id.clone(),
-            short_id: job.job_id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect(),
             kind: kind_label(&job.kind),
             status: job.status.clone(),
+            model_id: job.model_id.clone(),
+            model: item.model_name.clone().unwrap_or_else(|| format!("model …{short_id}")),
+            prompt: shortened(&prompt_full, ROW_PROMPT_CHARS),
+            prompt_full,
             cost: job.cost_credits,
             queued_at: time(job.queued_at),
+            duration: duration_opt(item.duration()),
+            error: job.error.as_deref().filter(|_| job.status == "failed" || job.status == "cancelled").map(|e| shortened(e, ROW_PROMPT_CHARS)).unwrap_or_default(),
+            live: !is_final(&job.status),
         }
     }
 }
@@ -78,6 +104,16 @@ struct JobPage {
     finished_at: String,
     /// A model job's steps (none for image generation).
     steps: Vec<StepRow>,
+    /// From the job's events: time in the queue, running, and in all.
+    waited: String,
+    ran: String,
+    elapsed: String,
+    /// Why it failed or was cancelled, in words.
+    failure: Option<String>,
+    /// The generate form with this job's settings (image generation only).
+    again: Option<String>,
+    /// All images as one zip.
+    zip: Option<String>,
 }
 
 /// One step of a model job as the page lists it.
@@ -87,10 +123,12 @@ pub struct StepRow {
     pub label: String,
     /// done | running | waiting | not run
     pub state: &'static str,
+    /// How long it took (or has run so far); "—" when not run or unknown.
+    pub took: String,
 }
 
 /// A model job's steps (or a split generation's parts) with where each stands.
-fn step_rows(job: &GenerationJob, plan: &[Step]) -> Vec<StepRow> {
+fn step_rows(job: &GenerationJob, plan: &[Step], timeline: &Timeline, now: DateTime<Utc>) -> Vec<StepRow> {
     let batches = plan.iter().filter(|s| matches!(s, Step::TrainingImages { .. })).count();
     let status = job.status.unwrap_or(JobStatus::Queued);
     let mut current_found = false;
@@ -119,7 +157,14 @@ fn step_rows(job: &GenerationJob, plan: &[Step]) -> Vec<StepRow> {
                 current_found = true;
                 "waiting"
             };
-            StepRow { name, label, state }
+            // A recorded step's own time; the last one (its result completed the job)
+            // and the one running now run from the step before.
+            let took = match timeline.step(&name) {
+                Some(recorded) => recorded.duration(),
+                None if state == "running" || (state == "done" && last) => timeline.current(now),
+                None => None,
+            };
+            StepRow { name, label, state, took: duration_opt(took) }
         })
         .collect()
 }
@@ -151,6 +196,28 @@ fn money(job: &JobView) -> String {
     }
 }
 
+/// Why the job ended without a result, in words, with what became of its credits.
+fn failure(job: &JobView) -> Option<String> {
+    let reason = job.error.as_deref().map(str::trim).filter(|r| !r.is_empty());
+    let why = |fallback: &str| {
+        let mut chars = reason.unwrap_or(fallback).chars();
+        chars.next().map(|first| first.to_lowercase().chain(chars).collect::<String>()).unwrap_or_default()
+    };
+    match job.status.as_str() {
+        "failed" => Some(format!(
+            "This job failed: {}. Its {} credits were refunded; nothing was charged.",
+            why("the provider gave no reason").trim_end_matches('.'),
+            job.cost_credits
+        )),
+        "cancelled" => Some(format!(
+            "This job was cancelled ({}). Its {} credits were refunded; nothing was charged.",
+            why("no reason recorded").trim_end_matches('.'),
+            job.cost_credits
+        )),
+        _ => None,
+    }
+}
+
 async fn render(state: &AppState, session: &Session, job_id: &str, notice: Option<Notice>) -> Result<Html<String>, WebError> {
     let job = queries::jobs::job(&state.db, session.team_id, job_id).await?.ok_or(WebError::NotFound)?;
     let id: JobId = job_id.parse().map_err(|_| WebError::NotFound)?;
@@ -158,7 +225,10 @@ async fn render(state: &AppState, session: &Session, job_id: &str, notice: Optio
     let request = aggregate.input.as_ref().map(describe).unwrap_or_default();
     let uploaded = steps::uploaded_images(&aggregate);
     let plan = aggregate.input.as_ref().map(|input| steps::plan(input, None, state.jobs.training(), uploaded, state.provider.images_per_request_max())).unwrap_or_default();
-    let steps = step_rows(&aggregate, &plan);
+    let now = state.jobs.now();
+    let timeline = queries::jobs::timeline(&state.store, job_id).await.map_err(|e| WebError::internal(&e))?;
+    let steps = step_rows(&aggregate, &plan, &timeline, now);
+    let ran = timeline.first_dispatched_at.map(|start| timeline.ended_at.unwrap_or(now) - start);
     let mut images = Vec::new();
     if job.status == "completed" && job.kind == "image_generation" && !job.images_expired {
         let ttl = Duration::from_secs(state.url_ttl_secs);
@@ -179,10 +249,16 @@ async fn render(state: &AppState, session: &Session, job_id: &str, notice: Optio
         is_final: is_final(&job.status),
         money: money(&job),
         entries,
-        images,
         queued_at: time(job.queued_at),
         finished_at: time_opt(job.finished_at),
         steps,
+        waited: duration_opt(timeline.waited(now)),
+        ran: duration_opt(ran),
+        elapsed: duration_opt(timeline.elapsed(now)),
+        failure: failure(&job),
+        again: (job.kind == domain::Operation::ImageGeneration.as_str()).then(|| format!("/generate?again={}", job.job_id)),
+        zip: (!images.is_empty()).then(|| format!("/jobs/{}/images.zip", job.job_id)),
+        images,
         job,
     };
     Ok(Html(page.render()?))
@@ -192,11 +268,39 @@ async fn page(State(state): State<AppState>, session: Session, Path(job_id): Pat
     render(&state, &session, &job_id, None).await
 }
 
+#[derive(Template)]
+#[template(path = "job_cancel.html")]
+struct CancelPage {
+    layout: Layout,
+    job: JobView,
+    kind: &'static str,
+}
+
+/// The cancel's confirmation step: what cancelling does, and the button that does it
+/// (a page of its own, so it works without a script and with the keyboard alone).
+async fn confirm_cancel(State(state): State<AppState>, session: Session, Path(job_id): Path<String>) -> Result<Response, WebError> {
+    let job = queries::jobs::job(&state.db, session.team_id, &job_id).await?.ok_or(WebError::NotFound)?;
+    if is_final(&job.status) {
+        return Ok(Redirect::to(&format!("/jobs/{job_id}")).into_response());
+    }
+    let page = CancelPage { layout: Layout::load(&state, &session, "Cancel the job?", "history").await?, kind: kind_label(&job.kind), job };
+    Ok(Html(page.render()?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct CancelForm {
+    /// `yes` from the confirmation step's button; anything else asks first.
+    confirm: Option<String>,
+}
+
 /// Cancels the job through the same use case as `DELETE /api/jobs/{id}`
 /// (`SubmitService::cancel`): the reservation is refunded, and a request the provider
-/// holds is cancelled there too.
-async fn cancel(State(state): State<AppState>, session: Session, Path(job_id): Path<String>) -> Result<Response, WebError> {
+/// holds is cancelled there too. Only with the confirmation step's `confirm=yes`.
+async fn cancel(State(state): State<AppState>, session: Session, Path(job_id): Path<String>, PageForm(form): PageForm<CancelForm>) -> Result<Response, WebError> {
     session.writer()?;
+    if form.confirm.as_deref() != Some("yes") {
+        return Ok(Redirect::to(&format!("/jobs/{job_id}/cancel")).into_response());
+    }
     let id: JobId = job_id.parse().map_err(|_| WebError::NotFound)?;
     let who = Requester { team: session.team_id, actor: session.actor() };
     match state.submit.cancel(&who, id).await {
@@ -250,4 +354,41 @@ async fn events(
         futures::stream::iter(out)
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: &str, error: Option<&str>) -> JobView {
+        let at = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("instant");
+        JobView {
+            job_id: "j".into(),
+            kind: "image_generation".into(),
+            status: status.into(),
+            model_id: "m".into(),
+            cost_credits: 12,
+            price_version: 1,
+            attempt: 1,
+            error: error.map(str::to_string),
+            images_expired: false,
+            queued_at: at,
+            dispatched_at: None,
+            finished_at: None,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn an_ended_job_says_why_in_words_and_what_became_of_its_credits() {
+        let failed = failure(&job("failed", Some("Provider error: the prompt was refused."))).expect("words");
+        assert_eq!(failed, "This job failed: provider error: the prompt was refused. Its 12 credits were refunded; nothing was charged.");
+        let silent = failure(&job("failed", None)).expect("words");
+        assert!(silent.contains("the provider gave no reason"), "{silent}");
+        let cancelled = failure(&job("cancelled", Some("cancelled by the team"))).expect("words");
+        assert_eq!(cancelled, "This job was cancelled (cancelled by the team). Its 12 credits were refunded; nothing was charged.");
+        // A queued job may carry the last attempt's error while it waits to retry: not a failure.
+        assert_eq!(failure(&job("queued", Some("busy, retrying"))), None);
+        assert_eq!(failure(&job("completed", None)), None);
+    }
 }

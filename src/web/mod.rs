@@ -23,9 +23,11 @@ pub mod estimate;
 pub mod form;
 pub mod generate;
 pub mod history;
+pub mod job_zip;
 pub mod jobs;
 pub mod keys;
 pub mod layout;
+pub mod live;
 pub mod models;
 pub mod ops;
 pub mod overview;
@@ -53,6 +55,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .merge(generate::routes())
         .merge(jobs::routes())
         .merge(history::routes())
+        .merge(live::routes())
         .merge(credits::routes())
         .merge(webhooks::routes())
         .merge(keys::routes())

@@ -13,24 +13,38 @@ use super::layout::Layout;
 use super::session::Session;
 use crate::state::AppState;
 use crate::queries;
+use crate::queries::credits::BalanceView;
+use crate::queries::jobs::PlanUsage;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/", get(page))
 }
 
 /// How many of the latest jobs the overview lists.
-const LATEST_JOBS: i64 = 10;
+const LATEST_JOBS: usize = 10;
+
+/// The overview's cards, as the page draws them and the live stream (`live`) sends them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Cards {
+    pub available: i64,
+    pub reserved: i64,
+    /// "1 of 3": running jobs of the plan's limit.
+    pub running: String,
+    pub queued: i64,
+}
+
+impl Cards {
+    pub fn of(balance: &BalanceView, usage: &PlanUsage) -> Cards {
+        Cards { available: balance.available, reserved: balance.reserved, running: format!("{} of {}", usage.running, usage.limit), queued: usage.queued }
+    }
+}
 
 #[derive(Template)]
 #[template(path = "overview.html")]
 struct OverviewPage {
     layout: Layout,
-    available: i64,
-    reserved: i64,
+    cards: Cards,
     plan: String,
-    running: i64,
-    limit: i64,
-    queued: i64,
     /// An operator paused the team's dispatch.
     paused: bool,
     jobs: Vec<JobRow>,
@@ -42,15 +56,12 @@ async fn page(State(state): State<AppState>, session: Session, PageReadToken(tok
     let usage = queries::jobs::plan_usage(&state.db, session.team_id).await?.ok_or(WebError::SignedOut)?;
     // The balance and plan usage above are exact (the primary); the latest jobs may come
     // from a replica.
-    let jobs = queries::jobs::list(queries::read_db(&state.reads, token).await, session.team_id, &Default::default(), None, LATEST_JOBS).await?;
+    let db = queries::read_db(&state.reads, token).await;
+    let jobs = queries::jobs::page(db, session.team_id, &Default::default(), &queries::jobs::Page::First, LATEST_JOBS).await?.items;
     let page = OverviewPage {
         layout,
-        available: balance.available,
-        reserved: balance.reserved,
+        cards: Cards::of(&balance, &usage),
         plan: balance.plan,
-        running: usage.running,
-        limit: usage.limit,
-        queued: usage.queued,
         paused: usage.paused,
         jobs: jobs.iter().map(JobRow::from).collect(),
     };

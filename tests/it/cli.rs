@@ -196,3 +196,22 @@ fn team_create_holds_the_text_rule() {
     let output = kiln(dir.path()).args(["team", "create", "--name", "Acme\tStudio", "--credits", "0"]).output().expect("run kiln");
     assert!(output.status.success(), "a tab is text: {}", stderr(&output));
 }
+
+/// `kiln team create` says where to sign in: this Kiln's configured address, not a
+/// fixed one — the public URL when set, else the listen address (a wildcard host named
+/// as loopback).
+#[test]
+fn team_create_names_the_configured_address() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (env, expected) in [
+        (vec![("KILN_HTTP__PORT", "9412")], "Sign in with it at http://127.0.0.1:9412/,"),
+        (vec![("KILN_HTTP__HOST", "0.0.0.0"), ("KILN_HTTP__PORT", "9413")], "Sign in with it at http://127.0.0.1:9413/,"),
+        (vec![("KILN_STORAGE__PUBLIC_BASE_URL", "https://kiln.example.com/")], "Sign in with it at https://kiln.example.com/,"),
+    ] {
+        let output = kiln(dir.path()).envs(env.clone()).args(["team", "create", "--name", "Acme", "--credits", "0"]).output().expect("run kiln");
+        assert!(output.status.success(), "{env:?}: {}", stderr(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(expected), "{env:?}: {text}");
+        assert!(!text.contains("8080"), "{env:?}: {text}");
+    }
+}

@@ -205,7 +205,7 @@ impl JobsService {
         extras.extend(model_appends(model_change));
         let build = move |credits: &TeamCredits| {
             let plan = credits.plan();
-            if credits.is_open() && plan.concurrency_limit() == 0 {
+            if credits.is_open() && !plan.runs_jobs() {
                 return Err(CommandError::Rejected(TeamCreditsError::PlanDoesNotAllowJobs { plan }));
             }
             let reserve = TeamCreditsCommand::ReserveCredits { reservation_id: job_id, amount: cost, operation, price_version, now };

@@ -153,6 +153,8 @@ pub struct Estimate {
     pub quote: Quote,
     /// Spendable credits now.
     pub available: i64,
+    /// The team's plan: one that runs no jobs refuses the submission whatever it costs.
+    pub plan: domain::Plan,
 }
 
 impl Estimate {
@@ -272,7 +274,7 @@ impl SubmitService {
         if !credits.is_open() {
             return Err(SubmitError::TeamNotFound);
         }
-        Ok(Estimate { quote, available: credits.spendable_at(self.jobs.now()) })
+        Ok(Estimate { quote, available: credits.spendable_at(self.jobs.now()), plan: credits.plan() })
     }
 
     /// The team's model, usable for a new job, or why not.

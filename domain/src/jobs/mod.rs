@@ -2,6 +2,8 @@
 
 pub mod input;
 pub mod job;
+pub mod timeline;
 
 pub use input::{JobInput, JobOutput, IMAGES_PER_JOB_MAX, PROMPT_CHARS_MAX};
 pub use job::{CompletedStep, GenerationJob, JobCommand, JobError, JobEvent, JobStatus, UPLOADS_STEP};
+pub use timeline::{StepTime, Timeline};

@@ -131,6 +131,7 @@ async fn cancelling_a_queued_job_from_its_page_refunds_it() {
     browser.goto(&format!("/jobs/{job_id}")).await;
     assert_eq!(browser.text("#job-status").await, "queued");
     browser.click("#cancel-job").await;
+    browser.click("#confirm-cancel").await;
     browser.wait_text("#job-status", "cancelled").await;
     assert!(browser.text("#job-money").await.contains("refunded"), "{}", browser.text("#job-money").await);
     let buttons = browser.run("return document.querySelectorAll('#cancel-job').length;").await;
@@ -172,9 +173,9 @@ async fn forms_need_the_csrf_token_and_teams_see_only_their_jobs() {
     assert!(browser.page_text().await.contains("Not found"), "nor its event stream");
 
     // Without the token the cancel is refused and the job stays queued.
-    browser.goto(&format!("/jobs/{job_a}")).await;
-    browser.run("document.querySelector('#cancel-job').form.querySelector('input[name=csrf]').remove();").await;
-    browser.click("#cancel-job").await;
+    browser.goto(&format!("/jobs/{job_a}/cancel")).await;
+    browser.run("document.querySelector('#confirm-cancel').form.querySelector('input[name=csrf]').remove();").await;
+    browser.click("#confirm-cancel").await;
     browser.wait_text("h1", "Form refused").await;
     let (_, job) = api(&app, &key_a, Method::GET, &format!("/api/jobs/{job_a}"), None).await;
     assert_eq!(job["status"], "queued");
@@ -189,7 +190,7 @@ async fn forms_need_the_csrf_token_and_teams_see_only_their_jobs() {
         .post(app.url(&format!("/jobs/{job_a}/cancel")))
         .header("cookie", &cookie_header)
         .header("origin", "http://evil.example")
-        .form(&[("csrf", token.as_str().expect("token"))])
+        .form(&[("csrf", token.as_str().expect("token")), ("confirm", "yes")])
         .send()
         .await
         .expect("post");
@@ -202,7 +203,7 @@ async fn forms_need_the_csrf_token_and_teams_see_only_their_jobs() {
         .post(app.url(&format!("/jobs/{job_a}/cancel")))
         .header("cookie", &cookie_header)
         .header("origin", format!("http://{}", app.address))
-        .form(&[("csrf", token.as_str().expect("token"))])
+        .form(&[("csrf", token.as_str().expect("token")), ("confirm", "yes")])
         .send()
         .await
         .expect("post");

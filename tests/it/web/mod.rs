@@ -7,6 +7,8 @@ mod a11y;
 mod flows;
 mod forms;
 mod manage;
+mod job_pages;
+mod job_lists;
 mod ops;
 mod ops_catalog;
 mod ops_workers;
@@ -63,9 +65,14 @@ pub async fn api(app: &TestApp, key: &str, method: Method, path: &str, body: Opt
 
 /// A ready model of the team, made through the API with a worker run for it.
 pub async fn ready_model(app: &TestApp, key: &str) -> String {
+    ready_model_named(app, key, "Ava").await
+}
+
+/// [`ready_model`] with its name.
+pub async fn ready_model_named(app: &TestApp, key: &str, name: &str) -> String {
     let (_, page) = api(app, key, Method::GET, "/api/reference-models?limit=1", None).await;
     let reference = page["items"][0]["id"].as_str().expect("reference").to_string();
-    let body = json!({"name": "Ava", "description": "a runner at golden hour", "reference_model_id": reference});
+    let body = json!({"name": name, "description": "a runner at golden hour", "reference_model_id": reference});
     let (status, created) = api(app, key, Method::POST, "/api/models", Some(body)).await;
     assert_eq!(status, 202, "{created}");
     let model_id = created["model"]["model_id"].as_str().expect("model").to_string();
@@ -101,4 +108,22 @@ pub async fn sign_in(browser: &Browser, key: &str) {
 
 pub async fn browser(app: &TestApp) -> Browser {
     Browser::start(&format!("http://{}", app.address)).await
+}
+
+/// `path` fetched by the page's own script (with its session cookie): status and body.
+pub async fn fetch_text(browser: &Browser, path: &str) -> (u16, String) {
+    let script = "const done = arguments[1]; fetch(arguments[0], {credentials: 'same-origin'}) \
+        .then(r => r.text().then(t => done([r.status, t])));";
+    let answer = browser.client.execute_async(script, vec![json!(path)]).await.expect("fetch");
+    (answer[0].as_u64().expect("status") as u16, answer[1].as_str().expect("body").to_string())
+}
+
+/// `path` fetched by the page's script, as bytes (for downloads).
+pub async fn fetch_bytes(browser: &Browser, path: &str) -> (u16, Vec<u8>) {
+    use base64::Engine;
+    let script = "const done = arguments[1]; fetch(arguments[0], {credentials: 'same-origin'}).then(r => r.arrayBuffer().then(b => { \
+        let s = ''; const u = new Uint8Array(b); for (let i = 0; i < u.length; i++) { s += String.fromCharCode(u[i]); } done([r.status, btoa(s)]); }));";
+    let answer = browser.client.execute_async(script, vec![json!(path)]).await.expect("fetch");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(answer[1].as_str().expect("body")).expect("base64");
+    (answer[0].as_u64().expect("status") as u16, bytes)
 }
