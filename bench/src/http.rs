@@ -20,9 +20,8 @@ use kiln::app::Application;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::oneshot;
 
-use crate::scratch::ScratchDb;
 
-const OPERATOR_KEY: &str = "kiln-bench-operator";
+pub const OPERATOR_KEY: &str = "kiln-bench-operator";
 /// Latencies above this are clamped (a read that slow is a failure in itself).
 const LATENCY_US_MAX: u64 = 60_000_000;
 
@@ -66,26 +65,25 @@ impl HttpArgs {
 
 pub async fn run(args: HttpArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let scratch = ScratchDb::create(&args.database_url).await?;
-    eprintln!("scratch database {}", scratch.name);
-    let storage = std::env::temp_dir().join(&scratch.name);
-    let outcome = measure(&args, &scratch.url, &storage).await;
-    let _ = std::fs::remove_dir_all(&storage);
-    scratch.drop_database().await?;
-    for line in outcome? {
-        println!("{line}");
-    }
-    Ok(())
+    let admin_url = args.database_url.clone();
+    crate::scratch::measure_and_print(&admin_url, |url, storage| async move { measure(&args, &url, &storage).await }).await
 }
 
-async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<String>> {
+/// Settings of a Kiln served on a free loopback port over `url`, with the bench's
+/// operator key and `storage` for its objects.
+pub fn served_settings(url: &str, pool: u32, storage: &std::path::Path) -> Settings {
     let mut settings = Settings::default();
     settings.database.url = url.to_string();
-    settings.database.connections_max = args.pool;
+    settings.database.connections_max = pool;
     settings.http.host = "127.0.0.1".into();
     settings.http.port = 0;
     settings.auth.operator_key = Some(OPERATOR_KEY.to_string().into());
     settings.storage.local_root = storage.display().to_string();
+    settings
+}
+
+async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let mut settings = served_settings(url, args.pool, storage);
     settings.jobs.worker_in_serve = false;
     if args.log {
         infrastructure::telemetry::init(&settings.log, infrastructure::telemetry::Output::Plain);

@@ -35,7 +35,6 @@ use anyhow::Context;
 use domain::Credits;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use infrastructure::config::Settings;
 use infrastructure::db::Database;
 use kiln::app::Application;
 use serde_json::{json, Value};
@@ -43,9 +42,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::scratch::ScratchDb;
 
-const OPERATOR_KEY: &str = "kiln-bench-operator";
+use crate::http::OPERATOR_KEY;
 /// Latencies above this are clamped.
 const LATENCY_US_MAX: u64 = 120_000_000;
 /// A scenario is saturated at a rate once its p99 passes this.
@@ -98,16 +96,8 @@ impl LatencyArgs {
 
 pub async fn run(args: LatencyArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let scratch = ScratchDb::create(&args.database_url).await?;
-    eprintln!("scratch database {}", scratch.name);
-    let storage = std::env::temp_dir().join(&scratch.name);
-    let outcome = measure(&args, &scratch.url, &storage).await;
-    let _ = std::fs::remove_dir_all(&storage);
-    scratch.drop_database().await?;
-    for line in outcome? {
-        println!("{line}");
-    }
-    Ok(())
+    let admin_url = args.database_url.clone();
+    crate::scratch::measure_and_print(&admin_url, |url, storage| async move { measure(&args, &url, &storage).await }).await
 }
 
 /// One scenario at one rate.
@@ -149,13 +139,7 @@ impl Outcome {
 }
 
 async fn measure(args: &LatencyArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let mut settings = Settings::default();
-    settings.database.url = url.to_string();
-    settings.database.connections_max = args.pool;
-    settings.http.host = "127.0.0.1".into();
-    settings.http.port = 0;
-    settings.auth.operator_key = Some(OPERATOR_KEY.to_string().into());
-    settings.storage.local_root = storage.display().to_string();
+    let mut settings = crate::http::served_settings(url, args.pool, storage);
     // The set-up's model jobs run in the server; dispatch is paused before measuring.
     settings.jobs.worker_in_serve = true;
     let app = Application::build(settings).await?;

@@ -18,6 +18,25 @@ pub struct ScratchDb {
     pub url: String,
 }
 
+/// Runs `measure` on a fresh scratch database (its URL) with a storage directory named
+/// after it, removes both whatever the outcome, and prints the lines it returns.
+pub async fn measure_and_print<F, Fut>(admin_url: &str, measure: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String, std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Vec<String>>>,
+{
+    let scratch = ScratchDb::create(admin_url).await?;
+    eprintln!("scratch database {}", scratch.name);
+    let storage = std::env::temp_dir().join(&scratch.name);
+    let outcome = measure(scratch.url.clone(), storage.clone()).await;
+    let _ = std::fs::remove_dir_all(&storage);
+    scratch.drop_database().await?;
+    for line in outcome? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 impl ScratchDb {
     /// Creates `kiln_bench_<random>` on the server `admin_url` points at.
     pub async fn create(admin_url: &str) -> anyhow::Result<Self> {
