@@ -82,18 +82,39 @@ pub fn served_settings(url: &str, pool: u32, storage: &std::path::Path) -> Setti
     settings
 }
 
+/// Kiln (`Application`, as `kiln serve` runs it) served in this process until stopped.
+pub struct Served {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Served {
+    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
+        let app = Application::build(settings).await?;
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self { addr, stop, server })
+    }
+
+    /// Shuts the server down and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.server.await?
+    }
+}
+
 async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let mut settings = served_settings(url, args.pool, storage);
     settings.jobs.worker_in_serve = false;
     if args.log {
         infrastructure::telemetry::init(&settings.log, infrastructure::telemetry::Output::Plain);
     }
-    let app = Application::build(settings).await?;
-    let kiln_addr = app.local_addr();
-    let (stop_kiln, kiln_stopped) = oneshot::channel::<()>();
-    let kiln_server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = kiln_stopped.await;
-    }));
+    let kiln = Served::start(settings).await?;
+    let kiln_addr = kiln.addr;
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
     let (team, key) = team_with_history(&client, kiln_addr, args.grants).await?;
@@ -115,8 +136,7 @@ async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyho
         lines.push(format!("{name:<42} {}", load(args, &client, url, key).await?));
     }
     let _ = stop_bare.send(());
-    let _ = stop_kiln.send(());
-    kiln_server.await??;
+    kiln.stop().await?;
     lines.push(format!(
         "{} connections, {} s measured after {} s warm-up per scenario, pool {} per server, {} grants, {}",
         args.connections,

@@ -36,9 +36,8 @@ use domain::Credits;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use infrastructure::db::Database;
-use kiln::app::Application;
 use serde_json::{json, Value};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -146,16 +145,10 @@ async fn measure(args: &LatencyArgs, url: &str, storage: &std::path::Path) -> an
     let mut settings = crate::http::served_settings(url, args.pool, storage);
     // The set-up's model jobs run in the server; dispatch is paused before measuring.
     settings.jobs.worker_in_serve = true;
-    let app = Application::build(settings).await?;
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
+    let kiln = crate::http::Served::start(settings).await?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.in_flight_max).build()?;
-    let outcome = scenarios(args, &client, addr, url).await;
-    let _ = stop.send(());
-    server.await??;
+    let outcome = scenarios(args, &client, kiln.addr, url).await;
+    kiln.stop().await?;
     outcome
 }
 
