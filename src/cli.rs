@@ -101,7 +101,8 @@ pub fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = settings(&cli)?;
     let output = match &cli.command {
-        Command::Projections(crate::ops::ProjectionsCommand::Rebuild { .. }) => Output::WithProgress,
+        Command::Projections(crate::ops::ProjectionsCommand::Rebuild { .. })
+        | Command::Audit(crate::ops::AuditCommand::Verify { .. }) => Output::WithProgress,
         _ => Output::Plain,
     };
     infrastructure::telemetry::init(&settings.log, output);

@@ -11,6 +11,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -302,6 +303,38 @@ impl Progress for Bar {
     fn end(&self) {}
 }
 
+/// How often the audit's bar follows the check's progress.
+const VERIFY_BAR_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `audit verify` of the whole log with a progress bar (events checked of those in the
+/// snapshot, events/s, ETA), following the check's own counters.
+async fn verify_with_bar(db: &Database) -> anyhow::Result<audit::VerifyReport> {
+    let bar = Bar::new(true);
+    let progress = Arc::new(audit::Progress::default());
+    let mut verify = std::pin::pin!(audit::verify_observed(db, None, Some(progress.clone())).instrument(bar.span()));
+    let mut tick = tokio::time::interval(VERIFY_BAR_TICK);
+    let (mut begun, mut shown) = (false, 0u64);
+    let report = loop {
+        tokio::select! {
+            report = &mut verify => break report?,
+            _ = tick.tick() => {
+                let total = progress.events_total();
+                if !begun && total > 0 {
+                    bar.begin("audit verify", total);
+                    begun = true;
+                }
+                let checked = progress.events_checked();
+                if begun && checked > shown {
+                    bar.advance(checked - shown);
+                    shown = checked;
+                }
+            }
+        }
+    };
+    bar.end();
+    Ok(report)
+}
+
 async fn run_audit(db: &Database, command: AuditCommand) -> anyhow::Result<bool> {
     match command {
         AuditCommand::Replay { team, as_of, json } => {
@@ -314,7 +347,12 @@ async fn run_audit(db: &Database, command: AuditCommand) -> anyhow::Result<bool>
             Ok(!report.violations.is_empty())
         }
         AuditCommand::Verify { team, json } => {
-            let report = audit::verify(db, team.as_deref()).await?;
+            // The whole log takes a while: a bar shows how far the check has come.
+            let report = if team.is_none() && !json && std::io::stderr().is_terminal() {
+                verify_with_bar(db).await?
+            } else {
+                audit::verify(db, team.as_deref()).await?
+            };
             if json {
                 print_json(&report)?;
             } else {

@@ -8,6 +8,7 @@
 //! - `http`: the read path under a bounded load, Kiln against a bare axum + sqlx server (see [`http`]).
 //! - `render`: the local provider's renderer alone (see [`render`]).
 //! - `latency`: open-loop latency at fixed arrival rates against the seed's targets (see [`latency`]).
+//! - `log`: projection rebuild and `audit verify` of a large credit log against an ordered raw read (see [`log`]).
 //! - `webhooks`: deliveries per second through the webhook sender to a local receiver (see [`webhooks`]).
 //!
 //! Every run that needs a database works in a scratch database it creates and drops, and
@@ -23,6 +24,7 @@ mod jobs;
 mod kiln;
 mod latency;
 mod load;
+mod log;
 mod render;
 mod report;
 mod scratch;
@@ -58,6 +60,8 @@ enum Command {
     Webhooks(webhooks::WebhooksArgs),
     /// Open-loop latency at fixed arrival rates: balance, history, submit, cancel and credit operations.
     Latency(latency::LatencyArgs),
+    /// Projection rebuild and `audit verify` of a large credit log against an ordered raw read of it.
+    Log(log::LogArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -130,5 +134,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Render(args) => render::run(&args),
         Command::Webhooks(args) => webhooks::run(args).await,
         Command::Latency(args) => latency::run(args).await,
+        Command::Log(args) => log::run(args).await,
     }
 }

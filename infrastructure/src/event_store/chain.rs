@@ -35,6 +35,38 @@ pub fn event_hash(
     payload: &Value,
     prev_hash: &str,
 ) -> String {
+    hex::encode(event_digest(aggregate_type, aggregate_id, sequence, event_type, event_version, payload, prev_hash))
+}
+
+/// Whether `recorded` (hex, as stored) is the hash of this event: [`event_hash`] without
+/// formatting the digest.
+#[allow(clippy::too_many_arguments)]
+pub fn hash_matches(
+    recorded: &str,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+    event_type: &str,
+    event_version: &str,
+    payload: &Value,
+    prev_hash: &str,
+) -> bool {
+    let mut expected = [0u8; 32];
+    hex::decode_to_slice(recorded, &mut expected).is_ok()
+        // Only the lower-case form is ever written.
+        && !recorded.bytes().any(|b| b.is_ascii_uppercase())
+        && expected == event_digest(aggregate_type, aggregate_id, sequence, event_type, event_version, payload, prev_hash)
+}
+
+fn event_digest(
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+    event_type: &str,
+    event_version: &str,
+    payload: &Value,
+    prev_hash: &str,
+) -> [u8; 32] {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hasher.update((bytes.len() as u64).to_be_bytes());
@@ -45,27 +77,26 @@ pub fn event_hash(
     field(&sequence.to_be_bytes());
     field(event_type.as_bytes());
     field(event_version.as_bytes());
-    let mut canonical = String::new();
+    let mut canonical = String::with_capacity(512);
     write_canonical(payload, &mut canonical);
     field(canonical.as_bytes());
     field(prev_hash.as_bytes());
-    hex::encode(hasher.finalize())
+    hasher.finalize().into()
 }
 
 /// JSON with object keys sorted at every level and no insignificant whitespace.
 pub fn write_canonical(value: &Value, out: &mut String) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
             out.push('{');
-            for (n, key) in keys.into_iter().enumerate() {
-                if n > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[key], out);
+            // serde_json's map keeps its keys sorted unless its `preserve_order` feature
+            // is on somewhere in the build; the hash must not depend on that.
+            if map.keys().is_sorted() {
+                write_members(map.iter(), out);
+            } else {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
+                members.sort_by(|a, b| a.0.cmp(b.0));
+                write_members(members.into_iter(), out);
             }
             out.push('}');
         }
@@ -79,7 +110,34 @@ pub fn write_canonical(value: &Value, out: &mut String) {
             }
             out.push(']');
         }
-        other => out.push_str(&other.to_string()),
+        Value::String(text) => write_string(text, out),
+        other => {
+            use std::fmt::Write;
+            // Numbers, booleans and null: their compact JSON, written in place.
+            let _ = write!(out, "{other}");
+        }
+    }
+}
+
+fn write_members<'a>(members: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut String) {
+    for (n, (key, value)) in members.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        write_string(key, out);
+        out.push(':');
+        write_canonical(value, out);
+    }
+}
+
+/// A JSON string exactly as serde_json writes it: most need no escape and are copied.
+fn write_string(text: &str, out: &mut String) {
+    if text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&Value::String(text.to_string()).to_string());
+    } else {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
     }
 }
 
@@ -190,6 +248,22 @@ mod tests {
     }
 
     #[test]
+    fn canonical_strings_and_numbers_are_serde_jsons_own() {
+        // Keys sorted already (serde_json's default map): canonical is its compact output.
+        let value = serde_json::json!({
+            "quote\"d": "a \"b\" \\ c / d",
+            "control": "tab\tnew\nline\u{1}\u{1f}\u{7f}",
+            "unicode": "crème brûlée — 日本 🎨",
+            "numbers": [0, -1, 1.5, 1e300, -0.0, 18446744073709551615u64, i64::MIN],
+            "flags": [true, false, null],
+            "empty": {"": "", "a": []},
+        });
+        let mut out = String::new();
+        write_canonical(&value, &mut out);
+        assert_eq!(out, serde_json::to_string(&value).unwrap());
+    }
+
+    #[test]
     fn the_hash_covers_sequence_payload_and_predecessor() {
         let payload = serde_json::json!({"type": "X", "amount": 5});
         let base = event_hash("TeamCredits", "t", 1, "X", "1", &payload, GENESIS_HASH);
@@ -197,6 +271,10 @@ mod tests {
         assert_ne!(base, event_hash("TeamCredits", "t", 1, "X", "1", &serde_json::json!({"type": "X", "amount": 6}), GENESIS_HASH));
         assert_ne!(base, event_hash("TeamCredits", "t", 1, "X", "1", &payload, &base));
         assert_eq!(base, event_hash("TeamCredits", "t", 1, "X", "1", &serde_json::json!({"amount": 5, "type": "X"}), GENESIS_HASH));
+        assert!(hash_matches(&base, "TeamCredits", "t", 1, "X", "1", &payload, GENESIS_HASH));
+        assert!(!hash_matches(&base.to_uppercase(), "TeamCredits", "t", 1, "X", "1", &payload, GENESIS_HASH));
+        assert!(!hash_matches(&base[1..], "TeamCredits", "t", 1, "X", "1", &payload, GENESIS_HASH));
+        assert!(!hash_matches(&base, "TeamCredits", "t", 2, "X", "1", &payload, GENESIS_HASH));
     }
 
     fn stored(aggregate_type: &str, id: &str, sequence: i64, hash: &str) -> StoredEvent {

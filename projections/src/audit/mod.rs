@@ -29,7 +29,7 @@ use cqrs_es::DomainEvent;
 use domain::jobs::JobEvent;
 use domain::TeamCreditsEvent;
 use infrastructure::db::Database;
-use infrastructure::event_store::chain::{event_hash, CHAINED_AGGREGATE_TYPE, GENESIS_HASH};
+use infrastructure::event_store::chain::{hash_matches, CHAINED_AGGREGATE_TYPE, GENESIS_HASH};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -153,16 +153,9 @@ impl ChainCheck {
             let detail = "prev_hash is not the hash of the event before it (an event was deleted, inserted or reordered)";
             violations.push(name(event.sequence, "chain-broken", detail.into()));
         }
-        let computed = event_hash(
-            CHAINED_AGGREGATE_TYPE,
-            &event.aggregate_id,
-            event.sequence,
-            &event.event_type,
-            &event.event_version,
-            payload,
-            prev,
-        );
-        if computed != *hash {
+        let matches =
+            hash_matches(hash, CHAINED_AGGREGATE_TYPE, &event.aggregate_id, event.sequence, &event.event_type, &event.event_version, payload, prev);
+        if !matches {
             let detail = format!("{} does not match its recorded hash (edited or moved)", event.event_type);
             violations.push(name(event.sequence, "hash-mismatch", detail));
         }
@@ -256,16 +249,17 @@ struct JobFacts {
 /// Reservations of every team: id → (team, amount, end).
 type Reservations = HashMap<String, (Arc<str>, i64, ReservationEnd)>;
 
-/// Everything `verify` learns from the streams, checked stream by stream (sans-I/O, so it
-/// can run on a thread of its own while the next page is read).
+/// Everything `verify` learns from the streams, checked stream by stream (sans-I/O, so
+/// several can run on threads of their own while the next page is read).
 #[derive(Default)]
 struct Checker {
     report: VerifyReport,
     reservations: Reservations,
     /// (job id, facts, sequence of its first event).
     jobs: Vec<(String, Option<JobFacts>, i64)>,
-    team_streams: Streams,
-    job_streams: Streams,
+    /// After each batch this checker was dealt: its violations and jobs so far, so that
+    /// [`Checker::merge`] can put every batch's findings back in reading order.
+    marks: Vec<(usize, usize)>,
 }
 
 impl Checker {
@@ -293,28 +287,47 @@ impl Checker {
         self.jobs.push((first.aggregate_id.clone(), facts, first.sequence));
     }
 
-    /// A page of events in (stream, sequence) order; a stream may span pages.
-    fn page(&mut self, kind: Page, page: Vec<AuditEvent>) {
-        let mut streams = std::mem::take(match kind {
-            Page::Team => &mut self.team_streams,
-            Page::Job => &mut self.job_streams,
-        });
-        for event in page {
-            streams.push(event, |stream| match kind {
+    /// Whole streams of one kind, in reading order.
+    fn batch(&mut self, batch: &Batch) {
+        for stream in &batch.streams {
+            match batch.kind {
                 Page::Team => self.team_stream(stream),
                 Page::Job => self.job_stream(stream),
-            });
+            }
         }
-        match kind {
-            Page::Team => self.team_streams = streams,
-            Page::Job => self.job_streams = streams,
+        self.marks.push((self.report.violations.len(), self.jobs.len()));
+    }
+
+    /// One checker from those that were dealt batches round-robin (batch `n` to checker
+    /// `n % checkers.len()`): counts added, reservations joined (the streams are disjoint),
+    /// violations and jobs in the order their batches were read — the report one checker
+    /// would have made alone.
+    fn merge(checkers: Vec<Checker>) -> Checker {
+        let mut merged = Checker::default();
+        let batches: usize = checkers.iter().map(|c| c.marks.len()).sum();
+        let mut parts = Vec::new();
+        for checker in checkers {
+            let r = &checker.report;
+            merged.report.teams += r.teams;
+            merged.report.team_events += r.team_events;
+            merged.report.jobs += r.jobs;
+            merged.report.job_events += r.job_events;
+            merged.reservations.extend(checker.reservations);
+            // Each checker's findings, taken batch by batch from the front.
+            parts.push((checker.marks, checker.report.violations.into_iter(), checker.jobs.into_iter(), 0usize, 0usize));
         }
+        let count = parts.len();
+        for n in 0..batches {
+            let (marks, violations, jobs, violations_at, jobs_at) = &mut parts[n % count];
+            let (violations_end, jobs_end) = marks[n / count];
+            merged.report.violations.extend(violations.by_ref().take(violations_end - *violations_at));
+            merged.jobs.extend(jobs.by_ref().take(jobs_end - *jobs_at));
+            (*violations_at, *jobs_at) = (violations_end, jobs_end);
+        }
+        merged
     }
 
     fn finish(mut self) -> VerifyReport {
-        let (mut teams, mut jobs) = (std::mem::take(&mut self.team_streams), std::mem::take(&mut self.job_streams));
-        teams.finish(|stream| self.team_stream(stream));
-        jobs.finish(|stream| self.job_stream(stream));
         for (job_id, facts, first_sequence) in std::mem::take(&mut self.jobs) {
             let Some(facts) = facts else { continue };
             check_job(&job_id, &facts, first_sequence, &self.reservations, &mut self.report.violations);
@@ -323,14 +336,86 @@ impl Checker {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Whole streams of one kind, dealt to one checker.
+struct Batch {
+    kind: Page,
+    streams: Vec<Vec<AuditEvent>>,
+    events: u64,
+}
+
+/// Events gathered into one batch before it is dealt (whole streams: a longer stream is a
+/// batch of its own).
+const BATCH_EVENTS: u64 = 2_000;
+
+/// Splits pages into whole streams and deals them in batches, round-robin, to checkers
+/// on threads of their own.
+struct Dealer {
+    checkers: Vec<std::sync::mpsc::SyncSender<Batch>>,
+    next: usize,
+    streams: Streams,
+    batch: Batch,
+}
+
+impl Dealer {
+    fn new(checkers: Vec<std::sync::mpsc::SyncSender<Batch>>) -> Self {
+        Self { checkers, next: 0, streams: Streams::default(), batch: Batch { kind: Page::Team, streams: Vec::new(), events: 0 } }
+    }
+
+    fn page(&mut self, kind: Page, page: Vec<AuditEvent>) -> Result<(), AuditError> {
+        if kind != self.batch.kind {
+            self.end_streams()?;
+            self.batch.kind = kind;
+        }
+        let mut full = Vec::new();
+        for event in page {
+            self.streams.push_owned(event, |stream| full.push(stream));
+        }
+        for stream in full {
+            self.stream(stream)?;
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self, stream: Vec<AuditEvent>) -> Result<(), AuditError> {
+        self.batch.events += stream.len() as u64;
+        self.batch.streams.push(stream);
+        if self.batch.events >= BATCH_EVENTS {
+            self.deal()?;
+        }
+        Ok(())
+    }
+
+    /// The last stream of a kind, and its batch.
+    fn end_streams(&mut self) -> Result<(), AuditError> {
+        if let Some(stream) = self.streams.take() {
+            self.stream(stream)?;
+        }
+        if !self.batch.streams.is_empty() {
+            self.deal()?;
+        }
+        Ok(())
+    }
+
+    fn deal(&mut self) -> Result<(), AuditError> {
+        let batch = Batch { kind: self.batch.kind, streams: std::mem::take(&mut self.batch.streams), events: std::mem::take(&mut self.batch.events) };
+        let checker = &self.checkers[self.next % self.checkers.len()];
+        self.next += 1;
+        checker.send(batch).map_err(|_| AuditError::Checker("a checking thread stopped".into()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Page {
     Team,
     Job,
 }
 
-/// Pages read ahead of the checking thread.
+/// Pages read ahead of the dealing thread.
 const PAGES_AHEAD: usize = 4;
+/// Batches dealt ahead of each checking thread.
+const BATCHES_AHEAD: usize = 4;
+/// Checking threads at most (one per core up to this).
+const CHECKERS_MAX: usize = 8;
 
 /// How far a whole-log [`verify_observed`] has come: events checked of those to check
 /// (counted in its snapshot first), for a page to show while it runs.
@@ -380,18 +465,45 @@ pub async fn verify_observed(db: &Database, team: Option<&str>, progress: Option
                 let total = snapshot.count_events(&TYPES.map(|(t, _)| t)).await?;
                 progress.events_total.store(total, Ordering::Relaxed);
             }
-            // Reading (this task, and the database) and checking (parse, hash, fold: a
-            // thread of its own) overlap, a bounded number of pages apart.
+            // Reading (this task, and the database), dealing whole streams (a thread) and
+            // checking them (parse, hash, fold: threads of their own, one per core) overlap,
+            // a bounded number of pages and batches apart.
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, CHECKERS_MAX);
             let (pages_tx, mut pages_rx) = tokio::sync::mpsc::channel::<(Page, Vec<AuditEvent>)>(PAGES_AHEAD);
             let worker = tokio::task::spawn_blocking(move || {
+                let (senders, checkers): (Vec<_>, Vec<_>) = (0..threads)
+                    .map(|_| {
+                        let (batches_tx, batches_rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_AHEAD);
+                        let progress = progress.clone();
+                        let checker = std::thread::spawn(move || {
+                            let mut checker = Checker::default();
+                            for batch in batches_rx {
+                                checker.batch(&batch);
+                                if let Some(progress) = &progress {
+                                    progress.events_checked.fetch_add(batch.events, Ordering::Relaxed);
+                                }
+                            }
+                            checker
+                        });
+                        (batches_tx, checker)
+                    })
+                    .unzip();
+                let mut dealer = Dealer::new(senders);
+                let mut dealt = Ok(());
                 while let Some((kind, page)) = pages_rx.blocking_recv() {
-                    let events = page.len() as u64;
-                    checker.page(kind, page);
-                    if let Some(progress) = &progress {
-                        progress.events_checked.fetch_add(events, Ordering::Relaxed);
+                    dealt = dealer.page(kind, page);
+                    if dealt.is_err() {
+                        break;
                     }
                 }
-                checker
+                let dealt = dealt.and_then(|()| dealer.end_streams());
+                // Closing the channels ends the checkers.
+                drop(dealer);
+                let checkers: Result<Vec<Checker>, AuditError> = checkers
+                    .into_iter()
+                    .map(|thread| thread.join().map_err(|_| AuditError::Checker("a checking thread panicked".into())))
+                    .collect();
+                dealt.and(checkers.map(Checker::merge))
             });
             for (n, (aggregate_type, kind)) in TYPES.into_iter().enumerate() {
                 let mut pages = Pages::new(aggregate_type, n);
@@ -402,7 +514,7 @@ pub async fn verify_observed(db: &Database, team: Option<&str>, progress: Option
                 }
             }
             drop(pages_tx);
-            checker = worker.await.map_err(|e| AuditError::Checker(e.to_string()))?;
+            checker = worker.await.map_err(|e| AuditError::Checker(e.to_string()))??;
         }
     }
     snapshot.end().await?;

@@ -205,6 +205,19 @@ impl Streams {
         self.current.push(event);
     }
 
+    /// Like [`Streams::push`], handing over each stream as it ends.
+    pub(super) fn push_owned(&mut self, event: AuditEvent, mut ended: impl FnMut(Vec<AuditEvent>)) {
+        if self.current.first().is_some_and(|first| first.aggregate_id != event.aggregate_id) {
+            ended(std::mem::take(&mut self.current));
+        }
+        self.current.push(event);
+    }
+
+    /// The stream still open, if any (after the last event of its kind).
+    pub(super) fn take(&mut self) -> Option<Vec<AuditEvent>> {
+        (!self.current.is_empty()).then(|| std::mem::take(&mut self.current))
+    }
+
     pub(super) fn finish(&mut self, mut visit: impl FnMut(&[AuditEvent])) {
         if !self.current.is_empty() {
             visit(&self.current);

@@ -8,7 +8,7 @@
 //!    chunks ahead;
 //! 2. the fold decodes each payload straight from the row's bytes into the domain event
 //!    (no `serde_json::Value` in between) and folds it in memory;
-//! 3. a writer inserts the rows that are final with `INSERT … SELECT FROM UNNEST` on the
+//! 3. a writer copies the rows that are final in with binary `COPY … FROM STDIN` on the
 //!    rebuild's connection, one statement per table and [`READY_ROWS`] rows, while the
 //!    fold goes on.
 //!

@@ -1,12 +1,12 @@
-//! Rows in columns, written with one `INSERT … SELECT * FROM UNNEST($1::text[], …)` per
-//! chunk: a statement carries thousands of rows as one array per column (binary protocol,
-//! no per-row placeholders, no text formatting of values).
+//! Rows in columns, written with one binary `COPY … FROM STDIN` per chunk: the values go in
+//! PostgreSQL's own binary form (no text formatting or parsing of numbers and times), and
+//! COPY stores rows a page at a time (one WAL record per page, not per row).
+//!
+//! Every column is `text`, `bigint` or `timestamptz` in the tables written here; a column of
+//! another type fails the COPY loudly ("incorrect binary data format"), never silently.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-
-/// Rows per statement: bounds the size of one message (a few MB) and of the memory held.
-pub(super) const ROWS_PER_INSERT_MAX: usize = 50_000;
 
 pub(super) enum Column {
     Text(Vec<String>),
@@ -18,25 +18,49 @@ pub(super) enum Column {
     OptTime(Vec<Option<DateTime<Utc>>>),
 }
 
-impl Column {
-    fn sql_type(&self) -> &'static str {
-        match self {
-            Column::Text(_) | Column::OptText(_) | Column::Static(_) | Column::OptStatic(_) => "text[]",
-            Column::Int(_) => "int8[]",
-            Column::Time(_) | Column::OptTime(_) => "timestamptz[]",
-        }
-    }
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
+const POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-    /// Splits off the rows from `at` on.
-    fn split_off(&mut self, at: usize) -> Column {
+/// Bytes of COPY data gathered before they are sent.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
+/// A binary COPY stream's header: signature, flags, header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+impl Column {
+    /// Appends row `row`'s value as one binary COPY field (length, then the bytes; -1 for NULL).
+    fn write_field(&self, row: usize, out: &mut Vec<u8>) {
+        fn text(value: &str, out: &mut Vec<u8>) {
+            out.extend_from_slice(&(value.len() as i32).to_be_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+        fn int(value: i64, out: &mut Vec<u8>) {
+            out.extend_from_slice(&8i32.to_be_bytes());
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+        fn time(value: &DateTime<Utc>, out: &mut Vec<u8>) {
+            int(value.timestamp_micros() - POSTGRES_EPOCH_MICROS, out);
+        }
+        fn null(out: &mut Vec<u8>) {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+        }
         match self {
-            Column::Text(v) => Column::Text(v.split_off(at)),
-            Column::OptText(v) => Column::OptText(v.split_off(at)),
-            Column::Static(v) => Column::Static(v.split_off(at)),
-            Column::OptStatic(v) => Column::OptStatic(v.split_off(at)),
-            Column::Int(v) => Column::Int(v.split_off(at)),
-            Column::Time(v) => Column::Time(v.split_off(at)),
-            Column::OptTime(v) => Column::OptTime(v.split_off(at)),
+            Column::Text(v) => text(&v[row], out),
+            Column::OptText(v) => match v[row].as_deref() {
+                Some(value) => text(value, out),
+                None => null(out),
+            },
+            Column::Static(v) => text(v[row], out),
+            Column::OptStatic(v) => match v[row] {
+                Some(value) => text(value, out),
+                None => null(out),
+            },
+            Column::Int(v) => int(v[row], out),
+            Column::Time(v) => time(&v[row], out),
+            Column::OptTime(v) => match &v[row] {
+                Some(value) => time(value, out),
+                None => null(out),
+            },
         }
     }
 
@@ -69,42 +93,54 @@ impl Insert {
         self.columns.first().map_or(0, |(_, c)| c.len())
     }
 
-    fn sql(&self) -> String {
-        let names: Vec<&str> = self.columns.iter().map(|(name, _)| *name).collect();
-        let arrays: Vec<String> = self.columns.iter().enumerate().map(|(n, (_, c))| format!("${}::{}", n + 1, c.sql_type())).collect();
-        format!("INSERT INTO \"{}\" ({}) SELECT * FROM UNNEST({})", self.table, names.join(", "), arrays.join(", "))
-    }
-
-    /// Writes the rows, at most [`ROWS_PER_INSERT_MAX`] per statement (the connection's
+    /// Writes the rows with one binary COPY, sent a chunk at a time (the connection's
     /// `search_path` decides which table that is).
-    pub(super) async fn execute(mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        while self.rows() > ROWS_PER_INSERT_MAX {
-            let rest: Vec<(&'static str, Column)> =
-                self.columns.iter_mut().map(|(name, column)| (*name, column.split_off(ROWS_PER_INSERT_MAX))).collect();
-            let head = std::mem::replace(&mut self.columns, rest);
-            Insert { table: self.table, columns: head }.execute_one(conn).await?;
-        }
-        self.execute_one(conn).await
-    }
-
-    async fn execute_one(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if self.rows() == 0 {
+    pub(super) async fn execute(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let rows = self.rows();
+        if rows == 0 {
             return Ok(());
         }
-        let sql = self.sql();
-        let mut query = sqlx::query(&sql);
-        for (_, column) in self.columns {
-            query = match column {
-                Column::Text(v) => query.bind(v),
-                Column::OptText(v) => query.bind(v),
-                Column::Static(v) => query.bind(v),
-                Column::OptStatic(v) => query.bind(v),
-                Column::Int(v) => query.bind(v),
-                Column::Time(v) => query.bind(v),
-                Column::OptTime(v) => query.bind(v),
-            };
+        let names: Vec<&str> = self.columns.iter().map(|(name, _)| *name).collect();
+        let sql = format!("COPY \"{}\" ({}) FROM STDIN (FORMAT binary)", self.table, names.join(", "));
+        let fields = (self.columns.len() as i16).to_be_bytes();
+        let mut copy = conn.copy_in_raw(&sql).await?;
+        let mut data = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
+        data.extend_from_slice(COPY_HEADER);
+        for row in 0..rows {
+            data.extend_from_slice(&fields);
+            for (_, column) in &self.columns {
+                column.write_field(row, &mut data);
+            }
+            if data.len() >= COPY_CHUNK_BYTES {
+                copy.send(data.as_slice()).await?;
+                data.clear();
+            }
         }
-        query.execute(conn).await?;
+        // The trailer: a field count of -1.
+        data.extend_from_slice(&(-1i16).to_be_bytes());
+        copy.send(data.as_slice()).await?;
+        copy.finish().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_fields_are_postgres_own_forms() {
+        let at = DateTime::parse_from_rfc3339("2000-01-01T00:00:01.5Z").unwrap().with_timezone(&Utc);
+        let mut out = Vec::new();
+        Column::Time(vec![at]).write_field(0, &mut out);
+        assert_eq!(out, [0, 0, 0, 8, 0, 0, 0, 0, 0, 0x16, 0xe3, 0x60]);
+        out.clear();
+        Column::OptText(vec![None, Some("é".into())]).write_field(0, &mut out);
+        Column::OptText(vec![None, Some("é".into())]).write_field(1, &mut out);
+        assert_eq!(out, [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 2, 0xc3, 0xa9]);
+        out.clear();
+        Column::Int(vec![-2]).write_field(0, &mut out);
+        assert_eq!(out, [0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe]);
+        assert_eq!(COPY_HEADER.len(), 19);
     }
 }

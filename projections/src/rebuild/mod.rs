@@ -19,7 +19,7 @@
 //! Phases: (1) bulk pass over the log, no lock on anything live: on PostgreSQL, for a
 //! projection with an in-memory [`fold`] (`team_balances`, `credit_history`), one cursor
 //! over the TeamCredits events up to the readable head, folded in memory and written with
-//! `INSERT … SELECT FROM UNNEST` (keys and indexes built after the load, see `bulk.rs`);
+//! binary `COPY` (keys and indexes built after the load, see `bulk.rs`);
 //! otherwise batches of `read_log` (gap-safe), each applied by the projection's own code
 //! in a transaction of its own ([`per_batch_pass`], one loop for both databases);
 //! (2) the final transaction: stop the log from moving

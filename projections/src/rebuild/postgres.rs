@@ -40,15 +40,23 @@ pub(super) async fn run(
                 let started = std::time::Instant::now();
                 let pass = bulk::pass(pool, &mut conn, fold, until, progress).await?;
                 let folded_ms = started.elapsed().as_millis() as u64;
-                create_keys(&mut conn, &live, &shadow, info.tables).await?;
-                analyze(&mut conn, &shadow, info.tables).await?;
-                let keyed_ms = started.elapsed().as_millis() as u64 - folded_ms;
                 conn.execute("RESET maintenance_work_mem").await?;
+                // Each index is built by one backend; building them side by side (and then
+                // analyzing the tables side by side) uses the server's cores.
+                let keys = key_statements(&mut conn, &live, &shadow, info.tables).await?;
+                let setup = [KEY_BUILD_MEMORY];
+                in_parallel(pool, &setup, keys.indexes).await?;
+                in_parallel(pool, &setup, keys.constraints).await?;
+                in_parallel(pool, &setup, analyze_statements(&shadow, info.tables)).await?;
+                let keyed_ms = started.elapsed().as_millis() as u64 - folded_ms;
                 tracing::info!(projection = info.name, events = pass.1, folded_ms, keyed_ms, "rebuild: bulk pass done");
                 pass
             }
             None => {
-                create_keys(&mut conn, &live, &shadow, info.tables).await?;
+                let keys = key_statements(&mut conn, &live, &shadow, info.tables).await?;
+                for statement in keys.indexes.iter().chain(&keys.constraints) {
+                    conn.execute(statement.as_str()).await?;
+                }
                 let mut tables = PgShadow { conn: &mut conn, shadow: &shadow, tables: info.tables };
                 per_batch_pass(&mut tables, store, info, options, progress).await?
             }
@@ -106,9 +114,41 @@ impl Shadow for PgShadow<'_> {
 }
 
 async fn analyze(conn: &mut PgConnection, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
-    for table in tables {
-        conn.execute(format!("ANALYZE \"{shadow}\".\"{table}\"").as_str()).await?;
+    for statement in analyze_statements(shadow, tables) {
+        conn.execute(statement.as_str()).await?;
     }
+    Ok(())
+}
+
+fn analyze_statements(shadow: &str, tables: &[&str]) -> Vec<String> {
+    tables.iter().map(|table| format!("ANALYZE \"{shadow}\".\"{table}\"")).collect()
+}
+
+/// Memory for one index build (its sort runs in memory, not in temporary files).
+const KEY_BUILD_MEMORY: &str = "SET maintenance_work_mem = '256MB'";
+
+/// Connections that build indexes (or analyze) side by side after a bulk load.
+const KEY_BUILDERS: usize = 2;
+
+/// Runs `statements` (each independent of the others) on [`KEY_BUILDERS`] connections of
+/// their own at once, each taking the next statement when it is done, after `setup`.
+async fn in_parallel(pool: &PgPool, setup: &[&str], statements: Vec<String>) -> Result<(), RebuildError> {
+    let queue = std::sync::Mutex::new(statements.into_iter());
+    let builder = || async {
+        let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
+        for statement in setup {
+            conn.execute(*statement).await?;
+        }
+        loop {
+            // The guard is dropped before the statement runs.
+            let next = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+            let Some(statement) = next else { break };
+            conn.execute(statement.as_str()).await?;
+        }
+        conn.close().await?;
+        Ok::<(), RebuildError>(())
+    };
+    futures::future::try_join_all((0..KEY_BUILDERS).map(|_| builder())).await?;
     Ok(())
 }
 
@@ -122,7 +162,7 @@ fn is_lock_conflict(error: &RebuildError) -> bool {
 }
 
 /// The shadow of each table: same columns, defaults and CHECKs (`LIKE`); keys and indexes
-/// come with [`create_keys`] (after a bulk load: building an index once is cheaper than
+/// come with [`key_statements`] (after a bulk load: building an index once is cheaper than
 /// maintaining it row by row).
 async fn create_tables(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
     conn.execute(format!("CREATE SCHEMA \"{shadow}\"").as_str()).await?;
@@ -139,19 +179,49 @@ async fn create_tables(conn: &mut PgConnection, live: &str, shadow: &str, tables
     Ok(())
 }
 
-/// The live table's key/unique constraints and indexes on each shadow table, under their
-/// own names.
-async fn create_keys(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str]) -> Result<(), RebuildError> {
+/// The statements that give each shadow table the live table's keys, unique constraints
+/// and indexes under their own names: first every index (independent of each other, so
+/// they can be built side by side), then the constraints, which adopt their index
+/// (`… PRIMARY KEY USING INDEX`, instant) — an exclusion or deferrable constraint builds
+/// its own.
+struct Keys {
+    indexes: Vec<String>,
+    constraints: Vec<String>,
+}
+
+async fn key_statements(conn: &mut PgConnection, live: &str, shadow: &str, tables: &[&str]) -> Result<Keys, RebuildError> {
+    let mut keys = Keys { indexes: Vec::new(), constraints: Vec::new() };
     for table in tables {
-        let constraints: Vec<(String, String)> = sqlx::query_as(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
-             WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'x')",
+        let on_shadow = |name: &str, definition: &str| -> Result<String, RebuildError> {
+            let on_shadow = format!(" ON \"{shadow}\".\"{table}\" ");
+            [format!(" ON {live}.{table} "), format!(" ON \"{live}\".\"{table}\" "), format!(" ON {table} ")]
+                .iter()
+                .find(|on| definition.contains(on.as_str()))
+                .map(|on| definition.replacen(on.as_str(), &on_shadow, 1))
+                .ok_or_else(|| RebuildError::Shadow { table: table.to_string(), reason: format!("cannot retarget index {name}: {definition}") })
+        };
+        let constraints: Vec<(String, String, String, bool, String, String)> = sqlx::query_as(
+            "SELECT conname::text, contype::text, pg_get_constraintdef(oid), condeferrable, \
+             (SELECT relname::text FROM pg_class WHERE oid = conindid), pg_get_indexdef(conindid) \
+             FROM pg_constraint WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'x')",
         )
         .bind(format!("\"{live}\".\"{table}\""))
         .fetch_all(&mut *conn)
         .await?;
-        for (name, definition) in &constraints {
-            conn.execute(format!("ALTER TABLE \"{shadow}\".\"{table}\" ADD CONSTRAINT \"{name}\" {definition}").as_str()).await?;
+        let alter = format!("ALTER TABLE \"{shadow}\".\"{table}\" ADD CONSTRAINT");
+        for (name, kind, definition, deferrable, index_name, index) in &constraints {
+            let adopts = match kind.as_str() {
+                "p" => Some("PRIMARY KEY"),
+                "u" => Some("UNIQUE"),
+                _ => None,
+            };
+            match adopts {
+                Some(adopts) if !deferrable => {
+                    keys.indexes.push(on_shadow(index_name, index)?);
+                    keys.constraints.push(format!("{alter} \"{name}\" {adopts} USING INDEX \"{index_name}\""));
+                }
+                _ => keys.constraints.push(format!("{alter} \"{name}\" {definition}")),
+            }
         }
         let indexes: Vec<(String, String)> =
             sqlx::query_as("SELECT indexname::text, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2")
@@ -159,17 +229,11 @@ async fn create_keys(conn: &mut PgConnection, live: &str, shadow: &str, tables: 
                 .bind(table)
                 .fetch_all(&mut *conn)
                 .await?;
-        for (name, definition) in indexes.iter().filter(|(name, _)| !constraints.iter().any(|(c, _)| c == name)) {
-            let on_shadow = format!(" ON \"{shadow}\".\"{table}\" ");
-            let rewritten = [format!(" ON {live}.{table} "), format!(" ON \"{live}\".\"{table}\" "), format!(" ON {table} ")]
-                .iter()
-                .find(|on| definition.contains(on.as_str()))
-                .map(|on| definition.replacen(on.as_str(), &on_shadow, 1))
-                .ok_or_else(|| RebuildError::Shadow { table: table.to_string(), reason: format!("cannot retarget index {name}: {definition}") })?;
-            conn.execute(rewritten.as_str()).await?;
+        for (name, definition) in indexes.iter().filter(|(name, _)| !constraints.iter().any(|c| c.4 == *name)) {
+            keys.indexes.push(on_shadow(name, definition)?);
         }
     }
-    Ok(())
+    Ok(keys)
 }
 
 type Row = (i64, i64, String, String, i64, String, String, Json<Value>, Json<Value>, DateTime<Utc>);
