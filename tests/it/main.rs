@@ -20,7 +20,6 @@ mod observe;
 mod outage;
 mod operators;
 mod rebuild;
-mod rebuild_bench;
 mod credits;
 mod serve;
 mod storage;

@@ -44,7 +44,7 @@ pub(super) async fn run(
                 // Each index is built by one backend; building them side by side (and then
                 // analyzing the tables side by side) uses the server's cores.
                 let keys = key_statements(&mut conn, &live, &shadow, info.tables).await?;
-                let setup = [KEY_BUILD_MEMORY];
+                let setup = [KEY_BUILD_MEMORY, KEY_BUILD_ALONE];
                 in_parallel(pool, &setup, keys.indexes).await?;
                 in_parallel(pool, &setup, keys.constraints).await?;
                 in_parallel(pool, &setup, analyze_statements(&shadow, info.tables)).await?;
@@ -126,6 +126,11 @@ fn analyze_statements(shadow: &str, tables: &[&str]) -> Vec<String> {
 
 /// Memory for one index build (its sort runs in memory, not in temporary files).
 const KEY_BUILD_MEMORY: &str = "SET maintenance_work_mem = '256MB'";
+
+/// Each index built by its own backend only: the builders already run side by side, and
+/// a build's parallel workers would compete with the other builder for the same cores
+/// (measured on 2 cores: a build with workers took as long as one without).
+const KEY_BUILD_ALONE: &str = "SET max_parallel_maintenance_workers = 0";
 
 /// Connections that build indexes (or analyze) side by side after a bulk load.
 const KEY_BUILDERS: usize = 2;
