@@ -4,7 +4,7 @@
 //! asserts), so that a stream that breaks a rule is reported event by event instead of
 //! panicking or being silently absorbed.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use domain::TeamCreditsEvent;
@@ -66,7 +66,9 @@ pub struct TeamLedger {
     pub plan: Option<String>,
     pub balance: Balance,
     pub blocks: Vec<BlockView>,
-    pub reservations: BTreeMap<String, ReservationView>,
+    /// By reservation id (a hash map: a team's every reservation is held, and ids share
+    /// long prefixes that make ordered keys slow to compare).
+    pub reservations: HashMap<String, ReservationView, foldhash::fast::RandomState>,
     pub entries: Vec<LedgerEntry>,
     pub last_sequence: i64,
     pub violations: Vec<Violation>,
@@ -120,7 +122,7 @@ impl TeamLedger {
     pub fn apply(&mut self, sequence: i64, event: TeamCreditsEvent, hash: Option<&str>) {
         self.last_sequence = sequence;
         let effect = credit_fold::effect(event);
-        if let Some(entry) = effect.entry.clone().filter(|_| self.keep_entries) {
+        if let Some(entry) = effect.entry.as_ref().filter(|_| self.keep_entries).cloned() {
             // The ledger as the events say it, even where they break a rule.
             self.running = self.running.next(&effect.balance);
             let mut entry = entry.at(self.running, sequence, effect.occurred_at);
@@ -252,6 +254,8 @@ impl TeamLedger {
     }
 
     pub fn open_reservations(&self) -> Vec<ReservationView> {
-        self.reservations.values().filter(|r| r.state == ReservationEnd::Pending).cloned().collect()
+        let mut open: Vec<ReservationView> = self.reservations.values().filter(|r| r.state == ReservationEnd::Pending).cloned().collect();
+        open.sort_by(|a, b| a.reservation_id.cmp(&b.reservation_id));
+        open
     }
 }

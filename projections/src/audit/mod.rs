@@ -247,7 +247,7 @@ struct JobFacts {
 }
 
 /// Reservations of every team: id → (team, amount, end).
-type Reservations = HashMap<String, (Arc<str>, i64, ReservationEnd)>;
+type Reservations = HashMap<String, (Arc<str>, i64, ReservationEnd), foldhash::fast::RandomState>;
 
 /// Everything `verify` learns from the streams, checked stream by stream (sans-I/O, so
 /// several can run on threads of their own while the next page is read).
