@@ -1,10 +1,17 @@
-// graphile-worker side of `kiln-bench dispatch`: enqueue N no-op jobs, then drain them
-// with graphile-worker runners whose task does nothing, and print one JSON line with the
-// timings. Run by kiln-bench against its scratch database; install with ./setup first.
+// graphile-worker sides of `kiln-bench dispatch`, run by kiln-bench against its scratch
+// database; install with ./setup first. Prints one JSON line with the timings.
+//
+// - raw: enqueue N no-op jobs (`--enqueue bulk|single`), then drain them with runners whose
+//   task `noop` does nothing.
+// - the seed's design: `--migrate-only` installs graphile-worker's schema; kiln-bench then
+//   enqueues N `charge` jobs itself (credit reservation + job in one transaction, see
+//   bench/src/seed_design.rs); `--enqueue none --task charge` drains them with runners whose
+//   task deducts the reservation in one transaction.
 //
 // usage: node dispatch.mjs --database-url URL --jobs N --runners R --concurrency C
-//          [--enqueue bulk|single] [--submitters S] [--local-queue Q]
-//          [--complete-batch-delay MS] [--timeout-secs T]
+//          [--enqueue bulk|single|none] [--task noop|charge] [--submitters S]
+//          [--local-queue Q] [--complete-batch-delay MS] [--timeout-secs T]
+//        node dispatch.mjs --database-url URL --migrate-only
 
 import { createRequire } from "node:module";
 import { parseArgs } from "node:util";
@@ -26,6 +33,8 @@ const { values } = parseArgs({
     "local-queue": { type: "string", default: "500" },
     "complete-batch-delay": { type: "string", default: "0" },
     "timeout-secs": { type: "string", default: "600" },
+    task: { type: "string", default: "noop" },
+    "migrate-only": { type: "boolean", default: false },
   },
 });
 
@@ -39,7 +48,11 @@ function bounded(name, min, max) {
 
 const connectionString = values["database-url"];
 if (!connectionString) throw new Error("--database-url is required");
-if (!["bulk", "single"].includes(values.enqueue)) throw new Error("--enqueue must be bulk or single");
+if (!["bulk", "single", "none"].includes(values.enqueue)) throw new Error("--enqueue must be bulk, single or none");
+if (!["noop", "charge"].includes(values.task)) throw new Error("--task must be noop or charge");
+if ((values.enqueue === "none") !== (values.task === "charge")) {
+  throw new Error("--task charge drains jobs kiln-bench enqueued (--enqueue none); noop jobs are enqueued here");
+}
 const jobs = bounded("jobs", 1, 10_000_000);
 const runners = bounded("runners", 1, 16);
 const concurrency = bounded("concurrency", 1, 1024);
@@ -91,17 +104,61 @@ async function remaining(utils) {
   return rows[0].n;
 }
 
+// The seed design's deduct, one transaction per job: the statements of
+// bench/src/baseline.rs `deduct` (lock the balance row, check the reservation, move
+// reserved -> deducted, a ledger row), then the job row marked completed. Named
+// statements, so each is parsed once per connection (as sqlx does on Kiln's side).
+async function charge(payload, helpers) {
+  const { team, job, amount } = payload;
+  await helpers.withPgClient(async (client) => {
+    await client.query("BEGIN");
+    try {
+      const { rows } = await client.query({
+        name: "charge_lock",
+        text: "SELECT reserved FROM credit_balances WHERE team_id = $1 FOR UPDATE",
+        values: [team],
+      });
+      if (rows.length !== 1 || Number(rows[0].reserved) < amount) throw new Error(`job ${job}: reservation missing`);
+      await client.query({
+        name: "charge_deduct",
+        text: "UPDATE credit_balances SET reserved = reserved - $2, deducted = deducted + $2, updated_at = now() WHERE team_id = $1",
+        values: [team, amount],
+      });
+      await client.query({
+        name: "charge_record",
+        text: "INSERT INTO credit_transactions (team_id, job_id, kind, amount) VALUES ($1, $2, 'deduct', $3)",
+        values: [team, job, amount],
+      });
+      const done = await client.query({
+        name: "charge_complete",
+        text: "UPDATE generation_jobs SET status = 'completed', updated_at = now() WHERE id = $1 AND status = 'queued'",
+        values: [job],
+      });
+      if (done.rowCount !== 1) throw new Error(`job ${job}: not queued`);
+      await client.query("COMMIT");
+    } catch (error) {
+      await client.query("ROLLBACK");
+      throw error;
+    }
+  });
+}
+
 async function main() {
   await runMigrations({ connectionString, logger });
+  if (values["migrate-only"]) return;
   const utils = await makeWorkerUtils({ connectionString, logger, maxPoolSize: Math.max(10, submitters + 2) });
   try {
-    const enqueueSecs = await enqueue(utils);
+    const enqueueSecs = values.enqueue === "none" ? null : await enqueue(utils);
     const queued = await remaining(utils);
     if (queued !== jobs) throw new Error(`${queued} jobs queued, expected ${jobs}`);
 
     let executed = 0;
     const taskList = {
       noop: async () => {
+        executed++;
+      },
+      charge: async (payload, helpers) => {
+        await charge(payload, helpers);
         executed++;
       },
     };
@@ -138,6 +195,7 @@ async function main() {
         graphile_worker_version: VERSION,
         node_version: process.version,
         enqueue: values.enqueue,
+        task: values.task,
         submitters: values.enqueue === "single" ? submitters : null,
         jobs,
         executed,

@@ -4,7 +4,9 @@
 //! One transaction to reserve (lock, check available, move available → reserved, record)
 //! and one to deduct (lock, check reserved, move reserved → deducted, record). The tables
 //! live in the scratch database beside Kiln's but are not Kiln migrations: they exist only
-//! to be measured against.
+//! to be measured against. `kiln-bench dispatch` uses the same tables and the same
+//! reservation for its graphile-worker side with the seed's design (`crate::seed_design`;
+//! its deduct runs in `bench/graphile/dispatch.mjs`, the same statements as [`deduct`]).
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -54,20 +56,27 @@ pub async fn reserve_and_deduct(pool: &PgPool, team: Uuid, amount: i64) -> anyho
 
 async fn reserve(pool: &PgPool, team: Uuid, job: Uuid, amount: i64) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
+    reserve_in(&mut tx, team, job, amount).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The reservation's statements inside the caller's transaction (which must commit):
+/// lock the balance row, check available, move available → reserved, record. The seed
+/// design's enqueue (`crate::seed_design`) adds the job to the same transaction.
+/// Dropping the transaction without commit rolls back and releases the lock.
+pub async fn reserve_in(tx: &mut sqlx::PgConnection, team: Uuid, job: Uuid, amount: i64) -> anyhow::Result<()> {
     let available: i64 = sqlx::query_scalar("SELECT available FROM credit_balances WHERE team_id = $1 FOR UPDATE")
         .bind(team)
         .fetch_one(&mut *tx)
         .await?;
-    // Dropping `tx` without commit rolls back and releases the lock.
     anyhow::ensure!(available >= amount, "baseline: insufficient credits");
     sqlx::query("UPDATE credit_balances SET available = available - $2, reserved = reserved + $2, updated_at = now() WHERE team_id = $1")
         .bind(team)
         .bind(amount)
         .execute(&mut *tx)
         .await?;
-    record(&mut tx, team, job, "reserve", amount).await?;
-    tx.commit().await?;
-    Ok(())
+    record(tx, team, job, "reserve", amount).await
 }
 
 async fn deduct(pool: &PgPool, team: Uuid, job: Uuid, amount: i64) -> anyhow::Result<()> {

@@ -1,10 +1,16 @@
-//! `kiln-bench dispatch`: bare dispatch throughput of no-op jobs, Kiln against
-//! graphile-worker (npm) on the same PostgreSQL, in one run and one scratch database.
+//! `kiln-bench dispatch`: dispatch throughput of jobs that reserve credits when accepted
+//! and deduct them when done, Kiln against the seed's design on graphile-worker (npm), and
+//! against raw no-op graphile-worker jobs, on the same PostgreSQL in one run.
 //!
-//! - **graphile-worker**: `bench/graphile/dispatch.mjs` (Node.js, the version pinned in
+//! - **graphile-worker, raw**: `bench/graphile/dispatch.mjs` (Node.js, the version pinned in
 //!   `bench/graphile/package-lock.json`, installed by `bench/graphile/setup`) adds N jobs
 //!   (`addJobs` in batches of 1,000, and/or one `addJob` per job from concurrent
 //!   submitters), then drains them with runners whose task does nothing.
+//! - **graphile-worker, the seed's design** ([`crate::seed_design`]): the same N jobs over
+//!   the same teams at the same price as Kiln's; each is accepted in one transaction from
+//!   this process (sqlx, Kiln's submitters and connections): the team's balance row locked
+//!   `FOR UPDATE`, checked and reserved, a ledger row, a job row, `graphile_worker.add_job`.
+//!   The same runners as the raw run drain them with a task that deducts in one transaction.
 //! - **Kiln**: the same N jobs through the real engine: `JobsService::submit` (the job
 //!   and its credit reservation in one append), then in-process `Worker`s (the same code
 //!   `kiln worker` runs: fair dispatch query → claim append with the plan-limit check →
@@ -13,6 +19,11 @@
 //!   Credits stay in, because a Kiln job *is* a reservation that ends exactly once.
 //!
 //! Enqueue and drain are timed apart: everything is queued before any worker starts.
+//! Both credit-carrying sides run with the jobs spread over `--teams` teams and with all
+//! of them on one hot team (`--layouts`), where the seed's row lock serializes every
+//! reservation and every deduction (and Kiln's Enterprise limit holds the team to 10
+//! running jobs). Each seed-design and each further Kiln measurement starts from a fresh
+//! scratch database.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -66,6 +77,10 @@ pub struct DispatchArgs {
     /// turn, so dispatch weighs plans: `jobs.plan_weights`); `both` measures each.
     #[arg(long, default_value = "enterprise", value_parser = ["enterprise", "mixed", "both"])]
     pub plans: String,
+    /// Where the credit-carrying jobs (Kiln's and the seed design's) go: `spread` round-robin
+    /// over `--teams` teams, and/or `hot`, all on one team.
+    #[arg(long, value_delimiter = ',', default_value = "spread,hot", value_parser = ["spread", "hot"])]
+    pub layouts: Vec<String>,
     /// graphile-worker enqueue modes to measure, in order: `bulk` (addJobs) and/or `single` (addJob).
     #[arg(long, value_delimiter = ',', default_value = "bulk,single", value_parser = ["bulk", "single"])]
     pub graphile_enqueue: Vec<String>,
@@ -86,8 +101,9 @@ pub struct DispatchArgs {
     /// Kiln worker `poll_interval` in ms (how long an idle dispatch loop sleeps).
     #[arg(long, default_value_t = 5)]
     pub kiln_poll_interval_ms: u64,
-    /// Skip one side (e.g. while working on the other).
-    #[arg(long, value_parser = ["graphile", "kiln"])]
+    /// Skip a side (e.g. while working on another): `raw` (no-op graphile-worker jobs),
+    /// `seed` (the seed's design on graphile-worker), `graphile` (both), `kiln`.
+    #[arg(long, value_parser = ["graphile", "raw", "seed", "kiln"])]
     pub skip: Vec<String>,
     /// The directory with dispatch.mjs and the installed node_modules.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/graphile"))]
@@ -117,12 +133,66 @@ impl DispatchArgs {
         anyhow::ensure!(self.kiln_local_queue <= 100_000, "--kiln-local-queue must be 0..=100000");
         anyhow::ensure!((1..=1_000).contains(&self.kiln_poll_interval_ms), "--kiln-poll-interval-ms must be 1..=1000");
         anyhow::ensure!((1..=3_600).contains(&self.timeout_secs), "--timeout-secs must be 1..=3600");
+        anyhow::ensure!(!self.layouts.is_empty(), "--layouts needs spread and/or hot");
         Ok(())
     }
+
+    fn skips(&self, side: &str) -> bool {
+        self.skip.iter().any(|s| s == side || (s == "graphile" && (side == "raw" || side == "seed")))
+    }
+
+    fn layouts(&self) -> Vec<Layout> {
+        let mut layouts: Vec<Layout> = self.layouts.iter().map(|l| if l == "hot" { Layout::Hot } else { Layout::Spread }).collect();
+        layouts.dedup();
+        layouts
+    }
+
+    /// Connections for Kiln's pool and the seed design's enqueue: as many as
+    /// graphile-worker's runners get (concurrency + 2 each).
+    fn connections(&self) -> u32 {
+        (self.workers * (self.concurrency + 2)) as u32
+    }
+}
+
+/// Where a run's jobs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Round-robin over `--teams` teams.
+    Spread,
+    /// All on one team.
+    Hot,
+}
+
+impl Layout {
+    fn teams(self, args: &DispatchArgs) -> usize {
+        match self {
+            Layout::Spread => args.teams,
+            Layout::Hot => 1,
+        }
+    }
+
+    fn label(self, args: &DispatchArgs) -> String {
+        match self {
+            Layout::Spread => format!("{} teams", args.teams),
+            Layout::Hot => "1 hot team".into(),
+        }
+    }
+}
+
+/// Which system a measurement is of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Side {
+    /// graphile-worker, no-op jobs, enqueued in this mode.
+    Raw(String),
+    /// graphile-worker with the seed's credit design.
+    Seed(Layout),
+    /// Kiln; `mixed`: Basic, Pro and Enterprise teams in turn.
+    Kiln { layout: Layout, mixed: bool },
 }
 
 /// One measured system (or graphile-worker enqueue mode).
 struct Measurement {
+    side: Side,
     system: String,
     jobs: usize,
     enqueue: Duration,
@@ -131,25 +201,57 @@ struct Measurement {
 }
 
 impl Measurement {
+    fn rate(&self, time: Duration) -> f64 {
+        self.jobs as f64 / time.as_secs_f64().max(f64::EPSILON)
+    }
+
     fn line(&self) -> String {
-        let rate = |d: Duration| self.jobs as f64 / d.as_secs_f64().max(f64::EPSILON);
         format!(
-            "{:<34} {:>7} jobs  enqueue {:>7.2} s ({:>7.0} jobs/s)  drain {:>7.2} s ({:>7.0} jobs/s)\n    {}",
+            "{:<48} {:>7} jobs  enqueue {:>7.2} s ({:>7.0} jobs/s)  drain {:>7.2} s ({:>7.0} jobs/s)\n    {}",
             self.system,
             self.jobs,
             self.enqueue.as_secs_f64(),
-            rate(self.enqueue),
+            self.rate(self.enqueue),
             self.drain.as_secs_f64(),
-            rate(self.drain),
+            self.rate(self.drain),
             self.settings
         )
     }
 }
 
+/// Kiln's rates over the others' in the same run: against the seed's design per layout
+/// (the target, issue 32: ≥ 2.5× drain and enqueue), and against raw no-op jobs.
+fn ratios(args: &DispatchArgs, results: &[Measurement]) -> Vec<String> {
+    const TARGET: f64 = 2.5;
+    let find = |side: Side| results.iter().find(|m| m.side == side);
+    let ratio = |kiln: &Measurement, other: &Measurement| {
+        (kiln.rate(kiln.enqueue) / other.rate(other.enqueue), kiln.rate(kiln.drain) / other.rate(other.drain))
+    };
+    let mut lines = Vec::new();
+    for layout in [Layout::Spread, Layout::Hot] {
+        let (Some(kiln), Some(seed)) = (find(Side::Kiln { layout, mixed: false }), find(Side::Seed(layout))) else { continue };
+        let (enqueue, drain) = ratio(kiln, seed);
+        let verdict = |r: f64| if r >= TARGET { "met" } else { "missed" };
+        lines.push(format!(
+            "Kiln / seed design on graphile-worker, {}: enqueue {enqueue:.2}× ({}), drain {drain:.2}× ({}) (target ≥ {TARGET}×)",
+            layout.label(args),
+            verdict(enqueue),
+            verdict(drain)
+        ));
+    }
+    if let Some(kiln) = find(Side::Kiln { layout: Layout::Spread, mixed: false }) {
+        for raw in results.iter().filter(|m| matches!(m.side, Side::Raw(_))) {
+            let (enqueue, drain) = ratio(kiln, raw);
+            lines.push(format!("Kiln / {} no-op jobs: enqueue {enqueue:.2}×, drain {drain:.2}×", raw.system));
+        }
+    }
+    lines
+}
+
 pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
     args.validate()?;
     let script = args.graphile_dir.join("dispatch.mjs");
-    if !args.skip.iter().any(|s| s == "graphile") {
+    if !(args.skips("raw") && args.skips("seed")) {
         anyhow::ensure!(
             args.graphile_dir.join("node_modules/graphile-worker").is_dir(),
             "graphile-worker is not installed: run {}/setup first",
@@ -166,35 +268,53 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
     } else {
         scratch.drop_database().await?;
     }
-    for measurement in outcome? {
+    let results = outcome?;
+    for measurement in &results {
         println!("{}", measurement.line());
+    }
+    for line in ratios(&args, &results) {
+        println!("{line}");
     }
     Ok(())
 }
 
 async fn measure(args: &DispatchArgs, script: &std::path::Path, url: &str, storage: &std::path::Path) -> anyhow::Result<Vec<Measurement>> {
     let mut results = Vec::new();
-    if !args.skip.iter().any(|s| s == "graphile") {
+    if !args.skips("raw") {
         for mode in &args.graphile_enqueue {
             eprintln!("graphile-worker: {} jobs, enqueue {mode}", args.jobs);
             results.push(graphile(args, script, url, mode)?);
         }
     }
-    if !args.skip.iter().any(|s| s == "kiln") {
+    if !args.skips("seed") {
+        for layout in args.layouts() {
+            eprintln!("graphile-worker, the seed's design: {} jobs, {}", args.jobs, layout.label(args));
+            let scratch = ScratchDb::create(&args.database_url).await?;
+            let outcome = seed_design(args, script, &scratch.url, layout).await;
+            scratch.drop_database().await?;
+            results.push(outcome?);
+        }
+    }
+    if !args.skips("kiln") {
         let mixes: &[bool] = match args.plans.as_str() {
             "mixed" => &[true],
             "both" => &[false, true],
             _ => &[false],
         };
-        for (n, mixed) in mixes.iter().enumerate() {
+        // Plans matter only with many teams: the hot team is Enterprise.
+        let runs = args.layouts().into_iter().flat_map(|layout| {
+            let mixes: &[bool] = if layout == Layout::Hot { &[false] } else { mixes };
+            mixes.iter().map(move |mixed| (layout, *mixed))
+        });
+        for (n, (layout, mixed)) in runs.enumerate() {
             if n > 0 {
                 // Each measurement starts from an empty log.
                 let scratch = ScratchDb::create(&args.database_url).await?;
-                let outcome = kiln(args, &scratch.url, storage, *mixed).await;
+                let outcome = kiln(args, &scratch.url, storage, layout, mixed).await;
                 scratch.drop_database().await?;
                 results.push(outcome?);
             } else {
-                results.push(kiln(args, url, storage, *mixed).await?);
+                results.push(kiln(args, url, storage, layout, mixed).await?);
             }
         }
     }
@@ -208,42 +328,101 @@ struct GraphileRun {
     node_version: String,
     jobs: usize,
     executed: usize,
-    enqueue_secs: f64,
+    /// None when kiln-bench enqueued (`--enqueue none`).
+    enqueue_secs: Option<f64>,
     drain_secs: f64,
     settings: serde_json::Value,
 }
 
-fn graphile(args: &DispatchArgs, script: &std::path::Path, url: &str, mode: &str) -> anyhow::Result<Measurement> {
-    // `--name=value`: Node's parseArgs takes a separate "-1" for another option.
-    let options = [
-        ("database-url", url.to_string()),
+/// Runs dispatch.mjs with `options` (and the runner settings unless `--migrate-only`);
+/// returns what it printed last.
+fn dispatch_mjs(args: &DispatchArgs, script: &std::path::Path, url: &str, options: &[(&str, String)]) -> anyhow::Result<String> {
+    let migrate_only = options.iter().any(|(name, _)| *name == "migrate-only");
+    let runner = [
         ("jobs", args.jobs.to_string()),
         ("runners", args.workers.to_string()),
         ("concurrency", args.concurrency.to_string()),
-        ("enqueue", mode.to_string()),
         ("submitters", args.submitters.to_string()),
         ("local-queue", args.graphile_local_queue.to_string()),
         ("complete-batch-delay", args.graphile_complete_batch_delay_ms.to_string()),
         ("timeout-secs", args.timeout_secs.to_string()),
     ];
+    let runner = if migrate_only { &runner[..0] } else { &runner[..] };
+    // `--name=value`: Node's parseArgs takes a separate "-1" for another option.
     let output = Command::new(&args.node)
         .arg(script)
-        .args(options.iter().map(|(name, value)| format!("--{name}={value}")))
+        .arg(format!("--database-url={url}"))
+        .args(runner.iter().chain(options).map(|(name, value)| if value.is_empty() { format!("--{name}") } else { format!("--{name}={value}") }))
         .current_dir(&args.graphile_dir)
         .stderr(std::process::Stdio::inherit())
         .output()
         .with_context(|| format!("cannot run {} {}", args.node, script.display()))?;
     anyhow::ensure!(output.status.success(), "dispatch.mjs failed ({})", output.status);
     let stdout = String::from_utf8(output.stdout).context("dispatch.mjs printed non-UTF-8")?;
-    let line = stdout.lines().last().context("dispatch.mjs printed nothing")?;
-    let run: GraphileRun = serde_json::from_str(line).with_context(|| format!("unexpected output from dispatch.mjs: {line}"))?;
+    Ok(stdout.lines().last().unwrap_or_default().to_string())
+}
+
+fn graphile_run(args: &DispatchArgs, script: &std::path::Path, url: &str, options: &[(&str, String)]) -> anyhow::Result<GraphileRun> {
+    let line = dispatch_mjs(args, script, url, options)?;
+    let run: GraphileRun = serde_json::from_str(&line).with_context(|| format!("unexpected output from dispatch.mjs: {line}"))?;
     anyhow::ensure!(run.jobs == args.jobs && run.executed == args.jobs, "graphile-worker ran {} of {} jobs", run.executed, args.jobs);
+    Ok(run)
+}
+
+fn graphile(args: &DispatchArgs, script: &std::path::Path, url: &str, mode: &str) -> anyhow::Result<Measurement> {
+    let run = graphile_run(args, script, url, &[("enqueue", mode.to_string()), ("task", "noop".into())])?;
     Ok(Measurement {
+        side: Side::Raw(mode.to_string()),
         system: format!("graphile-worker {} ({mode})", run.graphile_worker_version),
         jobs: run.jobs,
-        enqueue: Duration::from_secs_f64(run.enqueue_secs),
+        enqueue: Duration::from_secs_f64(run.enqueue_secs.context("dispatch.mjs timed no enqueue")?),
         drain: Duration::from_secs_f64(run.drain_secs),
         settings: format!("node {}, {}", run.node_version, run.settings),
+    })
+}
+
+/// The seed's design on graphile-worker ([`crate::seed_design`]) in the scratch database
+/// `url`: graphile-worker's schema, the credit tables, the jobs accepted from here
+/// (timed), then dispatch.mjs's runners drain them (timed there) and the ledger is checked.
+async fn seed_design(args: &DispatchArgs, script: &std::path::Path, url: &str, layout: Layout) -> anyhow::Result<Measurement> {
+    dispatch_mjs(args, script, url, &[("migrate-only", String::new())])?;
+    let connections = args.connections();
+    let pool = PgPoolOptions::new().max_connections(connections).connect(url).await?;
+    let teams: Vec<Uuid> = (0..layout.teams(args)).map(|_| Uuid::now_v7()).collect();
+    crate::seed_design::setup(&pool, &teams, TEAM_GRANT).await?;
+    let price = image_price(seed_reference()?.1)?.amount.get();
+    let jobs: Vec<(Uuid, Uuid)> = (0..args.jobs).map(|n| (teams[n % teams.len()], Uuid::now_v7())).collect();
+
+    let started = Instant::now();
+    let submitted = futures::stream::iter(jobs)
+        .map(|(team, job)| crate::seed_design::enqueue(&pool, team, job, price))
+        .buffer_unordered(args.submitters)
+        .collect::<Vec<_>>()
+        .await;
+    let enqueue = started.elapsed();
+    let failed = submitted.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(failed == 0, "seed design: {failed} enqueues failed, e.g. {:?}", submitted.iter().find(|r| r.is_err()));
+    // The runners' connections are graphile-worker's own.
+    pool.close().await;
+
+    let run = graphile_run(args, script, url, &[("enqueue", "none".into()), ("task", crate::seed_design::TASK.into())])?;
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+    let check = crate::seed_design::check(&pool, args.jobs as i64, price).await;
+    pool.close().await;
+    Ok(Measurement {
+        side: Side::Seed(layout),
+        system: format!("graphile-worker {} seed design, {}", run.graphile_worker_version, layout.label(args)),
+        jobs: run.jobs,
+        enqueue,
+        drain: Duration::from_secs_f64(run.drain_secs),
+        settings: format!(
+            "enqueue from kiln-bench (sqlx), {} submitters, {connections} connections, one transaction per job (row lock, reserve, ledger row, job row, \
+             add_job); task `charge` deducts in one transaction; {price} credits a job; node {}, {}; {}",
+            args.submitters,
+            run.node_version,
+            run.settings,
+            check?
+        ),
     })
 }
 
@@ -308,15 +487,14 @@ impl Workers {
     }
 }
 
-async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path, mixed: bool) -> anyhow::Result<Measurement> {
+async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path, layout: Layout, mixed: bool) -> anyhow::Result<Measurement> {
     let mut settings = Settings::default();
     settings.database.url = url.to_string();
     settings.storage.local_root = storage.display().to_string();
     if let Some(n) = args.commits_in_flight {
         settings.credits.commits_in_flight = n;
     }
-    // As many connections as graphile-worker's runners get (concurrency + 2 each).
-    let connections = (args.workers * (args.concurrency + 2)) as u32;
+    let connections = args.connections();
     let db = Database::connect_and_migrate(url, connections).await?;
     // Counting ended jobs must not take a connection from the workers.
     let counter = PgPoolOptions::new().max_connections(1).connect(url).await?;
@@ -324,17 +502,18 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path, mixed: 
     infrastructure::pricing::seed_default(&db).await?;
     let state = AppState::new(db.clone(), &settings, Arc::new(SystemClock))?;
     infrastructure::catalog::seed(&db, state.objects.as_ref(), state.jobs.now()).await?;
-    let reference = infrastructure::db_fetch_optional!(&db, (String, i64), "SELECT id, complexity_factor_milli FROM reference_models ORDER BY id LIMIT 1")?
-        .context("empty catalog")?;
+    let reference = seed_reference()?;
 
     let plans = if mixed { "basic, pro and enterprise" } else { "enterprise" };
-    eprintln!("kiln: set-up, {} {plans} teams with one ready model each", args.teams);
-    let teams = open_teams(&state, args.teams, mixed).await?;
+    let team_count = layout.teams(args);
+    eprintln!("kiln: set-up, {team_count} {plans} teams with one ready model each");
+    let teams = open_teams(&state, team_count, mixed).await?;
     let models = crate::jobs::create_models(&state, &teams, &reference, 16).await?;
     let setup_workers = Workers::start(&state, args, "setup");
     wait_for(&counter_db, "model_creation", teams.len() as i64, POLL, Duration::from_secs(args.timeout_secs)).await?;
     setup_workers.stop().await;
     let jobs = generation_jobs(&state, &teams, &models, args.jobs).await?;
+    let price = jobs.first().map_or(0, |job| job.cost.get());
 
     eprintln!("kiln: {} jobs, enqueue", args.jobs);
     let cpu_enqueue = CpuSample::take(&[]);
@@ -366,12 +545,13 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path, mixed: 
 
     let check = crate::dispatch_check::check(&counter, args.jobs as i64, teams.len() as i64, settings.jobs.plan_weights, mixed).await?;
     Ok(Measurement {
-        system: format!("Kiln {}{}", env!("CARGO_PKG_VERSION"), if mixed { ", mixed plans" } else { "" }),
+        side: Side::Kiln { layout, mixed },
+        system: format!("Kiln {}, {}{}", env!("CARGO_PKG_VERSION"), layout.label(args), if mixed { ", mixed plans" } else { "" }),
         jobs: args.jobs,
         enqueue,
         drain,
         settings: format!(
-            "{} workers × {} slots + {} claimed ahead, poll {} ms, {} connections, {} joint commits in flight, {} {plans} teams, {} submitters; {check}{cpu}",
+            "{} workers × {} slots + {} claimed ahead, poll {} ms, {} connections, {} joint commits in flight, {} {plans} teams, {} submitters, {price} credits a job; {check}{cpu}",
             args.workers, args.concurrency, args.kiln_local_queue, args.kiln_poll_interval_ms, connections, settings.credits.commits_in_flight, teams.len(), args.submitters
         ),
     })
@@ -388,7 +568,7 @@ async fn open_teams(state: &AppState, count: usize, mixed: bool) -> anyhow::Resu
             state.credits.execute(team, open, &json!({})).await?;
             let grant = TeamCreditsCommand::GrantCredits {
                 grant_id: GrantId::new(Uuid::now_v7()),
-                amount: Credits::parse(100_000_000)?,
+                amount: Credits::parse(TEAM_GRANT)?,
                 source: GrantSource::Admin,
                 expires_at: None,
                 key: IdempotencyKey::parse(format!("bench-{team}"))?,
@@ -407,14 +587,12 @@ async fn open_teams(state: &AppState, count: usize, mixed: bool) -> anyhow::Resu
 /// `count` image-generation jobs, round-robin over the teams, priced as the API prices
 /// them; built before the clock starts so enqueue measures only the submissions.
 async fn generation_jobs(state: &AppState, teams: &[TeamId], models: &[ModelId], count: usize) -> anyhow::Result<Vec<NewJob>> {
-    let pricing = PricingConfig::default_v1();
     let mut inputs = Vec::with_capacity(teams.len());
     for (team, model) in teams.iter().zip(models) {
         let loaded = state.jobs.model(*model).await?.aggregate;
         let version = loaded.usable()?.version;
-        let price = PriceRequest::ImageGeneration { resolution: "512x512".into(), quality: "standard".into(), model_complexity_milli: loaded.complexity_milli, count: 1 };
-        let quote = pricing.quote(&price)?;
-        let input = JobInput::ImageGeneration { model_id: *model, model_version: version, prompt: "noop".into(), resolution: "512x512".into(), quality: "standard".into(), count: 1 };
+        let quote = image_price(loaded.complexity_milli)?;
+        let input = JobInput::ImageGeneration { model_id: *model, model_version: version, prompt: PROMPT.into(), resolution: RESOLUTION.into(), quality: QUALITY.into(), count: 1 };
         inputs.push((*team, input, quote));
     }
     Ok((0..count)
@@ -423,4 +601,28 @@ async fn generation_jobs(state: &AppState, teams: &[TeamId], models: &[ModelId],
             NewJob { team: *team, job_id: JobId::new(Uuid::now_v7()), input: input.clone(), cost: quote.amount, price_version: quote.price_version, model_change: None, uploads: Vec::new() }
         })
         .collect())
+}
+
+/// Credits each team starts with (both credit-carrying sides).
+const TEAM_GRANT: i64 = 100_000_000;
+/// Every measured job is one standard 512×512 image.
+const RESOLUTION: &str = "512x512";
+const QUALITY: &str = "standard";
+const PROMPT: &str = "noop";
+
+/// The price of one measured job with a model of this complexity (price version 1).
+fn image_price(model_complexity_milli: i64) -> anyhow::Result<domain::Quote> {
+    let request = PriceRequest::ImageGeneration { resolution: RESOLUTION.into(), quality: QUALITY.into(), model_complexity_milli, count: 1 };
+    Ok(PricingConfig::default_v1().quote(&request)?)
+}
+
+/// The reference model (id, complexity) Kiln's side builds its teams' models from: the
+/// seed catalog's first by id. The seed design's jobs are priced with its complexity, so
+/// they cost what Kiln's do.
+fn seed_reference() -> anyhow::Result<(String, i64)> {
+    infrastructure::catalog::seed_models()
+        .into_iter()
+        .min_by(|a, b| a.id.cmp(&b.id))
+        .map(|model| (model.id, model.complexity_factor_milli))
+        .context("empty seed catalog")
 }

@@ -4,7 +4,8 @@
 //! - `credits`: reserve+deduct throughput and latency through the real `CreditsService`,
 //!   against the row-lock "seed" baseline (see [`credits`]).
 //! - `jobs`: the job engine's full lifecycle with `kiln worker` processes (see [`jobs`]).
-//! - `dispatch`: bare dispatch of no-op jobs, Kiln against graphile-worker (see [`dispatch`]).
+//! - `dispatch`: dispatch of jobs that reserve and deduct credits, Kiln against the seed's
+//!   design on graphile-worker, and against raw no-op graphile-worker jobs (see [`dispatch`]).
 //! - `http`: the read path under a bounded load, Kiln against a bare axum + sqlx server (see [`http`]).
 //! - `render`: the local provider's renderer alone (see [`render`]).
 //! - `latency`: open-loop latency at fixed arrival rates against the seed's targets (see [`latency`]).
@@ -28,6 +29,7 @@ mod log;
 mod render;
 mod report;
 mod scratch;
+mod seed_design;
 mod webhooks;
 
 use std::time::Duration;
@@ -50,7 +52,7 @@ enum Command {
     Credits(CreditsArgs),
     /// Full job lifecycle with `kiln worker` processes; plan limits checked afterwards.
     Jobs(jobs::JobsArgs),
-    /// Bare dispatch of no-op jobs: graphile-worker (npm) and Kiln, enqueue and drain timed apart.
+    /// Dispatch with credits: Kiln and the seed's design on graphile-worker (npm), plus raw no-op graphile-worker jobs; enqueue and drain timed apart.
     Dispatch(dispatch::DispatchArgs),
     /// The read path under 64 connections: Kiln's balance and history against a bare axum + sqlx point select.
     Http(http::HttpArgs),
