@@ -38,7 +38,7 @@ use crate::storage::{ObjectStore, StorageError};
 pub const BATCH_IMAGES_MAX: i64 = 4_000;
 /// Batches in flight at once in one sweep: while one commits, others delete. Each holds
 /// at most one pooled connection at a time (load, then commit), the finder one more.
-const BATCHES_IN_FLIGHT_MAX: usize = 3;
+pub const BATCHES_IN_FLIGHT_MAX: usize = 3;
 /// Job ids per stream-loading query.
 const LOAD_IDS_PER_QUERY_MAX: usize = 1_000;
 /// Only keys under this prefix are deleted.

@@ -32,7 +32,7 @@ use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::{StreamExt, TryStreamExt};
 use infrastructure::config::{S3Settings, Settings};
 use infrastructure::db::Database;
-use infrastructure::storage::s3::DELETE_BATCH_KEYS_MAX;
+use infrastructure::storage::s3::{DELETE_BATCH_KEYS_MAX, DELETE_REQUESTS_IN_FLIGHT_MAX};
 use infrastructure::storage::S3ObjectStore;
 use kiln::app::AppState;
 use secrecy::ExposeSecret;
@@ -59,7 +59,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub s3_dir: Option<PathBuf>,
     /// `DeleteObjects` requests the floor keeps in flight (default: the most the sweep
-    /// can have in flight, `retention::DELETE_REQUESTS_IN_FLIGHT_MAX`).
+    /// can have in flight: batches in flight × requests in flight per batch).
     #[arg(long)]
     pub floor_in_flight: Option<usize>,
     /// Skip one side (e.g. while profiling the other).
@@ -77,7 +77,7 @@ impl SweepArgs {
     }
 
     fn floor_in_flight(&self) -> usize {
-        self.floor_in_flight.unwrap_or(application::retention::DELETE_REQUESTS_IN_FLIGHT_MAX)
+        self.floor_in_flight.unwrap_or(application::retention::BATCHES_IN_FLIGHT_MAX * DELETE_REQUESTS_IN_FLIGHT_MAX)
     }
 }
 
