@@ -115,7 +115,7 @@ impl S3Loopback {
     /// Serves the objects under `root` (an existing directory) on 127.0.0.1.
     pub async fn start(root: &Path) -> anyhow::Result<Self> {
         let root = root.canonicalize().with_context(|| format!("S3 root {}", root.display()))?;
-        let fs = BulkDeleteFs { fs: s3s_fs::FileSystem::new(&root).context("s3s-fs")?, root: root.clone() };
+        let fs = BulkDeleteFs { fs: s3s_fs::FileSystem::new(&root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?, root: root.clone() };
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();

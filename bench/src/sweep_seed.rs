@@ -54,13 +54,12 @@ impl Seed {
     /// The object keys of jobs `range`, in job order.
     pub fn keys(&self, range: std::ops::Range<usize>) -> Vec<String> {
         let team = self.team.to_string();
-        self.jobs[range]
-            .iter()
-            .flat_map(|job| {
-                let job = job.to_string();
-                (0..IMAGES_PER_JOB as u32).map(move |i| application::storage::image_key(&team, &job, i)).collect::<Vec<_>>()
-            })
-            .collect()
+        let mut keys = Vec::with_capacity(range.len() * IMAGES_PER_JOB);
+        for job in &self.jobs[range] {
+            let job = job.to_string();
+            keys.extend((0..IMAGES_PER_JOB as u32).map(|i| application::storage::image_key(&team, &job, i)));
+        }
+        keys
     }
 
     fn job(&self, n: usize) -> SeedJob {
