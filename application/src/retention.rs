@@ -119,11 +119,20 @@ pub struct RetentionService {
     objects: Arc<dyn ObjectStore>,
     aggregates: AggregateStore,
     clock: Arc<dyn Clock>,
+    /// Batches in flight at once ([`BATCHES_IN_FLIGHT_MAX`] unless set).
+    batches_in_flight: usize,
 }
 
 impl RetentionService {
     pub fn new(images: Arc<dyn ExpiredImages>, objects: Arc<dyn ObjectStore>, aggregates: AggregateStore, clock: Arc<dyn Clock>) -> Self {
-        Self { images, objects, aggregates, clock }
+        Self { images, objects, aggregates, clock, batches_in_flight: BATCHES_IN_FLIGHT_MAX }
+    }
+
+    /// The same service keeping `batches` batches in flight (at least one), for
+    /// measuring.
+    pub fn with_batches_in_flight(mut self, batches: usize) -> Self {
+        self.batches_in_flight = batches.max(1);
+        self
     }
 
     /// Up to about `limit` expired images, oldest first, grouped by job (only keys
@@ -259,7 +268,7 @@ impl RetentionService {
         // batch is idempotent, so an aborted one is simply found again).
         let mut in_flight = tokio::task::JoinSet::new();
         loop {
-            while !exhausted && in_flight.len() < BATCHES_IN_FLIGHT_MAX {
+            while !exhausted && in_flight.len() < self.batches_in_flight {
                 if stop.is_some_and(|stop| *stop.borrow()) {
                     exhausted = true;
                     break;

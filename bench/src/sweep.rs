@@ -62,6 +62,12 @@ pub struct SweepArgs {
     /// can have in flight: batches in flight × requests in flight per batch).
     #[arg(long)]
     pub floor_in_flight: Option<usize>,
+    /// Sweep batches in flight (default: the sweep's own, `retention::BATCHES_IN_FLIGHT_MAX`).
+    #[arg(long)]
+    pub batches_in_flight: Option<usize>,
+    /// Images per sweep batch (default: the sweep's own, `retention::BATCH_IMAGES_MAX`).
+    #[arg(long)]
+    pub batch_images: Option<i64>,
     /// Skip one side (e.g. while profiling the other).
     #[arg(long, value_parser = ["floor", "kiln"])]
     pub skip: Vec<String>,
@@ -73,11 +79,17 @@ impl SweepArgs {
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!((1..=10_000_000).contains(&self.images), "--images must be 1..=10000000");
         anyhow::ensure!(self.floor_in_flight.is_none_or(|n| (1..=256).contains(&n)), "--floor-in-flight must be 1..=256");
+        anyhow::ensure!(self.batches_in_flight.is_none_or(|n| (1..=64).contains(&n)), "--batches-in-flight must be 1..=64");
+        anyhow::ensure!(self.batch_images.is_none_or(|n| (1..=100_000).contains(&n)), "--batch-images must be 1..=100000");
         Ok(())
     }
 
     fn floor_in_flight(&self) -> usize {
-        self.floor_in_flight.unwrap_or(application::retention::BATCHES_IN_FLIGHT_MAX * DELETE_REQUESTS_IN_FLIGHT_MAX)
+        self.floor_in_flight.unwrap_or(self.batches_in_flight() * DELETE_REQUESTS_IN_FLIGHT_MAX)
+    }
+
+    fn batches_in_flight(&self) -> usize {
+        self.batches_in_flight.unwrap_or(application::retention::BATCHES_IN_FLIGHT_MAX)
     }
 }
 
@@ -131,6 +143,11 @@ async fn measure(args: &SweepArgs, url: &str, s3_root: &std::path::Path) -> anyh
         s3_root.display(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )];
+    lines.push(format!(
+        "sweep: batches of {} images, {} in flight",
+        args.batch_images.unwrap_or(application::retention::BATCH_IMAGES_MAX),
+        args.batches_in_flight()
+    ));
     let mut floor_elapsed = None;
     if !args.skip.iter().any(|s| s == "floor") {
         let writing = Instant::now();
@@ -148,7 +165,9 @@ async fn measure(args: &SweepArgs, url: &str, s3_root: &std::path::Path) -> anyh
         eprintln!("kiln: wrote {} objects in {:.2?}; sweeping", expired.images() + fresh.images(), writing.elapsed());
         let before = CpuSample::take(&[]);
         let started = Instant::now();
-        let report = state.retention.sweep(retention_days, None).await.context("sweep")?;
+        let retention = state.retention.clone().with_batches_in_flight(args.batches_in_flight());
+        let batch_images = args.batch_images.unwrap_or(application::retention::BATCH_IMAGES_MAX);
+        let report = retention.sweep_in_batches(retention_days, None, batch_images).await.context("sweep")?;
         let elapsed = started.elapsed();
         let cpu = CpuSample::take(&[]).zip(before).map(|(after, before)| after.report_since(&before, report.images, "image"));
         check_swept(&server, pool, &report, &expired, &fresh).await?;
