@@ -5,10 +5,11 @@
 //!
 //! Work comes from the `images` index of live images (`created_at < now − retention`),
 //! in batches of whole jobs (several batches in flight, disjoint by a cursor, so
-//! the deletes of one batch overlap the commit of another). Each batch first deletes the
-//! objects (`DeleteObjects`, 1,000 keys a request, a few requests at once), then loads
-//! all its job streams in one query, lets each `GenerationJob` decide `ExpireImages`, and
-//! records the events in one append — whose inline projection deletes the jobs' rows
+//! the deletes of one batch overlap the commit of another). Each batch deletes the
+//! objects (`DeleteObjects`, 1,000 keys a request, a few requests at once) while it loads
+//! all its job streams in one query and lets each `GenerationJob` decide `ExpireImages`
+//! (which writes nothing); once every object is gone it records the events in one
+//! append — whose inline projection deletes the jobs' rows
 //! from the index (set-based, `projections::images`), taking them out of the next query. So the
 //! order makes it resumable and idempotent:
 //! - a crash before the append leaves the rows to the next sweep, which deletes the same
@@ -30,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::aggregate_store::{AggregateStore, CommandError};
 use crate::clock::Clock;
-use crate::event_store::EventStoreError;
+use crate::event_store::{EventStoreError, StreamAppend};
 use crate::storage::{ObjectStore, StorageError};
 
 /// Image rows taken per batch (a batch is extended to finish its last job). Large
@@ -38,11 +39,13 @@ use crate::storage::{ObjectStore, StorageError};
 pub const BATCH_IMAGES_MAX: i64 = 4_000;
 /// Batches in flight at once in one sweep: while one commits, others delete. Each holds
 /// at most one pooled connection at a time (load, then commit), the finder one more.
-const BATCHES_IN_FLIGHT_MAX: usize = 3;
+pub const BATCHES_IN_FLIGHT_MAX: usize = 3;
 /// Job ids per stream-loading query.
 const LOAD_IDS_PER_QUERY_MAX: usize = 1_000;
 /// Only keys under this prefix are deleted.
 const IMAGE_PREFIX: &str = "generated-images/";
+/// The `actor` in the metadata of the events the sweep records.
+const ACTOR: &str = "retention-sweeper";
 
 /// One job's images due for deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,11 +119,20 @@ pub struct RetentionService {
     objects: Arc<dyn ObjectStore>,
     aggregates: AggregateStore,
     clock: Arc<dyn Clock>,
+    /// Batches in flight at once ([`BATCHES_IN_FLIGHT_MAX`] unless set).
+    batches_in_flight: usize,
 }
 
 impl RetentionService {
     pub fn new(images: Arc<dyn ExpiredImages>, objects: Arc<dyn ObjectStore>, aggregates: AggregateStore, clock: Arc<dyn Clock>) -> Self {
-        Self { images, objects, aggregates, clock }
+        Self { images, objects, aggregates, clock, batches_in_flight: BATCHES_IN_FLIGHT_MAX }
+    }
+
+    /// The same service keeping `batches` batches in flight (at least one), for
+    /// measuring.
+    pub fn with_batches_in_flight(mut self, batches: usize) -> Self {
+        self.batches_in_flight = batches.max(1);
+        self
     }
 
     /// Up to about `limit` expired images, oldest first, grouped by job (only keys
@@ -154,7 +166,14 @@ impl RetentionService {
     /// each job decides by its own rule; the append's sequence checks catch any writer in
     /// between, and then each job is retried alone (load, decide, append).
     pub async fn record_expired(&self, jobs: &[ExpiredJob], now: DateTime<Utc>) -> Result<usize, RetentionError> {
-        let metadata = json!({"actor": "retention-sweeper"});
+        let appends = self.decide_expired(jobs, now).await?;
+        self.commit_expired(jobs, appends, now).await
+    }
+
+    /// Loads the jobs' streams and lets each decide `ExpireImages`: the appends to
+    /// commit (none for a job already expired). Nothing is written.
+    async fn decide_expired(&self, jobs: &[ExpiredJob], now: DateTime<Utc>) -> Result<Vec<StreamAppend>, RetentionError> {
+        let metadata = json!({"actor": ACTOR});
         let aggregates = &self.aggregates;
         let ids: Vec<String> = jobs.iter().map(|job| job.job_id.clone()).collect();
         let mut appends = Vec::with_capacity(ids.len());
@@ -173,10 +192,19 @@ impl RetentionService {
                 }
             }
         }
+        Ok(appends)
+    }
+
+    /// Commits `appends` (decided for `jobs`) in one append; on a concurrency conflict,
+    /// each job is done again alone (load, decide, append). Returns how many jobs got
+    /// `ImagesExpired`.
+    async fn commit_expired(&self, jobs: &[ExpiredJob], appends: Vec<StreamAppend>, now: DateTime<Utc>) -> Result<usize, RetentionError> {
+        let aggregates = &self.aggregates;
         let recorded = appends.len();
         match aggregates.commit(appends).await {
             Ok(_) => Ok(recorded),
             Err(EventStoreError::Conflict { .. }) => {
+                let metadata = json!({"actor": ACTOR});
                 let mut recorded = 0;
                 for job in jobs {
                     let decided = aggregates.execute::<GenerationJob>(&job.job_id, JobCommand::ExpireImages { now }, &(), &metadata).await;
@@ -192,14 +220,25 @@ impl RetentionService {
         }
     }
 
-    /// One found batch: delete its objects, then record. Returns what it did and how long
-    /// each stage took.
+    /// One found batch: delete its objects and, meanwhile, load and decide its jobs; then,
+    /// once every object is gone, record. (Deciding first writes nothing, so a crash
+    /// at any point still leaves no `ImagesExpired` whose objects may remain.) Returns
+    /// what it did and how long each stage took.
     async fn process_batch(self, jobs: Vec<ExpiredJob>, now: DateTime<Utc>) -> Result<SweepReport, RetentionError> {
         let started = Instant::now();
-        let images = self.delete_objects(&jobs).await?;
-        let deleting = started.elapsed();
-        let recorded = self.record_expired(&jobs, now).await?;
-        Ok(SweepReport { batches: 1, jobs: recorded, images, deleting, recording: started.elapsed() - deleting, ..SweepReport::default() })
+        let deleting = async {
+            let images = self.delete_objects(&jobs).await?;
+            Ok::<_, RetentionError>((images, started.elapsed()))
+        };
+        let deciding = async {
+            let appends = self.decide_expired(&jobs, now).await?;
+            Ok::<_, RetentionError>((appends, started.elapsed()))
+        };
+        let ((images, deleted_after), (appends, decided_after)) = tokio::try_join!(deleting, deciding)?;
+        let committing = Instant::now();
+        let recorded = self.commit_expired(&jobs, appends, now).await?;
+        let recording = decided_after + committing.elapsed();
+        Ok(SweepReport { batches: 1, jobs: recorded, images, deleting: deleted_after, recording, ..SweepReport::default() })
     }
 
     /// Sweeps everything due now (or until `stop` flips). Batches are found in order with a
@@ -229,7 +268,7 @@ impl RetentionService {
         // batch is idempotent, so an aborted one is simply found again).
         let mut in_flight = tokio::task::JoinSet::new();
         loop {
-            while !exhausted && in_flight.len() < BATCHES_IN_FLIGHT_MAX {
+            while !exhausted && in_flight.len() < self.batches_in_flight {
                 if stop.is_some_and(|stop| *stop.borrow()) {
                     exhausted = true;
                     break;

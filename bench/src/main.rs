@@ -11,6 +11,7 @@
 //! - `latency`: open-loop latency at fixed arrival rates against the seed's targets (see [`latency`]).
 //! - `log`: projection rebuild and `audit verify` of a large credit log against an ordered raw read (see [`log`]).
 //! - `webhooks`: deliveries per second through the webhook sender to a local receiver (see [`webhooks`]).
+//! - `sweep`: the image-retention sweep over the S3 protocol, against the bare `DeleteObjects` of the same keys (see [`sweep`]).
 //!
 //! Every run that needs a database works in a scratch database it creates and drops, and
 //! stops by itself.
@@ -28,8 +29,11 @@ mod load;
 mod log;
 mod render;
 mod report;
+mod s3;
 mod scratch;
 mod seed_design;
+mod sweep;
+mod sweep_seed;
 mod webhooks;
 
 use std::time::Duration;
@@ -64,6 +68,8 @@ enum Command {
     Latency(latency::LatencyArgs),
     /// Projection rebuild and `audit verify` of a large credit log against an ordered raw read of it.
     Log(log::LogArgs),
+    /// The image-retention sweep over the S3 protocol (loopback s3s-fs), against bare aws-sdk-s3 deletes of the same keys.
+    Sweep(sweep::SweepArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -137,5 +143,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Webhooks(args) => webhooks::run(args).await,
         Command::Latency(args) => latency::run(args).await,
         Command::Log(args) => log::run(args).await,
+        Command::Sweep(args) => sweep::run(args).await,
     }
 }

@@ -19,6 +19,31 @@ pub async fn expire(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), Projecti
     if expired.is_empty() {
         return Ok(());
     }
+    match tx {
+        Tx::Postgres(conn) => expire_postgres(conn, expired).await,
+        Tx::Sqlite(_) => expire_portable(tx, expired).await,
+    }
+}
+
+/// PostgreSQL: the same two statements as [`expire_portable`] with the rows bound as
+/// arrays (`UNNEST`, `ANY`): one statement each whatever the count, whose text stays in
+/// the connection's prepared-statement cache (a `VALUES` list of n rows is a new
+/// statement to parse and plan for every n, and is cut into chunks of 500).
+async fn expire_postgres(conn: &mut sqlx::PgConnection, expired: &[Expired]) -> Result<(), ProjectionError> {
+    let (jobs, at): (Vec<&str>, Vec<DateTime<Utc>>) = expired.iter().map(|(job, at)| (job.as_str(), *at)).unzip();
+    sqlx::query(
+        "UPDATE jobs SET images_expired = TRUE, updated_at = v.at \
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS v(job_id, at) WHERE jobs.job_id = v.job_id",
+    )
+    .bind(&jobs)
+    .bind(&at)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM images WHERE job_id = ANY($1::text[])").bind(&jobs).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn expire_portable(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), ProjectionError> {
     // `VALUES` columns are `column1`, `column2` on both databases.
     tx_execute_values!(
         tx,

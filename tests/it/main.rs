@@ -23,7 +23,6 @@ mod rebuild;
 mod credits;
 mod serve;
 mod storage;
-mod storage_bench;
 mod structure;
 mod stripe;
 mod fal;

@@ -38,7 +38,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DELETE_BATCH_KEYS_MAX: usize = 1_000;
 /// `DeleteObjects` requests in flight at once for one `delete_many`: a server deletes the
 /// keys of one request one after another, so a few requests at once keep it busy.
-const DELETE_REQUESTS_IN_FLIGHT_MAX: usize = 4;
+pub const DELETE_REQUESTS_IN_FLIGHT_MAX: usize = 4;
 /// The key prefix the lifecycle rule expires: generated images only, never model assets
 /// or the reference catalog.
 pub const EXPIRING_PREFIX: &str = "generated-images/";
