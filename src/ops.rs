@@ -314,23 +314,26 @@ async fn verify_with_bar(db: &Database) -> anyhow::Result<audit::VerifyReport> {
     let mut verify = std::pin::pin!(audit::verify_observed(db, None, Some(progress.clone())).instrument(bar.span()));
     let mut tick = tokio::time::interval(VERIFY_BAR_TICK);
     let (mut begun, mut shown) = (false, 0u64);
+    let mut follow = || {
+        let total = progress.events_total();
+        if !begun && total > 0 {
+            bar.begin("audit verify", total);
+            begun = true;
+        }
+        let checked = progress.events_checked();
+        if begun && checked > shown {
+            bar.advance(checked - shown);
+            shown = checked;
+        }
+    };
     let report = loop {
         tokio::select! {
             report = &mut verify => break report?,
-            _ = tick.tick() => {
-                let total = progress.events_total();
-                if !begun && total > 0 {
-                    bar.begin("audit verify", total);
-                    begun = true;
-                }
-                let checked = progress.events_checked();
-                if begun && checked > shown {
-                    bar.advance(checked - shown);
-                    shown = checked;
-                }
-            }
+            _ = tick.tick() => follow(),
         }
     };
+    // The bar ends where the check did.
+    follow();
     bar.end();
     Ok(report)
 }
