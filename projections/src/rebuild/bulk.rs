@@ -67,8 +67,6 @@ pub(super) async fn pass(
         return Ok((LogPosition::START, 0));
     }
     conn.execute("SET synchronous_commit = off").await?;
-    // The keys and indexes are built after the load: sorting in memory is faster.
-    conn.execute("SET maintenance_work_mem = '256MB'").await?;
     let (chunks_tx, mut chunks) = mpsc::channel(CHUNKS_AHEAD);
     let reader = tokio::spawn(read(pool.clone(), end, chunks_tx));
     let (inserts_tx, mut inserts) = mpsc::channel::<Insert>(INSERTS_AHEAD);

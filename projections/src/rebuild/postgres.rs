@@ -40,7 +40,6 @@ pub(super) async fn run(
                 let started = std::time::Instant::now();
                 let pass = bulk::pass(pool, &mut conn, fold, until, progress).await?;
                 let folded_ms = started.elapsed().as_millis() as u64;
-                conn.execute("RESET maintenance_work_mem").await?;
                 // Each index is built by one backend; building them side by side (and then
                 // analyzing the tables side by side) uses the server's cores.
                 let keys = key_statements(&mut conn, &live, &shadow, info.tables).await?;
