@@ -38,27 +38,18 @@ pub fn event_hash(
     hex::encode(event_digest(aggregate_type, aggregate_id, sequence, event_type, event_version, payload, prev_hash))
 }
 
-/// Whether `recorded` (hex, as stored) is the hash of this event: [`event_hash`] without
+/// Whether `recorded` (hex, as stored) is `digest` — [`event_hash`]'s comparison without
 /// formatting the digest.
-#[allow(clippy::too_many_arguments)]
-pub fn hash_matches(
-    recorded: &str,
-    aggregate_type: &str,
-    aggregate_id: &str,
-    sequence: i64,
-    event_type: &str,
-    event_version: &str,
-    payload: &Value,
-    prev_hash: &str,
-) -> bool {
+pub fn hash_matches(recorded: &str, digest: [u8; 32]) -> bool {
     let mut expected = [0u8; 32];
     hex::decode_to_slice(recorded, &mut expected).is_ok()
         // Only the lower-case form is ever written.
         && !recorded.bytes().any(|b| b.is_ascii_uppercase())
-        && expected == event_digest(aggregate_type, aggregate_id, sequence, event_type, event_version, payload, prev_hash)
+        && expected == digest
 }
 
-fn event_digest(
+/// The hash of one event given its predecessor's hash, as bytes.
+pub fn event_digest(
     aggregate_type: &str,
     aggregate_id: &str,
     sequence: i64,
@@ -271,10 +262,11 @@ mod tests {
         assert_ne!(base, event_hash("TeamCredits", "t", 1, "X", "1", &serde_json::json!({"type": "X", "amount": 6}), GENESIS_HASH));
         assert_ne!(base, event_hash("TeamCredits", "t", 1, "X", "1", &payload, &base));
         assert_eq!(base, event_hash("TeamCredits", "t", 1, "X", "1", &serde_json::json!({"amount": 5, "type": "X"}), GENESIS_HASH));
-        assert!(hash_matches(&base, "TeamCredits", "t", 1, "X", "1", &payload, GENESIS_HASH));
-        assert!(!hash_matches(&base.to_uppercase(), "TeamCredits", "t", 1, "X", "1", &payload, GENESIS_HASH));
-        assert!(!hash_matches(&base[1..], "TeamCredits", "t", 1, "X", "1", &payload, GENESIS_HASH));
-        assert!(!hash_matches(&base, "TeamCredits", "t", 2, "X", "1", &payload, GENESIS_HASH));
+        let digest = |sequence| event_digest("TeamCredits", "t", sequence, "X", "1", &payload, GENESIS_HASH);
+        assert!(hash_matches(&base, digest(1)));
+        assert!(!hash_matches(&base.to_uppercase(), digest(1)));
+        assert!(!hash_matches(&base[1..], digest(1)));
+        assert!(!hash_matches(&base, digest(2)));
     }
 
     fn stored(aggregate_type: &str, id: &str, sequence: i64, hash: &str) -> StoredEvent {

@@ -29,7 +29,7 @@ use cqrs_es::DomainEvent;
 use domain::jobs::JobEvent;
 use domain::TeamCreditsEvent;
 use infrastructure::db::Database;
-use infrastructure::event_store::chain::{hash_matches, CHAINED_AGGREGATE_TYPE, GENESIS_HASH};
+use infrastructure::event_store::chain::{event_digest, hash_matches, CHAINED_AGGREGATE_TYPE, GENESIS_HASH};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -153,9 +153,8 @@ impl ChainCheck {
             let detail = "prev_hash is not the hash of the event before it (an event was deleted, inserted or reordered)";
             violations.push(name(event.sequence, "chain-broken", detail.into()));
         }
-        let matches =
-            hash_matches(hash, CHAINED_AGGREGATE_TYPE, &event.aggregate_id, event.sequence, &event.event_type, &event.event_version, payload, prev);
-        if !matches {
+        let digest = event_digest(CHAINED_AGGREGATE_TYPE, &event.aggregate_id, event.sequence, &event.event_type, &event.event_version, payload, prev);
+        if !hash_matches(hash, digest) {
             let detail = format!("{} does not match its recorded hash (edited or moved)", event.event_type);
             violations.push(name(event.sequence, "hash-mismatch", detail));
         }
