@@ -40,7 +40,7 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
         && key.len() <= 1024
         && !key.starts_with('/')
         && key.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
     if safe {
         Ok(())
     } else {

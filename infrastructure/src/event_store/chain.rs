@@ -38,14 +38,11 @@ pub fn event_hash(
     hex::encode(event_digest(aggregate_type, aggregate_id, sequence, event_type, event_version, payload, prev_hash))
 }
 
-/// Whether `recorded` (hex, as stored) is `digest` — [`event_hash`]'s comparison without
-/// formatting the digest.
+/// Whether `recorded` (hex, as stored) is `digest` — [`event_hash`]'s comparison, with the
+/// digest written in hex on the stack (only the lower-case form is ever written).
 pub fn hash_matches(recorded: &str, digest: [u8; 32]) -> bool {
-    let mut expected = [0u8; 32];
-    hex::decode_to_slice(recorded, &mut expected).is_ok()
-        // Only the lower-case form is ever written.
-        && !recorded.bytes().any(|b| b.is_ascii_uppercase())
-        && expected == digest
+    let mut expected = [0u8; 64];
+    hex::encode_to_slice(digest, &mut expected).is_ok() && recorded.as_bytes() == expected
 }
 
 /// The hash of one event given its predecessor's hash, as bytes.

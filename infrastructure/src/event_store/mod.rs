@@ -30,6 +30,19 @@ pub const APPEND_SECONDS: &str = "kiln_event_store_append_seconds";
 /// Upper bound on one `read_log` page, whatever the caller asks for.
 pub const READ_LOG_LIMIT_MAX: i64 = 10_000;
 
+/// The log's last event on PostgreSQL (commit order, position), from the end of the
+/// commit-order index. The converted column is named `commit_order`: unnamed it would be
+/// called `transaction_id`, and `ORDER BY transaction_id` would then sort by the converted
+/// value — a scan and sort of the whole log for every call.
+pub const LOG_HEAD_SQL: &str = "SELECT transaction_id::text::bigint AS commit_order, position FROM events \
+     ORDER BY transaction_id DESC, position DESC LIMIT 1";
+
+/// [`LOG_HEAD_SQL`] among the events that are safe to read: below the oldest transaction
+/// still running (`pg_snapshot_xmin`), so nothing can still commit before them.
+pub const READABLE_LOG_HEAD_SQL: &str = "SELECT transaction_id::text::bigint AS commit_order, position FROM events \
+     WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
+     ORDER BY transaction_id DESC, position DESC LIMIT 1";
+
 #[derive(Clone)]
 pub struct SqlEventStore {
     db: Database,
@@ -273,11 +286,7 @@ impl EventStore for SqlEventStore {
 
     async fn head(&self) -> Result<Option<LogPosition>, EventStoreError> {
         let row: Option<(i64, i64)> = match &self.db {
-            Database::Postgres(pool) => sqlx::query_as(
-                "SELECT transaction_id::text::bigint, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1",
-            )
-            .fetch_optional(pool)
-            .await,
+            Database::Postgres(pool) => sqlx::query_as(LOG_HEAD_SQL).fetch_optional(pool).await,
             Database::Sqlite { read, .. } => {
                 sqlx::query_as("SELECT position, position FROM events ORDER BY position DESC LIMIT 1").fetch_optional(read).await
             }

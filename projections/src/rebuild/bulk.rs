@@ -40,13 +40,7 @@ const INSERTS_AHEAD: usize = 4;
 
 /// The last event of the log that is safe to read: below the oldest running transaction.
 async fn readable_end(pool: &PgPool) -> Result<Option<LogPosition>, sqlx::Error> {
-    let end: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT transaction_id::text::bigint, position FROM events \
-         WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY transaction_id DESC, position DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
+    let end: Option<(i64, i64)> = sqlx::query_as(infrastructure::event_store::READABLE_LOG_HEAD_SQL).fetch_optional(pool).await?;
     Ok(end.map(|(commit_order, position)| LogPosition { commit_order, position }))
 }
 

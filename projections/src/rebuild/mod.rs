@@ -34,6 +34,8 @@ mod fold;
 mod postgres;
 mod sqlite;
 
+pub use postgres::TAIL_SQL;
+
 use std::time::Instant;
 
 use async_trait::async_trait;
