@@ -342,3 +342,28 @@ async fn cli_lists_reports_status_verifies_and_exits_non_zero_on_a_difference() 
     assert!(metrics.contains("kiln_projection_lag_events{projection=\"credit_history\",kind=\"async\"}"), "{metrics}");
     assert!(metrics.contains("kiln_event_log_head_position"), "{metrics}");
 }
+
+/// The bulk pass refuses an event its fold cannot decode, naming its stream, sequence and
+/// log position (looked up when the error is reported), and swaps nothing in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_bulk_rebuild_names_an_event_it_cannot_decode() {
+    let app = TestApp::spawn(TestDb::postgres().await).await;
+    let team = app.create_team("Undecodable", "pro").await;
+    assert_eq!(app.grant(&team, 5, "before-the-bad-one").await.status(), 200);
+    let infrastructure::db::Database::Postgres(pool) = &app.state.db else { unreachable!("postgres only") };
+    let (commit_order, position): (i64, i64) = sqlx::query_as(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+         SELECT 'TeamCredits', $1, MAX(sequence) + 1, 'CreditsGranted', '1.0', '{\"type\": \"CreditsGranted\"}', '{}' \
+         FROM events WHERE aggregate_type = 'TeamCredits' AND aggregate_id = $1 \
+         RETURNING transaction_id::text::bigint AS commit_order, position",
+    )
+    .bind(&team)
+    .fetch_one(pool)
+    .await
+    .expect("insert an undecodable event");
+    let info = catalog::catalog().into_iter().find(|info| info.name == "credit_history").expect("credit_history");
+    let error = rebuild::rebuild(&app.state.store, &info, &RebuildOptions::default(), &NoProgress).await.expect_err("refused");
+    let rebuild::RebuildError::Projection { position: at, reason, .. } = error else { panic!("not a projection error: {error}") };
+    assert_eq!((at.commit_order, at.position), (commit_order, position), "{reason}");
+    assert!(reason.contains(&team) && reason.contains("does not decode"), "{reason}");
+}

@@ -44,6 +44,7 @@ pub(super) async fn run(
                 // analyzing the tables side by side) uses the server's cores.
                 let keys = key_statements(&mut conn, &live, &shadow, info.tables).await?;
                 let setup = [KEY_BUILD_MEMORY, KEY_BUILD_ALONE, KEY_BUILD_OWN_SCAN];
+                in_parallel(pool, &setup, vacuum_statements(&shadow, info.tables)).await?;
                 in_parallel(pool, &setup, keys.indexes).await?;
                 in_parallel(pool, &setup, keys.constraints).await?;
                 in_parallel(pool, &setup, analyze_statements(&shadow, info.tables)).await?;
@@ -117,6 +118,14 @@ async fn analyze(conn: &mut PgConnection, shadow: &str, tables: &[&str]) -> Resu
         conn.execute(statement.as_str()).await?;
     }
     Ok(())
+}
+
+/// Vacuums the freshly loaded tables before their indexes are built: one pass sets every
+/// row's hint bits (and the visibility map), which the first builds would otherwise each
+/// set on the same pages at once. Measured on 2 cores, a million-row `credit_ledger`: the
+/// vacuum 0.17 s, then four builds side by side 1.2 s instead of 1.5 s.
+fn vacuum_statements(shadow: &str, tables: &[&str]) -> Vec<String> {
+    tables.iter().map(|table| format!("VACUUM \"{shadow}\".\"{table}\"")).collect()
 }
 
 fn analyze_statements(shadow: &str, tables: &[&str]) -> Vec<String> {
