@@ -74,6 +74,11 @@ pub struct LatencyArgs {
     /// Run only these scenarios (repeatable).
     #[arg(long, value_parser = SCENARIOS)]
     pub only: Vec<String>,
+    /// Joint credit transactions the `credits` scenario's service keeps open
+    /// (`credits.commits_in_flight`; default: the setting's default; 0: each team's batch
+    /// commits on its own).
+    #[arg(long)]
+    pub commits_in_flight: Option<usize>,
     #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 }
@@ -159,7 +164,8 @@ async fn scenarios(args: &LatencyArgs, client: &reqwest::Client, addr: SocketAdd
     anyhow::ensure!(paused.status().is_success(), "pausing dispatch: {}", paused.status());
 
     let credits_db = Database::connect_and_migrate(url, args.pool).await?;
-    let credits = Arc::new(crate::kiln::Kiln::new(&credits_db, 100, application::credits::COMMITS_IN_FLIGHT));
+    let commits_in_flight = args.commits_in_flight.unwrap_or(application::credits::COMMITS_IN_FLIGHT);
+    let credits = Arc::new(crate::kiln::Kiln::new(&credits_db, 100, commits_in_flight));
     let credit_teams: Arc<Vec<Uuid>> = Arc::new((0..args.teams).map(|_| Uuid::now_v7()).collect());
     credits.setup(&credit_teams, 1_000_000_000).await?;
 
@@ -226,8 +232,8 @@ async fn scenarios(args: &LatencyArgs, client: &reqwest::Client, addr: SocketAdd
         }
     }
     lines.push(format!(
-        "open loop: latency from each request's due time; {} s measured after {} s warm-up per rate; at most {} in flight; {} teams; pool {}",
-        args.duration_secs, args.warmup_secs, args.in_flight_max, args.teams, args.pool
+        "open loop: latency from each request's due time; {} s measured after {} s warm-up per rate; at most {} in flight; {} teams; pool {}; credits: {} joint commits in flight",
+        args.duration_secs, args.warmup_secs, args.in_flight_max, args.teams, args.pool, commits_in_flight
     ));
     lines.extend(targets(&outcomes));
     Ok(lines)
