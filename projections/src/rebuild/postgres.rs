@@ -40,8 +40,9 @@ pub(super) async fn run(
                 let started = std::time::Instant::now();
                 let pass = bulk::pass(pool, &mut conn, fold, until, progress).await?;
                 let folded_ms = started.elapsed().as_millis() as u64;
-                // Each index is built by one backend; building them side by side (and then
-                // analyzing the tables side by side) uses the server's cores.
+                // The loaded tables are vacuumed once; then each index is built by one
+                // backend, side by side (and the tables analyzed side by side): the
+                // server's cores.
                 let keys = key_statements(&mut conn, &live, &shadow, info.tables).await?;
                 let setup = [KEY_BUILD_MEMORY, KEY_BUILD_ALONE, KEY_BUILD_OWN_SCAN];
                 in_parallel(pool, &setup, vacuum_statements(&shadow, info.tables)).await?;
@@ -273,13 +274,13 @@ pub const TAIL_SQL: &str = "SELECT position, transaction_id::text::bigint AS com
 async fn read_tail(conn: &mut PgConnection, after: LogPosition, until: Option<LogPosition>, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
     let until = until.unwrap_or(LogPosition { commit_order: i64::MAX, position: i64::MAX });
     let rows: Vec<Row> = sqlx::query_as(TAIL_SQL)
-    .bind(after.commit_order.to_string())
-    .bind(after.position)
-    .bind(until.commit_order.to_string())
-    .bind(until.position)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+        .bind(after.commit_order.to_string())
+        .bind(after.position)
+        .bind(until.commit_order.to_string())
+        .bind(until.position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(position, commit_order, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at)| {
