@@ -4,10 +4,9 @@
 //! replayed that far (`infrastructure::replica`). Without a replica configured no token
 //! is made and every read goes to the primary.
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::Response;
 use infrastructure::replica::ConsistencyToken;
 
@@ -59,12 +58,15 @@ pub fn token_schema() -> utoipa::openapi::schema::Object {
         .build()
 }
 
-/// Adds the token to the answer of every successful write (any method but GET, HEAD and
-/// OPTIONS), when a replica is configured.
-pub async fn token_on_writes(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let write = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut response = next.run(request).await;
-    if write && response.status().is_success() && state.reads.has_replica() {
+/// Whether a request only reads (GET, HEAD, OPTIONS): its answer carries no token.
+pub fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Adds the token to `response`, the answer of a write, when it succeeded and a replica is
+/// configured (called by the router's layer of writes for every method but [`is_read`]'s).
+pub async fn with_token(state: &AppState, mut response: Response) -> Response {
+    if response.status().is_success() && state.reads.has_replica() {
         if let Some(token) = state.reads.token().await {
             if let Ok(value) = HeaderValue::from_str(&token.to_string()) {
                 response.headers_mut().insert(HEADER, value);

@@ -28,7 +28,7 @@ use crate::state::AppState;
 /// Seconds a client is asked to wait before repeating a request still in flight.
 const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
 
-/// Middleware on every route (see the module doc).
+/// Middleware of every route's writes (see the module doc; the router's `writes` layer).
 pub async fn idempotent_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let changes_state = matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
     let path = request.uri().path();

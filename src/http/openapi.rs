@@ -167,7 +167,7 @@ fn job_stream_event_schema() -> Schema {
 }
 
 /// A write's success carries `Kiln-Consistency-Token` when a read replica is configured
-/// (`consistency::token_on_writes`).
+/// (`consistency::with_token`).
 fn add_consistency_token(operation: &mut Operation) {
     for (status, response) in operation.responses.responses.iter_mut() {
         if let (true, RefOr::T(response)) = (status.starts_with('2'), response) {
