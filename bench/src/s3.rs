@@ -2,11 +2,9 @@
 //! the XML protocol) over s3s-fs (objects are files, `{root}/{bucket}/{key}`), as the
 //! storage tests run it (`tests/it/storage.rs`), without their fault switches.
 //!
-//! `DeleteObjects` is done as S3 does it in bulk, as in the tests: s3s-fs removes each key
-//! in a blocking task of its own (a thread hand-off per key, which on two cores takes CPU
-//! from whatever the server serves) and ignores `Quiet`; this one removes a request's
-//! keys in one blocking task and, when asked to be quiet, lists only failures. Both sides
-//! of the benchmark talk to this same server, so its cost is in both.
+//! `DeleteObjects` is done as S3 does it in bulk, by the tests' own code
+//! (`tests/it/support/s3_delete.rs`, included by path). Both sides of the benchmark talk to
+//! this same server, so its cost is in both.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +13,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use infrastructure::config::S3Settings;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response, S3Result};
+
+/// The tests' bulk `DeleteObjects`, one body for both.
+#[path = "../../tests/it/support/s3_delete.rs"]
+mod s3_delete;
 
 const ACCESS_KEY: &str = "kiln-bench-access-key";
 const SECRET_KEY: &str = "kiln-bench-secret-key";
@@ -49,52 +51,7 @@ impl s3s::S3 for BulkDeleteFs {
     }
 
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let input = req.input;
-        let bucket = self.root.join(&input.bucket);
-        if !bucket.is_dir() {
-            return Err(s3s::s3_error!(NoSuchBucket));
-        }
-        let mut paths = Vec::with_capacity(input.delete.objects.len());
-        for object in &input.delete.objects {
-            let key = Path::new(&object.key);
-            if !key.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
-                return Err(s3s::s3_error!(InvalidArgument, "invalid key {}", object.key));
-            }
-            paths.push(bucket.join(key));
-        }
-        let failures = tokio::task::spawn_blocking(move || {
-            paths
-                .iter()
-                .enumerate()
-                .filter_map(|(index, path)| match std::fs::remove_file(path) {
-                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => Some((index, error.to_string())),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|error| s3s::s3_error!(InternalError, "delete task: {error}"))?;
-        let errors: Vec<Error> = failures
-            .iter()
-            .map(|(index, message)| Error {
-                key: Some(input.delete.objects[*index].key.clone()),
-                code: Some("InternalError".into()),
-                message: Some(message.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let deleted = (!input.delete.quiet.unwrap_or(false)).then(|| {
-            input
-                .delete
-                .objects
-                .iter()
-                .enumerate()
-                .filter(|(index, _)| !failures.iter().any(|(failed, _)| failed == index))
-                .map(|(_, object)| DeletedObject { key: Some(object.key.clone()), version_id: object.version_id.clone(), ..Default::default() })
-                .collect()
-        });
-        let errors = (!errors.is_empty()).then_some(errors);
-        Ok(S3Response::new(DeleteObjectsOutput { deleted, errors, ..Default::default() }))
+        s3_delete::delete_objects(&self.root, req.input).await
     }
 }
 

@@ -53,10 +53,7 @@ impl Drop for S3Server {
     }
 }
 
-/// s3s-fs, with `DeleteObjects` done as S3 does it in bulk: s3s-fs removes each key in
-/// a blocking task of its own (a thread hand-off per key, which on two cores took CPU
-/// from the sweeper it served) and ignores `Quiet`; this one removes a request's keys in
-/// one blocking task and, when asked to be quiet, lists only failures, as S3 does. Every
+/// s3s-fs, with `DeleteObjects` done as S3 does it in bulk (`support::s3_delete`). Every
 /// other operation is s3s-fs's own.
 struct TestFs {
     fs: s3s_fs::FileSystem,
@@ -114,60 +111,8 @@ impl s3s::S3 for TestFs {
         self.fs.list_objects_v2(req).await
     }
 
-    async fn delete_objects(
-        &self,
-        req: S3Request<DeleteObjectsInput>,
-    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        let input = req.input;
-        let bucket = self.root.join(&input.bucket);
-        if !bucket.is_dir() {
-            return Err(s3s::s3_error!(NoSuchBucket));
-        }
-        let mut paths = Vec::with_capacity(input.delete.objects.len());
-        for object in &input.delete.objects {
-            let key = std::path::Path::new(&object.key);
-            if !key.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
-                return Err(s3s::s3_error!(InvalidArgument, "invalid key {}", object.key));
-            }
-            paths.push(bucket.join(key));
-        }
-        let failures = tokio::task::spawn_blocking(move || {
-            paths
-                .iter()
-                .enumerate()
-                .filter_map(|(index, path)| match std::fs::remove_file(path) {
-                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => Some((index, error.to_string())),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|error| s3s::s3_error!(InternalError, "delete task: {error}"))?;
-        let errors: Vec<s3s::dto::Error> = failures
-            .iter()
-            .map(|(index, message)| s3s::dto::Error {
-                key: Some(input.delete.objects[*index].key.clone()),
-                code: Some("InternalError".into()),
-                message: Some(message.clone()),
-                ..Default::default()
-            })
-            .collect();
-        let deleted = (!input.delete.quiet.unwrap_or(false)).then(|| {
-            input
-                .delete
-                .objects
-                .iter()
-                .enumerate()
-                .filter(|(index, _)| !failures.iter().any(|(failed, _)| failed == index))
-                .map(|(_, object)| DeletedObject {
-                    key: Some(object.key.clone()),
-                    version_id: object.version_id.clone(),
-                    ..Default::default()
-                })
-                .collect()
-        });
-        let errors = (!errors.is_empty()).then_some(errors);
-        Ok(S3Response::new(DeleteObjectsOutput { deleted, errors, ..Default::default() }))
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        crate::support::s3_delete::delete_objects(&self.root, req.input).await
     }
 }
 

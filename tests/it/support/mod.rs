@@ -5,3 +5,4 @@ pub mod browser;
 pub mod db;
 pub mod ha;
 pub mod pg_instance;
+pub mod s3_delete;
