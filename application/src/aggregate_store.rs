@@ -92,15 +92,17 @@ impl AggregateStore {
             .collect();
         for stored in self.store.load_streams(A::TYPE, ids).await? {
             let Some(loaded) = by_id.get_mut(stored.aggregate_id.as_str()) else { continue };
+            let corrupt = |reason: String| EventStoreError::Corrupt {
+                aggregate_type: A::TYPE.to_string(),
+                aggregate_id: stored.aggregate_id.clone(),
+                sequence: stored.sequence,
+                reason,
+            };
             if stored.sequence != loaded.sequence + 1 {
-                return Err(EventStoreError::Corrupt {
-                    aggregate_type: stored.aggregate_type,
-                    aggregate_id: stored.aggregate_id,
-                    sequence: stored.sequence,
-                    reason: format!("follows sequence {} in a stream read", loaded.sequence),
-                });
+                return Err(corrupt(format!("follows sequence {} in a stream read", loaded.sequence)));
             }
-            loaded.aggregate.apply(decode_event::<A>(&stored)?);
+            let decoded = serde_json::from_str(&stored.payload);
+            loaded.aggregate.apply(checked_event::<A>(&stored.event_type, decoded, corrupt)?);
             loaded.sequence = stored.sequence;
         }
         Ok(ids.iter().filter_map(|id| by_id.remove(id.as_str())).collect())
@@ -279,14 +281,18 @@ pub fn decode_event<A: Aggregate>(stored: &StoredEvent) -> Result<A::Event, Even
         reason,
     };
     // Deserialized from the borrowed value: no copy of the payload.
-    let event: A::Event = serde::Deserialize::deserialize(&stored.payload)
-        .map_err(|e| corrupt(format!("payload of {} does not decode: {e}", stored.event_type)))?;
-    if event.event_type() != stored.event_type {
-        return Err(corrupt(format!(
-            "recorded as {} but the payload is {}",
-            stored.event_type,
-            event.event_type()
-        )));
+    checked_event::<A>(&stored.event_type, serde::Deserialize::deserialize(&stored.payload), corrupt)
+}
+
+/// A decoded payload, if it decoded and is the event its row says it is.
+fn checked_event<A: Aggregate>(
+    event_type: &str,
+    decoded: Result<A::Event, serde_json::Error>,
+    corrupt: impl Fn(String) -> EventStoreError,
+) -> Result<A::Event, EventStoreError> {
+    let event = decoded.map_err(|e| corrupt(format!("payload of {event_type} does not decode: {e}")))?;
+    if event.event_type() != event_type {
+        return Err(corrupt(format!("recorded as {event_type} but the payload is {}", event.event_type())));
     }
     Ok(event)
 }
@@ -315,7 +321,7 @@ mod tests {
         async fn load_stream(&self, _: &str, _: &str, _: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
             Ok(Vec::new())
         }
-        async fn load_streams(&self, _: &str, _: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
+        async fn load_streams(&self, _: &str, _: &[String]) -> Result<Vec<crate::event_store::StreamEvent>, EventStoreError> {
             Ok(Vec::new())
         }
         async fn load_snapshot(&self, _: &str, _: &str) -> Result<Option<Snapshot>, EventStoreError> {

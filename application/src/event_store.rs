@@ -50,6 +50,18 @@ pub struct StreamAppend {
     pub snapshot: Option<Snapshot>,
 }
 
+/// One event of a stream as [`EventStore::load_streams`] reads it for replaying: only what
+/// an aggregate needs, the payload as the JSON text it is stored as, so it is decoded
+/// straight into the aggregate's event (no `serde_json::Value` in between, no
+/// conversion of the log columns a replay does not read).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub payload: String,
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredEvent {
@@ -132,8 +144,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every event of the streams `aggregate_ids` of `aggregate_type` (those that exist),
     /// grouped by stream (in no particular order of streams), each stream's in sequence
     /// order. One query for many short streams, where a load per stream would cost a round
-    /// trip each; snapshots are not consulted.
-    async fn load_streams(&self, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError>;
+    /// trip each; snapshots are not consulted. Only the columns a replay reads.
+    async fn load_streams(&self, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StreamEvent>, EventStoreError>;
 
     async fn load_snapshot(
         &self,

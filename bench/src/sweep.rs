@@ -265,7 +265,7 @@ async fn check_swept(server: &S3Loopback, pool: &sqlx::PgPool, report: &SweepRep
     let (events, distinct, left, flagged): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM events WHERE event_type = 'ImagesExpired'), \
          (SELECT COUNT(DISTINCT aggregate_id) FROM events WHERE event_type = 'ImagesExpired'), \
-         (SELECT COUNT(*) FROM images), (SELECT COUNT(*) FROM jobs WHERE images_expired)",
+         (SELECT COUNT(*) FROM images), (SELECT COUNT(*) FROM job_image_expiries)",
     )
     .fetch_one(pool)
     .await?;

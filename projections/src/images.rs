@@ -1,8 +1,8 @@
 //! The `images` side of the `jobs` inline projection, set-based: all `ImagesExpired`
-//! events of one append become two statements (jobs flagged, their images' rows deleted
-//! from the index) instead of two per job, which is what lets the retention sweeper record
-//! thousands of expiries per append. Called by [`crate::jobs::Jobs`], so the tables stay
-//! that projection's (rebuild, catalog).
+//! events of one append become two statements (the jobs recorded in
+//! `job_image_expiries`, their images' rows deleted from the index) instead of two per
+//! job, which is what lets the retention sweeper record thousands of expiries per append.
+//! Called by [`crate::jobs::Jobs`], so the tables stay that projection's (rebuild, catalog).
 
 use chrono::{DateTime, Utc};
 use infrastructure::event_store::{ProjectionError, Tx};
@@ -11,10 +11,12 @@ use infrastructure::tx_execute_values;
 /// One job's `ImagesExpired`: its id and when.
 pub type Expired = (String, DateTime<Utc>);
 
-/// Marks the jobs' images expired: `jobs.images_expired` (what the API answers 410
-/// from) and their rows out of `images` (the index of live images the sweeper and the
-/// model listing read; a delete writes no index entries, unlike an update). A job
-/// appears at most once per append (one stream per append, one `ImagesExpired` per job).
+/// Marks the jobs' images expired: a row in `job_image_expiries` (what the API answers
+/// 410 from; a narrow insert, where a flag on the wide `jobs` row cost a new row version
+/// and, mostly, six index entries) and their rows out of `images` (the index of live
+/// images the sweeper and the model listing read; a delete writes no index entries,
+/// unlike an update). A job appears at most once per append (one stream per append, one
+/// `ImagesExpired` per job); one already recorded keeps its first time.
 pub async fn expire(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), ProjectionError> {
     if expired.is_empty() {
         return Ok(());
@@ -32,8 +34,8 @@ pub async fn expire(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), Projecti
 async fn expire_postgres(conn: &mut sqlx::PgConnection, expired: &[Expired]) -> Result<(), ProjectionError> {
     let (jobs, at): (Vec<&str>, Vec<DateTime<Utc>>) = expired.iter().map(|(job, at)| (job.as_str(), *at)).unzip();
     sqlx::query(
-        "UPDATE jobs SET images_expired = TRUE, updated_at = v.at \
-         FROM UNNEST($1::text[], $2::timestamptz[]) AS v(job_id, at) WHERE jobs.job_id = v.job_id",
+        "INSERT INTO job_image_expiries (job_id, expired_at) SELECT * FROM UNNEST($1::text[], $2::timestamptz[]) \
+         ON CONFLICT (job_id) DO NOTHING",
     )
     .bind(&jobs)
     .bind(&at)
@@ -47,8 +49,8 @@ async fn expire_portable(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), Pro
     // `VALUES` columns are `column1`, `column2` on both databases.
     tx_execute_values!(
         tx,
-        "UPDATE jobs SET images_expired = TRUE, updated_at = v.column2 FROM (",
-        ") AS v WHERE jobs.job_id = v.column1",
+        "INSERT INTO job_image_expiries (job_id, expired_at) SELECT v.column1, v.column2 FROM (",
+        ") AS v WHERE true ON CONFLICT (job_id) DO NOTHING",
         2,
         expired,
         |q, row| q.bind(&row.0).bind(row.1)

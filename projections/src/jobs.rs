@@ -23,7 +23,7 @@ use crate::decode;
 pub struct Jobs;
 
 pub const NAME: &str = "jobs";
-pub const TABLES: &[&str] = &["images", "model_versions", "custom_models", "team_dispatch", "jobs"];
+pub const TABLES: &[&str] = &["images", "job_image_expiries", "model_versions", "custom_models", "team_dispatch", "jobs"];
 
 #[async_trait]
 impl InlineProjection for Jobs {

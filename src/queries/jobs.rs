@@ -35,8 +35,12 @@ pub struct JobView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A [`JobView`] from `jobs`: whether its images expired, and when (its last change), from
+/// `job_image_expiries`.
 pub const JOB_COLUMNS: &str = "job_id, kind, status, model_id, cost AS cost_credits, price_version, attempt, error, \
-     images_expired, queued_at, dispatched_at, finished_at, updated_at";
+     EXISTS (SELECT 1 FROM job_image_expiries x WHERE x.job_id = jobs.job_id) AS images_expired, \
+     queued_at, dispatched_at, finished_at, \
+     COALESCE((SELECT x.expired_at FROM job_image_expiries x WHERE x.job_id = jobs.job_id), updated_at) AS updated_at";
 
 /// The team's job `job_id`; `None` for an unknown id or another team's job.
 pub async fn job(db: &Database, team: TeamId, job_id: &str) -> Result<Option<JobView>, QueryError> {

@@ -14,7 +14,7 @@ mod sqlite;
 use std::sync::Arc;
 
 use application::event_store::{
-    EventStore, EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend,
+    EventStore, EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend, StreamEvent,
 };
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -180,16 +180,16 @@ impl EventStore for SqlEventStore {
         Ok(events)
     }
 
-    async fn load_streams(&self, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
+    /// (No chain tips are remembered from these: they carry no metadata. Chained streams,
+    /// the teams', are loaded one at a time.)
+    async fn load_streams(&self, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StreamEvent>, EventStoreError> {
         if aggregate_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let events = match &self.db {
+        match &self.db {
             Database::Postgres(pool) => postgres::load_streams(pool, aggregate_type, aggregate_ids).await,
             Database::Sqlite { read, .. } => sqlite::load_streams(read, aggregate_type, aggregate_ids).await,
-        }?;
-        self.tips.record(&events);
-        Ok(events)
+        }
     }
 
     async fn load_snapshot(&self, aggregate_type: &str, aggregate_id: &str) -> Result<Option<Snapshot>, EventStoreError> {

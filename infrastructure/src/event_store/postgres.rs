@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use application::event_store::{EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend};
+use application::event_store::{EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend, StreamEvent};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
@@ -224,16 +224,18 @@ pub(super) async fn load_stream(
     Ok(rows.into_iter().map(StoredEvent::from).collect())
 }
 
-pub(super) async fn load_streams(pool: &PgPool, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
-        "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence"
-    ))
+/// The payload as text (what `jsonb` sends anyway), for decoding straight into the event.
+pub(super) async fn load_streams(pool: &PgPool, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StreamEvent>, EventStoreError> {
+    let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, sequence, event_type, payload::text FROM events \
+         WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence",
+    )
     .bind(aggregate_type)
     .bind(aggregate_ids)
     .fetch_all(pool)
     .await
     .map_err(store_error)?;
-    Ok(rows.into_iter().map(StoredEvent::from).collect())
+    Ok(rows.into_iter().map(|(aggregate_id, sequence, event_type, payload)| StreamEvent { aggregate_id, sequence, event_type, payload }).collect())
 }
 
 pub(super) async fn load_snapshot(

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use application::event_store::{EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend};
+use application::event_store::{EventStoreError, LogPosition, Snapshot, StoredEvent, StreamAppend, StreamEvent};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{SqliteConnection, SqlitePool};
@@ -185,18 +185,18 @@ pub(super) async fn load_stream(
 }
 
 /// The ids go in as one JSON array (`json_each`): no limit on bound parameters.
-pub(super) async fn load_streams(read: &SqlitePool, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StoredEvent>, EventStoreError> {
+pub(super) async fn load_streams(read: &SqlitePool, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StreamEvent>, EventStoreError> {
     let ids = serde_json::to_string(aggregate_ids).map_err(|e| EventStoreError::InvalidAppend(format!("stream ids: {e}")))?;
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
-        "{SELECT_EVENTS} WHERE aggregate_type = $1 AND aggregate_id IN (SELECT value FROM json_each($2)) \
-         ORDER BY aggregate_id, sequence"
-    ))
+    let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
+        "SELECT aggregate_id, sequence, event_type, payload FROM events \
+         WHERE aggregate_type = $1 AND aggregate_id IN (SELECT value FROM json_each($2)) ORDER BY aggregate_id, sequence",
+    )
     .bind(aggregate_type)
     .bind(ids)
     .fetch_all(read)
     .await
     .map_err(store_error)?;
-    rows_to_events(rows)
+    Ok(rows.into_iter().map(|(aggregate_id, sequence, event_type, payload)| StreamEvent { aggregate_id, sequence, event_type, payload }).collect())
 }
 
 pub(super) async fn load_snapshot(
