@@ -129,7 +129,15 @@ async fn job_workload(app: &TestApp) {
         .json()
         .await
         .expect("json");
-    wait_final(app, &key, generated["job_id"].as_str().or(generated["job"]["job_id"].as_str()).expect("job id")).await;
+    let generation = generated["job_id"].as_str().or(generated["job"]["job_id"].as_str()).expect("job id").to_string();
+    wait_final(app, &key, &generation).await;
+    // Its images expire (retention 0 days, a second on): `ImagesExpired` and its rows
+    // (`job_image_expiries`, the images' rows gone) are in what the rebuild must equal.
+    app.clock.advance(chrono::Duration::seconds(1));
+    let swept = app.state.retention.sweep(0, None).await.expect("retention sweep");
+    assert_eq!(swept.jobs, 1, "{swept:?}");
+    let job: Value = app.as_key(&key, Method::GET, &format!("/api/jobs/{generation}")).send().await.expect("request").json().await.expect("json");
+    assert_eq!(job["images_expired"], true, "{job}");
 }
 
 async fn wait_final(app: &TestApp, key: &str, job_id: &str) {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use application::clock::Clock;
 use application::event_store::EventStore;
 use application::storage::ObjectStore;
 use chrono::Utc;
@@ -605,6 +606,12 @@ async fn sqlite_and_the_local_store_sweep_too() {
     assert!(new_keys.iter().all(|k| root.join(k).is_file()), "the newer one stays");
     assert_eq!(listed_images(&app, &key, &old_id).await.0, 410);
     assert_eq!(listed_images(&app, &key, &new_id).await.0, 200);
+    // The job says so, and its last change is the expiry.
+    let (_, job) = call(&app, &key, Method::GET, &format!("/api/jobs/{old_id}"), None).await;
+    assert_eq!(job["images_expired"], true, "{job}");
+    assert_eq!(job["updated_at"].as_str().map(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()), Some(Some(app.clock.now())), "{job}");
+    let (_, job) = call(&app, &key, Method::GET, &format!("/api/jobs/{new_id}"), None).await;
+    assert_eq!(job["images_expired"], false, "{job}");
     assert_eq!(app.state.retention.sweep(90, None).await.expect("sweep").jobs, 0);
     app.shutdown().await.expect("shutdown");
 }
