@@ -35,16 +35,18 @@ pub struct JobView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A [`JobView`] from `jobs`: whether its images expired, and when (its last change), from
-/// `job_image_expiries`.
-pub const JOB_COLUMNS: &str = "job_id, kind, status, model_id, cost AS cost_credits, price_version, attempt, error, \
-     EXISTS (SELECT 1 FROM job_image_expiries x WHERE x.job_id = jobs.job_id) AS images_expired, \
-     queued_at, dispatched_at, finished_at, \
-     COALESCE((SELECT x.expired_at FROM job_image_expiries x WHERE x.job_id = jobs.job_id), updated_at) AS updated_at";
+/// A [`JobView`] from [`JOBS_FROM`]: whether its images expired, and when (then its last
+/// change), from its row of `job_image_expiries`, if any.
+pub const JOB_COLUMNS: &str = "jobs.job_id, jobs.kind, jobs.status, jobs.model_id, jobs.cost AS cost_credits, \
+     jobs.price_version, jobs.attempt, jobs.error, x.job_id IS NOT NULL AS images_expired, \
+     jobs.queued_at, jobs.dispatched_at, jobs.finished_at, COALESCE(x.expired_at, jobs.updated_at) AS updated_at";
+
+/// What [`JOB_COLUMNS`] are read from: each job with its expiry (one key look-up).
+pub const JOBS_FROM: &str = "jobs LEFT JOIN job_image_expiries x ON x.job_id = jobs.job_id";
 
 /// The team's job `job_id`; `None` for an unknown id or another team's job.
 pub async fn job(db: &Database, team: TeamId, job_id: &str) -> Result<Option<JobView>, QueryError> {
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND team_id = $2");
+    let sql = format!("SELECT {JOB_COLUMNS} FROM {JOBS_FROM} WHERE jobs.job_id = $1 AND jobs.team_id = $2");
     Ok(db_fetch_optional!(db, JobView, &sql, job_id, team.to_string())?)
 }
 
@@ -86,7 +88,7 @@ fn prompt_sql(db: &Database) -> &'static str {
 fn select_items(db: &Database) -> String {
     format!(
         "SELECT {JOB_COLUMNS}, (SELECT m.name FROM custom_models m WHERE m.model_id = jobs.model_id) AS model_name, \
-         {} AS prompt FROM jobs",
+         {} AS prompt FROM {JOBS_FROM}",
         prompt_sql(db)
     )
 }
@@ -101,7 +103,7 @@ pub async fn items(db: &Database, team: TeamId, job_ids: &[String]) -> Result<Ve
         infrastructure::db::Backend::Postgres => "SELECT jsonb_array_elements_text(CAST($2 AS jsonb))",
         infrastructure::db::Backend::Sqlite => "SELECT value FROM json_each($2)",
     };
-    let sql = format!("{} WHERE team_id = $1 AND job_id IN ({listed})", select_items(db));
+    let sql = format!("{} WHERE jobs.team_id = $1 AND jobs.job_id IN ({listed})", select_items(db));
     Ok(db_fetch_all!(db, JobListItem, &sql, team.to_string(), ids)?)
 }
 
@@ -122,8 +124,8 @@ pub async fn page(db: &Database, team: TeamId, filter: &JobFilter, page: &Page, 
         "{select} WHERE team_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
          AND ($4 IS NULL OR model_id = $4) AND ($5 IS NULL OR LOWER({prompt}) LIKE $5 ESCAPE '\\') \
          AND ($6 IS NULL OR queued_at >= $6) AND ($7 IS NULL OR queued_at < $7) \
-         AND ($8 IS NULL OR queued_at {compare} $8 OR (queued_at = $8 AND job_id {compare} $9)) \
-         ORDER BY queued_at {order}, job_id {order} LIMIT $10"
+         AND ($8 IS NULL OR queued_at {compare} $8 OR (queued_at = $8 AND jobs.job_id {compare} $9)) \
+         ORDER BY queued_at {order}, jobs.job_id {order} LIMIT $10"
     );
     let mut items = db_fetch_all!(
         db,
