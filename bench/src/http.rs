@@ -48,6 +48,11 @@ pub struct HttpArgs {
     /// subscriber and Kiln's log lines cost nothing. Send stderr to /dev/null or a file.
     #[arg(long)]
     pub log: bool,
+    /// Lend the bare server's pooled connections without sqlx's ping (`test_before_acquire
+    /// (false)`), as Kiln lends one that just answered; by default the bare server keeps
+    /// sqlx's defaults (a ping before every lending), as every earlier run did.
+    #[arg(long)]
+    pub bare_without_ping: bool,
     #[arg(long, env = "KILN_BENCH_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub database_url: String,
 }
@@ -118,7 +123,7 @@ async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyho
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.connections).build()?;
     let (team, key) = team_with_history(&client, kiln_addr, args.grants).await?;
-    let bare_pool = PgPoolOptions::new().max_connections(args.pool).connect(url).await?;
+    let bare_pool = PgPoolOptions::new().max_connections(args.pool).test_before_acquire(!args.bare_without_ping).connect(url).await?;
     let (bare_addr, stop_bare) = bare_server(bare_pool).await?;
 
     let bare_url = format!("http://{bare_addr}/balance/{team}");
@@ -138,11 +143,12 @@ async fn measure(args: &HttpArgs, url: &str, storage: &std::path::Path) -> anyho
     let _ = stop_bare.send(());
     kiln.stop().await?;
     lines.push(format!(
-        "{} connections, {} s measured after {} s warm-up per scenario, pool {} per server, {} grants, {}",
+        "{} connections, {} s measured after {} s warm-up per scenario, pool {} per server ({}), {} grants, {}",
         args.connections,
         args.duration_secs,
         args.warmup_secs,
         args.pool,
+        if args.bare_without_ping { "the bare one lends without a ping" } else { "the bare one pings before lending, sqlx's default" },
         args.grants,
         if args.log { "Kiln logging as `kiln serve` (stderr)" } else { "no log subscriber" }
     ));

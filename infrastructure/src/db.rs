@@ -128,8 +128,9 @@ impl Database {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(acquire_timeout)
-                // Instead of sqlx's ping: the same round trip, and a check that the
-                // server still takes writes where it matters (see `db_health`).
+                // Instead of sqlx's ping before every lending: none for a connection
+                // that just answered, and a check that the server still takes writes
+                // where it matters (see `db_health`).
                 .test_before_acquire(false)
                 .before_acquire(crate::db_health::lend_if_healthy)
                 .after_connect(crate::db_health::refuse_read_only)
@@ -167,7 +168,7 @@ impl Database {
 
     /// Connects to a PostgreSQL read replica (`database.read_url`): a pool that lends
     /// connections to a read-only server (the writable pool's checks would refuse them),
-    /// pinged before each lending as sqlx does by default. Lazy: no connection is made
+    /// pinged before lending one idle a while (`db_health::lend_if_alive`). Lazy: no connection is made
     /// until a read asks for one, so a replica that is down does not stop Kiln starting.
     pub fn connect_replica(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, DbError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -177,6 +178,8 @@ impl Database {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(crate::db_health::lend_if_alive)
             .connect_lazy_with(options);
         Ok(Database::Postgres(pool))
     }

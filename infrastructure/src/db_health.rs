@@ -4,10 +4,16 @@
 //! front noticed), is dropped before use instead of failing the statement it was lent for.
 //!
 //! Writable pools check each new connection once (`after_connect`), and each pooled
-//! connection before it is lent (`before_acquire`): a ping (one round trip, what sqlx does
-//! by default) while all is well, and `SHOW transaction_read_only` (also one round trip)
-//! for connections idle a while or while connection trouble was seen lately — so the check
-//! that matters after a failover costs nothing extra the rest of the time.
+//! connection before it is lent (`before_acquire`): nothing for a connection back in the
+//! pool for less than [`ALIVE_BYPASS`] (it just answered a statement: under load that is
+//! every lending, and a ping there was a second round trip per statement), a ping for one
+//! idle longer, and `SHOW transaction_read_only` (also one round trip) for connections
+//! idle a while or while connection trouble was seen lately — so the check that matters
+//! after a failover costs nothing extra the rest of the time. A connection that broke
+//! within the bypass window fails the statement it is lent for, as one in use would; that
+//! failure is connection trouble ([`crate::db::is_unreachable`]), after which every
+//! connection is checked again before it is lent. (HikariCP skips its check the same way:
+//! `aliveBypassWindowMs`, 500 ms.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -18,6 +24,8 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 
+/// A pooled connection back in the pool for less than this is lent unchecked.
+pub const ALIVE_BYPASS: Duration = Duration::from_millis(500);
 /// A pooled connection idle this long is checked for writability before it is lent.
 const IDLE_RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// After connection trouble is seen, every connection is checked for this long.
@@ -64,12 +72,25 @@ pub fn refuse_read_only<'c>(conn: &'c mut PgConnection, _: PoolConnectionMetadat
     })
 }
 
+/// `before_acquire` of a replica's pool: a ping for a connection idle longer than
+/// [`ALIVE_BYPASS`], unless connection trouble was seen lately (then every one).
+pub fn lend_if_alive<'c>(conn: &'c mut PgConnection, meta: PoolConnectionMetadata) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        if meta.idle_for >= ALIVE_BYPASS || rechecking() {
+            conn.ping().await?;
+        }
+        Ok(true)
+    })
+}
+
 /// `before_acquire` of a writable pool: `Ok(false)` or an error drops the connection
 /// (the pool then lends or opens another).
 pub fn lend_if_healthy<'c>(conn: &'c mut PgConnection, meta: PoolConnectionMetadata) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
     Box::pin(async move {
         if meta.idle_for < IDLE_RECHECK_AFTER && !rechecking() {
-            conn.ping().await?;
+            if meta.idle_for >= ALIVE_BYPASS {
+                conn.ping().await?;
+            }
             return Ok(true);
         }
         let writable = writable(conn).await?;
