@@ -72,11 +72,35 @@ pub fn refuse_read_only<'c>(conn: &'c mut PgConnection, _: PoolConnectionMetadat
     })
 }
 
+/// What is asked of a pooled connection before it is lent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LendCheck {
+    /// Nothing: it answered a statement moments ago.
+    None,
+    /// A ping: it still answers.
+    Ping,
+    /// `SHOW transaction_read_only`: it still answers, and the server takes writes.
+    Writable,
+}
+
+/// The check for a connection idle for `idle_for`, with or without trouble seen lately;
+/// `writes`: the pool is a writable one (a replica's pool never asks for writability).
+fn lend_check(idle_for: Duration, rechecking: bool, writes: bool) -> LendCheck {
+    let stale = rechecking || idle_for >= IDLE_RECHECK_AFTER;
+    if writes && stale {
+        LendCheck::Writable
+    } else if stale || idle_for >= ALIVE_BYPASS {
+        LendCheck::Ping
+    } else {
+        LendCheck::None
+    }
+}
+
 /// `before_acquire` of a replica's pool: a ping for a connection idle longer than
-/// [`ALIVE_BYPASS`], unless connection trouble was seen lately (then every one).
+/// [`ALIVE_BYPASS`], or for every one while connection trouble was seen lately.
 pub fn lend_if_alive<'c>(conn: &'c mut PgConnection, meta: PoolConnectionMetadata) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
     Box::pin(async move {
-        if meta.idle_for >= ALIVE_BYPASS || rechecking() {
+        if lend_check(meta.idle_for, rechecking(), false) != LendCheck::None {
             conn.ping().await?;
         }
         Ok(true)
@@ -87,11 +111,13 @@ pub fn lend_if_alive<'c>(conn: &'c mut PgConnection, meta: PoolConnectionMetadat
 /// (the pool then lends or opens another).
 pub fn lend_if_healthy<'c>(conn: &'c mut PgConnection, meta: PoolConnectionMetadata) -> BoxFuture<'c, Result<bool, sqlx::Error>> {
     Box::pin(async move {
-        if meta.idle_for < IDLE_RECHECK_AFTER && !rechecking() {
-            if meta.idle_for >= ALIVE_BYPASS {
+        match lend_check(meta.idle_for, rechecking(), true) {
+            LendCheck::None => return Ok(true),
+            LendCheck::Ping => {
                 conn.ping().await?;
+                return Ok(true);
             }
-            return Ok(true);
+            LendCheck::Writable => {}
         }
         let writable = writable(conn).await?;
         if !writable {
@@ -100,4 +126,27 @@ pub fn lend_if_healthy<'c>(conn: &'c mut PgConnection, meta: PoolConnectionMetad
         }
         Ok(writable)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_just_answered_is_lent_unchecked_unless_trouble_was_seen() {
+        let just = Duration::from_millis(3);
+        assert_eq!(lend_check(just, false, true), LendCheck::None);
+        assert_eq!(lend_check(just, false, false), LendCheck::None);
+        assert_eq!(lend_check(just, true, true), LendCheck::Writable);
+        assert_eq!(lend_check(just, true, false), LendCheck::Ping);
+    }
+
+    #[test]
+    fn idle_connections_are_pinged_then_checked_for_writes() {
+        assert_eq!(lend_check(ALIVE_BYPASS - Duration::from_millis(1), false, true), LendCheck::None);
+        assert_eq!(lend_check(ALIVE_BYPASS, false, true), LendCheck::Ping);
+        assert_eq!(lend_check(IDLE_RECHECK_AFTER - Duration::from_millis(1), false, true), LendCheck::Ping);
+        assert_eq!(lend_check(IDLE_RECHECK_AFTER, false, true), LendCheck::Writable);
+        assert_eq!(lend_check(IDLE_RECHECK_AFTER, false, false), LendCheck::Ping);
+    }
 }
