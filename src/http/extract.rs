@@ -22,21 +22,18 @@ pub fn body_limit(method: &axum::http::Method, path: &str, headers: &axum::http:
     if is_upload(method, path, headers) { UPLOAD_BODY_BYTES_MAX } else { BODY_BYTES_MAX }
 }
 
-/// Middleware: a request whose `Content-Length` is over its limit ([`body_limit`]) is answered 413
-/// before any of its body is read (a client that sent `Expect: 100-continue` never sends
-/// it). Bodies of unannounced length are cut at the same limit by the extractors.
-pub async fn refuse_oversized(request: Request, next: axum::middleware::Next) -> axum::response::Response {
-    use axum::response::IntoResponse;
+/// A request whose `Content-Length` is over its limit ([`body_limit`]): answered 413 before
+/// any of its body is read (a client that sent `Expect: 100-continue` never sends it), by
+/// the API's edge layer. Bodies of unannounced length are cut at the same limit by the
+/// extractors.
+pub fn oversized(request: &Request) -> Option<Problem> {
     let announced = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let limit = body_limit(request.method(), request.uri().path(), request.headers());
-    if announced.is_some_and(|bytes| bytes > limit as u64) {
-        return too_large_than(limit).into_response();
-    }
-    next.run(request).await
+    announced.is_some_and(|bytes| bytes > limit as u64).then(|| too_large_than(limit))
 }
 
 fn too_large() -> Problem {

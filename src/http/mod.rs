@@ -37,19 +37,39 @@ use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The layer of requests that change state: bound to their Idempotency-Key (or answered
-/// from it), then given a consistency token. A read passes straight through: one layer,
-/// not two, on every request (the history list served 4% more requests for it: BENCHMARKS).
-async fn writes(
+/// Every API route's checks, as one layer after routing: its path parameters and query
+/// follow the text rule before any extractor reads them (or a key is bound to the
+/// request); then a request that changes state is bound to its Idempotency-Key (or
+/// answered from it) and given a consistency token, while a read passes straight through.
+/// One layer, not three, on every request (each costs a boxed future and a clone of the
+/// route: BENCHMARKS).
+async fn api_route_checks(
     axum::extract::State(state): axum::extract::State<AppState>,
+    params: Result<axum::extract::RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(problem) = text::check_path_and_query(params, &request) {
+        return problem.into_response();
+    }
     if consistency::is_read(request.method()) {
         return next.run(request).await;
     }
     let response = idempotency::idempotent_requests(axum::extract::State(state.clone()), request, next).await;
     consistency::with_token(&state, response).await
+}
+
+/// The edge of every request, pages included: a body announced over its limit is a 413
+/// before any of it is read; an error response that is not a problem yet becomes one
+/// (`problem::problem_responses`, which leaves HTML pages alone).
+async fn edge(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let response = match extract::oversized(&request) {
+        Some(problem) => problem.into_response(),
+        None => next.run(request).await,
+    };
+    problem::problem_responses(response).await
 }
 
 /// The API's routes plus `pages` (the dashboard, handed in by the caller: `http` does
@@ -77,21 +97,17 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .merge(openapi::routes())
         .route("/api", axum::routing::any(problem::not_found))
         .route("/api/{*rest}", axum::routing::any(problem::not_found))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), writes))
-        // Every API route's path parameters and query follow the text rule before any
-        // extractor reads them (or a key is bound to the request).
-        .route_layer(axum::middleware::from_fn(text::check_path_and_query))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api_route_checks))
         // Added after the route layers: the pages answer in HTML, not problem+json.
         .merge(pages)
         .layer(axum::middleware::from_fn(metrics::track_requests))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::max(extract::BODY_BYTES_MAX));
-    // The routes are a service inside an outer router so that `problem_responses` sees
-    // their responses complete: axum adds a 405's `Allow` as a router's response leaves it.
+    // The routes are a service inside an outer router so that `edge` sees their
+    // responses complete: axum adds a 405's `Allow` as a router's response leaves it.
     Router::new()
         .fallback_service(routes)
-        .layer(axum::middleware::from_fn(extract::refuse_oversized))
-        .layer(axum::middleware::map_response(problem::problem_responses))
+        .layer(axum::middleware::from_fn(edge))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()

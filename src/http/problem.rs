@@ -313,7 +313,7 @@ pub async fn not_found() -> Problem {
 /// Longest text of a plain error body kept as a problem's `detail`.
 const PLAIN_DETAIL_BYTES_MAX: usize = 1_024;
 
-/// Middleware: an error response that is not a problem yet (axum's own 405 — its
+/// The edge layer's last step: an error response that is not a problem yet (axum's own 405 — its
 /// `Allow` header is kept —, a rejection's text/plain body, an empty 4xx) becomes one,
 /// with the type of its status and the plain text, if any, as `detail`. HTML error pages
 /// (the dashboard's) are left alone.

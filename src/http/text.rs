@@ -7,7 +7,7 @@
 //!
 //! JSON bodies are checked whole by [`check_json`] (from `ApiJson`, so no endpoint can
 //! miss it): a violation is a 422 naming the field by its JSON path. Path parameters and
-//! query strings are checked by [`check_path_and_query`], a middleware on every route:
+//! query strings are checked by [`check_path_and_query`], in the layer on every route:
 //! a path id that cannot be an id is a 404 (the resource cannot exist), a query
 //! parameter a 422 naming it. Webhook bodies are checked after their signature
 //! ([`first_violation`]).
@@ -17,8 +17,6 @@
 
 use axum::extract::{Query, RawPathParams, Request};
 use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use domain::text;
 use serde_json::Value;
 
@@ -111,10 +109,11 @@ pub fn first_violation(value: &Value, path: &mut String) -> Option<(String, Stri
     }
 }
 
-/// Middleware on every route: path parameters (decoded) and query parameters follow
-/// the rule. A path that is not UTF-8 is a 400; a path parameter the rule refuses
-/// cannot name anything (404); a query parameter it refuses is a 422 naming it.
-pub async fn check_path_and_query(params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>, request: Request, next: Next) -> Response {
+/// Path parameters (decoded) and query parameters follow the rule, checked on every API
+/// route before any extractor reads them (`http::api_route_checks`). A path that is not
+/// UTF-8 is a 400; a path parameter the rule refuses cannot name anything (404); a query
+/// parameter it refuses is a 422 naming it.
+pub fn check_path_and_query(params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>, request: &Request) -> Result<(), Problem> {
     let params = match params {
         Ok(params) => params,
         Err(rejection) => {
@@ -124,33 +123,32 @@ pub async fn check_path_and_query(params: Result<RawPathParams, axum::extract::r
             } else {
                 Problem::for_status(status).detail(rejection.body_text())
             };
-            return problem.into_response();
+            return Err(problem);
         }
     };
     for (name, value) in params.iter() {
         if violation(value, PATH_PARAM_CHARS_MAX).is_some() {
-            return Problem::not_found().detail(format!("no such resource ({name} cannot be an id)")).into_response();
+            return Err(Problem::not_found().detail(format!("no such resource ({name} cannot be an id)")));
         }
     }
     if request.uri().query().is_some() {
         let pairs = match Query::<Vec<(String, String)>>::try_from_uri(request.uri()) {
             Ok(Query(pairs)) => pairs,
             Err(rejection) => {
-                return Problem::new(StatusCode::BAD_REQUEST, "malformed-query", "Malformed query string")
-                    .detail(rejection.body_text())
-                    .into_response();
+                return Err(Problem::new(StatusCode::BAD_REQUEST, "malformed-query", "Malformed query string")
+                    .detail(rejection.body_text()));
             }
         };
         for (name, value) in &pairs {
             if let Some(why) = violation(name, QUERY_VALUE_CHARS_MAX) {
-                return Problem::invalid_field(&format!("{name:?}"), format!("a query parameter name {why}")).into_response();
+                return Err(Problem::invalid_field(&format!("{name:?}"), format!("a query parameter name {why}")));
             }
             if let Some(why) = violation(value, QUERY_VALUE_CHARS_MAX) {
-                return Problem::invalid_field(name, format!("query parameter {name} {why}")).into_response();
+                return Err(Problem::invalid_field(name, format!("query parameter {name} {why}")));
             }
         }
     }
-    next.run(request).await
+    Ok(())
 }
 
 #[cfg(test)]
