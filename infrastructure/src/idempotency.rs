@@ -50,8 +50,8 @@ type Row = (String, String, String, String, DateTime<Utc>);
 pub async fn claim(db: &Database, request: &KeyedRequest<'_>) -> Result<Claim, sqlx::Error> {
     let KeyedRequest { scope, key, fingerprint, method, path, now } = *request;
     let forgotten_before = now - Duration::hours(RETENTION_HOURS);
-    db_execute!(db, "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3", scope, key, forgotten_before)?;
     for _ in 0..CLAIM_ATTEMPTS_MAX {
+        // A key's first use claims it in this one statement (most keyed requests).
         let inserted = db_execute!(
             db,
             "INSERT INTO idempotency_keys (scope, key, fingerprint, method, path, state, created_at, updated_at) \
@@ -65,6 +65,13 @@ pub async fn claim(db: &Database, request: &KeyedRequest<'_>) -> Result<Claim, s
         )?;
         if inserted == 1 {
             return Ok(Claim::Claimed);
+        }
+        // Bound already: a binding past retention is forgotten, and the key claimed anew
+        // on the next turn.
+        let forgotten =
+            db_execute!(db, "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND created_at < $3", scope, key, forgotten_before)?;
+        if forgotten == 1 {
+            continue;
         }
         let row = db_fetch_optional!(
             db,
