@@ -185,19 +185,34 @@ async fn team_with_history(client: &reqwest::Client, addr: SocketAddr, grants: u
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        let shown = granted_entries(client, addr, &key).await?;
+        if shown >= grants {
+            return Ok((team, key));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the credit history shows {shown} of {grants} grants");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many `granted` entries the team's credit history shows, every page read (each
+/// grant also leaves an operator entry beside it).
+async fn granted_entries(client: &reqwest::Client, addr: SocketAddr, key: &str) -> anyhow::Result<usize> {
+    let (mut shown, mut cursor) = (0, None::<String>);
+    loop {
+        let after = cursor.map(|c| format!("&cursor={c}")).unwrap_or_default();
         let page: serde_json::Value = client
-            .get(format!("http://{addr}/api/credits/history?limit=100"))
-            .bearer_auth(&key)
+            .get(format!("http://{addr}/api/credits/history?type=granted&limit=200{after}"))
+            .bearer_auth(key)
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
-        if page["items"].as_array().map_or(0, Vec::len) >= grants {
-            return Ok((team, key));
+        shown += page["items"].as_array().map_or(0, Vec::len);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return Ok(shown),
         }
-        anyhow::ensure!(Instant::now() < deadline, "the credit history never showed the grants: {page}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

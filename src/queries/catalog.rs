@@ -188,9 +188,11 @@ async fn find(
     let id_beyond = if id_order == "ASC" { ">" } else { "<" };
     let beyond = if position.is_some() { format!("AND ({column} {key_beyond} $5 OR ({column} = $5 AND id {id_beyond} $6))") } else { String::new() };
     let sql = format!(
-        "SELECT {COLUMNS} FROM reference_models WHERE ($1 IS NULL OR active = $1) AND ($2 IS NULL OR category = $2) \
-         AND ($3 IS NULL OR LOWER(name) LIKE $3 ESCAPE '\\') {beyond} \
-         ORDER BY {column} {key_order}, id {id_order} LIMIT $4"
+        "SELECT {COLUMNS} FROM reference_models WHERE TRUE{}{}{} {beyond} \
+         ORDER BY {column} {key_order}, id {id_order} LIMIT $4",
+        super::given(active.is_some(), " AND active = $1"),
+        super::given(category.is_some(), " AND category = $2"),
+        super::given(pattern.is_some(), " AND LOWER(name) LIKE $3 ESCAPE '\\'"),
     );
     let (category, fetched) = (category.map(Category::as_str), i64::from(limit) + 1);
     let rows = match position {

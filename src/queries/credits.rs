@@ -227,10 +227,11 @@ pub async fn history(
     rows_max: i64,
 ) -> Result<Vec<LedgerEntry>, QueryError> {
     let sql = format!(
-        "SELECT {ENTRY_COLUMNS} FROM credit_ledger WHERE team_id = $1 \
-           AND ($2 IS NULL OR occurred_at >= $2) AND ($3 IS NULL OR occurred_at < $3) \
-           AND ($4 IS NULL OR entry_type = $4) AND ($5 IS NULL OR entry_no < $5) \
-         ORDER BY entry_no DESC LIMIT $6"
+        "SELECT {ENTRY_COLUMNS} FROM credit_ledger WHERE team_id = $1{}{}{}{} ORDER BY entry_no DESC LIMIT $6",
+        super::given(filter.from.is_some(), " AND occurred_at >= $2"),
+        super::given(filter.to.is_some(), " AND occurred_at < $3"),
+        super::given(filter.entry_type.is_some(), " AND entry_type = $4"),
+        super::given(before.is_some(), " AND entry_no < $5"),
     );
     Ok(db_fetch_all!(db, LedgerEntry, &sql, team.to_string(), filter.from, filter.to, filter.entry_type, before, rows_max)?)
 }

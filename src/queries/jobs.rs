@@ -120,12 +120,18 @@ pub async fn page(db: &Database, team: TeamId, filter: &JobFilter, page: &Page, 
     let (cursor_at, cursor_id) = position.map(|p| (Some(p.at), Some(p.job_id.clone()))).unwrap_or((None, None));
     let (compare, order) = if newer { (">", "ASC") } else { ("<", "DESC") };
     let select = select_items(db);
+    let (like, from, until) = (filter.like_pattern(), filter.from_instant(), filter.until_instant());
+    let prompt_like = format!(" AND LOWER({prompt}) LIKE $5 ESCAPE '\\'");
+    let beyond = format!(" AND (queued_at {compare} $8 OR (queued_at = $8 AND jobs.job_id {compare} $9))");
     let sql = format!(
-        "{select} WHERE team_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR kind = $3) \
-         AND ($4 IS NULL OR model_id = $4) AND ($5 IS NULL OR LOWER({prompt}) LIKE $5 ESCAPE '\\') \
-         AND ($6 IS NULL OR queued_at >= $6) AND ($7 IS NULL OR queued_at < $7) \
-         AND ($8 IS NULL OR queued_at {compare} $8 OR (queued_at = $8 AND jobs.job_id {compare} $9)) \
-         ORDER BY queued_at {order}, jobs.job_id {order} LIMIT $10"
+        "{select} WHERE team_id = $1{}{}{}{}{}{}{} ORDER BY queued_at {order}, jobs.job_id {order} LIMIT $10",
+        super::given(filter.status.is_some(), " AND status = $2"),
+        super::given(filter.kind.is_some(), " AND kind = $3"),
+        super::given(filter.model_id.is_some(), " AND model_id = $4"),
+        super::given(like.is_some(), &prompt_like),
+        super::given(from.is_some(), " AND queued_at >= $6"),
+        super::given(until.is_some(), " AND queued_at < $7"),
+        super::given(cursor_at.is_some(), &beyond),
     );
     let mut items = db_fetch_all!(
         db,
@@ -135,9 +141,9 @@ pub async fn page(db: &Database, team: TeamId, filter: &JobFilter, page: &Page, 
         filter.status.map(|s| s.as_str()),
         filter.kind.map(|k| k.as_str()),
         filter.model_id.as_deref(),
-        filter.like_pattern(),
-        filter.from_instant(),
-        filter.until_instant(),
+        like,
+        from,
+        until,
         cursor_at,
         cursor_id,
         rows as i64 + 1

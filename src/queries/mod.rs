@@ -12,6 +12,21 @@ pub mod keys;
 pub mod models;
 pub mod webhooks;
 
+/// `clause` if the request gives that filter, else nothing: a list query names only the
+/// filters given. Every argument is still bound, given or not (PostgreSQL takes the
+/// types of the parameters a statement does not name from the bind; SQLite leaves them
+/// unused), so each combination of filters is a statement of its own that PostgreSQL
+/// plans once per connection. A `($n IS NULL OR …)` clause would instead be planned
+/// afresh at every execution: the generic plan cannot leave the clause out, so the
+/// planner judges a custom plan cheaper every time (≈ 40 µs of planning a list read).
+pub(crate) fn given(given: bool, clause: &str) -> &str {
+    if given {
+        clause
+    } else {
+        ""
+    }
+}
+
 /// The database a read that allows a replica goes to (`database.read_url`): the
 /// replica, or — for a read presenting a write's consistency token that the replica has
 /// not replayed within `database.read_wait_ms` — the primary. Counted by where it went

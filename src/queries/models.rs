@@ -45,9 +45,9 @@ pub async fn list(
 ) -> Result<Vec<ModelView>, QueryError> {
     let (cursor_at, cursor_id) = after.map(|(a, i)| (Some(a), Some(i))).unwrap_or((None, None));
     let sql = format!(
-        "SELECT {MODEL_COLUMNS} FROM custom_models WHERE team_id = $1 AND ($2 OR archived = $3) \
-         AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND model_id < $5)) \
-         ORDER BY created_at DESC, model_id DESC LIMIT $6"
+        "SELECT {MODEL_COLUMNS} FROM custom_models WHERE team_id = $1{}{} ORDER BY created_at DESC, model_id DESC LIMIT $6",
+        super::given(!include_archived, " AND archived = $3"),
+        super::given(cursor_at.is_some(), " AND (created_at < $4 OR (created_at = $4 AND model_id < $5))"),
     );
     Ok(db_fetch_all!(db, ModelView, &sql, team.to_string(), include_archived, false, cursor_at, cursor_id, rows_max)?)
 }
@@ -91,12 +91,15 @@ pub async fn images(
     rows_max: i64,
 ) -> Result<Vec<ImageRow>, QueryError> {
     let (cursor_at, cursor_key) = after.map(|(a, k)| (Some(a), Some(k))).unwrap_or((None, None));
+    let sql = format!(
+        "SELECT key, job_id, position, created_at FROM images WHERE model_id = $1 AND team_id = $2{} \
+         ORDER BY created_at DESC, key DESC LIMIT $5",
+        super::given(cursor_at.is_some(), " AND (created_at < $3 OR (created_at = $3 AND key < $4))"),
+    );
     Ok(db_fetch_all!(
         db,
         ImageRow,
-        "SELECT key, job_id, position, created_at FROM images WHERE model_id = $1 AND team_id = $2 \
-         AND ($3 IS NULL OR created_at < $3 OR (created_at = $3 AND key < $4)) \
-         ORDER BY created_at DESC, key DESC LIMIT $5",
+        &sql,
         model_id,
         team.to_string(),
         cursor_at,

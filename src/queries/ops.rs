@@ -31,15 +31,19 @@ pub struct TeamRow {
 /// (ids are UUIDv7: opening order) after `after`, at most `limit`.
 pub async fn teams(db: &Database, search: Option<&str>, after: Option<&str>, limit: i64) -> Result<Vec<TeamRow>, QueryError> {
     let pattern = search.map(like_pattern);
-    Ok(db_fetch_all!(
-        db,
-        TeamRow,
+    let sql = format!(
         "SELECT b.team_id, b.name, b.plan, b.available, b.reserved, \
                 CAST(COALESCE(d.running, 0) AS BIGINT) AS running, CAST(COALESCE(d.queued, 0) AS BIGINT) AS queued, \
                 b.updated_at AS last_activity_at \
          FROM team_balances b LEFT JOIN team_dispatch d ON d.team_id = b.team_id \
-         WHERE ($1 IS NULL OR LOWER(b.name) LIKE $1 ESCAPE '\\' OR b.team_id = $2) AND ($3 IS NULL OR b.team_id > $3) \
-         ORDER BY b.team_id LIMIT $4",
+         WHERE TRUE{}{} ORDER BY b.team_id LIMIT $4",
+        super::given(search.is_some(), " AND (LOWER(b.name) LIKE $1 ESCAPE '\\' OR b.team_id = $2)"),
+        super::given(after.is_some(), " AND b.team_id > $3"),
+    );
+    Ok(db_fetch_all!(
+        db,
+        TeamRow,
+        &sql,
         pattern,
         search.map(str::to_string),
         after.map(str::to_string),
@@ -187,16 +191,25 @@ fn like_pattern(text: &str) -> String {
 /// Jobs of every team, newest first, at most `limit`.
 pub async fn jobs(db: &Database, filter: &OpsJobFilter<'_>, limit: i64) -> Result<Vec<OpsJobRow>, QueryError> {
     let (stale_before, gone_before) = filter.stuck.map(|(s, g)| (Some(s), Some(g))).unwrap_or((None, None));
+    let sql = format!(
+        "SELECT j.job_id, j.team_id, b.name AS team_name, j.kind, j.status, j.attempt, j.cost, j.error, j.worker, j.queued_at, j.updated_at \
+         FROM jobs j JOIN team_balances b ON b.team_id = j.team_id \
+         WHERE TRUE{}{}{}{}{}{} ORDER BY j.queued_at DESC, j.job_id DESC LIMIT $8",
+        super::given(filter.status.is_some(), " AND j.status = $1"),
+        super::given(filter.kind.is_some(), " AND j.kind = $2"),
+        super::given(filter.team.is_some(), " AND j.team_id = $3"),
+        super::given(filter.queued_before.is_some(), " AND j.queued_at < $4"),
+        super::given(filter.error.is_some(), " AND LOWER(j.error) LIKE $5 ESCAPE '\\'"),
+        super::given(
+            filter.stuck.is_some(),
+            " AND j.status IN ('dispatched', 'running') AND (j.updated_at < $6 \
+              OR EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = j.worker AND w.heartbeat_at < $7))"
+        ),
+    );
     Ok(db_fetch_all!(
         db,
         OpsJobRow,
-        "SELECT j.job_id, j.team_id, b.name AS team_name, j.kind, j.status, j.attempt, j.cost, j.error, j.worker, j.queued_at, j.updated_at \
-         FROM jobs j JOIN team_balances b ON b.team_id = j.team_id \
-         WHERE ($1 IS NULL OR j.status = $1) AND ($2 IS NULL OR j.kind = $2) AND ($3 IS NULL OR j.team_id = $3) \
-           AND ($4 IS NULL OR j.queued_at < $4) AND ($5 IS NULL OR LOWER(j.error) LIKE $5 ESCAPE '\\') \
-           AND ($6 IS NULL OR (j.status IN ('dispatched', 'running') AND (j.updated_at < $6 \
-                OR EXISTS (SELECT 1 FROM workers w WHERE w.worker_id = j.worker AND w.heartbeat_at < $7)))) \
-         ORDER BY j.queued_at DESC, j.job_id DESC LIMIT $8",
+        &sql,
         filter.status,
         filter.kind,
         filter.team,

@@ -23,6 +23,7 @@ use crate::db::Database;
 
 pub use cqrs_repository::CqrsRepository;
 pub use inline::{values_sql, InlineProjection, ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
+pub use postgres::{APPEND_BEGIN, PREDECESSOR_HASHES_SQL};
 
 /// Time of one append (one transaction, any number of streams), by outcome.
 pub const APPEND_SECONDS: &str = "kiln_event_store_append_seconds";
