@@ -56,9 +56,9 @@ const SELECT_EVENTS: &str = "SELECT position, transaction_id::text::bigint AS co
 /// latency --only credits`). Here each is planned once per connection, generically. A
 /// generic plan cannot see an array's length, though, and one made while a table was
 /// small (a fresh database) could scan that table whole or hash it, and keep doing so as
-/// it grows; so these plans may only look rows up through indexes, in nested loops.
-/// Every statement an append runs has the index its keys need (a test checks the
-/// plans).
+/// it grows; so these plans may only look rows up through indexes, in nested loops (a
+/// statement with no index for its keys would still scan: the settings only price the
+/// other ways out). A test checks the credit path's plans.
 pub const APPEND_BEGIN: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off; \
      SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
