@@ -100,16 +100,15 @@ async fn an_ordinary_flow_with_a_killed_worker_ends_with_rebuild_verify_and_audi
     // Kill -9 worker A once something has completed and A holds jobs; more jobs arrive
     // meanwhile.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let orphaned = loop {
-        let held = held_by(&app, &worker_a).await;
-        if completed_count(&app).await > 0 && !held.is_empty() {
-            break held;
-        }
+    while completed_count(&app).await == 0 || held_by(&app, &worker_a).await.is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "worker A never held a job while others completed");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    }
     a.kill().expect("kill -9 worker A");
     a.wait().expect("reap worker A");
+    // What A held when it died (a job it finished between the look above and the kill is
+    // not among them); B takes these over once A's heartbeat or leases run out.
+    let orphaned = held_by(&app, &worker_a).await;
     for (team, model) in teams.iter_mut().zip(&model_of).take(3) {
         for n in 0..2 {
             let (status, accepted) = generate(&app, &team.key, model, &format!("late {n}")).await;
