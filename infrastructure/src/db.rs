@@ -168,8 +168,9 @@ impl Database {
 
     /// Connects to a PostgreSQL read replica (`database.read_url`): a pool that lends
     /// connections to a read-only server (the writable pool's checks would refuse them),
-    /// pinged before lending one idle a while (`db_health::lend_if_alive`). Lazy: no connection is made
-    /// until a read asks for one, so a replica that is down does not stop Kiln starting.
+    /// pinged before lending one idle a while (`db_health::lend_if_alive`). Lazy: no
+    /// connection is made until a read asks for one, so a replica that is down does not
+    /// stop Kiln starting.
     pub fn connect_replica(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Self, DbError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(DbError::UnsupportedUrl);

@@ -161,7 +161,7 @@ async fn find(
     limit: u32,
     cursor: Option<&str>,
 ) -> Result<CatalogPage, CatalogError> {
-    let pattern = name_contains.map(str::trim).filter(|t| !t.is_empty()).map(like_pattern);
+    let pattern = name_contains.map(str::trim).filter(|t| !t.is_empty()).map(super::like_pattern);
     let limit = limit.clamp(1, PAGE_LIMIT_MAX);
     let position = cursor.map(|c| Position::parse(c, sort)).transpose()?;
     let direction = position.as_ref().map_or(Direction::After, |(d, _, _)| *d);
@@ -216,12 +216,6 @@ async fn find(
         (items.last().map(|m| Position::of(Direction::After, sort, m)), prev.map(|m| Position::of(Direction::Before, sort, m)))
     };
     Ok(CatalogPage { items, next_cursor, prev_cursor })
-}
-
-/// `%text%` in lower case, with LIKE's wildcards in `text` escaped.
-fn like_pattern(text: &str) -> String {
-    let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-    format!("%{escaped}%")
 }
 
 /// One model, active or not; `None` if there is no such id.

@@ -89,10 +89,7 @@ impl JobFilter {
 
     /// The `LIKE` pattern of the search, lower-cased, its wildcards taken literally.
     pub fn like_pattern(&self) -> Option<String> {
-        self.search.as_ref().map(|q| {
-            let escaped = q.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            format!("%{escaped}%")
-        })
+        self.search.as_deref().map(crate::queries::like_pattern)
     }
 
     /// The first instant of `from`.

@@ -27,6 +27,14 @@ pub(crate) fn given(given: bool, clause: &str) -> &str {
     }
 }
 
+/// The `LIKE` pattern (with `ESCAPE '\'`) of a text search: `text` anywhere, any case
+/// (lower-cased: the queries compare `LOWER(column)`), its `%`, `_` and `\` taken
+/// literally. One rule for every search box (jobs, catalog, the console).
+pub(crate) fn like_pattern(text: &str) -> String {
+    let escaped = text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 /// The database a read that allows a replica goes to (`database.read_url`): the
 /// replica, or — for a read presenting a write's consistency token that the replica has
 /// not replayed within `database.read_wait_ms` — the primary. Counted by where it went

@@ -30,7 +30,7 @@ pub struct TeamRow {
 /// Teams whose name contains `search` (any case) or whose id is `search`, in id order
 /// (ids are UUIDv7: opening order) after `after`, at most `limit`.
 pub async fn teams(db: &Database, search: Option<&str>, after: Option<&str>, limit: i64) -> Result<Vec<TeamRow>, QueryError> {
-    let pattern = search.map(like_pattern);
+    let pattern = search.map(super::like_pattern);
     let sql = format!(
         "SELECT b.team_id, b.name, b.plan, b.available, b.reserved, \
                 CAST(COALESCE(d.running, 0) AS BIGINT) AS running, CAST(COALESCE(d.queued, 0) AS BIGINT) AS queued, \
@@ -184,10 +184,6 @@ pub struct OpsJobFilter<'a> {
     pub stuck: Option<(DateTime<Utc>, DateTime<Utc>)>,
 }
 
-fn like_pattern(text: &str) -> String {
-    format!("%{}%", text.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
-}
-
 /// Jobs of every team, newest first, at most `limit`.
 pub async fn jobs(db: &Database, filter: &OpsJobFilter<'_>, limit: i64) -> Result<Vec<OpsJobRow>, QueryError> {
     let (stale_before, gone_before) = filter.stuck.map(|(s, g)| (Some(s), Some(g))).unwrap_or((None, None));
@@ -214,7 +210,7 @@ pub async fn jobs(db: &Database, filter: &OpsJobFilter<'_>, limit: i64) -> Resul
         filter.kind,
         filter.team,
         filter.queued_before,
-        filter.error.map(like_pattern),
+        filter.error.map(super::like_pattern),
         stale_before,
         gone_before,
         limit
