@@ -10,7 +10,7 @@ use application::event_store::StoredEvent;
 use async_trait::async_trait;
 use domain::TeamCredits;
 use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
-use infrastructure::{tx_execute_values, tx_fetch_optional};
+use infrastructure::{tx_execute_values, tx_fetch_by_keys};
 
 use crate::credit_fold::{self, LedgerEntry, OpenReservations, ReservationChange, Running};
 use crate::decode;
@@ -27,41 +27,65 @@ impl InlineProjection for CreditHistory {
     }
 
     async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        // Running balances of the teams seen in this batch: one read per team per batch.
-        let mut running: HashMap<&str, Running> = HashMap::new();
-        let mut rows: Vec<(&str, LedgerEntry)> = Vec::new();
+        // Each money event's entry, in log order; the operation of a reservation opened
+        // in this batch is named from it.
+        let mut decided: Vec<(&StoredEvent, credit_fold::Effect, credit_fold::Entry, bool)> = Vec::new();
         let mut open = OpenReservations::default();
+        // Reservations opened in earlier batches whose end names no operation yet.
+        let mut unnamed: Vec<String> = Vec::new();
         for stored in events.iter().filter(|e| e.aggregate_type == <TeamCredits as cqrs_es::Aggregate>::TYPE) {
             let mut effect = credit_fold::effect(decode::<TeamCredits>(stored)?);
             open.name_operation(&mut effect);
-            let Some(mut entry) = effect.entry.take() else { continue };
-            if matches!(effect.reservation, Some(ReservationChange::Ends { .. })) && entry.operation.is_none() {
-                // Reserved in an earlier batch: the inline reservations table (written
-                // when the reservation was appended, so always ahead of this projection)
-                // has it, by primary key.
-                let row = tx_fetch_optional!(
-                    &mut *tx,
-                    (String,),
-                    "SELECT operation FROM credit_reservations WHERE reservation_id = $1",
-                    &entry.reference
-                )?;
-                entry.operation = row.and_then(|(operation,)| operation.parse::<domain::Operation>().ok()).map(|o| o.as_str());
+            let Some(entry) = effect.entry.take() else { continue };
+            let named_earlier = matches!(effect.reservation, Some(ReservationChange::Ends { .. })) && entry.operation.is_none();
+            if named_earlier {
+                unnamed.push(entry.reference.clone());
+            }
+            decided.push((stored, effect, entry, named_earlier));
+        }
+        if decided.is_empty() {
+            return Ok(());
+        }
+        // Two reads for the whole batch, not one per team and one per ending: the inline
+        // reservations table (written when a reservation was appended, so always ahead of
+        // this projection) names the operations; each team's last entry is where its
+        // ledger stands.
+        let operations: HashMap<String, &'static str> = tx_fetch_by_keys!(
+            &mut *tx,
+            (String, String),
+            "SELECT reservation_id, operation FROM credit_reservations WHERE reservation_id = ANY($1::text[])",
+            "SELECT reservation_id, operation FROM credit_reservations WHERE reservation_id = $1",
+            &unnamed.iter().map(String::as_str).collect::<Vec<_>>()
+        )?
+        .into_iter()
+        .filter_map(|(reservation, operation)| Some((reservation, operation.parse::<domain::Operation>().ok()?.as_str())))
+        .collect();
+        let mut teams: Vec<&str> = decided.iter().map(|(stored, ..)| stored.aggregate_id.as_str()).collect();
+        teams.sort_unstable();
+        teams.dedup();
+        let mut running: HashMap<String, Running> = tx_fetch_by_keys!(
+            &mut *tx,
+            (String, i64, i64, i64),
+            "SELECT t.team_id, l.entry_no, l.available_after, l.reserved_after FROM UNNEST($1::text[]) AS t(team_id) \
+             CROSS JOIN LATERAL (SELECT entry_no, available_after, reserved_after FROM credit_ledger \
+                WHERE team_id = t.team_id ORDER BY entry_no DESC LIMIT 1) AS l",
+            "SELECT team_id, entry_no, available_after, reserved_after FROM credit_ledger \
+             WHERE team_id = $1 ORDER BY entry_no DESC LIMIT 1",
+            &teams
+        )?
+        .into_iter()
+        .map(|(team, entry_no, available, reserved)| (team, Running { entry_no, available, reserved }))
+        .collect();
+        let mut rows: Vec<(&str, LedgerEntry)> = Vec::with_capacity(decided.len());
+        for (stored, effect, mut entry, named_earlier) in decided {
+            if named_earlier {
+                entry.operation = operations.get(&entry.reference).copied();
             }
             let team = stored.aggregate_id.as_str();
-            let last = match running.get(team) {
-                Some(last) => *last,
-                None => tx_fetch_optional!(
-                    &mut *tx,
-                    (i64, i64, i64),
-                    "SELECT entry_no, available_after, reserved_after FROM credit_ledger \
-                     WHERE team_id = $1 ORDER BY entry_no DESC LIMIT 1",
-                    team
-                )?
-                .map_or(Running::default(), |(entry_no, available, reserved)| Running { entry_no, available, reserved }),
-            };
+            let last = running.get(team).copied().unwrap_or_default();
             let next = last.next(&effect.balance);
             rows.push((team, entry.at(next, stored.sequence, effect.occurred_at)));
-            running.insert(team, next);
+            running.insert(team.to_string(), next);
         }
         // One multi-row insert per chunk instead of a statement per entry: the projector
         // and a rebuild apply thousands of events per batch.
@@ -88,3 +112,4 @@ impl InlineProjection for CreditHistory {
         Ok(())
     }
 }
+

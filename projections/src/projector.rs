@@ -3,10 +3,11 @@
 //! one transaction, so every event is applied exactly once per projection, whatever
 //! crashes in between.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use application::event_store::{EventStore, EventStoreError, LogPosition};
+use application::event_store::{EventStore, EventStoreError, LogPosition, StoredEvent};
 use infrastructure::db::Database;
 use infrastructure::event_store::{InlineProjection, SqlEventStore, Tx};
 use tokio::sync::watch;
@@ -37,11 +38,17 @@ pub struct Projector {
     store: SqlEventStore,
     projections: Vec<Arc<AsyncProjection>>,
     batch_size: i64,
+    /// Where each projection's checkpoint stood when this projector last wrote or locked
+    /// it: the log is first read from there, without a transaction, so a step that finds
+    /// nothing new costs one read (it is woken by every local commit, and most find
+    /// nothing yet: the log is only read below the oldest transaction still open). The
+    /// stored checkpoint, locked, still decides what is applied.
+    known: Arc<Mutex<HashMap<&'static str, LogPosition>>>,
 }
 
 impl Projector {
     pub fn new(store: SqlEventStore, projections: Vec<Arc<AsyncProjection>>) -> Self {
-        Self { store, projections, batch_size: BATCH_SIZE_DEFAULT }
+        Self { store, projections, batch_size: BATCH_SIZE_DEFAULT, known: Arc::default() }
     }
 
     pub fn projections(&self) -> &[Arc<AsyncProjection>] {
@@ -56,7 +63,9 @@ impl Projector {
             loop {
                 let done = self.step(projection.as_ref()).await?;
                 applied += done;
-                if done == 0 {
+                // A short batch read everything visible then: another step now would
+                // only find the log empty (five round trips for nothing).
+                if done < self.batch_size as u64 {
                     break;
                 }
             }
@@ -92,31 +101,57 @@ impl Projector {
     /// One batch for one projection: lock its checkpoint, read the log after it, apply,
     /// move the checkpoint, commit. The lock makes concurrent projectors (two `kiln`
     /// processes, or a catch-up beside the background loop) take turns instead of
-    /// applying the same events twice.
+    /// applying the same events twice. When the log has nothing after the checkpoint this
+    /// projector last saw, no transaction is opened.
     async fn step(&self, projection: &AsyncProjection) -> Result<u64, ProjectorError> {
-        match self.store.database() {
+        let name = projection.name();
+        let known = self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).copied();
+        let ahead = match known {
+            Some(from) => {
+                let events = self.store.read_log(from, self.batch_size).await?;
+                if events.is_empty() {
+                    return Ok(0);
+                }
+                Some((from, events))
+            }
+            None => None,
+        };
+        let (applied, at) = match self.store.database() {
             Database::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                let applied = self.step_in(&mut Tx::Postgres(&mut tx), projection).await?;
+                let done = self.step_in(&mut Tx::Postgres(&mut tx), projection, ahead).await?;
                 tx.commit().await?;
-                Ok(applied)
+                done
             }
             Database::Sqlite { write, .. } => {
                 // IMMEDIATE takes SQLite's write lock: the checkpoint is ours until commit.
                 let mut tx = write.begin_with("BEGIN IMMEDIATE").await?;
-                let applied = self.step_in(&mut Tx::Sqlite(&mut tx), projection).await?;
+                let done = self.step_in(&mut Tx::Sqlite(&mut tx), projection, ahead).await?;
                 tx.commit().await?;
-                Ok(applied)
+                done
             }
-        }
+        };
+        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name, at);
+        Ok(applied)
     }
 
-    async fn step_in(&self, tx: &mut Tx<'_>, projection: &AsyncProjection) -> Result<u64, ProjectorError> {
+    /// `ahead`: events read (outside the transaction) after a position; used if the
+    /// locked checkpoint is that position, read again from the checkpoint otherwise.
+    /// Returns the events applied and where the checkpoint now stands.
+    async fn step_in(
+        &self,
+        tx: &mut Tx<'_>,
+        projection: &AsyncProjection,
+        ahead: Option<(LogPosition, Vec<StoredEvent>)>,
+    ) -> Result<(u64, LogPosition), ProjectorError> {
         let name = projection.name();
         let checkpoint = lock_checkpoint(tx, name).await?;
-        let events = self.store.read_log(checkpoint, self.batch_size).await?;
+        let events = match ahead {
+            Some((from, events)) if from == checkpoint => events,
+            _ => self.store.read_log(checkpoint, self.batch_size).await?,
+        };
         let Some(last) = events.last().map(|e| e.log_position) else {
-            return Ok(0);
+            return Ok((0, checkpoint));
         };
         projection.apply(tx, &events).await.map_err(|error| ProjectorError::Projection {
             projection: name.to_string(),
@@ -124,7 +159,7 @@ impl Projector {
             reason: error.to_string(),
         })?;
         infrastructure::tx_execute!(&mut *tx, SAVE_CHECKPOINT, name, last.commit_order, last.position)?;
-        Ok(events.len() as u64)
+        Ok((events.len() as u64, last))
     }
 
     /// Runs until `stop` flips to true: catches up, then waits for a local commit or the
@@ -138,7 +173,11 @@ impl Projector {
             tokio::select! {
                 _ = stop.changed() => {}
                 _ = commits.changed() => {}
-                _ = tokio::time::sleep(POLL_INTERVAL_DEFAULT) => {}
+                _ = tokio::time::sleep(POLL_INTERVAL_DEFAULT) => {
+                    // Quiet: look at the stored checkpoints again (another process, a
+                    // rebuild's swap, may have moved them while no event came).
+                    self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+                }
             }
             if *stop.borrow() {
                 return;
@@ -160,17 +199,22 @@ const SAVE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET commit_order = 
      updated_at = CURRENT_TIMESTAMP WHERE name = $1";
 
 /// Reads a projection's checkpoint inside `tx`, locking it (PostgreSQL row lock; on
-/// SQLite the transaction already holds the write lock).
+/// SQLite the transaction already holds the write lock). Its row is made on first use.
 async fn lock_checkpoint(tx: &mut Tx<'_>, name: &str) -> Result<LogPosition, sqlx::Error> {
-    infrastructure::tx_execute!(
-        &mut *tx,
-        "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING",
-        name
-    )?;
     let sql = match tx {
         Tx::Postgres(_) => "SELECT commit_order, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
         Tx::Sqlite(_) => "SELECT commit_order, position FROM projection_checkpoints WHERE name = $1",
     };
-    let row = infrastructure::tx_fetch_optional!(&mut *tx, (i64, i64), sql, name)?;
+    let mut row = infrastructure::tx_fetch_optional!(&mut *tx, (i64, i64), sql, name)?;
+    if row.is_none() {
+        // Two projectors starting at once both insert; one row remains, which the second
+        // read locks (waiting for the other's transaction).
+        infrastructure::tx_execute!(
+            &mut *tx,
+            "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING",
+            name
+        )?;
+        row = infrastructure::tx_fetch_optional!(&mut *tx, (i64, i64), sql, name)?;
+    }
     Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }).unwrap_or(LogPosition::START))
 }

@@ -22,7 +22,7 @@ use domain::models::ModelEvent;
 use domain::webhooks::{EventType, WebhookEndpoint, WebhookEvent};
 use domain::{TeamCredits, TeamCreditsEvent};
 use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
-use infrastructure::{tx_execute, tx_fetch_optional};
+use infrastructure::{tx_execute, tx_fetch_by_keys, tx_fetch_optional};
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -198,6 +198,7 @@ async fn apply_endpoint(tx: &mut Tx<'_>, event: WebhookEvent) -> Result<(), sqlx
 }
 
 /// Whose event it is, as the read models know it.
+#[derive(Clone, Copy)]
 enum Owner<'a> {
     Team(&'a str),
     Job(&'a str),
@@ -209,6 +210,15 @@ enum Owner<'a> {
 enum Notice<'a> {
     Message(Owner<'a>, EventType, WebhookData, DateTime<Utc>),
     Spent { team: &'a str, available_change: i64, occurred_at: DateTime<Utc> },
+}
+
+impl<'a> Notice<'a> {
+    fn owner(&self) -> Owner<'a> {
+        match self {
+            Notice::Message(owner, ..) => *owner,
+            Notice::Spent { team, .. } => Owner::Team(team),
+        }
+    }
 }
 
 fn notice(stored: &StoredEvent) -> Result<Option<Notice<'_>>, ProjectionError> {
@@ -297,23 +307,70 @@ impl InlineProjection for WebhookDeliveriesProjection {
     }
 
     async fn apply(&self, tx: &mut Tx<'_>, events: &[StoredEvent]) -> Result<(), ProjectionError> {
-        let mut teams: HashMap<String, String> = HashMap::new();
-        let mut subscribers: HashMap<String, Vec<Subscriber>> = HashMap::new();
+        let mut notices: Vec<(&StoredEvent, Notice<'_>)> = Vec::new();
         for stored in events {
-            let Some(notice) = notice(stored)? else { continue };
-            let owner = match &notice {
-                Notice::Message(owner, ..) => owner,
-                Notice::Spent { team, .. } => &Owner::Team(team),
-            };
-            let Some(team) = team_of(tx, owner, &mut teams).await? else { continue };
-            if !subscribers.contains_key(&team) {
-                let found = endpoints_of(tx, &team).await?;
-                subscribers.insert(team.clone(), found);
+            if let Some(notice) = notice(stored)? {
+                notices.push((stored, notice));
             }
-            let endpoints = &subscribers[&team];
-            if endpoints.is_empty() {
-                continue;
+        }
+        if notices.is_empty() {
+            return Ok(());
+        }
+        // Whose each notice is, and the teams' endpoints: a few reads for the whole batch,
+        // not one per job and per team (the inline read models are always ahead of the
+        // projector).
+        let (mut jobs, mut models): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        for (_, notice) in &notices {
+            match notice.owner() {
+                Owner::Job(id) => jobs.push(id),
+                Owner::Model(id) => models.push(id),
+                Owner::Team(_) => {}
             }
+        }
+        let job_teams: HashMap<String, String> = tx_fetch_by_keys!(
+            &mut *tx,
+            (String, String),
+            "SELECT job_id, team_id FROM jobs WHERE job_id = ANY($1::text[])",
+            "SELECT job_id, team_id FROM jobs WHERE job_id = $1",
+            &jobs
+        )?
+        .into_iter()
+        .collect();
+        let model_teams: HashMap<String, String> = tx_fetch_by_keys!(
+            &mut *tx,
+            (String, String),
+            "SELECT model_id, team_id FROM custom_models WHERE model_id = ANY($1::text[])",
+            "SELECT model_id, team_id FROM custom_models WHERE model_id = $1",
+            &models
+        )?
+        .into_iter()
+        .collect();
+        let team_of = |owner: Owner<'_>| -> Option<String> {
+            match owner {
+                Owner::Team(team) => Some(team.to_string()),
+                Owner::Job(id) => job_teams.get(id).cloned(),
+                Owner::Model(id) => model_teams.get(id).cloned(),
+            }
+        };
+        let mut teams: Vec<String> = notices.iter().filter_map(|(_, n)| team_of(n.owner())).collect();
+        teams.sort_unstable();
+        teams.dedup();
+        let mut subscribers: HashMap<String, Vec<Subscriber>> = HashMap::new();
+        let rows = tx_fetch_by_keys!(
+            &mut *tx,
+            (String, String, String, Option<i64>, DateTime<Utc>),
+            "SELECT team_id, endpoint_id, event_types, credits_low_threshold, created_at FROM webhook_endpoints \
+             WHERE team_id = ANY($1::text[]) AND enabled AND deleted_at IS NULL",
+            "SELECT team_id, endpoint_id, event_types, credits_low_threshold, created_at FROM webhook_endpoints \
+             WHERE team_id = $1 AND enabled AND deleted_at IS NULL",
+            &teams.iter().map(String::as_str).collect::<Vec<_>>()
+        )?;
+        for (team, endpoint_id, event_types, threshold, created_at) in rows {
+            subscribers.entry(team).or_default().push(Subscriber { endpoint_id, event_types, threshold, created_at });
+        }
+        for (stored, notice) in notices {
+            let Some(team) = team_of(notice.owner()) else { continue };
+            let Some(endpoints) = subscribers.get(&team) else { continue };
             match notice {
                 Notice::Message(_, event_type, data, at) => {
                     let message = WebhookMessage { event_type: event_type.as_str().to_string(), timestamp: at, data };
@@ -348,40 +405,6 @@ impl InlineProjection for WebhookDeliveriesProjection {
     }
 }
 
-async fn team_of(tx: &mut Tx<'_>, owner: &Owner<'_>, known: &mut HashMap<String, String>) -> Result<Option<String>, sqlx::Error> {
-    let (key, sql, id) = match owner {
-        Owner::Team(team) => return Ok(Some(team.to_string())),
-        Owner::Job(id) => (format!("job/{id}"), "SELECT team_id FROM jobs WHERE job_id = $1", *id),
-        Owner::Model(id) => (format!("model/{id}"), "SELECT team_id FROM custom_models WHERE model_id = $1", *id),
-    };
-    if let Some(team) = known.get(&key) {
-        return Ok(Some(team.clone()));
-    }
-    // The inline read models are always ahead of the projector.
-    let team = tx_fetch_optional!(&mut *tx, (String,), sql, id)?.map(|(team,)| team);
-    if let Some(team) = &team {
-        known.insert(key, team.clone());
-    }
-    Ok(team)
-}
-
-async fn endpoints_of(tx: &mut Tx<'_>, team: &str) -> Result<Vec<Subscriber>, sqlx::Error> {
-    let rows = match tx {
-        Tx::Postgres(conn) => {
-            sqlx::query_as::<_, (String, String, Option<i64>, DateTime<Utc>)>(ENDPOINTS_OF).bind(team).fetch_all(&mut **conn).await?
-        }
-        Tx::Sqlite(conn) => {
-            sqlx::query_as::<_, (String, String, Option<i64>, DateTime<Utc>)>(ENDPOINTS_OF).bind(team).fetch_all(&mut **conn).await?
-        }
-    };
-    Ok(rows
-        .into_iter()
-        .map(|(endpoint_id, event_types, threshold, created_at)| Subscriber { endpoint_id, event_types, threshold, created_at })
-        .collect())
-}
-
-const ENDPOINTS_OF: &str = "SELECT endpoint_id, event_types, credits_low_threshold, created_at FROM webhook_endpoints \
-     WHERE team_id = $1 AND enabled AND deleted_at IS NULL";
 
 /// The team's available credits after the event at `sequence`, from the credit history
 /// (which the projector runs first). Missing means the history is behind (another

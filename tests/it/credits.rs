@@ -241,6 +241,85 @@ async fn bad_input_is_refused_with_a_problem_and_records_nothing() {
     }
 }
 
+/// Two projectors (two processes) taking turns on one log: each reads the log from where
+/// it last left its checkpoints, and whatever the other applied since is not applied
+/// again; a batch of many teams, with endings of reservations made in earlier batches,
+/// leaves each team's ledger exactly as the audit replays it from the events.
+async fn projectors_taking_turns_apply_each_event_once(app: TestApp) {
+    let credits = &app.state.credits;
+    let meta = json!({});
+    let teams: Vec<TeamId> = {
+        let mut teams = Vec::new();
+        for n in 0..5 {
+            teams.push(team_id(&app.create_team(&format!("P{n}"), "pro").await));
+        }
+        teams
+    };
+    let (first, second) = (
+        projections::projector::Projector::new(app.state.store.clone(), projections::async_projections()),
+        projections::projector::Projector::new(app.state.store.clone(), projections::async_projections()),
+    );
+    let mut open: Vec<(TeamId, JobId)> = Vec::new();
+    for round in 0..6 {
+        for (n, team) in teams.iter().enumerate() {
+            let now = app.clock.now();
+            let grant = TeamCreditsCommand::GrantCredits {
+                grant_id: domain::GrantId::new(uuid::Uuid::now_v7()),
+                amount: Credits::parse(100).expect("positive"),
+                source: domain::GrantSource::Admin,
+                expires_at: None,
+                key: domain::IdempotencyKey::parse(format!("turns-{round}-{n}")).expect("key"),
+                now,
+            };
+            credits.execute(*team, grant, &meta).await.expect("grant");
+            let job = JobId::new(uuid::Uuid::now_v7());
+            credits.execute(*team, reserve(job, 10 + n as i64, now), &meta).await.expect("reserve");
+            open.push((*team, job));
+        }
+        // End the reservations of the round before: their reserved entries are in a
+        // batch one of the projectors already applied.
+        let ending: Vec<(TeamId, JobId)> = open.drain(..open.len().saturating_sub(teams.len())).collect();
+        for (k, (team, job)) in ending.into_iter().enumerate() {
+            let now = app.clock.now();
+            let end = if k % 2 == 0 {
+                TeamCreditsCommand::DeductCredits { reservation_id: job, now }
+            } else {
+                TeamCreditsCommand::RefundCredits { reservation_id: job, now }
+            };
+            credits.execute(team, end, &meta).await.expect("end");
+        }
+        let turn = if round % 2 == 0 { &first } else { &second };
+        turn.catch_up().await.expect("projector");
+    }
+    first.catch_up_to_head(std::time::Duration::from_secs(30)).await.expect("projector");
+    second.catch_up_to_head(std::time::Duration::from_secs(30)).await.expect("projector");
+    app.state.projector.catch_up_to_head(std::time::Duration::from_secs(30)).await.expect("projector");
+    for team in &teams {
+        let replay = projections::audit::replay(&app.state.db, &team.to_string(), None).await.expect("replay");
+        assert!(replay.violations.is_empty(), "{:?}", replay.violations);
+        let filter = kiln::queries::credits::LedgerFilter::default();
+        let mut history = kiln::queries::credits::history(&app.state.db, *team, &filter, None, 10_000).await.expect("history");
+        history.reverse();
+        let replayed: Vec<_> = replay.entries.into_iter().map(|e| kiln::queries::credits::LedgerEntry { hash: None, ..e }).collect();
+        let count = |types: &[&str]| history.iter().filter(|e| types.contains(&e.entry_type.as_str())).count();
+        // Six rounds of a grant and a reservation; the reservations of five rounds ended.
+        assert_eq!((count(&["granted"]), count(&["reserved"]), count(&["deducted", "refunded"])), (6, 6, 5), "ledger of {team}");
+        assert_eq!(history, replayed, "ledger of {team}");
+        assert!(history.iter().filter(|e| e.entry_type == "deducted" || e.entry_type == "refunded").all(|e| e.operation.as_deref() == Some("image_generation")));
+    }
+    app.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn postgres_projectors_taking_turns_apply_each_event_once() {
+    projectors_taking_turns_apply_each_event_once(TestApp::spawn(TestDb::postgres().await).await).await;
+}
+
+#[tokio::test]
+async fn sqlite_projectors_taking_turns_apply_each_event_once() {
+    projectors_taking_turns_apply_each_event_once(TestApp::spawn(TestDb::sqlite().await).await).await;
+}
+
 #[tokio::test]
 async fn history_lists_every_entry_with_running_balance_filters_and_pages() {
     let app = TestApp::spawn(TestDb::postgres().await).await;

@@ -78,6 +78,37 @@ macro_rules! tx_fetch_optional {
     }};
 }
 
+/// Fetches the rows of many keys as `$row`s: on PostgreSQL in one statement, `$many`, with
+/// the keys bound as `$1` (a `text[]`); on SQLite with `$one` once per key, bound as `$1`
+/// (local reads: there is no round trip to save, and no arrays). Both return the same
+/// columns, the key among them, for the caller to match rows to keys. No keys, no read.
+#[macro_export]
+macro_rules! tx_fetch_by_keys {
+    ($tx:expr, $row:ty, $many:expr, $one:expr, $keys:expr $(,)?) => {{
+        let keys: &[&str] = $keys;
+        match $tx {
+            _ if keys.is_empty() => Ok(Vec::<$row>::new()),
+            $crate::event_store::Tx::Postgres(conn) => {
+                ::sqlx::query_as::<_, $row>($many).bind(keys).fetch_all(&mut **conn).await
+            }
+            $crate::event_store::Tx::Sqlite(conn) => {
+                let mut rows: Vec<$row> = Vec::new();
+                let mut failed = None;
+                for key in keys {
+                    match ::sqlx::query_as::<_, $row>($one).bind(*key).fetch_all(&mut **conn).await {
+                        Ok(found) => rows.extend(found),
+                        Err(error) => {
+                            failed = Some(error);
+                            break;
+                        }
+                    }
+                }
+                failed.map_or(Ok(rows), Err)
+            }
+        }
+    }};
+}
+
 /// `{head} VALUES ($1, $2), ($3, $4), … {tail}` for `rows` rows of `columns` values.
 /// Used for multi-row inserts and for `UPDATE … FROM (VALUES …) AS v` (both databases
 /// name the columns of a VALUES list `column1`, `column2`, …).
