@@ -112,4 +112,3 @@ impl InlineProjection for CreditHistory {
         Ok(())
     }
 }
-
