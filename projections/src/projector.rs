@@ -14,8 +14,14 @@ use tokio::sync::watch;
 
 /// Events read and applied per transaction.
 pub const BATCH_SIZE_DEFAULT: i64 = 1_000;
-/// How often the log is polled for events written by other processes.
-pub const POLL_INTERVAL_DEFAULT: Duration = Duration::from_millis(250);
+/// How often the log is polled for events written by other processes (a local commit
+/// wakes the projector at once). Short: what other processes wrote meanwhile is applied
+/// in one batch, and a long pause makes a large batch that holds up everyone's commits
+/// while it runs; a poll that finds nothing costs one read.
+pub const POLL_INTERVAL_DEFAULT: Duration = Duration::from_millis(50);
+/// How long the projector goes on from the checkpoints it remembers before it looks at
+/// the stored ones again (see `Projector::known`).
+const KNOWN_FORGOTTEN_AFTER: Duration = Duration::from_secs(1);
 
 /// An async projection has the same shape as an inline one: events in, SQL in a
 /// transaction. What differs is when it runs.
@@ -166,6 +172,7 @@ impl Projector {
     /// poll interval. Errors are logged and retried after the interval.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut commits = self.store.subscribe_commits();
+        let mut remembered_since = tokio::time::Instant::now();
         loop {
             if let Err(error) = self.catch_up().await {
                 tracing::error!(%error, "projector step failed; retrying");
@@ -174,9 +181,12 @@ impl Projector {
                 _ = stop.changed() => {}
                 _ = commits.changed() => {}
                 _ = tokio::time::sleep(POLL_INTERVAL_DEFAULT) => {
-                    // Quiet: look at the stored checkpoints again (another process, a
-                    // rebuild's swap, may have moved them while no event came).
-                    self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+                    // Quiet: now and then look at the stored checkpoints again (another
+                    // process, a rebuild's swap, may have moved them while no event came).
+                    if remembered_since.elapsed() >= KNOWN_FORGOTTEN_AFTER {
+                        self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+                        remembered_since = tokio::time::Instant::now();
+                    }
                 }
             }
             if *stop.borrow() {
