@@ -70,7 +70,7 @@ impl Projector {
                 let done = self.step(projection.as_ref()).await?;
                 applied += done;
                 // A short batch read everything visible then: another step now would
-                // only find the log empty (five round trips for nothing).
+                // only find the log empty.
                 if done < self.batch_size as u64 {
                     break;
                 }
