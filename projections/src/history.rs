@@ -82,10 +82,13 @@ impl InlineProjection for CreditHistory {
                 entry.operation = operations.get(&entry.reference).copied();
             }
             let team = stored.aggregate_id.as_str();
-            let last = running.get(team).copied().unwrap_or_default();
-            let next = last.next(&effect.balance);
-            rows.push((team, entry.at(next, stored.sequence, effect.occurred_at)));
-            running.insert(team.to_string(), next);
+            // A team with no entry yet gets its key once; the others are moved in place.
+            let last = match running.get_mut(team) {
+                Some(last) => last,
+                None => running.entry(team.to_string()).or_default(),
+            };
+            *last = last.next(&effect.balance);
+            rows.push((team, entry.at(*last, stored.sequence, effect.occurred_at)));
         }
         // One multi-row insert per chunk instead of a statement per entry: the projector
         // and a rebuild apply thousands of events per batch.

@@ -205,8 +205,12 @@ pub async fn load_checkpoint(db: &Database, name: &str) -> Result<LogPosition, s
     Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }).unwrap_or(LogPosition::START))
 }
 
-const SAVE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET commit_order = $2, position = $3, \
+/// Moves a projection's checkpoint (`$1` its name); the projector and the rebuild's swap.
+pub(crate) const SAVE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET commit_order = $2, position = $3, \
      updated_at = CURRENT_TIMESTAMP WHERE name = $1";
+/// Makes a projection's checkpoint row at the log's start unless it exists.
+pub(crate) const ENSURE_CHECKPOINT: &str =
+    "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING";
 
 /// Reads a projection's checkpoint inside `tx`, locking it (PostgreSQL row lock; on
 /// SQLite the transaction already holds the write lock). Its row is made on first use.
@@ -219,11 +223,7 @@ async fn lock_checkpoint(tx: &mut Tx<'_>, name: &str) -> Result<LogPosition, sql
     if row.is_none() {
         // Two projectors starting at once both insert; one row remains, which the second
         // read locks (waiting for the other's transaction).
-        infrastructure::tx_execute!(
-            &mut *tx,
-            "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING",
-            name
-        )?;
+        infrastructure::tx_execute!(&mut *tx, ENSURE_CHECKPOINT, name)?;
         row = infrastructure::tx_fetch_optional!(&mut *tx, (i64, i64), sql, name)?;
     }
     Ok(row.map(|(commit_order, position)| LogPosition { commit_order, position }).unwrap_or(LogPosition::START))

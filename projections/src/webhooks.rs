@@ -352,7 +352,15 @@ impl InlineProjection for WebhookDeliveriesProjection {
                 Owner::Model(id) => model_teams.get(id).cloned(),
             }
         };
-        let mut teams: Vec<String> = notices.iter().filter_map(|(_, n)| team_of(n.owner())).collect();
+        // Each notice with its team, once (a job or model without a row is skipped).
+        let notices: Vec<(&StoredEvent, Notice<'_>, String)> = notices
+            .into_iter()
+            .filter_map(|(stored, notice)| {
+                let team = team_of(notice.owner())?;
+                Some((stored, notice, team))
+            })
+            .collect();
+        let mut teams: Vec<&str> = notices.iter().map(|(_, _, team)| team.as_str()).collect();
         teams.sort_unstable();
         teams.dedup();
         let mut subscribers: HashMap<String, Vec<Subscriber>> = HashMap::new();
@@ -363,13 +371,12 @@ impl InlineProjection for WebhookDeliveriesProjection {
              WHERE team_id = ANY($1::text[]) AND enabled AND deleted_at IS NULL",
             "SELECT team_id, endpoint_id, event_types, credits_low_threshold, created_at FROM webhook_endpoints \
              WHERE team_id = $1 AND enabled AND deleted_at IS NULL",
-            &teams.iter().map(String::as_str).collect::<Vec<_>>()
+            &teams
         )?;
         for (team, endpoint_id, event_types, threshold, created_at) in rows {
             subscribers.entry(team).or_default().push(Subscriber { endpoint_id, event_types, threshold, created_at });
         }
-        for (stored, notice) in notices {
-            let Some(team) = team_of(notice.owner()) else { continue };
+        for (stored, notice, team) in notices {
             let Some(endpoints) = subscribers.get(&team) else { continue };
             match notice {
                 Notice::Message(_, event_type, data, at) => {

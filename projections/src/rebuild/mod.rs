@@ -45,6 +45,7 @@ use infrastructure::event_store::{InlineProjection, SqlEventStore, Tx};
 use serde::Serialize;
 
 use crate::catalog::{Kind, ProjectionInfo};
+use crate::projector::{ENSURE_CHECKPOINT, SAVE_CHECKPOINT};
 
 pub const BATCH_SIZE_DEFAULT: i64 = 5_000;
 pub const DIFFERENCES_MAX_DEFAULT: usize = 10;
@@ -222,9 +223,3 @@ async fn apply_events(projection: &dyn InlineProjection, tx: &mut Tx<'_>, events
         reason: error.to_string(),
     })
 }
-
-const SAVE_CHECKPOINT: &str = "UPDATE projection_checkpoints SET commit_order = $2, position = $3, \
-     updated_at = CURRENT_TIMESTAMP WHERE name = $1";
-const ENSURE_CHECKPOINT: &str =
-    "INSERT INTO projection_checkpoints (name, commit_order, position) VALUES ($1, 0, 0) ON CONFLICT (name) DO NOTHING";
-
