@@ -294,7 +294,7 @@ async fn process_batch(
         };
         let mut appends = vec![append];
         appends.extend(decisions.iter().flat_map(|d| d.extra.iter().cloned()));
-        match committer.commit(appends).await {
+        match committer.commit(appends, *shared).await {
             Ok(()) => {
                 if aggregates.snapshot_due(start_sequence, &loaded) {
                     loaded.snapshot_sequence = loaded.sequence;
@@ -390,6 +390,8 @@ fn spawn_snapshot(aggregates: AggregateStore, team: TeamId, sequence: i64, state
 /// One writer's appends waiting to be committed, and where to say how it went.
 struct CommitRequest {
     appends: Vec<StreamAppend>,
+    /// Its writer has seen another process write its team ([`without_stale`] asks then).
+    shared: bool,
     reply: oneshot::Sender<Result<(), EventStoreError>>,
 }
 
@@ -412,13 +414,13 @@ impl Committer {
         Self::Joint(queue)
     }
 
-    async fn commit(&self, appends: Vec<StreamAppend>) -> Result<(), EventStoreError> {
+    async fn commit(&self, appends: Vec<StreamAppend>, shared: bool) -> Result<(), EventStoreError> {
         let queue = match self {
             Self::Joint(queue) => queue,
             Self::Direct(aggregates) => return aggregates.commit(appends).await.map(|_| ()),
         };
         let (reply, answer) = oneshot::channel();
-        queue.send(CommitRequest { appends, reply }).await.map_err(|_| committer_gone())?;
+        queue.send(CommitRequest { appends, shared, reply }).await.map_err(|_| committer_gone())?;
         answer.await.map_err(|_| committer_gone())?
     }
 }
@@ -499,7 +501,9 @@ fn take_queued<T>(requests: &mut mpsc::Receiver<T>, into: &mut Vec<T>, max: usiz
 /// alone and gets its own answer.
 async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>) {
     if group.len() > 1 {
-        group = without_stale(aggregates, group).await;
+        if group.iter().any(|r| r.shared) {
+            group = without_stale(aggregates, group).await;
+        }
         // Members in team order: two processes' joint transactions that take the same
         // teams (one of them will lose those) then wait for each other in one order and
         // never deadlock. A member's team stream comes first in its appends.
@@ -548,6 +552,10 @@ async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>
 /// append would conflict) at once, and returns the rest: one stale team must not roll back
 /// a whole joint transaction. A team's state goes stale whenever two processes take turns
 /// on it (the API reserving, a worker deducting), so this is the common case, not a race.
+/// Asked only for a group with a member whose writer has met another process's append
+/// (`shared`): a team only this process writes is never stale, and the query is a round
+/// trip every member would wait for. (A team's first conflict, before its writer knows,
+/// costs the joint transaction one retry without it, as the conflict handling below does.)
 async fn without_stale(aggregates: &AggregateStore, group: Vec<CommitRequest>) -> Vec<CommitRequest> {
     let streams: Vec<(String, String, i64)> = group
         .iter()

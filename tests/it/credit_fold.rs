@@ -183,7 +183,7 @@ fn command(stream: &mut Stream, op: &Op, n: usize, now: DateTime<Utc>) -> Option
 }
 
 /// Runs one case on a fresh database; `Err` names what differs.
-async fn case(db: TestDb, steps: Vec<Step>, batch_size: i64) -> Result<(), String> {
+async fn case(db: &TestDb, steps: Vec<Step>, batch_size: i64) -> Result<(), String> {
     let store = SqlEventStore::with_inline_projections(db.db.clone(), projections::inline_projections());
     let projector = Projector::new(store.clone(), projections::async_projections());
     let mut clock: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().expect("time");
@@ -269,7 +269,7 @@ fn run(cases: u32, database: fn() -> std::pin::Pin<Box<dyn std::future::Future<O
     let config = Config { cases, max_shrink_iters: 32, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new(config);
     let result = runner.run(&(steps(), rebuild_batch_size()), |(steps, batch_size)| {
-        runtime.block_on(async { case(database().await, steps, batch_size).await }).map_err(TestCaseError::fail)
+        runtime.block_on(async { case(&database().await, steps, batch_size).await }).map_err(TestCaseError::fail)
     });
     if let Err(error) = result {
         panic!("{error}");
@@ -284,4 +284,43 @@ fn postgres_live_projections_equal_a_rebuild_for_any_batching_and_time_order() {
 #[test]
 fn sqlite_live_projections_equal_a_rebuild_for_any_batching_and_time_order() {
     run(16, || Box::pin(TestDb::sqlite()));
+}
+
+/// Reservations made and ended in one append are stored ended, beside the ending of one
+/// made in an earlier append (on PostgreSQL an append's money rows are one statement,
+/// whose parts do not see each other's rows).
+async fn made_and_ended_in_one_append(db: TestDb) {
+    let step = |op, flush| Step { team: 0, op, advance_secs: 1, skew_micros: 0, flush };
+    let steps = vec![
+        step(Op::Grant { amount: 100, expires_in_secs: None }, Flush::Team),
+        // One append: r1 made and deducted, r2 and r3 made.
+        step(Op::Reserve { amount: 10 }, Flush::Hold),
+        step(Op::Deduct(0), Flush::Hold),
+        step(Op::Reserve { amount: 7 }, Flush::Hold),
+        step(Op::Reserve { amount: 3 }, Flush::Team),
+        // One append: r2 (made before) refunded, r4 made and refunded.
+        step(Op::Refund(0), Flush::Hold),
+        step(Op::Reserve { amount: 4 }, Flush::Hold),
+        step(Op::Refund(1), Flush::AllAndProject),
+    ];
+    case(&db, steps, 5_000).await.expect("the live tables equal a rebuild and the audit's replay");
+    let states = infrastructure::db_fetch_all!(&db.db, (String, i64), "SELECT state, COUNT(*) FROM credit_reservations GROUP BY state ORDER BY state")
+        .expect("reservations");
+    let states: Vec<(&str, i64)> = states.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    assert_eq!(states, [("deducted", 1), ("pending", 1), ("refunded", 2)]);
+    let ended = infrastructure::db_fetch_all!(&db.db, (i64,), "SELECT COUNT(*) FROM credit_reservations WHERE (state = 'pending') = (ended_at IS NULL)")
+        .expect("ended times");
+    assert_eq!(ended, [(4,)], "every ended reservation has its time, a pending one none");
+    let block = infrastructure::db_fetch_all!(&db.db, (i64, i64, i64), "SELECT remaining, reserved, deducted FROM credit_grants").expect("block");
+    assert_eq!(block, [(87, 3, 10)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reservations_made_and_ended_in_one_append_are_stored_ended() {
+    made_and_ended_in_one_append(TestDb::postgres().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_reservations_made_and_ended_in_one_append_are_stored_ended() {
+    made_and_ended_in_one_append(TestDb::sqlite().await).await;
 }
