@@ -238,11 +238,18 @@ pub(super) async fn load_stream(
     Ok(rows.into_iter().map(StoredEvent::from).collect())
 }
 
-/// The payload as text (what `jsonb` sends anyway), for decoding straight into the event.
+/// The streams' events, each stream looked up by its key: a `LATERAL` subquery per id,
+/// kept from being merged into a join by `OFFSET 0`. (`aggregate_id = ANY($2)` left the
+/// choice to the planner, which, on a log whose statistics lag behind its growth, read
+/// every event of the type and filtered: 13 ms for the 250 jobs of a dispatch claim in
+/// `kiln-bench dispatch`, against 4 ms by key, inside the dispatch turn.) The payload
+/// comes as text (what `jsonb` sends anyway), for decoding straight into the event.
 pub(super) async fn load_streams(pool: &PgPool, aggregate_type: &str, aggregate_ids: &[String]) -> Result<Vec<StreamEvent>, EventStoreError> {
     let rows: Vec<(String, i64, String, String)> = sqlx::query_as(
-        "SELECT aggregate_id, sequence, event_type, payload::text FROM events \
-         WHERE aggregate_type = $1 AND aggregate_id = ANY($2) ORDER BY aggregate_id, sequence",
+        "SELECT u.aggregate_id, e.sequence, e.event_type, e.payload::text \
+         FROM (SELECT DISTINCT aggregate_id FROM UNNEST($2::text[]) AS a(aggregate_id)) AS u CROSS JOIN LATERAL \
+         (SELECT sequence, event_type, payload FROM events WHERE aggregate_type = $1 AND aggregate_id = u.aggregate_id OFFSET 0) AS e \
+         ORDER BY u.aggregate_id, e.sequence",
     )
     .bind(aggregate_type)
     .bind(aggregate_ids)
