@@ -419,14 +419,21 @@ async fn a_renewed_lease_keeps_a_long_job_with_its_worker() {
     // Past the claim's lease: without a renewal the job would be taken back now.
     app.clock.advance(chrono::Duration::seconds(app.settings.jobs.lease_secs as i64 + 1));
     let now = app.clock.now();
+    // Both renewed on the moved clock: the lease, and worker B's heartbeat (sent just
+    // before the lease in B's loop: the clock may move between the two, and a heartbeat
+    // from before the move says B was lost).
     let renewed = || async {
-        infrastructure::db_fetch_optional!(&app.state.db, (chrono::DateTime<chrono::Utc>,), "SELECT expires_at FROM job_leases WHERE job_id = $1", queued.ids[0].as_str())
+        let lease = infrastructure::db_fetch_optional!(&app.state.db, (chrono::DateTime<chrono::Utc>,), "SELECT expires_at FROM job_leases WHERE job_id = $1", queued.ids[0].as_str())
             .expect("lease")
-            .is_some_and(|(expires_at,)| expires_at > now)
+            .is_some_and(|(expires_at,)| expires_at > now);
+        let beat = infrastructure::db_fetch_optional!(&app.state.db, (chrono::DateTime<chrono::Utc>,), "SELECT heartbeat_at FROM workers WHERE worker_id = 'worker-b'")
+            .expect("heartbeat")
+            .is_some_and(|(at,)| at >= now);
+        lease && beat
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !renewed().await {
-        assert!(tokio::time::Instant::now() < deadline, "worker B never renewed its lease");
+        assert!(tokio::time::Instant::now() < deadline, "worker B never renewed its lease and heartbeat");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let c: Worker = app.state.worker(&app.settings.jobs, "worker-c".into());
