@@ -412,7 +412,6 @@ impl InlineProjection for WebhookDeliveriesProjection {
     }
 }
 
-
 /// The team's available credits after the event at `sequence`, from the credit history
 /// (which the projector runs first). Missing means the history is behind (another
 /// process's projector): the batch fails and is tried again.
