@@ -143,7 +143,18 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
             )?;
         }
         JobEvent::JobDispatched { provider, worker, attempt, share_tag, occurred_at } => {
+            // The job's row first, the team's shared row last (see `jobs_batch::write`).
             let team = team_of(tx, job).await?.0;
+            tx_execute!(
+                &mut *tx,
+                "UPDATE jobs SET status = 'dispatched', attempt = $2, provider = $3, worker = $4, provider_request_id = NULL, \
+                 dispatched_at = $5, updated_at = $5 WHERE job_id = $1",
+                job,
+                i64::from(attempt),
+                provider,
+                worker,
+                occurred_at
+            )?;
             let taken = tx_execute!(
                 &mut *tx,
                 "UPDATE team_dispatch SET running = running + 1, queued = queued - 1, \
@@ -157,16 +168,6 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
             if taken == 0 {
                 return Err(format!("{LIMIT_REACHED} (team {team})").into());
             }
-            tx_execute!(
-                &mut *tx,
-                "UPDATE jobs SET status = 'dispatched', attempt = $2, provider = $3, worker = $4, provider_request_id = NULL, \
-                 dispatched_at = $5, updated_at = $5 WHERE job_id = $1",
-                job,
-                i64::from(attempt),
-                provider,
-                worker,
-                occurred_at
-            )?;
         }
         JobEvent::JobProgressed { provider_request_id, running, occurred_at, .. } => {
             tx_execute!(
@@ -181,7 +182,6 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
         }
         JobEvent::JobCompleted { outputs, occurred_at } => {
             let (team, previous, model, kind) = team_of(tx, job).await?;
-            release(tx, &team, &previous).await?;
             let outputs_json = serde_json::to_string(&outputs)?;
             finish(tx, job, "completed", Some(outputs_json), None, occurred_at).await?;
             if kind == domain::Operation::ImageGeneration.as_str() {
@@ -199,6 +199,7 @@ async fn job_event(tx: &mut Tx<'_>, job: &str, event: JobEvent) -> Result<(), Pr
                     )?;
                 }
             }
+            release(tx, &team, &previous).await?;
         }
         JobEvent::JobFailed { reason, occurred_at } => end(tx, job, "failed", reason, occurred_at).await?,
         JobEvent::JobCancelled { reason, occurred_at } => end(tx, job, "cancelled", reason, occurred_at).await?,
@@ -249,8 +250,8 @@ async fn release(tx: &mut Tx<'_>, team: &str, previous: &str) -> Result<(), sqlx
 
 async fn end(tx: &mut Tx<'_>, job: &str, status: &str, reason: String, at: DateTime<Utc>) -> Result<(), ProjectionError> {
     let (team, previous, _, _) = team_of(tx, job).await?;
-    release(tx, &team, &previous).await?;
     finish(tx, job, status, None, Some(reason), at).await?;
+    release(tx, &team, &previous).await?;
     Ok(())
 }
 

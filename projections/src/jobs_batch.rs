@@ -40,9 +40,17 @@ pub(super) fn fits(events: &[(&str, &JobEvent)]) -> bool {
     simple && (claims == 0 || claims == events.len())
 }
 
-/// Writes `events` (which [`fits`] accepted).
+/// Writes `events` (which [`fits`] accepted): the jobs' own rows first, then the teams'
+/// `team_dispatch` rows, locked in one order and held only from there to the commit.
+/// Every claim and every ending of the same teams writes those rows (a claim batch: a
+/// hundred teams' rows; a joint commit of endings: dozens), so the less each transaction
+/// does while holding them, the less the others wait.
 pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
     let known = rows_of(tx, events.iter().filter(|(_, e)| !matches!(e, JobEvent::JobQueued { .. })).map(|(job, _)| *job)).await?;
+    queue_jobs(tx, events).await?;
+    claim_jobs(tx, events).await?;
+    let ended = ended(events)?;
+    end_jobs(tx, &ended, &known).await?;
     let mut teams: Vec<&str> = known.values().map(|row| row.team.as_str()).collect();
     let queued_teams: Vec<String> = events
         .iter()
@@ -53,9 +61,9 @@ pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Resu
         .collect();
     teams.extend(queued_teams.iter().map(String::as_str));
     lock_teams(tx, teams).await?;
-    queue(tx, events).await?;
-    claim(tx, events, &known).await?;
-    end(tx, events, &known).await?;
+    queue_slots(tx, events).await?;
+    claim_slots(tx, events, &known).await?;
+    end_slots(tx, &ended, &known).await?;
     Ok(())
 }
 
@@ -77,19 +85,13 @@ async fn lock_teams(tx: &mut Tx<'_>, mut teams: Vec<&str>) -> Result<(), Project
     Ok(())
 }
 
-async fn queue(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+async fn queue_jobs(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
     let mut rows = Vec::new();
-    let mut per_team: BTreeMap<String, i64> = BTreeMap::new();
     for (job, event) in events {
         if let JobEvent::JobQueued { team_id, input, cost, price_version, occurred_at, .. } = event {
-            let team = team_id.to_string();
-            *per_team.entry(team.clone()).or_default() += 1;
             let kind = input.operation().as_str();
-            rows.push((*job, team, kind, input.model_id().to_string(), cost.get(), *price_version, serde_json::to_string(input)?, *occurred_at));
+            rows.push((*job, team_id.to_string(), kind, input.model_id().to_string(), cost.get(), *price_version, serde_json::to_string(input)?, *occurred_at));
         }
-    }
-    if rows.is_empty() {
-        return Ok(());
     }
     tx_execute_values!(
         tx,
@@ -99,6 +101,17 @@ async fn queue(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), Proj
         rows,
         |q, r| q.bind(r.0).bind(&r.1).bind(r.2).bind("queued").bind(&r.3).bind(r.4).bind(r.5).bind(&r.6).bind(r.7).bind(r.7).bind(r.7)
     )?;
+    Ok(())
+}
+
+/// Each team's queue grows by its jobs queued here.
+async fn queue_slots(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    let mut per_team: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, event) in events {
+        if let JobEvent::JobQueued { team_id, .. } = event {
+            *per_team.entry(team_id.to_string()).or_default() += 1;
+        }
+    }
     let per_team: Vec<(String, i64)> = per_team.into_iter().collect();
     tx_execute_values!(
         tx,
@@ -111,8 +124,11 @@ async fn queue(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), Proj
     Ok(())
 }
 
-async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
-    let claims: Vec<(&str, i64, &str, &str, DateTime<Utc>, Option<i64>)> = events
+/// A claim batch's jobs as `(job, attempt, provider, worker, time, share tag)`.
+type Claim<'a> = (&'a str, i64, &'a str, &'a str, DateTime<Utc>, Option<i64>);
+
+fn claims<'a>(events: &[(&'a str, &'a JobEvent)]) -> Vec<Claim<'a>> {
+    events
         .iter()
         .filter_map(|(job, event)| match event {
             JobEvent::JobDispatched { provider, worker, attempt, share_tag, occurred_at } => {
@@ -120,14 +136,33 @@ async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<St
             }
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+async fn claim_jobs(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    tx_execute_values!(
+        tx,
+        "UPDATE jobs SET status = 'dispatched', attempt = v.column2, provider = v.column3, worker = v.column4, provider_request_id = NULL, \
+         dispatched_at = v.column5, updated_at = v.column5 FROM (",
+        ") AS v WHERE jobs.job_id = v.column1",
+        5,
+        claims(events),
+        |q, c| q.bind(c.0).bind(c.1).bind(c.2).bind(c.3).bind(c.4)
+    )?;
+    Ok(())
+}
+
+/// Takes each team's slots for its claims here at once; a team without room for all of
+/// them refuses the whole batch ([`LIMIT_REACHED`]).
+async fn claim_slots(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
+    let claims = claims(events);
     if claims.is_empty() {
         return Ok(());
     }
     // Per team: claims, the latest claim's time, the highest share tag.
     let mut per_team: BTreeMap<String, (i64, DateTime<Utc>, Option<i64>)> = BTreeMap::new();
     for (job, _, _, _, at, tag) in &claims {
-        let row = known.get(*job).ok_or_else(|| format!("job {job} missing from the jobs read model"))?;
+        let row = known_row(known, job)?;
         let entry = per_team.entry(row.team.clone()).or_insert((0, *at, *tag));
         entry.0 += 1;
         entry.1 = entry.1.max(*at);
@@ -169,15 +204,6 @@ async fn claim(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<St
     if let Some((team, _)) = per_team.iter().find(|(team, _)| !taken.contains(team)) {
         return Err(format!("{LIMIT_REACHED} (team {team})").into());
     }
-    tx_execute_values!(
-        tx,
-        "UPDATE jobs SET status = 'dispatched', attempt = v.column2, provider = v.column3, worker = v.column4, provider_request_id = NULL, \
-         dispatched_at = v.column5, updated_at = v.column5 FROM (",
-        ") AS v WHERE jobs.job_id = v.column1",
-        5,
-        claims,
-        |q, c| q.bind(c.0).bind(c.1).bind(c.2).bind(c.3).bind(c.4)
-    )?;
     Ok(())
 }
 
@@ -190,7 +216,7 @@ struct Ended<'a> {
     at: DateTime<Utc>,
 }
 
-async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
+fn ended<'a>(events: &[(&'a str, &'a JobEvent)]) -> Result<Vec<Ended<'a>>, ProjectionError> {
     let mut ended: Vec<Ended> = Vec::new();
     for (job, event) in events {
         let (status, outputs, error, at) = match event {
@@ -201,19 +227,18 @@ async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<Stri
         };
         ended.push(Ended { job, event, status, outputs, error, at });
     }
-    if ended.is_empty() {
-        return Ok(());
-    }
-    // What each team gets back: slots of active jobs, queue places of queued ones.
-    let mut per_team: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    Ok(ended)
+}
+
+fn known_row<'a>(known: &'a HashMap<String, JobRow>, job: &str) -> Result<&'a JobRow, ProjectionError> {
+    known.get(job).ok_or_else(|| format!("job {job} missing from the jobs read model").into())
+}
+
+/// The ended jobs' rows and the images of the completed generations.
+async fn end_jobs(tx: &mut Tx<'_>, ended: &[Ended<'_>], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
     let mut images = Vec::new();
-    for end in &ended {
-        let row = known.get(end.job).ok_or_else(|| format!("job {} missing from the jobs read model", end.job))?;
-        match JobStatus::parse(&row.status) {
-            Some(status) if status.is_active() => per_team.entry(row.team.clone()).or_default().0 += 1,
-            Some(JobStatus::Queued) => per_team.entry(row.team.clone()).or_default().1 += 1,
-            _ => {}
-        }
+    for end in ended {
+        let row = known_row(known, end.job)?;
         if end.status == "completed" && row.kind == domain::Operation::ImageGeneration.as_str() {
             if let JobEvent::JobCompleted { outputs, .. } = end.event {
                 for (position, output) in outputs.iter().enumerate() {
@@ -222,15 +247,6 @@ async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<Stri
             }
         }
     }
-    let per_team: Vec<(String, (i64, i64))> = per_team.into_iter().collect();
-    tx_execute_values!(
-        tx,
-        "UPDATE team_dispatch SET running = running - v.column2, queued = queued - v.column3 FROM (",
-        ") AS v WHERE team_dispatch.team_id = v.column1",
-        3,
-        per_team,
-        |q, r| q.bind(&r.0).bind(r.1 .0).bind(r.1 .1)
-    )?;
     tx_execute_values!(
         tx,
         "UPDATE jobs SET status = v.column2, outputs = COALESCE(v.column3, jobs.outputs), error = COALESCE(v.column4, jobs.error), \
@@ -247,6 +263,30 @@ async fn end(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<Stri
         7,
         images,
         |q, i| q.bind(&i.0).bind(&i.1).bind(i.2).bind(&i.3).bind(i.4).bind(i.5).bind(i.6)
+    )?;
+    Ok(())
+}
+
+/// What each team gets back for its ended jobs: slots of active ones, queue places of
+/// queued ones.
+async fn end_slots(tx: &mut Tx<'_>, ended: &[Ended<'_>], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
+    let mut per_team: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for end in ended {
+        let row = known_row(known, end.job)?;
+        match JobStatus::parse(&row.status) {
+            Some(status) if status.is_active() => per_team.entry(row.team.clone()).or_default().0 += 1,
+            Some(JobStatus::Queued) => per_team.entry(row.team.clone()).or_default().1 += 1,
+            _ => {}
+        }
+    }
+    let per_team: Vec<(String, (i64, i64))> = per_team.into_iter().collect();
+    tx_execute_values!(
+        tx,
+        "UPDATE team_dispatch SET running = running - v.column2, queued = queued - v.column3 FROM (",
+        ") AS v WHERE team_dispatch.team_id = v.column1",
+        3,
+        per_team,
+        |q, r| q.bind(&r.0).bind(r.1 .0).bind(r.1 .1)
     )?;
     Ok(())
 }

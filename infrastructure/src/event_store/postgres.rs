@@ -136,9 +136,13 @@ async fn prev_hashes(
 }
 
 /// Every event of every stream in one statement. A sequence already taken (another
-/// writer appended to that stream first) is skipped by `ON CONFLICT DO NOTHING`; the
-/// first stream missing rows is reported as the conflict and the transaction, dropped
-/// unfinished, rolls back.
+/// writer appended to that stream first) fails it on the primary key; that stream is
+/// reported as the conflict and the transaction, dropped unfinished, rolls back.
+///
+/// A plain `INSERT`, not `ON CONFLICT DO NOTHING`: conflicts are rare (another process
+/// wrote the stream), and the speculative insertion that `ON CONFLICT` needs for every
+/// row made the statement about half as dear again (245 claims: 2.8–4.0 ms against
+/// 4.8–8.2 ms by `\timing`, the same rows, rolled back).
 async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> Result<Vec<StoredEvent>, EventStoreError> {
     let count = appends.iter().map(|a| a.events.len()).sum();
     let mut types: Vec<&str> = Vec::with_capacity(count);
@@ -162,7 +166,6 @@ async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> R
     let rows: Vec<(String, String, i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-         ON CONFLICT (aggregate_type, aggregate_id, sequence) DO NOTHING \
          RETURNING aggregate_type, aggregate_id, sequence, position, transaction_id::text::bigint, recorded_at",
     )
     .bind(&types)
@@ -174,7 +177,10 @@ async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> R
     .bind(&metadata)
     .fetch_all(&mut *conn)
     .await
-    .map_err(store_error)?;
+    .map_err(|error| match taken_by_another(&error, appends) {
+        Some(append) => conflict(append),
+        None => store_error(error),
+    })?;
     let mut written: HashMap<(&str, &str, i64), (i64, i64, DateTime<Utc>)> = HashMap::with_capacity(rows.len());
     for (aggregate_type, aggregate_id, sequence, position, commit_order, recorded_at) in &rows {
         written.insert((aggregate_type.as_str(), aggregate_id.as_str(), *sequence), (*position, *commit_order, *recorded_at));
@@ -192,6 +198,20 @@ async fn insert_streams(conn: &mut PgConnection, appends: &[&StreamAppend]) -> R
         }
     }
     Ok(stored)
+}
+
+/// The append whose event another writer stored first, if `error` says a sequence was
+/// taken: PostgreSQL names the key in the detail, `Key (aggregate_type, aggregate_id,
+/// sequence)=(TeamCredits, 0194…, 7) already exists.` Should no append match it, the
+/// first is named (its writer reloads and decides again, as after any conflict).
+fn taken_by_another<'a>(error: &sqlx::Error, appends: &[&'a StreamAppend]) -> Option<&'a StreamAppend> {
+    let sqlx::Error::Database(error) = error else { return None };
+    if error.code().as_deref() != Some("23505") || error.constraint() != Some("events_pkey") {
+        return None;
+    }
+    let detail = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|e| e.detail()).unwrap_or_default();
+    let named = appends.iter().copied().find(|a| detail.contains(&format!("=({}, {}, ", a.aggregate_type, a.aggregate_id)));
+    named.or_else(|| appends.first().copied())
 }
 
 /// Stores a stream's snapshot unless one at the same or a later sequence is stored.
