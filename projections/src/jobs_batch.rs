@@ -48,7 +48,8 @@ pub(super) fn fits(events: &[(&str, &JobEvent)]) -> bool {
 pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
     let known = rows_of(tx, events.iter().filter(|(_, e)| !matches!(e, JobEvent::JobQueued { .. })).map(|(job, _)| *job)).await?;
     queue_jobs(tx, events).await?;
-    claim_jobs(tx, events).await?;
+    let claims = claims(events);
+    claim_jobs(tx, &claims).await?;
     let ended = ended(events)?;
     end_jobs(tx, &ended, &known).await?;
     let mut teams: Vec<&str> = known.values().map(|row| row.team.as_str()).collect();
@@ -62,7 +63,7 @@ pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Resu
     teams.extend(queued_teams.iter().map(String::as_str));
     lock_teams(tx, teams).await?;
     queue_slots(tx, events).await?;
-    claim_slots(tx, events, &known).await?;
+    claim_slots(tx, &claims, &known).await?;
     end_slots(tx, &ended, &known).await?;
     Ok(())
 }
@@ -139,14 +140,14 @@ fn claims<'a>(events: &[(&'a str, &'a JobEvent)]) -> Vec<Claim<'a>> {
         .collect()
 }
 
-async fn claim_jobs(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+async fn claim_jobs(tx: &mut Tx<'_>, claims: &[Claim<'_>]) -> Result<(), ProjectionError> {
     tx_execute_values!(
         tx,
         "UPDATE jobs SET status = 'dispatched', attempt = v.column2, provider = v.column3, worker = v.column4, provider_request_id = NULL, \
          dispatched_at = v.column5, updated_at = v.column5 FROM (",
         ") AS v WHERE jobs.job_id = v.column1",
         5,
-        claims(events),
+        claims,
         |q, c| q.bind(c.0).bind(c.1).bind(c.2).bind(c.3).bind(c.4)
     )?;
     Ok(())
@@ -154,14 +155,13 @@ async fn claim_jobs(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(),
 
 /// Takes each team's slots for its claims here at once; a team without room for all of
 /// them refuses the whole batch ([`LIMIT_REACHED`]).
-async fn claim_slots(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
-    let claims = claims(events);
+async fn claim_slots(tx: &mut Tx<'_>, claims: &[Claim<'_>], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
     if claims.is_empty() {
         return Ok(());
     }
     // Per team: claims, the latest claim's time, the highest share tag.
     let mut per_team: BTreeMap<String, (i64, DateTime<Utc>, Option<i64>)> = BTreeMap::new();
-    for (job, _, _, _, at, tag) in &claims {
+    for (job, _, _, _, at, tag) in claims {
         let row = known_row(known, job)?;
         let entry = per_team.entry(row.team.clone()).or_insert((0, *at, *tag));
         entry.0 += 1;
