@@ -119,6 +119,11 @@ pub struct DispatchArgs {
     /// Give up waiting for a drain after this long.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Measure every side this many times, in turn (each round from fresh scratch
+    /// databases), and judge the target on the median of the rounds' ratios: on a machine
+    /// whose speed drifts, one round's ratio depends on which way each side drifted.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 impl DispatchArgs {
@@ -134,6 +139,7 @@ impl DispatchArgs {
         anyhow::ensure!((1..=1_000).contains(&self.kiln_poll_interval_ms), "--kiln-poll-interval-ms must be 1..=1000");
         anyhow::ensure!((1..=3_600).contains(&self.timeout_secs), "--timeout-secs must be 1..=3600");
         anyhow::ensure!(!self.layouts.is_empty(), "--layouts needs spread and/or hot");
+        anyhow::ensure!((1..=20).contains(&self.rounds), "--rounds must be 1..=20");
         Ok(())
     }
 
@@ -205,6 +211,11 @@ impl Measurement {
         self.jobs as f64 / time.as_secs_f64().max(f64::EPSILON)
     }
 
+    /// This measurement's enqueue and drain rates over `other`'s.
+    fn ratio(&self, other: &Measurement) -> (f64, f64) {
+        (self.rate(self.enqueue) / other.rate(other.enqueue), self.rate(self.drain) / other.rate(other.drain))
+    }
+
     fn line(&self) -> String {
         format!(
             "{:<48} {:>7} jobs  enqueue {:>7.2} s ({:>7.0} jobs/s)  drain {:>7.2} s ({:>7.0} jobs/s)\n    {}",
@@ -219,19 +230,30 @@ impl Measurement {
     }
 }
 
+/// The target of issue 32: Kiln's drain and enqueue ≥ 2.5× the seed design's.
+const TARGET: f64 = 2.5;
+
+fn verdict(ratio: f64) -> &'static str {
+    if ratio >= TARGET {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+/// Kiln's enqueue and drain rates over the seed design's on `layout`, if both were measured.
+fn seed_ratio(results: &[Measurement], layout: Layout) -> Option<(f64, f64)> {
+    let find = |side: Side| results.iter().find(|m| m.side == side);
+    let (kiln, seed) = (find(Side::Kiln { layout, mixed: false })?, find(Side::Seed(layout))?);
+    Some(kiln.ratio(seed))
+}
+
 /// Kiln's rates over the others' in the same run: against the seed's design per layout
 /// (the target, issue 32: ≥ 2.5× drain and enqueue), and against raw no-op jobs.
 fn ratios(args: &DispatchArgs, results: &[Measurement]) -> Vec<String> {
-    const TARGET: f64 = 2.5;
-    let find = |side: Side| results.iter().find(|m| m.side == side);
-    let ratio = |kiln: &Measurement, other: &Measurement| {
-        (kiln.rate(kiln.enqueue) / other.rate(other.enqueue), kiln.rate(kiln.drain) / other.rate(other.drain))
-    };
     let mut lines = Vec::new();
     for layout in [Layout::Spread, Layout::Hot] {
-        let (Some(kiln), Some(seed)) = (find(Side::Kiln { layout, mixed: false }), find(Side::Seed(layout))) else { continue };
-        let (enqueue, drain) = ratio(kiln, seed);
-        let verdict = |r: f64| if r >= TARGET { "met" } else { "missed" };
+        let Some((enqueue, drain)) = seed_ratio(results, layout) else { continue };
         lines.push(format!(
             "Kiln / seed design on graphile-worker, {}: enqueue {enqueue:.2}× ({}), drain {drain:.2}× ({}) (target ≥ {TARGET}×)",
             layout.label(args),
@@ -239,11 +261,39 @@ fn ratios(args: &DispatchArgs, results: &[Measurement]) -> Vec<String> {
             verdict(drain)
         ));
     }
-    if let Some(kiln) = find(Side::Kiln { layout: Layout::Spread, mixed: false }) {
+    if let Some(kiln) = results.iter().find(|m| m.side == (Side::Kiln { layout: Layout::Spread, mixed: false })) {
         for raw in results.iter().filter(|m| matches!(m.side, Side::Raw(_))) {
-            let (enqueue, drain) = ratio(kiln, raw);
+            let (enqueue, drain) = kiln.ratio(raw);
             lines.push(format!("Kiln / {} no-op jobs: enqueue {enqueue:.2}×, drain {drain:.2}×", raw.system));
         }
+    }
+    lines
+}
+
+/// The median of each layout's seed-design ratios over the rounds (the upper middle one
+/// of an even count), with every round's figure beside it.
+fn median_ratios(args: &DispatchArgs, rounds: &[Vec<Measurement>]) -> Vec<String> {
+    let median = |mut values: Vec<f64>| -> f64 {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let listed = |values: &[f64]| values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ");
+    let mut lines = Vec::new();
+    for layout in [Layout::Spread, Layout::Hot] {
+        let (enqueue, drain): (Vec<f64>, Vec<f64>) = rounds.iter().filter_map(|results| seed_ratio(results, layout)).unzip();
+        if enqueue.is_empty() {
+            continue;
+        }
+        let (enqueue_median, drain_median) = (median(enqueue.clone()), median(drain.clone()));
+        lines.push(format!(
+            "Kiln / seed design on graphile-worker, {}, median of {} rounds: enqueue {enqueue_median:.2}× ({}; rounds {}), drain {drain_median:.2}× ({}; rounds {}) (target ≥ {TARGET}×)",
+            layout.label(args),
+            enqueue.len(),
+            verdict(enqueue_median),
+            listed(&enqueue),
+            verdict(drain_median),
+            listed(&drain)
+        ));
     }
     lines
 }
@@ -258,22 +308,37 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
             args.graphile_dir.display()
         );
     }
-    let scratch = ScratchDb::create(&args.database_url).await?;
-    eprintln!("scratch database {}", scratch.name);
-    let storage = std::env::temp_dir().join(&scratch.name);
-    let outcome = measure(&args, &script, &scratch.url, &storage).await;
-    let _ = std::fs::remove_dir_all(&storage);
-    if args.keep_database {
-        eprintln!("kept the scratch database: {}", scratch.url);
-    } else {
-        scratch.drop_database().await?;
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            eprintln!("round {round} of {}", args.rounds);
+        }
+        let scratch = ScratchDb::create(&args.database_url).await?;
+        eprintln!("scratch database {}", scratch.name);
+        let storage = std::env::temp_dir().join(&scratch.name);
+        let outcome = measure(&args, &script, &scratch.url, &storage).await;
+        let _ = std::fs::remove_dir_all(&storage);
+        if args.keep_database {
+            eprintln!("kept the scratch database: {}", scratch.url);
+        } else {
+            scratch.drop_database().await?;
+        }
+        let results = outcome?;
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
+        }
+        for measurement in &results {
+            println!("{}", measurement.line());
+        }
+        for line in ratios(&args, &results) {
+            println!("{line}");
+        }
+        rounds.push(results);
     }
-    let results = outcome?;
-    for measurement in &results {
-        println!("{}", measurement.line());
-    }
-    for line in ratios(&args, &results) {
-        println!("{line}");
+    if args.rounds > 1 {
+        for line in median_ratios(&args, &rounds) {
+            println!("{line}");
+        }
     }
     Ok(())
 }
