@@ -34,10 +34,11 @@ impl SqlJobIndex {
         Self { db, local_turn: Arc::default(), strides }
     }
 
-    /// The dispatch walk on PostgreSQL, in `conn`'s snapshot.
-    async fn walk_postgres(&self, conn: &mut sqlx::PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<PickedJob>, sqlx::Error> {
+    /// The dispatch walk on PostgreSQL (`walk`: [`DISPATCHABLE_POSTGRES`] or
+    /// [`PICKABLE_POSTGRES`]), in `conn`'s snapshot.
+    async fn walk_postgres(&self, walk: &'static str, conn: &mut sqlx::PgConnection, now: DateTime<Utc>, limit: i64) -> Result<Vec<PickedJob>, sqlx::Error> {
         let [basic, pro, enterprise, other] = self.strides;
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(DISPATCHABLE_POSTGRES)
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(walk)
             .bind(now)
             .bind(limit)
             .bind(basic)
@@ -50,9 +51,10 @@ impl SqlJobIndex {
     }
 }
 
-/// The first half of the advisory lock key of the dispatch turn (the second is 0). Any
-/// fixed number: advisory locks are per database.
-const PICK_LOCK_CLASS: i32 = 0x6b6c_6e64; // "klnd"
+/// A pick's transaction begun with the dispatch turn taken, in one round trip: the turn
+/// is a transaction-level advisory lock on (`0x6b6c6e64` "klnd", 0), any fixed key
+/// (advisory locks are per database).
+const PICK_BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(1802268260, 0)";
 
 /// One plan's walk in [`DISPATCHABLE_POSTGRES`]: its teams that can take a job, in
 /// share-tag order (`team_dispatch_ready_idx`), each probed for a ready job, at most `$2`.
@@ -74,29 +76,43 @@ macro_rules! plan_walk {
 /// The dispatch walk on PostgreSQL (see [`SqlJobIndex::dispatchable`] and `domain::share`):
 /// `$1` now, `$2` jobs wanted, `$3`–`$6` the strides of basic, pro, enterprise and free
 /// (free teams have no slots; only rows written by hand with a limit reach that walk).
-/// Returns (job, team, share tag).
-const DISPATCHABLE_POSTGRES: &str = concat!(
-    "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), walked AS (",
-    plan_walk!("basic", "$3"),
-    " UNION ALL ",
-    plan_walk!("pro", "$4"),
-    " UNION ALL ",
-    plan_walk!("enterprise", "$5"),
-    " UNION ALL ",
-    plan_walk!("free", "$6"),
-    "), \
-     ready AS ( \
-        SELECT w.*, GREATEST(w.share_tag, f.tag - w.stride) AS start FROM walked w CROSS JOIN front f \
-        ORDER BY GREATEST(w.share_tag, f.tag - w.stride) + w.stride, w.share_tag, w.last_dispatched_at NULLS FIRST, w.team_id LIMIT $2 \
-     ) \
-     SELECT c.job_id, r.team_id, r.start + c.n * r.stride AS tag FROM ready r CROSS JOIN LATERAL ( \
-        SELECT q.job_id, q.queued_at, ROW_NUMBER() OVER (ORDER BY q.queued_at, q.job_id) AS n FROM ( \
-            SELECT j.job_id, j.queued_at FROM jobs j \
-            WHERE j.team_id = r.team_id AND j.status = 'queued' AND j.not_before <= $1 \
-            ORDER BY j.queued_at, j.job_id LIMIT LEAST(r.free, $2)) q \
-     ) c \
-     ORDER BY tag, r.share_tag, r.last_dispatched_at NULLS FIRST, r.team_id, c.queued_at LIMIT $2"
-);
+/// Returns (job, team, share tag). `$ready_if` is a condition on the whole walk.
+macro_rules! dispatchable_postgres {
+    ($ready_if:literal) => {
+        concat!(
+            "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), walked AS (",
+            plan_walk!("basic", "$3"),
+            " UNION ALL ",
+            plan_walk!("pro", "$4"),
+            " UNION ALL ",
+            plan_walk!("enterprise", "$5"),
+            " UNION ALL ",
+            plan_walk!("free", "$6"),
+            "), \
+             ready AS ( \
+                SELECT w.*, GREATEST(w.share_tag, f.tag - w.stride) AS start FROM walked w CROSS JOIN front f WHERE ",
+            $ready_if,
+            " ORDER BY GREATEST(w.share_tag, f.tag - w.stride) + w.stride, w.share_tag, w.last_dispatched_at NULLS FIRST, w.team_id LIMIT $2 \
+             ) \
+             SELECT c.job_id, r.team_id, r.start + c.n * r.stride AS tag FROM ready r CROSS JOIN LATERAL ( \
+                SELECT q.job_id, q.queued_at, ROW_NUMBER() OVER (ORDER BY q.queued_at, q.job_id) AS n FROM ( \
+                    SELECT j.job_id, j.queued_at FROM jobs j \
+                    WHERE j.team_id = r.team_id AND j.status = 'queued' AND j.not_before <= $1 \
+                    ORDER BY j.queued_at, j.job_id LIMIT LEAST(r.free, $2)) q \
+             ) c \
+             ORDER BY tag, r.share_tag, r.last_dispatched_at NULLS FIRST, r.team_id, c.queued_at LIMIT $2"
+        )
+    };
+}
+
+/// What is dispatchable now, whether or not dispatch is paused.
+const DISPATCHABLE_POSTGRES: &str = dispatchable_postgres!("true");
+
+/// A pick's walk: nothing while an operator has paused dispatch for everyone
+/// ([`PAUSED_FOR_ALL`]), in the same statement (an uncorrelated condition, checked once
+/// before any team is walked).
+const PICKABLE_POSTGRES: &str =
+    dispatchable_postgres!("NOT EXISTS (SELECT 1 FROM dispatch_control WHERE id = 'global' AND paused)");
 
 /// The same rule on SQLite, ranking every queued job (one process's small store).
 const DISPATCHABLE_SQLITE: &str = "SELECT c.job_id, c.team_id, MAX(c.share_tag, f.tag - c.stride) + c.n * c.stride AS tag FROM ( \
@@ -182,12 +198,10 @@ impl JobIndex for SqlJobIndex {
         // held ahead of the others' (measured: a team 22–58 jobs behind in
         // `kiln-bench dispatch`); with claims of a hundred jobs, the turn is short beside
         // the work it hands out.
-        let mut tx = pool.begin().await.map_err(store_error)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(PICK_LOCK_CLASS).execute(&mut *tx).await.map_err(store_error)?;
-        // An operator paused dispatch for everyone: no job is handed out this turn.
-        let paused: Option<(bool,)> =
-            sqlx::query_as(PAUSED_FOR_ALL).fetch_optional(&mut *tx).await.map_err(store_error)?;
-        let jobs = if paused.is_some_and(|(p,)| p) { Vec::new() } else { self.walk_postgres(&mut tx, now, limit).await.map_err(store_error)? };
+        // Two round trips: the turn taken with the transaction's begin, then the walk
+        // (which hands out nothing while an operator has paused dispatch for everyone).
+        let mut tx = pool.begin_with(PICK_BEGIN).await.map_err(store_error)?;
+        let jobs = self.walk_postgres(PICKABLE_POSTGRES, &mut tx, now, limit).await.map_err(store_error)?;
         Ok(Picked { jobs, hold: Box::new(PgHold(tx)) })
     }
 
@@ -208,7 +222,7 @@ impl JobIndex for SqlJobIndex {
             // queued job (it did, in the lifecycle benchmark, before the tables had
             // statistics: 12–24 ms per turn).
             Database::Postgres(pool) => match pool.acquire().await {
-                Ok(mut conn) => self.walk_postgres(&mut conn, now, limit).await,
+                Ok(mut conn) => self.walk_postgres(DISPATCHABLE_POSTGRES, &mut conn, now, limit).await,
                 Err(error) => Err(error),
             },
             Database::Sqlite { .. } => {

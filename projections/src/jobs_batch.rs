@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use chrono::{DateTime, Utc};
 use domain::jobs::{JobEvent, JobStatus};
 use infrastructure::event_store::{ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
-use infrastructure::tx_execute_values;
+use infrastructure::{tx_execute_values, tx_fetch_values};
 
 use application::jobs::LIMIT_REACHED;
 
@@ -46,10 +46,16 @@ pub(super) fn fits(events: &[(&str, &JobEvent)]) -> bool {
 /// hundred teams' rows; a joint commit of endings: dozens), so the less each transaction
 /// does while holding them, the less the others wait.
 pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+    let claims = claims(events);
+    if !claims.is_empty() {
+        // A claim batch (nothing but claims, [`fits`]): the claimed rows name their teams,
+        // so nothing is read first (a claim runs inside the dispatch turn).
+        let teams = claim_jobs(tx, &claims).await?;
+        lock_teams(tx, teams.values().map(String::as_str).collect()).await?;
+        return claim_slots(tx, &claims, &teams).await;
+    }
     let known = rows_of(tx, events.iter().filter(|(_, e)| !matches!(e, JobEvent::JobQueued { .. })).map(|(job, _)| *job)).await?;
     queue_jobs(tx, events).await?;
-    let claims = claims(events);
-    claim_jobs(tx, &claims).await?;
     let ended = ended(events)?;
     end_jobs(tx, &ended, &known).await?;
     let mut teams: Vec<&str> = known.values().map(|row| row.team.as_str()).collect();
@@ -63,7 +69,6 @@ pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Resu
     teams.extend(queued_teams.iter().map(String::as_str));
     lock_teams(tx, teams).await?;
     queue_slots(tx, events).await?;
-    claim_slots(tx, &claims, &known).await?;
     end_slots(tx, &ended, &known).await?;
     Ok(())
 }
@@ -140,30 +145,29 @@ fn claims<'a>(events: &[(&'a str, &'a JobEvent)]) -> Vec<Claim<'a>> {
         .collect()
 }
 
-async fn claim_jobs(tx: &mut Tx<'_>, claims: &[Claim<'_>]) -> Result<(), ProjectionError> {
-    tx_execute_values!(
+/// Marks the claimed jobs dispatched; returns each one's team (by job id).
+async fn claim_jobs(tx: &mut Tx<'_>, claims: &[Claim<'_>]) -> Result<HashMap<String, String>, ProjectionError> {
+    let claimed = tx_fetch_values!(
         tx,
+        (String, String),
         "UPDATE jobs SET status = 'dispatched', attempt = v.column2, provider = v.column3, worker = v.column4, provider_request_id = NULL, \
          dispatched_at = v.column5, updated_at = v.column5 FROM (",
-        ") AS v WHERE jobs.job_id = v.column1",
+        ") AS v WHERE jobs.job_id = v.column1 RETURNING jobs.job_id, jobs.team_id",
         5,
         claims,
         |q, c| q.bind(c.0).bind(c.1).bind(c.2).bind(c.3).bind(c.4)
     )?;
-    Ok(())
+    Ok(claimed.into_iter().collect())
 }
 
 /// Takes each team's slots for its claims here at once; a team without room for all of
 /// them refuses the whole batch ([`LIMIT_REACHED`]).
-async fn claim_slots(tx: &mut Tx<'_>, claims: &[Claim<'_>], known: &HashMap<String, JobRow>) -> Result<(), ProjectionError> {
-    if claims.is_empty() {
-        return Ok(());
-    }
+async fn claim_slots(tx: &mut Tx<'_>, claims: &[Claim<'_>], teams: &HashMap<String, String>) -> Result<(), ProjectionError> {
     // Per team: claims, the latest claim's time, the highest share tag.
     let mut per_team: BTreeMap<String, (i64, DateTime<Utc>, Option<i64>)> = BTreeMap::new();
     for (job, _, _, _, at, tag) in claims {
-        let row = known_row(known, job)?;
-        let entry = per_team.entry(row.team.clone()).or_insert((0, *at, *tag));
+        let team = known_row(teams, job)?;
+        let entry = per_team.entry(team.clone()).or_insert((0, *at, *tag));
         entry.0 += 1;
         entry.1 = entry.1.max(*at);
         entry.2 = entry.2.max(*tag);
@@ -171,36 +175,20 @@ async fn claim_slots(tx: &mut Tx<'_>, claims: &[Claim<'_>], known: &HashMap<Stri
     // Takes each team's slots at once; a team without room for all of its claims is not
     // updated, which the RETURNING list shows.
     let per_team: Vec<(String, (i64, DateTime<Utc>, Option<i64>))> = per_team.into_iter().collect();
-    let mut taken: HashSet<String> = HashSet::with_capacity(per_team.len());
-    for chunk in per_team.chunks(ROWS_PER_STATEMENT_MAX) {
-        let sql = infrastructure::event_store::values_sql(
-            "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, \
-             last_dispatched_at = CASE WHEN team_dispatch.last_dispatched_at IS NULL OR v.column3 > team_dispatch.last_dispatched_at \
-             THEN v.column3 ELSE team_dispatch.last_dispatched_at END, \
-             share_tag = CASE WHEN v.column4 > team_dispatch.share_tag THEN v.column4 ELSE team_dispatch.share_tag END FROM (",
-            4,
-            chunk.len(),
-            ") AS v WHERE team_dispatch.team_id = v.column1 AND team_dispatch.running + v.column2 <= team_dispatch.running_limit \
-             RETURNING team_dispatch.team_id",
-        );
-        let returned: Vec<(String,)> = match &mut *tx {
-            Tx::Postgres(conn) => {
-                let mut query = sqlx::query_as(&sql);
-                for (team, (n, at, tag)) in chunk {
-                    query = query.bind(team).bind(*n).bind(*at).bind(*tag);
-                }
-                query.fetch_all(&mut **conn).await?
-            }
-            Tx::Sqlite(conn) => {
-                let mut query = sqlx::query_as(&sql);
-                for (team, (n, at, tag)) in chunk {
-                    query = query.bind(team).bind(*n).bind(*at).bind(*tag);
-                }
-                query.fetch_all(&mut **conn).await?
-            }
-        };
-        taken.extend(returned.into_iter().map(|(team,)| team));
-    }
+    let taken: Vec<(String,)> = tx_fetch_values!(
+        tx,
+        (String,),
+        "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, \
+         last_dispatched_at = CASE WHEN team_dispatch.last_dispatched_at IS NULL OR v.column3 > team_dispatch.last_dispatched_at \
+         THEN v.column3 ELSE team_dispatch.last_dispatched_at END, \
+         share_tag = CASE WHEN v.column4 > team_dispatch.share_tag THEN v.column4 ELSE team_dispatch.share_tag END FROM (",
+        ") AS v WHERE team_dispatch.team_id = v.column1 AND team_dispatch.running + v.column2 <= team_dispatch.running_limit \
+         RETURNING team_dispatch.team_id",
+        4,
+        per_team,
+        |q, r| q.bind(&r.0).bind(r.1 .0).bind(r.1 .1).bind(r.1 .2)
+    )?;
+    let taken: HashSet<String> = taken.into_iter().map(|(team,)| team).collect();
     if let Some((team, _)) = per_team.iter().find(|(team, _)| !taken.contains(team)) {
         return Err(format!("{LIMIT_REACHED} (team {team})").into());
     }
@@ -230,7 +218,7 @@ fn ended<'a>(events: &[(&'a str, &'a JobEvent)]) -> Result<Vec<Ended<'a>>, Proje
     Ok(ended)
 }
 
-fn known_row<'a>(known: &'a HashMap<String, JobRow>, job: &str) -> Result<&'a JobRow, ProjectionError> {
+fn known_row<'a, Row>(known: &'a HashMap<String, Row>, job: &str) -> Result<&'a Row, ProjectionError> {
     known.get(job).ok_or_else(|| format!("job {job} missing from the jobs read model").into())
 }
 

@@ -325,7 +325,9 @@ impl Worker {
             let picks: Vec<(JobId, Option<i64>)> = picked.jobs.iter().map(|job| (job.job_id, Some(job.share_tag))).collect();
             self.jobs.dispatch_many(&picks, self.provider.name(), &self.config.worker_id).await
         };
-        picked.hold.release().await;
+        // The claim has committed (or failed): the turn goes back while this worker
+        // starts what it claimed (the next picker waits for the release, not for us).
+        tokio::spawn(picked.hold.release());
         let claimed = claimed?;
         let started = claimed.len();
         self.prefetch_artifact_keys(&claimed).await;

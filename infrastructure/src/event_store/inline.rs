@@ -171,3 +171,40 @@ macro_rules! tx_execute_values {
         inserted
     }};
 }
+
+/// As [`tx_execute_values!`], for a statement that returns rows (`RETURNING …`): every
+/// chunk's rows, each as a `$out`.
+#[macro_export]
+macro_rules! tx_fetch_values {
+    ($tx:expr, $out:ty, $head:expr, $tail:expr, $columns:expr, $rows:expr, |$query:ident, $row:ident| $bind:expr) => {{
+        let mut fetched: Result<Vec<$out>, ::sqlx::Error> = Ok(Vec::new());
+        for chunk in $rows.chunks($crate::event_store::ROWS_PER_STATEMENT_MAX) {
+            let sql = $crate::event_store::values_sql($head, $columns, chunk.len(), $tail);
+            let rows: Result<Vec<$out>, ::sqlx::Error> = match &mut *$tx {
+                $crate::event_store::Tx::Postgres(conn) => {
+                    let mut $query = ::sqlx::query_as(&sql);
+                    for $row in chunk {
+                        $query = $bind;
+                    }
+                    $query.fetch_all(&mut **conn).await
+                }
+                $crate::event_store::Tx::Sqlite(conn) => {
+                    let mut $query = ::sqlx::query_as(&sql);
+                    for $row in chunk {
+                        $query = $bind;
+                    }
+                    $query.fetch_all(&mut **conn).await
+                }
+            };
+            match (rows, &mut fetched) {
+                (Ok(rows), Ok(all)) => all.extend(rows),
+                (Err(error), _) => {
+                    fetched = Err(error);
+                    break;
+                }
+                (Ok(_), Err(_)) => break,
+            }
+        }
+        fetched
+    }};
+}
