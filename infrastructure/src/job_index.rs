@@ -78,7 +78,7 @@ macro_rules! plan_walk {
 /// (free teams have no slots; only rows written by hand with a limit reach that walk).
 /// Returns (job, team, share tag). `$ready_if` is a condition on the whole walk.
 macro_rules! dispatchable_postgres {
-    ($ready_if:literal) => {
+    ($ready_if:expr) => {
         concat!(
             "WITH front AS (SELECT COALESCE(MAX(share_tag), 0) AS tag FROM team_dispatch), walked AS (",
             plan_walk!("basic", "$3"),
@@ -108,11 +108,18 @@ macro_rules! dispatchable_postgres {
 /// What is dispatchable now, whether or not dispatch is paused.
 const DISPATCHABLE_POSTGRES: &str = dispatchable_postgres!("true");
 
+/// Whether an operator paused dispatch for everyone (`dispatch_control`, the Dispatch
+/// stream's read model): one row, or none before the first pause.
+macro_rules! paused_for_all {
+    () => {
+        "SELECT paused FROM dispatch_control WHERE id = 'global'"
+    };
+}
+
 /// A pick's walk: nothing while an operator has paused dispatch for everyone
 /// ([`PAUSED_FOR_ALL`]), in the same statement (an uncorrelated condition, checked once
 /// before any team is walked).
-const PICKABLE_POSTGRES: &str =
-    dispatchable_postgres!("NOT EXISTS (SELECT 1 FROM dispatch_control WHERE id = 'global' AND paused)");
+const PICKABLE_POSTGRES: &str = dispatchable_postgres!(concat!("NOT COALESCE((", paused_for_all!(), "), false)"));
 
 /// The same rule on SQLite, ranking every queued job (one process's small store).
 const DISPATCHABLE_SQLITE: &str = "SELECT c.job_id, c.team_id, MAX(c.share_tag, f.tag - c.stride) + c.n * c.stride AS tag FROM ( \
@@ -171,9 +178,8 @@ fn parse_active(rows: Vec<ActiveRow>) -> Vec<ActiveJob> {
         .collect()
 }
 
-/// Whether an operator paused dispatch for everyone (`dispatch_control`, the Dispatch
-/// stream's read model).
-const PAUSED_FOR_ALL: &str = "SELECT paused FROM dispatch_control WHERE id = 'global'";
+/// See [`paused_for_all!`].
+const PAUSED_FOR_ALL: &str = paused_for_all!();
 
 impl SqlJobIndex {
     async fn paused_for_all(&self) -> Result<bool, EventStoreError> {

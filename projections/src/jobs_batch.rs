@@ -58,17 +58,10 @@ pub(super) async fn write(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Resu
     queue_jobs(tx, events).await?;
     let ended = ended(events)?;
     end_jobs(tx, &ended, &known).await?;
-    let mut teams: Vec<&str> = known.values().map(|row| row.team.as_str()).collect();
-    let queued_teams: Vec<String> = events
-        .iter()
-        .filter_map(|(_, e)| match e {
-            JobEvent::JobQueued { team_id, .. } => Some(team_id.to_string()),
-            _ => None,
-        })
-        .collect();
-    teams.extend(queued_teams.iter().map(String::as_str));
+    let queued = queued_per_team(events);
+    let teams: Vec<&str> = known.values().map(|row| row.team.as_str()).chain(queued.keys().map(String::as_str)).collect();
     lock_teams(tx, teams).await?;
-    queue_slots(tx, events).await?;
+    queue_slots(tx, queued).await?;
     end_slots(tx, &ended, &known).await?;
     Ok(())
 }
@@ -110,14 +103,19 @@ async fn queue_jobs(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(),
     Ok(())
 }
 
-/// Each team's queue grows by its jobs queued here.
-async fn queue_slots(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(), ProjectionError> {
+/// How many jobs each team queues here, by team id.
+fn queued_per_team(events: &[(&str, &JobEvent)]) -> BTreeMap<String, i64> {
     let mut per_team: BTreeMap<String, i64> = BTreeMap::new();
     for (_, event) in events {
         if let JobEvent::JobQueued { team_id, .. } = event {
             *per_team.entry(team_id.to_string()).or_default() += 1;
         }
     }
+    per_team
+}
+
+/// Each team's queue grows by its jobs queued here.
+async fn queue_slots(tx: &mut Tx<'_>, per_team: BTreeMap<String, i64>) -> Result<(), ProjectionError> {
     let per_team: Vec<(String, i64)> = per_team.into_iter().collect();
     tx_execute_values!(
         tx,
