@@ -195,7 +195,7 @@ impl AggregateStore {
         loop {
             let loaded = self.load::<A>(id).await?;
             let decided = self.decide(loaded, command.clone(), services, metadata).await?;
-            match self.commit(vec![decided.append.clone()]).await {
+            match self.commit(std::slice::from_ref(&decided.append)).await {
                 Ok(_) => return Ok(decided),
                 Err(EventStoreError::Conflict { .. }) => {
                     attempt += 1;
@@ -210,9 +210,8 @@ impl AggregateStore {
     }
 
     /// Appends every non-empty append in one transaction.
-    pub async fn commit(&self, appends: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError> {
-        let appends: Vec<StreamAppend> = appends.into_iter().filter(|a| !a.events.is_empty()).collect();
-        if appends.is_empty() {
+    pub async fn commit(&self, appends: &[StreamAppend]) -> Result<Vec<StoredEvent>, EventStoreError> {
+        if appends.iter().all(|a| a.events.is_empty()) {
             return Ok(Vec::new());
         }
         self.store.append(appends).await
@@ -315,7 +314,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl EventStore for NoStore {
-        async fn append(&self, _: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError> {
+        async fn append(&self, _: &[StreamAppend]) -> Result<Vec<StoredEvent>, EventStoreError> {
             Ok(Vec::new())
         }
         async fn load_stream(&self, _: &str, _: &str, _: i64) -> Result<Vec<StoredEvent>, EventStoreError> {

@@ -250,7 +250,10 @@ async fn run_writer(aggregates: AggregateStore, committer: Committer, team: Team
 /// One command of a batch as decided in one attempt.
 struct Decision {
     result: Result<Outcome, CreditsError>,
+    /// Other streams' appends of the command (moved into the batch's commit), and
+    /// which streams those are (to tell whose command a conflict on one of them is).
     extra: Vec<StreamAppend>,
+    extra_streams: Vec<(String, String)>,
 }
 
 async fn process_batch(
@@ -276,7 +279,7 @@ async fn process_batch(
             },
         };
         let start_sequence = loaded.sequence;
-        let (decisions, append) = decide_batch(aggregates, &mut loaded, &mut batch).await;
+        let (mut decisions, append) = decide_batch(aggregates, &mut loaded, &mut batch).await;
         let Some(append) = append else {
             // Nothing to write: the answers are rejections and repeats, which are only
             // right if no other process has moved the team meanwhile.
@@ -293,7 +296,9 @@ async fn process_batch(
             }
         };
         let mut appends = vec![append];
-        appends.extend(decisions.iter().flat_map(|d| d.extra.iter().cloned()));
+        for decision in &mut decisions {
+            appends.append(&mut decision.extra);
+        }
         match committer.commit(appends, *shared).await {
             Ok(()) => {
                 if aggregates.snapshot_due(start_sequence, &loaded) {
@@ -350,7 +355,7 @@ async fn decide_batch(
         let (command, extra) = match (request.build)(&loaded.aggregate) {
             Ok(built) => built,
             Err(error) => {
-                decisions.push(Decision { result: Err(error), extra: Vec::new() });
+                decisions.push(Decision { result: Err(error), extra: Vec::new(), extra_streams: Vec::new() });
                 continue;
             }
         };
@@ -366,9 +371,10 @@ async fn decide_batch(
                         all
                     }
                 });
-                decisions.push(Decision { result: Ok(Outcome::of(&loaded.aggregate, &command, events)), extra });
+                let extra_streams = extra.iter().map(|a| (a.aggregate_type.clone(), a.aggregate_id.clone())).collect();
+                decisions.push(Decision { result: Ok(Outcome::of(&loaded.aggregate, &command, events)), extra, extra_streams });
             }
-            Err(error) => decisions.push(Decision { result: Err(error), extra: Vec::new() }),
+            Err(error) => decisions.push(Decision { result: Err(error), extra: Vec::new(), extra_streams: Vec::new() }),
         }
     }
     let combined = combined.filter(|append| !append.events.is_empty());
@@ -417,7 +423,7 @@ impl Committer {
     async fn commit(&self, appends: Vec<StreamAppend>, shared: bool) -> Result<(), EventStoreError> {
         let queue = match self {
             Self::Joint(queue) => queue,
-            Self::Direct(aggregates) => return aggregates.commit(appends).await.map(|_| ()),
+            Self::Direct(aggregates) => return aggregates.commit(&appends).await.map(|_| ()),
         };
         let (reply, answer) = oneshot::channel();
         queue.send(CommitRequest { appends, shared, reply }).await.map_err(|_| committer_gone())?;
@@ -510,8 +516,20 @@ async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>
         group.sort_by_cached_key(|r| r.appends.first().map(|a| (a.aggregate_type.clone(), a.aggregate_id.clone())));
     }
     while group.len() > 1 {
-        let joint: Vec<StreamAppend> = group.iter().flat_map(|r| r.appends.iter().cloned()).collect();
-        match aggregates.commit(joint).await {
+        // The members' appends moved into one list, and given back if it fails (a
+        // retry commits them again): nothing is copied.
+        let lengths: Vec<usize> = group.iter().map(|r| r.appends.len()).collect();
+        let mut joint: Vec<StreamAppend> = Vec::with_capacity(lengths.iter().sum());
+        for request in &mut group {
+            joint.append(&mut request.appends);
+        }
+        let result = aggregates.commit(&joint).await;
+        if result.is_err() {
+            for (request, length) in group.iter_mut().zip(&lengths).rev() {
+                request.appends = joint.split_off(joint.len() - length);
+            }
+        }
+        match result {
             Ok(_) => {
                 for request in group {
                     let _ = request.reply.send(Ok(()));
@@ -535,7 +553,7 @@ async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>
             Err(error) => {
                 tracing::debug!(%error, members = group.len(), "joint credit commit failed; committing each writer alone");
                 for request in group {
-                    let result = aggregates.commit(request.appends).await.map(|_| ());
+                    let result = aggregates.commit(&request.appends).await.map(|_| ());
                     let _ = request.reply.send(result);
                 }
                 return;
@@ -543,7 +561,7 @@ async fn commit_group(aggregates: &AggregateStore, mut group: Vec<CommitRequest>
         }
     }
     if let Some(request) = group.pop() {
-        let result = aggregates.commit(request.appends).await.map(|_| ());
+        let result = aggregates.commit(&request.appends).await.map(|_| ());
         let _ = request.reply.send(result);
     }
 }
@@ -622,7 +640,7 @@ fn split_by_extra(batch: Vec<Request>, decisions: Vec<Decision>, aggregate_type:
     let mut failed = Vec::new();
     let mut rest = Vec::new();
     for (request, decision) in batch.into_iter().zip(decisions) {
-        let hit = decision.extra.iter().any(|a| a.aggregate_type == aggregate_type && a.aggregate_id == aggregate_id);
+        let hit = decision.extra_streams.iter().any(|(t, i)| t == aggregate_type && i == aggregate_id);
         if hit {
             failed.push(request);
         } else {

@@ -130,8 +130,10 @@ impl EventStoreError {
 pub trait EventStore: Send + Sync + 'static {
     /// Appends to one or more streams in a single transaction: all or nothing. Runs the
     /// store's inline projections inside that transaction. Returns the stored events in
-    /// append order.
-    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError>;
+    /// append order. Appends without events are left out. Borrowed: a caller that may
+    /// commit the same appends again (without a conflicting member, say) keeps them and
+    /// copies nothing.
+    async fn append(&self, appends: &[StreamAppend]) -> Result<Vec<StoredEvent>, EventStoreError>;
 
     /// The events of one stream with `sequence > after_sequence`, in order.
     async fn load_stream(

@@ -201,7 +201,7 @@ impl RetentionService {
     async fn commit_expired(&self, jobs: &[ExpiredJob], appends: Vec<StreamAppend>, now: DateTime<Utc>) -> Result<usize, RetentionError> {
         let aggregates = &self.aggregates;
         let recorded = appends.len();
-        match aggregates.commit(appends).await {
+        match aggregates.commit(&appends).await {
             Ok(_) => Ok(recorded),
             Err(EventStoreError::Conflict { .. }) => {
                 let metadata = json!({"actor": ACTOR});

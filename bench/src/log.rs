@@ -266,7 +266,7 @@ async fn load(store: &Arc<SqlEventStore>, total: usize, per_team: usize) -> anyh
                 let events = per_team.min(total - team * per_team);
                 let stream = team_stream(events);
                 appended += stream.events.len() as u64;
-                store.append(vec![stream]).await?;
+                store.append(std::slice::from_ref(&stream)).await?;
             }
             Ok::<u64, anyhow::Error>(appended)
         }));

@@ -72,7 +72,7 @@ impl Seed {
     pub async fn write_rows(&self, pool: &PgPool, aggregates: &AggregateStore) -> anyhow::Result<()> {
         let through_store = JOBS_THROUGH_STORE.min(self.jobs.len());
         let first: Vec<SeedJob> = (0..through_store).map(|n| self.job(n)).collect();
-        aggregates.commit(first.iter().map(SeedJob::append).collect()).await.context("seed through the event store")?;
+        aggregates.commit(&first.iter().map(SeedJob::append).collect::<Vec<_>>()).await.context("seed through the event store")?;
         let mut seeded = through_store;
         let mut checked = false;
         while seeded < self.jobs.len() {

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Plan, TeamCredits};
 use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
-use infrastructure::tx_execute_values;
+use infrastructure::tx_execute_rows;
 
 use crate::credit_fold::{self, latest, Balance, BlockMoney, Effect, End, NewBlock, NewReservation, ReservationChange, TeamChange};
 use crate::decode;
@@ -269,97 +269,108 @@ fn new_allocations(changes: &Changes) -> HashMap<String, Vec<(String, i64)>> {
 
 /// SQLite (and any database without arrays): multi-row `VALUES` statements.
 async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), ProjectionError> {
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO team_balances (team_id, name, plan, opened_at, updated_at, available, reserved)",
         "ON CONFLICT (team_id) DO NOTHING",
-        7,
         changes.opened,
-        |q, row| q.bind(&row.0).bind(&row.1).bind(&row.2).bind(row.3).bind(row.3).bind(0i64).bind(0i64)
+        [
+            "text" => |row| row.0.as_str(),
+            "text" => |row| row.1.as_str(),
+            "text" => |row| row.2.as_str(),
+            "timestamptz" => |row| row.3,
+            "timestamptz" => |row| row.3,
+            "bigint" => |_row| 0i64,
+            "bigint" => |_row| 0i64,
+        ]
     )?;
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO credit_grants (grant_id, team_id, origin, amount, remaining, expires_at, granted_at)",
         "",
-        7,
         changes.new_grants,
-        |q, g| q
-            .bind(g.1.grant_id.to_string())
-            .bind(&g.0)
-            .bind(g.1.origin)
-            .bind(g.1.amount)
-            .bind(g.1.amount)
-            .bind(g.1.expires_at)
-            .bind(g.1.granted_at)
+        [
+            "text" => |g| g.1.grant_id.to_string(),
+            "text" => |g| g.0.as_str(),
+            "text" => |g| g.1.origin,
+            "bigint" => |g| g.1.amount,
+            "bigint" => |g| g.1.amount,
+            "timestamptz" => |g| g.1.expires_at,
+            "timestamptz" => |g| g.1.granted_at,
+        ]
     )?;
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO credit_reservations (reservation_id, team_id, amount, operation, price_version, reserved_at, state)",
         "",
-        7,
         changes.new_reservations,
-        |q, r| q
-            .bind(r.1.id.to_string())
-            .bind(&r.0)
-            .bind(r.1.amount)
-            .bind(r.1.operation.as_str())
-            .bind(r.1.price_version)
-            .bind(r.1.reserved_at)
-            .bind("pending")
+        [
+            "text" => |r| r.1.id.to_string(),
+            "text" => |r| r.0.as_str(),
+            "bigint" => |r| r.1.amount,
+            "text" => |r| r.1.operation.as_str(),
+            "bigint" => |r| r.1.price_version,
+            "timestamptz" => |r| r.1.reserved_at,
+            "text" => |_r| "pending",
+        ]
     )?;
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO credit_reservation_allocations (reservation_id, grant_id, amount)",
         "",
-        3,
         changes.new_allocations,
-        |q, a| q.bind(&a.0).bind(&a.1).bind(a.2)
+        ["text" => |a| a.0.as_str(), "text" => |a| a.1.as_str(), "bigint" => |a| a.2]
     )?;
     if !changes.ended.is_empty() {
         let allocations = allocations_of(tx, &changes).await?;
         changes.end_allocations(&allocations)?;
-        tx_execute_values!(
+        tx_execute_rows!(
             tx,
             "UPDATE credit_reservations SET state = v.column2, ended_at = v.column3 FROM (",
             ") AS v WHERE credit_reservations.reservation_id = v.column1",
-            3,
             changes.ended,
-            |q, e| q.bind(&e.0).bind(e.1.as_str()).bind(e.2)
+            ["text" => |e| e.0.as_str(), "text" => |e| e.1.as_str(), "timestamptz" => |e| e.2]
         )?;
     }
     let grants: Vec<(String, BlockMoney)> = changes.grants.into_iter().collect();
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "UPDATE credit_grants SET remaining = remaining + v.column2, reserved = reserved + v.column3, \
          deducted = deducted + v.column4, expired = expired + v.column5, adjusted_out = adjusted_out + v.column6 FROM (",
         ") AS v WHERE credit_grants.grant_id = v.column1",
-        6,
         grants,
-        |q, g| q.bind(&g.0).bind(g.1.remaining).bind(g.1.reserved).bind(g.1.deducted).bind(g.1.expired).bind(g.1.adjusted_out)
+        [
+            "text" => |g| g.0.as_str(),
+            "bigint" => |g| g.1.remaining,
+            "bigint" => |g| g.1.reserved,
+            "bigint" => |g| g.1.deducted,
+            "bigint" => |g| g.1.expired,
+            "bigint" => |g| g.1.adjusted_out,
+        ]
     )?;
     // `MAX` of two times as text is the later one: sqlx writes every time of these
     // columns in one RFC 3339 form (UTC offset, fraction digits in groups of three, none
     // when zero), in which text order is time order.
     let teams: Vec<(String, TeamDelta)> = changes.teams.into_iter().collect();
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "UPDATE team_balances SET available = available + v.column2, reserved = reserved + v.column3, \
          granted_total = granted_total + v.column4, deducted_total = deducted_total + v.column5, \
          expired_total = expired_total + v.column6, adjusted_total = adjusted_total + v.column7, \
          plan = COALESCE(v.column9, plan), updated_at = MAX(updated_at, v.column8) FROM (",
         ") AS v WHERE team_balances.team_id = v.column1",
-        9,
         teams,
-        |q, t| q
-            .bind(&t.0)
-            .bind(t.1.balance.available)
-            .bind(t.1.balance.reserved)
-            .bind(t.1.balance.totals.granted)
-            .bind(t.1.balance.totals.deducted)
-            .bind(t.1.balance.totals.expired)
-            .bind(t.1.balance.totals.adjusted)
-            .bind(t.1.at)
-            .bind(t.1.plan.map(|p| p.to_string()))
+        [
+            "text" => |t| t.0.as_str(),
+            "bigint" => |t| t.1.balance.available,
+            "bigint" => |t| t.1.balance.reserved,
+            "bigint" => |t| t.1.balance.totals.granted,
+            "bigint" => |t| t.1.balance.totals.deducted,
+            "bigint" => |t| t.1.balance.totals.expired,
+            "bigint" => |t| t.1.balance.totals.adjusted,
+            "timestamptz" => |t| t.1.at,
+            "text" => |t| t.1.plan.map(|p| p.to_string()),
+        ]
     )?;
     Ok(())
 }

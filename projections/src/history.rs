@@ -10,7 +10,7 @@ use application::event_store::StoredEvent;
 use async_trait::async_trait;
 use domain::TeamCredits;
 use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
-use infrastructure::{tx_execute_values, tx_fetch_by_keys};
+use infrastructure::{tx_execute_rows, tx_fetch_by_keys};
 
 use crate::credit_fold::{self, LedgerEntry, OpenReservations, ReservationChange, Running};
 use crate::decode;
@@ -92,25 +92,25 @@ impl InlineProjection for CreditHistory {
         }
         // One multi-row insert per chunk instead of a statement per entry: the projector
         // and a rebuild apply thousands of events per batch.
-        tx_execute_values!(
+        tx_execute_rows!(
             tx,
             "INSERT INTO credit_ledger (team_id, entry_no, sequence, entry_type, amount, available_after, \
              reserved_after, reference, operation, detail, occurred_at)",
             "",
-            11,
             rows,
-            |q, row| q
-                .bind(row.0)
-                .bind(row.1.entry_no)
-                .bind(row.1.sequence)
-                .bind(&row.1.entry_type)
-                .bind(row.1.amount)
-                .bind(row.1.available_after)
-                .bind(row.1.reserved_after)
-                .bind(&row.1.reference)
-                .bind(&row.1.operation)
-                .bind(&row.1.detail)
-                .bind(row.1.occurred_at)
+            [
+                "text" => |row| row.0,
+                "bigint" => |row| row.1.entry_no,
+                "bigint" => |row| row.1.sequence,
+                "text" => |row| row.1.entry_type.as_str(),
+                "bigint" => |row| row.1.amount,
+                "bigint" => |row| row.1.available_after,
+                "bigint" => |row| row.1.reserved_after,
+                "text" => |row| row.1.reference.as_deref(),
+                "text" => |row| row.1.operation.as_deref(),
+                "text" => |row| row.1.detail.as_deref(),
+                "timestamptz" => |row| row.1.occurred_at,
+            ]
         )?;
         Ok(())
     }

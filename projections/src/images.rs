@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use infrastructure::event_store::{ProjectionError, Tx};
-use infrastructure::tx_execute_values;
+use infrastructure::tx_execute_rows;
 
 /// One job's `ImagesExpired`: its id and when.
 pub type Expired = (String, DateTime<Utc>);
@@ -47,21 +47,19 @@ async fn expire_postgres(conn: &mut sqlx::PgConnection, expired: &[Expired]) -> 
 
 async fn expire_portable(tx: &mut Tx<'_>, expired: &[Expired]) -> Result<(), ProjectionError> {
     // `VALUES` columns are `column1`, `column2` on both databases.
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO job_image_expiries (job_id, expired_at) SELECT v.column1, v.column2 FROM (",
         ") AS v WHERE true ON CONFLICT (job_id) DO NOTHING",
-        2,
         expired,
-        |q, row| q.bind(&row.0).bind(row.1)
+        ["text" => |row| row.0.as_str(), "timestamptz" => |row| row.1]
     )?;
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "DELETE FROM images WHERE job_id IN (SELECT v.column1 FROM (",
         ") AS v)",
-        1,
         expired,
-        |q, row| q.bind(&row.0)
+        ["text" => |row| row.0.as_str()]
     )?;
     Ok(())
 }

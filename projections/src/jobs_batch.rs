@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use domain::jobs::{JobEvent, JobStatus};
-use infrastructure::event_store::{ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
-use infrastructure::{tx_execute_values, tx_fetch_values};
+use infrastructure::event_store::{ProjectionError, Tx};
+use infrastructure::{tx_execute_rows, tx_fetch_rows};
 
 use application::jobs::LIMIT_REACHED;
 
@@ -92,13 +92,24 @@ async fn queue_jobs(tx: &mut Tx<'_>, events: &[(&str, &JobEvent)]) -> Result<(),
             rows.push((*job, team_id.to_string(), kind, input.model_id().to_string(), cost.get(), *price_version, serde_json::to_string(input)?, *occurred_at));
         }
     }
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO jobs (job_id, team_id, kind, status, model_id, cost, price_version, input, queued_at, not_before, updated_at)",
         "",
-        11,
         rows,
-        |q, r| q.bind(r.0).bind(&r.1).bind(r.2).bind("queued").bind(&r.3).bind(r.4).bind(r.5).bind(&r.6).bind(r.7).bind(r.7).bind(r.7)
+        [
+            "text" => |r| r.0,
+            "text" => |r| r.1.as_str(),
+            "text" => |r| r.2,
+            "text" => |_r| "queued",
+            "text" => |r| r.3.as_str(),
+            "bigint" => |r| r.4,
+            "bigint" => |r| r.5,
+            "text" => |r| r.6.as_str(),
+            "timestamptz" => |r| r.7,
+            "timestamptz" => |r| r.7,
+            "timestamptz" => |r| r.7,
+        ]
     )?;
     Ok(())
 }
@@ -117,13 +128,12 @@ fn queued_per_team(events: &[(&str, &JobEvent)]) -> BTreeMap<String, i64> {
 /// Each team's queue grows by its jobs queued here.
 async fn queue_slots(tx: &mut Tx<'_>, per_team: BTreeMap<String, i64>) -> Result<(), ProjectionError> {
     let per_team: Vec<(String, i64)> = per_team.into_iter().collect();
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO team_dispatch (team_id, queued)",
         "ON CONFLICT (team_id) DO UPDATE SET queued = team_dispatch.queued + excluded.queued",
-        2,
         per_team,
-        |q, r| q.bind(&r.0).bind(r.1)
+        ["text" => |r| r.0.as_str(), "bigint" => |r| r.1]
     )?;
     Ok(())
 }
@@ -145,15 +155,14 @@ fn claims<'a>(events: &[(&'a str, &'a JobEvent)]) -> Vec<Claim<'a>> {
 
 /// Marks the claimed jobs dispatched; returns each one's team (by job id).
 async fn claim_jobs(tx: &mut Tx<'_>, claims: &[Claim<'_>]) -> Result<HashMap<String, String>, ProjectionError> {
-    let claimed = tx_fetch_values!(
+    let claimed = tx_fetch_rows!(
         tx,
         (String, String),
         "UPDATE jobs SET status = 'dispatched', attempt = v.column2, provider = v.column3, worker = v.column4, provider_request_id = NULL, \
          dispatched_at = v.column5, updated_at = v.column5 FROM (",
         ") AS v WHERE jobs.job_id = v.column1 RETURNING jobs.job_id, jobs.team_id",
-        5,
         claims,
-        |q, c| q.bind(c.0).bind(c.1).bind(c.2).bind(c.3).bind(c.4)
+        ["text" => |c| c.0, "bigint" => |c| c.1, "text" => |c| c.2, "text" => |c| c.3, "timestamptz" => |c| c.4]
     )?;
     Ok(claimed.into_iter().collect())
 }
@@ -173,7 +182,7 @@ async fn claim_slots(tx: &mut Tx<'_>, claims: &[Claim<'_>], teams: &HashMap<Stri
     // Takes each team's slots at once; a team without room for all of its claims is not
     // updated, which the RETURNING list shows.
     let per_team: Vec<(String, (i64, DateTime<Utc>, Option<i64>))> = per_team.into_iter().collect();
-    let taken: Vec<(String,)> = tx_fetch_values!(
+    let taken: Vec<(String,)> = tx_fetch_rows!(
         tx,
         (String,),
         "UPDATE team_dispatch SET running = running + v.column2, queued = queued - v.column2, \
@@ -182,9 +191,8 @@ async fn claim_slots(tx: &mut Tx<'_>, claims: &[Claim<'_>], teams: &HashMap<Stri
          share_tag = CASE WHEN v.column4 > team_dispatch.share_tag THEN v.column4 ELSE team_dispatch.share_tag END FROM (",
         ") AS v WHERE team_dispatch.team_id = v.column1 AND team_dispatch.running + v.column2 <= team_dispatch.running_limit \
          RETURNING team_dispatch.team_id",
-        4,
         per_team,
-        |q, r| q.bind(&r.0).bind(r.1 .0).bind(r.1 .1).bind(r.1 .2)
+        ["text" => |r| r.0.as_str(), "bigint" => |r| r.1 .0, "timestamptz" => |r| r.1 .1, "bigint" => |r| r.1 .2]
     )?;
     let taken: HashSet<String> = taken.into_iter().map(|(team,)| team).collect();
     if let Some((team, _)) = per_team.iter().find(|(team, _)| !taken.contains(team)) {
@@ -233,22 +241,34 @@ async fn end_jobs(tx: &mut Tx<'_>, ended: &[Ended<'_>], known: &HashMap<String, 
             }
         }
     }
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "UPDATE jobs SET status = v.column2, outputs = COALESCE(v.column3, jobs.outputs), error = COALESCE(v.column4, jobs.error), \
          finished_at = v.column5, updated_at = v.column5 FROM (",
         ") AS v WHERE jobs.job_id = v.column1",
-        5,
         ended,
-        |q, e| q.bind(e.job).bind(e.status).bind(&e.outputs).bind(&e.error).bind(e.at)
+        [
+            "text" => |e| e.job,
+            "text" => |e| e.status,
+            "text" => |e| e.outputs.as_deref(),
+            "text" => |e| e.error.as_deref(),
+            "timestamptz" => |e| e.at,
+        ]
     )?;
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "INSERT INTO images (key, team_id, job_id, model_id, position, bytes, created_at)",
         "",
-        7,
         images,
-        |q, i| q.bind(&i.0).bind(&i.1).bind(i.2).bind(&i.3).bind(i.4).bind(i.5).bind(i.6)
+        [
+            "text" => |i| i.0.as_str(),
+            "text" => |i| i.1.as_str(),
+            "text" => |i| i.2,
+            "text" => |i| i.3.as_str(),
+            "bigint" => |i| i.4,
+            "bigint" => |i| i.5,
+            "timestamptz" => |i| i.6,
+        ]
     )?;
     Ok(())
 }
@@ -266,13 +286,12 @@ async fn end_slots(tx: &mut Tx<'_>, ended: &[Ended<'_>], known: &HashMap<String,
         }
     }
     let per_team: Vec<(String, (i64, i64))> = per_team.into_iter().collect();
-    tx_execute_values!(
+    tx_execute_rows!(
         tx,
         "UPDATE team_dispatch SET running = running - v.column2, queued = queued - v.column3 FROM (",
         ") AS v WHERE team_dispatch.team_id = v.column1",
-        3,
         per_team,
-        |q, r| q.bind(&r.0).bind(r.1 .0).bind(r.1 .1)
+        ["text" => |r| r.0.as_str(), "bigint" => |r| r.1 .0, "bigint" => |r| r.1 .1]
     )?;
     Ok(())
 }
@@ -285,30 +304,16 @@ struct JobRow {
     kind: String,
 }
 
-/// The read-model rows of `jobs`, by id, a few hundred per query.
+/// The read-model rows of `jobs`, by id.
 async fn rows_of<'a>(tx: &mut Tx<'_>, jobs: impl Iterator<Item = &'a str>) -> Result<HashMap<String, JobRow>, ProjectionError> {
     let jobs: Vec<&str> = jobs.collect();
-    let mut known = HashMap::with_capacity(jobs.len());
-    for chunk in jobs.chunks(ROWS_PER_STATEMENT_MAX) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-        let sql = format!("SELECT job_id, team_id, status, model_id, kind FROM jobs WHERE job_id IN ({})", placeholders.join(", "));
-        let rows: Vec<(String, String, String, String, String)> = match &mut *tx {
-            Tx::Postgres(conn) => {
-                let mut query = sqlx::query_as(&sql);
-                for job in chunk {
-                    query = query.bind(*job);
-                }
-                query.fetch_all(&mut **conn).await?
-            }
-            Tx::Sqlite(conn) => {
-                let mut query = sqlx::query_as(&sql);
-                for job in chunk {
-                    query = query.bind(*job);
-                }
-                query.fetch_all(&mut **conn).await?
-            }
-        };
-        known.extend(rows.into_iter().map(|(job, team, status, model, kind)| (job, JobRow { team, status, model, kind })));
-    }
-    Ok(known)
+    let rows = tx_fetch_rows!(
+        tx,
+        (String, String, String, String, String),
+        "SELECT job_id, team_id, status, model_id, kind FROM jobs WHERE job_id IN (SELECT column1 FROM (",
+        ") AS v)",
+        jobs,
+        ["text" => |job| *job]
+    )?;
+    Ok(rows.into_iter().map(|(job, team, status, model, kind)| (job, JobRow { team, status, model, kind })).collect())
 }

@@ -225,7 +225,7 @@ async fn verify_names_broken_ledger_rules_in_well_chained_events() {
     let append = StreamAppend { aggregate_type: "TeamCredits".into(), aggregate_id: team.to_string(), expected_sequence: 9, events, snapshot: None };
     // The inline projection refuses a negative balance, so the bad events go in without it.
     let bare = infrastructure::event_store::SqlEventStore::new(app.state.db.clone());
-    bare.append(vec![append]).await.expect("append");
+    bare.append(&[append]).await.expect("append");
     let report = audit::verify(&app.state.db, Some(&team.to_string())).await.expect("verify");
     assert_named(&report, team, 10, "ended-before-begun");
     assert_named(&report, team, 11, "unknown-block");

@@ -200,7 +200,7 @@ async fn case(db: &TestDb, steps: Vec<Step>, batch_size: i64) -> Result<(), Stri
         let store = store.clone();
         async move {
             if !appends.is_empty() {
-                store.append(appends).await.map_err(|e| format!("append: {e}"))?;
+                store.append(&appends).await.map_err(|e| format!("append: {e}"))?;
             }
             Ok::<(), String>(())
         }

@@ -175,7 +175,7 @@ impl InlineProjection for Gate {
 
 async fn append_and_load_round_trip(t: TestDb) {
     let store = SqlEventStore::new(t.db.clone());
-    let stored = store.append(vec![append("a", 0, &[1, 2, 3]), append("b", 0, &[10])]).await.expect("append");
+    let stored = store.append(&[append("a", 0, &[1, 2, 3]), append("b", 0, &[10])]).await.expect("append");
     assert_eq!(stored.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![1, 2, 3, 1]);
 
     let a = store.load_stream("Counter", "a", 0).await.expect("load a");
@@ -196,14 +196,14 @@ async fn append_and_load_round_trip(t: TestDb) {
 async fn conflicting_writers_exactly_one_wins(t: TestDb) {
     const WRITERS: usize = 8;
     let store = SqlEventStore::new(t.db.clone());
-    store.append(vec![append("hot", 0, &[1])]).await.expect("seed");
+    store.append(&[append("hot", 0, &[1])]).await.expect("seed");
     let barrier = Arc::new(Barrier::new(WRITERS));
     let mut tasks = Vec::new();
     for writer in 0..WRITERS {
         let (store, barrier) = (store.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            store.append(vec![append("hot", 1, &[100 + writer as i64])]).await
+            store.append(&[append("hot", 1, &[100 + writer as i64])]).await
         }));
     }
     let mut wins = 0;
@@ -249,10 +249,10 @@ async fn concurrent_commands_retry_and_lose_nothing(t: TestDb) {
 
 async fn multi_stream_append_is_all_or_nothing(t: TestDb) {
     let store = SqlEventStore::new(t.db.clone());
-    store.append(vec![append("existing", 0, &[1])]).await.expect("seed");
+    store.append(&[append("existing", 0, &[1])]).await.expect("seed");
 
     // The second stream's expected sequence is stale: the first must not be recorded.
-    let result = store.append(vec![append("fresh", 0, &[5]), append("existing", 0, &[7])]).await;
+    let result = store.append(&[append("fresh", 0, &[5]), append("existing", 0, &[7])]).await;
     match result {
         Err(EventStoreError::Conflict { aggregate_id, .. }) => assert_eq!(aggregate_id, "existing"),
         other => panic!("expected a conflict on the second stream, got {other:?}"),
@@ -261,7 +261,7 @@ async fn multi_stream_append_is_all_or_nothing(t: TestDb) {
     assert_eq!(store.load_stream("Counter", "existing", 0).await.expect("load").len(), 1);
 
     // The same pair with the right expectations commits both.
-    store.append(vec![append("fresh", 0, &[5]), append("existing", 1, &[7])]).await.expect("append both");
+    store.append(&[append("fresh", 0, &[5]), append("existing", 1, &[7])]).await.expect("append both");
     assert_eq!(amounts(&read_all(&store, 3).await), vec![1, 5, 7]);
 }
 
@@ -269,16 +269,16 @@ async fn inline_projection_commits_and_rolls_back_with_the_append(t: TestDb) {
     exec(&t.db, "CREATE TABLE tally (aggregate_id TEXT PRIMARY KEY, events BIGINT NOT NULL)").await;
     let store = SqlEventStore::with_inline_projections(t.db.clone(), vec![Arc::new(Tally)]);
 
-    store.append(vec![append("x", 0, &[1, 2])]).await.expect("append");
+    store.append(&[append("x", 0, &[1, 2])]).await.expect("append");
     assert_eq!(tally_of(&t.db, "x").await, 2, "read-your-writes right after append");
 
     // A failed append (conflict in its second stream) leaves the projection untouched.
-    let failed = store.append(vec![append("y", 0, &[1]), append("x", 1, &[3])]).await;
+    let failed = store.append(&[append("y", 0, &[1]), append("x", 1, &[3])]).await;
     assert!(matches!(failed, Err(EventStoreError::Conflict { .. })), "{failed:?}");
     assert_eq!((tally_of(&t.db, "x").await, tally_of(&t.db, "y").await), (2, 0));
 
     // A projection that fails takes the events down with it.
-    let refused = store.append(vec![append("z", 0, &[1]), append("poison", 0, &[1])]).await;
+    let refused = store.append(&[append("z", 0, &[1]), append("poison", 0, &[1])]).await;
     match refused {
         Err(EventStoreError::Projection { projection, .. }) => assert_eq!(projection, "tally"),
         other => panic!("expected a projection error, got {other:?}"),
@@ -318,7 +318,7 @@ impl Reader {
 async fn log_reader_never_skips_a_late_commit(t: TestDb) {
     let gate = Arc::new(Gate::default());
     let store = SqlEventStore::with_inline_projections(t.db.clone(), vec![gate.clone()]);
-    store.append(vec![append("before", 0, &[1])]).await.expect("seed");
+    store.append(&[append("before", 0, &[1])]).await.expect("seed");
 
     let mut reader = Reader::default();
     reader.poll_until(&store, 1).await;
@@ -326,14 +326,14 @@ async fn log_reader_never_skips_a_late_commit(t: TestDb) {
     // A: inserts its event first, then holds its transaction open.
     let slow = {
         let store = store.clone();
-        tokio::spawn(async move { store.append(vec![append("slow", 0, &[2])]).await })
+        tokio::spawn(async move { store.append(&[append("slow", 0, &[2])]).await })
     };
     gate.inside.notified().await;
     // B: appends after A inserted, so its position is higher; it commits first
     // (PostgreSQL) or waits for A's write lock (SQLite).
     let fast = {
         let store = store.clone();
-        tokio::spawn(async move { store.append(vec![append("fast", 0, &[3])]).await })
+        tokio::spawn(async move { store.append(&[append("fast", 0, &[3])]).await })
     };
     let fast = if t.db.backend() == Backend::Postgres {
         fast.await.expect("task").expect("fast commits while slow is open");
@@ -418,7 +418,7 @@ async fn cqrs_es_framework_runs_on_the_store(t: TestDb) {
 async fn corrupt_or_unknown_events_name_their_stream_and_sequence(t: TestDb) {
     let store = SqlEventStore::new(t.db.clone());
     let aggregates = AggregateStore::new(Arc::new(store.clone()), 1_000);
-    store.append(vec![append("bad", 0, &[1])]).await.expect("seed");
+    store.append(&[append("bad", 0, &[1])]).await.expect("seed");
     let unknown = "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
                    VALUES ('Counter', 'bad', 2, 'Exploded', '1', '{\"type\": \"Exploded\"}', '{}')";
     exec(&t.db, unknown).await;
@@ -443,7 +443,7 @@ async fn corrupt_or_unknown_events_name_their_stream_and_sequence(t: TestDb) {
 
 async fn the_log_is_append_only(t: TestDb) {
     let store = SqlEventStore::new(t.db.clone());
-    store.append(vec![append("fixed", 0, &[1])]).await.expect("seed");
+    store.append(&[append("fixed", 0, &[1])]).await.expect("seed");
     for sql in ["UPDATE events SET payload = '{}'", "DELETE FROM events"] {
         let refused = match &t.db {
             Database::Postgres(pool) => sqlx::query(sql).execute(pool).await.is_err(),
@@ -458,7 +458,7 @@ async fn the_log_is_append_only(t: TestDb) {
 /// conflict; `save_snapshot` never moves a snapshot backwards.
 async fn stale_streams_and_saved_snapshots(t: TestDb) {
     let store = SqlEventStore::new(t.db.clone());
-    store.append(vec![append("a", 0, &[1, 2]), append("b", 0, &[5])]).await.expect("seed");
+    store.append(&[append("a", 0, &[1, 2]), append("b", 0, &[5])]).await.expect("seed");
     let ask = |id: &str, expected: i64| ("Counter".to_string(), id.to_string(), expected);
     let stale = store.stale_streams(&[ask("a", 1), ask("a", 2), ask("b", 1), ask("new", 0), ask("b", 0)]).await.expect("stale");
     let mut stale: Vec<&str> = stale.iter().map(|(_, id)| id.as_str()).collect();

@@ -20,7 +20,7 @@ use domain::operators::OperatorAct;
 use domain::{Credits, JobId, ReservationState, TeamCredits, TeamCreditsCommand, TeamCreditsError, TeamId};
 use serde_json::{json, Value};
 
-use crate::aggregate_store::{AggregateStore, CommandError, Decided, Loaded};
+use crate::aggregate_store::{AggregateStore, CommandError, Loaded};
 use crate::clock::Clock;
 use crate::credits::{CreditsError, CreditsService};
 use crate::event_store::{EventStoreError, StreamAppend};
@@ -252,7 +252,9 @@ impl JobsService {
         let ids: Vec<String> = picks.iter().map(|(job_id, _)| job_id.to_string()).collect();
         let mut loaded_all: HashMap<String, Loaded<GenerationJob>> =
             self.aggregates.load_many::<GenerationJob>(&ids).await?.into_iter().map(|loaded| (loaded.id.clone(), loaded)).collect();
-        let mut decided: Vec<Decided<GenerationJob>> = Vec::with_capacity(picks.len());
+        // Each claim's job as it will stand, and its append (the same position in both).
+        let mut claimed: Vec<Loaded<GenerationJob>> = Vec::with_capacity(picks.len());
+        let mut appends: Vec<StreamAppend> = Vec::with_capacity(picks.len());
         // In the order picked, each a microsecond after the one before: a team's turn is
         // its latest claim's time, so of the teams served by one claim, those whose last
         // job came later in the pick's order wait longer for the next turn (with one time
@@ -262,7 +264,10 @@ impl JobsService {
             let now = now + chrono::Duration::microseconds(nth as i64);
             let command = JobCommand::Dispatch { provider: provider.to_string(), worker: worker.to_string(), share_tag: *share_tag, now };
             match self.aggregates.decide(loaded, command, &(), &metadata(worker)).await {
-                Ok(claim) => decided.push(claim),
+                Ok(claim) => {
+                    claimed.push(claim.state);
+                    appends.push(claim.append);
+                }
                 Err(CommandError::Rejected(JobError::NotQueued(_) | JobError::NotFound)) => {}
                 Err(error) => return Err(error.into()),
             }
@@ -270,29 +275,29 @@ impl JobsService {
         // Each failed attempt leaves out at least one job, so this ends; the bound only
         // caps the work of a pathological round (the jobs stay queued for the next one).
         for _ in 0..CLAIM_ATTEMPTS_MAX {
-            if decided.is_empty() {
+            if claimed.is_empty() {
                 break;
             }
-            let appends = decided.iter().map(|claim| claim.append.clone()).collect();
-            let before = decided.len();
-            match self.aggregates.commit(appends).await {
+            let before = claimed.len();
+            let left_out = match self.aggregates.commit(&appends).await {
                 Ok(_) => {
-                    decided.iter().for_each(|claim| crate::observe::job_dispatched(&claim.state.aggregate, worker));
-                    return Ok(decided.into_iter().map(|claim| claim.state).collect());
+                    claimed.iter().for_each(|job| crate::observe::job_dispatched(&job.aggregate, worker));
+                    return Ok(claimed);
                 }
-                Err(EventStoreError::Conflict { aggregate_id, .. }) => decided.retain(|claim| claim.state.id != aggregate_id),
+                Err(EventStoreError::Conflict { aggregate_id, .. }) => claimed.iter().position(|job| job.id == aggregate_id),
                 Err(EventStoreError::Projection { reason, .. }) if reason.contains(LIMIT_REACHED) => {
                     // The team has fewer free slots than claims here: leave out its
                     // newest claim and try the rest again.
                     let team = team_at_limit(&reason);
-                    let of_team = |claim: &Decided<GenerationJob>| claim.state.aggregate.team_id.map(|t| t.to_string()) == team;
-                    if let Some(last) = decided.iter().rposition(of_team) {
-                        decided.remove(last);
-                    }
+                    claimed.iter().rposition(|job| job.aggregate.team_id.map(|t| t.to_string()) == team)
                 }
                 Err(error) => return Err(error.into()),
+            };
+            if let Some(n) = left_out {
+                claimed.remove(n);
+                appends.remove(n);
             }
-            if decided.len() == before {
+            if claimed.len() == before {
                 return Err(JobsError::Conflict);
             }
         }

@@ -100,7 +100,7 @@ impl PersistedEventRepository for CqrsRepository {
                 .collect(),
             snapshot: None,
         };
-        self.store.append(vec![append]).await.map_err(to_persistence)?;
+        self.store.append(std::slice::from_ref(&append)).await.map_err(to_persistence)?;
         Ok(())
     }
 

@@ -132,77 +132,100 @@ pub fn values_sql(head: &str, columns: usize, rows: usize, tail: &str) -> String
     sql
 }
 
+/// `{head} SELECT * FROM UNNEST($1::{type}[], $2::{type}[], …) AS v(column1, column2, …)
+/// {tail}`: PostgreSQL's form of a multi-row statement, one array per column. Its text
+/// does not depend on the number of rows, so each connection prepares it once; a VALUES
+/// list is a new statement for every row count, parsed, described and planned again
+/// (one extra round trip each), and a busy connection's statement cache keeps evicting
+/// them. The columns are named as a VALUES list names them, so the same `head` and
+/// `tail` serve both forms (see [`tx_execute_rows!`]).
+pub fn unnest_sql(head: &str, types: &[&str], tail: &str) -> String {
+    let arrays: Vec<String> = types.iter().enumerate().map(|(n, ty)| format!("${}::{ty}[]", n + 1)).collect();
+    let names: Vec<String> = (1..=types.len()).map(|n| format!("column{n}")).collect();
+    format!("{head} SELECT * FROM UNNEST({}) AS v({}) {tail}", arrays.join(", "), names.join(", "))
+}
+
 /// Rows per multi-row statement: keeps the parameter count far below both databases'
 /// limits (SQLite: 32,766; PostgreSQL: 65,535).
 pub const ROWS_PER_STATEMENT_MAX: usize = 500;
 
-/// Runs `{head} VALUES (…), (…) {tail}` over `rows`, in chunks, with the same SQL on
-/// both databases, binding each row with `|query, row| query.bind(…).bind(…)`.
+/// Runs a multi-row statement over `rows` on either database, each column given once as
+/// `"sql type" => |row| value`: on PostgreSQL one statement of arrays ([`unnest_sql`]),
+/// on SQLite `{head} VALUES (…), (…) {tail}` in chunks ([`values_sql`]). `head` and
+/// `tail` name the rows' columns `column1`, `column2`, … (as in `UPDATE … FROM (` …
+/// `) AS v WHERE … = v.column1`). Nothing is sent for no rows.
 #[macro_export]
-macro_rules! tx_execute_values {
-    ($tx:expr, $head:expr, $tail:expr, $columns:expr, $rows:expr, |$query:ident, $row:ident| $bind:expr) => {{
-        let mut inserted: Result<u64, ::sqlx::Error> = Ok(0);
-        for chunk in $rows.chunks($crate::event_store::ROWS_PER_STATEMENT_MAX) {
-            let sql = $crate::event_store::values_sql($head, $columns, chunk.len(), $tail);
-            let done = match &mut *$tx {
+macro_rules! tx_execute_rows {
+    ($tx:expr, $head:expr, $tail:expr, $rows:expr, [$($type:literal => |$row:ident| $column:expr),+ $(,)?]) => {{
+        let all = &$rows[..];
+        let types: &[&str] = &[$($type),+];
+        let mut done: Result<u64, ::sqlx::Error> = Ok(0);
+        if !all.is_empty() {
+            match &mut *$tx {
                 $crate::event_store::Tx::Postgres(conn) => {
-                    let mut $query = ::sqlx::query(&sql);
-                    for $row in chunk {
-                        $query = $bind;
-                    }
-                    $query.execute(&mut **conn).await.map(|r| r.rows_affected())
+                    let sql = $crate::event_store::unnest_sql($head, types, $tail);
+                    done = ::sqlx::query(&sql)
+                        $(.bind(all.iter().map(|$row| $column).collect::<Vec<_>>()))+
+                        .execute(&mut **conn)
+                        .await
+                        .map(|r| r.rows_affected());
                 }
                 $crate::event_store::Tx::Sqlite(conn) => {
-                    let mut $query = ::sqlx::query(&sql);
-                    for $row in chunk {
-                        $query = $bind;
+                    for chunk in all.chunks($crate::event_store::ROWS_PER_STATEMENT_MAX) {
+                        let sql = $crate::event_store::values_sql($head, types.len(), chunk.len(), $tail);
+                        let mut query = ::sqlx::query(&sql);
+                        for each in chunk {
+                            query = query$(.bind({ let $row = each; $column }))+;
+                        }
+                        match query.execute(&mut **conn).await {
+                            Ok(r) => done = done.map(|total| total + r.rows_affected()),
+                            Err(error) => {
+                                done = Err(error);
+                                break;
+                            }
+                        }
                     }
-                    $query.execute(&mut **conn).await.map(|r| r.rows_affected())
-                }
-            };
-            match done {
-                Ok(count) => inserted = inserted.map(|total| total + count),
-                Err(error) => {
-                    inserted = Err(error);
-                    break;
                 }
             }
         }
-        inserted
+        done
     }};
 }
 
-/// As [`tx_execute_values!`], for a statement that returns rows (`RETURNING …`): every
-/// chunk's rows, each as a `$out`.
+/// As [`tx_execute_rows!`], for a statement that returns rows (`RETURNING …`), each as
+/// an `$out`.
 #[macro_export]
-macro_rules! tx_fetch_values {
-    ($tx:expr, $out:ty, $head:expr, $tail:expr, $columns:expr, $rows:expr, |$query:ident, $row:ident| $bind:expr) => {{
+macro_rules! tx_fetch_rows {
+    ($tx:expr, $out:ty, $head:expr, $tail:expr, $rows:expr, [$($type:literal => |$row:ident| $column:expr),+ $(,)?]) => {{
+        let all = &$rows[..];
+        let types: &[&str] = &[$($type),+];
         let mut fetched: Result<Vec<$out>, ::sqlx::Error> = Ok(Vec::new());
-        for chunk in $rows.chunks($crate::event_store::ROWS_PER_STATEMENT_MAX) {
-            let sql = $crate::event_store::values_sql($head, $columns, chunk.len(), $tail);
-            let rows: Result<Vec<$out>, ::sqlx::Error> = match &mut *$tx {
+        if !all.is_empty() {
+            match &mut *$tx {
                 $crate::event_store::Tx::Postgres(conn) => {
-                    let mut $query = ::sqlx::query_as(&sql);
-                    for $row in chunk {
-                        $query = $bind;
-                    }
-                    $query.fetch_all(&mut **conn).await
+                    let sql = $crate::event_store::unnest_sql($head, types, $tail);
+                    fetched = ::sqlx::query_as::<_, $out>(&sql)
+                        $(.bind(all.iter().map(|$row| $column).collect::<Vec<_>>()))+
+                        .fetch_all(&mut **conn)
+                        .await;
                 }
                 $crate::event_store::Tx::Sqlite(conn) => {
-                    let mut $query = ::sqlx::query_as(&sql);
-                    for $row in chunk {
-                        $query = $bind;
+                    for chunk in all.chunks($crate::event_store::ROWS_PER_STATEMENT_MAX) {
+                        let sql = $crate::event_store::values_sql($head, types.len(), chunk.len(), $tail);
+                        let mut query = ::sqlx::query_as::<_, $out>(&sql);
+                        for each in chunk {
+                            query = query$(.bind({ let $row = each; $column }))+;
+                        }
+                        match (query.fetch_all(&mut **conn).await, &mut fetched) {
+                            (Ok(rows), Ok(all_rows)) => all_rows.extend(rows),
+                            (Err(error), _) => {
+                                fetched = Err(error);
+                                break;
+                            }
+                            (Ok(_), Err(_)) => break,
+                        }
                     }
-                    $query.fetch_all(&mut **conn).await
                 }
-            };
-            match (rows, &mut fetched) {
-                (Ok(rows), Ok(all)) => all.extend(rows),
-                (Err(error), _) => {
-                    fetched = Err(error);
-                    break;
-                }
-                (Ok(_), Err(_)) => break,
             }
         }
         fetched

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::db::Database;
 
 pub use cqrs_repository::CqrsRepository;
-pub use inline::{values_sql, InlineProjection, ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
+pub use inline::{unnest_sql, values_sql, InlineProjection, ProjectionError, Tx, ROWS_PER_STATEMENT_MAX};
 pub use postgres::{APPEND_BEGIN, PREDECESSOR_HASHES_SQL};
 
 /// Time of one append (one transaction, any number of streams), by outcome.
@@ -77,7 +77,8 @@ impl SqlEventStore {
 
 fn validate(appends: &[StreamAppend]) -> Result<(), EventStoreError> {
     let mut streams = std::collections::HashSet::with_capacity(appends.len());
-    for append in appends {
+    // Appends without events write nothing (the store leaves them out).
+    for append in appends.iter().filter(|a| !a.events.is_empty()) {
         if append.expected_sequence < 0 {
             return Err(EventStoreError::InvalidAppend(format!(
                 "negative expected sequence for {} {}",
@@ -148,16 +149,16 @@ fn is_sequence_taken(error: &sqlx::Error) -> bool {
 
 #[async_trait]
 impl EventStore for SqlEventStore {
-    async fn append(&self, appends: Vec<StreamAppend>) -> Result<Vec<StoredEvent>, EventStoreError> {
-        validate(&appends)?;
+    async fn append(&self, appends: &[StreamAppend]) -> Result<Vec<StoredEvent>, EventStoreError> {
+        validate(appends)?;
         if appends.iter().all(|a| a.events.is_empty()) {
             return Ok(Vec::new());
         }
-        let known = self.tips.known(&appends);
+        let known = self.tips.known(appends);
         let started = std::time::Instant::now();
         let stored = match &self.db {
-            Database::Postgres(pool) => postgres::append(pool, &self.inline, &appends, &known).await,
-            Database::Sqlite { write, .. } => sqlite::append(write, &self.inline, &appends, &known).await,
+            Database::Postgres(pool) => postgres::append(pool, &self.inline, appends, &known).await,
+            Database::Sqlite { write, .. } => sqlite::append(write, &self.inline, appends, &known).await,
         };
         let outcome = if stored.is_ok() { "committed" } else { "failed" };
         metrics::histogram!(APPEND_SECONDS, "outcome" => outcome).record(started.elapsed().as_secs_f64());
