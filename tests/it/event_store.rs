@@ -473,6 +473,63 @@ async fn stale_streams_and_saved_snapshots(t: TestDb) {
     assert!(store.save_snapshot("Counter", "a", snapshot(0, 0)).await.is_err(), "sequence 0 is refused");
 }
 
+/// A multi-row statement (`tx_execute_rows!`, `tx_fetch_rows!`) writes, updates and
+/// returns the same rows on both databases, NULLs included, and sends nothing for no rows;
+/// on PostgreSQL its text does not depend on the number of rows, so a connection prepares
+/// it once for every batch size (a `VALUES` list was a statement per row count).
+async fn multi_row_statements_are_one_text_whatever_the_rows(t: TestDb) {
+    exec(&t.db, "CREATE TABLE batch_rows (id text PRIMARY KEY, n bigint NOT NULL, note text)").await;
+    let mut conn = match &t.db {
+        Database::Postgres(pool) => Either::Postgres(pool.acquire().await.expect("connection")),
+        Database::Sqlite { write, .. } => Either::Sqlite(write.acquire().await.expect("connection")),
+    };
+    let mut tx = match &mut conn {
+        Either::Postgres(conn) => Tx::Postgres(&mut *conn),
+        Either::Sqlite(conn) => Tx::Sqlite(&mut *conn),
+    };
+    for size in 1..=3i64 {
+        let rows: Vec<(String, i64, Option<String>)> =
+            (0..size).map(|n| (format!("{size}-{n}"), n, (n % 2 == 0).then(|| format!("note {n}")))).collect();
+        let written = infrastructure::tx_execute_rows!(
+            &mut tx,
+            "INSERT INTO batch_rows (id, n, note)",
+            "",
+            rows,
+            ["text" => |r| r.0.as_str(), "bigint" => |r| r.1, "text" => |r| r.2.as_deref()]
+        )
+        .expect("insert");
+        assert_eq!(written, size as u64);
+    }
+    let none: Vec<(String, i64, Option<String>)> = Vec::new();
+    let written = infrastructure::tx_execute_rows!(&mut tx, "INSERT INTO batch_rows (id, n, note)", "", none, ["text" => |r| r.0.as_str(), "bigint" => |r| r.1, "text" => |r| r.2.as_deref()]);
+    assert_eq!(written.expect("no rows"), 0);
+    let raises = [("3-1", 10i64), ("2-0", 20), ("absent", 30)];
+    let mut raised: Vec<(String, i64, Option<String>)> = infrastructure::tx_fetch_rows!(
+        &mut tx,
+        (String, i64, Option<String>),
+        "UPDATE batch_rows SET n = batch_rows.n + v.column2 FROM (",
+        ") AS v WHERE batch_rows.id = v.column1 RETURNING batch_rows.id, batch_rows.n, batch_rows.note",
+        raises,
+        ["text" => |r| r.0, "bigint" => |r| r.1]
+    )
+    .expect("update");
+    raised.sort();
+    assert_eq!(raised, vec![("2-0".to_string(), 20, Some("note 0".to_string())), ("3-1".to_string(), 11, None)]);
+    if let Tx::Postgres(conn) = &mut tx {
+        let prepared: Vec<String> = sqlx::query_scalar("SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO batch_rows%'")
+            .fetch_all(&mut **conn)
+            .await
+            .expect("prepared statements");
+        assert_eq!(prepared.len(), 1, "one text for three batch sizes: {prepared:#?}");
+    }
+}
+
+/// A pooled connection of either database.
+enum Either {
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+}
+
 macro_rules! both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod postgres {
@@ -506,6 +563,7 @@ both_backends!(
     corrupt_or_unknown_events_name_their_stream_and_sequence,
     the_log_is_append_only,
     stale_streams_and_saved_snapshots,
+    multi_row_statements_are_one_text_whatever_the_rows,
 );
 
 /// An append's statements are planned once per connection, as generic plans that find
