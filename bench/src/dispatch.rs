@@ -458,6 +458,7 @@ async fn seed_design(args: &DispatchArgs, script: &std::path::Path, url: &str, l
     let price = image_price(seed_reference()?.1)?.amount.get();
     let jobs: Vec<(Uuid, Uuid)> = (0..args.jobs).map(|n| (teams[n % teams.len()], Uuid::now_v7())).collect();
 
+    settle(&pool).await?;
     let started = Instant::now();
     let submitted = futures::stream::iter(jobs)
         .map(|(team, job)| crate::seed_design::enqueue(&pool, team, job, price))
@@ -580,6 +581,7 @@ async fn kiln(args: &DispatchArgs, url: &str, storage: &std::path::Path, layout:
     let jobs = generation_jobs(&state, &teams, &models, args.jobs).await?;
     let price = jobs.first().map_or(0, |job| job.cost.get());
 
+    settle(&counter).await?;
     eprintln!("kiln: {} jobs, enqueue", args.jobs);
     let cpu_enqueue = CpuSample::take(&[]);
     let started = Instant::now();
@@ -670,6 +672,27 @@ async fn generation_jobs(state: &AppState, teams: &[TeamId], models: &[ModelId],
 
 /// Credits each team starts with (both credit-carrying sides).
 const TEAM_GRANT: i64 = 100_000_000;
+
+/// How long [`settle`] waits at most for autovacuum to finish.
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// Lets the server settle before a side's measured enqueue: a checkpoint (the dirty pages
+/// of earlier sides and of the set-up written out, so no checkpoint is due inside the
+/// measurement), then a wait until no autovacuum worker runs (on any database: the
+/// sides before this one leave tables to vacuum). Each side's own enqueue and drain
+/// still pay for what they write; only what earlier sides left behind is kept out.
+async fn settle(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    sqlx::query("CHECKPOINT").execute(pool).await.context("CHECKPOINT before the measurement")?;
+    loop {
+        let (vacuuming,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'").fetch_one(pool).await?;
+        if vacuuming == 0 || started.elapsed() > SETTLE_MAX {
+            eprintln!("settled in {:.1} s (checkpoint; {vacuuming} autovacuum workers still running)", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
 /// Every measured job is one standard 512×512 image.
 const RESOLUTION: &str = "512x512";
 const QUALITY: &str = "standard";
