@@ -348,6 +348,9 @@ async fn measure(args: &DispatchArgs, script: &std::path::Path, url: &str, stora
     if !args.skips("raw") {
         for mode in &args.graphile_enqueue {
             eprintln!("graphile-worker: {} jobs, enqueue {mode}", args.jobs);
+            let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+            settle(&pool).await?;
+            pool.close().await;
             results.push(graphile(args, script, url, mode)?);
         }
     }
