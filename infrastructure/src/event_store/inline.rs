@@ -145,8 +145,9 @@ pub fn unnest_sql(head: &str, types: &[&str], tail: &str) -> String {
     format!("{head} SELECT * FROM UNNEST({}) AS v({}) {tail}", arrays.join(", "), names.join(", "))
 }
 
-/// Rows per multi-row statement: keeps the parameter count far below both databases'
-/// limits (SQLite: 32,766; PostgreSQL: 65,535).
+/// Rows per statement written as a list of parameters (a `VALUES` or `IN` list): keeps
+/// the parameter count far below both databases' limits (SQLite: 32,766; PostgreSQL:
+/// 65,535). [`tx_execute_rows!`] on PostgreSQL binds one array per column instead.
 pub const ROWS_PER_STATEMENT_MAX: usize = 500;
 
 /// Runs a multi-row statement over `rows` on either database, each column given once as
