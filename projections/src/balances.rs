@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::{Plan, TeamCredits};
 use infrastructure::event_store::{InlineProjection, ProjectionError, Tx};
-use infrastructure::tx_execute_rows;
+use infrastructure::{tx_execute_rows, tx_fetch_rows};
 
 use crate::credit_fold::{self, latest, Balance, BlockMoney, Effect, End, NewBlock, NewReservation, ReservationChange, TeamChange};
 use crate::decode;
@@ -118,7 +118,43 @@ impl InlineProjection for TeamBalances {
     }
 }
 
-async fn write(tx: &mut Tx<'_>, changes: Changes) -> Result<(), ProjectionError> {
+/// New teams and blocks first (by their own statements, on both databases), the
+/// endings' allocations, then the money rows.
+async fn write(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), ProjectionError> {
+    tx_execute_rows!(
+        tx,
+        "INSERT INTO team_balances (team_id, name, plan, opened_at, updated_at, available, reserved)",
+        "ON CONFLICT (team_id) DO NOTHING",
+        changes.opened,
+        [
+            "text" => |row| row.0.as_str(),
+            "text" => |row| row.1.as_str(),
+            "text" => |row| row.2.as_str(),
+            "timestamptz" => |row| row.3,
+            "timestamptz" => |row| row.3,
+            "bigint" => |_row| 0i64,
+            "bigint" => |_row| 0i64,
+        ]
+    )?;
+    tx_execute_rows!(
+        tx,
+        "INSERT INTO credit_grants (grant_id, team_id, origin, amount, remaining, expires_at, granted_at)",
+        "",
+        changes.new_grants,
+        [
+            "text" => |g| g.1.grant_id.to_string(),
+            "text" => |g| g.0.as_str(),
+            "text" => |g| g.1.origin,
+            "bigint" => |g| g.1.amount,
+            "bigint" => |g| g.1.amount,
+            "timestamptz" => |g| g.1.expires_at,
+            "timestamptz" => |g| g.1.granted_at,
+        ]
+    )?;
+    if !changes.ended.is_empty() {
+        let allocations = allocations_of(tx, &changes).await?;
+        changes.end_allocations(&allocations)?;
+    }
     match tx {
         Tx::Postgres(conn) => write_postgres(conn, changes).await,
         Tx::Sqlite(_) => write_portable(tx, changes).await,
@@ -154,55 +190,8 @@ const MONEY_POSTGRES: &str = "WITH reservations AS ( \
      FROM UNNEST($21::text[], $22::bigint[], $23::bigint[], $24::bigint[], $25::bigint[], $26::bigint[], $27::bigint[], \
      $28::timestamptz[], $29::text[]) AS u(t, av, rs, g, d, e, ad, at, p) WHERE team_balances.team_id = u.t";
 
-/// PostgreSQL: the rows [`write_portable`] writes, bound as arrays; the money rows in one
-/// statement ([`MONEY_POSTGRES`]).
-async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> Result<(), ProjectionError> {
-    if !changes.opened.is_empty() {
-        let (teams, names, plans, at) = unzip4(changes.opened.iter().map(|o| (o.0.as_str(), o.1.as_str(), o.2.as_str(), o.3)));
-        sqlx::query(
-            "INSERT INTO team_balances (team_id, name, plan, opened_at, updated_at, available, reserved) \
-             SELECT t, n, p, a, a, 0, 0 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS u(t, n, p, a) \
-             ON CONFLICT (team_id) DO NOTHING",
-        )
-        .bind(teams)
-        .bind(names)
-        .bind(plans)
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !changes.new_grants.is_empty() {
-        let g = &changes.new_grants;
-        sqlx::query(
-            "INSERT INTO credit_grants (grant_id, team_id, origin, amount, remaining, expires_at, granted_at) \
-             SELECT g, t, o, a, a, e, at FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], \
-             $6::timestamptz[]) AS u(g, t, o, a, e, at)",
-        )
-        .bind(g.iter().map(|(_, g)| g.grant_id.to_string()).collect::<Vec<_>>())
-        .bind(g.iter().map(|(team, _)| team.as_str()).collect::<Vec<_>>())
-        .bind(g.iter().map(|(_, g)| g.origin).collect::<Vec<_>>())
-        .bind(g.iter().map(|(_, g)| g.amount).collect::<Vec<_>>())
-        .bind(g.iter().map(|(_, g)| g.expires_at).collect::<Vec<_>>())
-        .bind(g.iter().map(|(_, g)| g.granted_at).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !changes.ended.is_empty() {
-        let mut allocations = new_allocations(&changes);
-        let missing: Vec<&str> = changes.ended.iter().map(|e| e.0.as_str()).filter(|id| !allocations.contains_key(*id)).collect();
-        if !missing.is_empty() {
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(
-                "SELECT reservation_id, grant_id, amount FROM credit_reservation_allocations WHERE reservation_id = ANY($1)",
-            )
-            .bind(&missing)
-            .fetch_all(&mut *conn)
-            .await?;
-            for (reservation, grant, amount) in rows {
-                allocations.entry(reservation).or_default().push((grant, amount));
-            }
-        }
-        changes.end_allocations(&allocations)?;
-    }
+/// PostgreSQL: the money rows in one statement ([`MONEY_POSTGRES`]), bound as arrays.
+async fn write_postgres(conn: &mut sqlx::PgConnection, changes: Changes) -> Result<(), ProjectionError> {
     // A reservation this append makes and ends is inserted ended; the update takes the rest.
     let r = &changes.new_reservations;
     let made: Vec<String> = r.iter().map(|(_, r)| r.id.to_string()).collect();
@@ -246,18 +235,6 @@ async fn write_postgres(conn: &mut sqlx::PgConnection, mut changes: Changes) -> 
     Ok(())
 }
 
-#[allow(clippy::type_complexity)]
-fn unzip4<A, B, C, D>(rows: impl Iterator<Item = (A, B, C, D)>) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>) {
-    let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (w, x, y, z) in rows {
-        a.push(w);
-        b.push(x);
-        c.push(y);
-        d.push(z);
-    }
-    (a, b, c, d)
-}
-
 /// Allocations of the reservations made in this append, by reservation.
 fn new_allocations(changes: &Changes) -> HashMap<String, Vec<(String, i64)>> {
     let mut allocations: HashMap<String, Vec<(String, i64)>> = HashMap::new();
@@ -267,38 +244,8 @@ fn new_allocations(changes: &Changes) -> HashMap<String, Vec<(String, i64)>> {
     allocations
 }
 
-/// SQLite (and any database without arrays): multi-row `VALUES` statements.
-async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), ProjectionError> {
-    tx_execute_rows!(
-        tx,
-        "INSERT INTO team_balances (team_id, name, plan, opened_at, updated_at, available, reserved)",
-        "ON CONFLICT (team_id) DO NOTHING",
-        changes.opened,
-        [
-            "text" => |row| row.0.as_str(),
-            "text" => |row| row.1.as_str(),
-            "text" => |row| row.2.as_str(),
-            "timestamptz" => |row| row.3,
-            "timestamptz" => |row| row.3,
-            "bigint" => |_row| 0i64,
-            "bigint" => |_row| 0i64,
-        ]
-    )?;
-    tx_execute_rows!(
-        tx,
-        "INSERT INTO credit_grants (grant_id, team_id, origin, amount, remaining, expires_at, granted_at)",
-        "",
-        changes.new_grants,
-        [
-            "text" => |g| g.1.grant_id.to_string(),
-            "text" => |g| g.0.as_str(),
-            "text" => |g| g.1.origin,
-            "bigint" => |g| g.1.amount,
-            "bigint" => |g| g.1.amount,
-            "timestamptz" => |g| g.1.expires_at,
-            "timestamptz" => |g| g.1.granted_at,
-        ]
-    )?;
+/// SQLite: the money rows, a statement per table.
+async fn write_portable(tx: &mut Tx<'_>, changes: Changes) -> Result<(), ProjectionError> {
     tx_execute_rows!(
         tx,
         "INSERT INTO credit_reservations (reservation_id, team_id, amount, operation, price_version, reserved_at, state)",
@@ -321,17 +268,13 @@ async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), Pro
         changes.new_allocations,
         ["text" => |a| a.0.as_str(), "text" => |a| a.1.as_str(), "bigint" => |a| a.2]
     )?;
-    if !changes.ended.is_empty() {
-        let allocations = allocations_of(tx, &changes).await?;
-        changes.end_allocations(&allocations)?;
-        tx_execute_rows!(
-            tx,
-            "UPDATE credit_reservations SET state = v.column2, ended_at = v.column3 FROM (",
-            ") AS v WHERE credit_reservations.reservation_id = v.column1",
-            changes.ended,
-            ["text" => |e| e.0.as_str(), "text" => |e| e.1.as_str(), "timestamptz" => |e| e.2]
-        )?;
-    }
+    tx_execute_rows!(
+        tx,
+        "UPDATE credit_reservations SET state = v.column2, ended_at = v.column3 FROM (",
+        ") AS v WHERE credit_reservations.reservation_id = v.column1",
+        changes.ended,
+        ["text" => |e| e.0.as_str(), "text" => |e| e.1.as_str(), "timestamptz" => |e| e.2]
+    )?;
     let grants: Vec<(String, BlockMoney)> = changes.grants.into_iter().collect();
     tx_execute_rows!(
         tx,
@@ -379,32 +322,17 @@ async fn write_portable(tx: &mut Tx<'_>, mut changes: Changes) -> Result<(), Pro
 /// rest read from `credit_reservation_allocations` in one query.
 async fn allocations_of(tx: &mut Tx<'_>, changes: &Changes) -> Result<HashMap<String, Vec<(String, i64)>>, ProjectionError> {
     let mut allocations = new_allocations(changes);
-    let missing: Vec<&String> = changes.ended.iter().map(|e| &e.0).filter(|id| !allocations.contains_key(*id)).collect();
-    for chunk in missing.chunks(infrastructure::event_store::ROWS_PER_STATEMENT_MAX) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-        let sql = format!(
-            "SELECT reservation_id, grant_id, amount FROM credit_reservation_allocations WHERE reservation_id IN ({})",
-            placeholders.join(", ")
-        );
-        let rows: Vec<(String, String, i64)> = match &mut *tx {
-            Tx::Postgres(conn) => {
-                let mut query = sqlx::query_as(&sql);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                query.fetch_all(&mut **conn).await?
-            }
-            Tx::Sqlite(conn) => {
-                let mut query = sqlx::query_as(&sql);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                query.fetch_all(&mut **conn).await?
-            }
-        };
-        for (reservation, grant, amount) in rows {
-            allocations.entry(reservation).or_default().push((grant, amount));
-        }
+    let missing: Vec<&str> = changes.ended.iter().map(|e| e.0.as_str()).filter(|id| !allocations.contains_key(*id)).collect();
+    let rows = tx_fetch_rows!(
+        tx,
+        (String, String, i64),
+        "SELECT reservation_id, grant_id, amount FROM credit_reservation_allocations WHERE reservation_id IN (SELECT column1 FROM (",
+        ") AS v)",
+        missing,
+        ["text" => |id| *id]
+    )?;
+    for (reservation, grant, amount) in rows {
+        allocations.entry(reservation).or_default().push((grant, amount));
     }
     Ok(allocations)
 }
